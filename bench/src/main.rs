@@ -1,0 +1,2 @@
+//! pushgate load generator (filled in later).
+fn main() {}

@@ -1,0 +1,295 @@
+//! The frames of client protocol v1, independent of their encoding.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConnId, MsgId, RoomId, UserId};
+
+/// A frame sent by a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// First frame: authenticate with a JWT; optionally resume after `last_id`.
+    Auth {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// The JWT (HS256).
+        token: String,
+        /// Replay every stored message with a greater id.
+        last_id: Option<MsgId>,
+        /// Device id; overrides the token's `dev` claim when the token has none.
+        device: Option<String>,
+    },
+    /// Heartbeat; answered with [`ServerFrame::Pong`].
+    Ping {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+    },
+    /// Subscribe to a channel, optionally recovering history after `last_id`.
+    Sub {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// Channel name.
+        channel: String,
+        /// Recover channel history with a greater id (channels with history only).
+        last_id: Option<MsgId>,
+    },
+    /// Unsubscribe from a channel.
+    Unsub {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// Channel name.
+        channel: String,
+    },
+    /// The client has every user message up to `id`.
+    Ack {
+        /// Echoed if the server replies (it does not, except with an error).
+        seq: Option<u32>,
+        /// Highest id received.
+        id: MsgId,
+    },
+}
+
+impl ClientFrame {
+    /// The frame's `seq`, if any.
+    pub fn seq(&self) -> Option<u32> {
+        match self {
+            ClientFrame::Auth { seq, .. }
+            | ClientFrame::Ping { seq }
+            | ClientFrame::Sub { seq, .. }
+            | ClientFrame::Unsub { seq, .. }
+            | ClientFrame::Ack { seq, .. } => *seq,
+        }
+    }
+}
+
+/// A message pushed to a client: a user message, or a channel message when
+/// `channel` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsgFrame {
+    /// Message id.
+    pub id: MsgId,
+    /// Milliseconds since the Unix epoch when the push was accepted.
+    pub ts: i64,
+    /// The channel, for channel messages.
+    pub channel: Option<String>,
+    /// The payload: one JSON value, as UTF-8 JSON text (already validated).
+    pub data: Bytes,
+}
+
+/// A frame sent by the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerFrame {
+    /// Authentication succeeded.
+    AuthOk {
+        /// Echo of the auth frame's seq.
+        seq: Option<u32>,
+        /// This connection's id.
+        conn: ConnId,
+        /// The authenticated user.
+        user: UserId,
+        /// The room holding the connection.
+        room: RoomId,
+        /// Heartbeat interval the client should keep, in seconds.
+        heartbeat: u32,
+    },
+    /// Reply to a ping.
+    Pong {
+        /// Echo of the ping's seq.
+        seq: Option<u32>,
+    },
+    /// Subscribed.
+    SubOk {
+        /// Echo of the sub frame's seq.
+        seq: Option<u32>,
+        /// Channel name.
+        channel: String,
+    },
+    /// Unsubscribed.
+    UnsubOk {
+        /// Echo of the unsub frame's seq.
+        seq: Option<u32>,
+        /// Channel name.
+        channel: String,
+    },
+    /// A pushed message.
+    Msg(MsgFrame),
+    /// An error; when `close` is set the server closes the connection after it.
+    Error {
+        /// Echo of the offending frame's seq, when known.
+        seq: Option<u32>,
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable text.
+        message: String,
+        /// The close code that follows, for fatal errors.
+        close: Option<CloseCode>,
+    },
+}
+
+/// Machine-readable error codes (`snake_case` on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Bad, expired or missing token.
+    AuthFailed,
+    /// No auth frame within the auth timeout.
+    AuthTimeout,
+    /// A frame other than auth before auth.
+    NotAuthenticated,
+    /// No frame within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// Malformed frame.
+    BadFrame,
+    /// Frame larger than the maximum.
+    FrameTooLarge,
+    /// The token does not allow this channel.
+    ChannelForbidden,
+    /// Too many channels on this connection.
+    TooManyChannels,
+    /// Invalid channel name.
+    BadChannel,
+    /// Inbound rate limit exceeded.
+    RateLimited,
+    /// The connection was kicked through the API.
+    Kicked,
+    /// The client did not read fast enough.
+    SlowConsumer,
+    /// The server is shutting down: reconnect elsewhere.
+    Draining,
+    /// The room is full.
+    Overloaded,
+    /// Unexpected server-side failure (e.g. storage unavailable).
+    Internal,
+}
+
+impl ErrorCode {
+    /// All codes, for tests and docs.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::AuthFailed,
+        ErrorCode::AuthTimeout,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::HeartbeatTimeout,
+        ErrorCode::BadFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::ChannelForbidden,
+        ErrorCode::TooManyChannels,
+        ErrorCode::BadChannel,
+        ErrorCode::RateLimited,
+        ErrorCode::Kicked,
+        ErrorCode::SlowConsumer,
+        ErrorCode::Draining,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire name, e.g. `"auth_failed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::AuthTimeout => "auth_timeout",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::HeartbeatTimeout => "heartbeat_timeout",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::ChannelForbidden => "channel_forbidden",
+            ErrorCode::TooManyChannels => "too_many_channels",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Kicked => "kicked",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Draining => "draining",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The binary encoding's number for this code (its index in [`ErrorCode::ALL`], plus 1).
+    pub fn to_u8(self) -> u8 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// Inverse of [`ErrorCode::to_u8`].
+    pub fn from_u8(n: u8) -> Option<ErrorCode> {
+        ErrorCode::ALL.get(usize::from(n).checked_sub(1)?).copied()
+    }
+}
+
+/// WebSocket close codes of protocol v1 (also carried in the final error frame
+/// on TCP and QUIC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// 4001: authentication failed.
+    AuthFailed = 4001,
+    /// 4002: no auth frame in time.
+    AuthTimeout = 4002,
+    /// 4003: no frame within the heartbeat timeout.
+    HeartbeatTimeout = 4003,
+    /// 4004: malformed or oversized frame, or other protocol violation.
+    ProtocolError = 4004,
+    /// 4005: kicked through the API.
+    Kicked = 4005,
+    /// 4006: the client did not read fast enough.
+    SlowConsumer = 4006,
+    /// 4007: the server is draining; reconnect elsewhere after the suggested delay.
+    Draining = 4007,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// Parses a numeric code.
+    pub fn from_u16(n: u16) -> Option<CloseCode> {
+        Some(match n {
+            4001 => CloseCode::AuthFailed,
+            4002 => CloseCode::AuthTimeout,
+            4003 => CloseCode::HeartbeatTimeout,
+            4004 => CloseCode::ProtocolError,
+            4005 => CloseCode::Kicked,
+            4006 => CloseCode::SlowConsumer,
+            4007 => CloseCode::Draining,
+            _ => return None,
+        })
+    }
+}
+
+/// A pushed message encoded once, in both encodings, for fan-out: every
+/// connection gets a cheap clone of the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedMsg {
+    /// Message id (for de-duplication against replayed messages).
+    pub id: MsgId,
+    /// Whether this is a channel message.
+    pub channel: bool,
+    /// The JSON encoding (a WebSocket text frame's payload).
+    pub json: Bytes,
+    /// The binary encoding, without any length prefix.
+    pub bin: Bytes,
+}
+
+impl EncodedMsg {
+    /// Encodes `msg` in both encodings.
+    pub fn new(msg: &MsgFrame) -> EncodedMsg {
+        let frame = ServerFrame::Msg(msg.clone());
+        let mut json = Vec::with_capacity(msg.data.len() + 64);
+        crate::json::encode_server(&frame, &mut json);
+        let mut bin = Vec::with_capacity(msg.data.len() + 32);
+        crate::binary::encode_server(&frame, &mut bin);
+        EncodedMsg {
+            id: msg.id,
+            channel: msg.channel.is_some(),
+            json: Bytes::from(json),
+            bin: Bytes::from(bin),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! pushgate wire formats: the bytes, and nothing else.
+//!
+//! This crate owns the client protocol (frames of DESIGN.md in the fixed JSON
+//! encoding and in pushgate's binary encoding, documented in docs/PROTOCOL.md),
+//! the identifiers that cross crate boundaries, and the token claims. It
+//! contains no networking code, no async runtime and no clock: callers pass
+//! `now` in where time matters.
+
+pub mod binary;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod json;
+pub mod token;
+
+pub use error::DecodeError;
+pub use frame::{ClientFrame, CloseCode, EncodedMsg, ErrorCode, MsgFrame, ServerFrame};
+pub use ids::{ConnId, MsgId, RoomId, UserId};
+
+/// Default maximum size of one client frame, in bytes (64 KiB).
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;

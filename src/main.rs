@@ -1,0 +1,2 @@
+//! The `pushgate` binary.
+fn main() {}
