@@ -1,2 +1,102 @@
-//! The `pushgate` binary.
-fn main() {}
+//! The `pushgate` binary: parses the command line, loads configuration, sets
+//! up logging and runs the chosen component. All logic lives in the crates.
+
+mod adapters;
+mod cli;
+mod config;
+mod secrets;
+mod signal;
+mod standalone;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mimalloc::MiMalloc;
+
+use cli::{Cli, Command, LogFormat, TokenArgs};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// `EX_USAGE`: the configuration cannot be used.
+const EXIT_USAGE: u8 = 64;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let secret = match args.token_secret {
+        Some(s) => s,
+        None => match std::fs::read_to_string(args.data.join("token_secret")) {
+            Ok(s) => s.trim().to_owned(),
+            Err(e) => {
+                eprintln!(
+                    "pushgate token: no --token-secret given and cannot read {}: {e}\n\
+                     (run `pushgate` once to generate one, or pass --token-secret)",
+                    args.data.join("token_secret").display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = proto::token::Claims {
+        sub: args.user,
+        exp: now + args.ttl,
+        dev: args.device,
+        channels: args.channels,
+    };
+    match proto::token::mint(&claims, secret.as_bytes()) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pushgate token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Token(t)) => return token(t),
+        Some(Command::Standalone(a)) => a,
+        None => cli.standalone,
+    };
+    let cfg = match config::Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pushgate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_tracing(cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pushgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(standalone::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("pushgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,11 +1,128 @@
 //! The REST API (axum) and the routing of a push: id → store → look up → fan
 //! out to rooms. Broadcasts run as tasks with progress. Centers hold no
 //! durable state.
+//!
+//! [`Center::new`] starts the ordered dispatcher (see [`dispatch`] for why
+//! every push goes through one task); [`Center::router`] is the whole HTTP
+//! surface: `/api/v1/*` (bearer auth), `/healthz`, `/readyz`, `/metrics`.
+//! The API is documented for users in `docs/API.md` and as OpenAPI at
+//! `GET /api/v1/openapi.json`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use proto::{EncodedMsg, RoomId, UserId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod api;
+mod config;
+pub mod dispatch;
+mod error;
+mod metrics;
+pub mod tasks;
+
+pub use api::ApiDoc;
+pub use config::{CenterConfig, MAX_TTL};
+pub use error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
+pub use metrics::MetricsSource;
+
+/// Pushes waiting for the dispatcher at most; beyond, pushes get 503 `overloaded`.
+pub const QUEUE_CAPACITY: usize = 4096;
+
+/// What a center talks to.
+#[derive(Clone)]
+pub struct CenterDeps {
+    /// Who is connected where; the live rooms.
+    pub dir: Arc<dyn register::Directory>,
+    /// Offline queues and channel history.
+    pub store: Arc<dyn saver::Store>,
+    /// Message ids.
+    pub ids: Arc<dyn idgen::IdGen>,
+    /// The rooms.
+    pub rooms: Arc<dyn Rooms>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Arc<CenterConfig>,
+    pub(crate) deps: CenterDeps,
+    pub(crate) tx: mpsc::Sender<dispatch::Job>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) tasks: tasks::Tasks,
+    pub(crate) ready: AtomicBool,
+    pub(crate) tracker: TaskTracker,
+    stop: CancellationToken,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A center: the REST API and the push dispatcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Center {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Center {
+    /// Builds a center and starts its dispatcher. It starts ready (see
+    /// [`Center::set_ready`]).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new(cfg: CenterConfig, deps: CenterDeps) -> Center {
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let stop = CancellationToken::new();
+        let d = dispatch::Dispatcher::new(cfg.clone(), &deps, metrics.clone());
+        let handle = tokio::spawn(d.run(rx, stop.clone()));
+        Center {
+            inner: Arc::new(Inner {
+                cfg,
+                deps,
+                tx,
+                metrics,
+                tasks: tasks::Tasks::default(),
+                ready: AtomicBool::new(true),
+                tracker: TaskTracker::new(),
+                stop,
+                dispatcher: Mutex::new(Some(handle)),
+            }),
+        }
+    }
+
+    /// Every route: `/api/v1/*`, `/healthz`, `/readyz`, `/metrics`.
+    pub fn router(&self) -> axum::Router {
+        api::router(self)
+    }
+
+    /// Sets what `/readyz` answers (200 when true, 503 when false).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    /// Adds a source of Prometheus text appended to `/metrics`.
+    pub fn add_metrics_source(&self, source: Arc<dyn Fn(&mut String) + Send + Sync>) {
+        self.inner.metrics.add_source(source);
+    }
+
+    /// Stops taking pushes (503 `shutting_down`), answers every push already
+    /// queued, stops the dispatcher and waits for running broadcasts.
+    pub async fn shutdown(&self) {
+        self.set_ready(false);
+        self.inner.stop.cancel();
+        let handle = self.inner.dispatcher.lock().take();
+        if let Some(h) = handle {
+            if let Err(e) = h.await {
+                tracing::error!(%e, "dispatcher ended abnormally");
+            }
+        }
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
 
 /// How a center reaches rooms (in process in standalone mode, over links in cluster mode).
 #[async_trait]

@@ -1,34 +1,588 @@
 //! The JSON encoding of protocol v1, exactly as DESIGN.md fixes it.
+//!
+//! Every frame is one JSON object with an `"op"` string. Decoders ignore
+//! fields they do not know (forward compatibility) but refuse known fields of
+//! the wrong type. Encoders write the fields in a fixed order (`op`, then
+//! `seq` when set, then the op's fields) with no whitespace, so their output
+//! is byte-for-byte predictable (docs/PROTOCOL.md test vectors rely on it).
+//!
+//! The server encoder writes bytes directly, without building a
+//! `serde_json::Value`: a `msg` is encoded once per push on the fan-out path.
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::error::DecodeError;
-use crate::frame::{ClientFrame, ServerFrame};
+use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, ServerFrame};
+use crate::ids::{ConnId, MsgId, RoomId, UserId};
+
+/// The union of the fields of every client frame.
+#[derive(Deserialize)]
+struct RawClient {
+    op: Option<String>,
+    seq: Option<u32>,
+    token: Option<String>,
+    last_id: Option<i64>,
+    device: Option<String>,
+    channel: Option<String>,
+    id: Option<i64>,
+}
+
+/// The union of the fields of every server frame.
+#[derive(Deserialize)]
+struct RawServer {
+    op: Option<String>,
+    seq: Option<u32>,
+    conn: Option<String>,
+    user: Option<String>,
+    room: Option<String>,
+    heartbeat: Option<u32>,
+    channel: Option<String>,
+    id: Option<i64>,
+    ts: Option<i64>,
+    // `Option<Box<RawValue>>` alone would read `"data":null` as absent.
+    #[serde(default, deserialize_with = "present_raw")]
+    data: Option<Box<RawValue>>,
+    code: Option<String>,
+    message: Option<String>,
+    close: Option<u16>,
+}
+
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// Parses `buf` as one JSON object (not an array: serde would accept a
+/// struct written as a sequence).
+fn parse_object<'a, T: Deserialize<'a>>(buf: &'a [u8]) -> Result<T, DecodeError> {
+    match buf.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        _ => return Err(DecodeError::Json("expected a json object".into())),
+    }
+    serde_json::from_slice(buf).map_err(|e| DecodeError::Json(e.to_string()))
+}
+
+fn need<T>(v: Option<T>, field: &'static str) -> Result<T, DecodeError> {
+    v.ok_or(DecodeError::BadField(field))
+}
 
 /// Decodes one client frame from a JSON text.
 ///
 /// # Errors
-/// [`DecodeError`] for anything that is not a valid client frame.
+/// [`DecodeError::Json`] for text that is not a JSON object or holds a known
+/// field of the wrong type, [`DecodeError::BadField`] for a missing field,
+/// [`DecodeError::BadOp`] for an unknown `op`.
 pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
-    let _ = buf;
-    unimplemented!("proto::json::decode_client")
+    let raw: RawClient = parse_object(buf)?;
+    let op = need(raw.op, "op")?;
+    let seq = raw.seq;
+    Ok(match op.as_str() {
+        "auth" => ClientFrame::Auth {
+            seq,
+            token: need(raw.token, "token")?,
+            last_id: raw.last_id.map(MsgId),
+            device: raw.device,
+        },
+        "ping" => ClientFrame::Ping { seq },
+        "sub" => ClientFrame::Sub {
+            seq,
+            channel: need(raw.channel, "channel")?,
+            last_id: raw.last_id.map(MsgId),
+        },
+        "unsub" => ClientFrame::Unsub {
+            seq,
+            channel: need(raw.channel, "channel")?,
+        },
+        "ack" => ClientFrame::Ack {
+            seq,
+            id: MsgId(need(raw.id, "id")?),
+        },
+        _ => return Err(DecodeError::BadOp(op)),
+    })
 }
 
 /// Appends the JSON encoding of a server frame to `out`.
+///
+/// A `msg`'s `data` is written verbatim: it must hold one valid JSON value.
 pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
-    let _ = (frame, out);
-    unimplemented!("proto::json::encode_server")
+    match frame {
+        ServerFrame::AuthOk {
+            seq,
+            conn,
+            user,
+            room,
+            heartbeat,
+        } => {
+            head("auth_ok", *seq, out);
+            out.extend_from_slice(b",\"conn\":\"");
+            put_u64(conn.0, out);
+            out.extend_from_slice(b"\",\"user\":");
+            put_str(user.as_str(), out);
+            out.extend_from_slice(b",\"room\":\"");
+            put_u64(u64::from(room.0), out);
+            out.extend_from_slice(b"\",\"heartbeat\":");
+            put_u64(u64::from(*heartbeat), out);
+        }
+        ServerFrame::Pong { seq } => head("pong", *seq, out),
+        ServerFrame::SubOk { seq, channel } => {
+            head("sub_ok", *seq, out);
+            put_key_str("channel", channel, out);
+        }
+        ServerFrame::UnsubOk { seq, channel } => {
+            head("unsub_ok", *seq, out);
+            put_key_str("channel", channel, out);
+        }
+        ServerFrame::Msg(m) => {
+            out.reserve(m.data.len() + 48 + m.channel.as_ref().map_or(0, |c| c.len() + 12));
+            out.extend_from_slice(b"{\"op\":\"msg\",\"id\":");
+            put_i64(m.id.0, out);
+            if let Some(ch) = &m.channel {
+                put_key_str("channel", ch, out);
+            }
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(&m.data);
+            out.extend_from_slice(b",\"ts\":");
+            put_i64(m.ts, out);
+        }
+        ServerFrame::Error {
+            seq,
+            code,
+            message,
+            close,
+        } => {
+            head("error", *seq, out);
+            out.extend_from_slice(b",\"code\":\"");
+            out.extend_from_slice(code.as_str().as_bytes());
+            out.push(b'"');
+            put_key_str("message", message, out);
+            if let Some(c) = close {
+                out.extend_from_slice(b",\"close\":");
+                put_u64(u64::from(c.as_u16()), out);
+            }
+        }
+    }
+    out.push(b'}');
 }
 
 /// Appends the JSON encoding of a client frame to `out` (for clients and tests).
 pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
-    let _ = (frame, out);
-    unimplemented!("proto::json::encode_client")
+    match frame {
+        ClientFrame::Auth {
+            seq,
+            token,
+            last_id,
+            device,
+        } => {
+            head("auth", *seq, out);
+            put_key_str("token", token, out);
+            if let Some(id) = last_id {
+                out.extend_from_slice(b",\"last_id\":");
+                put_i64(id.0, out);
+            }
+            if let Some(d) = device {
+                put_key_str("device", d, out);
+            }
+        }
+        ClientFrame::Ping { seq } => head("ping", *seq, out),
+        ClientFrame::Sub {
+            seq,
+            channel,
+            last_id,
+        } => {
+            head("sub", *seq, out);
+            put_key_str("channel", channel, out);
+            if let Some(id) = last_id {
+                out.extend_from_slice(b",\"last_id\":");
+                put_i64(id.0, out);
+            }
+        }
+        ClientFrame::Unsub { seq, channel } => {
+            head("unsub", *seq, out);
+            put_key_str("channel", channel, out);
+        }
+        ClientFrame::Ack { seq, id } => {
+            head("ack", *seq, out);
+            out.extend_from_slice(b",\"id\":");
+            put_i64(id.0, out);
+        }
+    }
+    out.push(b'}');
 }
 
 /// Decodes one server frame from a JSON text (for clients and tests).
 ///
+/// `conn` and `room` are decimal strings of ASCII digits; `data` is kept as
+/// its raw JSON text.
+///
 /// # Errors
 /// [`DecodeError`] for anything that is not a valid server frame.
 pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
-    let _ = buf;
-    unimplemented!("proto::json::decode_server")
+    let raw: RawServer = parse_object(buf)?;
+    let op = need(raw.op, "op")?;
+    let seq = raw.seq;
+    Ok(match op.as_str() {
+        "auth_ok" => ServerFrame::AuthOk {
+            seq,
+            conn: ConnId(decimal(&need(raw.conn, "conn")?, "conn")?),
+            user: UserId::from(need(raw.user, "user")?),
+            room: RoomId(
+                u32::try_from(decimal(&need(raw.room, "room")?, "room")?)
+                    .map_err(|_| DecodeError::BadField("room"))?,
+            ),
+            heartbeat: need(raw.heartbeat, "heartbeat")?,
+        },
+        "pong" => ServerFrame::Pong { seq },
+        "sub_ok" => ServerFrame::SubOk {
+            seq,
+            channel: need(raw.channel, "channel")?,
+        },
+        "unsub_ok" => ServerFrame::UnsubOk {
+            seq,
+            channel: need(raw.channel, "channel")?,
+        },
+        "msg" => {
+            let data = need(raw.data, "data")?;
+            ServerFrame::Msg(MsgFrame {
+                id: MsgId(need(raw.id, "id")?),
+                ts: need(raw.ts, "ts")?,
+                channel: raw.channel,
+                data: Bytes::copy_from_slice(data.get().as_bytes()),
+            })
+        }
+        "error" => ServerFrame::Error {
+            seq,
+            code: ErrorCode::parse(&need(raw.code, "code")?)
+                .ok_or(DecodeError::BadField("code"))?,
+            message: need(raw.message, "message")?,
+            close: match raw.close {
+                Some(n) => Some(CloseCode::from_u16(n).ok_or(DecodeError::BadField("close"))?),
+                None => None,
+            },
+        },
+        _ => return Err(DecodeError::BadOp(op)),
+    })
+}
+
+/// Parses a non-empty string of ASCII digits (no sign, no spaces).
+fn decimal(s: &str, field: &'static str) -> Result<u64, DecodeError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DecodeError::BadField(field));
+    }
+    s.parse().map_err(|_| DecodeError::BadField(field))
+}
+
+/// Writes `{"op":"<op>"` and `,"seq":<n>` when set; the caller closes the object.
+fn head(op: &str, seq: Option<u32>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.push(b'"');
+    if let Some(s) = seq {
+        out.extend_from_slice(b",\"seq\":");
+        put_u64(u64::from(s), out);
+    }
+}
+
+/// Writes `,"<key>":"<escaped value>"`.
+fn put_key_str(key: &str, value: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    put_str(value, out);
+}
+
+fn put_u64(v: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn put_i64(v: i64, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Writes `s` as a JSON string, escaped exactly as `serde_json` does:
+/// `"` and `\` and control characters are escaped (`\b \f \n \r \t`, else
+/// `\u00XX`); everything else, `/` and non-ASCII included, is written as is.
+fn put_str(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc_s(f: &ServerFrame) -> String {
+        let mut out = Vec::new();
+        encode_server(f, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn enc_c(f: &ClientFrame) -> String {
+        let mut out = Vec::new();
+        encode_client(f, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn client_frames_exact_and_round_trip() {
+        let cases = [
+            (
+                ClientFrame::Auth {
+                    seq: Some(1),
+                    token: "a.b.c".into(),
+                    last_id: Some(MsgId(99)),
+                    device: Some("phone".into()),
+                },
+                r#"{"op":"auth","seq":1,"token":"a.b.c","last_id":99,"device":"phone"}"#,
+            ),
+            (
+                ClientFrame::Auth {
+                    seq: None,
+                    token: "t".into(),
+                    last_id: None,
+                    device: None,
+                },
+                r#"{"op":"auth","token":"t"}"#,
+            ),
+            (ClientFrame::Ping { seq: None }, r#"{"op":"ping"}"#),
+            (
+                ClientFrame::Ping { seq: Some(5) },
+                r#"{"op":"ping","seq":5}"#,
+            ),
+            (
+                ClientFrame::Sub {
+                    seq: Some(2),
+                    channel: "news".into(),
+                    last_id: Some(MsgId(-3)),
+                },
+                r#"{"op":"sub","seq":2,"channel":"news","last_id":-3}"#,
+            ),
+            (
+                ClientFrame::Unsub {
+                    seq: None,
+                    channel: "news".into(),
+                },
+                r#"{"op":"unsub","channel":"news"}"#,
+            ),
+            (
+                ClientFrame::Ack {
+                    seq: None,
+                    id: MsgId(i64::MAX),
+                },
+                r#"{"op":"ack","id":9223372036854775807}"#,
+            ),
+        ];
+        for (frame, text) in cases {
+            assert_eq!(enc_c(&frame), text);
+            assert_eq!(decode_client(text.as_bytes()), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn server_frames_exact_and_round_trip() {
+        let cases = [
+            (
+                ServerFrame::AuthOk {
+                    seq: Some(1),
+                    conn: ConnId(1 << 40 | 5),
+                    user: UserId::new("alice"),
+                    room: RoomId(1),
+                    heartbeat: 30,
+                },
+                r#"{"op":"auth_ok","seq":1,"conn":"1099511627781","user":"alice","room":"1","heartbeat":30}"#,
+            ),
+            (ServerFrame::Pong { seq: None }, r#"{"op":"pong"}"#),
+            (
+                ServerFrame::SubOk {
+                    seq: Some(2),
+                    channel: "news".into(),
+                },
+                r#"{"op":"sub_ok","seq":2,"channel":"news"}"#,
+            ),
+            (
+                ServerFrame::UnsubOk {
+                    seq: None,
+                    channel: "news".into(),
+                },
+                r#"{"op":"unsub_ok","channel":"news"}"#,
+            ),
+            (
+                ServerFrame::Msg(MsgFrame {
+                    id: MsgId(42),
+                    ts: 1_700_000_000_000,
+                    channel: None,
+                    data: Bytes::from_static(br#"{"text":"hi"}"#),
+                }),
+                r#"{"op":"msg","id":42,"data":{"text":"hi"},"ts":1700000000000}"#,
+            ),
+            (
+                ServerFrame::Msg(MsgFrame {
+                    id: MsgId(43),
+                    ts: 1,
+                    channel: Some("news".into()),
+                    data: Bytes::from_static(b"null"),
+                }),
+                r#"{"op":"msg","id":43,"channel":"news","data":null,"ts":1}"#,
+            ),
+            (
+                ServerFrame::Error {
+                    seq: Some(4),
+                    code: ErrorCode::Draining,
+                    message: "draining reconnect_after_ms=500".into(),
+                    close: Some(CloseCode::Draining),
+                },
+                r#"{"op":"error","seq":4,"code":"draining","message":"draining reconnect_after_ms=500","close":4007}"#,
+            ),
+            (
+                ServerFrame::Error {
+                    seq: None,
+                    code: ErrorCode::BadChannel,
+                    message: "bad".into(),
+                    close: None,
+                },
+                r#"{"op":"error","code":"bad_channel","message":"bad"}"#,
+            ),
+        ];
+        for (frame, text) in cases {
+            assert_eq!(enc_s(&frame), text);
+            assert_eq!(decode_server(text.as_bytes()), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn escaping_matches_serde_json() {
+        let mut all = String::new();
+        for c in 0u8..0x80 {
+            all.push(char::from(c));
+        }
+        all.push_str("é\u{2028}😀/");
+        let mut out = Vec::new();
+        put_str(&all, &mut out);
+        assert_eq!(out, serde_json::to_vec(&all).unwrap());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let f = decode_client(br#"{"x":{"y":[1,2]},"op":"ping","future":true}"#);
+        assert_eq!(f, Ok(ClientFrame::Ping { seq: None }));
+        let f = decode_server(br#"{"op":"pong","new":"field"}"#);
+        assert_eq!(f, Ok(ServerFrame::Pong { seq: None }));
+    }
+
+    #[test]
+    fn whitespace_and_escapes_are_accepted() {
+        let f = decode_client(b" { \"op\" : \"sub\" , \"channel\" : \"a\\u002fb\" } ");
+        assert_eq!(
+            f,
+            Ok(ClientFrame::Sub {
+                seq: None,
+                channel: "a/b".into(),
+                last_id: None
+            })
+        );
+    }
+
+    #[test]
+    fn bad_client_frames() {
+        use DecodeError::*;
+        type Check = fn(&DecodeError) -> bool;
+        let bad: &[(&str, Check)] = &[
+            ("", |e| matches!(e, Json(_))),
+            ("[\"ping\"]", |e| matches!(e, Json(_))),
+            ("\"ping\"", |e| matches!(e, Json(_))),
+            ("{\"op\":\"ping\"", |e| matches!(e, Json(_))),
+            ("{\"op\":\"ping\"} x", |e| matches!(e, Json(_))),
+            ("{}", |e| *e == BadField("op")),
+            ("{\"op\":1}", |e| matches!(e, Json(_))),
+            ("{\"op\":\"nope\"}", |e| *e == BadOp("nope".into())),
+            ("{\"op\":\"auth\"}", |e| *e == BadField("token")),
+            ("{\"op\":\"auth\",\"token\":5}", |e| matches!(e, Json(_))),
+            ("{\"op\":\"sub\"}", |e| *e == BadField("channel")),
+            ("{\"op\":\"unsub\"}", |e| *e == BadField("channel")),
+            ("{\"op\":\"ack\"}", |e| *e == BadField("id")),
+            ("{\"op\":\"ack\",\"id\":1.5}", |e| matches!(e, Json(_))),
+            ("{\"op\":\"ack\",\"id\":\"1\"}", |e| matches!(e, Json(_))),
+            ("{\"op\":\"ping\",\"seq\":-1}", |e| matches!(e, Json(_))),
+            ("{\"op\":\"ping\",\"seq\":4294967296}", |e| {
+                matches!(e, Json(_))
+            }),
+            ("{\"op\":\"ping\",\"op\":\"ping\"}", |e| {
+                matches!(e, Json(_))
+            }),
+        ];
+        for (text, ok) in bad {
+            let e = decode_client(text.as_bytes()).unwrap_err();
+            assert!(ok(&e), "{text}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn bad_server_frames() {
+        use DecodeError::*;
+        let bad: &[(&str, DecodeError)] = &[
+            (r#"{"op":"msg","id":1,"ts":2}"#, BadField("data")),
+            (r#"{"op":"msg","id":1,"data":1}"#, BadField("ts")),
+            (
+                r#"{"op":"auth_ok","conn":"+1","user":"u","room":"1","heartbeat":1}"#,
+                BadField("conn"),
+            ),
+            (
+                r#"{"op":"auth_ok","conn":"1","user":"u","room":"4294967296","heartbeat":1}"#,
+                BadField("room"),
+            ),
+            (
+                r#"{"op":"error","code":"what","message":""}"#,
+                BadField("code"),
+            ),
+            (
+                r#"{"op":"error","code":"internal","message":"","close":1000}"#,
+                BadField("close"),
+            ),
+            (r#"{"op":"ping"}"#, BadOp("ping".into())),
+        ];
+        for (text, want) in bad {
+            assert_eq!(decode_server(text.as_bytes()).as_ref(), Err(want), "{text}");
+        }
+        assert!(matches!(
+            decode_server(br#"{"op":"auth_ok","conn":1,"user":"u","room":"1","heartbeat":1}"#),
+            Err(Json(_))
+        ));
+    }
+
+    #[test]
+    fn msg_data_is_kept_verbatim() {
+        let text = br#"{"op":"msg","id":1,"data":{"b": [1, 2.50, "x"] ,"a":null},"ts":2}"#;
+        let Ok(ServerFrame::Msg(m)) = decode_server(text) else {
+            panic!("not a msg");
+        };
+        assert_eq!(&m.data[..], br#"{"b": [1, 2.50, "x"] ,"a":null}"#);
+    }
 }

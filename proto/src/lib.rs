@@ -6,6 +6,8 @@
 //! contains no networking code, no async runtime and no clock: callers pass
 //! `now` in where time matters.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod binary;
 pub mod error;
 pub mod frame;
@@ -16,6 +18,7 @@ pub mod token;
 pub use error::DecodeError;
 pub use frame::{ClientFrame, CloseCode, EncodedMsg, ErrorCode, MsgFrame, ServerFrame};
 pub use ids::{ConnId, MsgId, RoomId, UserId};
+pub use token::{valid_channel, Claims, TokenError};
 
 /// Default maximum size of one client frame, in bytes (64 KiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;

@@ -1,7 +1,18 @@
 //! Token claims (JWT, HS256) and their checks. The clock is the caller's.
+//!
+//! Only HS256 is accepted: tokens with `alg` `none` or any other algorithm are
+//! refused before their signature is looked at. `exp` is checked against the
+//! `now` the caller passes, never against the library's own clock.
 
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// Longest accepted `sub` claim (user id), in bytes.
+pub const MAX_SUB_LEN: usize = 256;
+
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 128;
 
 /// The claims pushgate reads from a client token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,10 +32,32 @@ pub struct Claims {
 
 impl Claims {
     /// Whether the token allows subscribing to `channel`.
+    ///
+    /// An entry allows the channel of exactly that name, or, when it ends in
+    /// `*`, every channel whose name starts with what precedes the `*` (so
+    /// `"*"` allows every channel). A name that is not [`valid_channel`] is
+    /// never allowed, and no `channels` claim allows nothing.
     pub fn allows_channel(&self, channel: &str) -> bool {
-        let _ = channel;
-        unimplemented!("proto::token::Claims::allows_channel")
+        if !valid_channel(channel) {
+            return false;
+        }
+        let Some(entries) = &self.channels else {
+            return false;
+        };
+        entries.iter().any(|e| match e.strip_suffix('*') {
+            Some(prefix) => channel.starts_with(prefix),
+            None => e == channel,
+        })
     }
+}
+
+/// Whether `name` is a valid channel name: 1 to 128 bytes of ASCII letters,
+/// digits and `_ . : @ / -` (so never a `*`).
+pub fn valid_channel(name: &str) -> bool {
+    (1..=MAX_CHANNEL_LEN).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'/' | b'-')
+        })
 }
 
 /// Why a token was refused.
@@ -46,15 +79,216 @@ pub enum TokenError {
 /// # Errors
 /// [`TokenError::Invalid`] if encoding fails.
 pub fn mint(claims: &Claims, secret: &[u8]) -> Result<String, TokenError> {
-    let _ = (claims, secret);
-    unimplemented!("proto::token::mint")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
 /// Verifies an HS256 token against `secret` at time `now` (seconds since the epoch).
 ///
+/// The token is valid while `now < exp`. `sub` must be 1 to
+/// [`MAX_SUB_LEN`] bytes. Other registered claims (`aud`, `iss`, `nbf`) are
+/// not checked.
+///
 /// # Errors
-/// [`TokenError`] when the token is not valid now.
+/// [`TokenError::Invalid`] for a malformed token, another algorithm than
+/// HS256, a bad signature or a missing/mistyped `sub` or `exp`;
+/// [`TokenError::Expired`] when `exp <= now`; [`TokenError::BadSubject`] for
+/// an empty or too long `sub`.
 pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Claims, TokenError> {
-    let _ = (token, secret, now);
-    unimplemented!("proto::token::verify")
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let claims = data.claims;
+    if claims.exp <= now {
+        return Err(TokenError::Expired);
+    }
+    if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_LEN {
+        return Err(TokenError::BadSubject);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+    const NOW: u64 = 1_700_000_000;
+
+    fn claims(sub: &str) -> Claims {
+        Claims {
+            sub: sub.into(),
+            exp: NOW + 60,
+            dev: Some("phone".into()),
+            channels: Some(vec!["news".into(), "chat:*".into()]),
+        }
+    }
+
+    fn b64(s: &str) -> String {
+        // Minimal base64url without padding, for hand-made tokens.
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn mint_then_verify() {
+        let c = claims("alice");
+        let t = mint(&c, SECRET).unwrap();
+        assert_eq!(verify(&t, SECRET, NOW), Ok(c));
+    }
+
+    #[test]
+    fn wrong_secret_is_refused() {
+        let t = mint(&claims("alice"), SECRET).unwrap();
+        assert!(matches!(
+            verify(&t, b"other", NOW),
+            Err(TokenError::Invalid(_))
+        ));
+        // A tampered payload breaks the signature.
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        parts[1] = b64(&format!(r#"{{"sub":"mallory","exp":{}}}"#, NOW + 60));
+        let forged = parts.join(".");
+        assert!(matches!(
+            verify(&forged, SECRET, NOW),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn expiry_uses_the_given_clock() {
+        let t = mint(&claims("alice"), SECRET).unwrap();
+        assert!(verify(&t, SECRET, NOW + 59).is_ok());
+        assert_eq!(verify(&t, SECRET, NOW + 60), Err(TokenError::Expired));
+        // A token long expired by the real clock is fine at an earlier `now`.
+        let mut old = claims("alice");
+        old.exp = 10;
+        let t = mint(&old, SECRET).unwrap();
+        assert!(verify(&t, SECRET, 9).is_ok());
+        assert_eq!(verify(&t, SECRET, 11), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let payload = b64(&format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60));
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), payload);
+        assert!(matches!(
+            verify(&none, SECRET, NOW),
+            Err(TokenError::Invalid(_))
+        ));
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims("alice"),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&hs384, SECRET, NOW),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn claims_are_required() {
+        #[derive(Serialize)]
+        struct NoExp {
+            sub: String,
+        }
+        #[derive(Serialize)]
+        struct NoSub {
+            exp: u64,
+        }
+        let key = EncodingKey::from_secret(SECRET);
+        let h = Header::new(Algorithm::HS256);
+        let t = jsonwebtoken::encode(&h, &NoExp { sub: "a".into() }, &key).unwrap();
+        assert!(matches!(
+            verify(&t, SECRET, NOW),
+            Err(TokenError::Invalid(_))
+        ));
+        let t = jsonwebtoken::encode(&h, &NoSub { exp: NOW + 60 }, &key).unwrap();
+        assert!(matches!(
+            verify(&t, SECRET, NOW),
+            Err(TokenError::Invalid(_))
+        ));
+        for sub in [String::new(), "x".repeat(MAX_SUB_LEN + 1)] {
+            let t = mint(&claims(&sub), SECRET).unwrap();
+            assert_eq!(verify(&t, SECRET, NOW), Err(TokenError::BadSubject));
+        }
+        let t = mint(&claims(&"x".repeat(MAX_SUB_LEN)), SECRET).unwrap();
+        assert!(verify(&t, SECRET, NOW).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for t in ["", ".", "..", "a.b.c", "eyJ.eyJ.xx", "\u{0}"] {
+            assert!(matches!(
+                verify(t, SECRET, NOW),
+                Err(TokenError::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn channel_permissions() {
+        let c = claims("alice");
+        assert!(c.allows_channel("news"));
+        assert!(!c.allows_channel("news2"));
+        assert!(!c.allows_channel("new"));
+        assert!(c.allows_channel("chat:1"));
+        assert!(c.allows_channel("chat:"));
+        assert!(!c.allows_channel("chat"));
+        assert!(!c.allows_channel("chat:*"));
+        let all = Claims {
+            channels: Some(vec!["*".into()]),
+            ..claims("a")
+        };
+        assert!(all.allows_channel("anything"));
+        assert!(!all.allows_channel(""));
+        let none = Claims {
+            channels: None,
+            ..claims("a")
+        };
+        assert!(!none.allows_channel("news"));
+        let empty = Claims {
+            channels: Some(vec![]),
+            ..claims("a")
+        };
+        assert!(!empty.allows_channel("news"));
+    }
+
+    #[test]
+    fn channel_names() {
+        for ok in [
+            "a",
+            "news",
+            "chat:room-1",
+            "user@host/x_y.z",
+            &"a".repeat(128),
+        ] {
+            assert!(valid_channel(ok), "{ok}");
+        }
+        for bad in ["", "a*", "*", "a b", "ü", "a\n", &"a".repeat(129), "a#b"] {
+            assert!(!valid_channel(bad), "{bad}");
+        }
+    }
 }

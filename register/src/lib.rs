@@ -11,6 +11,7 @@ use proto::{ConnId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 mod local;
+pub mod ring;
 pub use local::LocalDirectory;
 
 /// One live connection as the directory knows it.
@@ -67,12 +68,7 @@ pub trait Directory: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`DirError`] when the directory is unreachable.
-    async fn disconnected(
-        &self,
-        user: &UserId,
-        conn: ConnId,
-        now_ms: i64,
-    ) -> Result<(), DirError>;
+    async fn disconnected(&self, user: &UserId, conn: ConnId, now_ms: i64) -> Result<(), DirError>;
 
     /// The live connections of each user in `users` (batched lookup), in the
     /// same order; users with none get an empty list.

@@ -1,5 +1,363 @@
-//! In-process directory (filled in by the register implementation).
+//! The in-process directory: a sharded map user → live connections, a room
+//! table with connection counts, and accumulated online time per user.
+//!
+//! Every method is synchronous inside (no `.await` while a map shard is
+//! locked); the async trait methods just wrap them. Counters (`connections`,
+//! `users`) are updated while the user's shard is locked, so they stay
+//! consistent with the map.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use proto::{ConnId, RoomId, UserId};
+use smallvec::SmallVec;
+
+use crate::{ConnInfo, DirError, DirStats, Directory, RoomInfo};
+
+/// What the directory keeps per user.
+#[derive(Debug, Default)]
+struct UserEntry {
+    /// Live connections (most users have one).
+    conns: SmallVec<[ConnInfo; 1]>,
+    /// Online time of connections that already ended, in milliseconds.
+    closed_ms: u64,
+}
 
 /// The in-process [`crate::Directory`].
 #[derive(Debug, Default)]
-pub struct LocalDirectory {}
+pub struct LocalDirectory {
+    users: DashMap<UserId, UserEntry>,
+    /// Live rooms and how many connections each holds.
+    rooms: DashMap<RoomId, u64>,
+    connections: AtomicU64,
+    online_users: AtomicU64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds between `since` and `now`, zero when the clock went back.
+fn span(since: i64, now: i64) -> u64 {
+    u64::try_from(now.saturating_sub(since)).unwrap_or(0)
+}
+
+impl LocalDirectory {
+    /// An empty directory.
+    pub fn new() -> LocalDirectory {
+        LocalDirectory::default()
+    }
+
+    /// Records a connection (replaces a connection with the same id).
+    pub fn add(&self, conn: ConnInfo) {
+        let room = conn.room;
+        let mut entry = self.users.entry(conn.user.clone()).or_default();
+        if let Some(old) = entry.conns.iter_mut().find(|c| c.conn == conn.conn) {
+            let old_room = old.room;
+            *old = conn;
+            if old_room != room {
+                self.room_dec(old_room);
+                self.room_inc(room);
+            }
+            return;
+        }
+        if entry.conns.is_empty() {
+            self.online_users.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.conns.push(conn);
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.room_inc(room);
+    }
+
+    /// Removes a connection, adding its online time up to `now_ms`; returns
+    /// whether it was known.
+    pub fn remove(&self, user: &UserId, conn: ConnId, now_ms: i64) -> bool {
+        let Some(mut entry) = self.users.get_mut(user) else {
+            return false;
+        };
+        let Some(pos) = entry.conns.iter().position(|c| c.conn == conn) else {
+            return false;
+        };
+        let gone = entry.conns.swap_remove(pos);
+        entry.closed_ms = entry.closed_ms.saturating_add(span(gone.since, now_ms));
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        if entry.conns.is_empty() {
+            self.online_users.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(entry);
+        self.room_dec(gone.room);
+        true
+    }
+
+    /// The live connections of `user`.
+    pub fn get(&self, user: &UserId) -> Vec<ConnInfo> {
+        self.users
+            .get(user)
+            .map(|e| e.conns.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Online time of `user` up to `now_ms`, live connections included.
+    pub fn online(&self, user: &UserId, now_ms: i64) -> u64 {
+        self.users.get(user).map_or(0, |e| {
+            e.conns.iter().fold(e.closed_ms, |acc, c| {
+                acc.saturating_add(span(c.since, now_ms))
+            })
+        })
+    }
+
+    /// Removes `room` and every connection it held, closing them at `now_ms`.
+    pub fn drop_room(&self, room: RoomId, now_ms: i64) {
+        self.rooms.remove(&room);
+        for mut entry in self.users.iter_mut() {
+            let before = entry.conns.len();
+            let mut closed = 0u64;
+            entry.conns.retain(|c| {
+                if c.room == room {
+                    closed = closed.saturating_add(span(c.since, now_ms));
+                    false
+                } else {
+                    true
+                }
+            });
+            let removed = before - entry.conns.len();
+            if removed > 0 {
+                entry.closed_ms = entry.closed_ms.saturating_add(closed);
+                self.connections
+                    .fetch_sub(removed as u64, Ordering::Relaxed);
+                if entry.conns.is_empty() {
+                    self.online_users.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn room_inc(&self, room: RoomId) {
+        *self.rooms.entry(room).or_insert(0) += 1;
+    }
+
+    fn room_dec(&self, room: RoomId) {
+        if let Some(mut n) = self.rooms.get_mut(&room) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// The live rooms, sorted by id.
+    pub fn room_list(&self) -> Vec<RoomInfo> {
+        let mut v: Vec<RoomInfo> = self
+            .rooms
+            .iter()
+            .map(|r| RoomInfo {
+                room: *r.key(),
+                connections: *r.value(),
+            })
+            .collect();
+        v.sort_by_key(|r| r.room);
+        v
+    }
+
+    /// Totals.
+    pub fn totals(&self) -> DirStats {
+        DirStats {
+            connections: self.connections.load(Ordering::Relaxed),
+            users: self.online_users.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for LocalDirectory {
+    async fn connected(&self, conn: ConnInfo) -> Result<(), DirError> {
+        self.add(conn);
+        Ok(())
+    }
+
+    async fn disconnected(&self, user: &UserId, conn: ConnId, now_ms: i64) -> Result<(), DirError> {
+        self.remove(user, conn, now_ms);
+        Ok(())
+    }
+
+    async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<ConnInfo>>, DirError> {
+        Ok(users.iter().map(|u| self.get(u)).collect())
+    }
+
+    async fn online_ms(&self, user: &UserId, now_ms: i64) -> Result<u64, DirError> {
+        Ok(self.online(user, now_ms))
+    }
+
+    async fn room_up(&self, room: RoomId) -> Result<(), DirError> {
+        self.rooms.entry(room).or_insert(0);
+        Ok(())
+    }
+
+    async fn room_down(&self, room: RoomId) -> Result<(), DirError> {
+        self.drop_room(room, now_ms());
+        Ok(())
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomInfo>, DirError> {
+        Ok(self.room_list())
+    }
+
+    async fn stats(&self) -> Result<DirStats, DirError> {
+        Ok(self.totals())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ci(user: &str, room: u32, n: u64, since: i64) -> ConnInfo {
+        ConnInfo {
+            user: UserId::new(user),
+            conn: ConnId::new(RoomId(room), n),
+            room: RoomId(room),
+            device: Some(format!("d{n}")),
+            since,
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_lookup_disconnect() {
+        let d = LocalDirectory::new();
+        d.room_up(RoomId(1)).await.unwrap();
+        d.connected(ci("a", 1, 1, 0)).await.unwrap();
+        d.connected(ci("a", 1, 2, 0)).await.unwrap();
+        d.connected(ci("b", 1, 3, 0)).await.unwrap();
+        let got = d
+            .lookup(&[UserId::new("a"), UserId::new("nobody"), UserId::new("b")])
+            .await
+            .unwrap();
+        assert_eq!(got[0].len(), 2);
+        assert!(got[1].is_empty());
+        assert_eq!(got[2], vec![ci("b", 1, 3, 0)]);
+        assert_eq!(
+            d.stats().await.unwrap(),
+            DirStats {
+                connections: 3,
+                users: 2
+            }
+        );
+        d.disconnected(&UserId::new("a"), ConnId::new(RoomId(1), 1), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.stats().await.unwrap(),
+            DirStats {
+                connections: 2,
+                users: 2
+            }
+        );
+        d.disconnected(&UserId::new("a"), ConnId::new(RoomId(1), 2), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.stats().await.unwrap(),
+            DirStats {
+                connections: 1,
+                users: 1
+            }
+        );
+        assert!(d.lookup(&[UserId::new("a")]).await.unwrap()[0].is_empty());
+        assert_eq!(
+            d.rooms().await.unwrap(),
+            vec![RoomInfo {
+                room: RoomId(1),
+                connections: 1
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_connect_is_idempotent_and_unknown_disconnect_ignored() {
+        let d = LocalDirectory::new();
+        d.connected(ci("a", 1, 1, 0)).await.unwrap();
+        d.connected(ci("a", 1, 1, 5)).await.unwrap();
+        assert_eq!(d.totals().connections, 1);
+        assert_eq!(d.get(&UserId::new("a"))[0].since, 5);
+        assert!(!d.remove(&UserId::new("a"), ConnId::new(RoomId(1), 9), 10));
+        assert!(!d.remove(&UserId::new("zz"), ConnId::new(RoomId(1), 1), 10));
+        assert_eq!(d.totals().connections, 1);
+        // A room that reports a connection becomes live.
+        assert_eq!(d.room_list()[0].connections, 1);
+    }
+
+    #[tokio::test]
+    async fn online_time_accumulates() {
+        let d = LocalDirectory::new();
+        let a = UserId::new("a");
+        assert_eq!(d.online_ms(&a, 100).await.unwrap(), 0);
+        d.connected(ci("a", 1, 1, 1_000)).await.unwrap();
+        assert_eq!(d.online_ms(&a, 1_500).await.unwrap(), 500);
+        d.disconnected(&a, ConnId::new(RoomId(1), 1), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(d.online_ms(&a, 9_000).await.unwrap(), 1_000);
+        d.connected(ci("a", 2, 7, 10_000)).await.unwrap();
+        assert_eq!(d.online_ms(&a, 10_250).await.unwrap(), 1_250);
+        // Clock going back never subtracts.
+        assert_eq!(d.online_ms(&a, 0).await.unwrap(), 1_000);
+    }
+
+    #[tokio::test]
+    async fn room_down_removes_its_connections() {
+        let d = LocalDirectory::new();
+        d.room_up(RoomId(1)).await.unwrap();
+        d.room_up(RoomId(2)).await.unwrap();
+        d.connected(ci("a", 1, 1, 0)).await.unwrap();
+        d.connected(ci("a", 2, 2, 0)).await.unwrap();
+        d.connected(ci("b", 2, 3, 0)).await.unwrap();
+        d.drop_room(RoomId(2), 100);
+        assert_eq!(
+            d.totals(),
+            DirStats {
+                connections: 1,
+                users: 1
+            }
+        );
+        assert_eq!(d.get(&UserId::new("a")).len(), 1);
+        assert!(d.get(&UserId::new("b")).is_empty());
+        assert_eq!(d.online(&UserId::new("b"), 100), 100);
+        assert_eq!(
+            d.room_list(),
+            vec![RoomInfo {
+                room: RoomId(1),
+                connections: 1
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_connects_keep_counts() {
+        let d = std::sync::Arc::new(LocalDirectory::new());
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100u64 {
+                    let n = t * 1000 + i;
+                    d.connected(ci(&format!("u{}", n % 50), 1, n, 0))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            d.totals(),
+            DirStats {
+                connections: 800,
+                users: 50
+            }
+        );
+        assert_eq!(d.room_list()[0].connections, 800);
+    }
+}

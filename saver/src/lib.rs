@@ -3,6 +3,13 @@
 //! default) and Redis (single node or Redis Cluster).
 //!
 //! This crate owns durable data; it does not decide who gets what.
+//! See docs/STORAGE.md for the layout and the durability guarantees.
+
+mod embedded;
+mod redis_backend;
+
+pub use embedded::EmbeddedStore;
+pub use redis_backend::{acks_key, history_key, queue_key, RedisStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

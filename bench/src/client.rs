@@ -1,0 +1,472 @@
+//! One client connection, spoken like an outsider would: connect (optionally
+//! from a chosen source address), authenticate, send frames, receive frames,
+//! close. WebSocket connections carry JSON text frames; TCP connections carry
+//! length-prefixed binary frames. Both are kept small: a few KiB of buffers
+//! each, so one bench process can hold tens of thousands.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use futures_util::{SinkExt as _, StreamExt as _};
+use proto::{ClientFrame, ConnId, ServerFrame};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::args::Transport;
+
+/// Largest frame accepted from the server.
+const MAX_FRAME: usize = proto::DEFAULT_MAX_FRAME;
+/// Initial read buffer of a TCP connection; it grows only for larger frames.
+const TCP_READ_BUF: usize = 512;
+/// Frames read while waiting for `auth_ok` before giving up.
+const MAX_FRAMES_BEFORE_AUTH_OK: usize = 16;
+
+/// WebSocket settings for many small, mostly idle connections.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(2048)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+}
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    transport: Transport,
+    addr: SocketAddr,
+    url: Arc<str>,
+}
+
+impl Endpoint {
+    /// Resolves the server address: `ws_url` (`ws://host:port/path`) for
+    /// WebSocket, `tcp_addr` (`host:port`) for TCP.
+    pub(crate) async fn resolve(
+        transport: Transport,
+        ws_url: &str,
+        tcp_addr: &str,
+    ) -> anyhow::Result<Endpoint> {
+        match transport {
+            Transport::Ws => {
+                let uri: Uri = ws_url
+                    .parse()
+                    .with_context(|| format!("invalid websocket url {ws_url:?}"))?;
+                if uri.scheme_str() != Some("ws") {
+                    anyhow::bail!("websocket url {ws_url:?} must start with ws:// (wss is not supported)");
+                }
+                let host = uri
+                    .host()
+                    .with_context(|| format!("websocket url {ws_url:?} has no host"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port = uri.port_u16().unwrap_or(80);
+                let addr = tokio::net::lookup_host((host, port))
+                    .await
+                    .with_context(|| format!("resolving {host}"))?
+                    .next()
+                    .with_context(|| format!("{host} resolves to no address"))?;
+                Ok(Endpoint {
+                    transport,
+                    addr,
+                    url: Arc::from(ws_url),
+                })
+            }
+            Transport::Tcp => {
+                let addr = tokio::net::lookup_host(tcp_addr)
+                    .await
+                    .with_context(|| format!("resolving {tcp_addr}"))?
+                    .next()
+                    .with_context(|| format!("{tcp_addr} resolves to no address"))?;
+                Ok(Endpoint {
+                    transport,
+                    addr,
+                    url: Arc::from(""),
+                })
+            }
+        }
+    }
+
+    /// The server's socket address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The server closed with a code: a WebSocket close frame, or on TCP the
+    /// close code carried by the final error frame.
+    Code(u16, String),
+    /// A WebSocket close frame without a code.
+    NoCode,
+    /// The stream ended without a close frame.
+    Eof,
+    /// A read or write failed.
+    Io(String),
+}
+
+impl Closed {
+    /// A short key for tallies: the close code, or `eof`, `no_code`, `io_error`.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            Closed::Code(c, _) => c.to_string(),
+            Closed::NoCode => "no_code".to_string(),
+            Closed::Eof => "eof".to_string(),
+            Closed::Io(_) => "io_error".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Closed::Code(c, r) if r.is_empty() => write!(f, "close {c}"),
+            Closed::Code(c, r) => write!(f, "close {c} ({r})"),
+            Closed::NoCode => f.write_str("close without code"),
+            Closed::Eof => f.write_str("connection ended without close"),
+            Closed::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// What [`Conn::recv`] yields.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A server frame.
+    Frame(ServerFrame),
+    /// A frame that did not decode (the connection goes on).
+    Undecodable(String),
+    /// The connection is over.
+    Closed(Closed),
+}
+
+/// Why connecting or authenticating failed.
+#[derive(Debug)]
+pub(crate) enum ClientError {
+    /// Binding the source address failed.
+    Bind(io::Error),
+    /// The TCP connect failed.
+    Connect(io::Error),
+    /// The WebSocket upgrade failed.
+    Handshake(String),
+    /// A step did not finish in time.
+    Timeout(&'static str),
+    /// The server refused the token.
+    AuthRefused(String),
+    /// The connection ended before `auth_ok`.
+    ClosedDuringAuth(Closed),
+    /// Sending a frame failed.
+    Send(String),
+    /// The server answered something unexpected.
+    Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Bind(e) => write!(f, "bind: {e}"),
+            ClientError::Connect(e) => write!(f, "connect: {e}"),
+            ClientError::Handshake(e) => write!(f, "websocket handshake: {e}"),
+            ClientError::Timeout(step) => write!(f, "timed out during {step}"),
+            ClientError::AuthRefused(e) => write!(f, "auth refused: {e}"),
+            ClientError::ClosedDuringAuth(c) => write!(f, "closed during auth: {c}"),
+            ClientError::Send(e) => write!(f, "send: {e}"),
+            ClientError::Protocol(e) => write!(f, "protocol: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// Whether the failure happened at or after the auth step (the socket was
+    /// open), as opposed to while connecting.
+    pub(crate) fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout("auth")
+                | ClientError::AuthRefused(_)
+                | ClientError::ClosedDuringAuth(_)
+                | ClientError::Protocol(_)
+        )
+    }
+
+    /// A short key for tallies.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            ClientError::Bind(e) => format!("bind: {}", e.kind()),
+            ClientError::Connect(e) => format!("connect: {}", e.kind()),
+            ClientError::Handshake(_) => "handshake".to_string(),
+            ClientError::Timeout(step) => format!("timeout: {step}"),
+            ClientError::AuthRefused(_) => "auth refused".to_string(),
+            ClientError::ClosedDuringAuth(c) => format!("closed during auth: {}", c.key()),
+            ClientError::Send(_) => "send".to_string(),
+            ClientError::Protocol(_) => "protocol".to_string(),
+        }
+    }
+}
+
+/// What `auth_ok` said.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AuthOk {
+    /// The connection id the server gave.
+    #[allow(dead_code)] // kept for reports of a later issue (per-connection traces)
+    pub(crate) conn: ConnId,
+    /// The heartbeat interval the server asks for, in seconds.
+    pub(crate) heartbeat: u32,
+}
+
+/// One open connection.
+pub(crate) struct Conn {
+    io: Io,
+}
+
+enum Io {
+    Ws(WebSocketStream<TcpStream>),
+    Tcp(TcpIo),
+}
+
+struct TcpIo {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Connects to `ep` (from `source` when given) and authenticates with `token`,
+/// each step within `step_timeout`.
+pub(crate) async fn connect_and_auth(
+    ep: &Endpoint,
+    source: Option<IpAddr>,
+    token: &str,
+    step_timeout: Duration,
+) -> Result<(Conn, AuthOk), ClientError> {
+    let mut conn = tokio::time::timeout(step_timeout, Conn::connect(ep, source))
+        .await
+        .map_err(|_| ClientError::Timeout("connect"))??;
+    let ok = tokio::time::timeout(step_timeout, conn.auth(token))
+        .await
+        .map_err(|_| ClientError::Timeout("auth"))??;
+    Ok((conn, ok))
+}
+
+impl Conn {
+    /// Opens the socket and, for WebSocket, performs the upgrade.
+    pub(crate) async fn connect(ep: &Endpoint, source: Option<IpAddr>) -> Result<Conn, ClientError> {
+        let sock = if ep.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(ClientError::Connect)?;
+        if let Some(ip) = source {
+            sock.bind(SocketAddr::new(ip, 0)).map_err(ClientError::Bind)?;
+        }
+        let stream = sock.connect(ep.addr).await.map_err(ClientError::Connect)?;
+        // Frames are small and latency is what we measure.
+        stream.set_nodelay(true).map_err(ClientError::Connect)?;
+        let io = match ep.transport {
+            Transport::Ws => {
+                let (ws, _response) = tokio_tungstenite::client_async_with_config(
+                    &*ep.url,
+                    stream,
+                    Some(ws_config()),
+                )
+                .await
+                .map_err(|e| ClientError::Handshake(e.to_string()))?;
+                Io::Ws(ws)
+            }
+            Transport::Tcp => Io::Tcp(TcpIo {
+                stream,
+                buf: BytesMut::with_capacity(TCP_READ_BUF),
+            }),
+        };
+        Ok(Conn { io })
+    }
+
+    /// Sends the auth frame and waits for `auth_ok`.
+    pub(crate) async fn auth(&mut self, token: &str) -> Result<AuthOk, ClientError> {
+        self.send(&ClientFrame::Auth {
+            seq: Some(1),
+            token: token.to_string(),
+            last_id: None,
+            device: None,
+        })
+        .await?;
+        for _ in 0..MAX_FRAMES_BEFORE_AUTH_OK {
+            match self.recv().await {
+                Event::Frame(ServerFrame::AuthOk {
+                    conn, heartbeat, ..
+                }) => return Ok(AuthOk { conn, heartbeat }),
+                Event::Frame(ServerFrame::Error { code, message, .. }) => {
+                    return Err(ClientError::AuthRefused(format!("{}: {message}", code.as_str())))
+                }
+                Event::Frame(_) => {}
+                Event::Undecodable(e) => return Err(ClientError::Protocol(e)),
+                Event::Closed(Closed::Code(4001, reason)) => {
+                    return Err(ClientError::AuthRefused(format!("close 4001 {reason}")))
+                }
+                Event::Closed(c) => return Err(ClientError::ClosedDuringAuth(c)),
+            }
+        }
+        Err(ClientError::Protocol("no auth_ok".to_string()))
+    }
+
+    /// Sends one frame (JSON text on WebSocket, length-prefixed binary on TCP).
+    pub(crate) async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        match &mut self.io {
+            Io::Ws(ws) => {
+                let mut out = Vec::with_capacity(64);
+                proto::json::encode_client(frame, &mut out);
+                let text = String::from_utf8(out)
+                    .map_err(|_| ClientError::Send("json encoder produced invalid utf-8".into()))?;
+                ws.send(Message::text(text))
+                    .await
+                    .map_err(|e| ClientError::Send(e.to_string()))
+            }
+            Io::Tcp(t) => {
+                let mut body = Vec::with_capacity(64);
+                proto::binary::encode_client(frame, &mut body);
+                let mut out = Vec::with_capacity(body.len() + 8);
+                proto::binary::write_len(body.len(), &mut out);
+                out.extend_from_slice(&body);
+                t.stream
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| ClientError::Send(e.to_string()))
+            }
+        }
+    }
+
+    /// Waits for the next frame. Cancel-safe: a `recv` dropped in a
+    /// `select!` loses nothing.
+    pub(crate) async fn recv(&mut self) -> Event {
+        match &mut self.io {
+            Io::Ws(ws) => recv_ws(ws).await,
+            Io::Tcp(t) => t.recv().await,
+        }
+    }
+
+    /// Closes cleanly (WebSocket close 1000 / TCP shutdown) and waits up to
+    /// `wait` for the server's side of the close.
+    pub(crate) async fn close(self, wait: Duration) {
+        match self.io {
+            Io::Ws(mut ws) => {
+                let _ = tokio::time::timeout(wait, async {
+                    let frame = CloseFrame {
+                        code: WsCloseCode::Normal,
+                        reason: "bench done".into(),
+                    };
+                    if ws.close(Some(frame)).await.is_err() {
+                        return;
+                    }
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            Io::Tcp(mut t) => {
+                let _ = tokio::time::timeout(wait, async {
+                    if t.stream.shutdown().await.is_err() {
+                        return;
+                    }
+                    let mut scratch = [0u8; 512];
+                    while let Ok(n) = t.stream.read(&mut scratch).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+}
+
+async fn recv_ws(ws: &mut WebSocketStream<TcpStream>) -> Event {
+    loop {
+        let msg = match ws.next().await {
+            None => return Event::Closed(Closed::Eof),
+            Some(Ok(m)) => m,
+            Some(Err(
+                WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            )) => return Event::Closed(Closed::Eof),
+            Some(Err(e)) => return Event::Closed(Closed::Io(e.to_string())),
+        };
+        return match msg {
+            Message::Text(t) => decoded(proto::json::decode_server(t.as_bytes())),
+            Message::Binary(b) => decoded(proto::binary::decode_server(&b)),
+            Message::Close(Some(cf)) => {
+                Event::Closed(Closed::Code(u16::from(cf.code), cf.reason.to_string()))
+            }
+            Message::Close(None) => Event::Closed(Closed::NoCode),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+    }
+}
+
+fn decoded(r: Result<ServerFrame, proto::DecodeError>) -> Event {
+    match r {
+        Ok(f) => Event::Frame(f),
+        Err(e) => Event::Undecodable(e.to_string()),
+    }
+}
+
+impl TcpIo {
+    async fn recv(&mut self) -> Event {
+        loop {
+            if let Some(ev) = self.take_frame() {
+                return ev;
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => return Event::Closed(Closed::Eof),
+                Ok(_) => {}
+                Err(e) => return Event::Closed(Closed::Io(e.to_string())),
+            }
+        }
+    }
+
+    /// One complete frame from the buffer, if there is one; reserves room
+    /// for the rest otherwise.
+    fn take_frame(&mut self) -> Option<Event> {
+        match proto::binary::frame_len(&self.buf, MAX_FRAME) {
+            Err(e) => Some(Event::Closed(Closed::Io(format!("bad frame length: {e}")))),
+            Ok(None) => {
+                self.buf.reserve(64);
+                None
+            }
+            Ok(Some((header, body))) => {
+                let total = header + body;
+                if self.buf.len() < total {
+                    self.buf.reserve(total - self.buf.len());
+                    return None;
+                }
+                let frame = self.buf.split_to(total);
+                Some(match proto::binary::decode_server(&frame[header..]) {
+                    // On TCP the close code rides on the final error frame.
+                    Ok(ServerFrame::Error {
+                        close: Some(code),
+                        code: err,
+                        message,
+                        ..
+                    }) => Event::Closed(Closed::Code(
+                        code.as_u16(),
+                        format!("{}: {message}", err.as_str()),
+                    )),
+                    other => decoded(other),
+                })
+            }
+        }
+    }
+}

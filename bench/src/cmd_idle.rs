@@ -1,0 +1,620 @@
+//! `bench idle`: open many authenticated connections at a fixed rate, keep
+//! them alive with heartbeats, and measure what each costs the server
+//! (resident memory, kernel slab), how fast they open, and whether any drop
+//! while held.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use proto::token::Claims;
+use proto::{ClientFrame, ServerFrame};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::args::{parse_duration, parse_sources, Transport};
+use crate::client::{connect_and_auth, Closed, ClientError, Endpoint, Event};
+use crate::pace::{first_heartbeat_delay, heartbeat_delay, Schedule};
+use crate::proc;
+use crate::stats::{per, Tally};
+
+/// File descriptors kept free for everything that is not a client socket.
+const FD_RESERVE: u64 = 64;
+/// Failure and close messages printed in full before only counting.
+const MAX_LOGGED: u64 = 5;
+
+/// Arguments of `bench idle`.
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct IdleArgs {
+    /// WebSocket URL of the room.
+    #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
+    ws: String,
+    /// TCP address of the room (with `--transport tcp`).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    tcp: String,
+    /// Client transport.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+    /// Connections to open (user ids `bench-0` .. `bench-<N-1>`).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    connections: u64,
+    /// The server's token secret; tokens are minted locally.
+    #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: String,
+    /// Source addresses to bind client sockets to, round-robin: a list
+    /// (`127.0.0.2,127.0.0.3`) or ranges (`127.0.0.2-127.0.0.41`).
+    #[arg(long, value_parser = parse_sources)]
+    sources: Option<Vec<IpAddr>>,
+    /// Connection attempts started per second.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rate: u64,
+    /// Most connects/handshakes in flight at once during the ramp.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// How long to hold the connections once all are open.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Heartbeat interval in seconds (default: what the server says in auth_ok).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    heartbeat: Option<u32>,
+    /// PID of the room process, to sample its memory and CPU.
+    #[arg(long)]
+    room_pid: Option<u32>,
+    /// Wait after the ramp before sampling memory.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Time allowed for each of connect and auth.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    step_timeout: Duration,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+/// Counters shared by every client task.
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    authenticated: AtomicU64,
+    live: AtomicU64,
+    connect_failed: AtomicU64,
+    auth_failed: AtomicU64,
+    unexpected_closes: AtomicU64,
+    pings: AtomicU64,
+    pongs: AtomicU64,
+    msgs: AtomicU64,
+    server_errors: AtomicU64,
+    undecodable: AtomicU64,
+    /// Nanoseconds from the ramp start to the latest auth_ok.
+    last_auth_ns: AtomicU64,
+    logged: AtomicU64,
+    failures: Tally,
+    closes: Tally,
+}
+
+impl Counters {
+    fn done(&self) -> u64 {
+        self.authenticated.load(Relaxed)
+            + self.connect_failed.load(Relaxed)
+            + self.auth_failed.load(Relaxed)
+    }
+
+    fn log(&self, what: &str) {
+        if self.logged.fetch_add(1, Relaxed) < MAX_LOGGED {
+            eprintln!("  {what}");
+        }
+    }
+}
+
+/// What every client task needs.
+struct Ctx {
+    ep: Endpoint,
+    secret: Vec<u8>,
+    exp: u64,
+    heartbeat: Option<u32>,
+    step_timeout: Duration,
+    ramp_start: Instant,
+    cancel: CancellationToken,
+    c: Counters,
+}
+
+/// Memory and CPU of the room at one moment.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Sample {
+    room_rss: Option<u64>,
+    slab: Option<u64>,
+    bench_rss: Option<u64>,
+    #[serde(skip)]
+    room_cpu: Option<proc::CpuTicks>,
+}
+
+impl Sample {
+    fn take(room_pid: Option<u32>) -> Sample {
+        Sample {
+            room_rss: room_pid.and_then(proc::rss),
+            slab: proc::slab(),
+            bench_rss: proc::self_rss(),
+            room_cpu: room_pid.and_then(proc::cpu),
+        }
+    }
+}
+
+/// The `bench idle` report (also written as JSON).
+#[derive(Debug, Default, Serialize)]
+struct IdleReport {
+    transport: String,
+    connections: u64,
+    sources: usize,
+    target_rate: u64,
+    authenticated: u64,
+    connect_failed: u64,
+    auth_failed: u64,
+    failures: std::collections::BTreeMap<String, u64>,
+    ramp_seconds: f64,
+    connect_rate_per_sec: f64,
+    live_after_ramp: u64,
+    before: Sample,
+    after: Sample,
+    room_rss_per_conn_bytes: Option<f64>,
+    slab_per_conn_bytes: Option<f64>,
+    bench_rss_per_conn_bytes: Option<f64>,
+    room_cpu_ramp_seconds: Option<f64>,
+    room_cpu_hold_seconds: Option<f64>,
+    hold_seconds: f64,
+    live_at_end: u64,
+    drops_during_hold: u64,
+    unexpected_closes: u64,
+    close_reasons: std::collections::BTreeMap<String, u64>,
+    pings_sent: u64,
+    pongs: u64,
+    unexpected_msgs: u64,
+    server_errors: u64,
+    undecodable: u64,
+    interrupted: bool,
+}
+
+/// Runs `bench idle`.
+pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
+    let n = args.connections;
+    proc::check_nofile(n + FD_RESERVE)?;
+    let sources: Arc<[IpAddr]> = args.sources.clone().unwrap_or_default().into();
+    check_ports(n, sources.len())?;
+    let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp).await?;
+    let secret = args.token_secret.as_bytes().to_vec();
+    let sched = Schedule::new(args.rate);
+    let ramp_estimate = sched.offset(n);
+    let exp = unix_secs() + (ramp_estimate + args.settle + args.hold).as_secs() + 3600;
+    // Fail fast on a token problem rather than once per connection.
+    mint(&secret, 0, exp).context("minting a client token")?;
+
+    let cancel = CancellationToken::new();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    spawn_ctrl_c(cancel.clone(), interrupted.clone());
+
+    println!(
+        "idle: {n} {} connections to {} at {}/s, {} source address(es), hold {:?}",
+        transport_name(args.transport),
+        ep.addr(),
+        args.rate,
+        sources.len().max(1),
+        args.hold,
+    );
+    let before = Sample::take(args.room_pid);
+    if args.room_pid.is_some() && before.room_rss.is_none() {
+        anyhow::bail!("cannot read /proc/{}/status: is --room-pid right?", args.room_pid.unwrap_or(0));
+    }
+
+    let ctx = Arc::new(Ctx {
+        ep,
+        secret,
+        exp,
+        heartbeat: args.heartbeat,
+        step_timeout: args.step_timeout,
+        ramp_start: Instant::now(),
+        cancel: cancel.clone(),
+        c: Counters::default(),
+    });
+    let tracker = TaskTracker::new();
+    let ramp = tokio::spawn(ramp(
+        ctx.clone(),
+        tracker.clone(),
+        sources.clone(),
+        sched,
+        n,
+        args.concurrency,
+    ));
+
+    // Ramp: wait until every connection has authenticated or failed.
+    let ramp_deadline = ctx.ramp_start + ramp_estimate + 2 * args.step_timeout + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        progress(&ctx, "ramp");
+        if ramp.is_finished() && ctx.c.done() >= ctx.c.started.load(Relaxed) {
+            break;
+        }
+        if Instant::now() > ramp_deadline {
+            eprintln!("ramp did not finish in {:?}; going on with what is open", ramp_deadline - ctx.ramp_start);
+            break;
+        }
+    }
+    let c = &ctx.c;
+    let mut rep = IdleReport {
+        transport: transport_name(args.transport).to_string(),
+        connections: n,
+        sources: sources.len(),
+        target_rate: args.rate,
+        before,
+        ..IdleReport::default()
+    };
+    let authenticated = c.authenticated.load(Relaxed);
+    rep.ramp_seconds = Duration::from_nanos(c.last_auth_ns.load(Relaxed)).as_secs_f64();
+    rep.connect_rate_per_sec = per(authenticated as f64, rep.ramp_seconds);
+    println!(
+        "ramp: {authenticated}/{n} authenticated in {:.2} s ({:.0} conns/s); connect failed {}, auth failed {} [{}]",
+        rep.ramp_seconds,
+        rep.connect_rate_per_sec,
+        c.connect_failed.load(Relaxed),
+        c.auth_failed.load(Relaxed),
+        c.failures.line(),
+    );
+
+    // Settle, then sample.
+    if !cancel.is_cancelled() {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(args.settle) => {}
+        }
+    }
+    rep.live_after_ramp = c.live.load(Relaxed);
+    rep.after = Sample::take(args.room_pid);
+    let live = rep.live_after_ramp as f64;
+    let growth = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if live > 0.0 => Some((b as f64 - a as f64) / live),
+        _ => None,
+    };
+    rep.room_rss_per_conn_bytes = growth(rep.before.room_rss, rep.after.room_rss);
+    rep.slab_per_conn_bytes = growth(rep.before.slab, rep.after.slab);
+    rep.bench_rss_per_conn_bytes = growth(rep.before.bench_rss, rep.after.bench_rss);
+    if let (Some(a), Some(b)) = (rep.before.room_cpu, rep.after.room_cpu) {
+        rep.room_cpu_ramp_seconds = Some(b.since(a).as_secs_f64());
+    }
+    if let Some(x) = rep.room_rss_per_conn_bytes {
+        println!("rss per connection: {x:.0} bytes (room VmRSS {} -> {} over {} live connections)",
+            fmt_opt(rep.before.room_rss), fmt_opt(rep.after.room_rss), rep.live_after_ramp);
+    }
+    if let Some(x) = rep.slab_per_conn_bytes {
+        println!("slab per connection: {x:.0} bytes (kernel Slab, whole machine, both ends on loopback)");
+    }
+    if let Some(x) = rep.bench_rss_per_conn_bytes {
+        println!("bench rss per connection: {x:.0} bytes (client side)");
+    }
+
+    // Hold.
+    let drops_before = c.unexpected_closes.load(Relaxed);
+    let hold_start = Instant::now();
+    while !cancel.is_cancelled() && hold_start.elapsed() < args.hold {
+        let left = args.hold.saturating_sub(hold_start.elapsed());
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+        }
+        progress(&ctx, "hold");
+        if c.live.load(Relaxed) == 0 {
+            eprintln!("no connection left; ending the hold");
+            break;
+        }
+    }
+    rep.hold_seconds = hold_start.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (rep.after.room_cpu, args.room_pid.and_then(proc::cpu)) {
+        rep.room_cpu_hold_seconds = Some(b.since(a).as_secs_f64());
+    }
+    rep.live_at_end = c.live.load(Relaxed);
+    rep.drops_during_hold = c.unexpected_closes.load(Relaxed) - drops_before;
+
+    // Close everything, bounded.
+    cancel.cancel();
+    let _ = ramp.await;
+    tracker.close();
+    let close_budget = args.step_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(close_budget, tracker.wait()).await.is_err() {
+        eprintln!("some connections did not close within {close_budget:?}");
+    }
+
+    rep.authenticated = c.authenticated.load(Relaxed);
+    rep.connect_failed = c.connect_failed.load(Relaxed);
+    rep.auth_failed = c.auth_failed.load(Relaxed);
+    rep.failures = c.failures.snapshot();
+    rep.unexpected_closes = c.unexpected_closes.load(Relaxed);
+    rep.close_reasons = c.closes.snapshot();
+    rep.pings_sent = c.pings.load(Relaxed);
+    rep.pongs = c.pongs.load(Relaxed);
+    rep.unexpected_msgs = c.msgs.load(Relaxed);
+    rep.server_errors = c.server_errors.load(Relaxed);
+    rep.undecodable = c.undecodable.load(Relaxed);
+    rep.interrupted = interrupted.load(Relaxed);
+    if let Some(cpu) = rep.room_cpu_hold_seconds {
+        println!("room cpu during hold: {cpu:.2} s over {:.1} s", rep.hold_seconds);
+    }
+    println!(
+        "hold: {:.1} s, live at end {}, drops during hold {} [{}]; pings {} pongs {}",
+        rep.hold_seconds,
+        rep.live_at_end,
+        rep.drops_during_hold,
+        c.closes.line(),
+        rep.pings_sent,
+        rep.pongs,
+    );
+    if let Some(path) = &args.json_out {
+        crate::write_json(path, &rep)?;
+    }
+    let ok = rep.authenticated == n && rep.unexpected_closes == 0;
+    Ok(if rep.interrupted {
+        ExitCode::from(130)
+    } else if ok {
+        println!("idle: ok");
+        ExitCode::SUCCESS
+    } else {
+        println!("idle: FAILED ({} of {n} authenticated, {} unexpected closes)", rep.authenticated, rep.unexpected_closes);
+        ExitCode::FAILURE
+    })
+}
+
+/// Starts client `i` at `start + i / rate`, at most `concurrency` in their
+/// connect/auth phase at once.
+async fn ramp(
+    ctx: Arc<Ctx>,
+    tracker: TaskTracker,
+    sources: Arc<[IpAddr]>,
+    sched: Schedule,
+    n: u64,
+    concurrency: u64,
+) {
+    let sem = Arc::new(Semaphore::new(usize::try_from(concurrency).unwrap_or(usize::MAX)));
+    for i in 0..n {
+        let due = tokio::time::Instant::from_std(ctx.ramp_start + sched.offset(i));
+        let permit = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            p = async {
+                tokio::time::sleep_until(due).await;
+                sem.clone().acquire_owned().await
+            } => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let source = pick_source(&sources, i);
+        ctx.c.started.fetch_add(1, Relaxed);
+        tracker.spawn(idle_client(ctx.clone(), i, source, permit));
+    }
+}
+
+/// Source address for connection `i`, round-robin.
+fn pick_source(sources: &[IpAddr], i: u64) -> Option<IpAddr> {
+    if sources.is_empty() {
+        return None;
+    }
+    let idx = usize::try_from(i % sources.len() as u64).unwrap_or(0);
+    sources.get(idx).copied()
+}
+
+/// One idle client: connect, auth, then heartbeat until cancelled.
+async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: OwnedSemaphorePermit) {
+    let c = &ctx.c;
+    let result = {
+        let token = match mint(&ctx.secret, i, ctx.exp) {
+            Ok(t) => t,
+            Err(e) => {
+                c.auth_failed.fetch_add(1, Relaxed);
+                c.failures.add("mint");
+                c.log(&format!("mint: {e}"));
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = connect_and_auth(&ctx.ep, source, &token, ctx.step_timeout) => r,
+        }
+    };
+    drop(permit);
+    let (mut conn, ok) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            record_failure(c, &e);
+            return;
+        }
+    };
+    c.authenticated.fetch_add(1, Relaxed);
+    c.live.fetch_add(1, Relaxed);
+    let since = u64::try_from(ctx.ramp_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    c.last_auth_ns.fetch_max(since, Relaxed);
+
+    let interval = Duration::from_secs(u64::from(ctx.heartbeat.unwrap_or(ok.heartbeat).max(1)));
+    let mut next_ping = tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
+    let ended = loop {
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => break None,
+            _ = tokio::time::sleep_until(next_ping) => {
+                if let Err(e) = conn.send(&ClientFrame::Ping { seq: None }).await {
+                    break Some(Closed::Io(e.to_string()));
+                }
+                c.pings.fetch_add(1, Relaxed);
+                next_ping = tokio::time::Instant::now() + heartbeat_delay(interval, rand::random());
+            }
+            ev = conn.recv() => match ev {
+                Event::Frame(ServerFrame::Pong { .. }) => { c.pongs.fetch_add(1, Relaxed); }
+                Event::Frame(ServerFrame::Msg(_)) => { c.msgs.fetch_add(1, Relaxed); }
+                Event::Frame(ServerFrame::Error { code, message, .. }) => {
+                    // A fatal error is followed by a close, counted there.
+                    c.server_errors.fetch_add(1, Relaxed);
+                    c.log(&format!("bench-{i}: server error {}: {message}", code.as_str()));
+                }
+                Event::Frame(_) => {}
+                Event::Undecodable(e) => {
+                    c.undecodable.fetch_add(1, Relaxed);
+                    c.log(&format!("bench-{i}: undecodable frame: {e}"));
+                }
+                Event::Closed(closed) => break Some(closed),
+            },
+        }
+    };
+    c.live.fetch_sub(1, Relaxed);
+    match ended {
+        None => conn.close(Duration::from_secs(5)).await,
+        Some(closed) => {
+            c.unexpected_closes.fetch_add(1, Relaxed);
+            c.closes.add(&closed.key());
+            c.log(&format!("bench-{i}: {closed}"));
+        }
+    }
+}
+
+fn record_failure(c: &Counters, e: &ClientError) {
+    if e.is_auth() {
+        c.auth_failed.fetch_add(1, Relaxed);
+    } else {
+        c.connect_failed.fetch_add(1, Relaxed);
+    }
+    c.failures.add(&e.key());
+    c.log(&e.to_string());
+}
+
+/// A token for user `bench-<i>`.
+fn mint(secret: &[u8], i: u64, exp: u64) -> anyhow::Result<String> {
+    let claims = Claims {
+        sub: format!("bench-{i}"),
+        exp,
+        dev: None,
+        channels: None,
+    };
+    Ok(proto::token::mint(&claims, secret)?)
+}
+
+/// Refuses a run that needs more ephemeral ports per source address than
+/// the kernel has.
+fn check_ports(n: u64, sources: usize) -> anyhow::Result<()> {
+    let Some((lo, hi)) = proc::port_range() else {
+        return Ok(());
+    };
+    let ports = u64::from(hi - lo) + 1;
+    let per_source = n.div_ceil(sources.max(1) as u64);
+    if per_source > ports {
+        anyhow::bail!(
+            "{per_source} connections per source address but only {ports} ephemeral ports \
+             ({lo}-{hi}); add source addresses with --sources 127.0.0.2-127.0.0.N or widen \
+             net.ipv4.ip_local_port_range (see bench/README.md)"
+        );
+    }
+    Ok(())
+}
+
+fn progress(ctx: &Ctx, phase: &str) {
+    let c = &ctx.c;
+    let secs = ctx.ramp_start.elapsed().as_secs();
+    eprintln!(
+        "[{secs:>4}s] {phase}: live {} authenticated {} / started {} | connect failed {} auth failed {} closed {}",
+        c.live.load(Relaxed),
+        c.authenticated.load(Relaxed),
+        c.started.load(Relaxed),
+        c.connect_failed.load(Relaxed),
+        c.auth_failed.load(Relaxed),
+        c.unexpected_closes.load(Relaxed),
+    );
+}
+
+fn spawn_ctrl_c(cancel: CancellationToken, interrupted: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            r = tokio::signal::ctrl_c() => if r.is_ok() {
+                eprintln!("interrupted: closing connections");
+                interrupted.store(true, Relaxed);
+                cancel.cancel();
+            },
+        }
+    });
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Ws => "ws",
+        Transport::Tcp => "tcp",
+    }
+}
+
+fn fmt_opt(v: Option<u64>) -> String {
+    v.map_or("?".to_string(), |v| v.to_string())
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn sources_round_robin() {
+        let s: Vec<IpAddr> = vec![[127, 0, 0, 2].into(), [127, 0, 0, 3].into()];
+        assert_eq!(pick_source(&s, 0), Some(s[0]));
+        assert_eq!(pick_source(&s, 1), Some(s[1]));
+        assert_eq!(pick_source(&s, 2), Some(s[0]));
+        assert_eq!(pick_source(&[], 5), None);
+    }
+
+    #[test]
+    fn args_parse() {
+        let cli = crate::Cli::try_parse_from([
+            "bench", "idle", "--connections", "15000", "--token-secret", "S",
+            "--sources", "127.0.0.2-127.0.0.4", "--rate", "5000", "--hold", "2m",
+            "--heartbeat", "30", "--room-pid", "42", "--transport", "tcp",
+        ])
+        .unwrap();
+        let crate::Cmd::Idle(a) = cli.cmd else { panic!("not idle") };
+        assert_eq!(a.connections, 15000);
+        assert_eq!(a.sources.as_ref().map(Vec::len), Some(3));
+        assert_eq!(a.hold, Duration::from_secs(120));
+        assert_eq!(a.heartbeat, Some(30));
+        assert_eq!(a.room_pid, Some(42));
+        assert_eq!(a.transport, Transport::Tcp);
+        assert_eq!(a.ws, "ws://127.0.0.1:7700/ws");
+    }
+
+    #[test]
+    fn args_refuse_nonsense() {
+        for bad in [
+            vec!["bench", "idle", "--token-secret", "S", "--connections", "0"],
+            vec!["bench", "idle", "--token-secret", "S", "--rate", "0"],
+            vec!["bench", "idle", "--token-secret", "S", "--hold", "forever"],
+            vec!["bench", "idle", "--token-secret", "S", "--sources", "nope"],
+            vec!["bench", "idle", "--token-secret", "S", "--transport", "quic"],
+        ] {
+            assert!(crate::Cli::try_parse_from(&bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn port_check() {
+        // Whatever the range here, one connection fits and ten million per source does not.
+        assert!(check_ports(1, 0).is_ok());
+        if proc::port_range().is_some() {
+            assert!(check_ports(10_000_000, 1).is_err());
+            assert!(check_ports(10_000_000, 4096).is_ok());
+        }
+    }
+}

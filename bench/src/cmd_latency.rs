@@ -1,0 +1,650 @@
+//! `bench latency`: one connected client per user, pushes through the REST
+//! API at a fixed rate (paced by schedule), and the end-to-end latency from
+//! the push's send time (carried in the payload) to its arrival at the client.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use parking_lot::Mutex;
+use proto::token::Claims;
+use proto::{ClientFrame, MsgFrame, MsgId, ServerFrame};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::args::{parse_duration, Transport};
+use crate::client::{connect_and_auth, AuthOk, Closed, Conn, Endpoint, Event};
+use crate::pace::{first_heartbeat_delay, heartbeat_delay, Schedule};
+use crate::stats::{per, LatencyHist, Summary, Tally};
+use crate::{now_unix_ns, proc};
+
+/// Most pushes one run may make (bounds the id sets kept for loss counting).
+const MAX_PUSHES: u64 = 10_000_000;
+/// Connects in flight while the users' clients open.
+const CONNECT_CONCURRENCY: usize = 64;
+/// A push starting later than this after its scheduled time counts as late.
+const LATE: Duration = Duration::from_millis(1);
+
+/// Arguments of `bench latency`.
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct LatencyArgs {
+    /// Base URL of the REST API.
+    #[arg(long, default_value = "http://127.0.0.1:7780")]
+    http: String,
+    /// API key for the REST API.
+    #[arg(long, env = "PUSHGATE_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// WebSocket URL of the room.
+    #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
+    ws: String,
+    /// TCP address of the room (with `--transport tcp`).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    tcp: String,
+    /// Client transport.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+    /// The server's token secret; tokens are minted locally.
+    #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: String,
+    /// Users, one client each (`bench-lat-0` .. `bench-lat-<N-1>`); pushes go round-robin.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    users: u64,
+    /// Pushes per second.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rate: u64,
+    /// How long to push.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Whether pushes are stored (`"store"` in the request).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    store: bool,
+    /// Most HTTP requests in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    inflight: u64,
+    /// After the last push, how long to wait for deliveries still on their way.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    grace: Duration,
+    /// Time allowed for each of connect and auth, and for one HTTP request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    step_timeout: Duration,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+/// State shared by the pusher and the receiving clients.
+struct Shared {
+    /// Messages with an earlier send time are leftovers (replays of earlier runs).
+    run_start_ns: u64,
+    e2e: Mutex<LatencyHist>,
+    http: Mutex<LatencyHist>,
+    /// Ids received (user messages of this run).
+    received: Mutex<HashSet<i64>>,
+    /// Ids of pushes the API acknowledged.
+    acked: Mutex<Vec<i64>>,
+    sent: AtomicU64,
+    http_errors: AtomicU64,
+    http_failures: Tally,
+    not_delivered: AtomicU64,
+    duplicates: AtomicU64,
+    stale: AtomicU64,
+    bad_payload: AtomicU64,
+    late_sends: AtomicU64,
+    max_lag_ns: AtomicU64,
+    unexpected_closes: AtomicU64,
+    closes: Tally,
+}
+
+/// The API's answer to a push.
+#[derive(Deserialize)]
+struct PushAnswer {
+    id: i64,
+    #[serde(default)]
+    delivered: u64,
+}
+
+/// The `bench latency` report (also written as JSON).
+#[derive(Debug, Serialize)]
+struct LatencyReport {
+    transport: Transport,
+    users: u64,
+    target_rate: u64,
+    duration_seconds: f64,
+    store: bool,
+    sent: u64,
+    acked: u64,
+    http_errors: u64,
+    http_failures: BTreeMap<String, u64>,
+    not_delivered: u64,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    stale: u64,
+    bad_payload: u64,
+    achieved_rate: f64,
+    late_sends: u64,
+    max_send_lag_ms: f64,
+    e2e: Summary,
+    http: Summary,
+    unexpected_closes: u64,
+    close_reasons: BTreeMap<String, u64>,
+    interrupted: bool,
+}
+
+/// Runs `bench latency`.
+pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
+    let sched = Schedule::new(args.rate);
+    let total = sched.count_in(args.duration);
+    if total > MAX_PUSHES {
+        anyhow::bail!("{total} pushes is more than {MAX_PUSHES}; lower --rate or --duration");
+    }
+    if total == 0 {
+        anyhow::bail!("--duration {:?} at --rate {} makes no push", args.duration, args.rate);
+    }
+    proc::check_nofile(args.users + args.inflight + 64)?;
+    let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp).await?;
+    let url: Arc<str> = format!("{}/api/v1/push/users", args.http.trim_end_matches('/')).into();
+    let inflight = u32::try_from(args.inflight).context("--inflight too large")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(inflight as usize)
+        .timeout(args.step_timeout)
+        .tcp_nodelay(true)
+        .build()
+        .context("building the http client")?;
+
+    let cancel = CancellationToken::new();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    spawn_ctrl_c(cancel.clone(), interrupted.clone());
+
+    // Connect one client per user.
+    let exp = now_unix_ns() / 1_000_000_000
+        + (args.duration + args.grace + args.step_timeout * 4).as_secs()
+        + 3600;
+    let conns = connect_users(&ep, args.token_secret.as_bytes(), args.users, exp, args.step_timeout, &cancel).await?;
+    println!(
+        "latency: {} {} clients connected to {}; pushing {total} messages at {}/s for {:?} (store={})",
+        conns.len(),
+        args.transport_name(),
+        ep.addr(),
+        args.rate,
+        args.duration,
+        args.store,
+    );
+
+    let shared = Arc::new(Shared {
+        run_start_ns: now_unix_ns(),
+        e2e: Mutex::new(LatencyHist::new()?),
+        http: Mutex::new(LatencyHist::new()?),
+        received: Mutex::new(HashSet::with_capacity(usize::try_from(total).unwrap_or(0))),
+        acked: Mutex::new(Vec::with_capacity(usize::try_from(total).unwrap_or(0))),
+        sent: AtomicU64::new(0),
+        http_errors: AtomicU64::new(0),
+        http_failures: Tally::default(),
+        not_delivered: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        bad_payload: AtomicU64::new(0),
+        late_sends: AtomicU64::new(0),
+        max_lag_ns: AtomicU64::new(0),
+        unexpected_closes: AtomicU64::new(0),
+        closes: Tally::default(),
+    });
+    let stop_clients = cancel.child_token();
+    let clients = TaskTracker::new();
+    for (conn, ok) in conns {
+        clients.spawn(receiver(shared.clone(), conn, ok, stop_clients.clone()));
+    }
+
+    // Push on schedule.
+    let sem = Arc::new(Semaphore::new(inflight as usize));
+    let pushes = TaskTracker::new();
+    let start = Instant::now();
+    let mut last_progress = start;
+    for i in 0..total {
+        let due = start + sched.offset(i);
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = async {
+                tokio::time::sleep_until(due.into()).await;
+                sem.clone().acquire_owned().await
+            } => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let lag = due.elapsed();
+        if lag > LATE {
+            shared.late_sends.fetch_add(1, Relaxed);
+        }
+        shared
+            .max_lag_ns
+            .fetch_max(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        let user = format!("bench-lat-{}", i % args.users);
+        pushes.spawn(push_one(
+            shared.clone(),
+            http.clone(),
+            url.clone(),
+            args.api_key.clone(),
+            user,
+            args.store,
+            permit,
+        ));
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress(&shared, start);
+        }
+    }
+    let push_seconds = start.elapsed().as_secs_f64();
+    pushes.close();
+    if tokio::time::timeout(args.step_timeout + Duration::from_secs(1), pushes.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("some pushes did not finish in time");
+    }
+
+    // Grace: wait for what is still on its way.
+    let grace_end = Instant::now() + args.grace;
+    while Instant::now() < grace_end && !cancel.is_cancelled() {
+        let acked = shared.acked.lock().len();
+        let received = shared.received.lock().len();
+        if received >= acked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    stop_clients.cancel();
+    clients.close();
+    if tokio::time::timeout(args.step_timeout, clients.wait()).await.is_err() {
+        eprintln!("some clients did not close in time");
+    }
+
+    let rep = report(&args, &shared, push_seconds, interrupted.load(Relaxed));
+    println!(
+        "latency: sent {} acked {} received {} lost {} dup {} | e2e ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} | http ms p50 {:.3} p99 {:.3} | {:.0} pushes/s, late {}",
+        rep.sent, rep.acked, rep.received, rep.lost, rep.duplicates,
+        rep.e2e.p50_ms, rep.e2e.p90_ms, rep.e2e.p99_ms, rep.e2e.p999_ms, rep.e2e.max_ms,
+        rep.http.p50_ms, rep.http.p99_ms, rep.achieved_rate, rep.late_sends,
+    );
+    if rep.http_errors > 0 {
+        println!("http errors: {} [{}]", rep.http_errors, shared.http_failures.line());
+    }
+    if rep.unexpected_closes > 0 {
+        println!("clients closed: {} [{}]", rep.unexpected_closes, shared.closes.line());
+    }
+    if let Some(path) = &args.json_out {
+        crate::write_json(path, &rep)?;
+    }
+    Ok(if rep.interrupted {
+        ExitCode::from(130)
+    } else if rep.lost == 0 && rep.http_errors == 0 && rep.unexpected_closes == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+impl LatencyArgs {
+    fn transport_name(&self) -> &'static str {
+        match self.transport {
+            Transport::Ws => "ws",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+fn report(args: &LatencyArgs, s: &Shared, push_seconds: f64, interrupted: bool) -> LatencyReport {
+    let acked = s.acked.lock().clone();
+    let lost = {
+        let received = s.received.lock();
+        acked.iter().filter(|id| !received.contains(id)).count() as u64
+    };
+    let sent = s.sent.load(Relaxed);
+    LatencyReport {
+        transport: args.transport,
+        users: args.users,
+        target_rate: args.rate,
+        duration_seconds: push_seconds,
+        store: args.store,
+        sent,
+        acked: acked.len() as u64,
+        http_errors: s.http_errors.load(Relaxed),
+        http_failures: s.http_failures.snapshot(),
+        not_delivered: s.not_delivered.load(Relaxed),
+        received: s.received.lock().len() as u64,
+        lost,
+        duplicates: s.duplicates.load(Relaxed),
+        stale: s.stale.load(Relaxed),
+        bad_payload: s.bad_payload.load(Relaxed),
+        achieved_rate: per(sent as f64, push_seconds),
+        late_sends: s.late_sends.load(Relaxed),
+        max_send_lag_ms: s.max_lag_ns.load(Relaxed) as f64 / 1e6,
+        e2e: s.e2e.lock().summary(),
+        http: s.http.lock().summary(),
+        unexpected_closes: s.unexpected_closes.load(Relaxed),
+        close_reasons: s.closes.snapshot(),
+        interrupted,
+    }
+}
+
+/// Opens and authenticates `bench-lat-0 .. bench-lat-<users-1>`. Fails (after
+/// closing what opened) if any client fails.
+async fn connect_users(
+    ep: &Endpoint,
+    secret: &[u8],
+    users: u64,
+    exp: u64,
+    step_timeout: Duration,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<(Conn, AuthOk)>> {
+    let mut set = JoinSet::new();
+    let mut conns = Vec::with_capacity(usize::try_from(users).unwrap_or(0));
+    let failures = Tally::default();
+    let mut first_error = None;
+    let mut next = 0u64;
+    loop {
+        while next < users && set.len() < CONNECT_CONCURRENCY && !cancel.is_cancelled() {
+            let claims = Claims {
+                sub: format!("bench-lat-{next}"),
+                exp,
+                dev: None,
+                channels: None,
+            };
+            let token = proto::token::mint(&claims, secret).context("minting a client token")?;
+            let ep = ep.clone();
+            set.spawn(async move { connect_and_auth(&ep, None, &token, step_timeout).await });
+            next += 1;
+        }
+        let Some(joined) = set.join_next().await else { break };
+        match joined {
+            Ok(Ok(c)) => conns.push(c),
+            Ok(Err(e)) => {
+                failures.add(&e.key());
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+            Err(e) => {
+                failures.add("task");
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    if cancel.is_cancelled() || first_error.is_some() {
+        let opened = conns.len();
+        let mut closing = JoinSet::new();
+        for (conn, _) in conns {
+            closing.spawn(conn.close(Duration::from_secs(2)));
+        }
+        while closing.join_next().await.is_some() {}
+        if cancel.is_cancelled() {
+            anyhow::bail!("interrupted while connecting");
+        }
+        anyhow::bail!(
+            "only {opened} of {users} clients connected [{}]; first error: {}",
+            failures.line(),
+            first_error.unwrap_or_default()
+        );
+    }
+    Ok(conns)
+}
+
+/// One user's client: records each message's latency, keeps the heartbeat,
+/// and on stop acks the highest id (so a later run gets no replay) and closes.
+async fn receiver(s: Arc<Shared>, mut conn: Conn, ok: AuthOk, stop: CancellationToken) {
+    let interval = Duration::from_secs(u64::from(ok.heartbeat.max(1)));
+    let mut next_ping = tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
+    let mut max_id: Option<MsgId> = None;
+    let ended = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break None,
+            _ = tokio::time::sleep_until(next_ping) => {
+                if let Err(e) = conn.send(&ClientFrame::Ping { seq: None }).await {
+                    break Some(Closed::Io(e.to_string()));
+                }
+                next_ping = tokio::time::Instant::now() + heartbeat_delay(interval, rand::random());
+            }
+            ev = conn.recv() => match ev {
+                Event::Frame(ServerFrame::Msg(m)) => {
+                    let now = now_unix_ns();
+                    if m.channel.is_none() {
+                        max_id = max_id.max(Some(m.id));
+                        on_msg(&s, &m, now);
+                    }
+                }
+                Event::Frame(_) | Event::Undecodable(_) => {}
+                Event::Closed(c) => break Some(c),
+            },
+        }
+    };
+    match ended {
+        None => {
+            if let Some(id) = max_id {
+                let _ = conn.send(&ClientFrame::Ack { seq: None, id }).await;
+            }
+            conn.close(Duration::from_secs(5)).await;
+        }
+        Some(closed) => {
+            s.unexpected_closes.fetch_add(1, Relaxed);
+            s.closes.add(&closed.key());
+        }
+    }
+}
+
+fn on_msg(s: &Shared, m: &MsgFrame, now_ns: u64) {
+    let Some(t) = payload_t(&m.data) else {
+        s.bad_payload.fetch_add(1, Relaxed);
+        return;
+    };
+    if t < s.run_start_ns {
+        s.stale.fetch_add(1, Relaxed);
+        return;
+    }
+    if !s.received.lock().insert(m.id.0) {
+        s.duplicates.fetch_add(1, Relaxed);
+        return;
+    }
+    s.e2e.lock().record_ns(now_ns.saturating_sub(t));
+}
+
+/// The send time `t` (ns since the epoch) from a payload `{"t":...}`.
+fn payload_t(data: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Payload {
+        t: serde_json::Number,
+    }
+    let p: Payload = serde_json::from_slice(data).ok()?;
+    // A server that passes numbers through f64 loses the low digits but
+    // still yields a usable time.
+    p.t.as_u64()
+        .or_else(|| p.t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
+/// One push: POST, time the answer, remember the acknowledged id.
+async fn push_one(
+    s: Arc<Shared>,
+    http: reqwest::Client,
+    url: Arc<str>,
+    api_key: String,
+    user: String,
+    store: bool,
+    permit: OwnedSemaphorePermit,
+) {
+    let t = now_unix_ns();
+    let body = serde_json::json!({ "users": [user], "data": { "t": t }, "store": store });
+    s.sent.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let result = async {
+        let resp = http.post(&*url).bearer_auth(&api_key).json(&body).send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, bytes))
+    }
+    .await;
+    let elapsed = started.elapsed();
+    drop(permit);
+    match result {
+        Ok((status, bytes)) if status.is_success() => {
+            s.http.lock().record_ns(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+            match serde_json::from_slice::<PushAnswer>(&bytes) {
+                Ok(a) => {
+                    s.acked.lock().push(a.id);
+                    if a.delivered == 0 {
+                        s.not_delivered.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(_) => {
+                    s.http_errors.fetch_add(1, Relaxed);
+                    s.http_failures.add("bad answer body");
+                }
+            }
+        }
+        Ok((status, bytes)) => {
+            s.http_errors.fetch_add(1, Relaxed);
+            s.http_failures.add(&format!("status {}", status.as_u16()));
+            if s.http_errors.load(Relaxed) <= 3 {
+                eprintln!("  push failed: {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]));
+            }
+        }
+        Err(e) => {
+            s.http_errors.fetch_add(1, Relaxed);
+            let kind = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connect"
+            } else {
+                "request"
+            };
+            s.http_failures.add(kind);
+            if s.http_errors.load(Relaxed) <= 3 {
+                eprintln!("  push failed: {e}");
+            }
+        }
+    }
+}
+
+fn progress(s: &Shared, start: Instant) {
+    eprintln!(
+        "[{:>4}s] sent {} acked {} received {} http errors {}",
+        start.elapsed().as_secs(),
+        s.sent.load(Relaxed),
+        s.acked.lock().len(),
+        s.received.lock().len(),
+        s.http_errors.load(Relaxed),
+    );
+}
+
+fn spawn_ctrl_c(cancel: CancellationToken, interrupted: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            r = tokio::signal::ctrl_c() => if r.is_ok() {
+                eprintln!("interrupted: stopping");
+                interrupted.store(true, Relaxed);
+                cancel.cancel();
+            },
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn payload_time() {
+        assert_eq!(payload_t(br#"{"t":1700000000123456789}"#), Some(1_700_000_000_123_456_789));
+        assert_eq!(payload_t(br#"{"t":1.7e18,"x":1}"#), Some(1_700_000_000_000_000_000));
+        assert_eq!(payload_t(br#"{"t":-1}"#), None);
+        assert_eq!(payload_t(br#"{"t":"1"}"#), None);
+        assert_eq!(payload_t(br#"{"x":1}"#), None);
+        assert_eq!(payload_t(b"not json"), None);
+    }
+
+    fn shared(run_start_ns: u64) -> Shared {
+        Shared {
+            run_start_ns,
+            e2e: Mutex::new(LatencyHist::new().unwrap()),
+            http: Mutex::new(LatencyHist::new().unwrap()),
+            received: Mutex::new(HashSet::new()),
+            acked: Mutex::new(Vec::new()),
+            sent: AtomicU64::new(0),
+            http_errors: AtomicU64::new(0),
+            http_failures: Tally::default(),
+            not_delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            bad_payload: AtomicU64::new(0),
+            late_sends: AtomicU64::new(0),
+            max_lag_ns: AtomicU64::new(0),
+            unexpected_closes: AtomicU64::new(0),
+            closes: Tally::default(),
+        }
+    }
+
+    fn msg(id: i64, data: &str) -> MsgFrame {
+        MsgFrame {
+            id: MsgId(id),
+            ts: 0,
+            channel: None,
+            data: bytes::Bytes::copy_from_slice(data.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn messages_are_counted_once_and_stale_ones_ignored() {
+        let s = shared(1_000_000_000);
+        on_msg(&s, &msg(1, r#"{"t":1000000000}"#), 1_002_000_000); // 2 ms
+        on_msg(&s, &msg(1, r#"{"t":1000000000}"#), 1_003_000_000); // duplicate
+        on_msg(&s, &msg(2, r#"{"t":999999999}"#), 1_003_000_000); // before the run
+        on_msg(&s, &msg(3, r#"{"u":1}"#), 1_003_000_000); // not ours
+        assert_eq!(s.received.lock().len(), 1);
+        assert_eq!(s.duplicates.load(Relaxed), 1);
+        assert_eq!(s.stale.load(Relaxed), 1);
+        assert_eq!(s.bad_payload.load(Relaxed), 1);
+        let sum = s.e2e.lock().summary();
+        assert_eq!(sum.count, 1);
+        assert!((sum.p50_ms - 2.0).abs() < 0.01, "{sum:?}");
+    }
+
+    #[test]
+    fn lost_is_acked_minus_received() {
+        let s = shared(0);
+        s.acked.lock().extend([1, 2, 3, 4]);
+        s.received.lock().extend([1, 3, 99]);
+        s.sent.store(5, Relaxed);
+        let cli = crate::Cli::try_parse_from(["bench", "latency", "--api-key", "K", "--token-secret", "S"]).unwrap();
+        let crate::Cmd::Latency(args) = cli.cmd else { panic!("not latency") };
+        let rep = report(&args, &s, 1.0, false);
+        assert_eq!(rep.acked, 4);
+        assert_eq!(rep.received, 3);
+        assert_eq!(rep.lost, 2);
+        assert_eq!(rep.sent, 5);
+    }
+
+    #[test]
+    fn args_parse() {
+        let cli = crate::Cli::try_parse_from([
+            "bench", "latency", "--http", "http://127.0.0.1:1", "--api-key", "K",
+            "--ws", "ws://127.0.0.1:2/ws", "--token-secret", "S", "--users", "10",
+            "--rate", "50", "--duration", "2s", "--store", "false",
+        ])
+        .unwrap();
+        let crate::Cmd::Latency(a) = cli.cmd else { panic!("not latency") };
+        assert_eq!(a.users, 10);
+        assert_eq!(a.rate, 50);
+        assert_eq!(a.duration, Duration::from_secs(2));
+        assert!(!a.store);
+        assert_eq!(a.inflight, 64);
+        assert!(crate::Cli::try_parse_from(["bench", "latency", "--api-key", "K", "--token-secret", "S", "--store", "maybe"]).is_err());
+        assert!(crate::Cli::try_parse_from(["bench", "latency", "--api-key", "K", "--token-secret", "S", "--users", "0"]).is_err());
+    }
+}

@@ -1,0 +1,660 @@
+//! HTTP handlers, request and response bodies, the OpenAPI document and the
+//! router. Handlers validate everything before they touch any state, then
+//! hand pushes to the dispatcher ([`crate::dispatch`]).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use bytes::Bytes;
+use proto::token::{valid_channel, MAX_SUB_LEN};
+use proto::{RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::config::MAX_TTL;
+use crate::dispatch::{encode, Job, PushOutcome};
+use crate::error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
+use crate::metrics::HttpLabels;
+use crate::tasks::{run_broadcast, TaskView};
+use crate::Center;
+
+/// Body of `POST /push/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushUsersReq {
+    /// Recipients (1 to `max_users`, each 1 to 256 bytes; duplicates count once).
+    #[schema(example = json!(["alice", "bob"]))]
+    pub users: Vec<String>,
+    /// The payload: any JSON value, delivered as is.
+    #[schema(value_type = serde_json::Value, example = json!({"text": "hi"}))]
+    pub data: Box<RawValue>,
+    /// Write to each user's offline queue before answering (default true).
+    #[serde(default = "yes")]
+    pub store: bool,
+    /// How long the stored message is kept, in seconds (1 to 2592000; default 86400).
+    #[schema(example = 86400)]
+    pub ttl: Option<u64>,
+}
+
+/// Answer of `POST /push/users`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PushUsersResp {
+    /// The message id.
+    pub id: i64,
+    /// Connections the message was written to.
+    pub delivered: u64,
+    /// Users whose queue holds the message (all of them when `store`, else 0).
+    pub stored: u64,
+}
+
+/// Body of `POST /push/channel`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushChannelReq {
+    /// Channel name: 1 to 128 bytes of ASCII letters, digits and `_ . : @ / -`.
+    #[schema(example = "news")]
+    pub channel: String,
+    /// The payload: any JSON value.
+    #[schema(value_type = serde_json::Value)]
+    pub data: Box<RawValue>,
+    /// Append to the channel's bounded history (default false).
+    #[serde(default)]
+    pub history: bool,
+}
+
+/// Answer of `POST /push/channel`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PushChannelResp {
+    /// The message id.
+    pub id: i64,
+    /// Connections the message was written to.
+    pub delivered: u64,
+}
+
+/// Body of `POST /push/broadcast`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastReq {
+    /// The payload: any JSON value.
+    #[schema(value_type = serde_json::Value)]
+    pub data: Box<RawValue>,
+}
+
+/// Answer of `POST /push/broadcast` (202).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BroadcastResp {
+    /// The message id.
+    pub id: i64,
+    /// The task that delivers it; see `GET /tasks/{task}`.
+    pub task: String,
+}
+
+/// One live connection.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnView {
+    /// Connection id (decimal string).
+    pub conn: String,
+    /// Room id (decimal string).
+    pub room: String,
+    /// Device id, when the client gave one.
+    pub device: Option<String>,
+    /// When it authenticated, ms since the epoch.
+    pub since: i64,
+}
+
+/// Answer of `GET /users/{user}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    /// The user.
+    pub user: String,
+    /// Whether the user has a live connection.
+    pub online: bool,
+    /// Live connections.
+    pub connections: Vec<ConnView>,
+    /// Total time online, in ms, live connections included.
+    pub online_ms: u64,
+}
+
+/// Answer of `DELETE /users/{user}/connections`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KickResp {
+    /// Connections closed (close code 4005).
+    pub kicked: u64,
+}
+
+/// One live room in `GET /stats`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoomView {
+    /// Room id (decimal string).
+    pub room: String,
+    /// Connections it holds.
+    pub connections: u64,
+}
+
+/// Answer of `GET /stats`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsView {
+    /// Live connections.
+    pub connections: u64,
+    /// Users with a live connection.
+    pub users: u64,
+    /// Live rooms.
+    pub rooms: Vec<RoomView>,
+}
+
+/// Answer of `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// `ok`, or `not_ready`.
+    pub status: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn check_user(u: &str) -> Result<(), ApiError> {
+    if u.is_empty() {
+        return Err(ApiError::InvalidUser("empty".to_owned()));
+    }
+    if u.len() > MAX_SUB_LEN {
+        return Err(ApiError::InvalidUser(format!(
+            "longer than {MAX_SUB_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn raw_bytes(v: &RawValue) -> Bytes {
+    Bytes::copy_from_slice(v.get().as_bytes())
+}
+
+impl Center {
+    /// Queues `job` and waits for the dispatcher's answer.
+    async fn dispatch(&self, job: Job, rx: oneshot::Receiver<Result<PushOutcome, ApiError>>) -> Result<PushOutcome, ApiError> {
+        match self.inner.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(ApiError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ApiError::ShuttingDown),
+        }
+        rx.await.map_err(|_| ApiError::Unavailable("dispatcher"))?
+    }
+}
+
+/// Push a message to users.
+#[utoipa::path(
+    post, path = "/api/v1/push/users", tag = "push",
+    request_body = PushUsersReq,
+    responses(
+        (status = 200, description = "stored (when asked) and delivered", body = PushUsersResp),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "bad api key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not json", body = ErrorBody),
+        (status = 503, description = "overloaded or store unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn push_users(
+    State(c): State<Center>,
+    ApiJson(req): ApiJson<PushUsersReq>,
+) -> Result<ApiJson<PushUsersResp>, ApiError> {
+    let accepted = Instant::now();
+    let cfg = &c.inner.cfg;
+    if req.users.is_empty() {
+        return Err(ApiError::EmptyUsers);
+    }
+    if req.users.len() > cfg.max_users {
+        return Err(ApiError::TooManyUsers {
+            n: req.users.len(),
+            max: cfg.max_users,
+        });
+    }
+    let mut seen = HashSet::with_capacity(req.users.len());
+    let mut users = Vec::with_capacity(req.users.len());
+    for u in &req.users {
+        check_user(u)?;
+        if seen.insert(u.as_str()) {
+            users.push(UserId::new(u));
+        }
+    }
+    let ttl = match req.ttl {
+        None => cfg.queue_ttl,
+        Some(t) if t >= 1 && t <= MAX_TTL.as_secs() => std::time::Duration::from_secs(t),
+        Some(_) => {
+            return Err(ApiError::InvalidTtl {
+                max: MAX_TTL.as_secs(),
+            })
+        }
+    };
+    let (reply, rx) = oneshot::channel();
+    let job = Job::Users {
+        users,
+        data: raw_bytes(&req.data),
+        store: req.store,
+        ttl,
+        ts: now_ms(),
+        accepted,
+        reply,
+    };
+    let out = c.dispatch(job, rx).await?;
+    Ok(ApiJson(PushUsersResp {
+        id: out.id.0,
+        delivered: out.delivered,
+        stored: out.stored,
+    }))
+}
+
+/// Push a message to a channel's subscribers.
+#[utoipa::path(
+    post, path = "/api/v1/push/channel", tag = "push",
+    request_body = PushChannelReq,
+    responses(
+        (status = 200, description = "delivered", body = PushChannelResp),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "bad api key", body = ErrorBody),
+        (status = 503, description = "overloaded or store unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn push_channel(
+    State(c): State<Center>,
+    ApiJson(req): ApiJson<PushChannelReq>,
+) -> Result<ApiJson<PushChannelResp>, ApiError> {
+    let accepted = Instant::now();
+    if !valid_channel(&req.channel) {
+        return Err(ApiError::InvalidChannel);
+    }
+    let (reply, rx) = oneshot::channel();
+    let job = Job::Channel {
+        channel: req.channel,
+        data: raw_bytes(&req.data),
+        history: req.history,
+        ts: now_ms(),
+        accepted,
+        reply,
+    };
+    let out = c.dispatch(job, rx).await?;
+    Ok(ApiJson(PushChannelResp {
+        id: out.id.0,
+        delivered: out.delivered,
+    }))
+}
+
+/// Send a message to every live connection, as a task.
+#[utoipa::path(
+    post, path = "/api/v1/push/broadcast", tag = "push",
+    request_body = BroadcastReq,
+    responses(
+        (status = 202, description = "accepted; runs as a task", body = BroadcastResp),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "bad api key", body = ErrorBody),
+        (status = 503, description = "overloaded", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn push_broadcast(
+    State(c): State<Center>,
+    ApiJson(req): ApiJson<BroadcastReq>,
+) -> Result<(StatusCode, ApiJson<BroadcastResp>), ApiError> {
+    let data = raw_bytes(&req.data);
+    let ts = now_ms();
+    let (reply, rx) = oneshot::channel();
+    let out = c.dispatch(Job::Broadcast { reply }, rx).await?;
+    let task_id = format!("b-{}", out.id.0);
+    let task = c.inner.tasks.create(task_id.clone());
+    let msg = encode(out.id, ts, None, &data);
+    let i = &c.inner;
+    i.tracker.spawn(run_broadcast(
+        task,
+        msg,
+        i.deps.dir.clone(),
+        i.deps.rooms.clone(),
+        i.metrics.clone(),
+    ));
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(BroadcastResp {
+            id: out.id.0,
+            task: task_id,
+        }),
+    ))
+}
+
+/// Progress of a task.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{task}", tag = "tasks",
+    params(("task" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "the task", body = TaskView),
+        (status = 404, description = "unknown or expired task", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn get_task(
+    State(c): State<Center>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<ApiJson<TaskView>, ApiError> {
+    let Path(task) = path.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    c.inner
+        .tasks
+        .get(&task)
+        .map(ApiJson)
+        .ok_or_else(|| ApiError::NotFound(format!("no task {task}")))
+}
+
+/// A user's live connections and online time.
+#[utoipa::path(
+    get, path = "/api/v1/users/{user}", tag = "users",
+    params(("user" = String, Path, description = "user id")),
+    responses(
+        (status = 200, description = "the user", body = UserView),
+        (status = 400, description = "invalid user id", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn get_user(
+    State(c): State<Center>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<ApiJson<UserView>, ApiError> {
+    let Path(user) = path.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    check_user(&user)?;
+    let id = UserId::new(&user);
+    let dir = &c.inner.deps.dir;
+    let conns = dir
+        .lookup(std::slice::from_ref(&id))
+        .await
+        .map_err(|_| ApiError::Unavailable("directory"))?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let online_ms = dir
+        .online_ms(&id, now_ms())
+        .await
+        .map_err(|_| ApiError::Unavailable("directory"))?;
+    Ok(ApiJson(UserView {
+        user,
+        online: !conns.is_empty(),
+        connections: conns
+            .into_iter()
+            .map(|c| ConnView {
+                conn: c.conn.to_string(),
+                room: c.room.to_string(),
+                device: c.device,
+                since: c.since,
+            })
+            .collect(),
+        online_ms,
+    }))
+}
+
+/// Close every connection of a user (close code 4005).
+#[utoipa::path(
+    delete, path = "/api/v1/users/{user}/connections", tag = "users",
+    params(("user" = String, Path, description = "user id")),
+    responses(
+        (status = 200, description = "connections closed", body = KickResp),
+        (status = 400, description = "invalid user id", body = ErrorBody),
+        (status = 503, description = "a room could not be reached", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn kick_user(
+    State(c): State<Center>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<ApiJson<KickResp>, ApiError> {
+    let Path(user) = path.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    check_user(&user)?;
+    let id = UserId::new(&user);
+    let conns = c
+        .inner
+        .deps
+        .dir
+        .lookup(std::slice::from_ref(&id))
+        .await
+        .map_err(|_| ApiError::Unavailable("directory"))?;
+    let mut rooms: Vec<RoomId> = conns.iter().flatten().map(|c| c.room).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let mut kicked = 0u64;
+    let mut failed = false;
+    for room in rooms {
+        match c.inner.deps.rooms.kick_user(room, &id).await {
+            Ok(n) => kicked = kicked.saturating_add(n),
+            Err(e) => {
+                c.inner.metrics.room_errors.inc();
+                tracing::warn!(%e, user = %id, "kick failed");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err(ApiError::Unavailable("room"));
+    }
+    Ok(ApiJson(KickResp { kicked }))
+}
+
+/// Totals and live rooms.
+#[utoipa::path(
+    get, path = "/api/v1/stats", tag = "stats",
+    responses((status = 200, description = "totals", body = StatsView)),
+    security(("api_key" = []))
+)]
+pub(crate) async fn stats(State(c): State<Center>) -> Result<ApiJson<StatsView>, ApiError> {
+    let dir = &c.inner.deps.dir;
+    let s = dir
+        .stats()
+        .await
+        .map_err(|_| ApiError::Unavailable("directory"))?;
+    let rooms = dir
+        .rooms()
+        .await
+        .map_err(|_| ApiError::Unavailable("directory"))?;
+    Ok(ApiJson(StatsView {
+        connections: s.connections,
+        users: s.users,
+        rooms: rooms
+            .into_iter()
+            .map(|r| RoomView {
+                room: r.room.to_string(),
+                connections: r.connections,
+            })
+            .collect(),
+    }))
+}
+
+/// The OpenAPI 3 document of this API.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")),
+    security(("api_key" = []))
+)]
+pub(crate) async fn openapi() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => {
+            tracing::error!(%e, "openapi rendering failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Liveness: 200 while the process serves HTTP.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "alive", body = HealthView))
+)]
+pub(crate) async fn healthz() -> ApiJson<HealthView> {
+    ApiJson(HealthView {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Readiness: 200 when ready to take work, else 503.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "ready", body = HealthView),
+        (status = 503, description = "not ready (starting or draining)", body = HealthView),
+    )
+)]
+pub(crate) async fn readyz(State(c): State<Center>) -> (StatusCode, ApiJson<HealthView>) {
+    if c.inner.ready.load(Ordering::Acquire) {
+        (
+            StatusCode::OK,
+            ApiJson(HealthView {
+                status: "ok".to_owned(),
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiJson(HealthView {
+                status: "not_ready".to_owned(),
+            }),
+        )
+    }
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain"))
+)]
+pub(crate) async fn metrics(State(c): State<Center>) -> Response {
+    let i = &c.inner;
+    if let Ok(s) = i.deps.dir.stats().await {
+        i.metrics
+            .dir_connections
+            .set(i64::try_from(s.connections).unwrap_or(i64::MAX));
+        i.metrics
+            .dir_users
+            .set(i64::try_from(s.users).unwrap_or(i64::MAX));
+    }
+    let depth = i.tx.max_capacity().saturating_sub(i.tx.capacity());
+    i.metrics
+        .queue_depth
+        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        i.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Constant-time comparison (the length is not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(c): State<Center>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let key = c.inner.cfg.api_key.as_bytes();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if !key.is_empty() && ct_eq(g.as_bytes(), key) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+async fn timeout(State(c): State<Center>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(c.inner.cfg.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+async fn count_http(State(c): State<Center>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    c.inner
+        .metrics
+        .http
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pushgate", description = "pushgate REST API: push to users, channels and everyone; tasks; users; stats."),
+    paths(push_users, push_channel, push_broadcast, get_task, get_user, kick_user, stats, openapi, healthz, readyz, metrics),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
+
+/// Every route of a center.
+pub(crate) fn router(c: &Center) -> Router {
+    let cfg = &c.inner.cfg;
+    let api = Router::new()
+        .route("/api/v1/push/users", post(push_users))
+        .route("/api/v1/push/channel", post(push_channel))
+        .route("/api/v1/push/broadcast", post(push_broadcast))
+        .route("/api/v1/tasks/{task}", get(get_task))
+        .route("/api/v1/users/{user}", get(get_user))
+        .route("/api/v1/users/{user}/connections", delete(kick_user))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(c.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(cfg.max_body))
+        .layer(middleware::from_fn_with_state(c.clone(), timeout))
+        .layer(middleware::from_fn_with_state(c.clone(), count_http))
+        .with_state(c.clone())
+}

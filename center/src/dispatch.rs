@@ -1,0 +1,436 @@
+//! The ordered dispatcher: every push goes through one task, so that per
+//! user, message ids increase in delivery order.
+//!
+//! # Why one task
+//!
+//! The contract says a client that resumes with `last_id` never misses a
+//! stored message. If two concurrent pushes to one user could reach the room
+//! out of id order, a client could receive id 2, drop, resume with
+//! `last_id = 2` and never see id 1. So the HTTP handlers only validate and
+//! enqueue a [`Job`] on a bounded queue (a full queue answers 503
+//! `overloaded`; nothing is ever queued without bound), and one dispatcher
+//! task does, for everything pending at once (at most [`MAX_BATCH`]):
+//!
+//! 1. allocate ids for the whole batch with one `next_ids(n)` call, in queue
+//!    order;
+//! 2. store every message that must be stored (user queues with
+//!    `store: true`, channel history) with concurrent store calls, and await
+//!    them all; the store group-commits them, so a batch costs about one
+//!    fsync. A failed store answers that request 503 `store_unavailable`, and
+//!    its message is not delivered;
+//! 3. deliver the whole batch: one batched directory lookup, users grouped by
+//!    room, and per room the batch's calls (`deliver_users`,
+//!    `publish_channel`) in id order. Rooms run concurrently; within a room
+//!    the calls are sequential, and rooms keep per-connection FIFO queues,
+//!    so every connection sees ids in increasing order;
+//! 4. answer each request.
+//!
+//! Only then does the next batch start, so a later batch never overtakes an
+//! earlier one. Batching keeps the throughput up: ids, fsyncs and lookups are
+//! amortised over everything that arrived while the previous batch ran.
+//!
+//! Broadcasts take their id here too (so no user message with a smaller id
+//! is still undelivered when the broadcast starts) and then run as a task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use proto::{EncodedMsg, MsgFrame, MsgId, RoomId, UserId};
+use register::Directory;
+use saver::{Bounds, Store, StoredMsg};
+use smallvec::SmallVec;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::metrics::{KindLabel, Metrics};
+use crate::{CenterConfig, CenterDeps, Rooms};
+
+/// Most jobs handled in one batch.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// What a push to users achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PushOutcome {
+    pub(crate) id: MsgId,
+    pub(crate) delivered: u64,
+    pub(crate) stored: u64,
+}
+
+type Reply = oneshot::Sender<Result<PushOutcome, ApiError>>;
+
+/// One validated push waiting for the dispatcher.
+pub(crate) enum Job {
+    /// A push to users (already de-duplicated).
+    Users {
+        users: Vec<UserId>,
+        data: Bytes,
+        store: bool,
+        ttl: Duration,
+        ts: i64,
+        accepted: Instant,
+        reply: Reply,
+    },
+    /// A push to a channel.
+    Channel {
+        channel: String,
+        data: Bytes,
+        history: bool,
+        ts: i64,
+        accepted: Instant,
+        reply: Reply,
+    },
+    /// A broadcast: only takes its id here.
+    Broadcast { reply: Reply },
+}
+
+impl Job {
+    fn kind(&self) -> &'static str {
+        match self {
+            Job::Users { .. } => "users",
+            Job::Channel { .. } => "channel",
+            Job::Broadcast { .. } => "broadcast",
+        }
+    }
+}
+
+/// The dispatcher's state.
+pub(crate) struct Dispatcher {
+    pub(crate) cfg: Arc<CenterConfig>,
+    pub(crate) dir: Arc<dyn Directory>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ids: Arc<dyn idgen::IdGen>,
+    pub(crate) rooms: Arc<dyn Rooms>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// One call to a room, in batch order.
+enum RoomOp {
+    Users(usize, Vec<UserId>),
+    Channel(usize),
+}
+
+impl Dispatcher {
+    pub(crate) fn new(cfg: Arc<CenterConfig>, deps: &CenterDeps, metrics: Arc<Metrics>) -> Self {
+        Dispatcher {
+            cfg,
+            dir: deps.dir.clone(),
+            store: deps.store.clone(),
+            ids: deps.ids.clone(),
+            rooms: deps.rooms.clone(),
+            metrics,
+        }
+    }
+
+    /// Runs until `stop` is cancelled and everything queued is answered (or
+    /// every sender is gone).
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled(), if !closing => {
+                    // No new jobs; the ones already queued are still handled.
+                    rx.close();
+                    closing = true;
+                }
+                n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.metrics.queue_depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+                    self.metrics.batch_size.observe(n as f64);
+                    self.process(std::mem::take(&mut batch)).await;
+                }
+            }
+        }
+        tracing::debug!("dispatcher stopped");
+    }
+
+    async fn process(&self, batch: Vec<Job>) {
+        let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        let first = match self.ids.next_ids(n).await {
+            Ok(id) => id.0,
+            Err(e) => {
+                tracing::error!(%e, "id allocation failed");
+                for job in batch {
+                    self.fail(job, ApiError::Unavailable("id generator"));
+                }
+                return;
+            }
+        };
+        let ids: Vec<MsgId> = (0..batch.len())
+            .map(|i| MsgId(first.saturating_add(i as i64)))
+            .collect();
+
+        // 2. Store, concurrently; the store group-commits.
+        let writes = batch.iter().zip(&ids).map(|(job, id)| self.store_one(job, *id));
+        let stored: Vec<bool> = join_all(writes).await;
+
+        // 3. Deliver, in order per room.
+        let mut msgs: Vec<Option<Arc<EncodedMsg>>> = Vec::with_capacity(batch.len());
+        for ((job, id), ok) in batch.iter().zip(&ids).zip(&stored) {
+            msgs.push(match job {
+                Job::Users { data, ts, .. } if *ok => Some(encode(*id, *ts, None, data)),
+                Job::Channel {
+                    channel, data, ts, ..
+                } if *ok => Some(encode(*id, *ts, Some(channel), data)),
+                _ => None,
+            });
+        }
+        let delivered = self.deliver(&batch, &msgs).await;
+
+        // 4. Answer.
+        for (((job, id), ok), delivered) in batch.into_iter().zip(ids).zip(stored).zip(delivered) {
+            let kind = job.kind();
+            if !ok {
+                self.fail(job, ApiError::StoreUnavailable);
+                continue;
+            }
+            self.metrics.deliveries.inc_by(delivered);
+            match job {
+                Job::Users {
+                    users,
+                    store,
+                    accepted,
+                    reply,
+                    ..
+                } => {
+                    let stored = if store { users.len() as u64 } else { 0 };
+                    self.metrics.stored.inc_by(stored);
+                    self.done(kind, accepted, reply, PushOutcome { id, delivered, stored });
+                }
+                Job::Channel {
+                    accepted, reply, ..
+                } => {
+                    self.done(kind, accepted, reply, PushOutcome { id, delivered, stored: 0 });
+                }
+                Job::Broadcast { reply } => {
+                    // Counted and timed by the broadcast task.
+                    let _ = reply.send(Ok(PushOutcome {
+                        id,
+                        delivered: 0,
+                        stored: 0,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn done(&self, kind: &'static str, accepted: Instant, reply: Reply, out: PushOutcome) {
+        self.metrics.pushes.get_or_create(&KindLabel { kind }).inc();
+        self.metrics
+            .push_latency
+            .observe(accepted.elapsed().as_secs_f64());
+        // The caller may have gone (timeout); the push happened anyway.
+        let _ = reply.send(Ok(out));
+    }
+
+    fn fail(&self, job: Job, err: ApiError) {
+        self.metrics
+            .push_errors
+            .get_or_create(&KindLabel { kind: job.kind() })
+            .inc();
+        let reply = match job {
+            Job::Users { reply, .. } | Job::Channel { reply, .. } | Job::Broadcast { reply } => {
+                reply
+            }
+        };
+        let _ = reply.send(Err(err));
+    }
+
+    /// Writes what `job` must store; false when the store failed.
+    async fn store_one(&self, job: &Job, id: MsgId) -> bool {
+        let started = Instant::now();
+        let res = match job {
+            Job::Users {
+                users,
+                data,
+                store: true,
+                ttl,
+                ts,
+                ..
+            } => {
+                let msg = StoredMsg {
+                    id,
+                    ts: *ts,
+                    expires_at: ts.saturating_add(millis(*ttl)),
+                    data: data.clone(),
+                };
+                let bounds = Bounds {
+                    max: self.cfg.queue_max,
+                };
+                self.store.append_users(users, &msg, bounds).await
+            }
+            Job::Channel {
+                channel,
+                data,
+                history: true,
+                ts,
+                ..
+            } => {
+                let msg = StoredMsg {
+                    id,
+                    ts: *ts,
+                    expires_at: ts.saturating_add(millis(self.cfg.channel_history_ttl)),
+                    data: data.clone(),
+                };
+                let bounds = Bounds {
+                    max: self.cfg.channel_history_max,
+                };
+                self.store.append_channel(channel, &msg, bounds).await
+            }
+            _ => return true,
+        };
+        self.metrics
+            .store_latency
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%e, %id, "store failed, push refused");
+                false
+            }
+        }
+    }
+
+    /// Delivers every message of the batch that has one; returns the
+    /// connections written per job.
+    async fn deliver(&self, batch: &[Job], msgs: &[Option<Arc<EncodedMsg>>]) -> Vec<u64> {
+        // One directory lookup for every user of the batch.
+        let mut all_users: Vec<UserId> = Vec::new();
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
+        let mut any_channel = false;
+        for (job, msg) in batch.iter().zip(msgs) {
+            let start = all_users.len();
+            match job {
+                Job::Users { users, .. } if msg.is_some() => all_users.extend(users.iter().cloned()),
+                Job::Channel { .. } if msg.is_some() => any_channel = true,
+                _ => {}
+            }
+            spans.push((start, all_users.len()));
+        }
+        let conns = if all_users.is_empty() {
+            Vec::new()
+        } else {
+            match self.dir.lookup(&all_users).await {
+                Ok(c) if c.len() == all_users.len() => c,
+                Ok(_) => {
+                    tracing::error!("directory lookup answered the wrong number of users");
+                    vec![Vec::new(); all_users.len()]
+                }
+                Err(e) => {
+                    // Stored messages reach the users when they reconnect.
+                    tracing::warn!(%e, "directory lookup failed; live delivery skipped");
+                    vec![Vec::new(); all_users.len()]
+                }
+            }
+        };
+        let live_rooms: Vec<RoomId> = if any_channel {
+            match self.dir.rooms().await {
+                Ok(r) => r.into_iter().map(|r| r.room).collect(),
+                Err(e) => {
+                    tracing::warn!(%e, "room list unavailable; channel delivery skipped");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+
+        // Per room, the batch's calls in order.
+        let mut per_room: BTreeMap<RoomId, Vec<RoomOp>> = BTreeMap::new();
+        for (i, (job, msg)) in batch.iter().zip(msgs).enumerate() {
+            if msg.is_none() {
+                continue;
+            }
+            match job {
+                Job::Users { .. } => {
+                    let (start, end) = spans[i];
+                    let mut by_room: BTreeMap<RoomId, Vec<UserId>> = BTreeMap::new();
+                    for (user, cs) in all_users[start..end].iter().zip(&conns[start..end]) {
+                        // A user's distinct rooms; nearly always one.
+                        let mut seen: SmallVec<[RoomId; 2]> = SmallVec::new();
+                        for c in cs {
+                            if !seen.contains(&c.room) {
+                                seen.push(c.room);
+                                by_room.entry(c.room).or_default().push(user.clone());
+                            }
+                        }
+                    }
+                    for (room, users) in by_room {
+                        per_room.entry(room).or_default().push(RoomOp::Users(i, users));
+                    }
+                }
+                Job::Channel { .. } => {
+                    for room in &live_rooms {
+                        per_room.entry(*room).or_default().push(RoomOp::Channel(i));
+                    }
+                }
+                Job::Broadcast { .. } => {}
+            }
+        }
+
+        let room_runs = per_room
+            .into_iter()
+            .map(|(room, ops)| self.run_room(room, ops, batch, msgs));
+        let mut delivered = vec![0u64; batch.len()];
+        for results in join_all(room_runs).await {
+            for (i, n) in results {
+                delivered[i] = delivered[i].saturating_add(n);
+            }
+        }
+        delivered
+    }
+
+    /// Runs one room's calls in order; returns (job index, connections written).
+    async fn run_room(
+        &self,
+        room: RoomId,
+        ops: Vec<RoomOp>,
+        batch: &[Job],
+        msgs: &[Option<Arc<EncodedMsg>>],
+    ) -> Vec<(usize, u64)> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (i, res) = match op {
+                RoomOp::Users(i, users) => match &msgs[i] {
+                    Some(m) => (i, self.rooms.deliver_users(room, &users, m).await),
+                    None => continue,
+                },
+                RoomOp::Channel(i) => match (&batch[i], &msgs[i]) {
+                    (Job::Channel { channel, .. }, Some(m)) => {
+                        (i, self.rooms.publish_channel(room, channel, m).await)
+                    }
+                    _ => continue,
+                },
+            };
+            match res {
+                Ok(n) => out.push((i, n)),
+                Err(e) => {
+                    self.metrics.room_errors.inc();
+                    tracing::warn!(%e, "delivery to room failed");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Builds the encoded message once per push.
+pub(crate) fn encode(id: MsgId, ts: i64, channel: Option<&str>, data: &Bytes) -> Arc<EncodedMsg> {
+    Arc::new(EncodedMsg::new(&MsgFrame {
+        id,
+        ts,
+        channel: channel.map(str::to_owned),
+        data: data.clone(),
+    }))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

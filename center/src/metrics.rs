@@ -1,0 +1,167 @@
+//! The center's Prometheus metrics (prometheus-client), and the extra text
+//! sources that `/metrics` appends (the room's, in standalone mode).
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Appends Prometheus text (`# TYPE` lines and samples) to the output of `/metrics`.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// Label of a push counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
+}
+
+/// Labels of the HTTP request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HttpLabels {
+    pub(crate) method: String,
+    pub(crate) route: String,
+    pub(crate) status: u16,
+}
+
+/// Every metric of a center.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) pushes: Family<KindLabel, Counter>,
+    pub(crate) push_errors: Family<KindLabel, Counter>,
+    pub(crate) deliveries: Counter,
+    pub(crate) stored: Counter,
+    pub(crate) room_errors: Counter,
+    pub(crate) push_latency: Histogram,
+    pub(crate) store_latency: Histogram,
+    pub(crate) queue_depth: Gauge,
+    pub(crate) batch_size: Histogram,
+    pub(crate) http: Family<HttpLabels, Counter>,
+    pub(crate) dir_connections: Gauge,
+    pub(crate) dir_users: Gauge,
+    sources: RwLock<Vec<MetricsSource>>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pushgate_center");
+        let pushes = Family::<KindLabel, Counter>::default();
+        let push_errors = Family::<KindLabel, Counter>::default();
+        let deliveries = Counter::default();
+        let stored = Counter::default();
+        let room_errors = Counter::default();
+        let push_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let store_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let queue_depth = Gauge::default();
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        let http = Family::<HttpLabels, Counter>::default();
+        let dir_connections = Gauge::default();
+        let dir_users = Gauge::default();
+        registry.register(
+            "pushes",
+            "Pushes accepted, by kind (users, channel, broadcast)",
+            pushes.clone(),
+        );
+        registry.register(
+            "push_errors",
+            "Pushes that failed after validation, by kind",
+            push_errors.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Connections a message was written to",
+            deliveries.clone(),
+        );
+        registry.register(
+            "stored",
+            "User queue appends (one per user of a stored push)",
+            stored.clone(),
+        );
+        registry.register(
+            "room_errors",
+            "Calls to a room that failed",
+            room_errors.clone(),
+        );
+        registry.register(
+            "push_latency_seconds",
+            "From accepting a push to its delivery to rooms",
+            push_latency.clone(),
+        );
+        registry.register(
+            "store_latency_seconds",
+            "One store write",
+            store_latency.clone(),
+        );
+        registry.register(
+            "dispatch_queue_depth",
+            "Pushes waiting for the dispatcher",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "dispatch_batch_size",
+            "Pushes handled together by the dispatcher",
+            batch_size.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests, by method, route and status",
+            http.clone(),
+        );
+        registry.register(
+            "directory_connections",
+            "Live connections in the directory",
+            dir_connections.clone(),
+        );
+        registry.register(
+            "directory_users",
+            "Users with at least one live connection",
+            dir_users.clone(),
+        );
+        Metrics {
+            registry,
+            pushes,
+            push_errors,
+            deliveries,
+            stored,
+            room_errors,
+            push_latency,
+            store_latency,
+            queue_depth,
+            batch_size,
+            http,
+            dir_connections,
+            dir_users,
+            sources: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn add_source(&self, source: MetricsSource) {
+        self.sources.write().push(source);
+    }
+
+    /// Renders everything as Prometheus text (format 0.0.4).
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(%e, "metrics encoding failed");
+        }
+        // The encoder writes OpenMetrics and ends with `# EOF`; we serve the
+        // Prometheus text format so that appended sources may follow.
+        if let Some(stripped) = out.strip_suffix("# EOF\n") {
+            let n = stripped.len();
+            out.truncate(n);
+        }
+        let sources: Vec<MetricsSource> = self.sources.read().clone();
+        for s in sources {
+            s(&mut out);
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,69 @@
+//! Room settings. Plain typed values: parsing TOML/flags is the binary's job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::RoomId;
+
+/// Room settings.
+#[derive(Clone, Debug)]
+pub struct RoomConfig {
+    /// This room's id.
+    pub room: RoomId,
+    /// HS256 secret for client tokens.
+    pub token_secret: Arc<[u8]>,
+    /// Heartbeat interval told to clients; a connection silent for twice this long is closed (4003).
+    pub heartbeat: Duration,
+    /// Time allowed for the WebSocket handshake, and then again for the first (auth) frame.
+    pub auth_timeout: Duration,
+    /// Maximum frame size in bytes.
+    pub max_frame: usize,
+    /// Outbound queue length per connection; full = slow consumer (4006).
+    pub send_queue: usize,
+    /// Channels one connection may hold.
+    pub max_channels: usize,
+    /// Connections (sockets, authenticated or not) this room holds before refusing new ones.
+    pub max_connections: usize,
+    /// Inbound frames per second allowed per connection (burst = 2×); 0 = unlimited.
+    pub rate_limit: u32,
+    /// Upper bound of the reconnect delay suggested with 4007 when draining; each
+    /// connection gets its own value, uniformly spread over `[0, this]`.
+    pub drain_reconnect_delay: Duration,
+}
+
+impl RoomConfig {
+    /// Settings with the defaults of DESIGN.md for room `room` and token secret `token_secret`:
+    /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages,
+    /// 64 channels, 100 000 connections, 50 frames/s, reconnect spread over 5 s.
+    pub fn new(room: RoomId, token_secret: Arc<[u8]>) -> RoomConfig {
+        RoomConfig {
+            room,
+            token_secret,
+            heartbeat: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(10),
+            max_frame: proto::DEFAULT_MAX_FRAME,
+            send_queue: 256,
+            max_channels: 64,
+            max_connections: 100_000,
+            rate_limit: 50,
+            drain_reconnect_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// Heartbeat interval told to clients, in whole seconds (at least 1).
+    pub(crate) fn heartbeat_secs(&self) -> u32 {
+        let s = self.heartbeat.as_secs_f64().ceil();
+        if s < 1.0 {
+            1
+        } else if s > f64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            s as u32
+        }
+    }
+
+    /// A connection silent for this long is closed (4003).
+    pub(crate) fn idle_limit(&self) -> Duration {
+        self.heartbeat.saturating_mul(2)
+    }
+}

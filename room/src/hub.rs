@@ -1,0 +1,477 @@
+//! The room's local indexes: connection → handle, user → connections and
+//! channel → connections, and each connection's bounded outbound queue.
+//!
+//! Pushers never block and never await: they lock a DashMap shard, append
+//! an `Arc` to each connection's queue (a short parking_lot critical
+//! section) and wake the session through its `Notify`. A full queue marks
+//! the connection for closing (4006) instead of growing.
+//!
+//! Why not a `tokio::sync::mpsc` per connection: its channel state is
+//! cache-padded (~0.5 KiB) and allocates a 32-slot block up front, per
+//! connection, even while idle. [`Outbox`] is a `VecDeque` that holds no
+//! allocation while empty, bounded by `send_queue`, with the close signal in
+//! the same lock, so a full queue and a kick reach the session the same way.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use proto::{ConnId, EncodedMsg, MsgId, UserId};
+use smallvec::SmallVec;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::{self, Drop as DropWhy, Metrics};
+
+/// A pushed message prepared once per push for every connection: the JSON
+/// text (already checked as UTF-8, so WebSocket text frames need no
+/// per-connection check) and the binary body.
+#[derive(Debug)]
+pub(crate) struct Push {
+    /// Message id.
+    pub(crate) id: MsgId,
+    /// Whether this is a channel message (never de-duplicated against the replay).
+    pub(crate) channel: bool,
+    /// JSON encoding.
+    pub(crate) text: Utf8Bytes,
+    /// Binary encoding, without length prefix.
+    pub(crate) bin: Bytes,
+    /// The stream transports' length prefix for `bin`, computed once.
+    pub(crate) bin_prefix: SmallVec<[u8; 8]>,
+}
+
+impl Push {
+    /// Shares the encodings of `msg`; `None` if its JSON is not UTF-8 (a proto bug).
+    pub(crate) fn new(msg: &EncodedMsg) -> Option<Arc<Push>> {
+        let text = Utf8Bytes::try_from(msg.json.clone()).ok()?;
+        let mut prefix = Vec::with_capacity(8);
+        proto::binary::write_len(msg.bin.len(), &mut prefix);
+        Some(Arc::new(Push {
+            id: msg.id,
+            channel: msg.channel,
+            text,
+            bin: msg.bin.clone(),
+            bin_prefix: SmallVec::from_vec(prefix),
+        }))
+    }
+}
+
+/// Why a connection is told to close from outside its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Kicked through the API (4005).
+    Kicked,
+    /// Its outbound queue overflowed (4006).
+    SlowConsumer,
+    /// The room is draining (4007).
+    Draining,
+}
+
+/// A connection's outbound queue and close signal.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Arc<Push>>,
+    close: Option<Signal>,
+}
+
+/// What happened to one push to one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued.
+    Yes,
+    /// The queue was full: the connection is now closing (4006).
+    Full,
+    /// The connection was already closing.
+    Closed,
+}
+
+/// The shared handle of one authenticated connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Connection id.
+    pub(crate) id: ConnId,
+    outbox: Mutex<Outbox>,
+    /// Woken on every push and on a close signal.
+    pub(crate) notify: Notify,
+}
+
+/// Queues shorter than this keep their allocation when they empty.
+const KEEP_QUEUE_CAPACITY: usize = 8;
+
+impl Conn {
+    /// A connection with an empty queue.
+    pub(crate) fn new(id: ConnId) -> Conn {
+        Conn {
+            id,
+            outbox: Mutex::new(Outbox::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Queues `msg` unless the queue holds `limit` messages already; a full
+    /// queue marks the connection slow (4006).
+    pub(crate) fn try_push(&self, msg: &Arc<Push>, limit: usize) -> Queued {
+        let res = {
+            let mut o = self.outbox.lock();
+            if o.close.is_some() {
+                Queued::Closed
+            } else if o.queue.len() >= limit {
+                o.close = Some(Signal::SlowConsumer);
+                Queued::Full
+            } else {
+                o.queue.push_back(Arc::clone(msg));
+                Queued::Yes
+            }
+        };
+        if res != Queued::Closed {
+            self.notify.notify_one();
+        }
+        res
+    }
+
+    /// Tells the session to close; the first signal wins. Returns whether
+    /// this call set it.
+    pub(crate) fn signal(&self, why: Signal) -> bool {
+        let set = {
+            let mut o = self.outbox.lock();
+            if o.close.is_some() {
+                false
+            } else {
+                o.close = Some(why);
+                true
+            }
+        };
+        self.notify.notify_one();
+        set
+    }
+
+    /// The pending close signal, if any.
+    pub(crate) fn closing(&self) -> Option<Signal> {
+        self.outbox.lock().close
+    }
+
+    /// Whether messages are waiting.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.outbox.lock().queue.is_empty()
+    }
+
+    /// Moves up to `max` queued messages into `batch`, or returns the close
+    /// signal (which wins over queued messages).
+    pub(crate) fn take(&self, batch: &mut impl Extend<Arc<Push>>, max: usize) -> Option<Signal> {
+        let mut o = self.outbox.lock();
+        if let Some(s) = o.close {
+            return Some(s);
+        }
+        let n = o.queue.len().min(max);
+        batch.extend(o.queue.drain(..n));
+        if o.queue.is_empty() && o.queue.capacity() > KEEP_QUEUE_CAPACITY {
+            // Let an idle connection hold no queue memory after a burst.
+            o.queue = VecDeque::new();
+        }
+        None
+    }
+}
+
+/// Subscribers of one channel.
+type Subscribers = HashMap<ConnId, Arc<Conn>>;
+
+/// The room's indexes.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    conns: DashMap<ConnId, Arc<Conn>>,
+    users: DashMap<UserId, SmallVec<[Arc<Conn>; 2]>>,
+    channels: DashMap<Arc<str>, Subscribers>,
+    /// Outbound queue bound per connection.
+    queue_limit: usize,
+}
+
+impl Hub {
+    /// Empty indexes; each connection queues at most `queue_limit` messages.
+    pub(crate) fn new(queue_limit: usize) -> Hub {
+        Hub {
+            conns: DashMap::new(),
+            users: DashMap::new(),
+            channels: DashMap::new(),
+            queue_limit: queue_limit.max(1),
+        }
+    }
+
+    /// Authenticated connections.
+    pub(crate) fn connections(&self) -> u64 {
+        self.conns.len() as u64
+    }
+
+    /// Distinct users with at least one connection.
+    pub(crate) fn users(&self) -> u64 {
+        self.users.len() as u64
+    }
+
+    /// Channels with at least one subscriber.
+    pub(crate) fn channels(&self) -> u64 {
+        self.channels.len() as u64
+    }
+
+    /// Adds `conn` of `user` to the indexes; the returned guard removes it
+    /// from every index when dropped.
+    pub(crate) fn register(&self, user: UserId, conn: Arc<Conn>) -> Registration<'_> {
+        self.conns.insert(conn.id, Arc::clone(&conn));
+        self.users
+            .entry(user.clone())
+            .or_default()
+            .push(Arc::clone(&conn));
+        Registration {
+            hub: self,
+            conn,
+            user,
+            channels: Vec::new(),
+        }
+    }
+
+    fn push_to(&self, c: &Conn, msg: &Arc<Push>, m: &Metrics) -> u64 {
+        match c.try_push(msg, self.queue_limit) {
+            Queued::Yes => 1,
+            Queued::Full => {
+                metrics::inc(&m.queue_full);
+                m.dropped(DropWhy::QueueFull);
+                0
+            }
+            Queued::Closed => {
+                m.dropped(DropWhy::Closed);
+                0
+            }
+        }
+    }
+
+    /// Queues `msg` to every connection of each user; returns connections written.
+    pub(crate) fn deliver_users(&self, users: &[UserId], msg: &Arc<Push>, m: &Metrics) -> u64 {
+        let mut n = 0;
+        for u in users {
+            if let Some(list) = self.users.get(u) {
+                for c in list.iter() {
+                    n += self.push_to(c, msg, m);
+                }
+            }
+        }
+        metrics::add(&m.deliveries, n);
+        n
+    }
+
+    /// Queues `msg` to every subscriber of `channel`; returns connections written.
+    pub(crate) fn publish(&self, channel: &str, msg: &Arc<Push>, m: &Metrics) -> u64 {
+        let mut n = 0;
+        if let Some(subs) = self.channels.get(channel) {
+            for c in subs.values() {
+                n += self.push_to(c, msg, m);
+            }
+        }
+        metrics::add(&m.deliveries, n);
+        n
+    }
+
+    /// Queues `msg` to every authenticated connection; returns connections written.
+    pub(crate) fn broadcast(&self, msg: &Arc<Push>, m: &Metrics) -> u64 {
+        let mut n = 0;
+        for e in self.conns.iter() {
+            n += self.push_to(e.value(), msg, m);
+        }
+        metrics::add(&m.deliveries, n);
+        n
+    }
+
+    /// Signals every connection of `user`; returns how many were newly told.
+    pub(crate) fn signal_user(&self, user: &UserId, why: Signal) -> u64 {
+        // Collect first: never call out while holding a shard lock longer than needed.
+        let list: SmallVec<[Arc<Conn>; 4]> = match self.users.get(user) {
+            Some(l) => l.iter().cloned().collect(),
+            None => return 0,
+        };
+        list.iter().filter(|c| c.signal(why)).count() as u64
+    }
+
+    /// Signals every authenticated connection; returns how many were newly told.
+    pub(crate) fn signal_all(&self, why: Signal) -> u64 {
+        let mut n = 0;
+        for e in self.conns.iter() {
+            if e.value().signal(why) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Result of a subscription attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Subscribed {
+    /// Newly subscribed.
+    Added,
+    /// Was already subscribed.
+    Already,
+    /// The per-connection channel limit is reached.
+    TooMany,
+}
+
+/// One connection's presence in the hub; dropping it removes the connection
+/// from every index, on every exit path (return, `?`, panic).
+#[derive(Debug)]
+pub(crate) struct Registration<'h> {
+    hub: &'h Hub,
+    conn: Arc<Conn>,
+    user: UserId,
+    /// Channels this connection is subscribed to (few: bounded by `max_channels`).
+    channels: Vec<Arc<str>>,
+}
+
+impl Registration<'_> {
+    /// Subscribes the connection to `channel`, at most `max` channels in all.
+    pub(crate) fn subscribe(&mut self, channel: &str, max: usize) -> Subscribed {
+        if self.channels.iter().any(|c| &**c == channel) {
+            return Subscribed::Already;
+        }
+        if self.channels.len() >= max {
+            return Subscribed::TooMany;
+        }
+        let name: Arc<str> = Arc::from(channel);
+        self.hub
+            .channels
+            .entry(Arc::clone(&name))
+            .or_default()
+            .insert(self.conn.id, Arc::clone(&self.conn));
+        self.channels.push(name);
+        Subscribed::Added
+    }
+
+    /// Unsubscribes; returns whether it was subscribed.
+    pub(crate) fn unsubscribe(&mut self, channel: &str) -> bool {
+        let Some(i) = self.channels.iter().position(|c| &**c == channel) else {
+            return false;
+        };
+        let name = self.channels.swap_remove(i);
+        self.hub.remove_from_channel(&name, self.conn.id);
+        if self.channels.is_empty() {
+            self.channels = Vec::new();
+        }
+        true
+    }
+}
+
+impl Hub {
+    fn remove_from_channel(&self, name: &str, id: ConnId) {
+        let empty = match self.channels.get_mut(name) {
+            Some(mut subs) => {
+                subs.remove(&id);
+                if subs.capacity() > 64 && subs.len() < subs.capacity() / 4 {
+                    subs.shrink_to_fit();
+                }
+                subs.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.channels.remove_if(name, |_, subs| subs.is_empty());
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let id = self.conn.id;
+        for name in std::mem::take(&mut self.channels) {
+            self.hub.remove_from_channel(&name, id);
+        }
+        let empty = match self.hub.users.get_mut(&self.user) {
+            Some(mut list) => {
+                list.retain(|c| c.id != id);
+                list.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.hub.users.remove_if(&self.user, |_, l| l.is_empty());
+        }
+        self.hub.conns.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::RoomId;
+
+    fn push(id: i64) -> Arc<Push> {
+        Arc::new(Push {
+            id: MsgId(id),
+            channel: false,
+            text: Utf8Bytes::from("{}"),
+            bin: Bytes::new(),
+            bin_prefix: SmallVec::new(),
+        })
+    }
+
+    #[test]
+    fn registration_drop_cleans_every_index() {
+        let hub = Hub::new(4);
+        let m = Metrics::default();
+        let c1 = Arc::new(Conn::new(ConnId::new(RoomId(1), 1)));
+        let c2 = Arc::new(Conn::new(ConnId::new(RoomId(1), 2)));
+        let u = UserId::new("u");
+        let mut r1 = hub.register(u.clone(), Arc::clone(&c1));
+        let r2 = hub.register(u.clone(), Arc::clone(&c2));
+        assert_eq!(r1.subscribe("news", 2), Subscribed::Added);
+        assert_eq!(r1.subscribe("news", 2), Subscribed::Already);
+        assert_eq!(r1.subscribe("sport", 2), Subscribed::Added);
+        assert_eq!(r1.subscribe("x", 2), Subscribed::TooMany);
+        assert_eq!((hub.connections(), hub.users(), hub.channels()), (2, 1, 2));
+        assert_eq!(hub.deliver_users(&[u.clone()], &push(1), &m), 2);
+        assert_eq!(hub.publish("news", &push(2), &m), 1);
+        drop(r1);
+        assert_eq!((hub.connections(), hub.users(), hub.channels()), (1, 1, 0));
+        drop(r2);
+        assert_eq!((hub.connections(), hub.users(), hub.channels()), (0, 0, 0));
+        assert_eq!(hub.deliver_users(&[u], &push(3), &m), 0);
+    }
+
+    #[test]
+    fn full_queue_marks_slow_and_signal_wins_over_messages() {
+        let c = Conn::new(ConnId(1));
+        let p = push(1);
+        assert_eq!(c.try_push(&p, 2), Queued::Yes);
+        assert_eq!(c.try_push(&p, 2), Queued::Yes);
+        assert_eq!(c.try_push(&p, 2), Queued::Full);
+        assert_eq!(c.try_push(&p, 2), Queued::Closed);
+        let mut batch = Vec::new();
+        assert_eq!(c.take(&mut batch, 10), Some(Signal::SlowConsumer));
+        assert!(batch.is_empty());
+        assert!(!c.signal(Signal::Kicked), "first signal wins");
+    }
+
+    #[test]
+    fn take_respects_max_and_releases_memory() {
+        let c = Conn::new(ConnId(1));
+        for i in 0..20 {
+            assert_eq!(c.try_push(&push(i), 100), Queued::Yes);
+        }
+        let mut batch = Vec::new();
+        assert_eq!(c.take(&mut batch, 16), None);
+        assert_eq!(batch.len(), 16);
+        assert!(c.has_queued());
+        batch.clear();
+        assert_eq!(c.take(&mut batch, 16), None);
+        assert_eq!(batch.len(), 4);
+        assert!(!c.has_queued());
+        assert_eq!(c.outbox.lock().queue.capacity(), 0);
+    }
+
+    #[test]
+    fn unsubscribe_removes_empty_channel() {
+        let hub = Hub::new(4);
+        let c = Arc::new(Conn::new(ConnId(9)));
+        let mut r = hub.register(UserId::new("u"), c);
+        assert_eq!(r.subscribe("a", 4), Subscribed::Added);
+        assert!(r.unsubscribe("a"));
+        assert!(!r.unsubscribe("a"));
+        assert_eq!(hub.channels(), 0);
+    }
+}

@@ -1,0 +1,75 @@
+//! The transport seam: what a session reads and writes, whatever carries it.
+//!
+//! Every listener turns its socket into a [`FrameIo`]: a `Stream` of decoded
+//! client frames and a `Sink` of [`OutFrame`]s. The transport owns the
+//! encoding (JSON text or binary, with or without a length prefix); the
+//! session never sees bytes. Shared pushes arrive already encoded in both
+//! encodings ([`Push`]), so fan-out never re-encodes per connection.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, Stream};
+use proto::{ClientFrame, CloseCode, ServerFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::{RecvError, SendError};
+use crate::hub::Push;
+
+/// One thing read from a client.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A protocol frame.
+    Frame(ClientFrame),
+    /// A transport-level keepalive (WebSocket ping or pong): counts as life.
+    Alive,
+}
+
+/// One thing written to a client.
+#[derive(Debug)]
+pub(crate) enum OutFrame {
+    /// A pushed message, encoded once for every connection.
+    Push(Arc<Push>),
+    /// A frame for this connection only (replies, replayed messages, errors).
+    Frame(ServerFrame),
+    /// End of stream with a close code and reason: a WebSocket close frame;
+    /// nothing on stream transports, where the final error frame carries it.
+    Close(CloseCode, String),
+}
+
+/// A client connection as the session sees it.
+pub(crate) trait FrameIo:
+    Stream<Item = Result<Inbound, RecvError>> + Sink<OutFrame, Error = SendError> + Unpin + Send
+{
+    /// After the final frames: shuts the write side and reads and discards
+    /// what the peer still sends for a short while, so that closing the
+    /// socket with unread input does not reset the connection and destroy
+    /// the final frames before the client reads them.
+    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// Longest a closing connection lingers.
+const LINGER_MAX: Duration = Duration::from_secs(1);
+/// A lingering connection quiet this long is dropped.
+const LINGER_IDLE: Duration = Duration::from_millis(100);
+
+/// Shuts the write side of `sock`, then discards input until EOF, a quiet
+/// spell of [`LINGER_IDLE`], or [`LINGER_MAX`].
+pub(crate) async fn linger_tcp(sock: &mut TcpStream) {
+    let _ = sock.shutdown().await;
+    let end = tokio::time::Instant::now() + LINGER_MAX;
+    let mut buf = vec![0u8; 2048];
+    // Bounded: at most 512 reads of up to 2 KiB (1 MiB), and LINGER_MAX.
+    for _ in 0..512 {
+        match tokio::time::timeout(LINGER_IDLE, sock.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Accept loops: socket → [`FrameIo`](crate::io::FrameIo) → session task.
+//!
+//! The loop never exits on an accept error (it backs off, 5 ms doubling to
+//! 1 s), only when the caller's shutdown token or the room's drain fires.
+//! `max_connections` is enforced with a semaphore, one permit per socket
+//! (authenticated or not). A full room refuses fast so the client can try
+//! another: WebSocket gets HTTP 503 during the handshake, TCP gets a final
+//! error frame `overloaded` with close code 4007 ("reconnect elsewhere").
+//! Refusals run on small tracked tasks, at most 64 at once; beyond that the
+//! socket is just dropped.
+
+pub(crate) mod tcp;
+pub(crate) mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics::Transport;
+use crate::room::Shared;
+
+/// Which protocol a listener speaks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    /// WebSocket on `GET /ws`.
+    Ws,
+    /// Length-prefixed binary frames.
+    Tcp,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts until `shutdown` or the room's drain.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    kind: Kind,
+) {
+    let transport = match kind {
+        Kind::Ws => Transport::Ws,
+        Kind::Tcp => Transport::Tcp,
+    };
+    let addr = listener.local_addr().ok();
+    info!(?addr, ?kind, "accepting");
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let (sock, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = shared.stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => {
+                    backoff = BACKOFF_MIN;
+                    x
+                }
+                Err(e) => {
+                    // EMFILE and friends: wait, never exit.
+                    warn!(error = %e, ?kind, "accept failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = shared.stop.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+            shared.metrics.refused(transport);
+            if let Ok(p) = Arc::clone(&shared.refusals).try_acquire_owned() {
+                let shared2 = Arc::clone(&shared);
+                shared.tracker.spawn(async move {
+                    let _p = p;
+                    match kind {
+                        Kind::Ws => ws::refuse(&shared2, sock).await,
+                        Kind::Tcp => tcp::refuse(sock).await,
+                    }
+                });
+            }
+            continue;
+        };
+        shared.metrics.accepted(transport);
+        let s = Arc::clone(&shared);
+        match kind {
+            Kind::Ws => shared.tracker.spawn(async move {
+                ws::serve(s, sock, peer).await;
+                drop(permit);
+            }),
+            Kind::Tcp => shared.tracker.spawn(async move {
+                tcp::serve(s, sock, peer).await;
+                drop(permit);
+            }),
+        };
+    }
+    info!(?addr, ?kind, "stopped accepting");
+}

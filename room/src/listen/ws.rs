@@ -1,0 +1,252 @@
+//! WebSocket: `GET /ws` only (anything else gets 404 during the handshake),
+//! subprotocol `pushgate.v1.json` (the default) or `pushgate.v1.bin`.
+//!
+//! Decisions:
+//! - Inbound, text frames are always decoded as JSON and binary frames as
+//!   binary, whichever subprotocol was negotiated (DESIGN.md: "text frames
+//!   carry JSON frames, binary frames carry binary frames"). The server
+//!   always replies in the negotiated encoding.
+//! - A client that offers only unknown subprotocols is served JSON without a
+//!   `Sec-WebSocket-Protocol` header (the client library then decides).
+//! - WebSocket pings and pongs count as life for the heartbeat.
+//! - Buffers are small ([`READ_BUFFER`], [`WRITE_BUFFER`]) instead of
+//!   tungstenite's 128 KiB each: idle connections must cost little memory.
+//!   Frames up to `max_frame` still work; the buffers grow for them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use proto::DecodeError;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, error::CapacityError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
+
+use crate::error::{RecvError, SendError};
+use crate::io::{linger_tcp, FrameIo, Inbound, OutFrame};
+use crate::metrics;
+use crate::room::Shared;
+use crate::session;
+
+/// The only path served.
+pub(crate) const PATH: &str = "/ws";
+/// Subprotocol for JSON in text frames (the default).
+pub(crate) const PROTO_JSON: &str = "pushgate.v1.json";
+/// Subprotocol for binary frames.
+pub(crate) const PROTO_BIN: &str = "pushgate.v1.bin";
+/// tungstenite's read buffer (allocated up front, per connection).
+const READ_BUFFER: usize = 512;
+/// Outgoing bytes buffered before a write to the socket (a flush writes everything).
+const WRITE_BUFFER: usize = 1024;
+/// Longest close reason a close frame can carry.
+const MAX_CLOSE_REASON: usize = 123;
+
+fn ws_config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
+/// A WebSocket client connection.
+pub(crate) struct WsIo {
+    ws: WebSocketStream<TcpStream>,
+    /// Reply in binary (`pushgate.v1.bin`) rather than JSON text.
+    bin: bool,
+}
+
+impl WsIo {
+    fn encode(&self, item: OutFrame) -> Result<Message, SendError> {
+        Ok(match item {
+            OutFrame::Push(p) if self.bin => Message::Binary(p.bin.clone()),
+            OutFrame::Push(p) => Message::Text(p.text.clone()),
+            OutFrame::Frame(f) if self.bin => {
+                let mut out = Vec::with_capacity(64);
+                proto::binary::encode_server(&f, &mut out);
+                Message::Binary(Bytes::from(out))
+            }
+            OutFrame::Frame(f) => {
+                let mut out = Vec::with_capacity(64);
+                proto::json::encode_server(&f, &mut out);
+                let text = Utf8Bytes::try_from(out)
+                    .map_err(|_| SendError("json encoder produced invalid utf-8".to_owned()))?;
+                Message::Text(text)
+            }
+            OutFrame::Close(code, mut reason) => {
+                if reason.len() > MAX_CLOSE_REASON {
+                    let mut end = MAX_CLOSE_REASON;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                Message::Close(Some(CloseFrame {
+                    code: WsCloseCode::from(code.as_u16()),
+                    reason: Utf8Bytes::from(reason),
+                }))
+            }
+        })
+    }
+}
+
+fn recv_error(e: tungstenite::Error) -> RecvError {
+    match e {
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            RecvError::Decode(DecodeError::TooLarge {
+                len: size,
+                max: max_size,
+            })
+        }
+        tungstenite::Error::Capacity(_) => RecvError::Decode(DecodeError::BadField("frame")),
+        tungstenite::Error::Utf8(_) => {
+            RecvError::Decode(DecodeError::Json("text frame is not utf-8".to_owned()))
+        }
+        tungstenite::Error::Protocol(p) => {
+            debug!(error = %p, "websocket protocol error");
+            RecvError::Decode(DecodeError::BadField("websocket frame"))
+        }
+        other => RecvError::Io(other.to_string()),
+    }
+}
+
+fn send_error(e: tungstenite::Error) -> SendError {
+    SendError(e.to_string())
+}
+
+impl Stream for WsIo {
+    type Item = Result<Inbound, RecvError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Bounded: each turn consumes one message; only raw frames (never
+        // produced when reading) loop.
+        loop {
+            let msg = match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(recv_error(e)))),
+                Some(Ok(m)) => m,
+            };
+            let item = match msg {
+                Message::Text(t) => proto::json::decode_client(t.as_bytes())
+                    .map(Inbound::Frame)
+                    .map_err(RecvError::from),
+                Message::Binary(b) => proto::binary::decode_client(&b)
+                    .map(Inbound::Frame)
+                    .map_err(RecvError::from),
+                Message::Ping(_) | Message::Pong(_) => Ok(Inbound::Alive),
+                Message::Close(_) => return Poll::Ready(None),
+                Message::Frame(_) => continue,
+            };
+            return Poll::Ready(Some(item));
+        }
+    }
+}
+
+impl Sink<OutFrame> for WsIo {
+    type Error = SendError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Pin::new(&mut self.ws).poll_ready(cx).map_err(send_error)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: OutFrame) -> Result<(), SendError> {
+        let msg = self.encode(item)?;
+        Pin::new(&mut self.ws).start_send(msg).map_err(send_error)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(send_error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(send_error)
+    }
+}
+
+impl FrameIo for WsIo {
+    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        linger_tcp(self.ws.get_mut())
+    }
+}
+
+/// Picks the subprotocol: the first of ours the client offers. `None` when
+/// it offered none of ours (or none at all).
+fn choose_protocol(req: &Request) -> Option<&'static str> {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| match p {
+            PROTO_JSON => Some(PROTO_JSON),
+            PROTO_BIN => Some(PROTO_BIN),
+            _ => None,
+        })
+}
+
+fn http_error(status: StatusCode, text: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(text.to_owned()));
+    *r.status_mut() = status;
+    r
+}
+
+/// Runs the handshake (within `auth_timeout`), then the session.
+pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
+    let mut bin = false;
+    let callback = |req: &Request, mut resp: Response| {
+        if req.uri().path() != PATH {
+            return Err(http_error(StatusCode::NOT_FOUND, "not found"));
+        }
+        if let Some(p) = choose_protocol(req) {
+            bin = p == PROTO_BIN;
+            resp.headers_mut()
+                .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        Ok(resp)
+    };
+    let cfg = ws_config(shared.cfg.max_frame);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(sock, callback, Some(cfg));
+    let ws = tokio::select! {
+        () = shared.stop.cancelled() => return,
+        r = tokio::time::timeout(shared.cfg.auth_timeout, handshake) => match r {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                metrics::inc(&shared.metrics.handshake_failures);
+                debug!(%peer, error = %e, "websocket handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::inc(&shared.metrics.handshake_failures);
+                debug!(%peer, "websocket handshake timed out");
+                return;
+            }
+        },
+    };
+    let serial = shared.next_serial();
+    session::run(shared, WsIo { ws, bin }, serial, peer, "ws").await;
+}
+
+/// Answers a handshake to a full room with HTTP 503.
+pub(crate) async fn refuse(shared: &Shared, sock: TcpStream) {
+    let callback = |_: &Request, _: Response| {
+        Err(http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room full, reconnect elsewhere",
+        ))
+    };
+    let limit = shared.cfg.auth_timeout.min(Duration::from_secs(2));
+    let handshake = tokio_tungstenite::accept_hdr_async(sock, callback);
+    let _ = tokio::time::timeout(limit, handshake).await;
+}

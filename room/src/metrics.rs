@@ -1,0 +1,273 @@
+//! The room's counters and their Prometheus text rendering.
+//!
+//! Plain relaxed atomics: every hot path does at most a couple of
+//! `fetch_add`s; gauges that the hub can compute (users, channels) are read
+//! at scrape time instead of being maintained.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a message was not queued to a connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Drop {
+    /// The connection's outbound queue was full (it is then closed with 4006).
+    QueueFull,
+    /// The connection was already closing.
+    Closed,
+    /// A live user message already sent by the replay.
+    Duplicate,
+}
+
+const DROP_LABELS: [&str; 3] = ["queue_full", "closed", "duplicate"];
+
+/// Close labels, see `CloseReason::label`.
+const CLOSE_LABELS: [&str; 9] = [
+    "peer", "io", "4001", "4002", "4003", "4004", "4005", "4006", "4007",
+];
+
+/// Auth failure reasons.
+const AUTH_LABELS: [&str; 4] = ["token", "not_authenticated", "timeout", "device"];
+
+/// Auth failure kinds, indexes into the auth failure counters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AuthFailure {
+    /// Bad, expired or malformed token.
+    Token = 0,
+    /// The first frame was not auth.
+    NotAuthenticated = 1,
+    /// No auth frame in time.
+    Timeout = 2,
+    /// Unusable device id.
+    Device = 3,
+}
+
+/// Transports, for the accept counters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Transport {
+    /// WebSocket listener.
+    Ws = 0,
+    /// Raw TCP listener.
+    Tcp = 1,
+}
+
+const TRANSPORT_LABELS: [&str; 2] = ["ws", "tcp"];
+
+/// All counters of one room.
+#[derive(Default, Debug)]
+pub(crate) struct Metrics {
+    pub(crate) sockets: AtomicU64,
+    pub(crate) accepted: [AtomicU64; 2],
+    pub(crate) refused: [AtomicU64; 2],
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) queue_full: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) backend_errors: AtomicU64,
+    drops: [AtomicU64; 3],
+    closes: [AtomicU64; 9],
+    auth_failures: [AtomicU64; 4],
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Adds one to a counter.
+pub(crate) fn inc(c: &AtomicU64) {
+    add(c, 1);
+}
+
+impl Metrics {
+    /// Counts a dropped message.
+    pub(crate) fn dropped(&self, why: Drop) {
+        let i = match why {
+            Drop::QueueFull => 0,
+            Drop::Closed => 1,
+            Drop::Duplicate => 2,
+        };
+        inc(&self.drops[i]);
+    }
+
+    /// Counts a session end by its label (`CloseReason::label`).
+    pub(crate) fn closed(&self, label: &str) {
+        if let Some(i) = CLOSE_LABELS.iter().position(|l| *l == label) {
+            inc(&self.closes[i]);
+        }
+    }
+
+    /// Counts an auth failure.
+    pub(crate) fn auth_failed(&self, why: AuthFailure) {
+        inc(&self.auth_failures[why as usize]);
+    }
+
+    /// Counts a refused connection (room full).
+    pub(crate) fn refused(&self, t: Transport) {
+        inc(&self.refused[t as usize]);
+    }
+
+    /// Counts an accepted connection.
+    pub(crate) fn accepted(&self, t: Transport) {
+        inc(&self.accepted[t as usize]);
+    }
+
+    /// Appends the Prometheus text exposition of these counters plus the
+    /// hub gauges passed in.
+    pub(crate) fn write(&self, out: &mut String, conns: u64, users: u64, channels: u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        gauge(
+            out,
+            "pushgate_room_connections",
+            "Authenticated connections.",
+            conns,
+        );
+        gauge(
+            out,
+            "pushgate_room_sockets",
+            "Open client sockets, authenticated or not.",
+            get(&self.sockets),
+        );
+        gauge(out, "pushgate_room_users", "Distinct users connected.", users);
+        gauge(
+            out,
+            "pushgate_room_channels",
+            "Channels with at least one subscriber.",
+            channels,
+        );
+        labelled(
+            out,
+            "pushgate_room_accepted_total",
+            "Sockets accepted, by transport.",
+            "transport",
+            &TRANSPORT_LABELS,
+            &self.accepted,
+        );
+        labelled(
+            out,
+            "pushgate_room_refused_total",
+            "Sockets refused because the room was full, by transport.",
+            "transport",
+            &TRANSPORT_LABELS,
+            &self.refused,
+        );
+        counter(
+            out,
+            "pushgate_room_handshake_failures_total",
+            "WebSocket handshakes that failed or timed out.",
+            get(&self.handshake_failures),
+        );
+        counter(
+            out,
+            "pushgate_room_frames_in_total",
+            "Client frames received.",
+            get(&self.frames_in),
+        );
+        counter(
+            out,
+            "pushgate_room_frames_out_total",
+            "Frames sent to clients.",
+            get(&self.frames_out),
+        );
+        counter(
+            out,
+            "pushgate_room_deliveries_total",
+            "Pushed messages queued to a connection.",
+            get(&self.deliveries),
+        );
+        labelled(
+            out,
+            "pushgate_room_drops_total",
+            "Pushed messages not delivered to a connection, by reason.",
+            "reason",
+            &DROP_LABELS,
+            &self.drops,
+        );
+        labelled(
+            out,
+            "pushgate_room_closes_total",
+            "Sessions ended, by close code (peer = client closed, io = transport error).",
+            "code",
+            &CLOSE_LABELS,
+            &self.closes,
+        );
+        labelled(
+            out,
+            "pushgate_room_auth_failures_total",
+            "Failed authentications, by reason.",
+            "reason",
+            &AUTH_LABELS,
+            &self.auth_failures,
+        );
+        counter(
+            out,
+            "pushgate_room_replayed_total",
+            "Stored messages replayed to reconnecting clients.",
+            get(&self.replayed),
+        );
+        counter(
+            out,
+            "pushgate_room_queue_full_total",
+            "Outbound queue overflows (each closes the connection with 4006).",
+            get(&self.queue_full),
+        );
+        counter(
+            out,
+            "pushgate_room_backend_errors_total",
+            "Backend calls that failed or timed out.",
+            get(&self.backend_errors),
+        );
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn labelled(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    counters: &[AtomicU64],
+) {
+    header(out, name, help, "counter");
+    for (v, c) in values.iter().zip(counters) {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labels_and_gauges() {
+        let m = Metrics::default();
+        m.closed("4006");
+        m.closed("4006");
+        m.dropped(Drop::Duplicate);
+        m.auth_failed(AuthFailure::Timeout);
+        let mut s = String::new();
+        m.write(&mut s, 3, 2, 1);
+        assert!(s.contains("pushgate_room_closes_total{code=\"4006\"} 2\n"), "{s}");
+        assert!(s.contains("pushgate_room_drops_total{reason=\"duplicate\"} 1\n"));
+        assert!(s.contains("pushgate_room_auth_failures_total{reason=\"timeout\"} 1\n"));
+        assert!(s.contains("pushgate_room_connections 3\n"));
+        assert!(s.contains("pushgate_room_users 2\n"));
+        assert!(s.contains("# TYPE pushgate_room_channels gauge\n"));
+    }
+}

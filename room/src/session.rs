@@ -1,0 +1,643 @@
+//! One connection's life, the same for every transport: auth, registration,
+//! replay, then one `select!` loop over the outbound queue, inbound frames
+//! and the heartbeat timer; finally the close frames and the hub cleanup.
+//!
+//! Decisions (also in docs/ROOM.md):
+//! - The first frame must be `auth` within `auth_timeout` (4002); any other
+//!   frame first is `not_authenticated` + 4001; a refused token is
+//!   `auth_failed` + 4001.
+//! - The connection is registered in the hub *before* the replay is read,
+//!   so nothing pushed meanwhile is missed; live user messages with an id at
+//!   or below the highest replayed id are dropped as duplicates.
+//! - Any inbound frame (WebSocket pings included) resets the idle deadline
+//!   of 2 × heartbeat (4003). The timer is reset lazily: a frame only moves
+//!   the deadline; the one `Sleep` is re-armed when it fires early.
+//! - Over the inbound rate limit (token bucket, `rate_limit`/s, burst 2×) a
+//!   client gets `rate_limited` + 4004 rather than silently dropped frames:
+//!   a dropped `ack` or `sub` would be invisible to it.
+//! - Every write is abandoned when the connection is told to close (kick,
+//!   slow consumer, drain) or stalls past the idle deadline (4006), so a
+//!   client that stops reading cannot pin the session.
+//! - Backend failures are reported as a non-fatal `internal` error.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use proto::token::{self, Claims};
+use proto::{ClientFrame, ErrorCode, MsgFrame, MsgId, ServerFrame, UserId};
+use smallvec::SmallVec;
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
+use tracing::{debug, info, warn};
+
+use crate::error::{CloseReason, SendError};
+use crate::hub::{Conn, Push, Registration, Signal, Subscribed};
+use crate::io::{FrameIo, Inbound, OutFrame};
+use crate::metrics::{self, AuthFailure, Drop as DropWhy};
+use crate::room::Shared;
+use crate::{BackendError, SessionInfo};
+
+/// Messages per backend replay or history page.
+const PAGE: u32 = 500;
+/// Replay pages per connection at most (bounds a reconnect to 100 000 messages).
+const MAX_REPLAY_PAGES: usize = 200;
+/// Queued pushes written per batch before the loop looks at input again.
+const MAX_BATCH: usize = 32;
+/// Longest a backend call may take before it counts as failed.
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the final error and close frames may take to write.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Longest accepted device id, in bytes.
+const MAX_DEVICE_LEN: usize = 128;
+/// Transport keepalives tolerated before the auth frame.
+const MAX_PRE_AUTH_KEEPALIVES: usize = 16;
+
+/// Runs one connection to its end. `serial` is the connection's number in
+/// this room (its `ConnId` once authenticated).
+pub(crate) async fn run<T: FrameIo>(
+    shared: Arc<Shared>,
+    mut io: T,
+    serial: u64,
+    peer: std::net::SocketAddr,
+    transport: &'static str,
+) {
+    let m = &shared.metrics;
+    metrics::inc(&m.sockets);
+    let (reason, info) = drive(&shared, &mut io, serial).await;
+    finish(&shared, &mut io, &reason).await;
+    m.closed(reason.label());
+    m.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let conn = info.as_ref().map(|i| i.conn.0);
+    let user = info.as_ref().map(|i| i.user.as_str());
+    if reason.is_routine() {
+        debug!(%peer, transport, ?conn, ?user, %reason, "session ended");
+    } else {
+        info!(%peer, transport, ?conn, ?user, %reason, "session ended");
+    }
+    if let Some(info) = info {
+        let gone = shared.backend.disconnected(&info, now_ms());
+        if timeout(BACKEND_TIMEOUT, gone).await.is_err() {
+            metrics::inc(&m.backend_errors);
+            warn!(conn = info.conn.0, "backend disconnected() timed out");
+        }
+    }
+}
+
+/// Authenticates, then runs the live session. Returns why it ended and, for
+/// an authenticated session, who it was. The hub registration is already
+/// gone when this returns.
+async fn drive<T: FrameIo>(
+    shared: &Shared,
+    io: &mut T,
+    serial: u64,
+) -> (CloseReason, Option<SessionInfo>) {
+    let auth = match authenticate(shared, io).await {
+        Ok(a) => a,
+        Err(r) => return (r, None),
+    };
+    let info = SessionInfo {
+        conn: proto::ConnId::new(shared.cfg.room, serial),
+        user: UserId::from(auth.claims.sub.as_str()),
+        device: auth.device.clone(),
+        since: now_ms(),
+    };
+    let reason = match live(shared, io, auth, &info).await {
+        Err(r) => r,
+        Ok(never) => match never {},
+    };
+    (reason, Some(info))
+}
+
+/// What the auth frame established.
+struct Authed {
+    /// Verified claims (boxed: only the channel list is used afterwards).
+    claims: Box<Claims>,
+    /// Resume point asked by the client.
+    last_id: Option<MsgId>,
+    /// Effective device id.
+    device: String,
+    /// The auth frame's seq, echoed in `auth_ok`.
+    seq: Option<u32>,
+}
+
+async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed, CloseReason> {
+    let m = &shared.metrics;
+    let deadline = Instant::now() + shared.cfg.auth_timeout;
+    for _ in 0..MAX_PRE_AUTH_KEEPALIVES {
+        let item = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => return Err(shared.draining_reason()),
+            () = sleep_until(deadline) => {
+                m.auth_failed(AuthFailure::Timeout);
+                return Err(CloseReason::AuthTimeout);
+            }
+            item = io.next() => item,
+        };
+        let frame = match item {
+            None => return Err(CloseReason::PeerClosed),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Inbound::Alive)) => continue,
+            Some(Ok(Inbound::Frame(f))) => f,
+        };
+        metrics::inc(&m.frames_in);
+        let ClientFrame::Auth {
+            seq,
+            token,
+            last_id,
+            device,
+        } = frame
+        else {
+            m.auth_failed(AuthFailure::NotAuthenticated);
+            return Err(CloseReason::NotAuthenticated);
+        };
+        let claims = token::verify(&token, &shared.cfg.token_secret, now_secs()).map_err(|e| {
+            m.auth_failed(AuthFailure::Token);
+            CloseReason::AuthFailed(e)
+        })?;
+        let device = claims
+            .dev
+            .clone()
+            .or(device)
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "default".to_owned());
+        if device.len() > MAX_DEVICE_LEN {
+            m.auth_failed(AuthFailure::Device);
+            return Err(CloseReason::BadDevice("device id longer than 128 bytes"));
+        }
+        return Ok(Authed {
+            claims: Box::new(claims),
+            last_id,
+            device,
+            seq,
+        });
+    }
+    m.auth_failed(AuthFailure::NotAuthenticated);
+    Err(CloseReason::NotAuthenticated)
+}
+
+/// The idle deadline and the one timer that enforces it.
+struct Idle<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    deadline: Instant,
+}
+
+impl Idle<'_> {
+    /// Called when the timer fires: whether the deadline has really passed
+    /// (otherwise the timer is re-armed for the moved deadline).
+    fn expired(&mut self) -> bool {
+        if Instant::now() >= self.deadline {
+            return true;
+        }
+        let d = self.deadline;
+        self.sleep.as_mut().reset(d);
+        false
+    }
+}
+
+/// Inbound token bucket: `rate` frames per second, burst `2 × rate`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, now: Instant) -> Bucket {
+        Bucket {
+            tokens: 2.0 * rate as f32,
+            last: now,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty. `rate == 0` is unlimited.
+    fn allow(&mut self, rate: u32, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let rate = rate as f32;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The state of an authenticated session.
+struct Live<'s> {
+    shared: &'s Shared,
+    conn: &'s Conn,
+    info: &'s SessionInfo,
+    claims: Box<Claims>,
+    /// Highest user message id sent by the replay; live duplicates are dropped.
+    replayed: MsgId,
+    bucket: Bucket,
+}
+
+async fn live<T: FrameIo>(
+    shared: &Shared,
+    io: &mut T,
+    auth: Authed,
+    info: &SessionInfo,
+) -> Result<std::convert::Infallible, CloseReason> {
+    let conn = Arc::new(Conn::new(info.conn));
+    let mut reg = shared.hub.register(info.user.clone(), Arc::clone(&conn));
+    // Either drain() finds this connection in the hub, or we see its flag.
+    if shared.is_draining() {
+        conn.signal(Signal::Draining);
+    }
+    let now = Instant::now();
+    let deadline = now + shared.cfg.idle_limit();
+    let sleep = pin!(sleep_until(deadline));
+    let mut idle = Idle { sleep, deadline };
+    let mut s = Live {
+        shared,
+        conn: &conn,
+        info,
+        claims: auth.claims,
+        replayed: MsgId(0),
+        bucket: Bucket::new(shared.cfg.rate_limit, now),
+    };
+    let ok = ServerFrame::AuthOk {
+        seq: auth.seq,
+        conn: info.conn,
+        user: info.user.clone(),
+        room: shared.cfg.room,
+        heartbeat: shared.cfg.heartbeat_secs(),
+    };
+    s.reply(io, &mut idle, ok).await?;
+    if timeout(BACKEND_TIMEOUT, shared.backend.connected(info))
+        .await
+        .is_err()
+    {
+        metrics::inc(&shared.metrics.backend_errors);
+    }
+    s.replay(io, &mut idle, auth.last_id).await?;
+    s.run(io, &mut idle, &mut reg).await
+}
+
+impl Live<'_> {
+    /// The main loop: outbound queue, inbound frames, idle timer.
+    async fn run<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        reg: &mut Registration<'_>,
+    ) -> Result<std::convert::Infallible, CloseReason> {
+        let conn = self.conn;
+        loop {
+            let queued = conn.has_queued();
+            tokio::select! {
+                () = async {
+                    if !queued {
+                        conn.notify.notified().await;
+                    }
+                } => self.write_queued(io, idle).await?,
+                () = idle.sleep.as_mut() => {
+                    if idle.expired() {
+                        return Err(CloseReason::HeartbeatTimeout);
+                    }
+                }
+                item = io.next() => {
+                    let frame = match item {
+                        None => return Err(CloseReason::PeerClosed),
+                        Some(Err(e)) => return Err(e.into()),
+                        Some(Ok(f)) => f,
+                    };
+                    let now = Instant::now();
+                    idle.deadline = now + self.shared.cfg.idle_limit();
+                    if !self.bucket.allow(self.shared.cfg.rate_limit, now) {
+                        return Err(CloseReason::RateLimited);
+                    }
+                    if let Inbound::Frame(f) = frame {
+                        metrics::inc(&self.shared.metrics.frames_in);
+                        self.on_frame(io, idle, reg, f).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes up to [`MAX_BATCH`] queued pushes with one flush, or returns the
+    /// close signal.
+    async fn write_queued<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+    ) -> Result<(), CloseReason> {
+        let mut batch: SmallVec<[Arc<Push>; 8]> = SmallVec::new();
+        if let Some(sig) = self.conn.take(&mut batch, MAX_BATCH) {
+            return Err(self.shared.signal_reason(sig));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let m = &self.shared.metrics;
+        let replayed = self.replayed;
+        let write = async {
+            let mut n = 0u64;
+            for p in batch {
+                if !p.channel && p.id <= replayed {
+                    m.dropped(DropWhy::Duplicate);
+                    continue;
+                }
+                io.feed(OutFrame::Push(p)).await?;
+                n += 1;
+            }
+            io.flush().await?;
+            metrics::add(&m.frames_out, n);
+            Ok(())
+        };
+        guarded(self.shared, self.conn, idle, write).await
+    }
+
+    /// Sends one frame of this connection's own and flushes.
+    async fn reply<T: FrameIo>(
+        &self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        frame: ServerFrame,
+    ) -> Result<(), CloseReason> {
+        guarded(self.shared, self.conn, idle, io.send(OutFrame::Frame(frame))).await?;
+        metrics::inc(&self.shared.metrics.frames_out);
+        Ok(())
+    }
+
+    /// Sends a non-fatal error.
+    async fn error<T: FrameIo>(
+        &self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        seq: Option<u32>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), CloseReason> {
+        let frame = ServerFrame::Error {
+            seq,
+            code,
+            message: message.to_owned(),
+            close: None,
+        };
+        self.reply(io, idle, frame).await
+    }
+
+    /// Sends stored messages with one flush.
+    async fn send_msgs<T: FrameIo>(
+        &self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        msgs: Vec<MsgFrame>,
+    ) -> Result<(), CloseReason> {
+        let n = msgs.len() as u64;
+        let write = async {
+            for msg in msgs {
+                io.feed(OutFrame::Frame(ServerFrame::Msg(msg))).await?;
+            }
+            io.flush().await
+        };
+        guarded(self.shared, self.conn, idle, write).await?;
+        metrics::add(&self.shared.metrics.frames_out, n);
+        Ok(())
+    }
+
+    /// Replays stored user messages after `last_id`, or after what this
+    /// device acked, in id order, before any live message.
+    async fn replay<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        last_id: Option<MsgId>,
+    ) -> Result<(), CloseReason> {
+        let backend = &self.shared.backend;
+        let (user, device) = (&self.info.user, self.info.device.as_str());
+        let mut after = match last_id {
+            Some(id) => id,
+            None => match call(self.shared, backend.acked(user, device)).await {
+                Ok(id) => id.unwrap_or_default(),
+                Err(e) => {
+                    debug!(error = %e, "acked() failed; no replay");
+                    let text = "replay unavailable";
+                    return self.error(io, idle, None, ErrorCode::Internal, text).await;
+                }
+            },
+        };
+        self.replayed = after;
+        for _ in 0..MAX_REPLAY_PAGES {
+            let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!(error = %e, "replay() failed");
+                    let text = "replay incomplete";
+                    return self.error(io, idle, None, ErrorCode::Internal, text).await;
+                }
+            };
+            let full = page.len() >= PAGE as usize;
+            // Defensive: keep the order strictly increasing even if a backend does not.
+            let page: Vec<MsgFrame> = page.into_iter().filter(|m| m.id > after).collect();
+            let Some(last) = page.last().map(|m| m.id) else {
+                break;
+            };
+            metrics::add(&self.shared.metrics.replayed, page.len() as u64);
+            self.send_msgs(io, idle, page).await?;
+            after = last;
+            self.replayed = after;
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_frame<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        reg: &mut Registration<'_>,
+        frame: ClientFrame,
+    ) -> Result<(), CloseReason> {
+        match frame {
+            ClientFrame::Ping { seq } => self.reply(io, idle, ServerFrame::Pong { seq }).await,
+            ClientFrame::Auth { seq, .. } => {
+                let text = "already authenticated";
+                self.error(io, idle, seq, ErrorCode::BadFrame, text).await
+            }
+            ClientFrame::Sub {
+                seq,
+                channel,
+                last_id,
+            } => self.subscribe(io, idle, reg, seq, channel, last_id).await,
+            ClientFrame::Unsub { seq, channel } => {
+                reg.unsubscribe(&channel);
+                self.reply(io, idle, ServerFrame::UnsubOk { seq, channel })
+                    .await
+            }
+            ClientFrame::Ack { seq, id } => {
+                let (user, device) = (&self.info.user, self.info.device.as_str());
+                match call(self.shared, self.shared.backend.ack(user, device, id)).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        debug!(error = %e, "ack() failed");
+                        let text = "ack not recorded";
+                        self.error(io, idle, seq, ErrorCode::Internal, text).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn subscribe<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        reg: &mut Registration<'_>,
+        seq: Option<u32>,
+        channel: String,
+        last_id: Option<MsgId>,
+    ) -> Result<(), CloseReason> {
+        if !token::valid_channel(&channel) {
+            let text = "invalid channel name";
+            return self.error(io, idle, seq, ErrorCode::BadChannel, text).await;
+        }
+        if !self.claims.allows_channel(&channel) {
+            let text = "token does not allow this channel";
+            return self.error(io, idle, seq, ErrorCode::ChannelForbidden, text).await;
+        }
+        if reg.subscribe(&channel, self.shared.cfg.max_channels) == Subscribed::TooMany {
+            let text = "channel limit reached";
+            return self.error(io, idle, seq, ErrorCode::TooManyChannels, text).await;
+        }
+        let history = match last_id {
+            Some(after) => {
+                let fut = self.shared.backend.channel_history(&channel, after, PAGE);
+                Some(call(self.shared, fut).await)
+            }
+            None => None,
+        };
+        self.reply(io, idle, ServerFrame::SubOk { seq, channel })
+            .await?;
+        match history {
+            Some(Ok(msgs)) if !msgs.is_empty() => self.send_msgs(io, idle, msgs).await,
+            Some(Err(e)) => {
+                debug!(error = %e, "channel_history() failed");
+                let text = "channel history unavailable";
+                self.error(io, idle, seq, ErrorCode::Internal, text).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Runs a write, abandoning it when the connection is told to close or
+/// stalls past the idle deadline.
+async fn guarded<F>(
+    shared: &Shared,
+    conn: &Conn,
+    idle: &mut Idle<'_>,
+    write: F,
+) -> Result<(), CloseReason>
+where
+    F: Future<Output = Result<(), SendError>>,
+{
+    let mut write = pin!(write);
+    // Bounded by the idle deadline: each turn either finishes, fails, or
+    // re-arms the timer for a later deadline (which only inbound frames move,
+    // and none are read here).
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => return r.map_err(CloseReason::from),
+            () = conn.notify.notified() => {
+                if let Some(sig) = conn.closing() {
+                    return Err(shared.signal_reason(sig));
+                }
+                // A new push woke us; the main loop sees the queue afterwards.
+            }
+            () = idle.sleep.as_mut() => {
+                if idle.expired() {
+                    return Err(CloseReason::SlowConsumer);
+                }
+            }
+        }
+    }
+}
+
+/// Calls the backend with a time limit; failures are counted.
+async fn call<R, F>(shared: &Shared, fut: F) -> Result<R, BackendError>
+where
+    F: Future<Output = Result<R, BackendError>>,
+{
+    let r = match timeout(BACKEND_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError("timed out".to_owned())),
+    };
+    if r.is_err() {
+        metrics::inc(&shared.metrics.backend_errors);
+    }
+    r
+}
+
+/// Sends the final error frame and close, then lingers briefly. Bounded by
+/// [`CLOSE_GRACE`] plus the transport's linger.
+async fn finish<T: FrameIo>(shared: &Shared, io: &mut T, reason: &CloseReason) {
+    let Some(code) = reason.close_code() else {
+        return;
+    };
+    let text = reason.message();
+    let frame = ServerFrame::Error {
+        seq: None,
+        code: reason.error_code(),
+        message: text.clone(),
+        close: Some(code),
+    };
+    let write = async {
+        io.feed(OutFrame::Frame(frame)).await?;
+        io.feed(OutFrame::Close(code, text)).await?;
+        io.flush().await
+    };
+    match timeout(CLOSE_GRACE, write).await {
+        Ok(Ok(())) => metrics::add(&shared.metrics.frames_out, 1),
+        Ok(Err(e)) => debug!(error = %e, "final frames not sent"),
+        Err(_) => debug!("final frames timed out"),
+    }
+    io.linger().await;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(5, t0);
+        for _ in 0..10 {
+            assert!(b.allow(5, t0));
+        }
+        assert!(!b.allow(5, t0), "burst is 2 x rate");
+        assert!(b.allow(5, t0 + Duration::from_millis(250)), "refilled one");
+        assert!(!b.allow(5, t0 + Duration::from_millis(250)));
+        let mut unlimited = Bucket::new(0, t0);
+        for _ in 0..1000 {
+            assert!(unlimited.allow(0, t0));
+        }
+    }
+}

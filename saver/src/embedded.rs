@@ -1,0 +1,593 @@
+//! The embedded backend: one redb file (by convention `DATA/pushgate.redb`).
+//!
+//! Tables:
+//! - `user_queue`: `(user, id) -> postcard(StoredMsg)`
+//! - `user_queue_meta`: `user -> (count, min id)`, so trimming to
+//!   [`Bounds::max`] pops the oldest entries instead of counting a range
+//! - `acks`: `(user, device) -> id`, never moves back
+//! - `channel_history` and `channel_history_meta`: the same shape per channel
+//!
+//! Writes go through one writer thread (redb has one writer at a time and is
+//! synchronous) fed by a bounded queue. The thread takes everything pending,
+//! up to [`MAX_BATCH`] jobs, applies it in ONE write transaction, commits it
+//! durably (fsync) and only then answers each caller: many concurrent
+//! appends share one fsync (group commit). Reads run on the blocking pool
+//! with their own read transactions and never wait for the writer.
+//!
+//! Expired messages are filtered on read and removed by a background sweep
+//! once a second that looks at no more than [`SWEEP_LIMIT`] entries per table
+//! per pass, continuing where the previous pass stopped.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use proto::{MsgId, UserId};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Bounds, Store, StoreError, StoredMsg};
+
+const QUEUE: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("user_queue");
+const QUEUE_META: TableDefinition<&str, (u64, i64)> = TableDefinition::new("user_queue_meta");
+const ACKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("acks");
+const HISTORY: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("channel_history");
+const HISTORY_META: TableDefinition<&str, (u64, i64)> =
+    TableDefinition::new("channel_history_meta");
+
+/// Jobs the writer thread takes into one transaction at most.
+pub const MAX_BATCH: usize = 1024;
+
+/// Capacity of the writer's queue; callers wait (asynchronously) when full.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// Entries one sweep pass looks at, per table.
+pub const SWEEP_LIMIT: usize = 10_000;
+
+/// How often the background sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+type DataTable<'t> = Table<'t, (&'static str, i64), &'static [u8]>;
+type MetaTable<'t> = Table<'t, &'static str, (u64, i64)>;
+
+/// One write, as the writer thread applies it.
+enum WriteOp {
+    Users {
+        users: Vec<UserId>,
+        id: i64,
+        bytes: Vec<u8>,
+        max: u32,
+    },
+    Channel {
+        channel: String,
+        id: i64,
+        bytes: Vec<u8>,
+        max: u32,
+    },
+    Ack {
+        user: UserId,
+        device: String,
+        id: i64,
+    },
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    Write {
+        op: WriteOp,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Sweep {
+        now_ms: i64,
+        reply: Option<oneshot::Sender<Result<u64, StoreError>>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Offline queues and channel history in one local redb file.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// `None` once closed.
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates, with its parent dir) the store file at `path`,
+    /// starts the writer thread and the background sweep.
+    ///
+    /// Must be called inside a tokio runtime. Does blocking file I/O.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the file cannot be opened or created
+    /// (including when this process or another has it open already).
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Backend("EmbeddedStore::open needs a tokio runtime".into()))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(backend)?;
+        }
+        let db = Database::create(path).map_err(backend)?;
+        create_tables(&db).map_err(backend)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("saver-writer".into())
+            .spawn(move || run_writer(&writer_db, rx))
+            .map_err(backend)?;
+        let sweeper = runtime.spawn(sweep_loop(tx.downgrade()));
+        Ok(EmbeddedStore {
+            db,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            sweeper: Mutex::new(Some(sweeper)),
+        })
+    }
+
+    /// Runs one sweep pass now: removes up to [`SWEEP_LIMIT`] entries per
+    /// table that expired at `now_ms`; returns how many were removed.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store is closed or the write fails.
+    pub async fn sweep(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Sweep {
+            now_ms,
+            reply: Some(reply),
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let tx = self.tx.lock().clone().ok_or(StoreError::Closed)?;
+        tx.send(job).await.map_err(|_| StoreError::Closed)
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Write { op, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+    {
+        if self.tx.lock().is_none() {
+            return Err(StoreError::Closed);
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(backend)?
+            .map_err(backend)
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.lock().take() {
+            sweeper.abort();
+        }
+        // Dropping the last sender ends the writer once it has finished what
+        // is queued; join it so the file is released when drop returns.
+        drop(self.tx.lock().take());
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn append_users(
+        &self,
+        users: &[UserId],
+        msg: &StoredMsg,
+        bounds: Bounds,
+    ) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let bytes = postcard::to_stdvec(msg).map_err(backend)?;
+        self.write(WriteOp::Users {
+            users: users.to_vec(),
+            id: msg.id.0,
+            bytes,
+            max: bounds.max,
+        })
+        .await
+    }
+
+    async fn read_user(
+        &self,
+        user: &UserId,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        let user = user.clone();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(QUEUE)?;
+            read_range(&table, user.as_str(), after.0, now_ms, limit)
+        })
+        .await
+    }
+
+    async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), StoreError> {
+        self.write(WriteOp::Ack {
+            user: user.clone(),
+            device: device.to_owned(),
+            id: id.0,
+        })
+        .await
+    }
+
+    async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, StoreError> {
+        let user = user.clone();
+        let device = device.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(ACKS)?;
+            let got = table.get((user.as_str(), device.as_str()))?;
+            Ok(got.map(|g| MsgId(g.value())))
+        })
+        .await
+    }
+
+    async fn append_channel(
+        &self,
+        channel: &str,
+        msg: &StoredMsg,
+        bounds: Bounds,
+    ) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(msg).map_err(backend)?;
+        self.write(WriteOp::Channel {
+            channel: channel.to_owned(),
+            id: msg.id.0,
+            bytes,
+            max: bounds.max,
+        })
+        .await
+    }
+
+    async fn read_channel(
+        &self,
+        channel: &str,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        let channel = channel.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            read_range(&table, &channel, after.0, now_ms, limit)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if let Some(sweeper) = self.sweeper.lock().take() {
+            sweeper.abort();
+        }
+        let Some(tx) = self.tx.lock().take() else {
+            return Ok(());
+        };
+        let (reply, done) = oneshot::channel();
+        // Everything queued before Close is committed before it is answered.
+        if tx.send(Job::Close { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        drop(tx);
+        let writer = self.writer.lock().take();
+        if let Some(writer) = writer {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(backend)?
+                .map_err(|_| StoreError::Backend("writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(QUEUE)?;
+        txn.open_table(QUEUE_META)?;
+        txn.open_table(ACKS)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(HISTORY_META)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Live messages of `key` with id > `after`, in id order, at most `limit`.
+fn read_range<T>(
+    table: &T,
+    key: &str,
+    after: i64,
+    now_ms: i64,
+    limit: u32,
+) -> Result<Vec<StoredMsg>, redb::Error>
+where
+    T: ReadableTable<(&'static str, i64), &'static [u8]>,
+{
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let range = table.range::<(&str, i64)>((
+        Bound::Excluded((key, after)),
+        Bound::Included((key, i64::MAX)),
+    ))?;
+    for entry in range {
+        let (_, value) = entry?;
+        let msg: StoredMsg = postcard::from_bytes(value.value())
+            .map_err(|e| redb::Error::Corrupted(format!("stored message: {e}")))?;
+        if is_live(&msg, now_ms) {
+            out.push(msg);
+            if out.len() >= limit as usize {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A message is live until its `expires_at` (exclusive).
+pub(crate) fn is_live(msg: &StoredMsg, now_ms: i64) -> bool {
+    msg.expires_at > now_ms
+}
+
+/// Inserts `(key, id)` and trims the list of `key` to its newest `max`.
+fn append_bounded(
+    data: &mut DataTable<'_>,
+    meta: &mut MetaTable<'_>,
+    key: &str,
+    id: i64,
+    bytes: &[u8],
+    max: u32,
+) -> Result<(), redb::Error> {
+    let is_new = data.insert((key, id), bytes)?.is_none();
+    let (mut count, mut min) = meta.get(key)?.map_or((0, i64::MAX), |g| g.value());
+    if is_new {
+        count += 1;
+        min = min.min(id);
+    }
+    let max = u64::from(max);
+    if count > max {
+        let excess = count - max;
+        let oldest: Vec<i64> = data
+            .range::<(&str, i64)>((key, i64::MIN)..=(key, i64::MAX))?
+            .take(usize::try_from(excess).unwrap_or(usize::MAX))
+            .map(|e| e.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for old in &oldest {
+            data.remove((key, *old))?;
+        }
+        count -= oldest.len() as u64;
+        min = first_id(data, key)?.unwrap_or(i64::MAX);
+    }
+    if count == 0 {
+        meta.remove(key)?;
+    } else {
+        meta.insert(key, (count, min))?;
+    }
+    Ok(())
+}
+
+fn first_id(data: &DataTable<'_>, key: &str) -> Result<Option<i64>, redb::Error> {
+    let mut range = data.range::<(&str, i64)>((key, i64::MIN)..=(key, i64::MAX))?;
+    match range.next() {
+        Some(entry) => Ok(Some(entry?.0.value().1)),
+        None => Ok(None),
+    }
+}
+
+fn apply(txn: &redb::WriteTransaction, op: &WriteOp) -> Result<(), redb::Error> {
+    match op {
+        WriteOp::Users {
+            users,
+            id,
+            bytes,
+            max,
+        } => {
+            let mut data = txn.open_table(QUEUE)?;
+            let mut meta = txn.open_table(QUEUE_META)?;
+            for user in users {
+                append_bounded(&mut data, &mut meta, user.as_str(), *id, bytes, *max)?;
+            }
+        }
+        WriteOp::Channel {
+            channel,
+            id,
+            bytes,
+            max,
+        } => {
+            let mut data = txn.open_table(HISTORY)?;
+            let mut meta = txn.open_table(HISTORY_META)?;
+            append_bounded(&mut data, &mut meta, channel, *id, bytes, *max)?;
+        }
+        WriteOp::Ack { user, device, id } => {
+            let mut acks = txn.open_table(ACKS)?;
+            let key = (user.as_str(), device.as_str());
+            let current = acks.get(key)?.map(|g| g.value());
+            if current.is_none_or(|c| c < *id) {
+                acks.insert(key, *id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `ops` in one transaction and commits it durably.
+fn commit_batch(db: &Database, ops: &[&WriteOp]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    for op in ops {
+        apply(&txn, op)?;
+    }
+    // The default durability is Immediate: commit returns after fsync.
+    txn.commit()?;
+    Ok(())
+}
+
+/// Where the previous sweep pass of one table stopped.
+#[derive(Default)]
+struct SweepCursor(Option<(String, i64)>);
+
+/// Removes expired entries of one table, at most [`SWEEP_LIMIT`] looked at.
+fn sweep_table(
+    data: &mut DataTable<'_>,
+    meta: &mut MetaTable<'_>,
+    cursor: &mut SweepCursor,
+    now_ms: i64,
+) -> Result<u64, redb::Error> {
+    let mut expired: Vec<(String, i64)> = Vec::new();
+    let mut seen = 0usize;
+    let mut last: Option<(String, i64)> = None;
+    {
+        let range = match &cursor.0 {
+            Some((k, id)) => data.range::<(&str, i64)>((
+                Bound::Excluded((k.as_str(), *id)),
+                Bound::Unbounded,
+            ))?,
+            None => data.range::<(&str, i64)>(..)?,
+        };
+        for entry in range.take(SWEEP_LIMIT) {
+            let (k, v) = entry?;
+            let (key, id) = k.value();
+            seen += 1;
+            // An undecodable entry is left alone here; reads report it.
+            if let Ok(msg) = postcard::from_bytes::<StoredMsg>(v.value()) {
+                if !is_live(&msg, now_ms) {
+                    expired.push((key.to_owned(), id));
+                }
+            }
+            last = Some((key.to_owned(), id));
+        }
+    }
+    // Fewer than a full pass means the end was reached: start over next time.
+    cursor.0 = if seen < SWEEP_LIMIT { None } else { last };
+    for (key, id) in &expired {
+        data.remove((key.as_str(), *id))?;
+        let (count, _) = meta.get(key.as_str())?.map_or((0, 0), |g| g.value());
+        let count = count.saturating_sub(1);
+        if count == 0 {
+            meta.remove(key.as_str())?;
+        } else {
+            let min = first_id(data, key)?.unwrap_or(i64::MAX);
+            meta.insert(key.as_str(), (count, min))?;
+        }
+    }
+    Ok(expired.len() as u64)
+}
+
+fn sweep(
+    db: &Database,
+    cursors: &mut (SweepCursor, SweepCursor),
+    now_ms: i64,
+) -> Result<u64, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut removed = 0;
+    {
+        let mut data = txn.open_table(QUEUE)?;
+        let mut meta = txn.open_table(QUEUE_META)?;
+        removed += sweep_table(&mut data, &mut meta, &mut cursors.0, now_ms)?;
+        let mut data = txn.open_table(HISTORY)?;
+        let mut meta = txn.open_table(HISTORY_META)?;
+        removed += sweep_table(&mut data, &mut meta, &mut cursors.1, now_ms)?;
+    }
+    txn.commit()?;
+    Ok(removed)
+}
+
+/// The writer thread: group commit until Close or until every sender is gone.
+fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+    let mut cursors = (SweepCursor::default(), SweepCursor::default());
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let ops: Vec<&WriteOp> = batch
+            .iter()
+            .filter_map(|j| match j {
+                Job::Write { op, .. } => Some(op),
+                _ => None,
+            })
+            .collect();
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            commit_batch(db, &ops).map_err(|e| e.to_string())
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, jobs = ops.len(), "store commit failed");
+        }
+        let mut close = None;
+        for job in batch.drain(..) {
+            match job {
+                Job::Write { reply, .. } => {
+                    let _ = reply.send(result.clone().map_err(StoreError::Backend));
+                }
+                Job::Sweep { now_ms, reply } => {
+                    let swept = sweep(db, &mut cursors, now_ms).map_err(backend);
+                    if let Err(e) = &swept {
+                        tracing::warn!(error = %e, "store sweep failed");
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(swept);
+                    }
+                }
+                Job::Close { reply } => close = Some(reply),
+            }
+        }
+        if let Some(reply) = close {
+            let _ = reply.send(());
+            return;
+        }
+    }
+}
+
+/// Asks the writer for a sweep once a second; ends when the store is gone.
+async fn sweep_loop(tx: mpsc::WeakSender<Job>) {
+    let mut interval = tokio::time::interval(SWEEP_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        let Some(tx) = tx.upgrade() else { return };
+        // Skip this pass when the writer is busy; the next one catches up.
+        let _ = tx.try_send(Job::Sweep {
+            now_ms: now_ms(),
+            reply: None,
+        });
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,431 @@
+//! The Redis backend: a single node (through a reconnecting
+//! `ConnectionManager`) or a Redis Cluster (through `cluster_async`).
+//!
+//! Key layout; the part in braces is the hash tag, so every key of one user
+//! (or one channel) sits in one cluster slot:
+//! - `pg:{u:<user>}:q`: ZSET, the user's queue
+//! - `pg:{u:<user>}:acks`: HASH device -> last acked id (decimal)
+//! - `pg:{c:<channel>}:h`: ZSET, the channel's history
+//!
+//! `<user>` and `<channel>` are written with `%`, `{` and `}` percent-escaped
+//! (`%25`, `%7B`, `%7D`) so that a name cannot end the hash tag early.
+//!
+//! Queue and history members are `8 bytes id | postcard(StoredMsg)`: the id
+//! big-endian with its sign bit flipped, so byte order is id order. Every
+//! member has score 0 and the sets are read with `ZRANGE .. BYLEX`: a score
+//! (an f64) cannot hold a 63-bit id exactly. The key expires (PEXPIREAT, only
+//! ever moved later) when its newest-expiring message does; single expired
+//! messages are filtered on read, and trimming bounds what is left.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
+use proto::{MsgId, UserId};
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, RedisResult};
+
+use crate::embedded::is_live;
+use crate::{Bounds, Store, StoreError, StoredMsg};
+
+/// Rounds of reading one range when expired messages thin out a page.
+const MAX_READ_ROUNDS: u32 = 64;
+
+/// Per-user pipelines in flight at once in cluster mode.
+const CLUSTER_FANOUT: usize = 32;
+
+/// Keeps the highest id per device; ids compared as decimal strings (Lua
+/// numbers are doubles and cannot hold every i64).
+const ACK_SCRIPT: &str = r"
+local function lt(a, b)
+  local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
+  if na ~= nb then return na end
+  if #a ~= #b then
+    if na then return #a > #b else return #a < #b end
+  end
+  if na then return a > b else return a < b end
+end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (not cur) or lt(cur, ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Offline queues and channel history in Redis (single node or cluster).
+pub struct RedisStore {
+    conn: Conn,
+    ack: redis::Script,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.conn {
+            Conn::Single(_) => "single",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore").field("mode", &mode).finish()
+    }
+}
+
+fn backend(e: redis::RedisError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects to one Redis node at `url` (`redis://host:port/db`); the
+    /// connection reconnects by itself after failures.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the url is invalid or Redis is unreachable.
+    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(backend)?;
+        let manager = client.get_connection_manager().await.map_err(backend)?;
+        Ok(RedisStore::with(Conn::Single(manager)))
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes' `urls`; each
+    /// command is routed to the node owning its key's slot.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when no node is reachable or the urls are invalid.
+    pub async fn connect_cluster(urls: &[String]) -> Result<RedisStore, StoreError> {
+        let client = redis::cluster::ClusterClient::new(urls.iter().map(String::as_str))
+            .map_err(backend)?;
+        let conn = client.get_async_connection().await.map_err(backend)?;
+        Ok(RedisStore::with(Conn::Cluster(conn)))
+    }
+
+    fn with(conn: Conn) -> RedisStore {
+        RedisStore {
+            conn,
+            ack: redis::Script::new(ACK_SCRIPT),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn run_cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self.conn.clone() {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    async fn run_pipe(&self, pipe: &redis::Pipeline) -> RedisResult<()> {
+        match self.conn.clone() {
+            Conn::Single(mut c) => pipe.exec_async(&mut c).await,
+            Conn::Cluster(mut c) => pipe.exec_async(&mut c).await,
+        }
+    }
+
+    /// Appends one encoded member to each key (each key alone is one slot).
+    async fn append_keys(
+        &self,
+        keys: Vec<String>,
+        member: Vec<u8>,
+        expires_at: i64,
+        max: u32,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        match &self.conn {
+            Conn::Single(_) => {
+                // One round trip, all or nothing (MULTI/EXEC).
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for key in &keys {
+                    add_append(&mut pipe, key, &member, expires_at, max);
+                }
+                self.run_pipe(&pipe).await.map_err(backend)
+            }
+            Conn::Cluster(_) => {
+                // A pipeline is routed to one node, so send one per key
+                // (per slot), several at a time.
+                futures_util::stream::iter(keys)
+                    .map(|key| {
+                        let member = &member;
+                        async move {
+                            let mut pipe = redis::pipe();
+                            pipe.atomic();
+                            add_append(&mut pipe, &key, member, expires_at, max);
+                            self.run_pipe(&pipe).await
+                        }
+                    })
+                    .buffer_unordered(CLUSTER_FANOUT)
+                    .try_collect::<Vec<()>>()
+                    .await
+                    .map(|_| ())
+                    .map_err(backend)
+            }
+        }
+    }
+
+    /// Live members of `key` with id > `after`, in id order, at most `limit`.
+    async fn read_key(
+        &self,
+        key: &str,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        self.check_open()?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let Some(start) = after.0.checked_add(1) else {
+            return Ok(out);
+        };
+        let mut min = Vec::with_capacity(9);
+        min.push(b'[');
+        min.extend_from_slice(&id_prefix(start));
+        for _ in 0..MAX_READ_ROUNDS {
+            let want = limit as usize - out.len();
+            let page: Vec<Vec<u8>> = self
+                .run_cmd(
+                    redis::cmd("ZRANGE")
+                        .arg(key)
+                        .arg(&min)
+                        .arg("+")
+                        .arg("BYLEX")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(want),
+                )
+                .await
+                .map_err(backend)?;
+            let full = page.len() == want;
+            for member in &page {
+                let msg = decode_member(member)?;
+                if is_live(&msg, now_ms) {
+                    out.push(msg);
+                }
+            }
+            match page.last() {
+                Some(last) if full && out.len() < limit as usize => {
+                    min.clear();
+                    min.push(b'(');
+                    min.extend_from_slice(last);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// ZADD + trim + expiry of one key, into `pipe`.
+fn add_append(pipe: &mut redis::Pipeline, key: &str, member: &[u8], expires_at: i64, max: u32) {
+    pipe.cmd("ZADD").arg(key).arg(0).arg(member).ignore();
+    // Keep the `max` highest ranks (newest ids); max 0 removes everything.
+    let stop = -i64::from(max) - 1;
+    pipe.cmd("ZREMRANGEBYRANK")
+        .arg(key)
+        .arg(0)
+        .arg(stop)
+        .ignore();
+    // Set an expiry if none, else only move it later (Redis >= 7.0).
+    pipe.cmd("PEXPIREAT")
+        .arg(key)
+        .arg(expires_at)
+        .arg("NX")
+        .ignore();
+    pipe.cmd("PEXPIREAT")
+        .arg(key)
+        .arg(expires_at)
+        .arg("GT")
+        .ignore();
+}
+
+/// Big-endian id with the sign bit flipped: byte order equals id order.
+fn id_prefix(id: i64) -> [u8; 8] {
+    ((id as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn encode_member(msg: &StoredMsg) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(16 + msg.data.len());
+    out.extend_from_slice(&id_prefix(msg.id.0));
+    postcard::to_io(msg, &mut out).map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(out)
+}
+
+fn decode_member(member: &[u8]) -> Result<StoredMsg, StoreError> {
+    member
+        .get(8..)
+        .and_then(|body| postcard::from_bytes(body).ok())
+        .ok_or_else(|| StoreError::Backend("undecodable stored message in redis".into()))
+}
+
+/// `s` with `%`, `{` and `}` percent-escaped.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The queue key of `user`.
+#[must_use]
+pub fn queue_key(user: &str) -> String {
+    format!("pg:{{u:{}}}:q", escape(user))
+}
+
+/// The acks key of `user`.
+#[must_use]
+pub fn acks_key(user: &str) -> String {
+    format!("pg:{{u:{}}}:acks", escape(user))
+}
+
+/// The history key of `channel`.
+#[must_use]
+pub fn history_key(channel: &str) -> String {
+    format!("pg:{{c:{}}}:h", escape(channel))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn append_users(
+        &self,
+        users: &[UserId],
+        msg: &StoredMsg,
+        bounds: Bounds,
+    ) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return self.check_open();
+        }
+        let member = encode_member(msg)?;
+        let keys = users.iter().map(|u| queue_key(u.as_str())).collect();
+        self.append_keys(keys, member, msg.expires_at, bounds.max)
+            .await
+    }
+
+    async fn read_user(
+        &self,
+        user: &UserId,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        self.read_key(&queue_key(user.as_str()), after, now_ms, limit)
+            .await
+    }
+
+    async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), StoreError> {
+        self.check_open()?;
+        let mut invocation = self.ack.prepare_invoke();
+        invocation
+            .key(acks_key(user.as_str()))
+            .arg(device)
+            .arg(id.0.to_string());
+        let _: i64 = match self.conn.clone() {
+            Conn::Single(mut c) => invocation.invoke_async(&mut c).await,
+            Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+        }
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, StoreError> {
+        self.check_open()?;
+        let got: Option<String> = self
+            .run_cmd(redis::cmd("HGET").arg(acks_key(user.as_str())).arg(device))
+            .await
+            .map_err(backend)?;
+        got.map(|s| {
+            s.parse::<i64>()
+                .map(MsgId)
+                .map_err(|_| StoreError::Backend(format!("bad ack value {s:?} in redis")))
+        })
+        .transpose()
+    }
+
+    async fn append_channel(
+        &self,
+        channel: &str,
+        msg: &StoredMsg,
+        bounds: Bounds,
+    ) -> Result<(), StoreError> {
+        let member = encode_member(msg)?;
+        self.append_keys(
+            vec![history_key(channel)],
+            member,
+            msg.expires_at,
+            bounds.max,
+        )
+        .await
+    }
+
+    async fn read_channel(
+        &self,
+        channel: &str,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        self.read_key(&history_key(channel), after, now_ms, limit)
+            .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // Every write was acknowledged by Redis when it returned; nothing is pending.
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_prefix_orders_like_ids() {
+        let ids = [i64::MIN, -5, -1, 0, 1, 255, 1 << 40, i64::MAX];
+        for w in ids.windows(2) {
+            assert!(id_prefix(w[0]) < id_prefix(w[1]), "{} vs {}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn keys_escape_hash_tag_characters() {
+        assert_eq!(queue_key("alice"), "pg:{u:alice}:q");
+        assert_eq!(acks_key("a}b"), "pg:{u:a%7Db}:acks");
+        assert_eq!(history_key("{x}%"), "pg:{c:%7Bx%7D%25}:h");
+        assert_ne!(queue_key("a%7Db"), queue_key("a}b"));
+    }
+
+    #[test]
+    fn member_round_trips() {
+        let msg = StoredMsg {
+            id: MsgId(1 << 50),
+            ts: 1,
+            expires_at: 2,
+            data: bytes::Bytes::from_static(b"{\"a\":1}"),
+        };
+        let m = encode_member(&msg).unwrap();
+        assert_eq!(decode_member(&m).unwrap(), msg);
+        assert!(decode_member(&m[..5]).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! In-process glue for standalone mode: the room's [`room::Backend`] served by
+//! the register and the saver, and the center's [`center::Rooms`] served by the
+//! local room. Cluster mode replaces these with internal links.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use center::{Rooms, RoomsError};
+use proto::{EncodedMsg, MsgFrame, MsgId, RoomId, UserId};
+use register::{ConnInfo, Directory};
+use room::{Backend, BackendError, Room, SessionInfo};
+use saver::{Store, StoredMsg};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// [`Backend`] for a room running in the same process as register and saver.
+pub(crate) struct LocalBackend {
+    pub(crate) room: RoomId,
+    pub(crate) dir: Arc<dyn Directory>,
+    pub(crate) store: Arc<dyn Store>,
+}
+
+fn user_frame(m: StoredMsg) -> MsgFrame {
+    MsgFrame {
+        id: m.id,
+        ts: m.ts,
+        channel: None,
+        data: m.data,
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    async fn connected(&self, s: &SessionInfo) {
+        let info = ConnInfo {
+            user: s.user.clone(),
+            conn: s.conn,
+            room: self.room,
+            device: Some(s.device.clone()),
+            since: s.since,
+        };
+        if let Err(e) = self.dir.connected(info).await {
+            tracing::warn!(user = %s.user, error = %e, "directory: connect not recorded");
+        }
+    }
+
+    async fn disconnected(&self, s: &SessionInfo, now_ms: i64) {
+        if let Err(e) = self.dir.disconnected(&s.user, s.conn, now_ms).await {
+            tracing::warn!(user = %s.user, error = %e, "directory: disconnect not recorded");
+        }
+    }
+
+    async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, BackendError> {
+        self.store
+            .acked(user, device)
+            .await
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    async fn replay(
+        &self,
+        user: &UserId,
+        after: MsgId,
+        limit: u32,
+    ) -> Result<Vec<MsgFrame>, BackendError> {
+        let msgs = self
+            .store
+            .read_user(user, after, now_ms(), limit)
+            .await
+            .map_err(|e| BackendError(e.to_string()))?;
+        Ok(msgs.into_iter().map(user_frame).collect())
+    }
+
+    async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), BackendError> {
+        self.store
+            .ack(user, device, id)
+            .await
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    async fn channel_history(
+        &self,
+        channel: &str,
+        after: MsgId,
+        limit: u32,
+    ) -> Result<Vec<MsgFrame>, BackendError> {
+        let msgs = self
+            .store
+            .read_channel(channel, after, now_ms(), limit)
+            .await
+            .map_err(|e| BackendError(e.to_string()))?;
+        Ok(msgs
+            .into_iter()
+            .map(|m| MsgFrame {
+                channel: Some(channel.to_owned()),
+                ..user_frame(m)
+            })
+            .collect())
+    }
+}
+
+/// [`Rooms`] served by the one room of this process.
+pub(crate) struct LocalRooms {
+    pub(crate) id: RoomId,
+    pub(crate) room: Room,
+}
+
+impl LocalRooms {
+    fn check(&self, room: RoomId) -> Result<&Room, RoomsError> {
+        if room == self.id {
+            Ok(&self.room)
+        } else {
+            Err(RoomsError {
+                room,
+                reason: "no such room in this process".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Rooms for LocalRooms {
+    async fn deliver_users(
+        &self,
+        room: RoomId,
+        users: &[UserId],
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<u64, RoomsError> {
+        Ok(self.check(room)?.deliver_users(users, msg))
+    }
+
+    async fn publish_channel(
+        &self,
+        room: RoomId,
+        channel: &str,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<u64, RoomsError> {
+        Ok(self.check(room)?.publish_channel(channel, msg))
+    }
+
+    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
+        Ok(self.check(room)?.broadcast(msg))
+    }
+
+    async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {
+        Ok(self.check(room)?.kick_user(user))
+    }
+}

@@ -1,0 +1,209 @@
+//! Configuration: flags and environment (through clap) over the TOML file over
+//! defaults, validated into typed values before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, ServeArgs};
+
+/// The TOML file: the same names as the flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    ws: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
+    quic: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    api_key: Option<String>,
+    token_secret: Option<String>,
+    heartbeat: Option<u64>,
+    redis: Option<String>,
+    log_format: Option<LogFormat>,
+    auth_timeout: Option<u64>,
+    max_frame: Option<usize>,
+    send_queue: Option<usize>,
+    max_connections: Option<usize>,
+    max_channels: Option<usize>,
+    rate_limit: Option<u32>,
+    queue_max: Option<u32>,
+    queue_ttl: Option<u64>,
+    drain_timeout: Option<u64>,
+    max_body: Option<usize>,
+    max_users: Option<usize>,
+    node_id: Option<u16>,
+}
+
+/// Validated settings of `pushgate standalone`.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data: PathBuf,
+    pub(crate) ws: SocketAddr,
+    pub(crate) tcp: SocketAddr,
+    pub(crate) http: SocketAddr,
+    /// Given, or `None` to load/generate one in the data dir.
+    pub(crate) api_key: Option<String>,
+    /// Given, or `None` to load/generate one in the data dir.
+    pub(crate) token_secret: Option<String>,
+    pub(crate) heartbeat: Duration,
+    pub(crate) redis: Option<String>,
+    pub(crate) log_format: LogFormat,
+    pub(crate) auth_timeout: Duration,
+    pub(crate) max_frame: usize,
+    pub(crate) send_queue: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_channels: usize,
+    pub(crate) rate_limit: u32,
+    pub(crate) queue_max: u32,
+    pub(crate) queue_ttl: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_body: usize,
+    pub(crate) max_users: usize,
+    pub(crate) node_id: u16,
+}
+
+/// A configuration that cannot be used (exit code 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ConfigError(pub(crate) String);
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(
+    name: &str,
+    v: T,
+) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!("{name} must be greater than 0, got {v}")))
+    }
+}
+
+impl Config {
+    /// Merges flags/environment (`args`) over the config file over defaults,
+    /// and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] describing the first problem found.
+    pub(crate) fn load(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($name:ident, $default:expr) => {
+                args.$name.or(file.$name).unwrap_or_else(|| $default)
+            };
+        }
+        let cfg = Config {
+            data: pick!(data, PathBuf::from("data")),
+            ws: pick!(ws, SocketAddr::from(([127, 0, 0, 1], 7700))),
+            tcp: pick!(tcp, SocketAddr::from(([127, 0, 0, 1], 7701))),
+            http: pick!(http, SocketAddr::from(([127, 0, 0, 1], 7780))),
+            api_key: args.api_key.or(file.api_key),
+            token_secret: args.token_secret.or(file.token_secret),
+            heartbeat: Duration::from_secs(positive("heartbeat", pick!(heartbeat, 30))?),
+            redis: args.redis.or(file.redis),
+            log_format: pick!(log_format, LogFormat::Human),
+            auth_timeout: Duration::from_secs(positive("auth-timeout", pick!(auth_timeout, 10))?),
+            max_frame: positive("max-frame", pick!(max_frame, proto::DEFAULT_MAX_FRAME))?,
+            send_queue: positive("send-queue", pick!(send_queue, 256))?,
+            max_connections: positive("max-connections", pick!(max_connections, 1_000_000))?,
+            max_channels: positive("max-channels", pick!(max_channels, 64))?,
+            rate_limit: positive("rate-limit", pick!(rate_limit, 50))?,
+            queue_max: positive("queue-max", pick!(queue_max, 1000))?,
+            queue_ttl: Duration::from_secs(positive("queue-ttl", pick!(queue_ttl, 86_400))?),
+            drain_timeout: Duration::from_secs(pick!(drain_timeout, 10)),
+            max_body: positive("max-body", pick!(max_body, 1024 * 1024))?,
+            max_users: positive("max-users", pick!(max_users, 10_000))?,
+            node_id: pick!(node_id, 0),
+        };
+        let _ = args.quic.or(file.quic); // reserved: QUIC is not served yet
+        if cfg.max_frame < 256 {
+            return Err(ConfigError("max-frame must be at least 256 bytes".into()));
+        }
+        if cfg.node_id > 255 {
+            return Err(ConfigError(format!(
+                "node-id must be 0..=255, got {}",
+                cfg.node_id
+            )));
+        }
+        if let Some(k) = &cfg.api_key {
+            if k.len() < 8 {
+                return Err(ConfigError("api-key must be at least 8 characters".into()));
+            }
+        }
+        if let Some(s) = &cfg.token_secret {
+            if s.len() < 16 {
+                return Err(ConfigError(
+                    "token-secret must be at least 16 characters".into(),
+                ));
+            }
+        }
+        if let Some(url) = &cfg.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError(format!(
+                    "redis must be a redis:// or rediss:// URL, got {url:?}"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(args()).expect("defaults are valid");
+        assert_eq!(c.ws.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.tcp.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.http.to_string(), "127.0.0.1:7780");
+        assert_eq!(c.heartbeat, Duration::from_secs(30));
+        assert_eq!(c.data, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "heartbeat = 5\nqueue_max = 7\n").expect("write");
+        let mut a = args();
+        a.config = Some(path);
+        a.heartbeat = Some(9);
+        let c = Config::load(a).expect("valid");
+        assert_eq!(c.heartbeat, Duration::from_secs(9));
+        assert_eq!(c.queue_max, 7);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "hartbeat = 5\n").expect("write");
+        let mut a = args();
+        a.config = Some(path);
+        assert!(Config::load(a).is_err());
+        let mut a = args();
+        a.heartbeat = Some(0);
+        assert!(Config::load(a).is_err());
+        let mut a = args();
+        a.redis = Some("http://x".into());
+        assert!(Config::load(a).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! `pushgate standalone`: every component in one process, wired in memory.
+//!
+//! Start-up order: data dir, secrets, store, ids, directory, room, center;
+//! then bind every listener before printing `ready`. Shutdown (SIGTERM/SIGINT)
+//! runs the other way: stop accepting and turn not-ready, drain clients with
+//! 4007, stop HTTP, flush the dispatcher, close the store and checkpoint ids.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::RoomId;
+use register::{Directory, LocalDirectory};
+use room::{Room, RoomConfig};
+use saver::{EmbeddedStore, RedisStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::adapters::{LocalBackend, LocalRooms};
+use crate::config::Config;
+use crate::secrets::{self, Origin};
+
+/// Runs standalone mode until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Anything that prevents start-up (data dir, store, binding a port).
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("create data dir {}", cfg.data.display()))?;
+    let (api_key, key_origin) =
+        secrets::load_or_generate(&cfg.data, "api_key", cfg.api_key.as_deref())
+            .context("api key")?;
+    let (token_secret, secret_origin) =
+        secrets::load_or_generate(&cfg.data, "token_secret", cfg.token_secret.as_deref())
+            .context("token secret")?;
+
+    let store: Arc<dyn Store> = match &cfg.redis {
+        Some(url) => Arc::new(
+            RedisStore::connect(url)
+                .await
+                .with_context(|| format!("connect to redis {url}"))?,
+        ),
+        None => Arc::new(
+            EmbeddedStore::open(&cfg.data.join("pushgate.redb")).context("open embedded store")?,
+        ),
+    };
+    let ids = Arc::new(idgen::FileIdGen::open(&cfg.data, cfg.node_id).context("open idgen")?);
+    let dir: Arc<dyn Directory> = Arc::new(LocalDirectory::new());
+    let room_id = RoomId(u32::from(cfg.node_id));
+
+    let max_connections = effective_max_connections(cfg.max_connections);
+    let room = Room::new(
+        RoomConfig {
+            room: room_id,
+            token_secret: Arc::from(token_secret.as_bytes()),
+            heartbeat: cfg.heartbeat,
+            auth_timeout: cfg.auth_timeout,
+            max_frame: cfg.max_frame,
+            send_queue: cfg.send_queue,
+            max_channels: cfg.max_channels,
+            max_connections,
+            rate_limit: cfg.rate_limit,
+            drain_reconnect_delay: Duration::from_secs(5),
+        },
+        Arc::new(LocalBackend {
+            room: room_id,
+            dir: dir.clone(),
+            store: store.clone(),
+        }),
+    );
+
+    let center = center::Center::new(
+        center::CenterConfig {
+            api_key: api_key.clone(),
+            max_body: cfg.max_body,
+            max_users: cfg.max_users,
+            queue_max: cfg.queue_max,
+            queue_ttl: cfg.queue_ttl,
+            ..center::CenterConfig::default()
+        },
+        center::CenterDeps {
+            dir: dir.clone(),
+            store: store.clone(),
+            ids: ids.clone(),
+            rooms: Arc::new(LocalRooms {
+                id: room_id,
+                room: room.clone(),
+            }),
+        },
+    );
+    {
+        let room = room.clone();
+        center.add_metrics_source(Arc::new(move |out: &mut String| room.write_metrics(out)));
+    }
+
+    let ws = TcpListener::bind(cfg.ws)
+        .await
+        .with_context(|| format!("bind websocket listener {}", cfg.ws))?;
+    let tcp = TcpListener::bind(cfg.tcp)
+        .await
+        .with_context(|| format!("bind tcp listener {}", cfg.tcp))?;
+    let http = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("bind http listener {}", cfg.http))?;
+    let (ws_addr, tcp_addr, http_addr) = (ws.local_addr()?, tcp.local_addr()?, http.local_addr()?);
+
+    dir.room_up(room_id).await.context("register room")?;
+
+    let accept_stop = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let ws_task = tokio::spawn({
+        let (room, stop) = (room.clone(), accept_stop.clone());
+        async move { room.serve_ws(ws, stop).await }
+    });
+    let tcp_task = tokio::spawn({
+        let (room, stop) = (room.clone(), accept_stop.clone());
+        async move { room.serve_tcp(tcp, stop).await }
+    });
+    let http_task = tokio::spawn({
+        let app = center.router();
+        let stop = http_stop.clone();
+        async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+    center.set_ready(true);
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ws listening on {ws_addr}")?;
+    writeln!(out, "tcp listening on {tcp_addr}")?;
+    writeln!(out, "http listening on {http_addr}")?;
+    let describe = |o: Origin, name: &str| match o {
+        Origin::Given => format!("{name}: (given by configuration)"),
+        Origin::Kept => format!("{name} kept in {}", cfg.data.display()),
+        Origin::Generated => format!("{name} generated and kept in {}", cfg.data.display()),
+    };
+    if key_origin != Origin::Given {
+        writeln!(out, "api key: {api_key}")?;
+    }
+    if secret_origin != Origin::Given {
+        writeln!(out, "token secret: {token_secret}")?;
+    }
+    writeln!(out, "ready")?;
+    out.flush()?;
+    drop(out);
+    info!(
+        ws = %ws_addr, tcp = %tcp_addr, http = %http_addr,
+        store = if cfg.redis.is_some() { "redis" } else { "embedded" },
+        "{}; {}",
+        describe(key_origin, "api key"),
+        describe(secret_origin, "token secret"),
+    );
+
+    crate::signal::shutdown_signal().await;
+    info!("shutting down: draining connections");
+    center.set_ready(false);
+    accept_stop.cancel();
+    let drained = room.drain(cfg.drain_timeout).await;
+    if !drained {
+        warn!("drain timeout: some connections were still open");
+    }
+    http_stop.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "http server"),
+        Ok(_) => {}
+        Err(_) => warn!("http server did not stop in time"),
+    }
+    center.shutdown().await;
+    let _ = tokio::join!(ws_task, tcp_task);
+    if let Err(e) = dir.room_down(room_id).await {
+        warn!(error = %e, "deregister room");
+    }
+    store.close().await.context("close store")?;
+    ids.close().await.context("checkpoint ids")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux).
+fn nofile_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Files kept for everything that is not a client connection (listeners,
+/// the store, logs, HTTP clients).
+const RESERVED_FILES: u64 = 256;
+
+/// Every connection is a file: cap connections below the open-files limit,
+/// so a full process refuses new clients quickly instead of failing accept()
+/// with EMFILE, and say so (docs/OPERATIONS.md explains how to raise it).
+fn effective_max_connections(configured: usize) -> usize {
+    let Some(limit) = nofile_limit() else {
+        return configured;
+    };
+    let cap = usize::try_from(limit.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    if cap < configured {
+        warn!(
+            nofile = limit,
+            max_connections = cap,
+            "the open-files limit caps connections below --max-connections; raise nofile (docs/OPERATIONS.md)"
+        );
+        cap
+    } else {
+        configured
+    }
+}
