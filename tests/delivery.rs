@@ -1,8 +1,8 @@
 //! Delivery guarantees: offline queues, last_id replay, per-device acks,
 //! store:false, and durability across SIGTERM and kill -9.
+#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE: not on request paths)
 
 mod common;
-
 
 use common::{datas, ids, Server, Transport};
 use serde_json::json;
@@ -20,7 +20,11 @@ async fn offline_user_gets_stored_messages_on_auth() {
         let (mut c, _) = s.login(t, &u, "d").await;
         let got = c.msgs(5).await;
         assert_eq!(ids(&got), want, "{t:?}: stored messages in id order");
-        assert_eq!(datas(&got), (0..5).map(|i| json!({"i": i})).collect::<Vec<_>>(), "{t:?}");
+        assert_eq!(
+            datas(&got),
+            (0..5).map(|i| json!({"i": i})).collect::<Vec<_>>(),
+            "{t:?}"
+        );
         // Then live ones follow.
         let id = s.push_id(&[&u], json!("live")).await;
         assert_eq!(c.next_msg().await["id"], id, "{t:?}");
@@ -41,12 +45,23 @@ async fn last_id_replays_only_greater_ids_in_order() {
         // A new push right after auth must come after the replay.
         let live = s.push_id(&[&u], json!("new")).await;
         let got = c.msgs(4).await;
-        assert_eq!(ids(&got), vec![sent[3], sent[4], sent[5], live], "{t:?}: replay after last_id={} then live", sent[2]);
-        assert!(c.ping_sync(2).await.is_empty(), "{t:?}: nothing else expected");
+        assert_eq!(
+            ids(&got),
+            vec![sent[3], sent[4], sent[5], live],
+            "{t:?}: replay after last_id={} then live",
+            sent[2]
+        );
+        assert!(
+            c.ping_sync(2).await.is_empty(),
+            "{t:?}: nothing else expected"
+        );
 
         // last_id beyond everything: nothing replayed.
         let (mut c2, _) = s.login_after(t, &u, "d2", live).await;
-        assert!(c2.ping_sync(3).await.is_empty(), "{t:?}: last_id = newest must replay nothing");
+        assert!(
+            c2.ping_sync(3).await.is_empty(),
+            "{t:?}: last_id = newest must replay nothing"
+        );
         // last_id 0: everything.
         let (mut c3, _) = s.login_after(t, &u, "d3", 0).await;
         let got = c3.msgs(7).await;
@@ -76,7 +91,10 @@ async fn device_gets_what_it_has_not_acked() {
         let (mut c, _) = s.login(t, &u, "phone").await;
         let first = c.next_msg().await;
         assert_eq!(first["id"], cc, "{t:?}: after acking {b}, reconnecting without last_id must start at the unacked {cc}: {first}");
-        assert!(c.ping_sync(5).await.is_empty(), "{t:?}: only the unacked message");
+        assert!(
+            c.ping_sync(5).await.is_empty(),
+            "{t:?}: only the unacked message"
+        );
     }
 }
 
@@ -92,7 +110,11 @@ async fn acks_are_per_device() {
     assert!(phone.ping_sync(1).await.is_empty());
     let (mut laptop, _) = s.login(Transport::Tcp, "pd", "laptop").await;
     let got = laptop.msgs(2).await;
-    assert_eq!(ids(&got), vec![a, b], "a device that acked nothing gets the whole queue");
+    assert_eq!(
+        ids(&got),
+        vec![a, b],
+        "a device that acked nothing gets the whole queue"
+    );
 }
 
 /// A partial ack: reconnect gets exactly the messages after the acked id.
@@ -111,7 +133,12 @@ async fn partial_ack_then_reconnect() {
     s.wait_online("pa", false).await;
     let (mut c, _) = s.login(Transport::WsBin, "pa", "d").await;
     let got = c.msgs(2).await;
-    assert_eq!(ids(&got), sent[2..].to_vec(), "after ack of {}, expected the rest", sent[1]);
+    assert_eq!(
+        ids(&got),
+        sent[2..].to_vec(),
+        "after ack of {}, expected the rest",
+        sent[1]
+    );
     assert!(c.ping_sync(2).await.is_empty());
 }
 
@@ -120,7 +147,9 @@ async fn partial_ack_then_reconnect() {
 async fn store_false_is_not_replayed() {
     let s = Server::start(&[]).await;
     // Offline: stored 0, and nothing replayed on connect.
-    let r = s.push(json!({"users": ["nf"], "data": "gone", "store": false})).await;
+    let r = s
+        .push(json!({"users": ["nf"], "data": "gone", "store": false}))
+        .await;
     assert_eq!(r["stored"], 0, "store:false must not queue: {r}");
     assert_eq!(r["delivered"], 0, "{r}");
     let (mut c, _) = s.login(Transport::WsJson, "nf", "d").await;
@@ -129,7 +158,9 @@ async fn store_false_is_not_replayed() {
     assert_eq!(m["id"], sentinel, "store:false message was replayed: {m}");
 
     // Online: delivered live...
-    let r = s.push(json!({"users": ["nf"], "data": "live", "store": false})).await;
+    let r = s
+        .push(json!({"users": ["nf"], "data": "live", "store": false}))
+        .await;
     assert_eq!(r["delivered"], 1, "{r}");
     assert_eq!(r["stored"], 0, "{r}");
     let m = c.next_msg().await;
@@ -138,7 +169,10 @@ async fn store_false_is_not_replayed() {
     let (mut d, _) = s.login_after(Transport::Tcp, "nf", "d2", 0).await;
     let got = d.msgs(1).await;
     assert_eq!(ids(&got), vec![sentinel]);
-    assert!(d.ping_sync(1).await.is_empty(), "store:false messages replayed to d2");
+    assert!(
+        d.ping_sync(1).await.is_empty(),
+        "store:false messages replayed to d2"
+    );
 }
 
 /// The queue keeps the newest `--queue-max` messages.
@@ -164,14 +198,22 @@ async fn sigterm_restart_keeps_stored_messages() {
         sent.push(s.push_id(&["st"], json!(i)).await);
     }
     let st = s.stop().await;
-    assert_eq!(st.code(), Some(0), "SIGTERM must exit 0, got {st:?}\n{}", s.stderr());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "SIGTERM must exit 0, got {st:?}\n{}",
+        s.stderr()
+    );
     s.restart().await;
     let (mut c, _) = s.login(Transport::Tcp, "st", "d").await;
     let got = c.msgs(5).await;
     assert_eq!(ids(&got), sent, "stored messages after restart");
     assert_eq!(datas(&got), (0..5).map(|i| json!(i)).collect::<Vec<_>>());
     let next = s.push_id(&["st"], json!("after")).await;
-    assert!(next > *sent.last().unwrap(), "id after restart {next} must exceed {sent:?}");
+    assert!(
+        next > *sent.last().unwrap(),
+        "id after restart {next} must exceed {sent:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Hostile clients: garbage on every listener must not hurt well-behaved clients,
 //! and every offender must be closed.
+#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE: not on request paths)
 
 mod common;
 
@@ -41,7 +42,8 @@ async fn server_closes(mut s: TcpStream, limit: Duration) -> bool {
 async fn hostile(k: usize, tcp: SocketAddr, ws: SocketAddr, secret: String) -> Result<(), String> {
     let limit = Duration::from_secs(8);
     let kind = k % 10;
-    let what = |w: &str| format!("hostile #{k} ({w}) was not closed by the server within {limit:?}");
+    let what =
+        |w: &str| format!("hostile #{k} ({w}) was not closed by the server within {limit:?}");
     match kind {
         0 | 1 => {
             // Random bytes on TCP / on the WebSocket port.
@@ -103,9 +105,11 @@ async fn hostile(k: usize, tcp: SocketAddr, ws: SocketAddr, secret: String) -> R
             let _ = s.write_all(b"GET /ws HTTP/1.1\r\nX: ").await;
             let start = Instant::now();
             loop {
-                match tokio::time::timeout(Duration::from_millis(500), s.write_all(&[b'a'; 1024])).await {
-                    Ok(Err(_)) => break,
-                    Ok(Ok(())) | Err(_) => {}
+                let wrote =
+                    tokio::time::timeout(Duration::from_millis(500), s.write_all(&[b'a'; 1024]))
+                        .await;
+                if let Ok(Err(_)) = wrote {
+                    break;
                 }
                 if start.elapsed() > limit {
                     return Err(what("endless header"));
@@ -116,17 +120,29 @@ async fn hostile(k: usize, tcp: SocketAddr, ws: SocketAddr, secret: String) -> R
         7 | 8 => {
             // A WebSocket that sends garbage frames / a bad token.
             let stream = TcpStream::connect(ws).await.map_err(|e| e.to_string())?;
-            let proto = if kind == 7 { "pushgate.v1.json" } else { "pushgate.v1.bin" };
-            let mut w = common::ws_handshake(stream, ws, Some(proto)).await.map_err(|e| e.to_string())?;
+            let proto = if kind == 7 {
+                "pushgate.v1.json"
+            } else {
+                "pushgate.v1.bin"
+            };
+            let mut w = common::ws_handshake(stream, ws, Some(proto))
+                .await
+                .map_err(|e| e.to_string())?;
             use futures_util::{SinkExt, StreamExt};
             use tokio_tungstenite::tungstenite::Message;
             let m = if kind == 7 {
                 Message::text(String::from_utf8_lossy(&junk(k as u64, 200)).into_owned())
             } else {
                 let mut out = Vec::new();
-                let token = common::mint(&(secret + "x"), "evil", None, None, common::now_secs() + 60);
+                let token =
+                    common::mint(&(secret + "x"), "evil", None, None, common::now_secs() + 60);
                 proto::binary::encode_client(
-                    &proto::ClientFrame::Auth { seq: None, token, last_id: None, device: None },
+                    &proto::ClientFrame::Auth {
+                        seq: None,
+                        token,
+                        last_id: None,
+                        device: None,
+                    },
                     &mut out,
                 );
                 Message::binary(out)
@@ -146,7 +162,9 @@ async fn hostile(k: usize, tcp: SocketAddr, ws: SocketAddr, secret: String) -> R
         }
         _ => {
             // Connect and hang up at once.
-            let s = TcpStream::connect(if k % 2 == 0 { tcp } else { ws }).await.map_err(|e| e.to_string())?;
+            let s = TcpStream::connect(if k % 2 == 0 { tcp } else { ws })
+                .await
+                .map_err(|e| e.to_string())?;
             drop(s);
         }
     }
@@ -170,8 +188,16 @@ async fn fifty_hostile_connections_do_not_hurt_good_clients() {
         sent.push(r["id"].as_i64().unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(common::ids(&good_ws.msgs(50).await), sent, "ws client lost messages under attack");
-    assert_eq!(common::ids(&good_tcp.msgs(50).await), sent, "tcp client lost messages under attack");
+    assert_eq!(
+        common::ids(&good_ws.msgs(50).await),
+        sent,
+        "ws client lost messages under attack"
+    );
+    assert_eq!(
+        common::ids(&good_tcp.msgs(50).await),
+        sent,
+        "tcp client lost messages under attack"
+    );
 
     let mut errors = Vec::new();
     for t in tasks {
@@ -179,7 +205,11 @@ async fn fifty_hostile_connections_do_not_hurt_good_clients() {
             errors.push(e);
         }
     }
-    assert!(errors.is_empty(), "offenders not closed:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "offenders not closed:\n{}",
+        errors.join("\n")
+    );
 
     // Still healthy, still only two authenticated connections.
     assert!(good_ws.ping_sync(1).await.is_empty());
@@ -219,6 +249,9 @@ async fn ping_flood_does_not_starve_others() {
             Some(common::Event::Closed { .. }) | None => break,
         }
     }
-    assert!(saw_limit, "2000 pings at once with --rate-limit 100 must get error rate_limited");
+    assert!(
+        saw_limit,
+        "2000 pings at once with --rate-limit 100 must get error rate_limited"
+    );
     assert!(good.ping_sync(9).await.is_empty());
 }

@@ -1,5 +1,6 @@
 //! The REST push API end to end: users (all devices), multicast, channels,
 //! broadcast tasks, user lookup, kick and stats.
+#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE: not on request paths)
 
 mod common;
 
@@ -19,14 +20,20 @@ async fn push_reaches_every_device_of_the_user() {
     let (mut other, _) = s.login(Transport::WsJson, "u2", "phone").await;
 
     let r = s.push_users(&["u1"], json!({"hello": "all"})).await;
-    assert_eq!(r["delivered"], 3, "delivered must count the 3 connections of u1: {r}");
+    assert_eq!(
+        r["delivered"], 3,
+        "delivered must count the 3 connections of u1: {r}"
+    );
     assert_eq!(r["stored"], 1, "stored must count 1 user queued: {r}");
     let id = r["id"].as_i64().expect("push answer id");
     for (name, cl) in [("ws json", &mut a), ("ws bin", &mut b), ("tcp", &mut c)] {
         let m = cl.next_msg().await;
         assert_eq!(m["id"], id, "{name}: {m}");
         assert_eq!(m["data"], json!({"hello": "all"}), "{name}: {m}");
-        assert!(m.get("channel").is_none() || m["channel"].is_null(), "{name}: user msg carries a channel: {m}");
+        assert!(
+            m.get("channel").is_none() || m["channel"].is_null(),
+            "{name}: user msg carries a channel: {m}"
+        );
     }
     other.assert_quiet(Duration::from_millis(200)).await;
 }
@@ -71,12 +78,19 @@ async fn channel_push_reaches_subscribers_only() {
     let mut subs = Vec::new();
     for t in common::TRANSPORTS {
         let mut c = s.connect(t).await;
-        c.auth(&s.token_channels(&common::uniq("sub"), &["chat.*"]), None, None).await;
+        c.auth(
+            &s.token_channels(&common::uniq("sub"), &["chat.*"]),
+            None,
+            None,
+        )
+        .await;
         c.sub("chat.room1").await;
         subs.push(c);
     }
     let mut elsewhere = s.connect(Transport::WsJson).await;
-    elsewhere.auth(&s.token_channels("x", &["chat.*"]), None, None).await;
+    elsewhere
+        .auth(&s.token_channels("x", &["chat.*"]), None, None)
+        .await;
     elsewhere.sub("chat.room2").await;
     let (mut nosub, _) = s.login(Transport::Tcp, "y", "d").await;
 
@@ -103,9 +117,20 @@ async fn broadcast_reaches_everyone() {
     }
     // A connection that never authenticated is not a recipient.
     let _anon = s.connect(Transport::WsJson).await;
-    let r = s.api_ok("POST", "/push/broadcast", Some(json!({"data": {"b": true}})), 202).await;
-    let id = r["id"].as_i64().unwrap_or_else(|| panic!("broadcast answer needs integer id: {r}"));
-    let task = r["task"].as_str().unwrap_or_else(|| panic!("broadcast answer needs task string: {r}"));
+    let r = s
+        .api_ok(
+            "POST",
+            "/push/broadcast",
+            Some(json!({"data": {"b": true}})),
+            202,
+        )
+        .await;
+    let id = r["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("broadcast answer needs integer id: {r}"));
+    let task = r["task"]
+        .as_str()
+        .unwrap_or_else(|| panic!("broadcast answer needs task string: {r}"));
     for c in clients.iter_mut() {
         let m = c.next_msg().await;
         assert_eq!(m["id"], id, "{:?}: {m}", c.transport);
@@ -120,7 +145,10 @@ async fn broadcast_reaches_everyone() {
     assert_eq!(t["rooms_done"], t["rooms_total"], "{t}");
     // Broadcast is not stored per user: a new connection does not get it.
     let (mut late, _) = s.login(Transport::WsJson, "b0", "new-device").await;
-    assert!(late.ping_sync(1).await.is_empty(), "broadcast must not be replayed");
+    assert!(
+        late.ping_sync(1).await.is_empty(),
+        "broadcast must not be replayed"
+    );
 }
 
 #[tokio::test]
@@ -129,27 +157,46 @@ async fn get_user_lists_connections() {
     let before = common::now_ms();
     let (a, ok_a) = s.login(Transport::WsJson, "gu", "phone").await;
     let (_b, ok_b) = s.login(Transport::Tcp, "gu", "laptop").await;
+    // The directory is updated right after auth_ok: allow it a moment.
+    common::eventually("gu has 2 connections", Duration::from_secs(2), || async {
+        s.user("gu").await["connections"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
     let v = s.user("gu").await;
     assert_eq!(v["user"], "gu", "{v}");
     assert_eq!(v["online"], true, "{v}");
-    let conns = v["connections"].as_array().unwrap_or_else(|| panic!("connections must be a list: {v}"));
+    let conns = v["connections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("connections must be a list: {v}"));
     assert_eq!(conns.len(), 2, "{v}");
     let devices: BTreeSet<&str> = conns.iter().filter_map(|c| c["device"].as_str()).collect();
     assert_eq!(devices, BTreeSet::from(["laptop", "phone"]), "{v}");
-    let cids: BTreeSet<String> = conns.iter().map(|c| c["conn"].to_string().trim_matches('"').to_string()).collect();
-    let want: BTreeSet<String> =
-        [&ok_a, &ok_b].iter().map(|o| o["conn"].to_string().trim_matches('"').to_string()).collect();
+    let cids: BTreeSet<String> = conns
+        .iter()
+        .map(|c| c["conn"].to_string().trim_matches('"').to_string())
+        .collect();
+    let want: BTreeSet<String> = [&ok_a, &ok_b]
+        .iter()
+        .map(|o| o["conn"].to_string().trim_matches('"').to_string())
+        .collect();
     assert_eq!(cids, want, "connection ids must match auth_ok.conn: {v}");
     for c in conns {
-        let since = c["since"].as_i64().unwrap_or_else(|| panic!("since must be ms integer: {c}"));
-        assert!(since >= before - 1000 && since <= common::now_ms() + 1000, "since {since} not ms-now: {c}");
+        let since = c["since"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("since must be ms integer: {c}"));
+        assert!(
+            since >= before - 1000 && since <= common::now_ms() + 1000,
+            "since {since} not ms-now: {c}"
+        );
         assert!(!c["room"].is_null(), "room missing: {c}");
     }
     // Disconnect one: eventually only one left.
     a.close().await;
-    common::eventually("gu down to 1 connection", Duration::from_secs(5), || async {
-        s.user("gu").await["connections"].as_array().map(Vec::len) == Some(1)
-    })
+    common::eventually(
+        "gu down to 1 connection",
+        Duration::from_secs(5),
+        || async { s.user("gu").await["connections"].as_array().map(Vec::len) == Some(1) },
+    )
     .await;
     // Unknown user: 200, offline, no connections.
     let v = s.user("nobody-here").await;
@@ -167,19 +214,25 @@ async fn kick_closes_with_4005() {
         victims.push(c);
     }
     let (mut bystander, _) = s.login(Transport::WsJson, "stays", "d").await;
-    let r = s.api_ok("DELETE", "/users/kicked/connections", None, 200).await;
+    let r = s
+        .api_ok("DELETE", "/users/kicked/connections", None, 200)
+        .await;
     assert_eq!(r["kicked"], 3, "{r}");
     for c in victims.iter_mut() {
         let (_reason, frames) = c.expect_close(4005, Duration::from_secs(5)).await;
         if c.transport == Transport::Tcp {
             assert!(
-                frames.iter().any(|f| f["op"] == "error" && f["code"] == "kicked"),
+                frames
+                    .iter()
+                    .any(|f| f["op"] == "error" && f["code"] == "kicked"),
                 "TCP kick must end with an error frame code kicked: {frames:?}"
             );
         }
     }
     s.wait_online("kicked", false).await;
-    let r = s.api_ok("DELETE", "/users/kicked/connections", None, 200).await;
+    let r = s
+        .api_ok("DELETE", "/users/kicked/connections", None, 200)
+        .await;
     assert_eq!(r["kicked"], 0, "second kick finds nobody: {r}");
     assert!(bystander.ping_sync(1).await.is_empty());
     let id = s.push_id(&["stays"], json!(1)).await;
@@ -196,19 +249,34 @@ async fn stats_count_connections_and_users() {
     let (_b, _) = s.login(Transport::WsBin, "s1", "b").await;
     let (c, _) = s.login(Transport::Tcp, "s2", "a").await;
     let _unauth = s.connect(Transport::Tcp).await;
-    let v = s.stats().await;
+    // The directory is updated right after auth_ok: allow it a moment.
+    let mut v = s.stats().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while v["connections"] != 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        v = s.stats().await;
+    }
     assert_eq!(v["connections"], 3, "authenticated connections: {v}");
     assert_eq!(v["users"], 2, "{v}");
-    let rooms = v["rooms"].as_array().unwrap_or_else(|| panic!("rooms must be a list: {v}"));
+    let rooms = v["rooms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("rooms must be a list: {v}"));
     assert!(!rooms.is_empty(), "{v}");
-    let sum: u64 = rooms.iter().map(|r| r["connections"].as_u64().unwrap_or(0)).sum();
+    let sum: u64 = rooms
+        .iter()
+        .map(|r| r["connections"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(sum, 3, "per-room connections must add up: {v}");
     assert!(rooms.iter().all(|r| !r["room"].is_null()), "{v}");
     c.close().await;
-    common::eventually("stats after a disconnect", Duration::from_secs(5), || async {
-        let v = s.stats().await;
-        v["connections"] == 2 && v["users"] == 1
-    })
+    common::eventually(
+        "stats after a disconnect",
+        Duration::from_secs(5),
+        || async {
+            let v = s.stats().await;
+            v["connections"] == 2 && v["users"] == 1
+        },
+    )
     .await;
 }
 
@@ -220,7 +288,8 @@ async fn ids_strictly_increase() {
     let mut answered = Vec::new();
     for i in 0..30 {
         let v: Value = if i % 3 == 2 {
-            s.push(json!({"users": ["inc"], "data": i, "store": false})).await
+            s.push(json!({"users": ["inc"], "data": i, "store": false}))
+                .await
         } else {
             s.push_users(&["inc", "other"], json!(i)).await
         };
@@ -233,8 +302,54 @@ async fn ids_strictly_increase() {
     let futs: Vec<_> = (0..20).map(|i| s.push_users(&["inc"], json!(i))).collect();
     let answers = futures_util::future::join_all(futs).await;
     let set: BTreeSet<i64> = answers.iter().map(|v| v["id"].as_i64().unwrap()).collect();
-    assert_eq!(set.len(), 20, "concurrent pushes got duplicate ids: {answers:?}");
+    assert_eq!(
+        set.len(),
+        20,
+        "concurrent pushes got duplicate ids: {answers:?}"
+    );
     assert!(*set.iter().next().unwrap() > *answered.last().unwrap());
     let got = ids(&c.msgs(20).await);
     common::assert_increasing("delivery order of concurrent pushes", &got);
+}
+
+/// Once a client has its auth_ok, the API sees the connection: a store:false push
+/// right away reaches it and a kick right away closes it. 100 rounds, because a
+/// race between auth_ok and the directory update only shows now and then.
+#[tokio::test]
+async fn connection_is_visible_to_the_api_as_soon_as_auth_ok() {
+    let s = Server::start(&[]).await;
+    let mut misses = Vec::new();
+    for round in 0..100 {
+        let t = common::TRANSPORTS[round % 3];
+        let u = common::uniq("vis");
+        let (mut c, _) = s.login_raw(t, &u, "d").await;
+        let r = s
+            .push(json!({"users": [u], "data": round, "store": false}))
+            .await;
+        if r["delivered"] != 1 {
+            misses.push(format!(
+                "round {round} {t:?}: store:false push right after auth_ok: {r}"
+            ));
+        } else {
+            assert_eq!(c.next_msg().await["data"], round);
+        }
+        let k = common::uniq("vis-kick");
+        let (mut c, _) = s.login_raw(t, &k, "d").await;
+        let r = s
+            .api_ok("DELETE", &format!("/users/{k}/connections"), None, 200)
+            .await;
+        if r["kicked"] != 1 {
+            misses.push(format!(
+                "round {round} {t:?}: kick right after auth_ok: {r}"
+            ));
+        } else {
+            c.expect_close(4005, Duration::from_secs(5)).await;
+        }
+    }
+    assert!(
+        misses.is_empty(),
+        "{} of 200 API calls right after auth_ok did not see the connection:\n{}",
+        misses.len(),
+        misses.join("\n")
+    );
 }

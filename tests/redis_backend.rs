@@ -1,4 +1,5 @@
 //! The same guarantees with the saver on a real Redis (`--redis URL`).
+#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE: not on request paths)
 
 mod common;
 
@@ -16,7 +17,11 @@ async fn redis_offline_queue_last_id_and_acks() {
     }
     // Offline queue.
     let (mut c, _) = s.login(Transport::WsJson, "r1", "phone").await;
-    assert_eq!(ids(&c.msgs(5).await), sent, "redis: stored messages on auth");
+    assert_eq!(
+        ids(&c.msgs(5).await),
+        sent,
+        "redis: stored messages on auth"
+    );
     // Ack, reconnect without last_id: only what follows.
     c.ack(sent[4]).await;
     assert!(c.ping_sync(1).await.is_empty());
@@ -24,18 +29,29 @@ async fn redis_offline_queue_last_id_and_acks() {
     s.wait_online("r1", false).await;
     let next = s.push_id(&["r1"], json!("n")).await;
     let (mut c, _) = s.login(Transport::Tcp, "r1", "phone").await;
-    assert_eq!(c.next_msg().await["id"], next, "redis: acked device must resume after its ack");
+    assert_eq!(
+        c.next_msg().await["id"],
+        next,
+        "redis: acked device must resume after its ack"
+    );
     assert!(c.ping_sync(2).await.is_empty());
     // last_id replay on another device.
-    let (mut d, _) = s.login_after(Transport::WsBin, "r1", "tablet", sent[1]).await;
+    let (mut d, _) = s
+        .login_after(Transport::WsBin, "r1", "tablet", sent[1])
+        .await;
     let mut want = sent[2..].to_vec();
     want.push(next);
     assert_eq!(ids(&d.msgs(4).await), want, "redis: last_id replay");
     // store:false is not queued.
-    let r = s.push(json!({"users": ["r2"], "data": 1, "store": false})).await;
+    let r = s
+        .push(json!({"users": ["r2"], "data": 1, "store": false}))
+        .await;
     assert_eq!(r["stored"], 0, "{r}");
     let (mut e, _) = s.login(Transport::WsJson, "r2", "d").await;
-    assert!(e.ping_sync(1).await.is_empty(), "redis: store:false replayed");
+    assert!(
+        e.ping_sync(1).await.is_empty(),
+        "redis: store:false replayed"
+    );
 }
 
 #[tokio::test]
@@ -74,6 +90,9 @@ async fn redis_is_the_store() {
     let b = Server::start(&["--redis", &url]).await;
     let (mut c, _) = b.login(Transport::Tcp, "shared", "d").await;
     let m = c.next_msg().await;
-    assert_eq!(m["id"], id, "message stored through pushgate A must be in Redis for B: {m}");
+    assert_eq!(
+        m["id"], id,
+        "message stored through pushgate A must be in Redis for B: {m}"
+    );
     assert_eq!(m["data"], "from a");
 }

@@ -27,7 +27,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid duration {s:?}: expected e.g. 30s, 500ms, 2m"));
+        return Err(format!(
+            "invalid duration {s:?}: expected e.g. 30s, 500ms, 2m"
+        ));
     }
     let value: f64 = num
         .parse()
@@ -44,6 +46,15 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration {s:?}: out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A parsed `--sources` list (a newtype, so clap takes it as one value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Sources(pub(crate) Vec<IpAddr>);
+
+/// `--sources` parser: see [`parse_sources`].
+pub(crate) fn sources_arg(s: &str) -> Result<Sources, String> {
+    parse_sources(s).map(Sources)
 }
 
 /// Parses a comma-separated list of source addresses. Each item is an IP
@@ -111,7 +122,10 @@ mod tests {
     #[test]
     fn source_lists() {
         let v = parse_sources("127.0.0.2, 127.0.0.3").unwrap();
-        assert_eq!(v, vec![IpAddr::from([127, 0, 0, 2]), IpAddr::from([127, 0, 0, 3])]);
+        assert_eq!(
+            v,
+            vec![IpAddr::from([127, 0, 0, 2]), IpAddr::from([127, 0, 0, 3])]
+        );
         let v = parse_sources("127.0.0.254-127.0.1.1,::1").unwrap();
         assert_eq!(
             v,

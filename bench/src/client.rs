@@ -64,7 +64,9 @@ impl Endpoint {
                     .parse()
                     .with_context(|| format!("invalid websocket url {ws_url:?}"))?;
                 if uri.scheme_str() != Some("ws") {
-                    anyhow::bail!("websocket url {ws_url:?} must start with ws:// (wss is not supported)");
+                    anyhow::bail!(
+                        "websocket url {ws_url:?} must start with ws:// (wss is not supported)"
+                    );
                 }
                 let host = uri
                     .host()
@@ -234,7 +236,7 @@ pub(crate) struct Conn {
 }
 
 enum Io {
-    Ws(WebSocketStream<TcpStream>),
+    Ws(Box<WebSocketStream<TcpStream>>),
     Tcp(TcpIo),
 }
 
@@ -262,7 +264,10 @@ pub(crate) async fn connect_and_auth(
 
 impl Conn {
     /// Opens the socket and, for WebSocket, performs the upgrade.
-    pub(crate) async fn connect(ep: &Endpoint, source: Option<IpAddr>) -> Result<Conn, ClientError> {
+    pub(crate) async fn connect(
+        ep: &Endpoint,
+        source: Option<IpAddr>,
+    ) -> Result<Conn, ClientError> {
         let sock = if ep.addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -270,7 +275,8 @@ impl Conn {
         }
         .map_err(ClientError::Connect)?;
         if let Some(ip) = source {
-            sock.bind(SocketAddr::new(ip, 0)).map_err(ClientError::Bind)?;
+            sock.bind(SocketAddr::new(ip, 0))
+                .map_err(ClientError::Bind)?;
         }
         let stream = sock.connect(ep.addr).await.map_err(ClientError::Connect)?;
         // Frames are small and latency is what we measure.
@@ -284,7 +290,7 @@ impl Conn {
                 )
                 .await
                 .map_err(|e| ClientError::Handshake(e.to_string()))?;
-                Io::Ws(ws)
+                Io::Ws(Box::new(ws))
             }
             Transport::Tcp => Io::Tcp(TcpIo {
                 stream,
@@ -309,7 +315,10 @@ impl Conn {
                     conn, heartbeat, ..
                 }) => return Ok(AuthOk { conn, heartbeat }),
                 Event::Frame(ServerFrame::Error { code, message, .. }) => {
-                    return Err(ClientError::AuthRefused(format!("{}: {message}", code.as_str())))
+                    return Err(ClientError::AuthRefused(format!(
+                        "{}: {message}",
+                        code.as_str()
+                    )))
                 }
                 Event::Frame(_) => {}
                 Event::Undecodable(e) => return Err(ClientError::Protocol(e)),
@@ -367,7 +376,7 @@ impl Conn {
                         code: WsCloseCode::Normal,
                         reason: "bench done".into(),
                     };
-                    if ws.close(Some(frame)).await.is_err() {
+                    if ws.send(Message::Close(Some(frame))).await.is_err() {
                         return;
                     }
                     while let Some(Ok(_)) = ws.next().await {}
@@ -468,5 +477,173 @@ impl TcpIo {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testsrv::{self, Behavior, SECRET};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn token(user: &str, secret: &str) -> String {
+        let claims = proto::token::Claims {
+            sub: user.to_string(),
+            exp: crate::now_unix_ns() / 1_000_000_000 + 600,
+            dev: None,
+            channels: None,
+        };
+        proto::token::mint(&claims, secret.as_bytes()).unwrap()
+    }
+
+    async fn endpoint(fake: &testsrv::Fake, t: Transport) -> Endpoint {
+        Endpoint::resolve(t, &fake.ws_url, &fake.tcp_addr)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until `f` holds.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..250 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    async fn auth_ping_close(t: Transport) {
+        let fake = testsrv::start(Behavior::default()).await;
+        let ep = endpoint(&fake, t).await;
+        let (mut conn, ok) =
+            connect_and_auth(&ep, None, &token("u1", SECRET), Duration::from_secs(5))
+                .await
+                .unwrap();
+        assert_eq!(ok.heartbeat, 1);
+        assert_eq!(ok.conn, ConnId(7));
+        conn.send(&ClientFrame::Ping { seq: Some(9) })
+            .await
+            .unwrap();
+        match conn.recv().await {
+            Event::Frame(ServerFrame::Pong { seq: Some(9) }) => {}
+            other => panic!("expected pong, got {other:?}"),
+        }
+        conn.close(Duration::from_secs(5)).await;
+        assert!(eventually(|| fake.clean_closes.load(Relaxed) == 1).await);
+    }
+
+    #[tokio::test]
+    async fn ws_auth_ping_close() {
+        auth_ping_close(Transport::Ws).await;
+    }
+
+    #[tokio::test]
+    async fn tcp_auth_ping_close() {
+        auth_ping_close(Transport::Tcp).await;
+    }
+
+    async fn bad_token_is_auth_failure(t: Transport) {
+        let fake = testsrv::start(Behavior::default()).await;
+        let ep = endpoint(&fake, t).await;
+        let err = connect_and_auth(&ep, None, &token("u1", "wrong"), Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::AuthRefused(_)), "{err}");
+        assert!(err.is_auth());
+        assert_eq!(err.key(), "auth refused");
+    }
+
+    #[tokio::test]
+    async fn ws_bad_token() {
+        bad_token_is_auth_failure(Transport::Ws).await;
+    }
+
+    #[tokio::test]
+    async fn tcp_bad_token() {
+        bad_token_is_auth_failure(Transport::Tcp).await;
+    }
+
+    #[tokio::test]
+    async fn server_close_code_is_reported() {
+        let fake = testsrv::start(Behavior {
+            kick_after: Some(Duration::from_millis(50)),
+            ..Behavior::default()
+        })
+        .await;
+        for t in [Transport::Ws, Transport::Tcp] {
+            let ep = endpoint(&fake, t).await;
+            let (mut conn, _) =
+                connect_and_auth(&ep, None, &token("u1", SECRET), Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            // WebSocket: the error frame, then the close frame. TCP: the
+            // error frame carries the close code.
+            let closed = loop {
+                match conn.recv().await {
+                    Event::Frame(ServerFrame::Error { .. }) => continue,
+                    Event::Closed(c) => break c,
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            match &closed {
+                Closed::Code(4003, _) => {}
+                other => panic!("{t:?}: expected close 4003, got {other:?}"),
+            }
+            assert_eq!(closed.key(), "4003");
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connect_is_connect_failure() {
+        // Bind then drop to find a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ep = Endpoint::resolve(Transport::Ws, &format!("ws://127.0.0.1:{port}/ws"), "")
+            .await
+            .unwrap();
+        let err = connect_and_auth(&ep, None, "t", Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::Connect(_)), "{err}");
+        assert!(!err.is_auth());
+    }
+
+    #[tokio::test]
+    async fn binds_the_source_address() {
+        let fake = testsrv::start(Behavior::default()).await;
+        let ep = endpoint(&fake, Transport::Ws).await;
+        let src: IpAddr = [127, 0, 0, 2].into();
+        let (conn, _) =
+            connect_and_auth(&ep, Some(src), &token("u1", SECRET), Duration::from_secs(5))
+                .await
+                .unwrap();
+        assert_eq!(fake.peers.lock().first().map(SocketAddr::ip), Some(src));
+        conn.close(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn resolve_refuses_other_schemes() {
+        for bad in [
+            "wss://127.0.0.1:1/ws",
+            "http://127.0.0.1:1/",
+            "not a url",
+            "ws:///ws",
+        ] {
+            assert!(
+                Endpoint::resolve(Transport::Ws, bad, "").await.is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Endpoint::resolve(Transport::Tcp, "", "nope").await.is_err());
+        let ep = Endpoint::resolve(Transport::Ws, "ws://127.0.0.1/ws", "")
+            .await
+            .unwrap();
+        assert_eq!(ep.addr().port(), 80);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +17,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::args::{parse_duration, parse_sources, Transport};
-use crate::client::{connect_and_auth, Closed, ClientError, Endpoint, Event};
+use crate::args::{parse_duration, sources_arg, Sources, Transport};
+use crate::client::{connect_and_auth, ClientError, Closed, Endpoint, Event};
 use crate::pace::{first_heartbeat_delay, heartbeat_delay, Schedule};
-use crate::proc;
 use crate::stats::{per, Tally};
+use crate::{proc, Outcome};
 
 /// File descriptors kept free for everything that is not a client socket.
 const FD_RESERVE: u64 = 64;
@@ -49,8 +48,8 @@ pub(crate) struct IdleArgs {
     token_secret: String,
     /// Source addresses to bind client sockets to, round-robin: a list
     /// (`127.0.0.2,127.0.0.3`) or ranges (`127.0.0.2-127.0.0.41`).
-    #[arg(long, value_parser = parse_sources)]
-    sources: Option<Vec<IpAddr>>,
+    #[arg(long, value_parser = sources_arg)]
+    sources: Option<Sources>,
     /// Connection attempts started per second.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rate: u64,
@@ -180,10 +179,10 @@ struct IdleReport {
 }
 
 /// Runs `bench idle`.
-pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     let n = args.connections;
     proc::check_nofile(n + FD_RESERVE)?;
-    let sources: Arc<[IpAddr]> = args.sources.clone().unwrap_or_default().into();
+    let sources: Arc<[IpAddr]> = args.sources.clone().map(|s| s.0).unwrap_or_default().into();
     check_ports(n, sources.len())?;
     let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp).await?;
     let secret = args.token_secret.as_bytes().to_vec();
@@ -207,7 +206,10 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     );
     let before = Sample::take(args.room_pid);
     if args.room_pid.is_some() && before.room_rss.is_none() {
-        anyhow::bail!("cannot read /proc/{}/status: is --room-pid right?", args.room_pid.unwrap_or(0));
+        anyhow::bail!(
+            "cannot read /proc/{}/status: is --room-pid right?",
+            args.room_pid.unwrap_or(0)
+        );
     }
 
     let ctx = Arc::new(Ctx {
@@ -231,20 +233,27 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     ));
 
     // Ramp: wait until every connection has authenticated or failed.
-    let ramp_deadline = ctx.ramp_start + ramp_estimate + 2 * args.step_timeout + Duration::from_secs(30);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
+    let ramp_deadline =
+        ctx.ramp_start + ramp_estimate + 2 * args.step_timeout + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_progress = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        progress(&ctx, "ramp");
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress(&ctx, "ramp");
+        }
         if ramp.is_finished() && ctx.c.done() >= ctx.c.started.load(Relaxed) {
             break;
         }
         if Instant::now() > ramp_deadline {
-            eprintln!("ramp did not finish in {:?}; going on with what is open", ramp_deadline - ctx.ramp_start);
+            eprintln!(
+                "ramp did not finish in {:?}; going on with what is open",
+                ramp_deadline - ctx.ramp_start
+            );
             break;
         }
     }
@@ -290,11 +299,17 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
         rep.room_cpu_ramp_seconds = Some(b.since(a).as_secs_f64());
     }
     if let Some(x) = rep.room_rss_per_conn_bytes {
-        println!("rss per connection: {x:.0} bytes (room VmRSS {} -> {} over {} live connections)",
-            fmt_opt(rep.before.room_rss), fmt_opt(rep.after.room_rss), rep.live_after_ramp);
+        println!(
+            "rss per connection: {x:.0} bytes (room VmRSS {} -> {} over {} live connections)",
+            fmt_opt(rep.before.room_rss),
+            fmt_opt(rep.after.room_rss),
+            rep.live_after_ramp
+        );
     }
     if let Some(x) = rep.slab_per_conn_bytes {
-        println!("slab per connection: {x:.0} bytes (kernel Slab, whole machine, both ends on loopback)");
+        println!(
+            "slab per connection: {x:.0} bytes (kernel Slab, whole machine, both ends on loopback)"
+        );
     }
     if let Some(x) = rep.bench_rss_per_conn_bytes {
         println!("bench rss per connection: {x:.0} bytes (client side)");
@@ -327,7 +342,10 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     let _ = ramp.await;
     tracker.close();
     let close_budget = args.step_timeout + Duration::from_secs(5);
-    if tokio::time::timeout(close_budget, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(close_budget, tracker.wait())
+        .await
+        .is_err()
+    {
         eprintln!("some connections did not close within {close_budget:?}");
     }
 
@@ -344,7 +362,10 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     rep.undecodable = c.undecodable.load(Relaxed);
     rep.interrupted = interrupted.load(Relaxed);
     if let Some(cpu) = rep.room_cpu_hold_seconds {
-        println!("room cpu during hold: {cpu:.2} s over {:.1} s", rep.hold_seconds);
+        println!(
+            "room cpu during hold: {cpu:.2} s over {:.1} s",
+            rep.hold_seconds
+        );
     }
     println!(
         "hold: {:.1} s, live at end {}, drops during hold {} [{}]; pings {} pongs {}",
@@ -360,13 +381,16 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<ExitCode> {
     }
     let ok = rep.authenticated == n && rep.unexpected_closes == 0;
     Ok(if rep.interrupted {
-        ExitCode::from(130)
+        Outcome::Interrupted
     } else if ok {
         println!("idle: ok");
-        ExitCode::SUCCESS
+        Outcome::Ok
     } else {
-        println!("idle: FAILED ({} of {n} authenticated, {} unexpected closes)", rep.authenticated, rep.unexpected_closes);
-        ExitCode::FAILURE
+        println!(
+            "idle: FAILED ({} of {n} authenticated, {} unexpected closes)",
+            rep.authenticated, rep.unexpected_closes
+        );
+        Outcome::Failed
     })
 }
 
@@ -380,7 +404,9 @@ async fn ramp(
     n: u64,
     concurrency: u64,
 ) {
-    let sem = Arc::new(Semaphore::new(usize::try_from(concurrency).unwrap_or(usize::MAX)));
+    let sem = Arc::new(Semaphore::new(
+        usize::try_from(concurrency).unwrap_or(usize::MAX),
+    ));
     for i in 0..n {
         let due = tokio::time::Instant::from_std(ctx.ramp_start + sched.offset(i));
         let permit = tokio::select! {
@@ -440,7 +466,8 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
     c.last_auth_ns.fetch_max(since, Relaxed);
 
     let interval = Duration::from_secs(u64::from(ctx.heartbeat.unwrap_or(ok.heartbeat).max(1)));
-    let mut next_ping = tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
+    let mut next_ping =
+        tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
     let ended = loop {
         tokio::select! {
             biased;
@@ -567,6 +594,7 @@ fn unix_secs() -> u64 {
 mod tests {
     use super::*;
     use clap::Parser as _;
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn sources_round_robin() {
@@ -580,14 +608,31 @@ mod tests {
     #[test]
     fn args_parse() {
         let cli = crate::Cli::try_parse_from([
-            "bench", "idle", "--connections", "15000", "--token-secret", "S",
-            "--sources", "127.0.0.2-127.0.0.4", "--rate", "5000", "--hold", "2m",
-            "--heartbeat", "30", "--room-pid", "42", "--transport", "tcp",
+            "bench",
+            "idle",
+            "--connections",
+            "15000",
+            "--token-secret",
+            "S",
+            "--sources",
+            "127.0.0.2-127.0.0.4",
+            "--rate",
+            "5000",
+            "--hold",
+            "2m",
+            "--heartbeat",
+            "30",
+            "--room-pid",
+            "42",
+            "--transport",
+            "tcp",
         ])
         .unwrap();
-        let crate::Cmd::Idle(a) = cli.cmd else { panic!("not idle") };
+        let crate::Cmd::Idle(a) = cli.cmd else {
+            panic!("not idle")
+        };
         assert_eq!(a.connections, 15000);
-        assert_eq!(a.sources.as_ref().map(Vec::len), Some(3));
+        assert_eq!(a.sources.as_ref().map(|s| s.0.len()), Some(3));
         assert_eq!(a.hold, Duration::from_secs(120));
         assert_eq!(a.heartbeat, Some(30));
         assert_eq!(a.room_pid, Some(42));
@@ -602,9 +647,19 @@ mod tests {
             vec!["bench", "idle", "--token-secret", "S", "--rate", "0"],
             vec!["bench", "idle", "--token-secret", "S", "--hold", "forever"],
             vec!["bench", "idle", "--token-secret", "S", "--sources", "nope"],
-            vec!["bench", "idle", "--token-secret", "S", "--transport", "quic"],
+            vec![
+                "bench",
+                "idle",
+                "--token-secret",
+                "S",
+                "--transport",
+                "quic",
+            ],
         ] {
-            assert!(crate::Cli::try_parse_from(&bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                crate::Cli::try_parse_from(&bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
@@ -616,5 +671,114 @@ mod tests {
             assert!(check_ports(10_000_000, 1).is_err());
             assert!(check_ports(10_000_000, 4096).is_ok());
         }
+    }
+
+    fn idle_args(fake: &crate::testsrv::Fake, extra: &[&str]) -> IdleArgs {
+        let mut argv = vec![
+            "bench".to_string(),
+            "idle".into(),
+            "--ws".into(),
+            fake.ws_url.clone(),
+            "--tcp".into(),
+            fake.tcp_addr.clone(),
+            "--token-secret".into(),
+            crate::testsrv::SECRET.into(),
+            "--rate".into(),
+            "2000".into(),
+            "--settle".into(),
+            "0s".into(),
+            "--room-pid".into(),
+            std::process::id().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let cli = crate::Cli::try_parse_from(argv).unwrap();
+        let crate::Cmd::Idle(a) = cli.cmd else {
+            panic!("not idle")
+        };
+        a
+    }
+
+    fn read_report(path: &std::path::Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn idle_run_holds_and_closes_cleanly() {
+        for transport in ["ws", "tcp"] {
+            let fake = crate::testsrv::start(crate::testsrv::Behavior::default()).await;
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("idle.json");
+            let args = idle_args(
+                &fake,
+                &[
+                    "--connections",
+                    "40",
+                    "--hold",
+                    "1500ms",
+                    "--transport",
+                    transport,
+                    "--sources",
+                    "127.0.0.2-127.0.0.3",
+                    "--json-out",
+                    out.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(run(args).await.unwrap(), Outcome::Ok);
+            let r = read_report(&out);
+            assert_eq!(r["authenticated"], 40);
+            assert_eq!(r["connect_failed"], 0);
+            assert_eq!(r["unexpected_closes"], 0);
+            assert_eq!(r["live_at_end"], 40);
+            // Heartbeat 1 s from the server, first ping within the first second.
+            assert!(r["pings_sent"].as_u64().unwrap() >= 40, "{r}");
+            assert_eq!(r["pings_sent"], r["pongs"]);
+            assert!(r["room_rss_per_conn_bytes"].is_number(), "{r}");
+            assert_eq!(fake.clean_closes.load(Relaxed), 40);
+            let peers = fake.peers.lock();
+            assert_eq!(peers.len(), 40);
+            assert_eq!(
+                peers
+                    .iter()
+                    .filter(|p| p.ip() == IpAddr::from([127, 0, 0, 2]))
+                    .count(),
+                20
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_run_reports_drops_with_close_codes() {
+        let fake = crate::testsrv::start(crate::testsrv::Behavior {
+            kick_after: Some(Duration::from_millis(200)),
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("idle.json");
+        let args = idle_args(
+            &fake,
+            &[
+                "--connections",
+                "10",
+                "--hold",
+                "3s",
+                "--json-out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run(args).await.unwrap(), Outcome::Failed);
+        let r = read_report(&out);
+        assert_eq!(r["authenticated"], 10);
+        assert_eq!(r["unexpected_closes"], 10);
+        assert_eq!(r["close_reasons"]["4003"], 10, "{r}");
+        assert_eq!(r["live_at_end"], 0);
+    }
+
+    #[tokio::test]
+    async fn idle_run_counts_auth_failures() {
+        let fake = crate::testsrv::start(crate::testsrv::Behavior::default()).await;
+        let mut args = idle_args(&fake, &["--connections", "5", "--hold", "0s"]);
+        args.token_secret = "wrong".into();
+        assert_eq!(run(args).await.unwrap(), Outcome::Failed);
     }
 }

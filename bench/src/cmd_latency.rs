@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use crate::args::{parse_duration, Transport};
 use crate::client::{connect_and_auth, AuthOk, Closed, Conn, Endpoint, Event};
 use crate::pace::{first_heartbeat_delay, heartbeat_delay, Schedule};
 use crate::stats::{per, LatencyHist, Summary, Tally};
-use crate::{now_unix_ns, proc};
+use crate::{now_unix_ns, proc, Outcome};
 
 /// Most pushes one run may make (bounds the id sets kept for loss counting).
 const MAX_PUSHES: u64 = 10_000_000;
@@ -139,14 +138,18 @@ struct LatencyReport {
 }
 
 /// Runs `bench latency`.
-pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     let sched = Schedule::new(args.rate);
     let total = sched.count_in(args.duration);
     if total > MAX_PUSHES {
         anyhow::bail!("{total} pushes is more than {MAX_PUSHES}; lower --rate or --duration");
     }
     if total == 0 {
-        anyhow::bail!("--duration {:?} at --rate {} makes no push", args.duration, args.rate);
+        anyhow::bail!(
+            "--duration {:?} at --rate {} makes no push",
+            args.duration,
+            args.rate
+        );
     }
     proc::check_nofile(args.users + args.inflight + 64)?;
     let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp).await?;
@@ -167,7 +170,15 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     let exp = now_unix_ns() / 1_000_000_000
         + (args.duration + args.grace + args.step_timeout * 4).as_secs()
         + 3600;
-    let conns = connect_users(&ep, args.token_secret.as_bytes(), args.users, exp, args.step_timeout, &cancel).await?;
+    let conns = connect_users(
+        &ep,
+        args.token_secret.as_bytes(),
+        args.users,
+        exp,
+        args.step_timeout,
+        &cancel,
+    )
+    .await?;
     println!(
         "latency: {} {} clients connected to {}; pushing {total} messages at {}/s for {:?} (store={})",
         conns.len(),
@@ -263,7 +274,10 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
 
     stop_clients.cancel();
     clients.close();
-    if tokio::time::timeout(args.step_timeout, clients.wait()).await.is_err() {
+    if tokio::time::timeout(args.step_timeout, clients.wait())
+        .await
+        .is_err()
+    {
         eprintln!("some clients did not close in time");
     }
 
@@ -275,20 +289,28 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         rep.http.p50_ms, rep.http.p99_ms, rep.achieved_rate, rep.late_sends,
     );
     if rep.http_errors > 0 {
-        println!("http errors: {} [{}]", rep.http_errors, shared.http_failures.line());
+        println!(
+            "http errors: {} [{}]",
+            rep.http_errors,
+            shared.http_failures.line()
+        );
     }
     if rep.unexpected_closes > 0 {
-        println!("clients closed: {} [{}]", rep.unexpected_closes, shared.closes.line());
+        println!(
+            "clients closed: {} [{}]",
+            rep.unexpected_closes,
+            shared.closes.line()
+        );
     }
     if let Some(path) = &args.json_out {
         crate::write_json(path, &rep)?;
     }
     Ok(if rep.interrupted {
-        ExitCode::from(130)
+        Outcome::Interrupted
     } else if rep.lost == 0 && rep.http_errors == 0 && rep.unexpected_closes == 0 {
-        ExitCode::SUCCESS
+        Outcome::Ok
     } else {
-        ExitCode::FAILURE
+        Outcome::Failed
     })
 }
 
@@ -363,7 +385,9 @@ async fn connect_users(
             set.spawn(async move { connect_and_auth(&ep, None, &token, step_timeout).await });
             next += 1;
         }
-        let Some(joined) = set.join_next().await else { break };
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
         match joined {
             Ok(Ok(c)) => conns.push(c),
             Ok(Err(e)) => {
@@ -399,7 +423,8 @@ async fn connect_users(
 /// and on stop acks the highest id (so a later run gets no replay) and closes.
 async fn receiver(s: Arc<Shared>, mut conn: Conn, ok: AuthOk, stop: CancellationToken) {
     let interval = Duration::from_secs(u64::from(ok.heartbeat.max(1)));
-    let mut next_ping = tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
+    let mut next_ping =
+        tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
     let mut max_id: Option<MsgId> = None;
     let ended = loop {
         tokio::select! {
@@ -482,7 +507,12 @@ async fn push_one(
     s.sent.fetch_add(1, Relaxed);
     let started = Instant::now();
     let result = async {
-        let resp = http.post(&*url).bearer_auth(&api_key).json(&body).send().await?;
+        let resp = http
+            .post(&*url)
+            .bearer_auth(&api_key)
+            .json(&body)
+            .send()
+            .await?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, bytes))
@@ -492,7 +522,9 @@ async fn push_one(
     drop(permit);
     match result {
         Ok((status, bytes)) if status.is_success() => {
-            s.http.lock().record_ns(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+            s.http
+                .lock()
+                .record_ns(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
             match serde_json::from_slice::<PushAnswer>(&bytes) {
                 Ok(a) => {
                     s.acked.lock().push(a.id);
@@ -510,7 +542,10 @@ async fn push_one(
             s.http_errors.fetch_add(1, Relaxed);
             s.http_failures.add(&format!("status {}", status.as_u16()));
             if s.http_errors.load(Relaxed) <= 3 {
-                eprintln!("  push failed: {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]));
+                eprintln!(
+                    "  push failed: {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                );
             }
         }
         Err(e) => {
@@ -558,11 +593,18 @@ fn spawn_ctrl_c(cancel: CancellationToken, interrupted: Arc<AtomicBool>) {
 mod tests {
     use super::*;
     use clap::Parser as _;
+    use std::sync::atomic::Ordering::Relaxed as R;
 
     #[test]
     fn payload_time() {
-        assert_eq!(payload_t(br#"{"t":1700000000123456789}"#), Some(1_700_000_000_123_456_789));
-        assert_eq!(payload_t(br#"{"t":1.7e18,"x":1}"#), Some(1_700_000_000_000_000_000));
+        assert_eq!(
+            payload_t(br#"{"t":1700000000123456789}"#),
+            Some(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            payload_t(br#"{"t":1.7e18,"x":1}"#),
+            Some(1_700_000_000_000_000_000)
+        );
         assert_eq!(payload_t(br#"{"t":-1}"#), None);
         assert_eq!(payload_t(br#"{"t":"1"}"#), None);
         assert_eq!(payload_t(br#"{"x":1}"#), None);
@@ -621,8 +663,18 @@ mod tests {
         s.acked.lock().extend([1, 2, 3, 4]);
         s.received.lock().extend([1, 3, 99]);
         s.sent.store(5, Relaxed);
-        let cli = crate::Cli::try_parse_from(["bench", "latency", "--api-key", "K", "--token-secret", "S"]).unwrap();
-        let crate::Cmd::Latency(args) = cli.cmd else { panic!("not latency") };
+        let cli = crate::Cli::try_parse_from([
+            "bench",
+            "latency",
+            "--api-key",
+            "K",
+            "--token-secret",
+            "S",
+        ])
+        .unwrap();
+        let crate::Cmd::Latency(args) = cli.cmd else {
+            panic!("not latency")
+        };
         let rep = report(&args, &s, 1.0, false);
         assert_eq!(rep.acked, 4);
         assert_eq!(rep.received, 3);
@@ -633,18 +685,167 @@ mod tests {
     #[test]
     fn args_parse() {
         let cli = crate::Cli::try_parse_from([
-            "bench", "latency", "--http", "http://127.0.0.1:1", "--api-key", "K",
-            "--ws", "ws://127.0.0.1:2/ws", "--token-secret", "S", "--users", "10",
-            "--rate", "50", "--duration", "2s", "--store", "false",
+            "bench",
+            "latency",
+            "--http",
+            "http://127.0.0.1:1",
+            "--api-key",
+            "K",
+            "--ws",
+            "ws://127.0.0.1:2/ws",
+            "--token-secret",
+            "S",
+            "--users",
+            "10",
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            "--store",
+            "false",
         ])
         .unwrap();
-        let crate::Cmd::Latency(a) = cli.cmd else { panic!("not latency") };
+        let crate::Cmd::Latency(a) = cli.cmd else {
+            panic!("not latency")
+        };
         assert_eq!(a.users, 10);
         assert_eq!(a.rate, 50);
         assert_eq!(a.duration, Duration::from_secs(2));
         assert!(!a.store);
         assert_eq!(a.inflight, 64);
-        assert!(crate::Cli::try_parse_from(["bench", "latency", "--api-key", "K", "--token-secret", "S", "--store", "maybe"]).is_err());
-        assert!(crate::Cli::try_parse_from(["bench", "latency", "--api-key", "K", "--token-secret", "S", "--users", "0"]).is_err());
+        assert!(crate::Cli::try_parse_from([
+            "bench",
+            "latency",
+            "--api-key",
+            "K",
+            "--token-secret",
+            "S",
+            "--store",
+            "maybe"
+        ])
+        .is_err());
+        assert!(crate::Cli::try_parse_from([
+            "bench",
+            "latency",
+            "--api-key",
+            "K",
+            "--token-secret",
+            "S",
+            "--users",
+            "0"
+        ])
+        .is_err());
+    }
+
+    fn latency_args(fake: &crate::testsrv::Fake, extra: &[&str]) -> LatencyArgs {
+        let mut argv = vec![
+            "bench".to_string(),
+            "latency".into(),
+            "--http".into(),
+            fake.http_url.clone(),
+            "--api-key".into(),
+            crate::testsrv::API_KEY.into(),
+            "--ws".into(),
+            fake.ws_url.clone(),
+            "--tcp".into(),
+            fake.tcp_addr.clone(),
+            "--token-secret".into(),
+            crate::testsrv::SECRET.into(),
+            "--grace".into(),
+            "2s".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let cli = crate::Cli::try_parse_from(argv).unwrap();
+        let crate::Cmd::Latency(a) = cli.cmd else {
+            panic!("not latency")
+        };
+        a
+    }
+
+    fn read_report(path: &std::path::Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn latency_run_end_to_end() {
+        for transport in ["ws", "tcp"] {
+            let fake = crate::testsrv::start(crate::testsrv::Behavior::default()).await;
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("lat.json");
+            let args = latency_args(
+                &fake,
+                &[
+                    "--users",
+                    "5",
+                    "--rate",
+                    "200",
+                    "--duration",
+                    "1s",
+                    "--transport",
+                    transport,
+                    "--json-out",
+                    out.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(run(args).await.unwrap(), Outcome::Ok);
+            let r = read_report(&out);
+            assert_eq!(r["sent"], 200, "{r}");
+            assert_eq!(r["acked"], 200, "{r}");
+            assert_eq!(r["received"], 200, "{r}");
+            assert_eq!(r["lost"], 0, "{r}");
+            assert_eq!(r["not_delivered"], 0, "{r}");
+            assert_eq!(r["e2e"]["count"], 200, "{r}");
+            assert_eq!(r["http"]["count"], 200, "{r}");
+            assert!(r["e2e"]["max_ms"].as_f64().unwrap() > 0.0, "{r}");
+            // Every client acked its last message before closing.
+            assert_eq!(fake.acked.load(R), 200);
+        }
+    }
+
+    #[tokio::test]
+    async fn latency_run_counts_losses_and_http_errors() {
+        let fake = crate::testsrv::start(crate::testsrv::Behavior {
+            drop_every: Some(10),
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("lat.json");
+        let args = latency_args(
+            &fake,
+            &[
+                "--users",
+                "3",
+                "--rate",
+                "100",
+                "--duration",
+                "1s",
+                "--grace",
+                "500ms",
+                "--json-out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run(args).await.unwrap(), Outcome::Failed);
+        let r = read_report(&out);
+        assert_eq!(r["acked"], 100, "{r}");
+        assert_eq!(r["lost"], 10, "{r}");
+        assert_eq!(r["not_delivered"], 10, "{r}");
+
+        let mut args = latency_args(
+            &fake,
+            &[
+                "--users",
+                "1",
+                "--rate",
+                "10",
+                "--duration",
+                "500ms",
+                "--grace",
+                "0s",
+            ],
+        );
+        args.api_key = "wrong".into();
+        assert_eq!(run(args).await.unwrap(), Outcome::Failed);
     }
 }

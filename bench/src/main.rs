@@ -11,6 +11,8 @@
 //! 0 all good, 1 the run completed but something failed (connections refused
 //! or dropped, messages lost), 2 the run could not start, 130 interrupted.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod args;
 mod client;
 mod cmd_idle;
@@ -18,6 +20,8 @@ mod cmd_latency;
 mod pace;
 mod proc;
 mod stats;
+#[cfg(test)]
+mod testsrv;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -53,14 +57,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bench: error: starting the runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    let result = rt.block_on(async {
+    let result: anyhow::Result<Outcome> = rt.block_on(async {
         match cli.cmd {
             Cmd::Idle(a) => cmd_idle::run(a).await,
             Cmd::Latency(a) => cmd_latency::run(a).await,
@@ -69,10 +76,31 @@ fn main() -> ExitCode {
     // Do not wait for stray tasks (e.g. a socket still closing).
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(code) => code,
+        Ok(outcome) => outcome.exit_code(),
         Err(e) => {
             eprintln!("bench: error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// How a completed run went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Everything as expected.
+    Ok,
+    /// The run completed, but something failed (see the report).
+    Failed,
+    /// Ctrl-C.
+    Interrupted,
+}
+
+impl Outcome {
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Ok => ExitCode::SUCCESS,
+            Outcome::Failed => ExitCode::FAILURE,
+            Outcome::Interrupted => ExitCode::from(130),
         }
     }
 }
@@ -90,4 +118,14 @@ pub(crate) fn now_unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

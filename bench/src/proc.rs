@@ -140,7 +140,9 @@ pub(crate) fn check_nofile(need: u64) -> anyhow::Result<()> {
             "open files limit (ulimit -n) is {soft}, this run needs at least {need}; \
              raise it with `ulimit -n {need}` (hard limit: {}), or LimitNOFILE= in a \
              systemd unit, or /etc/security/limits.conf (see bench/README.md)",
-            limit.hard.map_or("unlimited".to_string(), |h| h.to_string())
+            limit
+                .hard
+                .map_or("unlimited".to_string(), |h| h.to_string())
         ),
         _ => Ok(()),
     }
@@ -160,7 +162,8 @@ mod tests {
 
     #[test]
     fn slab_field() {
-        let meminfo = "MemTotal:  100 kB\nSReclaimable: 5 kB\nSlab:     2048 kB\nSUnreclaim: 7 kB\n";
+        let meminfo =
+            "MemTotal:  100 kB\nSReclaimable: 5 kB\nSlab:     2048 kB\nSUnreclaim: 7 kB\n";
         assert_eq!(parse_slab(meminfo), Some(2048 * 1024));
         assert_eq!(parse_slab("MemTotal: 1 kB\n"), None);
     }
@@ -170,15 +173,27 @@ mod tests {
         // comm "(my (weird) proc)" holds spaces and parentheses.
         let stat = "4242 (my (weird) proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     731 92 0 0 20 0 4 0 12345 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat_cpu(stat), Some(CpuTicks { user: 731, system: 92 }));
+        assert_eq!(
+            parse_stat_cpu(stat),
+            Some(CpuTicks {
+                user: 731,
+                system: 92
+            })
+        );
         assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
         assert_eq!(parse_stat_cpu("no parens"), None);
     }
 
     #[test]
     fn cpu_since() {
-        let a = CpuTicks { user: 100, system: 50 };
-        let b = CpuTicks { user: 250, system: 100 };
+        let a = CpuTicks {
+            user: 100,
+            system: 50,
+        };
+        let b = CpuTicks {
+            user: 250,
+            system: 100,
+        };
         assert_eq!(b.since(a), Duration::from_secs(2));
         assert_eq!(a.since(b), Duration::ZERO);
     }
@@ -190,7 +205,10 @@ mod tests {
                       Max open files            20000                unlimited            files\n";
         assert_eq!(
             parse_nofile(limits),
-            Some(NofileLimit { soft: Some(20000), hard: None })
+            Some(NofileLimit {
+                soft: Some(20000),
+                hard: None
+            })
         );
         assert_eq!(parse_nofile("Max processes 1 1 processes\n"), None);
     }

@@ -54,11 +54,6 @@ impl LatencyHist {
         self.record_us(ns / 1000);
     }
 
-    /// Samples recorded.
-    pub(crate) fn len(&self) -> u64 {
-        self.h.len()
-    }
-
     /// The percentiles, in milliseconds (all zero when empty).
     pub(crate) fn summary(&self) -> Summary {
         if self.h.is_empty() {
@@ -74,16 +69,6 @@ impl LatencyHist {
             max_ms: ms(self.h.max()),
             mean_ms: self.h.mean() / 1000.0,
         }
-    }
-}
-
-impl Summary {
-    /// One line: `p50 X p90 X p99 X p99.9 X max X ms`.
-    pub(crate) fn line(&self) -> String {
-        format!(
-            "p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms (n={})",
-            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.count
-        )
     }
 }
 
@@ -178,7 +163,7 @@ mod tests {
         let mut h = LatencyHist::new().unwrap();
         h.record_us(0);
         h.record_us(u64::MAX);
-        assert_eq!(h.len(), 2);
+        assert_eq!(h.summary().count, 2);
         let s = h.summary();
         assert!((s.max_ms - 60_000.0).abs() < 60.0, "{s:?}");
     }

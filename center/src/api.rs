@@ -187,7 +187,11 @@ fn raw_bytes(v: &RawValue) -> Bytes {
 
 impl Center {
     /// Queues `job` and waits for the dispatcher's answer.
-    async fn dispatch(&self, job: Job, rx: oneshot::Receiver<Result<PushOutcome, ApiError>>) -> Result<PushOutcome, ApiError> {
+    async fn dispatch(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<PushOutcome, ApiError>>,
+    ) -> Result<PushOutcome, ApiError> {
         match self.inner.tx.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(ApiError::Overloaded),
@@ -552,7 +556,10 @@ pub(crate) async fn metrics(State(c): State<Center>) -> Response {
         .queue_depth
         .set(i64::try_from(depth).unwrap_or(i64::MAX));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         i.metrics.render(),
     )
         .into_response()

@@ -7,7 +7,7 @@
 //! stored message. If two concurrent pushes to one user could reach the room
 //! out of id order, a client could receive id 2, drop, resume with
 //! `last_id = 2` and never see id 1. So the HTTP handlers only validate and
-//! enqueue a [`Job`] on a bounded queue (a full queue answers 503
+//! enqueue a job on a bounded queue (a full queue answers 503
 //! `overloaded`; nothing is ever queued without bound), and one dispatcher
 //! task does, for everything pending at once (at most [`MAX_BATCH`]):
 //!
@@ -50,7 +50,7 @@ use crate::metrics::{KindLabel, Metrics};
 use crate::{CenterConfig, CenterDeps, Rooms};
 
 /// Most jobs handled in one batch.
-pub(crate) const MAX_BATCH: usize = 1024;
+pub const MAX_BATCH: usize = 1024;
 
 /// What a push to users achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +168,10 @@ impl Dispatcher {
             .collect();
 
         // 2. Store, concurrently; the store group-commits.
-        let writes = batch.iter().zip(&ids).map(|(job, id)| self.store_one(job, *id));
+        let writes = batch
+            .iter()
+            .zip(&ids)
+            .map(|(job, id)| self.store_one(job, *id));
         let stored: Vec<bool> = join_all(writes).await;
 
         // 3. Deliver, in order per room.
@@ -202,12 +205,30 @@ impl Dispatcher {
                 } => {
                     let stored = if store { users.len() as u64 } else { 0 };
                     self.metrics.stored.inc_by(stored);
-                    self.done(kind, accepted, reply, PushOutcome { id, delivered, stored });
+                    self.done(
+                        kind,
+                        accepted,
+                        reply,
+                        PushOutcome {
+                            id,
+                            delivered,
+                            stored,
+                        },
+                    );
                 }
                 Job::Channel {
                     accepted, reply, ..
                 } => {
-                    self.done(kind, accepted, reply, PushOutcome { id, delivered, stored: 0 });
+                    self.done(
+                        kind,
+                        accepted,
+                        reply,
+                        PushOutcome {
+                            id,
+                            delivered,
+                            stored: 0,
+                        },
+                    );
                 }
                 Job::Broadcast { reply } => {
                     // Counted and timed by the broadcast task.
@@ -308,7 +329,9 @@ impl Dispatcher {
         for (job, msg) in batch.iter().zip(msgs) {
             let start = all_users.len();
             match job {
-                Job::Users { users, .. } if msg.is_some() => all_users.extend(users.iter().cloned()),
+                Job::Users { users, .. } if msg.is_some() => {
+                    all_users.extend(users.iter().cloned())
+                }
                 Job::Channel { .. } if msg.is_some() => any_channel = true,
                 _ => {}
             }
@@ -363,7 +386,10 @@ impl Dispatcher {
                         }
                     }
                     for (room, users) in by_room {
-                        per_room.entry(room).or_default().push(RoomOp::Users(i, users));
+                        per_room
+                            .entry(room)
+                            .or_default()
+                            .push(RoomOp::Users(i, users));
                     }
                 }
                 Job::Channel { .. } => {

@@ -131,12 +131,22 @@ pub trait Rooms: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`RoomsError`] when the room cannot be reached.
-    async fn deliver_users(&self, room: RoomId, users: &[UserId], msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError>;
+    async fn deliver_users(
+        &self,
+        room: RoomId,
+        users: &[UserId],
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<u64, RoomsError>;
     /// Queues `msg` to every subscriber of `channel` in `room`.
     ///
     /// # Errors
     /// [`RoomsError`] when the room cannot be reached.
-    async fn publish_channel(&self, room: RoomId, channel: &str, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError>;
+    async fn publish_channel(
+        &self,
+        room: RoomId,
+        channel: &str,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<u64, RoomsError>;
     /// Queues `msg` to every connection of `room`.
     ///
     /// # Errors

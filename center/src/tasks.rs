@@ -163,8 +163,7 @@ pub(crate) async fn run_broadcast(
             return;
         }
     };
-    task.rooms_total
-        .store(list.len() as u64, Ordering::Release);
+    task.rooms_total.store(list.len() as u64, Ordering::Release);
     let calls = list.iter().map(|r| {
         let (task, msg, rooms, metrics) = (&task, &msg, &rooms, &metrics);
         async move {

@@ -293,3 +293,44 @@ impl EncodedMsg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_msg_matches_both_encoders() {
+        let m = MsgFrame {
+            id: MsgId(7),
+            ts: 1_700_000_000_000,
+            channel: Some("news".into()),
+            data: Bytes::from_static(br#"{"k":[1,"two"]}"#),
+        };
+        let e = EncodedMsg::new(&m);
+        assert_eq!(e.id, MsgId(7));
+        assert!(e.channel);
+        assert_eq!(
+            &e.json[..],
+            br#"{"op":"msg","id":7,"channel":"news","data":{"k":[1,"two"]},"ts":1700000000000}"#
+        );
+        let frame = ServerFrame::Msg(m);
+        assert_eq!(crate::json::decode_server(&e.json), Ok(frame.clone()));
+        assert_eq!(crate::binary::decode_server(&e.bin), Ok(frame));
+    }
+
+    #[test]
+    fn codes_convert_both_ways() {
+        for (i, c) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(c.to_u8() as usize, i + 1);
+            assert_eq!(ErrorCode::from_u8(c.to_u8()), Some(c));
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(ErrorCode::from_u8(0), None);
+        assert_eq!(ErrorCode::from_u8(16), None);
+        for n in 4001..=4007 {
+            assert_eq!(CloseCode::from_u16(n).map(CloseCode::as_u16), Some(n));
+        }
+        assert_eq!(CloseCode::from_u16(4000), None);
+        assert_eq!(CloseCode::from_u16(4008), None);
+    }
+}

@@ -157,21 +157,35 @@ impl Conn {
         !self.outbox.lock().queue.is_empty()
     }
 
-    /// Moves up to `max` queued messages into `batch`, or returns the close
-    /// signal (which wins over queued messages).
-    pub(crate) fn take(&self, batch: &mut impl Extend<Arc<Push>>, max: usize) -> Option<Signal> {
+    /// Takes the oldest queued message, or the close signal (which wins
+    /// over queued messages).
+    pub(crate) fn pop(&self) -> Popped {
         let mut o = self.outbox.lock();
         if let Some(s) = o.close {
-            return Some(s);
+            return Popped::Signal(s);
         }
-        let n = o.queue.len().min(max);
-        batch.extend(o.queue.drain(..n));
-        if o.queue.is_empty() && o.queue.capacity() > KEEP_QUEUE_CAPACITY {
-            // Let an idle connection hold no queue memory after a burst.
-            o.queue = VecDeque::new();
+        match o.queue.pop_front() {
+            Some(p) => {
+                if o.queue.is_empty() && o.queue.capacity() > KEEP_QUEUE_CAPACITY {
+                    // Let an idle connection hold no queue memory after a burst.
+                    o.queue = VecDeque::new();
+                }
+                Popped::Msg(p)
+            }
+            None => Popped::Empty,
         }
-        None
     }
+}
+
+/// What [`Conn::pop`] found.
+#[derive(Debug)]
+pub(crate) enum Popped {
+    /// The connection must close.
+    Signal(Signal),
+    /// The oldest queued message.
+    Msg(Arc<Push>),
+    /// Nothing queued.
+    Empty,
 }
 
 /// Subscribers of one channel.
@@ -424,7 +438,7 @@ mod tests {
         assert_eq!(r1.subscribe("sport", 2), Subscribed::Added);
         assert_eq!(r1.subscribe("x", 2), Subscribed::TooMany);
         assert_eq!((hub.connections(), hub.users(), hub.channels()), (2, 1, 2));
-        assert_eq!(hub.deliver_users(&[u.clone()], &push(1), &m), 2);
+        assert_eq!(hub.deliver_users(std::slice::from_ref(&u), &push(1), &m), 2);
         assert_eq!(hub.publish("news", &push(2), &m), 1);
         drop(r1);
         assert_eq!((hub.connections(), hub.users(), hub.channels()), (1, 1, 0));
@@ -441,26 +455,24 @@ mod tests {
         assert_eq!(c.try_push(&p, 2), Queued::Yes);
         assert_eq!(c.try_push(&p, 2), Queued::Full);
         assert_eq!(c.try_push(&p, 2), Queued::Closed);
-        let mut batch = Vec::new();
-        assert_eq!(c.take(&mut batch, 10), Some(Signal::SlowConsumer));
-        assert!(batch.is_empty());
+        assert!(matches!(c.pop(), Popped::Signal(Signal::SlowConsumer)));
         assert!(!c.signal(Signal::Kicked), "first signal wins");
     }
 
     #[test]
-    fn take_respects_max_and_releases_memory() {
+    fn pop_is_fifo_and_releases_memory() {
         let c = Conn::new(ConnId(1));
         for i in 0..20 {
             assert_eq!(c.try_push(&push(i), 100), Queued::Yes);
         }
-        let mut batch = Vec::new();
-        assert_eq!(c.take(&mut batch, 16), None);
-        assert_eq!(batch.len(), 16);
-        assert!(c.has_queued());
-        batch.clear();
-        assert_eq!(c.take(&mut batch, 16), None);
-        assert_eq!(batch.len(), 4);
-        assert!(!c.has_queued());
+        for i in 0..20 {
+            match c.pop() {
+                Popped::Msg(p) => assert_eq!(p.id, MsgId(i)),
+                other => panic!("expected message {i}, got {other:?}"),
+            }
+            assert_eq!(c.has_queued(), i < 19);
+        }
+        assert!(matches!(c.pop(), Popped::Empty));
         assert_eq!(c.outbox.lock().queue.capacity(), 0);
     }
 

@@ -32,8 +32,9 @@ pub(crate) enum Inbound {
 pub(crate) enum OutFrame {
     /// A pushed message, encoded once for every connection.
     Push(Arc<Push>),
-    /// A frame for this connection only (replies, replayed messages, errors).
-    Frame(ServerFrame),
+    /// A frame for this connection only (replies, replayed messages, errors);
+    /// boxed so that write futures, which hold one `OutFrame`, stay small.
+    Frame(Box<ServerFrame>),
     /// End of stream with a close code and reason: a WebSocket close frame;
     /// nothing on stream transports, where the final error frame carries it.
     Close(CloseCode, String),

@@ -129,7 +129,12 @@ impl Metrics {
             "Open client sockets, authenticated or not.",
             get(&self.sockets),
         );
-        gauge(out, "pushgate_room_users", "Distinct users connected.", users);
+        gauge(
+            out,
+            "pushgate_room_users",
+            "Distinct users connected.",
+            users,
+        );
         gauge(
             out,
             "pushgate_room_channels",
@@ -246,7 +251,11 @@ fn labelled(
 ) {
     header(out, name, help, "counter");
     for (v, c) in values.iter().zip(counters) {
-        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{v}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -263,7 +272,10 @@ mod tests {
         m.auth_failed(AuthFailure::Timeout);
         let mut s = String::new();
         m.write(&mut s, 3, 2, 1);
-        assert!(s.contains("pushgate_room_closes_total{code=\"4006\"} 2\n"), "{s}");
+        assert!(
+            s.contains("pushgate_room_closes_total{code=\"4006\"} 2\n"),
+            "{s}"
+        );
         assert!(s.contains("pushgate_room_drops_total{reason=\"duplicate\"} 1\n"));
         assert!(s.contains("pushgate_room_auth_failures_total{reason=\"timeout\"} 1\n"));
         assert!(s.contains("pushgate_room_connections 3\n"));

@@ -231,3 +231,114 @@ impl Room {
         done
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use crate::{BackendError, SessionInfo};
+    use async_trait::async_trait;
+    use proto::{MsgFrame, MsgId};
+
+    pub(crate) struct Null;
+
+    #[async_trait]
+    impl Backend for Null {
+        async fn connected(&self, _: &SessionInfo) {}
+        async fn disconnected(&self, _: &SessionInfo, _: i64) {}
+        async fn acked(&self, _: &UserId, _: &str) -> Result<Option<MsgId>, BackendError> {
+            Ok(None)
+        }
+        async fn replay(
+            &self,
+            _: &UserId,
+            _: MsgId,
+            _: u32,
+        ) -> Result<Vec<MsgFrame>, BackendError> {
+            Ok(Vec::new())
+        }
+        async fn ack(&self, _: &UserId, _: &str, _: MsgId) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn channel_history(
+            &self,
+            _: &str,
+            _: MsgId,
+            _: u32,
+        ) -> Result<Vec<MsgFrame>, BackendError> {
+            Ok(Vec::new())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Memory budget: the per-connection task future and hub entries must stay
+    //! small; these bounds fail loudly when a change bloats them.
+    use super::tests_support::Null;
+    use super::*;
+    use crate::hub::Conn;
+    use crate::listen::{tcp, ws};
+    use proto::{ConnId, RoomId};
+    use smallvec::SmallVec;
+    use std::mem::size_of;
+
+    #[test]
+    fn splitmix_spreads() {
+        let a: Vec<u64> = (0..100).map(|i| splitmix64(i) % 1001).collect();
+        assert!(a.iter().all(|v| *v <= 1000));
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert!(distinct.len() > 80);
+    }
+
+    #[tokio::test]
+    async fn drain_jitter_stays_in_range() {
+        let mut cfg = RoomConfig::new(RoomId(1), Arc::from(&b"k"[..]));
+        cfg.drain_reconnect_delay = Duration::from_millis(50);
+        let room = Room::new(cfg, Arc::new(Null));
+        for _ in 0..200 {
+            match room.shared.draining_reason() {
+                CloseReason::Draining { reconnect_after_ms } => assert!(reconnect_after_ms <= 50),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn per_connection_sizes() {
+        let room = Room::new(
+            RoomConfig::new(RoomId(1), Arc::from(&b"k"[..])),
+            Arc::new(Null),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sock, peer) = listener.accept().await.unwrap();
+        let _client2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sock2, _) = listener.accept().await.unwrap();
+
+        let shared = Arc::clone(&room.shared);
+        let ws_task = ws::serve(Arc::clone(&shared), sock, peer);
+        let tcp_task = tcp::serve(Arc::clone(&shared), sock2, peer);
+        let ws_size = std::mem::size_of_val(&ws_task);
+        let tcp_size = std::mem::size_of_val(&tcp_task);
+        drop((ws_task, tcp_task));
+
+        let conn = size_of::<Conn>() + 2 * size_of::<usize>(); // Arc header
+        let conns_entry = size_of::<(ConnId, Arc<Conn>)>();
+        let users_entry = size_of::<(UserId, SmallVec<[Arc<Conn>; 2]>)>();
+        let channel_entry = size_of::<(ConnId, Arc<Conn>)>();
+        let push = size_of::<Push>();
+        println!(
+            "sizes: ws task future {ws_size} B, tcp task future {tcp_size} B, \
+             Arc<Conn> {conn} B, conns entry {conns_entry} B, users entry {users_entry} B, \
+             channel subscriber entry {channel_entry} B, Push {push} B"
+        );
+        // Debug-build figures (release is smaller): ws 1600, tcp 1368.
+        assert!(ws_size <= 1700, "ws session future is {ws_size} bytes");
+        assert!(tcp_size <= 1500, "tcp session future is {tcp_size} bytes");
+        assert!(conn <= 128, "Arc<Conn> is {conn} bytes");
+        assert!(conns_entry <= 16);
+        assert!(users_entry <= 48, "users entry is {users_entry} bytes");
+    }
+}

@@ -2,7 +2,7 @@
 //! replay, then one `select!` loop over the outbound queue, inbound frames
 //! and the heartbeat timer; finally the close frames and the hub cleanup.
 //!
-//! Decisions (also in docs/ROOM.md):
+//! Decisions:
 //! - The first frame must be `auth` within `auth_timeout` (4002); any other
 //!   frame first is `not_authenticated` + 4001; a refused token is
 //!   `auth_failed` + 4001.
@@ -28,12 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use proto::token::{self, Claims};
 use proto::{ClientFrame, ErrorCode, MsgFrame, MsgId, ServerFrame, UserId};
-use smallvec::SmallVec;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::error::{CloseReason, SendError};
-use crate::hub::{Conn, Push, Registration, Signal, Subscribed};
+use crate::hub::{Conn, Popped, Registration, Signal, Subscribed};
 use crate::io::{FrameIo, Inbound, OutFrame};
 use crate::metrics::{self, AuthFailure, Drop as DropWhy};
 use crate::room::Shared;
@@ -56,17 +55,36 @@ const MAX_PRE_AUTH_KEEPALIVES: usize = 16;
 
 /// Runs one connection to its end. `serial` is the connection's number in
 /// this room (its `ConnId` once authenticated).
-pub(crate) async fn run<T: FrameIo>(
+///
+/// Not an `async fn`: those store their by-value arguments twice in the
+/// future (rust-lang/rust#62958), and `io` is a few hundred bytes.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<T: FrameIo>(
     shared: Arc<Shared>,
     mut io: T,
     serial: u64,
     peer: std::net::SocketAddr,
     transport: &'static str,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        metrics::inc(&shared.metrics.sockets);
+        let (reason, info) = drive(&shared, &mut io, serial).await;
+        // Boxed: a one-time step that would otherwise size the whole session future.
+        Box::pin(end(&shared, &mut io, reason, info, peer, transport)).await;
+    }
+}
+
+/// Sends the final frames, counts and logs the end, and tells the backend.
+async fn end<T: FrameIo>(
+    shared: &Shared,
+    io: &mut T,
+    reason: CloseReason,
+    info: Option<SessionInfo>,
+    peer: std::net::SocketAddr,
+    transport: &'static str,
 ) {
     let m = &shared.metrics;
-    metrics::inc(&m.sockets);
-    let (reason, info) = drive(&shared, &mut io, serial).await;
-    finish(&shared, &mut io, &reason).await;
+    finish(shared, io, &reason).await;
     m.closed(reason.label());
     m.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let conn = info.as_ref().map(|i| i.conn.0);
@@ -93,7 +111,8 @@ async fn drive<T: FrameIo>(
     io: &mut T,
     serial: u64,
 ) -> (CloseReason, Option<SessionInfo>) {
-    let auth = match authenticate(shared, io).await {
+    // Boxed: a one-time step that would otherwise size the whole session future.
+    let auth = match Box::pin(authenticate(shared, io)).await {
         Ok(a) => a,
         Err(r) => return (r, None),
     };
@@ -264,25 +283,38 @@ async fn live<T: FrameIo>(
         replayed: MsgId(0),
         bucket: Bucket::new(shared.cfg.rate_limit, now),
     };
-    let ok = ServerFrame::AuthOk {
-        seq: auth.seq,
-        conn: info.conn,
-        user: info.user.clone(),
-        room: shared.cfg.room,
-        heartbeat: shared.cfg.heartbeat_secs(),
-    };
-    s.reply(io, &mut idle, ok).await?;
-    if timeout(BACKEND_TIMEOUT, shared.backend.connected(info))
-        .await
-        .is_err()
-    {
-        metrics::inc(&shared.metrics.backend_errors);
-    }
-    s.replay(io, &mut idle, auth.last_id).await?;
+    // One-time steps are boxed so they do not size the long-lived future.
+    Box::pin(s.setup(io, &mut idle, auth.seq, auth.last_id)).await?;
     s.run(io, &mut idle, &mut reg).await
 }
 
 impl Live<'_> {
+    /// `auth_ok`, `Backend::connected`, then the replay.
+    async fn setup<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        idle: &mut Idle<'_>,
+        seq: Option<u32>,
+        last_id: Option<MsgId>,
+    ) -> Result<(), CloseReason> {
+        let (shared, info) = (self.shared, self.info);
+        let ok = ServerFrame::AuthOk {
+            seq,
+            conn: info.conn,
+            user: info.user.clone(),
+            room: shared.cfg.room,
+            heartbeat: shared.cfg.heartbeat_secs(),
+        };
+        self.reply(io, idle, ok).await?;
+        if timeout(BACKEND_TIMEOUT, shared.backend.connected(info))
+            .await
+            .is_err()
+        {
+            metrics::inc(&shared.metrics.backend_errors);
+        }
+        self.replay(io, idle, last_id).await
+    }
+
     /// The main loop: outbound queue, inbound frames, idle timer.
     async fn run<T: FrameIo>(
         &mut self,
@@ -317,7 +349,9 @@ impl Live<'_> {
                     }
                     if let Inbound::Frame(f) = frame {
                         metrics::inc(&self.shared.metrics.frames_in);
-                        self.on_frame(io, idle, reg, f).await?;
+                        // Boxed: the rarely used paths (sub, ack) would
+                        // otherwise size every session's future.
+                        Box::pin(self.on_frame(io, idle, reg, f)).await?;
                     }
                 }
             }
@@ -325,36 +359,33 @@ impl Live<'_> {
     }
 
     /// Writes up to [`MAX_BATCH`] queued pushes with one flush, or returns the
-    /// close signal.
+    /// close signal. Pops one message at a time so nothing but the message
+    /// in flight is held across an await.
     async fn write_queued<T: FrameIo>(
         &mut self,
         io: &mut T,
         idle: &mut Idle<'_>,
     ) -> Result<(), CloseReason> {
-        let mut batch: SmallVec<[Arc<Push>; 8]> = SmallVec::new();
-        if let Some(sig) = self.conn.take(&mut batch, MAX_BATCH) {
-            return Err(self.shared.signal_reason(sig));
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
         let m = &self.shared.metrics;
-        let replayed = self.replayed;
-        let write = async {
-            let mut n = 0u64;
-            for p in batch {
-                if !p.channel && p.id <= replayed {
-                    m.dropped(DropWhy::Duplicate);
-                    continue;
-                }
-                io.feed(OutFrame::Push(p)).await?;
-                n += 1;
+        let mut n = 0u64;
+        for _ in 0..MAX_BATCH {
+            let p = match self.conn.pop() {
+                Popped::Signal(sig) => return Err(self.shared.signal_reason(sig)),
+                Popped::Empty => break,
+                Popped::Msg(p) => p,
+            };
+            if !p.channel && p.id <= self.replayed {
+                m.dropped(DropWhy::Duplicate);
+                continue;
             }
-            io.flush().await?;
+            guarded(self.shared, self.conn, idle, io.feed(OutFrame::Push(p))).await?;
+            n += 1;
+        }
+        if n > 0 {
+            guarded(self.shared, self.conn, idle, io.flush()).await?;
             metrics::add(&m.frames_out, n);
-            Ok(())
-        };
-        guarded(self.shared, self.conn, idle, write).await
+        }
+        Ok(())
     }
 
     /// Sends one frame of this connection's own and flushes.
@@ -364,7 +395,13 @@ impl Live<'_> {
         idle: &mut Idle<'_>,
         frame: ServerFrame,
     ) -> Result<(), CloseReason> {
-        guarded(self.shared, self.conn, idle, io.send(OutFrame::Frame(frame))).await?;
+        guarded(
+            self.shared,
+            self.conn,
+            idle,
+            io.send(OutFrame::Frame(Box::new(frame))),
+        )
+        .await?;
         metrics::inc(&self.shared.metrics.frames_out);
         Ok(())
     }
@@ -397,7 +434,8 @@ impl Live<'_> {
         let n = msgs.len() as u64;
         let write = async {
             for msg in msgs {
-                io.feed(OutFrame::Frame(ServerFrame::Msg(msg))).await?;
+                io.feed(OutFrame::Frame(Box::new(ServerFrame::Msg(msg))))
+                    .await?;
             }
             io.flush().await
         };
@@ -506,11 +544,15 @@ impl Live<'_> {
         }
         if !self.claims.allows_channel(&channel) {
             let text = "token does not allow this channel";
-            return self.error(io, idle, seq, ErrorCode::ChannelForbidden, text).await;
+            return self
+                .error(io, idle, seq, ErrorCode::ChannelForbidden, text)
+                .await;
         }
         if reg.subscribe(&channel, self.shared.cfg.max_channels) == Subscribed::TooMany {
             let text = "channel limit reached";
-            return self.error(io, idle, seq, ErrorCode::TooManyChannels, text).await;
+            return self
+                .error(io, idle, seq, ErrorCode::TooManyChannels, text)
+                .await;
         }
         let history = match last_id {
             Some(after) => {
@@ -596,7 +638,7 @@ async fn finish<T: FrameIo>(shared: &Shared, io: &mut T, reason: &CloseReason) {
         close: Some(code),
     };
     let write = async {
-        io.feed(OutFrame::Frame(frame)).await?;
+        io.feed(OutFrame::Frame(Box::new(frame))).await?;
         io.feed(OutFrame::Close(code, text)).await?;
         io.flush().await
     };

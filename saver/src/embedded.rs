@@ -470,10 +470,9 @@ fn sweep_table(
     let mut last: Option<(String, i64)> = None;
     {
         let range = match &cursor.0 {
-            Some((k, id)) => data.range::<(&str, i64)>((
-                Bound::Excluded((k.as_str(), *id)),
-                Bound::Unbounded,
-            ))?,
+            Some((k, id)) => {
+                data.range::<(&str, i64)>((Bound::Excluded((k.as_str(), *id)), Bound::Unbounded))?
+            }
             None => data.range::<(&str, i64)>(..)?,
         };
         for entry in range.take(SWEEP_LIMIT) {

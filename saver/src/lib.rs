@@ -8,7 +8,7 @@
 mod embedded;
 mod redis_backend;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, MAX_BATCH, SWEEP_LIMIT};
 pub use redis_backend::{acks_key, history_key, queue_key, RedisStore};
 
 use async_trait::async_trait;

@@ -99,8 +99,8 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Backend`] when no node is reachable or the urls are invalid.
     pub async fn connect_cluster(urls: &[String]) -> Result<RedisStore, StoreError> {
-        let client = redis::cluster::ClusterClient::new(urls.iter().map(String::as_str))
-            .map_err(backend)?;
+        let client =
+            redis::cluster::ClusterClient::new(urls.iter().map(String::as_str)).map_err(backend)?;
         let conn = client.get_async_connection().await.map_err(backend)?;
         Ok(RedisStore::with(Conn::Cluster(conn)))
     }

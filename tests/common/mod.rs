@@ -58,7 +58,13 @@ pub fn uniq(prefix: &str) -> String {
 
 /// Mints an HS256 JWT with a standard JWT library (not pushgate's own code):
 /// the contract says any JWT library can mint one.
-pub fn mint(secret: &str, user: &str, device: Option<&str>, channels: Option<&[&str]>, exp: u64) -> String {
+pub fn mint(
+    secret: &str,
+    user: &str,
+    device: Option<&str>,
+    channels: Option<&[&str]>,
+    exp: u64,
+) -> String {
     let mut claims = json!({ "sub": user, "exp": exp });
     if let Some(d) = device {
         claims["dev"] = json!(d);
@@ -85,7 +91,10 @@ where
         if f().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -141,7 +150,11 @@ struct Spawned {
 
 /// Spawns the binary with exactly `args` (in `cwd` if given) and reads stdout
 /// until `ready`. Panics with the captured stderr when it does not get there.
-async fn spawn_until_ready(args: &[String], env: &[(String, String)], cwd: Option<&Path>) -> Spawned {
+async fn spawn_until_ready(
+    args: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+) -> Spawned {
     let mut cmd = command();
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -194,7 +207,12 @@ async fn spawn_until_ready(args: &[String], env: &[(String, String)], cwd: Optio
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Spawned { child, pid, startup, stderr }
+    Spawned {
+        child,
+        pid,
+        startup,
+        stderr,
+    }
 }
 
 /// Finds `prefix` among the startup lines and returns the rest of that line.
@@ -207,8 +225,9 @@ pub fn startup_value(lines: &[String], prefix: &str) -> Option<String> {
 fn startup_addr(lines: &[String], prefix: &str) -> SocketAddr {
     let v = startup_value(lines, prefix)
         .unwrap_or_else(|| panic!("no `{prefix}ADDR` line in startup output {lines:?}"));
-    v.parse()
-        .unwrap_or_else(|e| panic!("`{prefix}{v}` is not a socket address ({e}); startup output {lines:?}"))
+    v.parse().unwrap_or_else(|e| {
+        panic!("`{prefix}{v}` is not a socket address ({e}); startup output {lines:?}")
+    })
 }
 
 impl Server {
@@ -231,7 +250,10 @@ impl Server {
             "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let sp = spawn_until_ready(&args, &env, None).await;
         let mut s = Server {
             child: Some(sp.child),
@@ -368,18 +390,53 @@ impl Server {
         Client::connect(self, t).await
     }
 
-    /// Connects and authenticates `user` on `device`, returning the client and its auth_ok.
+    /// Connects and authenticates `user` on `device`, returning the client and its auth_ok,
+    /// once `GET /users/{user}` lists the connection (see [`Server::login_raw`]).
     pub async fn login(&self, t: Transport, user: &str, device: &str) -> (Client, Value) {
+        let (c, ok) = self.login_raw(t, user, device).await;
+        self.wait_visible(user, &ok).await;
+        (c, ok)
+    }
+
+    /// Connects and authenticates, returning right after auth_ok.
+    pub async fn login_raw(&self, t: Transport, user: &str, device: &str) -> (Client, Value) {
         let mut c = self.connect(t).await;
         let ok = c.auth(&self.token(user), None, Some(device)).await;
         (c, ok)
     }
 
-    /// Connects and authenticates with `last_id`.
-    pub async fn login_after(&self, t: Transport, user: &str, device: &str, last_id: i64) -> (Client, Value) {
+    /// Connects and authenticates with `last_id` (waits until the directory lists it).
+    pub async fn login_after(
+        &self,
+        t: Transport,
+        user: &str,
+        device: &str,
+        last_id: i64,
+    ) -> (Client, Value) {
         let mut c = self.connect(t).await;
         let ok = c.auth(&self.token(user), Some(last_id), Some(device)).await;
+        self.wait_visible(user, &ok).await;
         (c, ok)
+    }
+
+    /// Waits until `GET /users/{user}` lists the connection of `auth_ok`.
+    pub async fn wait_visible(&self, user: &str, auth_ok: &Value) {
+        let want = id_text(&auth_ok["conn"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.user(user).await;
+            let listed = v["connections"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| id_text(&c["conn"]) == want));
+            if listed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connection {want} of {user} not listed by GET /users after 5 s: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     // --- REST -----------------------------------------------------------------
@@ -410,7 +467,10 @@ impl Server {
         if let Some(b) = body {
             rb = rb.body(b);
         }
-        let resp = rb.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let resp = rb
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, text)
@@ -436,7 +496,10 @@ impl Server {
     /// POST that must answer `want`.
     pub async fn api_ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
         let (st, v) = self.api(method, path, body.clone()).await;
-        assert_eq!(st, want, "{method} /api/v1{path} body {body:?}: expected {want}, got {st} {v}");
+        assert_eq!(
+            st, want,
+            "{method} /api/v1{path} body {body:?}: expected {want}, got {st} {v}"
+        );
         v
     }
 
@@ -453,18 +516,26 @@ impl Server {
     /// Pushes and returns the message id.
     pub async fn push_id(&self, users: &[&str], data: Value) -> i64 {
         let v = self.push_users(users, data).await;
-        v["id"].as_i64().unwrap_or_else(|| panic!("push answer without integer id: {v}"))
+        v["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("push answer without integer id: {v}"))
     }
 
     /// `POST /push/channel`.
     pub async fn push_channel(&self, channel: &str, data: Value) -> Value {
-        self.api_ok("POST", "/push/channel", Some(json!({ "channel": channel, "data": data })), 200)
-            .await
+        self.api_ok(
+            "POST",
+            "/push/channel",
+            Some(json!({ "channel": channel, "data": data })),
+            200,
+        )
+        .await
     }
 
     /// `GET /users/{user}`.
     pub async fn user(&self, user: &str) -> Value {
-        self.api_ok("GET", &format!("/users/{user}"), None, 200).await
+        self.api_ok("GET", &format!("/users/{user}"), None, 200)
+            .await
     }
 
     /// `GET /stats`.
@@ -476,7 +547,9 @@ impl Server {
     pub async fn wait_task(&self, task: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.api_ok("GET", &format!("/tasks/{task}"), None, 200).await;
+            let v = self
+                .api_ok("GET", &format!("/tasks/{task}"), None, 200)
+                .await;
             let state = v["state"].as_str().unwrap_or("").to_string();
             assert!(
                 ["queued", "running", "done", "failed"].contains(&state.as_str()),
@@ -485,7 +558,10 @@ impl Server {
             if state == "done" || state == "failed" {
                 return v;
             }
-            assert!(Instant::now() < deadline, "task {task} not done after 10 s: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "task {task} not done after 10 s: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -498,7 +574,10 @@ impl Server {
             if v["online"] == json!(want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "user {user} online != {want} after 5 s: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "user {user} online != {want} after 5 s: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -523,18 +602,28 @@ pub fn assert_api_error(what: &str, status: u16, body: &Value, want: &[u16]) {
 /// Checks that a REST error answer is a 4xx in `want` with the contract's error body.
 pub fn check_api_error(what: &str, status: u16, body: &Value, want: &[u16]) -> Result<(), String> {
     if !want.contains(&status) {
-        return Err(format!("{what}: expected status in {want:?}, got {status} {body}"));
+        return Err(format!(
+            "{what}: expected status in {want:?}, got {status} {body}"
+        ));
     }
     let Some(code) = body["error"]["code"].as_str() else {
         return Err(format!(
             "{what}: status {status} ok, but expected {{\"error\":{{\"code\":…,\"message\":…}}}} body, got {body}"
         ));
     };
-    if code.is_empty() || !code.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-        return Err(format!("{what}: error.code must be snake_case, got {code:?}"));
+    if code.is_empty()
+        || !code
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "{what}: error.code must be snake_case, got {code:?}"
+        ));
     }
     if !body["error"]["message"].is_string() {
-        return Err(format!("{what}: error.message must be a string, got {body}"));
+        return Err(format!(
+            "{what}: error.message must be a string, got {body}"
+        ));
     }
     Ok(())
 }
@@ -570,8 +659,14 @@ pub enum Event {
 }
 
 enum Conn {
-    Ws { ws: WebSocketStream<TcpStream>, bin: bool },
-    Tcp { stream: TcpStream, buf: Vec<u8> },
+    Ws {
+        ws: Box<WebSocketStream<TcpStream>>,
+        bin: bool,
+    },
+    Tcp {
+        stream: TcpStream,
+        buf: Vec<u8>,
+    },
 }
 
 /// A protocol client over any transport.
@@ -590,7 +685,12 @@ const CLIENT_MAX: usize = 64 * 1024 * 1024;
 /// Encodes a client frame in the JSON encoding of DESIGN.md (independently of proto::json).
 pub fn client_json(f: &ClientFrame) -> Value {
     let mut v = match f {
-        ClientFrame::Auth { token, last_id, device, .. } => {
+        ClientFrame::Auth {
+            token,
+            last_id,
+            device,
+            ..
+        } => {
             let mut v = json!({ "op": "auth", "token": token });
             if let Some(l) = last_id {
                 v["last_id"] = json!(l.0);
@@ -601,7 +701,9 @@ pub fn client_json(f: &ClientFrame) -> Value {
             v
         }
         ClientFrame::Ping { .. } => json!({ "op": "ping" }),
-        ClientFrame::Sub { channel, last_id, .. } => {
+        ClientFrame::Sub {
+            channel, last_id, ..
+        } => {
             let mut v = json!({ "op": "sub", "channel": channel });
             if let Some(l) = last_id {
                 v["last_id"] = json!(l.0);
@@ -620,7 +722,13 @@ pub fn client_json(f: &ClientFrame) -> Value {
 /// Converts a decoded binary server frame to the JSON shape of DESIGN.md.
 pub fn server_frame_json(f: &ServerFrame) -> Value {
     let mut v = match f {
-        ServerFrame::AuthOk { conn, user, room, heartbeat, .. } => json!({
+        ServerFrame::AuthOk {
+            conn,
+            user,
+            room,
+            heartbeat,
+            ..
+        } => json!({
             "op": "auth_ok", "conn": conn.to_string(), "user": user.as_str(),
             "room": room.to_string(), "heartbeat": heartbeat
         }),
@@ -629,7 +737,10 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
         ServerFrame::UnsubOk { channel, .. } => json!({ "op": "unsub_ok", "channel": channel }),
         ServerFrame::Msg(m) => {
             let data: Value = serde_json::from_slice(&m.data).unwrap_or_else(|e| {
-                panic!("binary msg data is not JSON ({e}): {:?}", String::from_utf8_lossy(&m.data))
+                panic!(
+                    "binary msg data is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&m.data)
+                )
             });
             let mut v = json!({ "op": "msg", "id": m.id.0, "ts": m.ts, "data": data });
             if let Some(c) = &m.channel {
@@ -637,7 +748,12 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
             }
             v
         }
-        ServerFrame::Error { code, message, close, .. } => {
+        ServerFrame::Error {
+            code,
+            message,
+            close,
+            ..
+        } => {
             let mut v = json!({ "op": "error", "code": code.as_str(), "message": message });
             if let Some(c) = close {
                 v["close"] = json!(c.as_u16());
@@ -699,20 +815,32 @@ impl Client {
     async fn on_stream(stream: TcpStream, addr: SocketAddr, t: Transport) -> Client {
         stream.set_nodelay(true).unwrap();
         let conn = match t {
-            Transport::Tcp => Conn::Tcp { stream, buf: Vec::new() },
+            Transport::Tcp => Conn::Tcp {
+                stream,
+                buf: Vec::new(),
+            },
             Transport::WsJson | Transport::WsBin | Transport::WsDefault => {
                 let proto = match t {
                     Transport::WsJson => Some("pushgate.v1.json"),
                     Transport::WsBin => Some("pushgate.v1.bin"),
                     _ => None,
                 };
-                let ws = ws_handshake(stream, addr, proto)
-                    .await
-                    .unwrap_or_else(|e| panic!("websocket handshake ({t:?}, subprotocol {proto:?}): {e}"));
-                Conn::Ws { ws, bin: t == Transport::WsBin }
+                let ws = ws_handshake(stream, addr, proto).await.unwrap_or_else(|e| {
+                    panic!("websocket handshake ({t:?}, subprotocol {proto:?}): {e}")
+                });
+                Conn::Ws {
+                    ws: Box::new(ws),
+                    bin: t == Transport::WsBin,
+                }
             }
         };
-        Client { conn, transport: t, tcp_close: None, closed: None, pending: VecDeque::new() }
+        Client {
+            conn,
+            transport: t,
+            tcp_close: None,
+            closed: None,
+            pending: VecDeque::new(),
+        }
     }
 
     /// Sends a frame in this transport's encoding.
@@ -778,7 +906,11 @@ impl Client {
         })
         .await;
         let v = self.next().await;
-        assert_eq!(v["op"], "auth_ok", "{:?}: expected auth_ok, got {v}", self.transport);
+        assert_eq!(
+            v["op"], "auth_ok",
+            "{:?}: expected auth_ok, got {v}",
+            self.transport
+        );
         v
     }
 
@@ -789,7 +921,12 @@ impl Client {
         loop {
             let v = self.next().await;
             if v["op"] == "pong" {
-                assert_eq!(v["seq"], json!(seq), "{:?}: pong must echo seq: {v}", self.transport);
+                assert_eq!(
+                    v["seq"],
+                    json!(seq),
+                    "{:?}: pong must echo seq: {v}",
+                    self.transport
+                );
                 return msgs;
             }
             msgs.push(v);
@@ -798,15 +935,27 @@ impl Client {
 
     /// Sends `ack id`.
     pub async fn ack(&mut self, id: i64) {
-        self.send(&ClientFrame::Ack { seq: None, id: MsgId(id) }).await;
+        self.send(&ClientFrame::Ack {
+            seq: None,
+            id: MsgId(id),
+        })
+        .await;
     }
 
     /// Subscribes and expects sub_ok.
     pub async fn sub(&mut self, channel: &str) {
-        self.send(&ClientFrame::Sub { seq: Some(7), channel: channel.to_string(), last_id: None })
-            .await;
+        self.send(&ClientFrame::Sub {
+            seq: Some(7),
+            channel: channel.to_string(),
+            last_id: None,
+        })
+        .await;
         let v = self.next().await;
-        assert_eq!(v["op"], "sub_ok", "{:?}: sub {channel}: expected sub_ok, got {v}", self.transport);
+        assert_eq!(
+            v["op"], "sub_ok",
+            "{:?}: sub {channel}: expected sub_ok, got {v}",
+            self.transport
+        );
         assert_eq!(v["channel"], channel, "{v}");
         assert_eq!(v["seq"], 7, "sub_ok must echo seq: {v}");
     }
@@ -817,7 +966,10 @@ impl Client {
             return Some(Event::Frame(v));
         }
         if let Some((code, reason)) = &self.closed {
-            return Some(Event::Closed { code: *code, reason: reason.clone() });
+            return Some(Event::Closed {
+                code: *code,
+                reason: reason.clone(),
+            });
         }
         let deadline = Instant::now() + limit;
         loop {
@@ -837,8 +989,14 @@ impl Client {
     async fn read_one(&mut self) -> Option<Event> {
         match &mut self.conn {
             Conn::Ws { ws, bin } => match ws.next().await {
-                None => Some(Event::Closed { code: None, reason: "stream ended".into() }),
-                Some(Err(e)) => Some(Event::Closed { code: None, reason: format!("ws error: {e}") }),
+                None => Some(Event::Closed {
+                    code: None,
+                    reason: "stream ended".into(),
+                }),
+                Some(Err(e)) => Some(Event::Closed {
+                    code: None,
+                    reason: format!("ws error: {e}"),
+                }),
                 Some(Ok(Message::Text(t))) => {
                     assert!(!*bin, "pushgate.v1.bin connection got a text frame: {t}");
                     let v: Value = serde_json::from_str(&t)
@@ -847,8 +1005,9 @@ impl Client {
                 }
                 Some(Ok(Message::Binary(b))) => {
                     assert!(*bin, "json connection got a binary frame: {b:?}");
-                    let f = proto::binary::decode_server(&b)
-                        .unwrap_or_else(|e| panic!("server binary frame does not decode ({e}): {b:?}"));
+                    let f = proto::binary::decode_server(&b).unwrap_or_else(|e| {
+                        panic!("server binary frame does not decode ({e}): {b:?}")
+                    });
                     Some(Event::Frame(server_frame_json(&f)))
                 }
                 Some(Ok(Message::Close(cf))) => Some(Event::Closed {
@@ -864,8 +1023,9 @@ impl Client {
                     if buf.len() >= h + n {
                         let body: Vec<u8> = buf[h..h + n].to_vec();
                         buf.drain(..h + n);
-                        let f = proto::binary::decode_server(&body)
-                            .unwrap_or_else(|e| panic!("server TCP frame does not decode ({e}): {body:?}"));
+                        let f = proto::binary::decode_server(&body).unwrap_or_else(|e| {
+                            panic!("server TCP frame does not decode ({e}): {body:?}")
+                        });
                         let v = server_frame_json(&f);
                         if let (Some(c), Some(m)) = (v["close"].as_u64(), v["message"].as_str()) {
                             self.tcp_close = Some((c as u16, m.to_string()));
@@ -893,16 +1053,26 @@ impl Client {
         match self.recv(FRAME_WAIT).await {
             Some(Event::Frame(v)) => v,
             Some(Event::Closed { code, reason }) => {
-                panic!("{:?}: expected a frame, connection closed (code {code:?}, {reason:?})", self.transport)
+                panic!(
+                    "{:?}: expected a frame, connection closed (code {code:?}, {reason:?})",
+                    self.transport
+                )
             }
-            None => panic!("{:?}: expected a frame, none within {FRAME_WAIT:?}", self.transport),
+            None => panic!(
+                "{:?}: expected a frame, none within {FRAME_WAIT:?}",
+                self.transport
+            ),
         }
     }
 
     /// The next frame, which must be a msg.
     pub async fn next_msg(&mut self) -> Value {
         let v = self.next().await;
-        assert_eq!(v["op"], "msg", "{:?}: expected a msg frame, got {v}", self.transport);
+        assert_eq!(
+            v["op"], "msg",
+            "{:?}: expected a msg frame, got {v}",
+            self.transport
+        );
         v
     }
 
@@ -949,7 +1119,10 @@ impl Client {
     /// Asserts that no frame arrives within `dur` (and the connection stays open).
     pub async fn assert_quiet(&mut self, dur: Duration) {
         if let Some(ev) = self.recv(dur).await {
-            panic!("{:?}: expected nothing for {dur:?}, got {ev:?}", self.transport);
+            panic!(
+                "{:?}: expected nothing for {dur:?}, got {ev:?}",
+                self.transport
+            );
         }
     }
 
@@ -957,12 +1130,20 @@ impl Client {
     pub async fn close(mut self) {
         match &mut self.conn {
             Conn::Ws { ws, .. } => {
-                let _ = ws.close(None).await;
+                let _ = (**ws).close(None).await;
             }
             Conn::Tcp { stream, .. } => {
                 let _ = stream.shutdown().await;
             }
         }
+    }
+}
+
+/// A conn id as text, whether JSON gives it as a string or a number.
+pub fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -974,7 +1155,11 @@ pub fn datas(msgs: &[Value]) -> Vec<Value> {
 /// The ids of `msgs`.
 pub fn ids(msgs: &[Value]) -> Vec<i64> {
     msgs.iter()
-        .map(|m| m["id"].as_i64().unwrap_or_else(|| panic!("msg without integer id: {m}")))
+        .map(|m| {
+            m["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("msg without integer id: {m}"))
+        })
         .collect()
 }
 
@@ -987,7 +1172,11 @@ pub fn assert_increasing(what: &str, v: &[i64]) {
 
 /// Runs the binary to completion with `args` (no PUSHGATE_* env inherited);
 /// returns exit code, stdout and stderr. Kills it after `limit`.
-pub async fn run_cli(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Option<i32>, String, String) {
+pub async fn run_cli(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String, String) {
     let mut cmd = command();
     cmd.args(args)
         .envs(env.iter().copied())
@@ -1007,9 +1196,16 @@ pub async fn run_cli(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (O
 
 /// Spawns the binary with exactly `args` in `cwd`, waits for `ready` and returns
 /// the child (killed on drop) with its startup lines and stderr.
-pub async fn spawn_raw(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (Child, Vec<String>, Arc<Mutex<String>>) {
+pub async fn spawn_raw(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: Option<&Path>,
+) -> (Child, Vec<String>, Arc<Mutex<String>>) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let sp = spawn_until_ready(&args, &env, cwd).await;
     (sp.child, sp.startup, sp.stderr)
 }
@@ -1047,7 +1243,11 @@ pub async fn kill9_scenario(extra: &[&str]) {
     s.restart().await;
     let (mut c, _) = s.login(Transport::WsBin, "k9", "d").await;
     let got = c.msgs(40).await;
-    assert_eq!(ids(&got), sent, "every acknowledged push must survive kill -9");
+    assert_eq!(
+        ids(&got),
+        sent,
+        "every acknowledged push must survive kill -9"
+    );
     assert_eq!(got[39]["data"], json!({"i": 39}));
     // The device that acked: may get duplicates, must not miss anything unacked.
     let (mut on, _) = s.login(Transport::Tcp, "k9on", "d").await;
@@ -1055,7 +1255,10 @@ pub async fn kill9_scenario(extra: &[&str]) {
     while replayed.last() != Some(&sent[39]) {
         let m = on.next_msg().await;
         replayed.push(m["id"].as_i64().unwrap());
-        assert!(replayed.len() <= 40, "more than the queue replayed: {replayed:?}");
+        assert!(
+            replayed.len() <= 40,
+            "more than the queue replayed: {replayed:?}"
+        );
     }
     assert_increasing("replay after kill -9", &replayed);
     assert!(
@@ -1065,7 +1268,10 @@ pub async fn kill9_scenario(extra: &[&str]) {
     );
     for i in 0..20 {
         let id = s.push_id(&["k9"], json!(i)).await;
-        assert!(id > max, "id {id} after kill -9 must exceed every id handed out before ({max})");
+        assert!(
+            id > max,
+            "id {id} after kill -9 must exceed every id handed out before ({max})"
+        );
         max = id;
     }
 }

@@ -25,10 +25,24 @@ pub const KEY: &str = "test-key-123";
 /// One call the center made to a room.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
-    Users { room: u32, users: Vec<String>, id: i64 },
-    Channel { room: u32, channel: String, id: i64 },
-    Broadcast { room: u32, id: i64 },
-    Kick { room: u32, user: String },
+    Users {
+        room: u32,
+        users: Vec<String>,
+        id: i64,
+    },
+    Channel {
+        room: u32,
+        channel: String,
+        id: i64,
+    },
+    Broadcast {
+        room: u32,
+        id: i64,
+    },
+    Kick {
+        room: u32,
+        user: String,
+    },
 }
 
 /// Rooms double: records calls; counts a user's connections in the room
@@ -264,12 +278,27 @@ impl H {
             .unwrap()
     }
 
-    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, serde_json::Value) {
-        send(&self.app, req(method, path, body, Some(KEY), Some("application/json"))).await
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        send(
+            &self.app,
+            req(method, path, body, Some(KEY), Some("application/json")),
+        )
+        .await
     }
 }
 
-pub fn req(method: &str, path: &str, body: Option<&str>, key: Option<&str>, ctype: Option<&str>) -> Request<Body> {
+pub fn req(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+    ctype: Option<&str>,
+) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(path);
     if let Some(k) = key {
         b = b.header("authorization", format!("Bearer {k}"));
@@ -290,14 +319,19 @@ pub async fn send(app: &Router, r: Request<Body>) -> (StatusCode, serde_json::Va
     let v = if bytes.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        })
     };
     (status, v)
 }
 
 pub async fn text(app: &Router, path: &str) -> (StatusCode, String, String) {
-    let resp = app.clone().oneshot(req("GET", path, None, None, None)).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(req("GET", path, None, None, None))
+        .await
+        .unwrap();
     let status = resp.status();
     let ct = resp
         .headers()

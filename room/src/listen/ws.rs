@@ -6,8 +6,10 @@
 //!   binary, whichever subprotocol was negotiated (DESIGN.md: "text frames
 //!   carry JSON frames, binary frames carry binary frames"). The server
 //!   always replies in the negotiated encoding.
-//! - A client that offers only unknown subprotocols is served JSON without a
-//!   `Sec-WebSocket-Protocol` header (the client library then decides).
+//! - A client that asks for no subprotocol gets JSON (no header in the
+//!   reply). One that offers only unknown subprotocols gets HTTP 400 naming
+//!   ours: answering without a header would fail in its library anyway, with
+//!   a vaguer message.
 //! - WebSocket pings and pongs count as life for the heartbeat.
 //! - Buffers are small ([`READ_BUFFER`], [`WRITE_BUFFER`]) instead of
 //!   tungstenite's 128 KiB each: idle connections must cost little memory.
@@ -180,20 +182,36 @@ impl FrameIo for WsIo {
     }
 }
 
-/// Picks the subprotocol: the first of ours the client offers. `None` when
-/// it offered none of ours (or none at all).
-fn choose_protocol(req: &Request) -> Option<&'static str> {
-    req.headers()
+/// What the client asked for.
+enum Offer {
+    /// No `Sec-WebSocket-Protocol` header: JSON, no header in the reply.
+    Nothing,
+    /// The first of ours in the client's order.
+    Ours(&'static str),
+    /// Only subprotocols we do not speak.
+    Unknown,
+}
+
+fn choose_protocol(req: &Request) -> Offer {
+    let mut offered = req
+        .headers()
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    if offered.peek().is_none() {
+        return Offer::Nothing;
+    }
+    offered
         .find_map(|p| match p {
-            PROTO_JSON => Some(PROTO_JSON),
-            PROTO_BIN => Some(PROTO_BIN),
+            PROTO_JSON => Some(Offer::Ours(PROTO_JSON)),
+            PROTO_BIN => Some(Offer::Ours(PROTO_BIN)),
             _ => None,
         })
+        .unwrap_or(Offer::Unknown)
 }
 
 fn http_error(status: StatusCode, text: &str) -> ErrorResponse {
@@ -203,21 +221,35 @@ fn http_error(status: StatusCode, text: &str) -> ErrorResponse {
 }
 
 /// Runs the handshake (within `auth_timeout`), then the session.
+// The callback's error type is tungstenite's `ErrorResponse`.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     let mut bin = false;
     let callback = |req: &Request, mut resp: Response| {
         if req.uri().path() != PATH {
             return Err(http_error(StatusCode::NOT_FOUND, "not found"));
         }
-        if let Some(p) = choose_protocol(req) {
-            bin = p == PROTO_BIN;
-            resp.headers_mut()
-                .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        match choose_protocol(req) {
+            Offer::Nothing => {}
+            Offer::Ours(p) => {
+                bin = p == PROTO_BIN;
+                resp.headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+            }
+            Offer::Unknown => {
+                let text = "unsupported subprotocol: use pushgate.v1.json or pushgate.v1.bin";
+                return Err(http_error(StatusCode::BAD_REQUEST, text));
+            }
         }
         Ok(resp)
     };
     let cfg = ws_config(shared.cfg.max_frame);
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(sock, callback, Some(cfg));
+    // Boxed: the handshake state would otherwise size the whole session future.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        sock,
+        callback,
+        Some(cfg),
+    ));
     let ws = tokio::select! {
         () = shared.stop.cancelled() => return,
         r = tokio::time::timeout(shared.cfg.auth_timeout, handshake) => match r {
@@ -239,6 +271,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr
 }
 
 /// Answers a handshake to a full room with HTTP 503.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn refuse(shared: &Shared, sock: TcpStream) {
     let callback = |_: &Request, _: Response| {
         Err(http_error(
