@@ -22,7 +22,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run everything in one process (the default).
-    Standalone(ServeArgs),
+    Standalone(Box<ServeArgs>),
     /// Print a client token (JWT, HS256) for development.
     Token(TokenArgs),
 }

@@ -11,6 +11,7 @@ mod standalone;
 use std::process::ExitCode;
 
 use clap::Parser;
+
 use mimalloc::MiMalloc;
 
 use cli::{Cli, Command, LogFormat, TokenArgs};
@@ -71,10 +72,22 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are answers, not errors; any other parse
+            // failure is a usage error (EX_USAGE), like a bad config file.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let args = match cli.command {
         Some(Command::Token(t)) => return token(t),
-        Some(Command::Standalone(a)) => a,
+        Some(Command::Standalone(a)) => *a,
         None => cli.standalone,
     };
     let cfg = match config::Config::load(args) {

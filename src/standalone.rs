@@ -27,6 +27,9 @@ use crate::secrets::{self, Origin};
 /// # Errors
 /// Anything that prevents start-up (data dir, store, binding a port).
 pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
+    // First of all, so that a SIGTERM during start-up is answered with an
+    // orderly drain once everything is up, never with a hard kill.
+    let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("create data dir {}", cfg.data.display()))?;
     let (api_key, key_origin) =
@@ -155,7 +158,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         describe(secret_origin, "token secret"),
     );
 
-    crate::signal::shutdown_signal().await;
+    shutdown.wait().await;
     info!("shutting down: draining connections");
     center.set_ready(false);
     accept_stop.cancel();

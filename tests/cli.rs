@@ -88,7 +88,7 @@ async fn explicit_keys_are_used() {
         "--api-key",
         "flag-key-123",
         "--token-secret",
-        "flag-secret-456",
+        "flag-secret-456-abcdefgh",
     ])
     .await;
     assert_eq!(
@@ -97,7 +97,7 @@ async fn explicit_keys_are_used() {
         s.startup
     );
     assert_eq!(
-        s.secret, "flag-secret-456",
+        s.secret, "flag-secret-456-abcdefgh",
         "printed/used token secret: {:?}",
         s.startup
     );
@@ -111,7 +111,13 @@ async fn explicit_keys_are_used() {
     assert_eq!(st, 401);
     let mut c = s.connect(Transport::WsJson).await;
     c.auth(
-        &common::mint("flag-secret-456", "f", None, None, common::now_secs() + 60),
+        &common::mint(
+            "flag-secret-456-abcdefgh",
+            "f",
+            None,
+            None,
+            common::now_secs() + 60,
+        ),
         None,
         None,
     )
@@ -125,7 +131,7 @@ async fn flags_over_env_over_file() {
     let file = dir.path().join("pushgate.toml");
     std::fs::write(
         &file,
-        "api_key = \"file-key\"\nheartbeat = 11\ntoken_secret = \"file-secret\"\nmax_users = 2\n",
+        "api_key = \"file-key\"\nheartbeat = 11\ntoken_secret = \"file-secret-0123456789\"\nmax_users = 2\n",
     )
     .unwrap();
     let f = file.display().to_string();
@@ -139,7 +145,13 @@ async fn flags_over_env_over_file() {
     let mut c = s.connect(Transport::WsJson).await;
     let ok = c
         .auth(
-            &common::mint("file-secret", "x", None, None, common::now_secs() + 60),
+            &common::mint(
+                "file-secret-0123456789",
+                "x",
+                None,
+                None,
+                common::now_secs() + 60,
+            ),
             None,
             None,
         )
@@ -161,17 +173,26 @@ async fn flags_over_env_over_file() {
     // Env over file.
     let s = Server::start_env(
         &["--config", &f],
-        &[("PUSHGATE_HEARTBEAT", "9"), ("PUSHGATE_API_KEY", "env-key")],
+        &[
+            ("PUSHGATE_HEARTBEAT", "9"),
+            ("PUSHGATE_API_KEY", "env-key-123"),
+        ],
     )
     .await;
     let (st, _) = s
-        .raw("GET", "/api/v1/stats", Some("env-key"), None, None)
+        .raw("GET", "/api/v1/stats", Some("env-key-123"), None, None)
         .await;
     assert_eq!(st, 200, "PUSHGATE_API_KEY must win over the file");
     let mut c = s.connect(Transport::WsJson).await;
     let ok = c
         .auth(
-            &common::mint("file-secret", "x", None, None, common::now_secs() + 60),
+            &common::mint(
+                "file-secret-0123456789",
+                "x",
+                None,
+                None,
+                common::now_secs() + 60,
+            ),
             None,
             None,
         )
@@ -184,22 +205,38 @@ async fn flags_over_env_over_file() {
 
     // Flag over env.
     let s = Server::start_env(
-        &["--config", &f, "--heartbeat", "5", "--api-key", "flag-key"],
-        &[("PUSHGATE_HEARTBEAT", "9"), ("PUSHGATE_API_KEY", "env-key")],
+        &[
+            "--config",
+            &f,
+            "--heartbeat",
+            "5",
+            "--api-key",
+            "flag-key-123",
+        ],
+        &[
+            ("PUSHGATE_HEARTBEAT", "9"),
+            ("PUSHGATE_API_KEY", "env-key-123"),
+        ],
     )
     .await;
     let (st, _) = s
-        .raw("GET", "/api/v1/stats", Some("flag-key"), None, None)
+        .raw("GET", "/api/v1/stats", Some("flag-key-123"), None, None)
         .await;
     assert_eq!(st, 200, "--api-key must win over PUSHGATE_API_KEY");
     let (st, _) = s
-        .raw("GET", "/api/v1/stats", Some("env-key"), None, None)
+        .raw("GET", "/api/v1/stats", Some("env-key-123"), None, None)
         .await;
     assert_eq!(st, 401, "env api key must be overridden by the flag");
     let mut c = s.connect(Transport::WsJson).await;
     let ok = c
         .auth(
-            &common::mint("file-secret", "x", None, None, common::now_secs() + 60),
+            &common::mint(
+                "file-secret-0123456789",
+                "x",
+                None,
+                None,
+                common::now_secs() + 60,
+            ),
             None,
             None,
         )
@@ -344,7 +381,7 @@ async fn token_subcommand_mints_a_working_jwt() {
             "--ttl",
             "60",
             "--token-secret",
-            "sek",
+            "sek-0123456789abcdef",
         ],
         &[],
         Duration::from_secs(10),
@@ -361,12 +398,12 @@ async fn token_subcommand_mints_a_working_jwt() {
         c.get("channels").is_none() || c["channels"].is_null(),
         "no --channels: no claim: {c}"
     );
-    let s2 = Server::start(&["--token-secret", "sek"]).await;
+    let s2 = Server::start(&["--token-secret", "sek-0123456789abcdef"]).await;
     let mut cl = s2.connect(Transport::Tcp).await;
     assert_eq!(cl.auth(out.trim(), None, None).await["user"], "x");
     let (code, out, err) = run_cli(
         &["token", "--user", "y"],
-        &[("PUSHGATE_TOKEN_SECRET", "sek")],
+        &[("PUSHGATE_TOKEN_SECRET", "sek-0123456789abcdef")],
         Duration::from_secs(10),
     )
     .await;
@@ -427,15 +464,23 @@ async fn bad_config_exits_64() {
         ),
         ("bad redis url", vec!["--redis", "not a url"], vec![]),
     ];
+    let mut failures: Vec<String> = Vec::new();
     for (what, extra, env) in cases {
-        let mut args: Vec<&str> = base.to_vec();
+        // The case's own flags replace the base ones of the same name.
+        let mut args: Vec<&str> = Vec::new();
+        for pair in base.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                args.extend_from_slice(pair);
+            }
+        }
         args.extend(extra.iter().copied());
         let (code, out, err) = run_cli(&args, &env, Duration::from_secs(10)).await;
-        assert_eq!(
-            code,
-            Some(64),
-            "{what}: expected exit 64, got {code:?}\nstdout: {out}\nstderr: {err}"
-        );
+        if code != Some(64) {
+            failures.push(format!(
+                "{what}: expected exit 64, got {code:?}; stderr: {}",
+                err.trim()
+            ));
+        }
         assert!(
             !err.trim().is_empty(),
             "{what}: bad config must be explained on stderr"
@@ -446,16 +491,23 @@ async fn bad_config_exits_64() {
         );
     }
     let (code, _, err) = run_cli(&["token"], &[], Duration::from_secs(10)).await;
-    assert_eq!(
-        code,
-        Some(64),
-        "`pushgate token` without --user: expected 64, got {code:?}: {err}"
-    );
+    if code != Some(64) {
+        failures.push(format!(
+            "`pushgate token` without --user: expected exit 64, got {code:?}; stderr: {}",
+            err.trim()
+        ));
+    }
     let (code, out, _) = run_cli(&["--help"], &[], Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "--help must exit 0");
     assert!(
         out.contains("--heartbeat") && out.contains("--redis"),
         "--help lists the flags: {out}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} bad-config case(s) wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }
 

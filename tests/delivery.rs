@@ -240,3 +240,22 @@ async fn double_kill9_ids_never_repeat() {
     common::assert_increasing("queue after three kill -9", &ids(&got));
     assert_eq!(got.len(), 30);
 }
+
+/// A push's `ttl` bounds how long it is kept for an offline user.
+#[tokio::test]
+async fn push_ttl_expires_stored_messages() {
+    let s = Server::start(&[]).await;
+    let r = s
+        .push(json!({"users": ["ttl"], "data": "short", "ttl": 1}))
+        .await;
+    assert_eq!(r["stored"], 1, "{r}");
+    let keep = s.push_id(&["ttl"], json!("long")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (mut c, _) = s.login(Transport::WsJson, "ttl", "d").await;
+    let m = c.next_msg().await;
+    assert_eq!(
+        m["id"], keep,
+        "a message with ttl 1 s was replayed after 2 s: {m}"
+    );
+    assert!(c.ping_sync(1).await.is_empty());
+}

@@ -313,13 +313,13 @@ async fn ids_strictly_increase() {
 }
 
 /// Once a client has its auth_ok, the API sees the connection: a store:false push
-/// right away reaches it and a kick right away closes it. 100 rounds, because a
+/// right away reaches it and a kick right away closes it. 300 rounds, because a
 /// race between auth_ok and the directory update only shows now and then.
 #[tokio::test]
 async fn connection_is_visible_to_the_api_as_soon_as_auth_ok() {
     let s = Server::start(&[]).await;
     let mut misses = Vec::new();
-    for round in 0..100 {
+    for round in 0..300 {
         let t = common::TRANSPORTS[round % 3];
         let u = common::uniq("vis");
         let (mut c, _) = s.login_raw(t, &u, "d").await;
@@ -348,8 +348,130 @@ async fn connection_is_visible_to_the_api_as_soon_as_auth_ok() {
     }
     assert!(
         misses.is_empty(),
-        "{} of 200 API calls right after auth_ok did not see the connection:\n{}",
+        "{} of 600 API calls right after auth_ok did not see the connection:\n{}",
         misses.len(),
         misses.join("\n")
     );
+}
+
+/// A channel push with `history: true` can be recovered by `sub` with `last_id`;
+/// one without history cannot.
+#[tokio::test]
+async fn channel_history_recovered_by_sub_last_id() {
+    let s = Server::start(&[]).await;
+    let h1 = s
+        .api_ok(
+            "POST",
+            "/push/channel",
+            Some(json!({"channel": "hist", "data": 1, "history": true})),
+            200,
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let h2 = s
+        .api_ok(
+            "POST",
+            "/push/channel",
+            Some(json!({"channel": "hist", "data": 2, "history": true})),
+            200,
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let h3 = s
+        .api_ok(
+            "POST",
+            "/push/channel",
+            Some(json!({"channel": "hist", "data": 3, "history": true})),
+            200,
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    s.push_channel("nohist", json!("gone")).await;
+    for t in common::TRANSPORTS {
+        let mut c = s.connect(t).await;
+        c.auth(
+            &s.token_channels(&common::uniq("h"), &["hist", "nohist"]),
+            None,
+            None,
+        )
+        .await;
+        c.send(&proto::ClientFrame::Sub {
+            seq: Some(5),
+            channel: "hist".into(),
+            last_id: Some(proto::MsgId(h1)),
+        })
+        .await;
+        let mut msgs = Vec::new();
+        let mut ok = false;
+        while !(ok && msgs.len() == 2) {
+            let v = c.next().await;
+            match v["op"].as_str() {
+                Some("sub_ok") => ok = true,
+                Some("msg") => msgs.push(v),
+                _ => panic!("{t:?}: unexpected frame during sub with last_id: {v}"),
+            }
+        }
+        assert_eq!(
+            ids(&msgs),
+            vec![h2, h3],
+            "{t:?}: channel history after {h1}"
+        );
+        assert!(
+            msgs.iter().all(|m| m["channel"] == "hist"),
+            "{t:?}: {msgs:?}"
+        );
+        c.send(&proto::ClientFrame::Sub {
+            seq: Some(6),
+            channel: "nohist".into(),
+            last_id: Some(proto::MsgId(0)),
+        })
+        .await;
+        let v = c.next().await;
+        assert_eq!(
+            v["op"], "sub_ok",
+            "{t:?}: a channel without history replays nothing: {v}"
+        );
+        assert!(
+            c.ping_sync(1).await.is_empty(),
+            "{t:?}: history replayed for a push without history"
+        );
+    }
+}
+
+/// --max-connections: a connection beyond the limit is refused; the others are unaffected.
+#[tokio::test]
+async fn max_connections_refuses_extra_clients() {
+    let s = Server::start(&["--max-connections", "2"]).await;
+    let (mut a, _) = s.login(Transport::WsJson, "mc1", "d").await;
+    let (mut b, _) = s.login(Transport::Tcp, "mc2", "d").await;
+    for t in [Transport::Tcp, Transport::WsJson] {
+        let addr = if t == Transport::Tcp { s.tcp } else { s.ws };
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            continue;
+        };
+        let mut c = match t {
+            Transport::Tcp => common::Client::from_tcp(stream),
+            _ => match common::ws_handshake(stream, addr, Some("pushgate.v1.json")).await {
+                Ok(ws) => common::Client::from_ws(ws, false),
+                Err(_) => continue, // refused at the handshake
+            },
+        };
+        c.send(&proto::ClientFrame::Auth {
+            seq: None,
+            token: s.token("mc3"),
+            last_id: None,
+            device: None,
+        })
+        .await;
+        let (code, _, frames) = c.closed(Duration::from_secs(5)).await;
+        assert!(
+            !frames.iter().any(|f| f["op"] == "auth_ok"),
+            "{t:?}: a third connection authenticated with --max-connections 2 (close {code:?}): {frames:?}"
+        );
+    }
+    assert!(a.ping_sync(1).await.is_empty());
+    assert!(b.ping_sync(1).await.is_empty());
 }

@@ -181,8 +181,45 @@ fn check_user(u: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn raw_bytes(v: &RawValue) -> Bytes {
-    Bytes::copy_from_slice(v.get().as_bytes())
+/// Deepest nesting of arrays and objects accepted in `data`: deeper values
+/// are valid JSON but break common client parsers (serde_json stops at 128).
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Nesting depth of a JSON text already known to be valid.
+fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The payload as shared bytes, refused when nested too deep.
+fn raw_bytes(v: &RawValue) -> Result<Bytes, ApiError> {
+    let text = v.get().as_bytes();
+    if json_depth(text) > MAX_DATA_DEPTH {
+        return Err(ApiError::InvalidRequest(format!(
+            "data is nested deeper than {MAX_DATA_DEPTH} levels"
+        )));
+    }
+    Ok(Bytes::copy_from_slice(text))
 }
 
 impl Center {
@@ -250,7 +287,7 @@ pub(crate) async fn push_users(
     let (reply, rx) = oneshot::channel();
     let job = Job::Users {
         users,
-        data: raw_bytes(&req.data),
+        data: raw_bytes(&req.data)?,
         store: req.store,
         ttl,
         ts: now_ms(),
@@ -288,7 +325,7 @@ pub(crate) async fn push_channel(
     let (reply, rx) = oneshot::channel();
     let job = Job::Channel {
         channel: req.channel,
-        data: raw_bytes(&req.data),
+        data: raw_bytes(&req.data)?,
         history: req.history,
         ts: now_ms(),
         accepted,
@@ -317,7 +354,7 @@ pub(crate) async fn push_broadcast(
     State(c): State<Center>,
     ApiJson(req): ApiJson<BroadcastReq>,
 ) -> Result<(StatusCode, ApiJson<BroadcastResp>), ApiError> {
-    let data = raw_bytes(&req.data);
+    let data = raw_bytes(&req.data)?;
     let ts = now_ms();
     let (reply, rx) = oneshot::channel();
     let out = c.dispatch(Job::Broadcast { reply }, rx).await?;
@@ -664,4 +701,18 @@ pub(crate) fn router(c: &Center) -> Router {
         .layer(middleware::from_fn_with_state(c.clone(), timeout))
         .layer(middleware::from_fn_with_state(c.clone(), count_http))
         .with_state(c.clone())
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(br#"["[[[[", "\"{{"]"#), 1);
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert_eq!(json_depth(deep.as_bytes()), 65);
+    }
 }

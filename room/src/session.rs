@@ -305,13 +305,15 @@ impl Live<'_> {
             room: shared.cfg.room,
             heartbeat: shared.cfg.heartbeat_secs(),
         };
-        self.reply(io, idle, ok).await?;
+        // The directory learns of the connection before the client does, so
+        // a push or kick sent right after `auth_ok` finds it.
         if timeout(BACKEND_TIMEOUT, shared.backend.connected(info))
             .await
             .is_err()
         {
             metrics::inc(&shared.metrics.backend_errors);
         }
+        self.reply(io, idle, ok).await?;
         self.replay(io, idle, last_id).await
     }
 

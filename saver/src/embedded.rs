@@ -407,7 +407,16 @@ fn first_id(data: &DataTable<'_>, key: &str) -> Result<Option<i64>, redb::Error>
     }
 }
 
-fn apply(txn: &redb::WriteTransaction, op: &WriteOp) -> Result<(), redb::Error> {
+/// The tables a write batch touches, opened once per transaction.
+struct Tables<'t> {
+    queue: DataTable<'t>,
+    queue_meta: MetaTable<'t>,
+    history: DataTable<'t>,
+    history_meta: MetaTable<'t>,
+    acks: Table<'t, (&'static str, &'static str), i64>,
+}
+
+fn apply(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), redb::Error> {
     match op {
         WriteOp::Users {
             users,
@@ -415,10 +424,15 @@ fn apply(txn: &redb::WriteTransaction, op: &WriteOp) -> Result<(), redb::Error> 
             bytes,
             max,
         } => {
-            let mut data = txn.open_table(QUEUE)?;
-            let mut meta = txn.open_table(QUEUE_META)?;
             for user in users {
-                append_bounded(&mut data, &mut meta, user.as_str(), *id, bytes, *max)?;
+                append_bounded(
+                    &mut t.queue,
+                    &mut t.queue_meta,
+                    user.as_str(),
+                    *id,
+                    bytes,
+                    *max,
+                )?;
             }
         }
         WriteOp::Channel {
@@ -427,16 +441,20 @@ fn apply(txn: &redb::WriteTransaction, op: &WriteOp) -> Result<(), redb::Error> 
             bytes,
             max,
         } => {
-            let mut data = txn.open_table(HISTORY)?;
-            let mut meta = txn.open_table(HISTORY_META)?;
-            append_bounded(&mut data, &mut meta, channel, *id, bytes, *max)?;
+            append_bounded(
+                &mut t.history,
+                &mut t.history_meta,
+                channel,
+                *id,
+                bytes,
+                *max,
+            )?;
         }
         WriteOp::Ack { user, device, id } => {
-            let mut acks = txn.open_table(ACKS)?;
             let key = (user.as_str(), device.as_str());
-            let current = acks.get(key)?.map(|g| g.value());
+            let current = t.acks.get(key)?.map(|g| g.value());
             if current.is_none_or(|c| c < *id) {
-                acks.insert(key, *id)?;
+                t.acks.insert(key, *id)?;
             }
         }
     }
@@ -446,8 +464,17 @@ fn apply(txn: &redb::WriteTransaction, op: &WriteOp) -> Result<(), redb::Error> 
 /// Applies `ops` in one transaction and commits it durably.
 fn commit_batch(db: &Database, ops: &[&WriteOp]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
-    for op in ops {
-        apply(&txn, op)?;
+    {
+        let mut tables = Tables {
+            queue: txn.open_table(QUEUE)?,
+            queue_meta: txn.open_table(QUEUE_META)?,
+            history: txn.open_table(HISTORY)?,
+            history_meta: txn.open_table(HISTORY_META)?,
+            acks: txn.open_table(ACKS)?,
+        };
+        for op in ops {
+            apply(&mut tables, op)?;
+        }
     }
     // The default durability is Immediate: commit returns after fsync.
     txn.commit()?;

@@ -281,12 +281,21 @@ impl Server {
         self.ws = startup_addr(&lines, "ws listening on ");
         self.tcp = startup_addr(&lines, "tcp listening on ");
         self.http = startup_addr(&lines, "http listening on ");
+        // Printed when generated; when given (flag, env or file) it may not be.
+        let env = |k: &str| {
+            self.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
         self.api_key = startup_value(&lines, "api key: ")
             .or_else(|| flag_value(&self.args, "--api-key"))
-            .unwrap_or_else(|| panic!("no `api key: ` line in startup output {lines:?}"));
+            .or_else(|| env("PUSHGATE_API_KEY"))
+            .unwrap_or_default();
         self.secret = startup_value(&lines, "token secret: ")
             .or_else(|| flag_value(&self.args, "--token-secret"))
-            .unwrap_or_else(|| panic!("no `token secret: ` line in startup output {lines:?}"));
+            .or_else(|| env("PUSHGATE_TOKEN_SECRET"))
+            .unwrap_or_default();
         self.startup = lines;
     }
 
@@ -810,6 +819,43 @@ impl Client {
         sock.set_recv_buffer_size(rcvbuf).unwrap();
         let stream = sock.connect(addr).await.unwrap();
         Client::on_stream(stream, addr, t).await
+    }
+
+    /// Wraps an open TCP stream to the TCP listener.
+    pub fn from_tcp(stream: TcpStream) -> Client {
+        Client::wrap(
+            Conn::Tcp {
+                stream,
+                buf: Vec::new(),
+            },
+            Transport::Tcp,
+        )
+    }
+
+    /// Wraps an open WebSocket.
+    pub fn from_ws(ws: WebSocketStream<TcpStream>, bin: bool) -> Client {
+        let t = if bin {
+            Transport::WsBin
+        } else {
+            Transport::WsJson
+        };
+        Client::wrap(
+            Conn::Ws {
+                ws: Box::new(ws),
+                bin,
+            },
+            t,
+        )
+    }
+
+    fn wrap(conn: Conn, transport: Transport) -> Client {
+        Client {
+            conn,
+            transport,
+            tcp_close: None,
+            closed: None,
+            pending: VecDeque::new(),
+        }
     }
 
     async fn on_stream(stream: TcpStream, addr: SocketAddr, t: Transport) -> Client {
