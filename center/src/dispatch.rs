@@ -154,7 +154,7 @@ impl Dispatcher {
     async fn process(&self, batch: Vec<Job>) {
         let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
         let first = match self.ids.next_ids(n).await {
-            Ok(id) => id.0,
+            Ok(id) => id,
             Err(e) => {
                 tracing::error!(%e, "id allocation failed");
                 for job in batch {
@@ -163,9 +163,8 @@ impl Dispatcher {
                 return;
             }
         };
-        let ids: Vec<MsgId> = (0..batch.len())
-            .map(|i| MsgId(first.saturating_add(i as i64)))
-            .collect();
+        // Ids of one region are not adjacent integers: the k-th is nth_id.
+        let ids: Vec<MsgId> = (0..n).map(|k| idgen::nth_id(first, k)).collect();
 
         // 2. Store, concurrently; the store group-commits.
         let writes = batch

@@ -80,7 +80,9 @@ pub enum IdGenError {
 /// The id service, as center uses it (in process here, over a link in cluster mode).
 #[async_trait]
 pub trait IdGen: Send + Sync + 'static {
-    /// Hands out `n` (>= 1) consecutive, strictly increasing ids; returns the first.
+    /// Hands out `n` (>= 1) strictly increasing ids of one region; returns the
+    /// first. The k-th (from 0) is [`nth_id`]`(first, k)`: ids of a region are
+    /// [`ID_STEP`] apart, never adjacent integers.
     /// The others are `nth_id(first, 1..n)`: consecutive ids of a region are
     /// [`ID_STEP`] apart, not 1. `n == 0` is taken as 1.
     ///
