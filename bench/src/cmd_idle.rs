@@ -731,7 +731,9 @@ mod tests {
             assert_eq!(r["live_at_end"], 40);
             // Heartbeat 1 s from the server, first ping within the first second.
             assert!(r["pings_sent"].as_u64().unwrap() >= 40, "{r}");
-            assert_eq!(r["pings_sent"], r["pongs"]);
+            // A ping sent just before the end may miss its pong.
+            assert!(r["pongs"].as_u64().unwrap() >= 40, "{r}");
+            assert!(r["pongs"].as_u64() <= r["pings_sent"].as_u64(), "{r}");
             assert!(r["room_rss_per_conn_bytes"].is_number(), "{r}");
             assert_eq!(fake.clean_closes.load(Relaxed), 40);
             let peers = fake.peers.lock();

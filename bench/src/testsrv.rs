@@ -238,6 +238,8 @@ fn bin(frame: &ServerFrame) -> Vec<u8> {
 async fn serve_tcp(fake: Arc<Fake>, mut s: TcpStream) {
     let mut buf = bytes::BytesMut::new();
     let mut rx = None;
+    let kick = sleep_or_never(None);
+    tokio::pin!(kick);
     loop {
         while let Ok(Some((h, n))) = proto::binary::frame_len(&buf, 65536) {
             if buf.len() < h + n {
@@ -245,10 +247,14 @@ async fn serve_tcp(fake: Arc<Fake>, mut s: TcpStream) {
             }
             let f = buf.split_to(h + n);
             let frame = proto::binary::decode_client(&f[h..]).unwrap();
+            let authed = matches!(frame, ClientFrame::Auth { .. });
             match answer(&fake, frame, &mut rx) {
                 Ok(Some(reply)) => {
                     if s.write_all(&bin(&reply)).await.is_err() {
                         return;
+                    }
+                    if authed {
+                        kick.set(sleep_or_never(fake.behavior.kick_after));
                     }
                 }
                 Ok(None) => {}
@@ -266,6 +272,10 @@ async fn serve_tcp(fake: Arc<Fake>, mut s: TcpStream) {
             },
             Some(f) = recv_or_never(&mut rx) => {
                 if s.write_all(&bin(&f)).await.is_err() { return }
+            }
+            _ = &mut kick => {
+                let _ = s.write_all(&bin(&kick_frame())).await;
+                return;
             }
         }
     }
