@@ -84,7 +84,9 @@ fn positive<T: PartialOrd + Default + std::fmt::Display>(
     if v > T::default() {
         Ok(v)
     } else {
-        Err(ConfigError(format!("{name} must be greater than 0, got {v}")))
+        Err(ConfigError(format!(
+            "{name} must be greater than 0, got {v}"
+        )))
     }
 }
 

@@ -98,7 +98,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cfg.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pushgate: cannot start the runtime: {e}");
