@@ -1,12 +1,17 @@
 //! The in-process directory: a sharded map user → live connections, a room
 //! table with connection counts, and accumulated online time per user.
 //!
+//! Memory: a connection is stored compactly ([`Stored`]: no copy of the
+//! user id, which is the map key, and the usual device id `"default"` shared
+//! rather than allocated per connection); [`ConnInfo`] is rebuilt on lookup.
+//!
 //! Every method is synchronous inside (no `.await` while a map shard is
 //! locked); the async trait methods just wrap them. Counters (`connections`,
 //! `users`) are updated while the user's shard is locked, so they stay
 //! consistent with the map.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -16,19 +21,46 @@ use smallvec::SmallVec;
 
 use crate::{ConnInfo, DirError, DirStats, Directory, RoomInfo};
 
+/// The device id most connections have (the room's default).
+const DEFAULT_DEVICE: &str = "default";
+
+/// One live connection as kept: [`ConnInfo`] without the user (the key).
+#[derive(Debug)]
+struct Stored {
+    conn: ConnId,
+    since: i64,
+    /// Shared with every connection of the same common device id.
+    device: Option<Arc<str>>,
+    room: RoomId,
+}
+
+impl Stored {
+    fn info(&self, user: &UserId) -> ConnInfo {
+        ConnInfo {
+            user: user.clone(),
+            conn: self.conn,
+            room: self.room,
+            device: self.device.as_deref().map(str::to_owned),
+            since: self.since,
+        }
+    }
+}
+
 /// What the directory keeps per user.
 #[derive(Debug, Default)]
 struct UserEntry {
     /// Live connections (most users have one).
-    conns: SmallVec<[ConnInfo; 1]>,
+    conns: SmallVec<[Stored; 1]>,
     /// Online time of connections that already ended, in milliseconds.
     closed_ms: u64,
 }
 
 /// The in-process [`crate::Directory`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalDirectory {
     users: DashMap<UserId, UserEntry>,
+    /// [`DEFAULT_DEVICE`], shared by every connection that has it.
+    default_device: Arc<str>,
     /// Live rooms and how many connections each holds.
     rooms: DashMap<RoomId, u64>,
     connections: AtomicU64,
@@ -46,16 +78,51 @@ fn span(since: i64, now: i64) -> u64 {
     u64::try_from(now.saturating_sub(since)).unwrap_or(0)
 }
 
+impl Default for LocalDirectory {
+    fn default() -> LocalDirectory {
+        LocalDirectory::new()
+    }
+}
+
 impl LocalDirectory {
     /// An empty directory.
     pub fn new() -> LocalDirectory {
-        LocalDirectory::default()
+        LocalDirectory {
+            users: DashMap::new(),
+            default_device: Arc::from(DEFAULT_DEVICE),
+            rooms: DashMap::new(),
+            connections: AtomicU64::new(0),
+            online_users: AtomicU64::new(0),
+        }
+    }
+
+    fn device(&self, device: Option<String>) -> Option<Arc<str>> {
+        device.map(|d| {
+            if d == DEFAULT_DEVICE {
+                Arc::clone(&self.default_device)
+            } else {
+                Arc::from(d)
+            }
+        })
     }
 
     /// Records a connection (replaces a connection with the same id).
     pub fn add(&self, conn: ConnInfo) {
         let room = conn.room;
-        let mut entry = self.users.entry(conn.user.clone()).or_default();
+        let ConnInfo {
+            user,
+            conn: id,
+            room: _,
+            device,
+            since,
+        } = conn;
+        let conn = Stored {
+            conn: id,
+            since,
+            device: self.device(device),
+            room,
+        };
+        let mut entry = self.users.entry(user).or_default();
         if let Some(old) = entry.conns.iter_mut().find(|c| c.conn == conn.conn) {
             let old_room = old.room;
             *old = conn;
@@ -97,7 +164,7 @@ impl LocalDirectory {
     pub fn get(&self, user: &UserId) -> Vec<ConnInfo> {
         self.users
             .get(user)
-            .map(|e| e.conns.to_vec())
+            .map(|e| e.conns.iter().map(|c| c.info(e.key())).collect())
             .unwrap_or_default()
     }
 

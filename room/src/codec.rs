@@ -1,22 +1,15 @@
 //! The stream transport codec: length-prefixed binary frames both ways
-//! (`proto::binary::frame_len` / `write_len`), for `tokio_util`'s `Framed`.
+//! (`proto::binary::frame_len` / `write_len`).
 //!
-//! Memory: `Framed::with_capacity` starts both buffers small; after a large
-//! frame has gone through, an emptied buffer is swapped for a small one so an
-//! idle connection does not keep a large allocation.
+//! Memory: decoding works on a borrowed slice (a frame read whole needs no
+//! buffer at all) and encoding appends to the caller's buffer; the TCP
+//! transport keeps no buffer allocated while a connection is idle.
 
 use bytes::BytesMut;
-use proto::binary;
-use tokio_util::codec::{Decoder, Encoder};
+use proto::{binary, ClientFrame};
 
 use crate::error::{RecvError, SendError};
-use crate::io::{Inbound, OutFrame};
-
-/// Initial capacity of a TCP connection's read and write buffers.
-pub(crate) const INITIAL_BUFFER: usize = 256;
-
-/// Emptied buffers larger than this are replaced by small ones.
-const SHRINK_ABOVE: usize = 4096;
+use crate::io::OutFrame;
 
 /// Length-prefixed binary frames: decodes client frames, encodes server frames.
 #[derive(Debug, Clone, Copy)]
@@ -29,40 +22,24 @@ impl BinCodec {
     pub(crate) fn new(max_frame: usize) -> BinCodec {
         BinCodec { max_frame }
     }
-}
 
-fn shrink_if_idle(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-        *buf = BytesMut::with_capacity(INITIAL_BUFFER);
-    }
-}
-
-impl Decoder for BinCodec {
-    type Item = Inbound;
-    type Error = RecvError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, RecvError> {
+    /// Decodes the first frame of `src`: `Ok(None)` when more bytes are
+    /// needed (then `needed` is how many bytes the whole frame takes, once
+    /// its prefix is complete), else the frame and the bytes it took.
+    pub(crate) fn decode(&self, src: &[u8]) -> Result<Decoded, RecvError> {
         let Some((head, body)) = binary::frame_len(src, self.max_frame)? else {
-            return Ok(None);
+            return Ok(Decoded::Partial(None));
         };
         let total = head + body;
         if src.len() < total {
-            src.reserve(total - src.len());
-            return Ok(None);
+            return Ok(Decoded::Partial(Some(total)));
         }
-        let frame = src.split_to(total);
-        let decoded = binary::decode_client(&frame[head..])?;
-        drop(frame);
-        shrink_if_idle(src);
-        Ok(Some(Inbound::Frame(decoded)))
+        let frame = binary::decode_client(&src[head..total])?;
+        Ok(Decoded::Frame(frame, total))
     }
-}
 
-impl Encoder<OutFrame> for BinCodec {
-    type Error = SendError;
-
-    fn encode(&mut self, item: OutFrame, dst: &mut BytesMut) -> Result<(), SendError> {
-        shrink_if_idle(dst);
+    /// Appends the encoding of `item` to `dst`.
+    pub(crate) fn encode(&self, item: OutFrame, dst: &mut BytesMut) -> Result<(), SendError> {
         match item {
             OutFrame::Push(p) => {
                 dst.extend_from_slice(&p.bin_prefix);
@@ -81,4 +58,13 @@ impl Encoder<OutFrame> for BinCodec {
         }
         Ok(())
     }
+}
+
+/// What [`BinCodec::decode`] found.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// A frame, and how many bytes it took.
+    Frame(ClientFrame, usize),
+    /// More bytes are needed; the frame's whole length once known.
+    Partial(Option<usize>),
 }

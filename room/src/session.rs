@@ -116,13 +116,20 @@ async fn drive<T: FrameIo>(
         Ok(a) => a,
         Err(r) => return (r, None),
     };
+    let Authed {
+        user,
+        claims,
+        last_id,
+        device,
+        seq,
+    } = auth;
     let info = SessionInfo {
         conn: proto::ConnId::new(shared.cfg.room, serial),
-        user: UserId::from(auth.claims.sub.as_str()),
-        device: auth.device.clone(),
+        user,
+        device,
         since: now_ms(),
     };
-    let reason = match live(shared, io, auth, &info).await {
+    let reason = match live(shared, io, &info, claims, seq, last_id).await {
         Err(r) => r,
         Ok(never) => match never {},
     };
@@ -131,8 +138,11 @@ async fn drive<T: FrameIo>(
 
 /// What the auth frame established.
 struct Authed {
-    /// Verified claims (boxed: only the channel list is used afterwards).
-    claims: Box<Claims>,
+    /// The token's subject.
+    user: UserId,
+    /// The token's channel grants; `None` when it grants none. Boxed, and
+    /// stripped of `sub` and `dev`: only the channel list is used afterwards.
+    claims: Option<Box<Claims>>,
     /// Resume point asked by the client.
     last_id: Option<MsgId>,
     /// Effective device id.
@@ -171,13 +181,14 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
             m.auth_failed(AuthFailure::NotAuthenticated);
             return Err(CloseReason::NotAuthenticated);
         };
-        let claims = token::verify(&token, &shared.cfg.token_secret, now_secs()).map_err(|e| {
-            m.auth_failed(AuthFailure::Token);
-            CloseReason::AuthFailed(e)
-        })?;
+        let mut claims =
+            token::verify(&token, &shared.cfg.token_secret, now_secs()).map_err(|e| {
+                m.auth_failed(AuthFailure::Token);
+                CloseReason::AuthFailed(e)
+            })?;
         let device = claims
             .dev
-            .clone()
+            .take()
             .or(device)
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| "default".to_owned());
@@ -185,8 +196,11 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
             m.auth_failed(AuthFailure::Device);
             return Err(CloseReason::BadDevice("device id longer than 128 bytes"));
         }
+        let user = UserId::from(std::mem::take(&mut claims.sub));
+        let claims = claims.channels.is_some().then(|| Box::new(claims));
         return Ok(Authed {
-            claims: Box::new(claims),
+            user,
+            claims,
             last_id,
             device,
             seq,
@@ -253,7 +267,8 @@ struct Live<'s> {
     shared: &'s Shared,
     conn: &'s Conn,
     info: &'s SessionInfo,
-    claims: Box<Claims>,
+    /// Channel grants (see [`Authed::claims`]).
+    claims: Option<Box<Claims>>,
     /// Highest user message id sent by the replay; live duplicates are dropped.
     replayed: MsgId,
     bucket: Bucket,
@@ -262,8 +277,10 @@ struct Live<'s> {
 async fn live<T: FrameIo>(
     shared: &Shared,
     io: &mut T,
-    auth: Authed,
     info: &SessionInfo,
+    claims: Option<Box<Claims>>,
+    seq: Option<u32>,
+    last_id: Option<MsgId>,
 ) -> Result<std::convert::Infallible, CloseReason> {
     let conn = Arc::new(Conn::new(info.conn));
     let mut reg = shared.hub.register(info.user.clone(), Arc::clone(&conn));
@@ -279,12 +296,12 @@ async fn live<T: FrameIo>(
         shared,
         conn: &conn,
         info,
-        claims: auth.claims,
+        claims,
         replayed: MsgId(0),
         bucket: Bucket::new(shared.cfg.rate_limit, now),
     };
     // One-time steps are boxed so they do not size the long-lived future.
-    Box::pin(s.setup(io, &mut idle, auth.seq, auth.last_id)).await?;
+    Box::pin(s.setup(io, &mut idle, seq, last_id)).await?;
     s.run(io, &mut idle, &mut reg).await
 }
 
@@ -332,7 +349,11 @@ impl Live<'_> {
                     if !queued {
                         conn.notify.notified().await;
                     }
-                } => self.write_queued(io, idle).await?,
+                } => {
+                    // Boxed: a write in progress is a few hundred bytes that
+                    // an idle session would otherwise carry all its life.
+                    Box::pin(self.write_queued(io, idle)).await?;
+                }
                 () = idle.sleep.as_mut() => {
                     if idle.expired() {
                         return Err(CloseReason::HeartbeatTimeout);
@@ -544,7 +565,11 @@ impl Live<'_> {
             let text = "invalid channel name";
             return self.error(io, idle, seq, ErrorCode::BadChannel, text).await;
         }
-        if !self.claims.allows_channel(&channel) {
+        let allowed = self
+            .claims
+            .as_ref()
+            .is_some_and(|c| c.allows_channel(&channel));
+        if !allowed {
             let text = "token does not allow this channel";
             return self
                 .error(io, idle, seq, ErrorCode::ChannelForbidden, text)

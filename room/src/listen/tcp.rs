@@ -1,33 +1,187 @@
 //! TCP: a stream of length-prefixed binary frames both ways. The final
 //! error frame carries the close code, then the socket closes.
+//!
+//! Memory: [`TcpIo`] holds no buffer while the connection is idle. Reads go
+//! to a stack chunk and a frame that arrived whole is decoded from there;
+//! only a partial frame's bytes are kept. Output is buffered until the
+//! flush and released once written.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use proto::{CloseCode, ErrorCode, ServerFrame};
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, BytesMut};
+use futures_util::{Sink, Stream};
+use proto::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
-use crate::codec::{BinCodec, INITIAL_BUFFER};
-use crate::io::{linger_tcp, FrameIo};
+use crate::codec::{BinCodec, Decoded};
+use crate::error::{RecvError, SendError};
+use crate::io::{linger_tcp, FrameIo, Inbound, OutFrame};
 use crate::room::Shared;
 use crate::session;
 
+/// Bytes asked of the socket per read, into a stack chunk.
+const READ_CHUNK: usize = 1024;
+/// Buffered output above which `poll_ready` flushes first.
+const WRITE_HIGH: usize = 4096;
+/// Socket reads per `poll_next` before it yields to other tasks.
+const MAX_READS: usize = 64;
+
 /// A TCP client connection.
-pub(crate) type TcpIo = Framed<TcpStream, BinCodec>;
+pub(crate) struct TcpIo {
+    sock: TcpStream,
+    codec: BinCodec,
+    /// Bytes of a frame not yet complete (no allocation while empty).
+    rbuf: BytesMut,
+    /// Encoded output not yet written (no allocation while empty).
+    wbuf: BytesMut,
+    /// The peer closed its write side.
+    eof: bool,
+}
+
+impl TcpIo {
+    fn new(sock: TcpStream, max_frame: usize) -> TcpIo {
+        TcpIo {
+            sock,
+            codec: BinCodec::new(max_frame),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            eof: false,
+        }
+    }
+
+    /// Decodes a frame from the kept bytes, releasing them once all used.
+    fn decode_kept(&mut self) -> Result<Option<ClientFrame>, RecvError> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        match self.codec.decode(&self.rbuf)? {
+            Decoded::Frame(f, n) => {
+                if n >= self.rbuf.len() {
+                    self.rbuf = BytesMut::new();
+                } else {
+                    self.rbuf.advance(n);
+                }
+                Ok(Some(f))
+            }
+            Decoded::Partial(Some(total)) => {
+                self.rbuf.reserve(total.saturating_sub(self.rbuf.len()));
+                Ok(None)
+            }
+            Decoded::Partial(None) => Ok(None),
+        }
+    }
+}
+
+impl Stream for TcpIo {
+    type Item = Result<Inbound, RecvError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        for _ in 0..MAX_READS {
+            match this.decode_kept() {
+                Ok(Some(f)) => return Poll::Ready(Some(Ok(Inbound::Frame(f)))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            if this.eof {
+                if this.rbuf.is_empty() {
+                    return Poll::Ready(None);
+                }
+                this.rbuf = BytesMut::new();
+                let e = RecvError::Io("bytes remaining on stream".to_owned());
+                return Poll::Ready(Some(Err(e)));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut chunk);
+            if let Err(e) = ready!(Pin::new(&mut this.sock).poll_read(cx, &mut rb)) {
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            let got = rb.filled();
+            if got.is_empty() {
+                this.eof = true;
+                continue;
+            }
+            if !this.rbuf.is_empty() {
+                this.rbuf.extend_from_slice(got);
+                continue;
+            }
+            // The usual case: whole frames, decoded straight from the chunk.
+            match this.codec.decode(got) {
+                Ok(Decoded::Frame(f, n)) => {
+                    if n < got.len() {
+                        this.rbuf.extend_from_slice(&got[n..]);
+                    }
+                    return Poll::Ready(Some(Ok(Inbound::Frame(f))));
+                }
+                Ok(Decoded::Partial(total)) => {
+                    this.rbuf.reserve(total.unwrap_or(0).max(got.len()));
+                    this.rbuf.extend_from_slice(got);
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+        // A long stream of partial input: let other tasks run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Sink<OutFrame> for TcpIo {
+    type Error = SendError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        if self.wbuf.len() >= WRITE_HIGH {
+            return self.poll_flush(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: OutFrame) -> Result<(), SendError> {
+        let this = &mut *self;
+        this.codec.encode(item, &mut this.wbuf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let this = &mut *self;
+        // Bounded: every turn writes at least one byte of a finite buffer.
+        while !this.wbuf.is_empty() {
+            let n = ready!(Pin::new(&mut this.sock).poll_write(cx, &this.wbuf))?;
+            if n == 0 {
+                let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                return Poll::Ready(Err(e.into()));
+            }
+            this.wbuf.advance(n);
+        }
+        // Written: give the buffer back so an idle connection holds none.
+        this.wbuf = BytesMut::new();
+        Pin::new(&mut this.sock)
+            .poll_flush(cx)
+            .map_err(SendError::from)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.sock)
+            .poll_shutdown(cx)
+            .map_err(SendError::from)
+    }
+}
 
 impl FrameIo for TcpIo {
     fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        linger_tcp(self.get_mut())
+        linger_tcp(&mut self.sock)
     }
 }
 
 /// Runs one TCP connection.
 pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
-    let io = Framed::with_capacity(sock, BinCodec::new(shared.cfg.max_frame), INITIAL_BUFFER);
+    let io = TcpIo::new(sock, shared.cfg.max_frame);
     let serial = shared.next_serial();
     session::run(shared, io, serial, peer, "tcp").await;
 }

@@ -48,7 +48,7 @@ pub(crate) const PROTO_JSON: &str = "pushgate.v1.json";
 /// Subprotocol for binary frames.
 pub(crate) const PROTO_BIN: &str = "pushgate.v1.bin";
 /// tungstenite's read buffer (allocated up front, per connection).
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 128;
 /// Outgoing bytes buffered before a write to the socket (a flush writes everything).
 const WRITE_BUFFER: usize = 1024;
 /// Longest close reason a close frame can carry.
