@@ -18,6 +18,16 @@ pub(crate) enum Transport {
     Tcp,
 }
 
+impl Transport {
+    /// The name on the command line and in reports (`ws`, `tcp`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
 /// Parses a duration: a number followed by `ms`, `s`, `m` or `h`; a bare
 /// number means seconds. Fractions are allowed (`1.5s`).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {

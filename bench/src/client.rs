@@ -245,6 +245,22 @@ struct TcpIo {
     buf: BytesMut,
 }
 
+/// A client token for `user`, valid until `exp` (Unix seconds), with no
+/// device and no channel list.
+pub(crate) fn mint_token(
+    secret: &[u8],
+    user: String,
+    exp: u64,
+) -> Result<String, proto::token::TokenError> {
+    let claims = proto::token::Claims {
+        sub: user,
+        exp,
+        dev: None,
+        channels: None,
+    };
+    proto::token::mint(&claims, secret)
+}
+
 /// Connects to `ep` (from `source` when given) and authenticates with `token`,
 /// each step within `step_timeout`.
 pub(crate) async fn connect_and_auth(

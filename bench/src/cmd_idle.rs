@@ -5,12 +5,11 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use proto::token::Claims;
 use proto::{ClientFrame, ServerFrame};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -18,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
-use crate::client::{connect_and_auth, ClientError, Closed, Endpoint, Event};
-use crate::pace::{first_heartbeat_delay, heartbeat_delay, Schedule};
+use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Endpoint, Event};
+use crate::pace::{Heartbeat, Schedule};
+use crate::runctl::{close_and_wait, spawn_ctrl_c};
 use crate::stats::{per, Tally};
 use crate::{proc, Outcome};
 
@@ -188,17 +188,18 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     let secret = args.token_secret.as_bytes().to_vec();
     let sched = Schedule::new(args.rate);
     let ramp_estimate = sched.offset(n);
-    let exp = unix_secs() + (ramp_estimate + args.settle + args.hold).as_secs() + 3600;
+    let exp = crate::now_unix_ns() / 1_000_000_000
+        + (ramp_estimate + args.settle + args.hold).as_secs()
+        + 3600;
     // Fail fast on a token problem rather than once per connection.
     mint(&secret, 0, exp).context("minting a client token")?;
 
     let cancel = CancellationToken::new();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    spawn_ctrl_c(cancel.clone(), interrupted.clone());
+    let interrupted = spawn_ctrl_c(cancel.clone(), "closing connections");
 
     println!(
         "idle: {n} {} connections to {} at {}/s, {} source address(es), hold {:?}",
-        transport_name(args.transport),
+        args.transport.name(),
         ep.addr(),
         args.rate,
         sources.len().max(1),
@@ -259,7 +260,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     }
     let c = &ctx.c;
     let mut rep = IdleReport {
-        transport: transport_name(args.transport).to_string(),
+        transport: args.transport.name().to_string(),
         connections: n,
         sources: sources.len(),
         target_rate: args.rate,
@@ -340,12 +341,8 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     // Close everything, bounded.
     cancel.cancel();
     let _ = ramp.await;
-    tracker.close();
     let close_budget = args.step_timeout + Duration::from_secs(5);
-    if tokio::time::timeout(close_budget, tracker.wait())
-        .await
-        .is_err()
-    {
+    if !close_and_wait(&tracker, close_budget).await {
         eprintln!("some connections did not close within {close_budget:?}");
     }
 
@@ -465,19 +462,17 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
     let since = u64::try_from(ctx.ramp_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     c.last_auth_ns.fetch_max(since, Relaxed);
 
-    let interval = Duration::from_secs(u64::from(ctx.heartbeat.unwrap_or(ok.heartbeat).max(1)));
-    let mut next_ping =
-        tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
+    let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(ok.heartbeat));
     let ended = loop {
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => break None,
-            _ = tokio::time::sleep_until(next_ping) => {
+            _ = tokio::time::sleep_until(heartbeat.due()) => {
                 if let Err(e) = conn.send(&ClientFrame::Ping { seq: None }).await {
                     break Some(Closed::Io(e.to_string()));
                 }
                 c.pings.fetch_add(1, Relaxed);
-                next_ping = tokio::time::Instant::now() + heartbeat_delay(interval, rand::random());
+                heartbeat.sent();
             }
             ev = conn.recv() => match ev {
                 Event::Frame(ServerFrame::Pong { .. }) => { c.pongs.fetch_add(1, Relaxed); }
@@ -518,14 +513,8 @@ fn record_failure(c: &Counters, e: &ClientError) {
 }
 
 /// A token for user `bench-<i>`.
-fn mint(secret: &[u8], i: u64, exp: u64) -> anyhow::Result<String> {
-    let claims = Claims {
-        sub: format!("bench-{i}"),
-        exp,
-        dev: None,
-        channels: None,
-    };
-    Ok(proto::token::mint(&claims, secret)?)
+fn mint(secret: &[u8], i: u64, exp: u64) -> Result<String, proto::token::TokenError> {
+    mint_token(secret, format!("bench-{i}"), exp)
 }
 
 /// Refuses a run that needs more ephemeral ports per source address than
@@ -560,34 +549,8 @@ fn progress(ctx: &Ctx, phase: &str) {
     );
 }
 
-fn spawn_ctrl_c(cancel: CancellationToken, interrupted: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            r = tokio::signal::ctrl_c() => if r.is_ok() {
-                eprintln!("interrupted: closing connections");
-                interrupted.store(true, Relaxed);
-                cancel.cancel();
-            },
-        }
-    });
-}
-
-fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Ws => "ws",
-        Transport::Tcp => "tcp",
-    }
-}
-
 fn fmt_opt(v: Option<u64>) -> String {
     v.map_or("?".to_string(), |v| v.to_string())
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -698,10 +661,6 @@ mod tests {
         a
     }
 
-    fn read_report(path: &std::path::Path) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    }
-
     #[tokio::test]
     async fn idle_run_holds_and_closes_cleanly() {
         for transport in ["ws", "tcp"] {
@@ -724,7 +683,7 @@ mod tests {
                 ],
             );
             assert_eq!(run(args).await.unwrap(), Outcome::Ok);
-            let r = read_report(&out);
+            let r = crate::testsrv::read_report(&out);
             assert_eq!(r["authenticated"], 40);
             assert_eq!(r["connect_failed"], 0);
             assert_eq!(r["unexpected_closes"], 0);
@@ -769,7 +728,7 @@ mod tests {
             ],
         );
         assert_eq!(run(args).await.unwrap(), Outcome::Failed);
-        let r = read_report(&out);
+        let r = crate::testsrv::read_report(&out);
         assert_eq!(r["authenticated"], 10);
         assert_eq!(r["unexpected_closes"], 10);
         assert_eq!(r["close_reasons"]["4003"], 10, "{r}");

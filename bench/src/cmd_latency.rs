@@ -4,13 +4,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use parking_lot::Mutex;
-use proto::token::Claims;
 use proto::{ClientFrame, MsgFrame, MsgId, ServerFrame};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{parse_duration, Transport};
-use crate::client::{connect_and_auth, AuthOk, Closed, Conn, Endpoint, Event};
-use crate::pace::{first_heartbeat_delay, heartbeat_delay, Schedule};
+use crate::client::{connect_and_auth, mint_token, AuthOk, Closed, Conn, Endpoint, Event};
+use crate::pace::{Heartbeat, Schedule};
+use crate::runctl::{close_and_wait, spawn_ctrl_c};
 use crate::stats::{per, LatencyHist, Summary, Tally};
 use crate::{now_unix_ns, proc, Outcome};
 
@@ -167,8 +167,7 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
         .context("building the http client")?;
 
     let cancel = CancellationToken::new();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    spawn_ctrl_c(cancel.clone(), interrupted.clone());
+    let interrupted = spawn_ctrl_c(cancel.clone(), "stopping");
 
     // Connect one client per user.
     let exp = now_unix_ns() / 1_000_000_000
@@ -186,32 +185,17 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     println!(
         "latency: {} {} clients connected to {}; pushing {total} messages at {}/s for {:?} (store={})",
         conns.len(),
-        args.transport_name(),
+        args.transport.name(),
         ep.addr(),
         args.rate,
         args.duration,
         args.store,
     );
 
-    let shared = Arc::new(Shared {
-        run_start_ns: now_unix_ns(),
-        e2e: Mutex::new(LatencyHist::new()?),
-        http: Mutex::new(LatencyHist::new()?),
-        received: Mutex::new(HashSet::with_capacity(usize::try_from(total).unwrap_or(0))),
-        acked: Mutex::new(Vec::with_capacity(usize::try_from(total).unwrap_or(0))),
-        sent: AtomicU64::new(0),
-        http_errors: AtomicU64::new(0),
-        http_failures: Tally::default(),
-        not_delivered: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        stale: AtomicU64::new(0),
-        bad_payload: AtomicU64::new(0),
-        late_sends: AtomicU64::new(0),
-        inflight_full: AtomicU64::new(0),
-        max_lag_ns: AtomicU64::new(0),
-        unexpected_closes: AtomicU64::new(0),
-        closes: Tally::default(),
-    });
+    let shared = Arc::new(Shared::new(
+        now_unix_ns(),
+        usize::try_from(total).unwrap_or(0),
+    )?);
     let stop_clients = cancel.child_token();
     let clients = TaskTracker::new();
     for (conn, ok) in conns {
@@ -264,11 +248,7 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
         }
     }
     let push_seconds = start.elapsed().as_secs_f64();
-    pushes.close();
-    if tokio::time::timeout(args.step_timeout + Duration::from_secs(1), pushes.wait())
-        .await
-        .is_err()
-    {
+    if !close_and_wait(&pushes, args.step_timeout + Duration::from_secs(1)).await {
         eprintln!("some pushes did not finish in time");
     }
 
@@ -284,11 +264,7 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     }
 
     stop_clients.cancel();
-    clients.close();
-    if tokio::time::timeout(args.step_timeout, clients.wait())
-        .await
-        .is_err()
-    {
+    if !close_and_wait(&clients, args.step_timeout).await {
         eprintln!("some clients did not close in time");
     }
 
@@ -326,12 +302,28 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-impl LatencyArgs {
-    fn transport_name(&self) -> &'static str {
-        match self.transport {
-            Transport::Ws => "ws",
-            Transport::Tcp => "tcp",
-        }
+impl Shared {
+    /// Fresh state for a run started at `run_start_ns`, sized for `pushes`.
+    fn new(run_start_ns: u64, pushes: usize) -> anyhow::Result<Shared> {
+        Ok(Shared {
+            run_start_ns,
+            e2e: Mutex::new(LatencyHist::new()?),
+            http: Mutex::new(LatencyHist::new()?),
+            received: Mutex::new(HashSet::with_capacity(pushes)),
+            acked: Mutex::new(Vec::with_capacity(pushes)),
+            sent: AtomicU64::new(0),
+            http_errors: AtomicU64::new(0),
+            http_failures: Tally::default(),
+            not_delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            bad_payload: AtomicU64::new(0),
+            late_sends: AtomicU64::new(0),
+            inflight_full: AtomicU64::new(0),
+            max_lag_ns: AtomicU64::new(0),
+            unexpected_closes: AtomicU64::new(0),
+            closes: Tally::default(),
+        })
     }
 }
 
@@ -387,13 +379,8 @@ async fn connect_users(
     let mut next = 0u64;
     loop {
         while next < users && set.len() < CONNECT_CONCURRENCY && !cancel.is_cancelled() {
-            let claims = Claims {
-                sub: format!("bench-lat-{next}"),
-                exp,
-                dev: None,
-                channels: None,
-            };
-            let token = proto::token::mint(&claims, secret).context("minting a client token")?;
+            let token = mint_token(secret, format!("bench-lat-{next}"), exp)
+                .context("minting a client token")?;
             let ep = ep.clone();
             set.spawn(async move { connect_and_auth(&ep, None, &token, step_timeout).await });
             next += 1;
@@ -435,19 +422,17 @@ async fn connect_users(
 /// One user's client: records each message's latency, keeps the heartbeat,
 /// and on stop acks the highest id (so a later run gets no replay) and closes.
 async fn receiver(s: Arc<Shared>, mut conn: Conn, ok: AuthOk, stop: CancellationToken) {
-    let interval = Duration::from_secs(u64::from(ok.heartbeat.max(1)));
-    let mut next_ping =
-        tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random());
+    let mut heartbeat = Heartbeat::start(ok.heartbeat);
     let mut max_id: Option<MsgId> = None;
     let ended = loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break None,
-            _ = tokio::time::sleep_until(next_ping) => {
+            _ = tokio::time::sleep_until(heartbeat.due()) => {
                 if let Err(e) = conn.send(&ClientFrame::Ping { seq: None }).await {
                     break Some(Closed::Io(e.to_string()));
                 }
-                next_ping = tokio::time::Instant::now() + heartbeat_delay(interval, rand::random());
+                heartbeat.sent();
             }
             ev = conn.recv() => match ev {
                 Event::Frame(ServerFrame::Msg(m)) => {
@@ -589,19 +574,6 @@ fn progress(s: &Shared, start: Instant) {
     );
 }
 
-fn spawn_ctrl_c(cancel: CancellationToken, interrupted: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            r = tokio::signal::ctrl_c() => if r.is_ok() {
-                eprintln!("interrupted: stopping");
-                interrupted.store(true, Relaxed);
-                cancel.cancel();
-            },
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,25 +597,7 @@ mod tests {
     }
 
     fn shared(run_start_ns: u64) -> Shared {
-        Shared {
-            run_start_ns,
-            e2e: Mutex::new(LatencyHist::new().unwrap()),
-            http: Mutex::new(LatencyHist::new().unwrap()),
-            received: Mutex::new(HashSet::new()),
-            acked: Mutex::new(Vec::new()),
-            sent: AtomicU64::new(0),
-            http_errors: AtomicU64::new(0),
-            http_failures: Tally::default(),
-            not_delivered: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
-            bad_payload: AtomicU64::new(0),
-            late_sends: AtomicU64::new(0),
-            inflight_full: AtomicU64::new(0),
-            max_lag_ns: AtomicU64::new(0),
-            unexpected_closes: AtomicU64::new(0),
-            closes: Tally::default(),
-        }
+        Shared::new(run_start_ns, 0).unwrap()
     }
 
     fn msg(id: i64, data: &str) -> MsgFrame {
@@ -774,10 +728,6 @@ mod tests {
         a
     }
 
-    fn read_report(path: &std::path::Path) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    }
-
     #[tokio::test]
     async fn latency_run_end_to_end() {
         for transport in ["ws", "tcp"] {
@@ -802,7 +752,7 @@ mod tests {
                 ],
             );
             assert_eq!(run(args).await.unwrap(), Outcome::Ok);
-            let r = read_report(&out);
+            let r = crate::testsrv::read_report(&out);
             assert_eq!(r["sent"], 200, "{r}");
             assert_eq!(r["acked"], 200, "{r}");
             assert_eq!(r["received"], 200, "{r}");
@@ -841,7 +791,7 @@ mod tests {
             ],
         );
         assert_eq!(run(args).await.unwrap(), Outcome::Failed);
-        let r = read_report(&out);
+        let r = crate::testsrv::read_report(&out);
         assert_eq!(r["acked"], 100, "{r}");
         assert_eq!(r["lost"], 10, "{r}");
         assert_eq!(r["not_delivered"], 10, "{r}");

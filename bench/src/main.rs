@@ -19,6 +19,7 @@ mod cmd_idle;
 mod cmd_latency;
 mod pace;
 mod proc;
+mod runctl;
 mod stats;
 #[cfg(test)]
 mod testsrv;

@@ -43,6 +43,35 @@ pub(crate) fn first_heartbeat_delay(interval: Duration, r: f64) -> Duration {
     interval.mul_f64(unit(r))
 }
 
+/// When one client's next ping is due.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Heartbeat {
+    interval: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Heartbeat {
+    /// A ping every `secs` seconds (at least 1), the first one anywhere in
+    /// the first interval ([`first_heartbeat_delay`]).
+    pub(crate) fn start(secs: u32) -> Heartbeat {
+        let interval = Duration::from_secs(u64::from(secs.max(1)));
+        Heartbeat {
+            interval,
+            next: tokio::time::Instant::now() + first_heartbeat_delay(interval, rand::random()),
+        }
+    }
+
+    /// When the next ping is due.
+    pub(crate) fn due(&self) -> tokio::time::Instant {
+        self.next
+    }
+
+    /// Schedules the next ping after one just sent ([`heartbeat_delay`]).
+    pub(crate) fn sent(&mut self) {
+        self.next = tokio::time::Instant::now() + heartbeat_delay(self.interval, rand::random());
+    }
+}
+
 /// `r` forced into `[0, 1)`; NaN becomes 0.5.
 fn unit(r: f64) -> f64 {
     if r.is_nan() {

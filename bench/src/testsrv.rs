@@ -53,6 +53,11 @@ pub(crate) struct Fake {
     users: Mutex<HashMap<String, Vec<mpsc::Sender<ServerFrame>>>>,
 }
 
+/// Reads a report that a run wrote with `--json-out`.
+pub(crate) fn read_report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// Starts the fake on ephemeral ports.
 pub(crate) async fn start(behavior: Behavior) -> Arc<Fake> {
     let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -177,7 +177,14 @@ impl Dispatcher {
         let mut msgs: Vec<Option<Arc<EncodedMsg>>> = Vec::with_capacity(batch.len());
         for ((job, id), ok) in batch.iter().zip(&ids).zip(&stored) {
             msgs.push(match job {
-                Job::Users { data, ts, .. } if *ok => Some(encode(*id, *ts, None, data)),
+                Job::Users {
+                    data, ts, store, ..
+                } if *ok => {
+                    let mut m = encode(*id, *ts, None, data);
+                    // Stored: a session replaying the queue may have sent it already.
+                    Arc::make_mut(&mut m).stored = *store;
+                    Some(m)
+                }
                 Job::Channel {
                     channel, data, ts, ..
                 } if *ok => Some(encode(*id, *ts, Some(channel), data)),

@@ -114,19 +114,10 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
     let op = r.u8()?;
     let frame = match op {
         OP_AUTH => {
-            let flags = r.flags(F_SEQ | F_OPT1 | F_OPT2)?;
-            let seq = r.seq(flags)?;
+            let (flags, seq) = r.head(F_SEQ | F_OPT1 | F_OPT2)?;
             let token = r.string("token")?;
-            let last_id = if flags & F_OPT1 != 0 {
-                Some(MsgId(r.i64()?))
-            } else {
-                None
-            };
-            let device = if flags & F_OPT2 != 0 {
-                Some(r.string("device")?)
-            } else {
-                None
-            };
+            let last_id = r.opt(flags, F_OPT1, |r| r.i64().map(MsgId))?;
+            let device = r.opt(flags, F_OPT2, |r| r.string("device"))?;
             ClientFrame::Auth {
                 seq,
                 token,
@@ -135,18 +126,13 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             }
         }
         OP_PING => {
-            let flags = r.flags(F_SEQ)?;
-            ClientFrame::Ping { seq: r.seq(flags)? }
+            let (_, seq) = r.head(F_SEQ)?;
+            ClientFrame::Ping { seq }
         }
         OP_SUB => {
-            let flags = r.flags(F_SEQ | F_OPT1)?;
-            let seq = r.seq(flags)?;
+            let (flags, seq) = r.head(F_SEQ | F_OPT1)?;
             let channel = r.string("channel")?;
-            let last_id = if flags & F_OPT1 != 0 {
-                Some(MsgId(r.i64()?))
-            } else {
-                None
-            };
+            let last_id = r.opt(flags, F_OPT1, |r| r.i64().map(MsgId))?;
             ClientFrame::Sub {
                 seq,
                 channel,
@@ -154,14 +140,12 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             }
         }
         OP_UNSUB => {
-            let flags = r.flags(F_SEQ)?;
-            let seq = r.seq(flags)?;
+            let (_, seq) = r.head(F_SEQ)?;
             let channel = r.string("channel")?;
             ClientFrame::Unsub { seq, channel }
         }
         OP_ACK => {
-            let flags = r.flags(F_SEQ)?;
-            let seq = r.seq(flags)?;
+            let (_, seq) = r.head(F_SEQ)?;
             let id = MsgId(r.i64()?);
             ClientFrame::Ack { seq, id }
         }
@@ -197,7 +181,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             put_bytes(channel.as_bytes(), out);
         }
         ServerFrame::Msg(m) => {
-            let flags = if m.channel.is_some() { F_OPT1 } else { 0 };
+            let flags = flag_if(m.channel.is_some(), F_OPT1);
             head(OP_MSG, flags, None, out);
             put_varint(m.id.0 as u64, out);
             put_varint(m.ts as u64, out);
@@ -212,7 +196,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             message,
             close,
         } => {
-            let flags = if close.is_some() { F_OPT1 } else { 0 };
+            let flags = flag_if(close.is_some(), F_OPT1);
             head(OP_ERROR, flags, *seq, out);
             out.push(code.to_u8());
             put_bytes(message.as_bytes(), out);
@@ -232,13 +216,7 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             last_id,
             device,
         } => {
-            let mut flags = 0;
-            if last_id.is_some() {
-                flags |= F_OPT1;
-            }
-            if device.is_some() {
-                flags |= F_OPT2;
-            }
+            let flags = flag_if(last_id.is_some(), F_OPT1) | flag_if(device.is_some(), F_OPT2);
             head(OP_AUTH, flags, *seq, out);
             put_bytes(token.as_bytes(), out);
             if let Some(id) = last_id {
@@ -254,7 +232,7 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             channel,
             last_id,
         } => {
-            let flags = if last_id.is_some() { F_OPT1 } else { 0 };
+            let flags = flag_if(last_id.is_some(), F_OPT1);
             head(OP_SUB, flags, *seq, out);
             put_bytes(channel.as_bytes(), out);
             if let Some(id) = last_id {
@@ -283,8 +261,7 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
     let op = r.u8()?;
     let frame = match op {
         OP_AUTH_OK => {
-            let flags = r.flags(F_SEQ)?;
-            let seq = r.seq(flags)?;
+            let (_, seq) = r.head(F_SEQ)?;
             let conn = ConnId(r.varint()?);
             let user = UserId::new(r.str("user")?);
             let room = RoomId(r.u32("room")?);
@@ -298,20 +275,18 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
             }
         }
         OP_PONG => {
-            let flags = r.flags(F_SEQ)?;
-            ServerFrame::Pong { seq: r.seq(flags)? }
+            let (_, seq) = r.head(F_SEQ)?;
+            ServerFrame::Pong { seq }
         }
         OP_SUB_OK => {
-            let flags = r.flags(F_SEQ)?;
-            let seq = r.seq(flags)?;
+            let (_, seq) = r.head(F_SEQ)?;
             ServerFrame::SubOk {
                 seq,
                 channel: r.string("channel")?,
             }
         }
         OP_UNSUB_OK => {
-            let flags = r.flags(F_SEQ)?;
-            let seq = r.seq(flags)?;
+            let (_, seq) = r.head(F_SEQ)?;
             ServerFrame::UnsubOk {
                 seq,
                 channel: r.string("channel")?,
@@ -322,11 +297,7 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
             let flags = r.flags(F_OPT1)?;
             let id = MsgId(r.i64()?);
             let ts = r.i64()?;
-            let channel = if flags & F_OPT1 != 0 {
-                Some(r.string("channel")?)
-            } else {
-                None
-            };
+            let channel = r.opt(flags, F_OPT1, |r| r.string("channel"))?;
             let data = r.bytes()?;
             if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
                 return Err(DecodeError::BadField("data"));
@@ -339,16 +310,12 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
             })
         }
         OP_ERROR => {
-            let flags = r.flags(F_SEQ | F_OPT1)?;
-            let seq = r.seq(flags)?;
+            let (flags, seq) = r.head(F_SEQ | F_OPT1)?;
             let code = ErrorCode::from_u8(r.u8()?).ok_or(DecodeError::BadField("code"))?;
             let message = r.string("message")?;
-            let close = if flags & F_OPT1 != 0 {
-                let n = r.u16_be()?;
-                Some(CloseCode::from_u16(n).ok_or(DecodeError::BadField("close"))?)
-            } else {
-                None
-            };
+            let close = r.opt(flags, F_OPT1, |r| {
+                CloseCode::from_u16(r.u16_be()?).ok_or(DecodeError::BadField("close"))
+            })?;
             ServerFrame::Error {
                 seq,
                 code,
@@ -364,6 +331,15 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
 
 fn bad_op(op: u8) -> DecodeError {
     DecodeError::BadOp(format!("{op:#04x}"))
+}
+
+/// `bit` when `present`, else no flag.
+fn flag_if(present: bool, bit: u8) -> u8 {
+    if present {
+        bit
+    } else {
+        0
+    }
 }
 
 /// Writes the op byte, the flags byte (with the seq bit added when `seq` is
@@ -425,9 +401,23 @@ impl<'a> Reader<'a> {
         Ok(f)
     }
 
-    fn seq(&mut self, flags: u8) -> Result<Option<u32>, DecodeError> {
-        if flags & F_SEQ != 0 {
-            Ok(Some(self.u32("seq")?))
+    /// Reads the flags byte (bits outside `allowed` are an error) and the
+    /// `seq` that follows when its bit is set.
+    fn head(&mut self, allowed: u8) -> Result<(u8, Option<u32>), DecodeError> {
+        let flags = self.flags(allowed)?;
+        let seq = self.opt(flags, F_SEQ, |r| r.u32("seq"))?;
+        Ok((flags, seq))
+    }
+
+    /// Reads an optional field with `read` when flag `bit` is set in `flags`.
+    fn opt<T>(
+        &mut self,
+        flags: u8,
+        bit: u8,
+        read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        if flags & bit != 0 {
+            read(self).map(Some)
         } else {
             Ok(None)
         }

@@ -271,6 +271,10 @@ pub struct EncodedMsg {
     pub id: MsgId,
     /// Whether this is a channel message.
     pub channel: bool,
+    /// Whether this message is in the user's stored queue, so that a replay
+    /// may already have sent it (only such messages are de-duplicated by a
+    /// session against its replay; broadcasts and `store: false` pushes never are).
+    pub stored: bool,
     /// The JSON encoding (a WebSocket text frame's payload).
     pub json: Bytes,
     /// The binary encoding, without any length prefix.
@@ -288,6 +292,7 @@ impl EncodedMsg {
         EncodedMsg {
             id: msg.id,
             channel: msg.channel.is_some(),
+            stored: false,
             json: Bytes::from(json),
             bin: Bytes::from(bin),
         }

@@ -116,13 +116,13 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         } => {
             head("auth_ok", *seq, out);
             out.extend_from_slice(b",\"conn\":\"");
-            put_u64(conn.0, out);
+            put_int(conn.0, out);
             out.extend_from_slice(b"\",\"user\":");
             put_str(user.as_str(), out);
             out.extend_from_slice(b",\"room\":\"");
-            put_u64(u64::from(room.0), out);
+            put_int(room.0, out);
             out.extend_from_slice(b"\",\"heartbeat\":");
-            put_u64(u64::from(*heartbeat), out);
+            put_int(*heartbeat, out);
         }
         ServerFrame::Pong { seq } => head("pong", *seq, out),
         ServerFrame::SubOk { seq, channel } => {
@@ -136,14 +136,13 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         ServerFrame::Msg(m) => {
             out.reserve(m.data.len() + 48 + m.channel.as_ref().map_or(0, |c| c.len() + 12));
             out.extend_from_slice(b"{\"op\":\"msg\",\"id\":");
-            put_i64(m.id.0, out);
+            put_int(m.id.0, out);
             if let Some(ch) = &m.channel {
                 put_key_str("channel", ch, out);
             }
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(&m.data);
-            out.extend_from_slice(b",\"ts\":");
-            put_i64(m.ts, out);
+            put_key_int("ts", m.ts, out);
         }
         ServerFrame::Error {
             seq,
@@ -157,8 +156,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             out.push(b'"');
             put_key_str("message", message, out);
             if let Some(c) = close {
-                out.extend_from_slice(b",\"close\":");
-                put_u64(u64::from(c.as_u16()), out);
+                put_key_int("close", c.as_u16(), out);
             }
         }
     }
@@ -177,8 +175,7 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head("auth", *seq, out);
             put_key_str("token", token, out);
             if let Some(id) = last_id {
-                out.extend_from_slice(b",\"last_id\":");
-                put_i64(id.0, out);
+                put_key_int("last_id", id.0, out);
             }
             if let Some(d) = device {
                 put_key_str("device", d, out);
@@ -193,8 +190,7 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head("sub", *seq, out);
             put_key_str("channel", channel, out);
             if let Some(id) = last_id {
-                out.extend_from_slice(b",\"last_id\":");
-                put_i64(id.0, out);
+                put_key_int("last_id", id.0, out);
             }
         }
         ClientFrame::Unsub { seq, channel } => {
@@ -203,8 +199,7 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
         }
         ClientFrame::Ack { seq, id } => {
             head("ack", *seq, out);
-            out.extend_from_slice(b",\"id\":");
-            put_i64(id.0, out);
+            put_key_int("id", id.0, out);
         }
     }
     out.push(b'}');
@@ -278,8 +273,7 @@ fn head(op: &str, seq: Option<u32>, out: &mut Vec<u8>) {
     out.extend_from_slice(op.as_bytes());
     out.push(b'"');
     if let Some(s) = seq {
-        out.extend_from_slice(b",\"seq\":");
-        put_u64(u64::from(s), out);
+        put_key_int("seq", s, out);
     }
 }
 
@@ -291,11 +285,16 @@ fn put_key_str(key: &str, value: &str, out: &mut Vec<u8>) {
     put_str(value, out);
 }
 
-fn put_u64(v: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+/// Writes `,"<key>":<v>`.
+fn put_key_int<I: itoa::Integer>(key: &str, v: I, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    put_int(v, out);
 }
 
-fn put_i64(v: i64, out: &mut Vec<u8>) {
+/// Writes an integer in decimal.
+fn put_int<I: itoa::Integer>(v: I, out: &mut Vec<u8>) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 

@@ -79,6 +79,15 @@ pub(crate) enum CloseReason {
         /// Suggested reconnect delay, jittered per connection.
         reconnect_after_ms: u64,
     },
+    /// The stored messages could not be replayed (store unreachable or too
+    /// slow) (4007). The session must not go on to live messages: the client
+    /// would ack past the gap and lose what was not replayed. It reconnects
+    /// with `last_id` after `reconnect_after_ms` instead.
+    #[error("replay unavailable")]
+    ReplayUnavailable {
+        /// Suggested reconnect delay.
+        reconnect_after_ms: u64,
+    },
 }
 
 impl CloseReason {
@@ -94,7 +103,9 @@ impl CloseReason {
             CloseReason::BadFrame(_) | CloseReason::RateLimited => CloseCode::ProtocolError,
             CloseReason::Kicked => CloseCode::Kicked,
             CloseReason::SlowConsumer => CloseCode::SlowConsumer,
-            CloseReason::Draining { .. } => CloseCode::Draining,
+            CloseReason::Draining { .. } | CloseReason::ReplayUnavailable { .. } => {
+                CloseCode::Draining
+            }
         })
     }
 
@@ -112,16 +123,21 @@ impl CloseReason {
             CloseReason::Kicked => ErrorCode::Kicked,
             CloseReason::SlowConsumer => ErrorCode::SlowConsumer,
             CloseReason::Draining { .. } => ErrorCode::Draining,
+            CloseReason::ReplayUnavailable { .. } => ErrorCode::Internal,
         }
     }
 
     /// The text of the final error frame and of the WebSocket close frame.
-    /// For draining it is exactly `draining reconnect_after_ms=<N>`, so TCP
-    /// clients get the suggested delay too.
+    /// For 4007 it is exactly `draining reconnect_after_ms=<N>` (or
+    /// `unavailable reconnect_after_ms=<N>`), so TCP clients get the
+    /// suggested delay too.
     pub(crate) fn message(&self) -> String {
         match self {
             CloseReason::Draining { reconnect_after_ms } => {
                 format!("draining reconnect_after_ms={reconnect_after_ms}")
+            }
+            CloseReason::ReplayUnavailable { reconnect_after_ms } => {
+                format!("unavailable reconnect_after_ms={reconnect_after_ms}")
             }
             other => other.to_string(),
         }

@@ -32,8 +32,9 @@ use crate::metrics::{self, Drop as DropWhy, Metrics};
 pub(crate) struct Push {
     /// Message id.
     pub(crate) id: MsgId,
-    /// Whether this is a channel message (never de-duplicated against the replay).
-    pub(crate) channel: bool,
+    /// Whether a session's replay may already have sent this message (a stored
+    /// user message); only such pushes are de-duplicated against the replay.
+    pub(crate) replayable: bool,
     /// JSON encoding.
     pub(crate) text: Utf8Bytes,
     /// Binary encoding, without length prefix.
@@ -50,7 +51,7 @@ impl Push {
         proto::binary::write_len(msg.bin.len(), &mut prefix);
         Some(Arc::new(Push {
             id: msg.id,
-            channel: msg.channel,
+            replayable: msg.stored && !msg.channel,
             text,
             bin: msg.bin.clone(),
             bin_prefix: SmallVec::from_vec(prefix),
@@ -417,7 +418,7 @@ mod tests {
     fn push(id: i64) -> Arc<Push> {
         Arc::new(Push {
             id: MsgId(id),
-            channel: false,
+            replayable: true,
             text: Utf8Bytes::from("{}"),
             bin: Bytes::new(),
             bin_prefix: SmallVec::new(),

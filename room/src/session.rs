@@ -397,7 +397,7 @@ impl Live<'_> {
                 Popped::Empty => break,
                 Popped::Msg(p) => p,
             };
-            if !p.channel && p.id <= self.replayed {
+            if p.replayable && p.id <= self.replayed {
                 m.dropped(DropWhy::Duplicate);
                 continue;
             }
@@ -482,9 +482,8 @@ impl Live<'_> {
             None => match call(self.shared, backend.acked(user, device)).await {
                 Ok(id) => id.unwrap_or_default(),
                 Err(e) => {
-                    debug!(error = %e, "acked() failed; no replay");
-                    let text = "replay unavailable";
-                    return self.error(io, idle, None, ErrorCode::Internal, text).await;
+                    warn!(error = %e, "acked() failed; closing so the client resumes later");
+                    return Err(replay_unavailable());
                 }
             },
         };
@@ -493,26 +492,27 @@ impl Live<'_> {
             let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
                 Ok(p) => p,
                 Err(e) => {
-                    debug!(error = %e, "replay() failed");
-                    let text = "replay incomplete";
-                    return self.error(io, idle, None, ErrorCode::Internal, text).await;
+                    warn!(error = %e, "replay() failed; closing so the client resumes later");
+                    return Err(replay_unavailable());
                 }
             };
             let full = page.len() >= PAGE as usize;
             // Defensive: keep the order strictly increasing even if a backend does not.
             let page: Vec<MsgFrame> = page.into_iter().filter(|m| m.id > after).collect();
             let Some(last) = page.last().map(|m| m.id) else {
-                break;
+                return Ok(());
             };
             metrics::add(&self.shared.metrics.replayed, page.len() as u64);
             self.send_msgs(io, idle, page).await?;
             after = last;
             self.replayed = after;
             if !full {
-                break;
+                return Ok(());
             }
         }
-        Ok(())
+        // Still more after MAX_REPLAY_PAGES pages: rather than go live over
+        // a gap, let the client come back with `last_id` and continue.
+        Err(replay_unavailable())
     }
 
     async fn on_frame<T: FrameIo>(
@@ -708,5 +708,12 @@ mod tests {
         for _ in 0..1000 {
             assert!(unlimited.allow(0, t0));
         }
+    }
+}
+
+/// Closes a session whose replay could not complete (4007, reconnect soon).
+fn replay_unavailable() -> CloseReason {
+    CloseReason::ReplayUnavailable {
+        reconnect_after_ms: 1000,
     }
 }

@@ -49,6 +49,37 @@ async fn replay_after_last_id_comes_in_order_before_live_messages_without_duplic
 }
 
 #[tokio::test]
+async fn a_failed_replay_closes_4007_instead_of_going_live_over_a_gap() {
+    let t = start(config()).await;
+    for tr in ALL {
+        let user = format!("down-{tr:?}");
+        t.backend.store(&user, msg(1, None));
+        t.backend.state.lock().failing_replay.push(user.clone());
+        let mut c = auth_with(&t, tr, token(&user), Some(0), None).await;
+        let reason = c.expect_close(ErrorCode::Internal, 4007).await;
+        assert_eq!(reason, "unavailable reconnect_after_ms=1000", "{tr:?}");
+    }
+}
+
+#[tokio::test]
+async fn unstored_messages_are_never_taken_for_replayed_duplicates() {
+    let t = start(config()).await;
+    let user = "unstored";
+    for id in 10..=12 {
+        t.backend.store(user, msg(id, None));
+    }
+    let mut c = auth_with(&t, Transport::Tcp, token(user), Some(0), None).await;
+    // A broadcast (or a `store: false` push) whose id is below the last
+    // replayed one was never in the queue: it must still be delivered.
+    t.room.broadcast(&unstored(11));
+    let got: Vec<i64> = [c.msg().await, c.msg().await, c.msg().await, c.msg().await]
+        .iter()
+        .map(|m| m.id.0)
+        .collect();
+    assert_eq!(got, [10, 11, 12, 11]);
+}
+
+#[tokio::test]
 async fn replay_pages_through_more_than_one_backend_page() {
     let t = start(config()).await;
     for id in 1..=1203 {

@@ -29,6 +29,7 @@ use proto::{MsgId, UserId};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::live::{is_live, LiveMsgs};
 use crate::{Bounds, Store, StoreError, StoredMsg};
 
 const QUEUE: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("user_queue");
@@ -181,6 +182,24 @@ impl EmbeddedStore {
             .map_err(backend)?
             .map_err(backend)
     }
+
+    /// [`read_range`] of `key` in the data table `table` (queue or history).
+    async fn read_list(
+        &self,
+        table: TableDefinition<'static, (&'static str, i64), &'static [u8]>,
+        key: &str,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(table)?;
+            read_range(&table, &key, after.0, now_ms, limit)
+        })
+        .await
+    }
 }
 
 impl Drop for EmbeddedStore {
@@ -225,13 +244,8 @@ impl Store for EmbeddedStore {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<StoredMsg>, StoreError> {
-        let user = user.clone();
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(QUEUE)?;
-            read_range(&table, user.as_str(), after.0, now_ms, limit)
-        })
-        .await
+        self.read_list(QUEUE, user.as_str(), after, now_ms, limit)
+            .await
     }
 
     async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), StoreError> {
@@ -278,13 +292,7 @@ impl Store for EmbeddedStore {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<StoredMsg>, StoreError> {
-        let channel = channel.to_owned();
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(HISTORY)?;
-            read_range(&table, &channel, after.0, now_ms, limit)
-        })
-        .await
+        self.read_list(HISTORY, channel, after, now_ms, limit).await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
@@ -335,9 +343,9 @@ fn read_range<T>(
 where
     T: ReadableTable<(&'static str, i64), &'static [u8]>,
 {
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
+    let mut live = LiveMsgs::new(now_ms, limit);
+    if live.is_full() {
+        return Ok(live.into_vec());
     }
     let range = table.range::<(&str, i64)>((
         Bound::Excluded((key, after)),
@@ -347,19 +355,11 @@ where
         let (_, value) = entry?;
         let msg: StoredMsg = postcard::from_bytes(value.value())
             .map_err(|e| redb::Error::Corrupted(format!("stored message: {e}")))?;
-        if is_live(&msg, now_ms) {
-            out.push(msg);
-            if out.len() >= limit as usize {
-                break;
-            }
+        if !live.offer(msg) {
+            break;
         }
     }
-    Ok(out)
-}
-
-/// A message is live until its `expires_at` (exclusive).
-pub(crate) fn is_live(msg: &StoredMsg, now_ms: i64) -> bool {
-    msg.expires_at > now_ms
+    Ok(live.into_vec())
 }
 
 /// Inserts `(key, id)` and trims the list of `key` to its newest `max`.

@@ -6,6 +6,7 @@
 //! See docs/STORAGE.md for the layout and the durability guarantees.
 
 mod embedded;
+mod live;
 mod redis_backend;
 
 pub use embedded::{EmbeddedStore, MAX_BATCH, SWEEP_LIMIT};

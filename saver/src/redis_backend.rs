@@ -26,7 +26,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisResult};
 
-use crate::embedded::is_live;
+use crate::live::LiveMsgs;
 use crate::{Bounds, Store, StoreError, StoredMsg};
 
 /// Rounds of reading one range when expired messages thin out a page.
@@ -185,18 +185,18 @@ impl RedisStore {
         limit: u32,
     ) -> Result<Vec<StoredMsg>, StoreError> {
         self.check_open()?;
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
+        let mut live = LiveMsgs::new(now_ms, limit);
+        if live.is_full() {
+            return Ok(live.into_vec());
         }
         let Some(start) = after.0.checked_add(1) else {
-            return Ok(out);
+            return Ok(live.into_vec());
         };
         let mut min = Vec::with_capacity(9);
         min.push(b'[');
         min.extend_from_slice(&id_prefix(start));
         for _ in 0..MAX_READ_ROUNDS {
-            let want = limit as usize - out.len();
+            let want = live.wanted();
             let page: Vec<Vec<u8>> = self
                 .run_cmd(
                     redis::cmd("ZRANGE")
@@ -212,13 +212,10 @@ impl RedisStore {
                 .map_err(backend)?;
             let full = page.len() == want;
             for member in &page {
-                let msg = decode_member(member)?;
-                if is_live(&msg, now_ms) {
-                    out.push(msg);
-                }
+                live.offer(decode_member(member)?);
             }
             match page.last() {
-                Some(last) if full && out.len() < limit as usize => {
+                Some(last) if full && !live.is_full() => {
                     min.clear();
                     min.push(b'(');
                     min.extend_from_slice(last);
@@ -226,7 +223,7 @@ impl RedisStore {
                 _ => break,
             }
         }
-        Ok(out)
+        Ok(live.into_vec())
     }
 }
 

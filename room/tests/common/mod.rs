@@ -47,6 +47,8 @@ pub struct State {
     pub channel_msgs: HashMap<String, Vec<MsgFrame>>,
     pub connected: Vec<SessionInfo>,
     pub disconnected: Vec<SessionInfo>,
+    /// Users whose replay fails (the store is "down" for them).
+    pub failing_replay: Vec<String>,
 }
 
 impl MemBackend {
@@ -99,6 +101,9 @@ impl Backend for MemBackend {
         limit: u32,
     ) -> Result<Vec<MsgFrame>, BackendError> {
         let st = self.state.lock();
+        if st.failing_replay.iter().any(|u| u == user.as_str()) {
+            return Err(BackendError("store unreachable".into()));
+        }
         let msgs = st.user_msgs.get(user.as_str()).cloned().unwrap_or_default();
         Ok(msgs
             .into_iter()
@@ -201,8 +206,17 @@ pub fn msg(id: i64, channel: Option<&str>) -> MsgFrame {
     }
 }
 
+/// A pushed message as the center builds it: user messages are stored ones
+/// (in the user's queue), channel messages are not.
 pub fn encoded(id: i64, channel: Option<&str>) -> Arc<EncodedMsg> {
-    Arc::new(EncodedMsg::new(&msg(id, channel)))
+    let mut m = EncodedMsg::new(&msg(id, channel));
+    m.stored = channel.is_none();
+    Arc::new(m)
+}
+
+/// A user message that is not in the user's queue (`store: false`, or a broadcast).
+pub fn unstored(id: i64) -> Arc<EncodedMsg> {
+    Arc::new(EncodedMsg::new(&msg(id, None)))
 }
 
 /// A message with a large payload (`size` bytes of data).
