@@ -131,7 +131,10 @@ pub(crate) struct TokenArgs {
     /// The token secret [default: the one kept in DATA/token_secret].
     #[arg(long, env = "PUSHGATE_TOKEN_SECRET")]
     pub(crate) token_secret: Option<String>,
-    /// Data directory holding the generated token secret.
-    #[arg(long, env = "PUSHGATE_DATA", default_value = "data")]
-    pub(crate) data: PathBuf,
+    /// Data directory holding the generated token secret [default: ./data].
+    #[arg(long, env = "PUSHGATE_DATA")]
+    pub(crate) data: Option<PathBuf>,
+    /// TOML configuration file, for `token_secret` and `data`.
+    #[arg(long, env = "PUSHGATE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
 }

@@ -70,6 +70,17 @@ pub(crate) struct Config {
 #[error("{0}")]
 pub(crate) struct ConfigError(pub(crate) String);
 
+/// `token_secret` and `data` from the config file, for `pushgate token`.
+///
+/// # Errors
+/// [`ConfigError`] when the file cannot be read or parsed.
+pub(crate) fn token_settings(
+    path: &Path,
+) -> Result<(Option<String>, Option<PathBuf>), ConfigError> {
+    let f = read_file(path)?;
+    Ok((f.token_secret, f.data))
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
@@ -89,6 +100,29 @@ fn positive<T: PartialOrd + Default + std::fmt::Display>(
         )))
     }
 }
+
+/// `v` in `1..=max`.
+fn within<T: PartialOrd + Default + std::fmt::Display>(
+    name: &str,
+    v: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v = positive(name, v)?;
+    if v <= max {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!(
+            "{name} must be at most {max}, got {v}"
+        )))
+    }
+}
+
+/// Longest heartbeat interval accepted, seconds (one day).
+const MAX_HEARTBEAT: u64 = 86_400;
+/// Longest auth timeout accepted, seconds.
+const MAX_AUTH_TIMEOUT: u64 = 300;
+/// Most messages kept per user: a reconnect replays at most this many.
+pub(crate) const MAX_QUEUE: u32 = 100_000;
 
 impl Config {
     /// Merges flags/environment (`args`) over the config file over defaults,
@@ -113,18 +147,34 @@ impl Config {
             http: pick!(http, SocketAddr::from(([127, 0, 0, 1], 7780))),
             api_key: args.api_key.or(file.api_key),
             token_secret: args.token_secret.or(file.token_secret),
-            heartbeat: Duration::from_secs(positive("heartbeat", pick!(heartbeat, 30))?),
+            heartbeat: Duration::from_secs(within(
+                "heartbeat",
+                pick!(heartbeat, 30),
+                MAX_HEARTBEAT,
+            )?),
             redis: args.redis.or(file.redis),
             log_format: pick!(log_format, LogFormat::Human),
-            auth_timeout: Duration::from_secs(positive("auth-timeout", pick!(auth_timeout, 10))?),
+            auth_timeout: Duration::from_secs(within(
+                "auth-timeout",
+                pick!(auth_timeout, 10),
+                MAX_AUTH_TIMEOUT,
+            )?),
             max_frame: positive("max-frame", pick!(max_frame, proto::DEFAULT_MAX_FRAME))?,
             send_queue: positive("send-queue", pick!(send_queue, 256))?,
             max_connections: positive("max-connections", pick!(max_connections, 1_000_000))?,
             max_channels: positive("max-channels", pick!(max_channels, 64))?,
-            rate_limit: positive("rate-limit", pick!(rate_limit, 50))?,
-            queue_max: positive("queue-max", pick!(queue_max, 1000))?,
-            queue_ttl: Duration::from_secs(positive("queue-ttl", pick!(queue_ttl, 86_400))?),
-            drain_timeout: Duration::from_secs(pick!(drain_timeout, 10)),
+            rate_limit: pick!(rate_limit, 50),
+            queue_max: within("queue-max", pick!(queue_max, 1000), MAX_QUEUE)?,
+            queue_ttl: Duration::from_secs(within(
+                "queue-ttl",
+                pick!(queue_ttl, 86_400),
+                center::MAX_TTL.as_secs(),
+            )?),
+            drain_timeout: Duration::from_secs(within(
+                "drain-timeout",
+                pick!(drain_timeout, 10),
+                3600,
+            )?),
             max_body: positive("max-body", pick!(max_body, 1024 * 1024))?,
             max_users: positive("max-users", pick!(max_users, 10_000))?,
             node_id: pick!(node_id, 0),
@@ -207,5 +257,14 @@ mod tests {
         let mut a = args();
         a.redis = Some("http://x".into());
         assert!(Config::load(a).is_err());
+        let mut a = args();
+        a.heartbeat = Some(u64::MAX);
+        assert!(Config::load(a).is_err(), "absurd heartbeat accepted");
+        let mut a = args();
+        a.queue_max = Some(MAX_QUEUE + 1);
+        assert!(
+            Config::load(a).is_err(),
+            "queue-max above the replay bound accepted"
+        );
     }
 }

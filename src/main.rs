@@ -41,19 +41,34 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    let secret = match args.token_secret {
+    let (file_secret, file_data) = match args.config.as_deref().map(config::token_settings) {
+        None => (None, None),
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            eprintln!("pushgate token: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let secret = match args.token_secret.or(file_secret) {
         Some(s) => s,
-        None => match std::fs::read_to_string(args.data.join("token_secret")) {
-            Ok(s) => s.trim().to_owned(),
-            Err(e) => {
-                eprintln!(
-                    "pushgate token: no --token-secret given and cannot read {}: {e}\n\
-                     (run `pushgate` once to generate one, or pass --token-secret)",
-                    args.data.join("token_secret").display()
-                );
-                return ExitCode::from(EXIT_USAGE);
+        None => {
+            let path = args
+                .data
+                .or(file_data)
+                .unwrap_or_else(|| "data".into())
+                .join("token_secret");
+            match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().to_owned(),
+                Err(e) => {
+                    eprintln!(
+                        "pushgate token: no --token-secret given and cannot read {}: {e}\n\
+                         (run `pushgate` once to generate one, or pass --token-secret)",
+                        path.display()
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
             }
-        },
+        }
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

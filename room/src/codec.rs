@@ -23,16 +23,16 @@ impl BinCodec {
         BinCodec { max_frame }
     }
 
-    /// Decodes the first frame of `src`: `Ok(None)` when more bytes are
-    /// needed (then `needed` is how many bytes the whole frame takes, once
-    /// its prefix is complete), else the frame and the bytes it took.
+    /// Decodes the first frame of `src`: [`Decoded::Partial`] when more bytes
+    /// are needed, else the frame and the bytes it took. An announced length
+    /// over the maximum is an error as soon as the prefix is read.
     pub(crate) fn decode(&self, src: &[u8]) -> Result<Decoded, RecvError> {
         let Some((head, body)) = binary::frame_len(src, self.max_frame)? else {
-            return Ok(Decoded::Partial(None));
+            return Ok(Decoded::Partial);
         };
         let total = head + body;
         if src.len() < total {
-            return Ok(Decoded::Partial(Some(total)));
+            return Ok(Decoded::Partial);
         }
         let frame = binary::decode_client(&src[head..total])?;
         Ok(Decoded::Frame(frame, total))
@@ -65,6 +65,6 @@ impl BinCodec {
 pub(crate) enum Decoded {
     /// A frame, and how many bytes it took.
     Frame(ClientFrame, usize),
-    /// More bytes are needed; the frame's whole length once known.
-    Partial(Option<usize>),
+    /// More bytes are needed.
+    Partial,
 }

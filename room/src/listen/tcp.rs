@@ -69,11 +69,9 @@ impl TcpIo {
                 }
                 Ok(Some(f))
             }
-            Decoded::Partial(Some(total)) => {
-                self.rbuf.reserve(total.saturating_sub(self.rbuf.len()));
-                Ok(None)
-            }
-            Decoded::Partial(None) => Ok(None),
+            // Grow with what arrives, never to the announced size at once:
+            // a 3-byte prefix must not make an idle peer pin `max_frame` bytes.
+            Decoded::Partial => Ok(None),
         }
     }
 }
@@ -119,10 +117,7 @@ impl Stream for TcpIo {
                     }
                     return Poll::Ready(Some(Ok(Inbound::Frame(f))));
                 }
-                Ok(Decoded::Partial(total)) => {
-                    this.rbuf.reserve(total.unwrap_or(0).max(got.len()));
-                    this.rbuf.extend_from_slice(got);
-                }
+                Ok(Decoded::Partial) => this.rbuf.extend_from_slice(got),
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
         }
