@@ -263,6 +263,10 @@ impl Bucket {
 }
 
 /// The state of an authenticated session.
+/// An ack being recorded: the ack's `seq` and the store's answer.
+type AckFuture<'s> =
+    Pin<Box<dyn Future<Output = (Option<u32>, Result<(), BackendError>)> + Send + 's>>;
+
 struct Live<'s> {
     shared: &'s Shared,
     conn: &'s Conn,
@@ -305,7 +309,7 @@ async fn live<T: FrameIo>(
     s.run(io, &mut idle, &mut reg).await
 }
 
-impl Live<'_> {
+impl<'s> Live<'s> {
     /// `auth_ok`, `Backend::connected`, then the replay.
     async fn setup<T: FrameIo>(
         &mut self,
@@ -342,9 +346,29 @@ impl Live<'_> {
         reg: &mut Registration<'_>,
     ) -> Result<std::convert::Infallible, CloseReason> {
         let conn = self.conn;
+        // Acks are recorded off the loop, one at a time per connection, the
+        // newest waiting one replacing older ones: a client that acks every
+        // message must not stall its own deliveries on the store's fsync,
+        // and a lost ack only means a message may be delivered again.
+        let mut ack_inflight: Option<AckFuture<'s>> = None;
+        let mut ack_waiting: Option<(Option<u32>, MsgId)> = None;
         loop {
             let queued = conn.has_queued();
             tokio::select! {
+                (seq, r) = async {
+                    match ack_inflight.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    ack_inflight = ack_waiting.take().map(|(seq, id)| self.start_ack(seq, id));
+                    if let Err(e) = r {
+                        debug!(error = %e, "ack() failed");
+                        let text = "ack not recorded";
+                        // Boxed, like every rare path: see `on_frame`.
+                        Box::pin(self.error(io, idle, seq, ErrorCode::Internal, text)).await?;
+                    }
+                }
                 () = async {
                     if !queued {
                         conn.notify.notified().await;
@@ -370,7 +394,14 @@ impl Live<'_> {
                     if !self.bucket.allow(self.shared.cfg.rate_limit, now) {
                         return Err(CloseReason::RateLimited);
                     }
-                    if let Inbound::Frame(f) = frame {
+                    if let Inbound::Frame(ClientFrame::Ack { seq, id }) = frame {
+                        metrics::inc(&self.shared.metrics.frames_in);
+                        if ack_inflight.is_none() {
+                            ack_inflight = Some(self.start_ack(seq, id));
+                        } else if ack_waiting.is_none_or(|(_, w)| id > w) {
+                            ack_waiting = Some((seq, id));
+                        }
+                    } else if let Inbound::Frame(f) = frame {
                         metrics::inc(&self.shared.metrics.frames_in);
                         // Boxed: the rarely used paths (sub, ack) would
                         // otherwise size every session's future.
@@ -379,6 +410,15 @@ impl Live<'_> {
                 }
             }
         }
+    }
+
+    /// Starts recording an ack (see `run`).
+    fn start_ack(&self, seq: Option<u32>, id: MsgId) -> AckFuture<'s> {
+        let (shared, info) = (self.shared, self.info);
+        Box::pin(async move {
+            let r = call(shared, shared.backend.ack(&info.user, &info.device, id)).await;
+            (seq, r)
+        })
     }
 
     /// Writes up to [`MAX_BATCH`] queued pushes with one flush, or returns the
@@ -538,17 +578,9 @@ impl Live<'_> {
                 self.reply(io, idle, ServerFrame::UnsubOk { seq, channel })
                     .await
             }
-            ClientFrame::Ack { seq, id } => {
-                let (user, device) = (&self.info.user, self.info.device.as_str());
-                match call(self.shared, self.shared.backend.ack(user, device, id)).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        debug!(error = %e, "ack() failed");
-                        let text = "ack not recorded";
-                        self.error(io, idle, seq, ErrorCode::Internal, text).await
-                    }
-                }
-            }
+            // Handled by the main loop (see `run`); kept here so the match
+            // stays exhaustive.
+            ClientFrame::Ack { .. } => Ok(()),
         }
     }
 
