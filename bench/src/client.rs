@@ -613,12 +613,12 @@ mod tests {
 
     #[tokio::test]
     async fn refused_connect_is_connect_failure() {
-        // Bind then drop to find a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port that is bound but not listening: connects are refused, and
+        // no other test can be handed the port while this socket holds it
+        // (binding and dropping a listener let a parallel test reuse it).
+        let holder = tokio::net::TcpSocket::new_v4().unwrap();
+        holder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = holder.local_addr().unwrap().port();
         let ep = Endpoint::resolve(Transport::Ws, &format!("ws://127.0.0.1:{port}/ws"), "")
             .await
             .unwrap();

@@ -334,9 +334,10 @@ mod tests {
              Arc<Conn> {conn} B, conns entry {conns_entry} B, users entry {users_entry} B, \
              channel subscriber entry {channel_entry} B, Push {push} B"
         );
-        // Debug-build figures (release is smaller): ws 1352, tcp 1112.
-        assert!(ws_size <= 1400, "ws session future is {ws_size} bytes");
-        assert!(tcp_size <= 1160, "tcp session future is {tcp_size} bytes");
+        // Debug-build figures (release is smaller): ws 1424, tcp 1184
+        // (72 B of that is the ack kept in flight off the main loop).
+        assert!(ws_size <= 1440, "ws session future is {ws_size} bytes");
+        assert!(tcp_size <= 1200, "tcp session future is {tcp_size} bytes");
         assert!(conn <= 128, "Arc<Conn> is {conn} bytes");
         assert!(conns_entry <= 16);
         assert!(users_entry <= 48, "users entry is {users_entry} bytes");

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use proto::token::{self, Claims};
 use proto::{ClientFrame, ErrorCode, MsgFrame, MsgId, ServerFrame, UserId};
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
@@ -276,6 +277,16 @@ struct Live<'s> {
     /// Highest user message id sent by the replay; live duplicates are dropped.
     replayed: MsgId,
     bucket: Bucket,
+    /// Acks are recorded off the main loop, one at a time per connection,
+    /// the newest waiting one replacing older ones: a client that acks every
+    /// message must not stall its own deliveries on the store's fsync, and a
+    /// lost ack only means a message may be delivered again.
+    ///
+    /// In a `Mutex` only to make `Live` `Sync` (the future is `Send` but not
+    /// `Sync`); it is reached through `get_mut`, never locked.
+    ack_inflight: Mutex<Option<AckFuture<'s>>>,
+    /// The newest ack received while another was being recorded, with its seq.
+    ack_waiting: Option<(Option<u32>, MsgId)>,
 }
 
 async fn live<T: FrameIo>(
@@ -303,10 +314,14 @@ async fn live<T: FrameIo>(
         claims,
         replayed: MsgId(0),
         bucket: Bucket::new(shared.cfg.rate_limit, now),
+        ack_inflight: Mutex::new(None),
+        ack_waiting: None,
     };
     // One-time steps are boxed so they do not size the long-lived future.
     Box::pin(s.setup(io, &mut idle, seq, last_id)).await?;
-    s.run(io, &mut idle, &mut reg).await
+    let end = s.run(io, &mut idle, &mut reg).await;
+    Box::pin(s.finish_acks()).await;
+    end
 }
 
 impl<'s> Live<'s> {
@@ -346,22 +361,17 @@ impl<'s> Live<'s> {
         reg: &mut Registration<'_>,
     ) -> Result<std::convert::Infallible, CloseReason> {
         let conn = self.conn;
-        // Acks are recorded off the loop, one at a time per connection, the
-        // newest waiting one replacing older ones: a client that acks every
-        // message must not stall its own deliveries on the store's fsync,
-        // and a lost ack only means a message may be delivered again.
-        let mut ack_inflight: Option<AckFuture<'s>> = None;
-        let mut ack_waiting: Option<(Option<u32>, MsgId)> = None;
         loop {
             let queued = conn.has_queued();
             tokio::select! {
                 (seq, r) = async {
-                    match ack_inflight.as_mut() {
+                    match self.ack_inflight.get_mut().as_mut() {
                         Some(f) => f.await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    ack_inflight = ack_waiting.take().map(|(seq, id)| self.start_ack(seq, id));
+                    let next = self.ack_waiting.take().map(|(seq, id)| self.start_ack(seq, id));
+                    *self.ack_inflight.get_mut() = next;
                     if let Err(e) = r {
                         debug!(error = %e, "ack() failed");
                         let text = "ack not recorded";
@@ -396,10 +406,11 @@ impl<'s> Live<'s> {
                     }
                     if let Inbound::Frame(ClientFrame::Ack { seq, id }) = frame {
                         metrics::inc(&self.shared.metrics.frames_in);
-                        if ack_inflight.is_none() {
-                            ack_inflight = Some(self.start_ack(seq, id));
-                        } else if ack_waiting.is_none_or(|(_, w)| id > w) {
-                            ack_waiting = Some((seq, id));
+                        if self.ack_inflight.get_mut().is_none() {
+                            let f = self.start_ack(seq, id);
+                            *self.ack_inflight.get_mut() = Some(f);
+                        } else if self.ack_waiting.is_none_or(|(_, w)| id > w) {
+                            self.ack_waiting = Some((seq, id));
                         }
                     } else if let Inbound::Frame(f) = frame {
                         metrics::inc(&self.shared.metrics.frames_in);
@@ -409,6 +420,18 @@ impl<'s> Live<'s> {
                     }
                 }
             }
+        }
+    }
+
+    /// Records the acks still in flight or waiting when the session ends, so
+    /// a client that acks and then closes at once is not replayed what it
+    /// acked (each call is bounded by the backend timeout).
+    async fn finish_acks(&mut self) {
+        if let Some(f) = self.ack_inflight.get_mut().take() {
+            let _ = f.await;
+        }
+        if let Some((seq, id)) = self.ack_waiting.take() {
+            let _ = self.start_ack(seq, id).await;
         }
     }
 
