@@ -745,6 +745,13 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Closes a session whose replay could not complete (4007, reconnect soon).
+fn replay_unavailable() -> CloseReason {
+    CloseReason::ReplayUnavailable {
+        reconnect_after_ms: 1000,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,12 +770,5 @@ mod tests {
         for _ in 0..1000 {
             assert!(unlimited.allow(0, t0));
         }
-    }
-}
-
-/// Closes a session whose replay could not complete (4007, reconnect soon).
-fn replay_unavailable() -> CloseReason {
-    CloseReason::ReplayUnavailable {
-        reconnect_after_ms: 1000,
     }
 }
