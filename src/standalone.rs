@@ -50,7 +50,8 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
     };
     let ids = Arc::new(idgen::FileIdGen::open(&cfg.data, cfg.node_id).context("open idgen")?);
-    let dir: Arc<dyn Directory> = Arc::new(LocalDirectory::new());
+    let local_dir = Arc::new(LocalDirectory::new());
+    let dir: Arc<dyn Directory> = local_dir.clone();
     let room_id = RoomId(u32::from(cfg.node_id));
 
     let max_connections = effective_max_connections(cfg.max_connections);
@@ -131,6 +132,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     center.set_ready(true);
+    let prune_task = tokio::spawn(prune_directory(local_dir));
 
     let mut out = std::io::stdout().lock();
     writeln!(out, "ws listening on {ws_addr}")?;
@@ -167,20 +169,66 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         warn!("drain timeout: some connections were still open");
     }
     http_stop.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+    let http_abort = http_task.abort_handle();
+    match tokio::time::timeout(STEP_TIMEOUT, http_task).await {
         Ok(Ok(Err(e))) => warn!(error = %e, "http server"),
         Ok(_) => {}
-        Err(_) => warn!("http server did not stop in time"),
+        Err(_) => {
+            warn!("http server did not stop in time");
+            http_abort.abort();
+        }
     }
-    center.shutdown().await;
+    // Pushes already accepted are stored and delivered before the store
+    // closes; every step is bounded so a hung dependency cannot keep the
+    // process from exiting.
+    if tokio::time::timeout(STEP_TIMEOUT, center.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("dispatcher did not finish in time");
+    }
+    prune_task.abort();
     let _ = tokio::join!(ws_task, tcp_task);
     if let Err(e) = dir.room_down(room_id).await {
         warn!(error = %e, "deregister room");
     }
-    store.close().await.context("close store")?;
-    ids.close().await.context("checkpoint ids")?;
+    tokio::time::timeout(STEP_TIMEOUT, store.close())
+        .await
+        .context("close store: timed out")?
+        .context("close store")?;
+    tokio::time::timeout(STEP_TIMEOUT, ids.close())
+        .await
+        .context("checkpoint ids: timed out")?
+        .context("checkpoint ids")?;
     info!("stopped");
     Ok(())
+}
+
+/// Upper bound of each shutdown step after the drain.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the directory remembers a user after their last connection ended.
+const DIRECTORY_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+/// Forgets long-offline users once a minute (see [`LocalDirectory::prune_offline`]).
+async fn prune_directory(dir: Arc<LocalDirectory>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cutoff = crate::adapters::now_ms()
+            .saturating_sub(i64::try_from(DIRECTORY_MEMORY.as_millis()).unwrap_or(i64::MAX));
+        let dropped = prune_offline_blocking(&dir, cutoff).await;
+        tracing::debug!(dropped, "directory pruned");
+    }
+}
+
+/// Runs the O(users) prune off the async workers.
+async fn prune_offline_blocking(dir: &Arc<LocalDirectory>, cutoff: i64) -> usize {
+    let dir = Arc::clone(dir);
+    tokio::task::spawn_blocking(move || dir.prune_offline(cutoff))
+        .await
+        .unwrap_or(0)
 }
 
 /// The soft limit on open files, from `/proc/self/limits` (Linux).

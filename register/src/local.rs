@@ -53,6 +53,9 @@ struct UserEntry {
     conns: SmallVec<[Stored; 1]>,
     /// Online time of connections that already ended, in milliseconds.
     closed_ms: u64,
+    /// When the last connection ended (ms since the epoch); entries of users
+    /// offline for long are dropped by [`LocalDirectory::prune_offline`].
+    last_seen: i64,
 }
 
 /// The in-process [`crate::Directory`].
@@ -151,6 +154,7 @@ impl LocalDirectory {
         };
         let gone = entry.conns.swap_remove(pos);
         entry.closed_ms = entry.closed_ms.saturating_add(span(gone.since, now_ms));
+        entry.last_seen = now_ms;
         self.connections.fetch_sub(1, Ordering::Relaxed);
         if entry.conns.is_empty() {
             self.online_users.fetch_sub(1, Ordering::Relaxed);
@@ -158,6 +162,17 @@ impl LocalDirectory {
         drop(entry);
         self.room_dec(gone.room);
         true
+    }
+
+    /// Forgets users with no live connection whose last one ended before
+    /// `before_ms` (their online time included), so the map does not grow
+    /// with every user ever seen. Visits every entry: call it rarely (the
+    /// binary does once a minute). Returns how many were dropped.
+    pub fn prune_offline(&self, before_ms: i64) -> usize {
+        let before = self.users.len();
+        self.users
+            .retain(|_, e| !e.conns.is_empty() || e.last_seen >= before_ms);
+        before.saturating_sub(self.users.len())
     }
 
     /// The live connections of `user`.
@@ -278,6 +293,27 @@ impl Directory for LocalDirectory {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn prune_offline_forgets_only_long_offline_users() {
+        let d = LocalDirectory::new();
+        let (a, b, c) = (UserId::new("a"), UserId::new("b"), UserId::new("c"));
+        for (u, n) in [(&a, 1), (&b, 2), (&c, 3)] {
+            d.add(ConnInfo {
+                user: u.clone(),
+                conn: ConnId(n),
+                room: RoomId(0),
+                device: None,
+                since: 0,
+            });
+        }
+        d.remove(&a, ConnId(1), 1_000);
+        d.remove(&b, ConnId(2), 5_000);
+        assert_eq!(d.prune_offline(2_000), 1, "only a ended before 2000");
+        assert_eq!(d.get(&c).len(), 1);
+        assert_eq!(d.prune_offline(10_000), 1, "then b; c is still online");
+        assert_eq!(d.get(&c).len(), 1);
+    }
     use super::*;
 
     fn ci(user: &str, room: u32, n: u64, since: i64) -> ConnInfo {
