@@ -291,7 +291,7 @@ impl Dispatcher {
                 let bounds = Bounds {
                     max: self.cfg.queue_max,
                 };
-                self.store.append_users(users, &msg, bounds).await
+                bounded(self.store.append_users(users, &msg, bounds)).await
             }
             Job::Channel {
                 channel,
@@ -309,7 +309,7 @@ impl Dispatcher {
                 let bounds = Bounds {
                     max: self.cfg.channel_history_max,
                 };
-                self.store.append_channel(channel, &msg, bounds).await
+                bounded(self.store.append_channel(channel, &msg, bounds)).await
             }
             _ => return true,
         };
@@ -451,6 +451,20 @@ impl Dispatcher {
         }
         out
     }
+}
+
+/// Longest a store write may take before its push is refused with 503: a
+/// hung store must not stall every later push. A write that times out may
+/// still land; the caller was told it failed, so at worst the message is
+/// delivered on replay although the push was refused (never the reverse).
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn bounded(
+    write: impl std::future::Future<Output = Result<(), saver::StoreError>>,
+) -> Result<(), saver::StoreError> {
+    tokio::time::timeout(STORE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(saver::StoreError::Backend("timed out".into())))
 }
 
 /// Builds the encoded message once per push.
