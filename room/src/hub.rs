@@ -11,16 +11,23 @@
 //! connection, even while idle. [`Outbox`] is a `VecDeque` that holds no
 //! allocation while empty, bounded by `send_queue`, with the close signal in
 //! the same lock, so a full queue and a kick reach the session the same way.
+//!
+//! Why not a `tokio::sync::Notify` to wake the session: only the session
+//! ever waits, so a flag and an `AtomicWaker` do (24 B less per connection
+//! than a `Notify` and its `Notified`), and the wait holds only a reference.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use proto::{ConnId, EncodedMsg, MsgId, UserId};
 use smallvec::SmallVec;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::{self, Drop as DropWhy, Metrics};
@@ -94,8 +101,10 @@ pub(crate) struct Conn {
     /// Connection id.
     pub(crate) id: ConnId,
     outbox: Mutex<Outbox>,
-    /// Woken on every push and on a close signal.
-    pub(crate) notify: Notify,
+    /// Set on every push and on a close signal; cleared by [`Conn::woken`].
+    wake_flag: AtomicBool,
+    /// The session's task while it waits in [`Conn::woken`].
+    waker: AtomicWaker,
 }
 
 /// Queues shorter than this keep their allocation when they empty.
@@ -107,8 +116,34 @@ impl Conn {
         Conn {
             id,
             outbox: Mutex::new(Outbox::default()),
-            notify: Notify::new(),
+            wake_flag: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Wakes the session (or makes its next [`Conn::woken`] return at once).
+    fn wake(&self) {
+        self.wake_flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Completes once a push or a close signal arrived since the last time
+    /// it completed, like `Notify::notified` with `notify_one`. Only the
+    /// session waits on it, one wait at a time.
+    pub(crate) fn woken(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| self.poll_woken(cx))
+    }
+
+    fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.wake_flag.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the check and the registration found no waker.
+        if self.wake_flag.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Queues `msg` unless the queue holds `limit` messages already; a full
@@ -127,7 +162,7 @@ impl Conn {
             }
         };
         if res != Queued::Closed {
-            self.notify.notify_one();
+            self.wake();
         }
         res
     }
@@ -144,7 +179,7 @@ impl Conn {
                 true
             }
         };
-        self.notify.notify_one();
+        self.wake();
         set
     }
 

@@ -52,6 +52,13 @@ pub(crate) enum Transport {
 
 const TRANSPORT_LABELS: [&str; 2] = ["ws", "tcp"];
 
+impl Transport {
+    /// The transport's name, as in the metrics' labels.
+    pub(crate) fn label(self) -> &'static str {
+        TRANSPORT_LABELS[self as usize]
+    }
+}
+
 /// All counters of one room.
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {

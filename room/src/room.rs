@@ -334,10 +334,13 @@ mod tests {
              Arc<Conn> {conn} B, conns entry {conns_entry} B, users entry {users_entry} B, \
              channel subscriber entry {channel_entry} B, Push {push} B"
         );
-        // Debug-build figures (release is smaller): ws 1424, tcp 1184
-        // (72 B of that is the ack kept in flight off the main loop).
-        assert!(ws_size <= 1440, "ws session future is {ws_size} bytes");
-        assert!(tcp_size <= 1200, "tcp session future is {tcp_size} bytes");
+        // Debug-build figures (release: ws 1136, tcp 880), 72 B of which is
+        // the ack kept in flight off the main loop. The task that holds the
+        // future is a multiple of 128 B (tokio aligns it so): with the
+        // task's header, trailer and the listener's wrapper (about 128 B)
+        // the release tcp task is 1024 B, the ws one 1280 B.
+        assert!(ws_size <= 1152, "ws session future is {ws_size} bytes");
+        assert!(tcp_size <= 896, "tcp session future is {tcp_size} bytes");
         assert!(conn <= 128, "Arc<Conn> is {conn} bytes");
         assert!(conns_entry <= 16);
         assert!(users_entry <= 48, "users entry is {users_entry} bytes");

@@ -19,6 +19,13 @@
 //!   slow consumer, drain) or stalls past the idle deadline (4006), so a
 //!   client that stops reading cannot pin the session.
 //! - Backend failures are reported as a non-fatal `internal` error.
+//! - Memory: the session future is most of what an idle connection costs,
+//!   and tokio rounds a task up to a multiple of 128 B. So the functions
+//!   that stay pending for the whole session are plain `fn`s returning an
+//!   `async move` block (an `async fn` keeps its by-value arguments all its
+//!   life, rust-lang/rust#62958), values needed only before or after the
+//!   main loop are scoped in blocks so they are not kept beside it, and rare
+//!   paths are boxed.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -35,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::error::{CloseReason, SendError};
 use crate::hub::{Conn, Popped, Registration, Signal, Subscribed};
 use crate::io::{FrameIo, Inbound, OutFrame};
-use crate::metrics::{self, AuthFailure, Drop as DropWhy};
+use crate::metrics::{self, AuthFailure, Drop as DropWhy, Transport};
 use crate::room::Shared;
 use crate::{BackendError, SessionInfo};
 
@@ -54,8 +61,8 @@ const MAX_DEVICE_LEN: usize = 128;
 /// Transport keepalives tolerated before the auth frame.
 const MAX_PRE_AUTH_KEEPALIVES: usize = 16;
 
-/// Runs one connection to its end. `serial` is the connection's number in
-/// this room (its `ConnId` once authenticated).
+/// Runs one connection to its end. It takes the connection's number in this
+/// room (its `ConnId` once authenticated) when first polled.
 ///
 /// Not an `async fn`: those store their by-value arguments twice in the
 /// future (rust-lang/rust#62958), and `io` is a few hundred bytes.
@@ -63,12 +70,13 @@ const MAX_PRE_AUTH_KEEPALIVES: usize = 16;
 pub(crate) fn run<T: FrameIo>(
     shared: Arc<Shared>,
     mut io: T,
-    serial: u64,
     peer: std::net::SocketAddr,
-    transport: &'static str,
+    transport: Transport,
 ) -> impl Future<Output = ()> + Send {
     async move {
         metrics::inc(&shared.metrics.sockets);
+        // Taken here rather than passed in: an argument would stay in the future.
+        let serial = shared.next_serial();
         let (reason, info) = drive(&shared, &mut io, serial).await;
         // Boxed: a one-time step that would otherwise size the whole session future.
         Box::pin(end(&shared, &mut io, reason, info, peer, transport)).await;
@@ -82,9 +90,10 @@ async fn end<T: FrameIo>(
     reason: CloseReason,
     info: Option<SessionInfo>,
     peer: std::net::SocketAddr,
-    transport: &'static str,
+    transport: Transport,
 ) {
     let m = &shared.metrics;
+    let transport = transport.label();
     finish(shared, io, &reason).await;
     m.closed(reason.label());
     m.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -107,34 +116,43 @@ async fn end<T: FrameIo>(
 /// Authenticates, then runs the live session. Returns why it ended and, for
 /// an authenticated session, who it was. The hub registration is already
 /// gone when this returns.
-async fn drive<T: FrameIo>(
-    shared: &Shared,
-    io: &mut T,
+///
+/// Not an `async fn`, for the reason given at [`run`].
+#[allow(clippy::manual_async_fn)]
+fn drive<'a, T: FrameIo>(
+    shared: &'a Shared,
+    io: &'a mut T,
     serial: u64,
-) -> (CloseReason, Option<SessionInfo>) {
-    // Boxed: a one-time step that would otherwise size the whole session future.
-    let auth = match Box::pin(authenticate(shared, io)).await {
-        Ok(a) => a,
-        Err(r) => return (r, None),
-    };
-    let Authed {
-        user,
-        claims,
-        last_id,
-        device,
-        seq,
-    } = auth;
-    let info = SessionInfo {
-        conn: proto::ConnId::new(shared.cfg.room, serial),
-        user,
-        device,
-        since: now_ms(),
-    };
-    let reason = match live(shared, io, &info, claims, seq, last_id).await {
-        Err(r) => r,
-        Ok(never) => match never {},
-    };
-    (reason, Some(info))
+) -> impl Future<Output = (CloseReason, Option<SessionInfo>)> + 'a {
+    async move {
+        // Boxed: a one-time step that would otherwise size the whole session future.
+        // In a block so that `auth` is not kept in the future beside `info`.
+        let (info, claims, seq, last_id) = {
+            let auth = match Box::pin(authenticate(shared, io)).await {
+                Ok(a) => a,
+                Err(r) => return (r, None),
+            };
+            let Authed {
+                user,
+                claims,
+                last_id,
+                device,
+                seq,
+            } = auth;
+            let info = SessionInfo {
+                conn: proto::ConnId::new(shared.cfg.room, serial),
+                user,
+                device,
+                since: now_ms(),
+            };
+            (info, claims, seq, last_id)
+        };
+        let reason = match live(shared, io, &info, claims, seq, last_id).await {
+            Err(r) => r,
+            Ok(never) => match never {},
+        };
+        (reason, Some(info))
+    }
 }
 
 /// What the auth frame established.
@@ -289,39 +307,47 @@ struct Live<'s> {
     ack_waiting: Option<(Option<u32>, MsgId)>,
 }
 
-async fn live<T: FrameIo>(
-    shared: &Shared,
-    io: &mut T,
-    info: &SessionInfo,
+/// Registers the connection, then runs `setup` and the main loop. Not an
+/// `async fn`, for the reason given at [`run`].
+#[allow(clippy::manual_async_fn)]
+fn live<'a, T: FrameIo>(
+    shared: &'a Shared,
+    io: &'a mut T,
+    info: &'a SessionInfo,
     claims: Option<Box<Claims>>,
     seq: Option<u32>,
     last_id: Option<MsgId>,
-) -> Result<std::convert::Infallible, CloseReason> {
-    let conn = Arc::new(Conn::new(info.conn));
-    let mut reg = shared.hub.register(info.user.clone(), Arc::clone(&conn));
-    // Either drain() finds this connection in the hub, or we see its flag.
-    if shared.is_draining() {
-        conn.signal(Signal::Draining);
+) -> impl Future<Output = Result<std::convert::Infallible, CloseReason>> + 'a {
+    async move {
+        let conn = Arc::new(Conn::new(info.conn));
+        let mut reg = shared.hub.register(info.user.clone(), Arc::clone(&conn));
+        // Either drain() finds this connection in the hub, or we see its flag.
+        if shared.is_draining() {
+            conn.signal(Signal::Draining);
+        }
+        let now = Instant::now();
+        let deadline = now + shared.cfg.idle_limit();
+        let sleep = pin!(sleep_until(deadline));
+        let mut idle = Idle { sleep, deadline };
+        let mut s = Live {
+            shared,
+            conn: &conn,
+            info,
+            claims,
+            replayed: MsgId(0),
+            bucket: Bucket::new(shared.cfg.rate_limit, now),
+            ack_inflight: Mutex::new(None),
+            ack_waiting: None,
+        };
+        // One-time steps are boxed so they do not size the long-lived future.
+        Box::pin(s.setup(io, &mut idle, seq, last_id)).await?;
+        // In a block so that `end` is not kept in the future beside `run`'s.
+        let finish = {
+            let end = s.run(io, &mut idle, &mut reg).await;
+            Box::pin(s.finish_acks(end))
+        };
+        finish.await
     }
-    let now = Instant::now();
-    let deadline = now + shared.cfg.idle_limit();
-    let sleep = pin!(sleep_until(deadline));
-    let mut idle = Idle { sleep, deadline };
-    let mut s = Live {
-        shared,
-        conn: &conn,
-        info,
-        claims,
-        replayed: MsgId(0),
-        bucket: Bucket::new(shared.cfg.rate_limit, now),
-        ack_inflight: Mutex::new(None),
-        ack_waiting: None,
-    };
-    // One-time steps are boxed so they do not size the long-lived future.
-    Box::pin(s.setup(io, &mut idle, seq, last_id)).await?;
-    let end = s.run(io, &mut idle, &mut reg).await;
-    Box::pin(s.finish_acks()).await;
-    end
 }
 
 impl<'s> Live<'s> {
@@ -363,7 +389,9 @@ impl<'s> Live<'s> {
         let conn = self.conn;
         loop {
             let queued = conn.has_queued();
-            tokio::select! {
+            // A frame for `on_frame`, awaited after the `select!` so that the
+            // select's output is not kept beside it in the future.
+            let other = tokio::select! {
                 (seq, r) = async {
                     match self.ack_inflight.get_mut().as_mut() {
                         Some(f) => f.await,
@@ -378,20 +406,23 @@ impl<'s> Live<'s> {
                         // Boxed, like every rare path: see `on_frame`.
                         Box::pin(self.error(io, idle, seq, ErrorCode::Internal, text)).await?;
                     }
+                    None
                 }
                 () = async {
                     if !queued {
-                        conn.notify.notified().await;
+                        conn.woken().await;
                     }
                 } => {
                     // Boxed: a write in progress is a few hundred bytes that
                     // an idle session would otherwise carry all its life.
                     Box::pin(self.write_queued(io, idle)).await?;
+                    None
                 }
                 () = idle.sleep.as_mut() => {
                     if idle.expired() {
                         return Err(CloseReason::HeartbeatTimeout);
                     }
+                    None
                 }
                 item = io.next() => {
                     let frame = match item {
@@ -404,21 +435,29 @@ impl<'s> Live<'s> {
                     if !self.bucket.allow(self.shared.cfg.rate_limit, now) {
                         return Err(CloseReason::RateLimited);
                     }
-                    if let Inbound::Frame(ClientFrame::Ack { seq, id }) = frame {
-                        metrics::inc(&self.shared.metrics.frames_in);
-                        if self.ack_inflight.get_mut().is_none() {
-                            let f = self.start_ack(seq, id);
-                            *self.ack_inflight.get_mut() = Some(f);
-                        } else if self.ack_waiting.is_none_or(|(_, w)| id > w) {
-                            self.ack_waiting = Some((seq, id));
+                    match frame {
+                        Inbound::Frame(ClientFrame::Ack { seq, id }) => {
+                            metrics::inc(&self.shared.metrics.frames_in);
+                            if self.ack_inflight.get_mut().is_none() {
+                                let f = self.start_ack(seq, id);
+                                *self.ack_inflight.get_mut() = Some(f);
+                            } else if self.ack_waiting.is_none_or(|(_, w)| id > w) {
+                                self.ack_waiting = Some((seq, id));
+                            }
+                            None
                         }
-                    } else if let Inbound::Frame(f) = frame {
-                        metrics::inc(&self.shared.metrics.frames_in);
-                        // Boxed: the rarely used paths (sub, ack) would
-                        // otherwise size every session's future.
-                        Box::pin(self.on_frame(io, idle, reg, f)).await?;
+                        Inbound::Frame(f) => {
+                            metrics::inc(&self.shared.metrics.frames_in);
+                            Some(f)
+                        }
+                        Inbound::Alive => None,
                     }
                 }
+            };
+            if let Some(f) = other {
+                // Boxed: the rarely used paths (sub, ping) would otherwise
+                // size every session's future.
+                Box::pin(self.on_frame(io, idle, reg, f)).await?;
             }
         }
     }
@@ -426,13 +465,15 @@ impl<'s> Live<'s> {
     /// Records the acks still in flight or waiting when the session ends, so
     /// a client that acks and then closes at once is not replayed what it
     /// acked (each call is bounded by the backend timeout).
-    async fn finish_acks(&mut self) {
+    /// Returns `end`, why the session ended.
+    async fn finish_acks<E>(&mut self, end: E) -> E {
         if let Some(f) = self.ack_inflight.get_mut().take() {
             let _ = f.await;
         }
         if let Some((seq, id)) = self.ack_waiting.take() {
             let _ = self.start_ack(seq, id).await;
         }
+        end
     }
 
     /// Starts recording an ack (see `run`).
@@ -676,7 +717,7 @@ where
         tokio::select! {
             biased;
             r = &mut write => return r.map_err(CloseReason::from),
-            () = conn.notify.notified() => {
+            () = conn.woken() => {
                 if let Some(sig) = conn.closing() {
                     return Err(shared.signal_reason(sig));
                 }

@@ -15,6 +15,7 @@ pub(crate) mod ws;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -87,15 +88,12 @@ pub(crate) async fn accept_loop(
         };
         shared.metrics.accepted(transport);
         let s = Arc::clone(&shared);
+        // `map`, not an `async` block: that would keep `sock` and `peer`
+        // in the task beside the session future (rust-lang/rust#62958).
+        let release = move |()| drop(permit);
         match kind {
-            Kind::Ws => shared.tracker.spawn(async move {
-                ws::serve(s, sock, peer).await;
-                drop(permit);
-            }),
-            Kind::Tcp => shared.tracker.spawn(async move {
-                tcp::serve(s, sock, peer).await;
-                drop(permit);
-            }),
+            Kind::Ws => shared.tracker.spawn(ws::serve(s, sock, peer).map(release)),
+            Kind::Tcp => shared.tracker.spawn(tcp::serve(s, sock, peer).map(release)),
         };
     }
     info!(?addr, ?kind, "stopped accepting");

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::codec::{BinCodec, Decoded};
 use crate::error::{RecvError, SendError};
 use crate::io::{linger_tcp, FrameIo, Inbound, OutFrame};
+use crate::metrics::Transport;
 use crate::room::Shared;
 use crate::session;
 
@@ -175,10 +176,16 @@ impl FrameIo for TcpIo {
 }
 
 /// Runs one TCP connection.
-pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
+///
+/// Not an `async fn`: its arguments would stay in the future, unused, for
+/// the connection's whole life (rust-lang/rust#62958).
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
     let io = TcpIo::new(sock, shared.cfg.max_frame);
-    let serial = shared.next_serial();
-    session::run(shared, io, serial, peer, "tcp").await;
+    session::run(shared, io, peer, Transport::Tcp)
 }
 
 /// Answers a connection to a full room: error `overloaded` with close 4007.

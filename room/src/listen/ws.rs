@@ -37,7 +37,7 @@ use tracing::debug;
 
 use crate::error::{RecvError, SendError};
 use crate::io::{linger_tcp, FrameIo, Inbound, OutFrame};
-use crate::metrics;
+use crate::metrics::{self, Transport};
 use crate::room::Shared;
 use crate::session;
 
@@ -221,9 +221,32 @@ fn http_error(status: StatusCode, text: &str) -> ErrorResponse {
 }
 
 /// Runs the handshake (within `auth_timeout`), then the session.
+///
+/// Not an `async fn`: its arguments would stay in the future, unused, for
+/// the connection's whole life (rust-lang/rust#62958). The handshake is
+/// boxed for the same reason: its state would otherwise size the session.
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(handshake(shared, sock, peer));
+    async move {
+        let Some((shared, io)) = handshake.await else {
+            return;
+        };
+        session::run(shared, io, peer, Transport::Ws).await;
+    }
+}
+
+/// The handshake, within `auth_timeout`; `None` when it failed or the room stopped.
 // The callback's error type is tungstenite's `ErrorResponse`.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
+async fn handshake(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Shared>, WsIo)> {
     let mut bin = false;
     let callback = |req: &Request, mut resp: Response| {
         if req.uri().path() != PATH {
@@ -244,30 +267,24 @@ pub(crate) async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr
         Ok(resp)
     };
     let cfg = ws_config(shared.cfg.max_frame);
-    // Boxed: the handshake state would otherwise size the whole session future.
-    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        sock,
-        callback,
-        Some(cfg),
-    ));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(sock, callback, Some(cfg));
     let ws = tokio::select! {
-        () = shared.stop.cancelled() => return,
+        () = shared.stop.cancelled() => return None,
         r = tokio::time::timeout(shared.cfg.auth_timeout, handshake) => match r {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 metrics::inc(&shared.metrics.handshake_failures);
                 debug!(%peer, error = %e, "websocket handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 metrics::inc(&shared.metrics.handshake_failures);
                 debug!(%peer, "websocket handshake timed out");
-                return;
+                return None;
             }
         },
     };
-    let serial = shared.next_serial();
-    session::run(shared, WsIo { ws, bin }, serial, peer, "ws").await;
+    Some((shared, WsIo { ws, bin }))
 }
 
 /// Answers a handshake to a full room with HTTP 503.
