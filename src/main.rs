@@ -16,7 +16,7 @@ use cli::{Cli, Command, LogFormat, TokenArgs};
 
 // The allocator is the system's unless built with `--features mimalloc`.
 // Measured on 15,000 idle authenticated WebSocket connections (see
-// bench/results/): glibc malloc holds about 3.3 KB of RSS per connection
+// bench/results/): glibc malloc held about 3.3 KB of RSS per connection
 // and mimalloc 5.6 to 6.6 KB (memory freed after each handshake stays
 // reserved per thread), at the same push latency and CPU. Memory per
 // connection is what limits a room, so the default follows the measurement.
