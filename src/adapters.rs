@@ -13,9 +13,7 @@ use saver::{Store, StoredMsg};
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    proto::unix_ms(std::time::SystemTime::now())
 }
 
 /// [`Backend`] for a room running in the same process as register and saver.

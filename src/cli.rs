@@ -39,11 +39,14 @@ pub(crate) enum LogFormat {
 }
 
 /// Flags of `pushgate standalone`. `None` means "not given": the environment
-/// (read by clap) and then the config file fill it in.
-#[derive(Debug, Default, Args)]
+/// (read by clap) and then the config file fill it in. The TOML file has the
+/// same keys (`_` for `-`), so it deserializes into this struct too.
+#[derive(Debug, Default, Args, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "PUSHGATE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
     /// Data directory (embedded store, id checkpoints, generated secrets) [default: ./data].
     #[arg(long, env = "PUSHGATE_DATA", value_name = "DIR")]

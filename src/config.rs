@@ -5,37 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::cli::{LogFormat, ServeArgs};
-
-/// The TOML file: the same names as the flags, with `_` for `-`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data: Option<PathBuf>,
-    ws: Option<SocketAddr>,
-    tcp: Option<SocketAddr>,
-    quic: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-    api_key: Option<String>,
-    token_secret: Option<String>,
-    heartbeat: Option<u64>,
-    redis: Option<String>,
-    log_format: Option<LogFormat>,
-    auth_timeout: Option<u64>,
-    max_frame: Option<usize>,
-    send_queue: Option<usize>,
-    max_connections: Option<usize>,
-    max_channels: Option<usize>,
-    rate_limit: Option<u32>,
-    queue_max: Option<u32>,
-    queue_ttl: Option<u64>,
-    drain_timeout: Option<u64>,
-    max_body: Option<usize>,
-    max_users: Option<usize>,
-    node_id: Option<u16>,
-}
 
 /// Validated settings of `pushgate standalone`.
 #[derive(Debug, Clone)]
@@ -81,7 +51,8 @@ pub(crate) fn token_settings(
     Ok((f.token_secret, f.data))
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// The TOML file: the same keys as the flags (see [`ServeArgs`]).
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str(&text)
@@ -133,7 +104,7 @@ impl Config {
     pub(crate) fn load(args: ServeArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(p) => read_file(p)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
         macro_rules! pick {
             ($name:ident, $default:expr) => {

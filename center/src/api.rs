@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
@@ -164,9 +164,7 @@ fn yes() -> bool {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    proto::unix_ms(std::time::SystemTime::now())
 }
 
 fn check_user(u: &str) -> Result<(), ApiError> {
@@ -360,7 +358,7 @@ pub(crate) async fn push_broadcast(
     let out = c.dispatch(Job::Broadcast { reply }, rx).await?;
     let task_id = format!("b-{}", out.id.0);
     let task = c.inner.tasks.create(task_id.clone());
-    let msg = encode(out.id, ts, None, &data);
+    let msg = encode(out.id, ts, None, &data, false);
     let i = &c.inner;
     i.tracker.spawn(run_broadcast(
         task,

@@ -179,15 +179,10 @@ impl Dispatcher {
             msgs.push(match job {
                 Job::Users {
                     data, ts, store, ..
-                } if *ok => {
-                    let mut m = encode(*id, *ts, None, data);
-                    // Stored: a session replaying the queue may have sent it already.
-                    Arc::make_mut(&mut m).stored = *store;
-                    Some(m)
-                }
+                } if *ok => Some(encode(*id, *ts, None, data, *store)),
                 Job::Channel {
                     channel, data, ts, ..
-                } if *ok => Some(encode(*id, *ts, Some(channel), data)),
+                } if *ok => Some(encode(*id, *ts, Some(channel), data, false)),
                 _ => None,
             });
         }
@@ -467,14 +462,23 @@ async fn bounded(
         .unwrap_or_else(|_| Err(saver::StoreError::Backend("timed out".into())))
 }
 
-/// Builds the encoded message once per push.
-pub(crate) fn encode(id: MsgId, ts: i64, channel: Option<&str>, data: &Bytes) -> Arc<EncodedMsg> {
-    Arc::new(EncodedMsg::new(&MsgFrame {
+/// Builds the encoded message once per push. `stored`: it is in the users'
+/// queues, so a session's replay may already have sent it.
+pub(crate) fn encode(
+    id: MsgId,
+    ts: i64,
+    channel: Option<&str>,
+    data: &Bytes,
+    stored: bool,
+) -> Arc<EncodedMsg> {
+    let mut msg = EncodedMsg::new(&MsgFrame {
         id,
         ts,
         channel: channel.map(str::to_owned),
         data: data.clone(),
-    }))
+    });
+    msg.stored = stored;
+    Arc::new(msg)
 }
 
 fn millis(d: Duration) -> i64 {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,9 +102,24 @@ impl std::str::FromStr for ConnId {
     }
 }
 
+/// Milliseconds since the Unix epoch of `t` (the `ts` and `since` fields of
+/// the protocol): 0 before the epoch, saturating far after it. The caller
+/// reads the clock; this crate never does.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_ms_of_known_instants() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(unix_ms(t), 1_700_000_000_123);
+        assert_eq!(unix_ms(UNIX_EPOCH - std::time::Duration::from_secs(1)), 0);
+    }
 
     #[test]
     fn conn_id_keeps_room() {

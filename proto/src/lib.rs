@@ -17,7 +17,7 @@ pub mod token;
 
 pub use error::DecodeError;
 pub use frame::{ClientFrame, CloseCode, EncodedMsg, ErrorCode, MsgFrame, ServerFrame};
-pub use ids::{ConnId, MsgId, RoomId, UserId};
+pub use ids::{unix_ms, ConnId, MsgId, RoomId, UserId};
 pub use token::{valid_channel, Claims, TokenError};
 
 /// Default maximum size of one client frame, in bytes (64 KiB).

@@ -775,9 +775,7 @@ async fn finish<T: FrameIo>(shared: &Shared, io: &mut T, reason: &CloseReason) {
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    proto::unix_ms(SystemTime::now())
 }
 
 fn now_secs() -> u64 {

@@ -21,7 +21,7 @@
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -612,8 +612,5 @@ async fn sweep_loop(tx: mpsc::WeakSender<Job>) {
 
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    proto::unix_ms(std::time::SystemTime::now())
 }
