@@ -1,0 +1,152 @@
+//! Internal links between pushgate processes: one transport for every
+//! service (register, saver, idgen, room).
+//!
+//! A link is a long-lived TCP connection carrying length-delimited frames
+//! (4-byte big-endian length, then a postcard body). The client opens it with
+//! a hello naming the service and the cluster key; the server answers with its
+//! instance id (random per process start, so a client can tell that the peer
+//! restarted). After that, calls are pipelined: every request carries a
+//! request id, the reply echoes it, and any number of calls may be in flight
+//! on one connection. [`Client`] reconnects with jittered exponential backoff;
+//! [`serve`] runs a [`Service`] on a listener.
+//!
+//! ```text
+//! client → server   Hello { magic, version, service, key }
+//! server → client   Welcome::Ok { instance } | Welcome::Refused { reason }
+//! client → server   (request id: varint u64, request: postcard)      … pipelined
+//! server → client   (request id: varint u64, Reply::Ok(resp) | Reply::Err(text))
+//! ```
+//!
+//! A service is either *ordered* (requests of one connection are handled one
+//! after another, in the order sent: register and room calls, where a
+//! "connected" must not overtake a "disconnected") or concurrent (each request
+//! is its own task, bounded per connection: saver calls, which the store
+//! group-commits).
+
+mod client;
+mod server;
+mod wire;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use client::{Client, ClientConfig};
+pub use server::{serve, ServerConfig};
+pub use wire::{Hello, Welcome, MAGIC, VERSION};
+
+/// Largest frame accepted by default (either direction).
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// How long a new connection has to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A service served over links.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// What clients send.
+    type Req: DeserializeOwned + Send + 'static;
+    /// What the service answers.
+    type Resp: Serialize + Send + 'static;
+    /// The name a client must ask for in its hello (`"register"`, `"saver"`, …).
+    const NAME: &'static str;
+    /// Whether the requests of one connection are handled strictly in order
+    /// (one at a time) instead of concurrently.
+    const ORDERED: bool;
+
+    /// Handles one request.
+    async fn call(&self, req: Self::Req) -> Self::Resp;
+}
+
+/// Why a call did not get an answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    /// No connection to the peer (it is down or restarting); nothing was sent.
+    #[error("{service} at {addr} unavailable")]
+    Unavailable {
+        /// Service name.
+        service: &'static str,
+        /// Peer address.
+        addr: String,
+    },
+    /// The connection dropped after the request was sent: it may or may not
+    /// have been handled.
+    #[error("{service} at {addr}: connection lost during the call")]
+    Disconnected {
+        /// Service name.
+        service: &'static str,
+        /// Peer address.
+        addr: String,
+    },
+    /// No answer within the call timeout: it may or may not have been handled.
+    #[error("{service} at {addr}: no answer within {timeout:?}")]
+    Timeout {
+        /// Service name.
+        service: &'static str,
+        /// Peer address.
+        addr: String,
+        /// The call timeout.
+        timeout: Duration,
+    },
+    /// The peer could not decode the request, or the answer could not be decoded.
+    #[error("{service}: bad frame: {reason}")]
+    Protocol {
+        /// Service name.
+        service: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Parses a comma-separated list of addresses (`host:port,host:port`),
+/// trimming blanks and dropping empty items.
+pub fn split_addrs(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sets TCP keepalive (a peer machine that vanishes without a FIN is noticed
+/// within about 30 s even when no call is in flight) and `TCP_NODELAY`.
+pub(crate) fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare() {
+        assert!(same_key("abc", "abc"));
+        assert!(!same_key("abc", "abd"));
+        assert!(!same_key("abc", "abcd"));
+        assert!(same_key("", ""));
+    }
+
+    #[test]
+    fn addr_lists() {
+        assert_eq!(
+            split_addrs(" a:1, b:2,,"),
+            vec!["a:1".to_owned(), "b:2".to_owned()]
+        );
+        assert!(split_addrs("").is_empty());
+    }
+}
