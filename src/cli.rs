@@ -25,6 +25,18 @@ pub(crate) enum Command {
     Standalone(Box<ServeArgs>),
     /// Print a client token (JWT, HS256) for development.
     Token(TokenArgs),
+    /// Cluster: a connection server (clients connect here).
+    Room(Box<crate::cluster::args::RoomArgs>),
+    /// Cluster: the REST API and push routing (stateless; run several).
+    Center(Box<crate::cluster::args::CenterArgs>),
+    /// Cluster: a directory partition (who is connected where; live rooms).
+    Register(crate::cluster::args::RegisterArgs),
+    /// Cluster: the store service (offline queues, channel history).
+    Saver(crate::cluster::args::SaverArgs),
+    /// Cluster: an id generator region.
+    Idgen(crate::cluster::args::IdgenArgs),
+    /// A whole cluster on this machine (Redis, registers, idgens, saver, centers, N rooms).
+    DevCluster(crate::cluster::args::DevClusterArgs),
 }
 
 /// Log output format.

@@ -3,6 +3,7 @@
 
 mod adapters;
 mod cli;
+mod cluster;
 mod config;
 mod secrets;
 mod signal;
@@ -109,6 +110,24 @@ fn main() -> ExitCode {
         Some(Command::Token(t)) => return token(t),
         Some(Command::Standalone(a)) => *a,
         None => cli.standalone,
+        Some(Command::Room(a)) => {
+            return run_node(a.common.log_format, cluster::run_room(*a));
+        }
+        Some(Command::Center(a)) => {
+            return run_node(a.common.log_format, cluster::run_center(*a));
+        }
+        Some(Command::Register(a)) => {
+            return run_node(a.common.log_format, cluster::run_register(a));
+        }
+        Some(Command::Saver(a)) => {
+            return run_node(a.common.log_format, cluster::run_saver(a));
+        }
+        Some(Command::Idgen(a)) => {
+            return run_node(a.common.log_format, cluster::run_idgen(a));
+        }
+        Some(Command::DevCluster(a)) => {
+            return run_node(a.log_format, cluster::dev::run(a));
+        }
     };
     let cfg = match config::Config::load(args) {
         Ok(c) => c,
@@ -117,7 +136,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(cfg.log_format);
+    run_node(cfg.log_format, standalone::run(cfg))
+}
+
+/// Sets up logging and the runtime, and runs one component to its end.
+fn run_node(
+    log: LogFormat,
+    main: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    init_tracing(log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,7 +155,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(standalone::run(cfg)) {
+    match rt.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

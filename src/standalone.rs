@@ -67,6 +67,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             max_connections,
             rate_limit: cfg.rate_limit,
             drain_reconnect_delay: Duration::from_secs(5),
+            replay_overlap: 0,
         },
         Arc::new(LocalBackend {
             room: room_id,
@@ -245,7 +246,7 @@ const RESERVED_FILES: u64 = 256;
 /// Every connection is a file: cap connections below the open-files limit,
 /// so a full process refuses new clients quickly instead of failing accept()
 /// with EMFILE, and say so (docs/OPERATIONS.md explains how to raise it).
-fn effective_max_connections(configured: usize) -> usize {
+pub(crate) fn effective_max_connections(configured: usize) -> usize {
     let Some(limit) = nofile_limit() else {
         return configured;
     };

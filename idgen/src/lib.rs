@@ -3,8 +3,9 @@
 //! Each node owns a region of the id space; inside it ids are handed out in
 //! blocks from a high-water mark that is checkpointed (fsync) to disk before
 //! any id beyond it is used, so a restart, even after `kill -9`, never repeats
-//! or goes back. This crate owns the ids, not the transport that serves them
-//! to other processes.
+//! or goes back. This crate owns the ids; the transport that carries them
+//! to other processes is the `link` crate ([`remote`] holds the service and
+//! the leasing client of cluster mode).
 
 //!
 //! Id layout: `id = (counter << REGION_BITS) | region` with
@@ -18,6 +19,7 @@
 pub mod alloc;
 pub mod checkpoint;
 mod file;
+pub mod remote;
 
 use async_trait::async_trait;
 use proto::MsgId;
@@ -25,6 +27,7 @@ use proto::MsgId;
 pub use alloc::RangeAllocator;
 pub use checkpoint::{Checkpoint, FileCheckpoint};
 pub use file::FileIdGen;
+pub use remote::{IdgenService, LeasedIds};
 
 /// Bits of an id that hold the region.
 pub const REGION_BITS: u32 = 8;
@@ -75,6 +78,9 @@ pub enum IdGenError {
     /// The region number is above [`MAX_REGION`].
     #[error("region {0} out of range 0..=255")]
     Region(u16),
+    /// No idgen process could lease ids (cluster mode, see [`remote`]).
+    #[error("idgen unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The id service, as center uses it (in process here, over a link in cluster mode).

@@ -158,11 +158,9 @@ async fn handshake<S: Service>(conn: &mut Conn, cfg: &ServerConfig) -> Result<()
             "link version {} not supported (this server speaks {VERSION})",
             h.version
         )),
-        Ok(h) if h.service != S::NAME => Some(format!(
-            "this is a {} service, not {}",
-            S::NAME,
-            h.service
-        )),
+        Ok(h) if h.service != S::NAME => {
+            Some(format!("this is a {} service, not {}", S::NAME, h.service))
+        }
         Ok(h) if !same_key(&h.key, &cfg.key) => Some("wrong cluster key".to_owned()),
         Ok(_) => None,
     };

@@ -145,7 +145,10 @@ async fn garbage_connection_does_not_disturb_others() {
     raw.write_all(&[0, 0, 0, 5, 1, 2, 3, 4, 5]).await.unwrap();
     raw.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap(); // 4 GiB frame: refused
     let c: Client<Req, Resp> = Client::new(addr.to_string(), "test", cfg("k"));
-    assert_eq!(c.call(Req::Echo("ok".into())).await.unwrap(), Resp::Echo("ok".into()));
+    assert_eq!(
+        c.call(Req::Echo("ok".into())).await.unwrap(),
+        Resp::Echo("ok".into())
+    );
 }
 
 #[tokio::test]

@@ -265,7 +265,7 @@ impl CloseCode {
 
 /// A pushed message encoded once, in both encodings, for fan-out: every
 /// connection gets a cheap clone of the same bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncodedMsg {
     /// Message id (for de-duplication against replayed messages).
     pub id: MsgId,

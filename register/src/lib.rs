@@ -3,16 +3,21 @@
 //!
 //! Rooms are the source of truth for who is connected; the directory is a
 //! cache of what they report. Users are partitioned across register
-//! processes by a hash of the user id (cluster mode); in standalone mode
-//! [`LocalDirectory`] serves everything in process.
+//! processes by a hash of the user id (cluster mode: [`remote`], served
+//! over links by [`RegisterService`], used through [`ClusterDirectory`]); in
+//! standalone mode [`LocalDirectory`] serves everything in process.
 
 use async_trait::async_trait;
 use proto::{ConnId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 mod local;
+pub mod remote;
 pub mod ring;
 pub use local::LocalDirectory;
+pub use remote::{
+    ClusterDirectory, LeaseOutcome, RegisterReq, RegisterResp, RegisterService, RoomLease,
+};
 
 /// One live connection as the directory knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

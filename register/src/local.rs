@@ -206,12 +206,67 @@ impl LocalDirectory {
             let removed = before - entry.conns.len();
             if removed > 0 {
                 entry.closed_ms = entry.closed_ms.saturating_add(closed);
+                entry.last_seen = now_ms;
                 self.connections
                     .fetch_sub(removed as u64, Ordering::Relaxed);
                 if entry.conns.is_empty() {
                     self.online_users.fetch_sub(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// How many live connections `room` holds here (0 when unknown).
+    pub fn room_connections(&self, room: RoomId) -> u64 {
+        self.rooms.get(&room).map_or(0, |n| *n)
+    }
+
+    /// Like [`LocalDirectory::drop_room`], but skips the scan over every user
+    /// when the room holds no connection (the usual case for a new room or a
+    /// register that restarted empty).
+    pub fn clear_room(&self, room: RoomId, now_ms: i64) {
+        if self.room_connections(room) > 0 {
+            self.drop_room(room, now_ms);
+        } else {
+            self.rooms.remove(&room);
+        }
+    }
+
+    /// Replaces every connection of `room` with `conns` (all of `room`):
+    /// connections of the room missing from `conns` end at `now_ms`, the
+    /// others are kept (their online time is not cut) or added.
+    pub fn replace_room(&self, room: RoomId, conns: Vec<ConnInfo>, keep_since: i64, now_ms: i64) {
+        if self.room_connections(room) > 0 {
+            let keep: std::collections::HashSet<ConnId> = conns.iter().map(|c| c.conn).collect();
+            let mut removed_total = 0u64;
+            for mut entry in self.users.iter_mut() {
+                let before = entry.conns.len();
+                let mut closed = 0u64;
+                entry.conns.retain(|c| {
+                    if c.room == room && !keep.contains(&c.conn) && c.since < keep_since {
+                        closed = closed.saturating_add(span(c.since, now_ms));
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let removed = (before - entry.conns.len()) as u64;
+                if removed > 0 {
+                    entry.closed_ms = entry.closed_ms.saturating_add(closed);
+                    entry.last_seen = now_ms;
+                    self.connections.fetch_sub(removed, Ordering::Relaxed);
+                    if entry.conns.is_empty() {
+                        self.online_users.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    removed_total += removed;
+                }
+            }
+            if let Some(mut n) = self.rooms.get_mut(&room) {
+                *n = n.saturating_sub(removed_total);
+            }
+        }
+        for c in conns {
+            self.add(c);
         }
     }
 
@@ -431,6 +486,40 @@ mod tests {
                 connections: 1
             }]
         );
+    }
+
+    #[test]
+    fn replace_room_keeps_listed_connections_and_ends_the_rest() {
+        let d = LocalDirectory::new();
+        d.add(ci("a", 1, 1, 0));
+        d.add(ci("a", 2, 2, 0));
+        d.add(ci("b", 1, 3, 0));
+        d.replace_room(
+            RoomId(1),
+            vec![ci("a", 1, 1, 0), ci("c", 1, 4, 50)],
+            i64::MAX,
+            100,
+        );
+        assert_eq!(d.get(&UserId::new("a")).len(), 2);
+        assert!(d.get(&UserId::new("b")).is_empty());
+        assert_eq!(d.get(&UserId::new("c")).len(), 1);
+        assert_eq!(
+            d.totals(),
+            DirStats {
+                connections: 3,
+                users: 2
+            }
+        );
+        assert_eq!(d.room_connections(RoomId(1)), 2);
+        assert_eq!(d.room_connections(RoomId(2)), 1);
+        // a's kept connection is not closed: online counts once.
+        assert_eq!(d.online(&UserId::new("a"), 100), 200);
+        assert_eq!(d.online(&UserId::new("b"), 1_000), 100);
+        d.clear_room(RoomId(1), 200);
+        d.clear_room(RoomId(9), 200);
+        assert_eq!(d.totals().connections, 1);
+        assert_eq!(d.room_connections(RoomId(1)), 0);
+        assert_eq!(d.room_list().len(), 1);
     }
 
     #[tokio::test]

@@ -29,6 +29,14 @@ pub struct RoomConfig {
     /// Upper bound of the reconnect delay suggested with 4007 when draining; each
     /// connection gets its own value, uniformly spread over `[0, this]`.
     pub drain_reconnect_delay: Duration,
+    /// How far a replay after `last_id` (or the device's ack) and a channel
+    /// history after `last_id` look back, in message-id units (0: not at all).
+    ///
+    /// In cluster mode, pushes through different centers can be stored out
+    /// of id order by a little; replaying from `last_id - replay_overlap`
+    /// sends those again (the client drops what it has by id), and live
+    /// messages are then never dropped as replay duplicates.
+    pub replay_overlap: i64,
 }
 
 impl RoomConfig {
@@ -47,7 +55,16 @@ impl RoomConfig {
             max_connections: 100_000,
             rate_limit: 50,
             drain_reconnect_delay: Duration::from_secs(5),
+            replay_overlap: 0,
         }
+    }
+
+    /// `after` moved back by [`RoomConfig::replay_overlap`] (never below 0).
+    pub(crate) fn look_back(&self, after: proto::MsgId) -> proto::MsgId {
+        if self.replay_overlap <= 0 || after.0 <= 0 {
+            return after;
+        }
+        proto::MsgId(after.0.saturating_sub(self.replay_overlap).max(0))
     }
 
     /// Heartbeat interval told to clients, in whole seconds (at least 1).

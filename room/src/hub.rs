@@ -100,6 +100,10 @@ pub(crate) enum Queued {
 pub(crate) struct Conn {
     /// Connection id.
     pub(crate) id: ConnId,
+    /// Device id (for directory re-syncs in cluster mode).
+    device: Box<str>,
+    /// Milliseconds since the epoch when it authenticated.
+    since: i64,
     outbox: Mutex<Outbox>,
     /// Set on every push and on a close signal; cleared by [`Conn::woken`].
     wake_flag: AtomicBool,
@@ -115,10 +119,19 @@ impl Conn {
     pub(crate) fn new(id: ConnId) -> Conn {
         Conn {
             id,
+            device: Box::from(""),
+            since: 0,
             outbox: Mutex::new(Outbox::default()),
             wake_flag: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
+    }
+
+    /// Sets who the connection is, as the directory records it.
+    pub(crate) fn with_meta(mut self, device: &str, since: i64) -> Conn {
+        self.device = Box::from(device);
+        self.since = since;
+        self
     }
 
     /// Wakes the session (or makes its next [`Conn::woken`] return at once).
@@ -261,6 +274,28 @@ impl Hub {
     /// Channels with at least one subscriber.
     pub(crate) fn channels(&self) -> u64 {
         self.channels.len() as u64
+    }
+
+    /// Every connection whose user passes `keep`, as the directory records it.
+    pub(crate) fn snapshot(
+        &self,
+        mut keep: impl FnMut(&UserId) -> bool,
+    ) -> Vec<crate::SessionInfo> {
+        let mut out = Vec::new();
+        for entry in &self.users {
+            if !keep(entry.key()) {
+                continue;
+            }
+            for c in entry.value() {
+                out.push(crate::SessionInfo {
+                    conn: c.id,
+                    user: entry.key().clone(),
+                    device: c.device.to_string(),
+                    since: c.since,
+                });
+            }
+        }
+        out
     }
 
     /// Adds `conn` of `user` to the indexes; the returned guard removes it

@@ -17,6 +17,7 @@ mod hub;
 mod io;
 mod listen;
 mod metrics;
+pub mod remote;
 mod room;
 mod session;
 

@@ -197,6 +197,12 @@ impl Room {
         self.shared.hub.connections()
     }
 
+    /// Every authenticated connection whose user passes `keep` (for a
+    /// register that must be refilled in cluster mode).
+    pub fn snapshot(&self, keep: impl FnMut(&UserId) -> bool) -> Vec<crate::SessionInfo> {
+        self.shared.hub.snapshot(keep)
+    }
+
     /// Distinct users with at least one authenticated connection now.
     pub fn users(&self) -> u64 {
         self.shared.hub.users()

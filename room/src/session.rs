@@ -319,7 +319,7 @@ fn live<'a, T: FrameIo>(
     last_id: Option<MsgId>,
 ) -> impl Future<Output = Result<std::convert::Infallible, CloseReason>> + 'a {
     async move {
-        let conn = Arc::new(Conn::new(info.conn));
+        let conn = Arc::new(Conn::new(info.conn).with_meta(&info.device, info.since));
         let mut reg = shared.hub.register(info.user.clone(), Arc::clone(&conn));
         // Either drain() finds this connection in the hub, or we see its flag.
         if shared.is_draining() {
@@ -591,7 +591,15 @@ impl<'s> Live<'s> {
                 }
             },
         };
-        self.replayed = after;
+        let cfg = &self.shared.cfg;
+        after = cfg.look_back(after);
+        // With an overlap, ids are not stored in strict order across
+        // centers: a live message below the replayed ids may be new, so
+        // nothing live is dropped (the client de-duplicates by id).
+        let dedupe = cfg.replay_overlap <= 0;
+        if dedupe {
+            self.replayed = after;
+        }
         for _ in 0..MAX_REPLAY_PAGES {
             let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
                 Ok(p) => p,
@@ -609,7 +617,9 @@ impl<'s> Live<'s> {
             metrics::add(&self.shared.metrics.replayed, page.len() as u64);
             self.send_msgs(io, idle, page).await?;
             after = last;
-            self.replayed = after;
+            if dedupe {
+                self.replayed = after;
+            }
             if !full {
                 return Ok(());
             }
@@ -679,6 +689,7 @@ impl<'s> Live<'s> {
         }
         let history = match last_id {
             Some(after) => {
+                let after = self.shared.cfg.look_back(after);
                 let fut = self.shared.backend.channel_history(&channel, after, PAGE);
                 Some(call(self.shared, fut).await)
             }

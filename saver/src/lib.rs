@@ -8,9 +8,11 @@
 mod embedded;
 mod live;
 mod redis_backend;
+pub mod remote;
 
 pub use embedded::{EmbeddedStore, MAX_BATCH, SWEEP_LIMIT};
 pub use redis_backend::{acks_key, history_key, queue_key, RedisStore};
+pub use remote::{RemoteStore, SaverService};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,7 +33,7 @@ pub struct StoredMsg {
 }
 
 /// Bounds of one queue or history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bounds {
     /// Keep at most this many newest messages.
     pub max: u32,

@@ -858,6 +858,14 @@ impl Client {
         }
     }
 
+    /// Connects to `addr` (a room's WebSocket or TCP listener, as `t` says).
+    pub async fn connect_addr(addr: SocketAddr, t: Transport) -> Client {
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {t:?} {addr}: {e}"));
+        Client::on_stream(stream, addr, t).await
+    }
+
     async fn on_stream(stream: TcpStream, addr: SocketAddr, t: Transport) -> Client {
         stream.set_nodelay(true).unwrap();
         let conn = match t {

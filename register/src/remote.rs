@@ -1,0 +1,849 @@
+//! The directory in cluster mode: the register service served over links
+//! ([`RegisterService`]) and the client that partitions users over several
+//! register processes ([`ClusterDirectory`]).
+//!
+//! Partitioning: a user lives on register `ring::partition(user, n)` where `n`
+//! is the number of registers and the registers are numbered by their place
+//! in the address list. **Every process (rooms and centers) must list the
+//! registers in the same order**, or they disagree about where a user lives.
+//!
+//! Membership: every room holds a lease ([`RoomLease`]) at every register and
+//! renews it every [`LEASE_RENEW`]. A register that has not heard from a room
+//! for its lease TTL drops the room and every connection it held (the room
+//! died). The live rooms are the union of the live leases of the reachable
+//! registers; [`ClusterDirectory`] caches it and refreshes it every second,
+//! so [`Directory::rooms`] and [`ClusterDirectory::room_addr`] make no network
+//! call.
+//!
+//! Refill: rooms are the source of truth. When a register answers a lease
+//! with [`LeaseOutcome::Fresh`] (it restarted empty, the lease had expired, or
+//! the room is new), the room sends it a full snapshot of its connections
+//! owned by that register ([`ClusterDirectory::sync`], `first = true` then
+//! `first = false` chunks). The room should send the snapshot on the same
+//! client it uses for `connected`/`disconnected` (one ordered link per
+//! register) and take it after the lease answer, so that no later event is
+//! overtaken by an older snapshot.
+//!
+//! This module owns no sockets of its own: the transport is the `link` crate.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+use proto::{ConnId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::{ring, ConnInfo, DirError, DirStats, Directory, LocalDirectory, RoomInfo};
+
+/// The link service name of a register.
+pub const SERVICE: &str = "register";
+
+/// How often a room renews its lease at every register.
+pub const LEASE_RENEW: Duration = Duration::from_secs(1);
+
+/// A sensible lease TTL: three renewals, so a room survives two lost ones.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// How often [`ClusterDirectory`] refreshes its cached membership by default.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
+
+/// A room's lease, renewed by the room every [`LEASE_RENEW`] (1 s).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomLease {
+    /// The room.
+    pub room: RoomId,
+    /// The room's internal link address (where centers reach it).
+    pub addr: String,
+    /// Random per room process start: tells a restarted room (or a second
+    /// process configured with the same room id) from the one that holds the lease.
+    pub instance: u64,
+    /// Connections the room holds (all of them, not only this register's users).
+    pub connections: u64,
+}
+
+/// What a register answered to a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseOutcome {
+    /// Renewed a lease this register already had (same instance).
+    Renewed,
+    /// This register did not know this room instance (it restarted, the
+    /// lease had expired, or the room is new): it dropped any entries of the
+    /// room and the room must send a full sync of its connections owned by
+    /// this register.
+    Fresh,
+    /// Another live instance holds this room id; the lease was not granted.
+    Conflict {
+        /// The internal address of the instance holding the lease.
+        holder_addr: String,
+    },
+}
+
+/// A request to a register (the wire protocol, postcard over a link).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegisterReq {
+    /// A connection authenticated. Answer: [`RegisterResp::Done`].
+    Connected(ConnInfo),
+    /// A connection ended at `now_ms`. Answer: [`RegisterResp::Done`].
+    Disconnected {
+        /// The user.
+        user: UserId,
+        /// The connection.
+        conn: ConnId,
+        /// When it ended, ms since the epoch.
+        now_ms: i64,
+    },
+    /// The live connections of each user, in order. Answer: [`RegisterResp::Lookup`].
+    Lookup(Vec<UserId>),
+    /// A user's total online time up to `now_ms`. Answer: [`RegisterResp::OnlineMs`].
+    OnlineMs {
+        /// The user.
+        user: UserId,
+        /// Count live connections up to this time, ms since the epoch.
+        now_ms: i64,
+    },
+    /// Takes or renews a room's lease. Answer: [`RegisterResp::Lease`].
+    Lease(RoomLease),
+    /// Connections of `room` owned by this register: replaces every entry of
+    /// the room when `first`, else adds to them. Every connection must belong
+    /// to `room`. Answer: [`RegisterResp::Done`] or [`RegisterResp::Err`].
+    Sync {
+        /// The room.
+        room: RoomId,
+        /// Its connections (a chunk of them).
+        conns: Vec<ConnInfo>,
+        /// The first chunk of a snapshot (replace) or a later one (add).
+        first: bool,
+        /// When replacing, entries of the room that authenticated at or after
+        /// this time (ms since the epoch) are kept even if not listed: they
+        /// connected while the snapshot was taken and sent, and their
+        /// `Connected` may have arrived before this `Sync`. (A stale one is
+        /// removed by its own `Disconnected`, which follows on the same link.)
+        keep_since: i64,
+    },
+    /// Drops the lease of `room` and its entries: only if `instance` holds
+    /// the lease (or no live lease exists) when given, whoever holds it when
+    /// `None`. Answer: [`RegisterResp::Done`].
+    Release {
+        /// The room.
+        room: RoomId,
+        /// The instance shutting down; `None`: any.
+        instance: Option<u64>,
+    },
+    /// The live leases. Answer: [`RegisterResp::Members`].
+    Members,
+    /// Totals of this register's partition. Answer: [`RegisterResp::Stats`].
+    Stats,
+}
+
+/// A register's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegisterResp {
+    /// Applied (`Connected`, `Disconnected`, `Sync`, `Release`).
+    Done,
+    /// One list per user asked, in the same order.
+    Lookup(Vec<Vec<ConnInfo>>),
+    /// Online time in milliseconds.
+    OnlineMs(u64),
+    /// The outcome of a lease.
+    Lease(LeaseOutcome),
+    /// The live leases.
+    Members(Vec<RoomLease>),
+    /// Totals.
+    Stats(DirStats),
+    /// The request was refused (nothing was changed).
+    Err(String),
+}
+
+fn now_ms() -> i64 {
+    proto::unix_ms(std::time::SystemTime::now())
+}
+
+/// A lease as the register keeps it.
+#[derive(Debug)]
+struct Held {
+    lease: RoomLease,
+    /// When it expires (monotonic clock).
+    deadline: Instant,
+    /// The same moment in ms since the epoch: online time of the room's
+    /// connections is counted up to it when the lease expires.
+    expires_ms: i64,
+}
+
+/// The register: a [`LocalDirectory`] for this partition's users plus the
+/// room leases, served over links (`NAME = "register"`, ordered so that a
+/// room's `Connected` never overtakes its `Disconnected`).
+#[derive(Debug)]
+pub struct RegisterService {
+    dir: LocalDirectory,
+    ttl: Duration,
+    /// Every change of a lease and every drop of a room's entries happens
+    /// under this lock, so an expiry sweep can not interleave with a
+    /// lease + sync of the same room and wipe the fresh entries.
+    leases: Mutex<HashMap<RoomId, Held>>,
+}
+
+impl RegisterService {
+    /// A register with an empty directory whose leases last `lease_ttl`.
+    pub fn new(lease_ttl: Duration) -> Arc<Self> {
+        Arc::new(RegisterService {
+            dir: LocalDirectory::new(),
+            ttl: lease_ttl,
+            leases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The directory of this register's users.
+    pub fn directory(&self) -> &LocalDirectory {
+        &self.dir
+    }
+
+    /// The lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The live leases, sorted by room.
+    pub fn members(&self) -> Vec<RoomLease> {
+        let now = Instant::now();
+        let mut v: Vec<RoomLease> = self
+            .leases
+            .lock()
+            .values()
+            .filter(|h| h.deadline > now)
+            .map(|h| h.lease.clone())
+            .collect();
+        v.sort_by_key(|l| l.room);
+        v
+    }
+
+    /// Starts the expiry sweep (every lease_ttl/4): drops expired leases and
+    /// every connection of those rooms (online time counted to expiry). It
+    /// also drops entries of rooms that have held no lease for a whole TTL
+    /// (a `Connected` that arrived after its room's lease had expired).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn spawn_sweeper(self: &Arc<Self>, stop: CancellationToken) -> JoinHandle<()> {
+        let svc = Arc::clone(self);
+        let period = (self.ttl / 4).max(Duration::from_millis(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut orphans = HashMap::new();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                svc.sweep(Instant::now(), &mut orphans);
+            }
+        })
+    }
+
+    /// One pass of the sweeper; `orphans` remembers since when a room with
+    /// entries has held no lease.
+    fn sweep(&self, now: Instant, orphans: &mut HashMap<RoomId, Instant>) {
+        let mut leases = self.leases.lock();
+        let expired: Vec<RoomId> = leases
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for room in expired {
+            if let Some(h) = leases.remove(&room) {
+                tracing::info!(%room, addr = %h.lease.addr, "room lease expired; dropping its connections");
+                self.dir.clear_room(room, h.expires_ms);
+            }
+        }
+        let unleased: Vec<RoomId> = self
+            .dir
+            .room_list()
+            .into_iter()
+            .filter(|r| r.connections > 0 && !leases.contains_key(&r.room))
+            .map(|r| r.room)
+            .collect();
+        orphans.retain(|r, _| unleased.contains(r));
+        for room in unleased {
+            let since = *orphans.entry(room).or_insert(now);
+            if now.saturating_duration_since(since) >= self.ttl {
+                tracing::info!(%room, "dropping connections of a room that holds no lease");
+                self.dir.clear_room(room, now_ms());
+                orphans.remove(&room);
+            }
+        }
+    }
+
+    fn lease(&self, lease: RoomLease) -> LeaseOutcome {
+        let now = Instant::now();
+        let wall = now_ms();
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut leases = self.leases.lock();
+        let room = lease.room;
+        if let Some(held) = leases.get_mut(&room) {
+            if held.deadline > now {
+                if held.lease.instance != lease.instance {
+                    return LeaseOutcome::Conflict {
+                        holder_addr: held.lease.addr.clone(),
+                    };
+                }
+                held.lease = lease;
+                held.deadline = now + self.ttl;
+                held.expires_ms = wall.saturating_add(ttl_ms);
+                return LeaseOutcome::Renewed;
+            }
+        }
+        // New, expired (not swept yet) or unknown after a restart: start clean.
+        let closed_at = leases.remove(&room).map_or(wall, |h| h.expires_ms);
+        self.dir.clear_room(room, closed_at);
+        tracing::info!(%room, addr = %lease.addr, instance = lease.instance, "room lease granted");
+        leases.insert(
+            room,
+            Held {
+                lease,
+                deadline: now + self.ttl,
+                expires_ms: wall.saturating_add(ttl_ms),
+            },
+        );
+        LeaseOutcome::Fresh
+    }
+
+    fn sync(
+        &self,
+        room: RoomId,
+        conns: Vec<ConnInfo>,
+        first: bool,
+        keep_since: i64,
+    ) -> RegisterResp {
+        if let Some(c) = conns.iter().find(|c| c.room != room) {
+            return RegisterResp::Err(format!(
+                "sync of room {room} carries connection {} of room {}",
+                c.conn, c.room
+            ));
+        }
+        let _leases = self.leases.lock();
+        if first {
+            self.dir.replace_room(room, conns, keep_since, now_ms());
+        } else {
+            for c in conns {
+                self.dir.add(c);
+            }
+        }
+        RegisterResp::Done
+    }
+
+    fn release(&self, room: RoomId, instance: Option<u64>) {
+        let mut leases = self.leases.lock();
+        if let (Some(held), Some(instance)) = (leases.get(&room), instance) {
+            if held.lease.instance != instance && held.deadline > Instant::now() {
+                tracing::debug!(%room, instance, holder = held.lease.instance, "release by a non-holder ignored");
+                return;
+            }
+        }
+        leases.remove(&room);
+        self.dir.clear_room(room, now_ms());
+        tracing::info!(%room, "room released");
+    }
+}
+
+#[async_trait]
+impl link::Service for RegisterService {
+    type Req = RegisterReq;
+    type Resp = RegisterResp;
+    const NAME: &'static str = SERVICE;
+    const ORDERED: bool = true;
+
+    async fn call(&self, req: RegisterReq) -> RegisterResp {
+        match req {
+            RegisterReq::Connected(c) => {
+                self.dir.add(c);
+                RegisterResp::Done
+            }
+            RegisterReq::Disconnected { user, conn, now_ms } => {
+                self.dir.remove(&user, conn, now_ms);
+                RegisterResp::Done
+            }
+            RegisterReq::Lookup(users) => {
+                RegisterResp::Lookup(users.iter().map(|u| self.dir.get(u)).collect())
+            }
+            RegisterReq::OnlineMs { user, now_ms } => {
+                RegisterResp::OnlineMs(self.dir.online(&user, now_ms))
+            }
+            RegisterReq::Lease(l) => RegisterResp::Lease(self.lease(l)),
+            RegisterReq::Sync {
+                room,
+                conns,
+                first,
+                keep_since,
+            } => self.sync(room, conns, first, keep_since),
+            RegisterReq::Release { room, instance } => {
+                self.release(room, instance);
+                RegisterResp::Done
+            }
+            RegisterReq::Members => RegisterResp::Members(self.members()),
+            RegisterReq::Stats => RegisterResp::Stats(self.dir.totals()),
+        }
+    }
+}
+
+type RegClient = link::Client<RegisterReq, RegisterResp>;
+
+/// A release remembered until a refresh that started after it installs, so
+/// a refresh already in flight does not bring the released room back.
+#[derive(Debug)]
+struct Tomb {
+    room: RoomId,
+    instance: Option<u64>,
+    gen: u64,
+}
+
+impl Tomb {
+    fn hides(&self, l: &RoomLease) -> bool {
+        self.room == l.room && self.instance.is_none_or(|i| i == l.instance)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    rooms: Arc<HashMap<RoomId, RoomLease>>,
+    /// The generation of the refresh installed last.
+    installed: u64,
+    tombs: Vec<Tomb>,
+}
+
+/// Client side: users partitioned over the registers by
+/// `ring::partition(user, n)`, `n` = number of addresses. The order of the
+/// addresses matters: every process must list the registers in the same
+/// order.
+///
+/// Failure of one register: calls for its users fail fast with
+/// [`DirError::Unavailable`] (the link reports it at once while the peer is
+/// down), lookups answer empty lists for its users (they get no live
+/// delivery; stored messages are replayed when they reconnect), stats and
+/// membership come from the registers that answer.
+pub struct ClusterDirectory {
+    clients: Vec<RegClient>,
+    members: Mutex<Membership>,
+    /// Orders refreshes and releases (see [`Tomb`]).
+    gen: AtomicU64,
+    /// Stops the membership refresher when the directory is dropped.
+    _stop: DropGuard,
+}
+
+impl std::fmt::Debug for ClusterDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterDirectory")
+            .field(
+                "registers",
+                &self
+                    .clients
+                    .iter()
+                    .map(link::Client::addr)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterDirectory {
+    /// Starts the clients and a membership refresher (every
+    /// [`DEFAULT_REFRESH`], 1 s: union of live leases from all reachable
+    /// registers).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new(addrs: Vec<String>, cfg: link::ClientConfig) -> Arc<ClusterDirectory> {
+        ClusterDirectory::with_refresh(addrs, cfg, DEFAULT_REFRESH)
+    }
+
+    /// Like [`ClusterDirectory::new`] with another refresh period.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn with_refresh(
+        addrs: Vec<String>,
+        cfg: link::ClientConfig,
+        refresh: Duration,
+    ) -> Arc<ClusterDirectory> {
+        let clients = addrs
+            .into_iter()
+            .map(|a| link::Client::new(a, SERVICE, cfg.clone()))
+            .collect();
+        let stop = CancellationToken::new();
+        let dir = Arc::new(ClusterDirectory {
+            clients,
+            members: Mutex::new(Membership::default()),
+            gen: AtomicU64::new(0),
+            _stop: stop.clone().drop_guard(),
+        });
+        tokio::spawn(refresher(Arc::downgrade(&dir), refresh, stop));
+        dir
+    }
+
+    /// Number of registers (partitions).
+    pub fn partitions(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The partition (index into the address list) that owns `user`.
+    pub fn partition_of(&self, user: &UserId) -> usize {
+        let n = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
+        ring::partition(user, n) as usize
+    }
+
+    /// The address of register `partition`.
+    pub fn addr(&self, partition: usize) -> Option<&str> {
+        self.clients.get(partition).map(link::Client::addr)
+    }
+
+    /// Renews `lease` at every register, concurrently; one outcome per
+    /// register, in order.
+    pub async fn lease(&self, lease: &RoomLease) -> Vec<Result<LeaseOutcome, DirError>> {
+        let calls = (0..self.clients.len()).map(|p| async move {
+            match self.call(p, RegisterReq::Lease(lease.clone())).await? {
+                RegisterResp::Lease(o) => Ok(o),
+                other => Err(self.unexpected(p, &other)),
+            }
+        });
+        join_all(calls).await
+    }
+
+    /// Replaces every entry of `room` at register `partition` with `conns`
+    /// when `first` (else adds them), keeping unlisted entries that
+    /// authenticated at or after `keep_since` (ms since the epoch; pass the
+    /// time taken just before the snapshot, minus a margin); for large rooms
+    /// the caller sends chunks: first=true then first=false ...
+    ///
+    /// # Errors
+    /// [`DirError::Unavailable`] when the register is unreachable or refused
+    /// the sync (a connection of another room in `conns`).
+    pub async fn sync(
+        &self,
+        partition: usize,
+        room: RoomId,
+        conns: Vec<ConnInfo>,
+        first: bool,
+        keep_since: i64,
+    ) -> Result<(), DirError> {
+        let req = RegisterReq::Sync {
+            room,
+            conns,
+            first,
+            keep_since,
+        };
+        let resp = self.call(partition, req).await?;
+        self.done(partition, &resp)
+    }
+
+    /// Releases the lease of `room` (only if `instance` holds it) at every
+    /// register, dropping its entries (room shutting down). The room leaves
+    /// this directory's cached membership at once.
+    ///
+    /// # Errors
+    /// [`DirError::Unavailable`] when a register could not be reached (the
+    /// others released it; the unreachable one drops it when the lease expires).
+    pub async fn release(&self, room: RoomId, instance: u64) -> Result<(), DirError> {
+        self.release_any(room, Some(instance)).await
+    }
+
+    async fn release_any(&self, room: RoomId, instance: Option<u64>) -> Result<(), DirError> {
+        self.forget(room, instance);
+        let calls = (0..self.clients.len()).map(|p| async move {
+            let resp = self
+                .call(p, RegisterReq::Release { room, instance })
+                .await?;
+            self.done(p, &resp)
+        });
+        let answers = join_all(calls).await;
+        // Refreshes that started before every register had released may
+        // still report the lease: hide it from them.
+        let gen = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
+        self.members.lock().tombs.push(Tomb {
+            room,
+            instance,
+            gen,
+        });
+        self.forget(room, instance);
+        answers.into_iter().collect::<Result<Vec<()>, DirError>>()?;
+        Ok(())
+    }
+
+    /// Removes `room` from the cached membership.
+    fn forget(&self, room: RoomId, instance: Option<u64>) {
+        let mut m = self.members.lock();
+        let held = m
+            .rooms
+            .get(&room)
+            .is_some_and(|l| instance.is_none_or(|i| i == l.instance));
+        if held {
+            Arc::make_mut(&mut m.rooms).remove(&room);
+        }
+    }
+
+    /// The internal address of a live room, from the cached membership.
+    pub fn room_addr(&self, room: RoomId) -> Option<String> {
+        self.members.lock().rooms.get(&room).map(|l| l.addr.clone())
+    }
+
+    /// The live leases (one per room), from the cached membership, sorted by room.
+    pub fn members(&self) -> Vec<RoomLease> {
+        let rooms = Arc::clone(&self.members.lock().rooms);
+        let mut v: Vec<RoomLease> = rooms.values().cloned().collect();
+        v.sort_by_key(|l| l.room);
+        v
+    }
+
+    /// Fetches membership now (instead of waiting for the next refresh).
+    ///
+    /// # Errors
+    /// [`DirError::Unavailable`] when no register answered (the cached
+    /// membership is kept as it was).
+    pub async fn refresh(&self) -> Result<(), DirError> {
+        let started = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let calls = (0..self.clients.len()).map(|p| async move {
+            match self.call(p, RegisterReq::Members).await? {
+                RegisterResp::Members(v) => Ok(v),
+                other => Err(self.unexpected(p, &other)),
+            }
+        });
+        let answers = join_all(calls).await;
+        // Per room: the instance most registers report, ties to the first register.
+        let mut votes: HashMap<RoomId, Vec<(RoomLease, usize)>> = HashMap::new();
+        let mut answered = 0usize;
+        let mut last_err = None;
+        for answer in answers {
+            match answer {
+                Ok(leases) => {
+                    answered += 1;
+                    for l in leases {
+                        let v = votes.entry(l.room).or_default();
+                        match v.iter_mut().find(|(x, _)| x.instance == l.instance) {
+                            Some((_, n)) => *n += 1,
+                            None => v.push((l, 1)),
+                        }
+                    }
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if answered == 0 {
+            return Err(last_err
+                .unwrap_or_else(|| DirError::Unavailable("no register configured".to_owned())));
+        }
+        let mut rooms: HashMap<RoomId, RoomLease> = votes
+            .into_iter()
+            .filter_map(|(room, mut v)| {
+                // Stable sort: among equal counts the first register's stays first.
+                v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+                v.into_iter().next().map(|(l, _)| (room, l))
+            })
+            .collect();
+        let mut m = self.members.lock();
+        if started < m.installed {
+            return Ok(()); // a refresh that started later already installed
+        }
+        rooms.retain(|_, l| !m.tombs.iter().any(|t| t.gen > started && t.hides(l)));
+        m.tombs.retain(|t| t.gen > started);
+        m.installed = started;
+        m.rooms = Arc::new(rooms);
+        Ok(())
+    }
+
+    async fn call(&self, partition: usize, req: RegisterReq) -> Result<RegisterResp, DirError> {
+        let Some(client) = self.clients.get(partition) else {
+            return Err(DirError::Unavailable(format!(
+                "no register partition {partition} ({} configured)",
+                self.clients.len()
+            )));
+        };
+        match client.call(req).await {
+            Ok(RegisterResp::Err(reason)) => Err(DirError::Unavailable(format!(
+                "register at {}: {reason}",
+                client.addr()
+            ))),
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(DirError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn done(&self, partition: usize, resp: &RegisterResp) -> Result<(), DirError> {
+        match resp {
+            RegisterResp::Done => Ok(()),
+            other => Err(self.unexpected(partition, other)),
+        }
+    }
+
+    fn unexpected(&self, partition: usize, resp: &RegisterResp) -> DirError {
+        DirError::Unavailable(format!(
+            "register at {}: unexpected answer {resp:?}",
+            self.addr(partition).unwrap_or("?")
+        ))
+    }
+}
+
+/// Refreshes the membership of `dir` every `every` until it is dropped.
+async fn refresher(dir: Weak<ClusterDirectory>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(dir) = dir.upgrade() else { return };
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            r = dir.refresh() => r,
+        };
+        drop(dir);
+        match outcome {
+            Ok(()) if failing => {
+                tracing::info!("room membership refreshed again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "room membership refresh failed: no register answered; keeping the last known rooms");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for ClusterDirectory {
+    async fn connected(&self, conn: ConnInfo) -> Result<(), DirError> {
+        let p = self.partition_of(&conn.user);
+        let resp = self.call(p, RegisterReq::Connected(conn)).await?;
+        self.done(p, &resp)
+    }
+
+    async fn disconnected(&self, user: &UserId, conn: ConnId, now_ms: i64) -> Result<(), DirError> {
+        let p = self.partition_of(user);
+        let req = RegisterReq::Disconnected {
+            user: user.clone(),
+            conn,
+            now_ms,
+        };
+        let resp = self.call(p, req).await?;
+        self.done(p, &resp)
+    }
+
+    /// Batched: one call per partition, concurrently, answers in input
+    /// order. A partition that fails answers empty lists for its users (and
+    /// logs a warning) so that the other users still get live delivery;
+    /// stored messages reach the others when they reconnect.
+    async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<ConnInfo>>, DirError> {
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.clients.len()];
+        for (i, u) in users.iter().enumerate() {
+            if let Some(g) = groups.get_mut(self.partition_of(u)) {
+                g.push(i);
+            }
+        }
+        let calls = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(p, g)| async move {
+                let asked: Vec<UserId> = g.iter().map(|&i| users[i].clone()).collect();
+                (p, self.call(p, RegisterReq::Lookup(asked)).await)
+            });
+        let answers = join_all(calls).await;
+        let mut out = vec![Vec::new(); users.len()];
+        for (p, answer) in answers {
+            let group = &groups[p];
+            match answer {
+                Ok(RegisterResp::Lookup(lists)) if lists.len() == group.len() => {
+                    for (&i, list) in group.iter().zip(lists) {
+                        out[i] = list;
+                    }
+                }
+                Ok(other) => {
+                    let e = self.unexpected(p, &other);
+                    tracing::warn!(partition = p, users = group.len(), error = %e, "lookup failed for a register partition; its users get no live delivery");
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, users = group.len(), error = %e, "lookup failed for a register partition; its users get no live delivery");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn online_ms(&self, user: &UserId, now_ms: i64) -> Result<u64, DirError> {
+        let p = self.partition_of(user);
+        let req = RegisterReq::OnlineMs {
+            user: user.clone(),
+            now_ms,
+        };
+        match self.call(p, req).await? {
+            RegisterResp::OnlineMs(ms) => Ok(ms),
+            other => Err(self.unexpected(p, &other)),
+        }
+    }
+
+    /// Cluster rooms announce themselves with [`ClusterDirectory::lease`]: nothing to do.
+    async fn room_up(&self, _room: RoomId) -> Result<(), DirError> {
+        Ok(())
+    }
+
+    /// Releases the room whatever instance holds it, at every register.
+    async fn room_down(&self, room: RoomId) -> Result<(), DirError> {
+        self.release_any(room, None).await
+    }
+
+    /// From the cached membership (no network call); the connection counts
+    /// are the ones the rooms reported with their last lease.
+    async fn rooms(&self) -> Result<Vec<RoomInfo>, DirError> {
+        Ok(self
+            .members()
+            .into_iter()
+            .map(|l| RoomInfo {
+                room: l.room,
+                connections: l.connections,
+            })
+            .collect())
+    }
+
+    /// The sum over the partitions that answer (users are partitioned, so
+    /// the sums are exact when all do).
+    ///
+    /// # Errors
+    /// [`DirError::Unavailable`] only when no register answers.
+    async fn stats(&self) -> Result<DirStats, DirError> {
+        let calls = (0..self.clients.len()).map(|p| async move {
+            match self.call(p, RegisterReq::Stats).await? {
+                RegisterResp::Stats(s) => Ok(s),
+                other => Err(self.unexpected(p, &other)),
+            }
+        });
+        let mut total = DirStats::default();
+        let mut answered = 0usize;
+        let mut last_err = None;
+        for (p, answer) in join_all(calls).await.into_iter().enumerate() {
+            match answer {
+                Ok(s) => {
+                    answered += 1;
+                    total.connections = total.connections.saturating_add(s.connections);
+                    total.users = total.users.saturating_add(s.users);
+                }
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "stats: register partition did not answer");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if answered == 0 {
+            return Err(last_err
+                .unwrap_or_else(|| DirError::Unavailable("no register configured".to_owned())));
+        }
+        Ok(total)
+    }
+}

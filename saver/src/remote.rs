@@ -1,0 +1,394 @@
+//! A [`Store`] over internal links (cluster mode).
+//!
+//! A saver process serves its store (Redis, or embedded) as
+//! [`SaverService`]; centers and rooms use [`RemoteStore`], which makes one
+//! call per [`Store`] method. The service is concurrent (not ordered), so
+//! many calls reach the store at once and the embedded backend can
+//! group-commit them.
+//!
+//! Savers on Redis are stateless: any of them serves any call, and
+//! [`RemoteStore`] spreads calls round robin and moves on to the next saver
+//! when one is down, restarting or draining. A saver on the embedded store
+//! owns its file, so a cluster has exactly one.
+//!
+//! This module owns the wire protocol and both ends; it binds no sockets (the
+//! caller passes listeners to [`link::serve`]).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use link::LinkError;
+use proto::{MsgId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Bounds, Store, StoreError, StoredMsg};
+
+/// Service name in the link hello.
+pub const SERVICE: &str = "saver";
+
+/// A [`Store`] call, one variant per method (except `close`, which is local).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaverReq {
+    /// [`Store::append_users`].
+    AppendUsers {
+        /// The users whose queues get the message.
+        users: Vec<UserId>,
+        /// The message.
+        msg: StoredMsg,
+        /// Bounds of each queue.
+        bounds: Bounds,
+    },
+    /// [`Store::read_user`].
+    ReadUser {
+        /// The user.
+        user: UserId,
+        /// Only messages with a greater id.
+        after: MsgId,
+        /// Messages expired at this time are left out.
+        now_ms: i64,
+        /// At most this many.
+        limit: u32,
+    },
+    /// [`Store::ack`].
+    Ack {
+        /// The user.
+        user: UserId,
+        /// The user's device.
+        device: String,
+        /// The highest id the device has.
+        id: MsgId,
+    },
+    /// [`Store::acked`].
+    Acked {
+        /// The user.
+        user: UserId,
+        /// The user's device.
+        device: String,
+    },
+    /// [`Store::append_channel`].
+    AppendChannel {
+        /// The channel.
+        channel: String,
+        /// The message.
+        msg: StoredMsg,
+        /// Bounds of the history.
+        bounds: Bounds,
+    },
+    /// [`Store::read_channel`].
+    ReadChannel {
+        /// The channel.
+        channel: String,
+        /// Only messages with a greater id.
+        after: MsgId,
+        /// Messages expired at this time are left out.
+        now_ms: i64,
+        /// At most this many.
+        limit: u32,
+    },
+}
+
+/// A saver's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaverResp {
+    /// A write is durable.
+    Done,
+    /// The messages read.
+    Msgs(Vec<StoredMsg>),
+    /// The answer to [`SaverReq::Acked`].
+    Acked(Option<MsgId>),
+    /// The store failed ([`StoreError::Backend`]).
+    Backend(String),
+    /// The saver's store is closed (the saver is shutting down).
+    Closed,
+}
+
+/// Serves a [`Store`] over links (concurrent: every call is its own task).
+pub struct SaverService {
+    store: Arc<dyn Store>,
+}
+
+impl SaverService {
+    /// Wraps `store`.
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(SaverService { store })
+    }
+}
+
+#[async_trait]
+impl link::Service for SaverService {
+    type Req = SaverReq;
+    type Resp = SaverResp;
+    const NAME: &'static str = SERVICE;
+    const ORDERED: bool = false;
+
+    async fn call(&self, req: SaverReq) -> SaverResp {
+        let s = &self.store;
+        let r = match req {
+            SaverReq::AppendUsers { users, msg, bounds } => s
+                .append_users(&users, &msg, bounds)
+                .await
+                .map(|()| SaverResp::Done),
+            SaverReq::ReadUser {
+                user,
+                after,
+                now_ms,
+                limit,
+            } => s
+                .read_user(&user, after, now_ms, limit)
+                .await
+                .map(SaverResp::Msgs),
+            SaverReq::Ack { user, device, id } => {
+                s.ack(&user, &device, id).await.map(|()| SaverResp::Done)
+            }
+            SaverReq::Acked { user, device } => s.acked(&user, &device).await.map(SaverResp::Acked),
+            SaverReq::AppendChannel {
+                channel,
+                msg,
+                bounds,
+            } => s
+                .append_channel(&channel, &msg, bounds)
+                .await
+                .map(|()| SaverResp::Done),
+            SaverReq::ReadChannel {
+                channel,
+                after,
+                now_ms,
+                limit,
+            } => s
+                .read_channel(&channel, after, now_ms, limit)
+                .await
+                .map(SaverResp::Msgs),
+        };
+        match r {
+            Ok(resp) => resp,
+            Err(StoreError::Closed) => SaverResp::Closed,
+            Err(StoreError::Backend(e)) => {
+                tracing::warn!(error = %e, "saver store call failed");
+                SaverResp::Backend(e)
+            }
+        }
+    }
+}
+
+/// A [`Store`] over links to one or more saver processes: stateless savers
+/// on Redis (any of them serves any call), or exactly one saver on the
+/// embedded store.
+///
+/// Each method is one call, to the savers round robin. When a saver is
+/// unavailable, drops the connection, times out or is draining, the call
+/// goes to the next saver: that is safe for writes too, since appends and
+/// acks are idempotent (same id, same member). A failure of the store behind
+/// a saver ([`StoreError::Backend`]) is returned as it is: every saver shares
+/// that store. [`Store::close`] closes nothing remote; later calls on this
+/// `RemoteStore` fail with [`StoreError::Closed`].
+pub struct RemoteStore {
+    savers: Vec<link::Client<SaverReq, SaverResp>>,
+    /// Round robin position.
+    turn: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for RemoteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs: Vec<&str> = self.savers.iter().map(link::Client::addr).collect();
+        f.debug_struct("RemoteStore")
+            .field("savers", &addrs)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Why one saver did not answer a call.
+enum Miss {
+    /// Try the next saver.
+    Next(String),
+    /// Give up: the answer is final.
+    Stop(StoreError),
+}
+
+impl RemoteStore {
+    /// Clients of the savers at `addrs` (they connect in the background).
+    /// With no address every call fails.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new(addrs: Vec<String>, cfg: link::ClientConfig) -> Arc<RemoteStore> {
+        let savers = addrs
+            .into_iter()
+            .map(|a| link::Client::new(a, SERVICE, cfg.clone()))
+            .collect();
+        Arc::new(RemoteStore {
+            savers,
+            turn: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends `req` to the savers in turn until one answers.
+    async fn call(&self, req: SaverReq) -> Result<SaverResp, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let count = self.savers.len();
+        if count == 0 {
+            return Err(StoreError::Backend("no saver addresses".to_owned()));
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut req = Some(req);
+        let mut last = String::new();
+        for i in 0..count {
+            let saver = &self.savers[(start + i) % count];
+            // Keep a copy only while another saver is left to try.
+            let this = if i + 1 == count {
+                req.take()
+            } else {
+                req.clone()
+            };
+            let Some(this) = this else { break };
+            match Self::outcome(saver, saver.call(this).await) {
+                Ok(resp) => return Ok(resp),
+                Err(Miss::Stop(e)) => return Err(e),
+                Err(Miss::Next(why)) => {
+                    // The link logs its own ups and downs.
+                    tracing::debug!(saver = saver.addr(), %why, "saver call failed; trying the next");
+                    last = why;
+                }
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "no saver answered (last: {last})"
+        )))
+    }
+
+    fn outcome(
+        saver: &link::Client<SaverReq, SaverResp>,
+        r: Result<SaverResp, LinkError>,
+    ) -> Result<SaverResp, Miss> {
+        match r {
+            Ok(SaverResp::Backend(e)) => Err(Miss::Stop(StoreError::Backend(e))),
+            Ok(SaverResp::Closed) => Err(Miss::Next(format!(
+                "saver at {} is shutting down",
+                saver.addr()
+            ))),
+            Ok(resp) => Ok(resp),
+            Err(
+                e @ (LinkError::Unavailable { .. }
+                | LinkError::Disconnected { .. }
+                | LinkError::Timeout { .. }),
+            ) => Err(Miss::Next(e.to_string())),
+            Err(e @ LinkError::Protocol { .. }) => {
+                Err(Miss::Stop(StoreError::Backend(e.to_string())))
+            }
+        }
+    }
+}
+
+/// The answer did not fit the call: a saver of another version.
+fn unexpected(resp: &SaverResp, call: &str) -> StoreError {
+    StoreError::Backend(format!("saver answered {call} with {resp:?}"))
+}
+
+#[async_trait]
+impl Store for RemoteStore {
+    async fn append_users(
+        &self,
+        users: &[UserId],
+        msg: &StoredMsg,
+        bounds: Bounds,
+    ) -> Result<(), StoreError> {
+        let req = SaverReq::AppendUsers {
+            users: users.to_vec(),
+            msg: msg.clone(),
+            bounds,
+        };
+        match self.call(req).await? {
+            SaverResp::Done => Ok(()),
+            other => Err(unexpected(&other, "append_users")),
+        }
+    }
+
+    async fn read_user(
+        &self,
+        user: &UserId,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        let req = SaverReq::ReadUser {
+            user: user.clone(),
+            after,
+            now_ms,
+            limit,
+        };
+        match self.call(req).await? {
+            SaverResp::Msgs(msgs) => Ok(msgs),
+            other => Err(unexpected(&other, "read_user")),
+        }
+    }
+
+    async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), StoreError> {
+        let req = SaverReq::Ack {
+            user: user.clone(),
+            device: device.to_owned(),
+            id,
+        };
+        match self.call(req).await? {
+            SaverResp::Done => Ok(()),
+            other => Err(unexpected(&other, "ack")),
+        }
+    }
+
+    async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, StoreError> {
+        let req = SaverReq::Acked {
+            user: user.clone(),
+            device: device.to_owned(),
+        };
+        match self.call(req).await? {
+            SaverResp::Acked(id) => Ok(id),
+            other => Err(unexpected(&other, "acked")),
+        }
+    }
+
+    async fn append_channel(
+        &self,
+        channel: &str,
+        msg: &StoredMsg,
+        bounds: Bounds,
+    ) -> Result<(), StoreError> {
+        let req = SaverReq::AppendChannel {
+            channel: channel.to_owned(),
+            msg: msg.clone(),
+            bounds,
+        };
+        match self.call(req).await? {
+            SaverResp::Done => Ok(()),
+            other => Err(unexpected(&other, "append_channel")),
+        }
+    }
+
+    async fn read_channel(
+        &self,
+        channel: &str,
+        after: MsgId,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMsg>, StoreError> {
+        let req = SaverReq::ReadChannel {
+            channel: channel.to_owned(),
+            after,
+            now_ms,
+            limit,
+        };
+        match self.call(req).await? {
+            SaverResp::Msgs(msgs) => Ok(msgs),
+            other => Err(unexpected(&other, "read_channel")),
+        }
+    }
+
+    /// Stops this client from making calls; the savers and their stores stay up.
+    async fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

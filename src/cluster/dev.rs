@@ -1,0 +1,417 @@
+//! `pushgate dev-cluster`: a whole cluster on one machine, for trying
+//! cluster mode and for benchmarks. It starts redis-server (or one saver on
+//! the embedded store), the registers, idgens and saver, the centers and N
+//! rooms as child processes of this binary, prints the endpoints, forwards
+//! every child's output with a `[name]` prefix, and stops them all (rooms
+//! first, with SIGTERM) on Ctrl-C or SIGTERM.
+//!
+//! Ports, from `--base-port B`: centers `B+0…`, registers `B+10…`, idgens
+//! `B+20…`, saver `B+30`, redis `B+40`; room `i` (from 0) takes
+//! `B+100+4i` (WebSocket), `+1` (TCP), `+2` (internal), `+3` (health).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::args::{DevClusterArgs, DevStore};
+use crate::cli::LogFormat;
+use crate::secrets;
+
+/// Longest a child may take to print `ready`.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a child may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One child process.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// Runs the dev cluster until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When a process cannot be started or does not become ready.
+pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
+    let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("create data dir {}", args.data.display()))?;
+    let data = std::fs::canonicalize(&args.data)?;
+    let (api_key, _) = secrets::load_or_generate(&data, "api_key", None)?;
+    let (token_secret, _) = secrets::load_or_generate(&data, "token_secret", None)?;
+    let (cluster_key, _) = secrets::load_or_generate(&data, "cluster_key", None)?;
+    let exe = std::env::current_exe().context("find this binary")?;
+    let host = args.host;
+    let port = |offset: u32| -> anyhow::Result<SocketAddr> {
+        let p = u32::from(args.base_port) + offset;
+        let p = u16::try_from(p).context("--base-port too high for this many rooms")?;
+        Ok(SocketAddr::new(host, p))
+    };
+    let log = match args.log_format {
+        LogFormat::Human => "human",
+        LogFormat::Json => "json",
+    };
+    let mut procs: Vec<Proc> = Vec::new();
+    let result = start_all(
+        &args,
+        &exe,
+        &data,
+        host,
+        &port,
+        log,
+        &cluster_key,
+        &api_key,
+        &token_secret,
+        &mut procs,
+    )
+    .await;
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            println!("ready");
+            info!(processes = procs.len(), "dev cluster up; Ctrl-C stops it");
+            shutdown.wait().await;
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "dev cluster failed to start; stopping what was started");
+            stop_all(procs).await;
+            return Err(e);
+        }
+    }
+    info!("stopping the dev cluster");
+    stop_all(procs).await;
+    info!("stopped");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_all(
+    args: &DevClusterArgs,
+    exe: &Path,
+    data: &Path,
+    host: IpAddr,
+    port: &dyn Fn(u32) -> anyhow::Result<SocketAddr>,
+    log: &str,
+    cluster_key: &str,
+    api_key: &str,
+    token_secret: &str,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<String> {
+    let common = |mut v: Vec<String>| {
+        v.extend([
+            "--cluster-key".into(),
+            cluster_key.into(),
+            "--log-format".into(),
+            log.into(),
+        ]);
+        v
+    };
+    // The store.
+    let saver_addr = port(30)?;
+    match args.store {
+        DevStore::Redis => {
+            let redis_addr = port(40)?;
+            let dir = data.join("redis");
+            std::fs::create_dir_all(&dir)?;
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &redis_addr.port().to_string(),
+                "--bind",
+                &host.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .current_dir(&dir);
+            let child = spawn(cmd, "redis").map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}\n(install Redis: apt-get install redis-server, or use --store embedded)"
+                )
+            })?;
+            procs.push(child);
+            wait_port(redis_addr, START_TIMEOUT)
+                .await
+                .context("redis-server did not start")?;
+            let url = format!("redis://{redis_addr}/");
+            let saver = start(
+                exe,
+                "saver",
+                common(vec![
+                    "saver".into(),
+                    "--listen".into(),
+                    saver_addr.to_string(),
+                    "--redis".into(),
+                    url,
+                ]),
+            )?;
+            procs.push(saver);
+        }
+        DevStore::Embedded => {
+            let saver = start(
+                exe,
+                "saver",
+                common(vec![
+                    "saver".into(),
+                    "--listen".into(),
+                    saver_addr.to_string(),
+                    "--data".into(),
+                    data.join("saver").display().to_string(),
+                ]),
+            )?;
+            procs.push(saver);
+        }
+    }
+    let mut registers = Vec::new();
+    for k in 0..args.registers {
+        let addr = port(10 + k)?;
+        registers.push(addr.to_string());
+        procs.push(start(
+            exe,
+            &format!("register-{}", k + 1),
+            common(vec!["register".into(), "--listen".into(), addr.to_string()]),
+        )?);
+    }
+    let mut idgens = Vec::new();
+    for k in 0..args.idgens {
+        let addr = port(20 + k)?;
+        idgens.push(addr.to_string());
+        procs.push(start(
+            exe,
+            &format!("idgen-{}", k + 1),
+            common(vec![
+                "idgen".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--region".into(),
+                (k + 1).to_string(),
+                "--data".into(),
+                data.join(format!("idgen-{}", k + 1)).display().to_string(),
+            ]),
+        )?);
+    }
+    wait_ready(procs).await?;
+    let registers = registers.join(",");
+    let mut summary = String::from("pushgate dev cluster\n");
+    for c in 0..args.centers {
+        let http = port(c)?;
+        procs.push(start(
+            exe,
+            &format!("center-{}", c + 1),
+            common(vec![
+                "center".into(),
+                "--http".into(),
+                http.to_string(),
+                "--api-key".into(),
+                api_key.into(),
+                "--registers".into(),
+                registers.clone(),
+                "--idgens".into(),
+                idgens.join(","),
+                "--saver".into(),
+                saver_addr.to_string(),
+            ]),
+        )?);
+        summary.push_str(&format!(
+            "  REST API   http://{http}/api/v1   (center {})\n",
+            c + 1
+        ));
+    }
+    let extra: Vec<String> = args
+        .room_args
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for i in 0..args.rooms {
+        let (ws, tcp, internal, health) = (
+            port(100 + 4 * i)?,
+            port(101 + 4 * i)?,
+            port(102 + 4 * i)?,
+            port(103 + 4 * i)?,
+        );
+        let mut v = vec![
+            "room".into(),
+            "--id".into(),
+            (i + 1).to_string(),
+            "--ws".into(),
+            ws.to_string(),
+            "--tcp".into(),
+            tcp.to_string(),
+            "--internal".into(),
+            internal.to_string(),
+            "--http".into(),
+            health.to_string(),
+            "--registers".into(),
+            registers.clone(),
+            "--saver".into(),
+            saver_addr.to_string(),
+            "--token-secret".into(),
+            token_secret.into(),
+            "--heartbeat".into(),
+            args.heartbeat.to_string(),
+        ];
+        v.extend(extra.iter().cloned());
+        procs.push(start(exe, &format!("room-{}", i + 1), common(v))?);
+        summary.push_str(&format!(
+            "  room {:<4}  ws://{ws}/ws   tcp {tcp}   health http://{health}/metrics\n",
+            i + 1
+        ));
+    }
+    wait_ready(procs).await?;
+    summary.push_str(&format!(
+        "  registers  {registers}\n  idgens     {}\n  saver      {saver_addr} ({:?})\n",
+        idgens.join(","),
+        args.store
+    ));
+    summary.push_str(&format!(
+        "api key: {api_key}\ntoken secret: {token_secret}\ncluster key: {cluster_key}\n"
+    ));
+    summary.push_str(&format!(
+        "try: pushgate token --user alice --token-secret {token_secret}\n     curl -H 'Authorization: Bearer {api_key}' http://{}/api/v1/stats",
+        port(0)?
+    ));
+    Ok(summary)
+}
+
+/// Starts `pushgate <args>` as child `name`.
+fn start(exe: &Path, name: &str, args: Vec<String>) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(exe);
+    cmd.args(&args);
+    spawn(cmd, name)
+}
+
+/// Spawns with piped output; lines are forwarded with a `[name]` prefix.
+fn spawn(mut cmd: Command, name: &str) -> anyhow::Result<Proc> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+/// Forwards the output of every child not yet forwarded and waits until
+/// each of them printed `ready` (redis-server is waited for by its port).
+async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<()> {
+    let mut waits = Vec::new();
+    for p in procs.iter_mut() {
+        let name = p.name.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut tx = Some(tx);
+        if let Some(out) = p.child.stdout.take() {
+            let label = name.clone();
+            let is_redis = label == "redis";
+            if is_redis {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line == "ready" {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    if !is_redis {
+                        println!("[{label}] {line}");
+                    }
+                }
+            });
+            waits.push((name.clone(), rx));
+        }
+        if let Some(err) = p.child.stderr.take() {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{name}] {line}");
+                }
+            });
+        }
+    }
+    for (name, rx) in waits {
+        match tokio::time::timeout(START_TIMEOUT, rx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => anyhow::bail!("{name} exited before it was ready (its output is above)"),
+            Err(_) => anyhow::bail!("{name} was not ready within {START_TIMEOUT:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+async fn wait_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM to the rooms, then the centers, then everything else (newest
+/// first); each group is waited for, and killed after [`STOP_TIMEOUT`].
+async fn stop_all(mut procs: Vec<Proc>) {
+    let rank = |p: &Proc| {
+        if p.name.starts_with("room-") {
+            0
+        } else if p.name.starts_with("center-") {
+            1
+        } else if p.name == "redis" {
+            3
+        } else {
+            2
+        }
+    };
+    procs.reverse();
+    for group in 0..4 {
+        let (now, rest): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| rank(p) == group);
+        procs = rest;
+        for p in &now {
+            if let Some(pid) = p.child.id() {
+                terminate(pid);
+            }
+        }
+        for mut p in now {
+            match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => warn!(process = %p.name, %status, "exited with an error"),
+                Ok(Err(e)) => warn!(process = %p.name, error = %e, "wait failed"),
+                Err(_) => {
+                    warn!(process = %p.name, "did not stop in time; killing it");
+                    let _ = p.child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to `pid` (a child of this process).
+fn terminate(pid: u32) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+}

@@ -1,0 +1,129 @@
+//! [`center::Rooms`] over internal links: one link per live room, found
+//! through the registers' membership (no static list of rooms).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use center::{Rooms, RoomsError};
+use dashmap::DashMap;
+use link::Client;
+use proto::{EncodedMsg, RoomId, UserId};
+use register::ClusterDirectory;
+use room::remote::{RoomReq, RoomResp, SERVICE};
+
+type RoomClient = Client<RoomReq, RoomResp>;
+
+/// Links to the live rooms.
+pub(crate) struct ClusterRooms {
+    dir: Arc<ClusterDirectory>,
+    cfg: link::ClientConfig,
+    links: DashMap<RoomId, (String, RoomClient)>,
+}
+
+impl ClusterRooms {
+    /// Rooms as `dir`'s membership lists them; links are opened on first use
+    /// and closed when their room leaves the membership.
+    pub(crate) fn new(dir: Arc<ClusterDirectory>, key: &str) -> Arc<ClusterRooms> {
+        let mut cfg = link::ClientConfig::new(key);
+        // A room that does not answer in 2 s is treated as failed for this
+        // call; a dead room fails at once (its link is down).
+        cfg.call_timeout = Duration::from_secs(2);
+        cfg.first_connect_wait = Duration::from_secs(1);
+        let rooms = Arc::new(ClusterRooms {
+            dir,
+            cfg,
+            links: DashMap::new(),
+        });
+        tokio::spawn(prune(Arc::downgrade(&rooms)));
+        rooms
+    }
+
+    fn link(&self, room: RoomId) -> Result<RoomClient, RoomsError> {
+        let Some(addr) = self.dir.room_addr(room) else {
+            return Err(RoomsError {
+                room,
+                reason: "not a live room".into(),
+            });
+        };
+        if let Some(l) = self.links.get(&room) {
+            if l.0 == addr {
+                return Ok(l.1.clone());
+            }
+        }
+        // New room, or the id moved to another address (restarted elsewhere).
+        let client = Client::new(addr.clone(), SERVICE, self.cfg.clone());
+        self.links.insert(room, (addr, client.clone()));
+        Ok(client)
+    }
+
+    async fn count(&self, room: RoomId, req: RoomReq) -> Result<u64, RoomsError> {
+        let link = self.link(room)?;
+        match link.call(req).await {
+            Ok(RoomResp::Count(n)) => Ok(n),
+            Ok(other) => Err(RoomsError {
+                room,
+                reason: format!("unexpected answer {other:?}"),
+            }),
+            Err(e) => Err(RoomsError {
+                room,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Closes links of rooms that left the membership, every 5 s.
+async fn prune(rooms: std::sync::Weak<ClusterRooms>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(rooms) = rooms.upgrade() else {
+            return;
+        };
+        rooms
+            .links
+            .retain(|room, (addr, _)| rooms.dir.room_addr(*room).as_deref() == Some(addr.as_str()));
+    }
+}
+
+#[async_trait]
+impl Rooms for ClusterRooms {
+    async fn deliver_users(
+        &self,
+        room: RoomId,
+        users: &[UserId],
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<u64, RoomsError> {
+        let req = RoomReq::DeliverUsers {
+            users: users.to_vec(),
+            msg: EncodedMsg::clone(msg),
+        };
+        self.count(room, req).await
+    }
+
+    async fn publish_channel(
+        &self,
+        room: RoomId,
+        channel: &str,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<u64, RoomsError> {
+        let req = RoomReq::PublishChannel {
+            channel: channel.to_owned(),
+            msg: EncodedMsg::clone(msg),
+        };
+        self.count(room, req).await
+    }
+
+    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
+        let req = RoomReq::Broadcast {
+            msg: EncodedMsg::clone(msg),
+        };
+        self.count(room, req).await
+    }
+
+    async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {
+        let req = RoomReq::KickUser { user: user.clone() };
+        self.count(room, req).await
+    }
+}

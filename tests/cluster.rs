@@ -1,0 +1,832 @@
+//! Cluster mode end to end: every component its own `pushgate` process
+//! (registers, idgens, saver, centers, rooms) on loopback, Redis from testkit.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, mint, now_secs, spawn_raw, Client, Event, Transport};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::process::Child;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// One `pushgate <subcommand>` process.
+struct Node {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    lines: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Node {
+    async fn start(name: &str, args: Vec<String>) -> Node {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, lines, stderr) = spawn_raw(&refs, &[], None).await;
+        Node {
+            name: name.to_owned(),
+            args,
+            child: Some(child),
+            lines,
+            stderr,
+        }
+    }
+
+    fn addr(&self, prefix: &str) -> SocketAddr {
+        let line = self
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{}: no line {prefix:?} in {:?}", self.name, self.lines));
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).unwrap()
+    }
+
+    async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+            let _ = c.wait().await;
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit.
+    async fn stop(&mut self) {
+        let pid = self.pid();
+        common::sigterm_pid(pid);
+        let mut c = self.child.take().unwrap();
+        let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit after SIGTERM", self.name))
+            .unwrap();
+        assert!(
+            st.success(),
+            "{} exited with {st}: {}",
+            self.name,
+            self.stderr.lock()
+        );
+    }
+
+    /// Starts the same command again (same ports where they were fixed).
+    async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running node");
+        let again = Node::start(&self.name, self.args.clone()).await;
+        *self = again;
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| (*x).to_owned()).collect()
+}
+
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// A cluster: Redis, 2 registers, 2 idgens, 1 saver, centers, rooms.
+struct Cluster {
+    _redis: testkit::RedisServer,
+    _data: tempfile::TempDir,
+    key: String,
+    api_key: String,
+    secret: String,
+    registers: Vec<Node>,
+    idgens: Vec<Node>,
+    savers: Vec<Node>,
+    centers: Vec<Node>,
+    rooms: Vec<Node>,
+    reg_list: String,
+    saver_list: String,
+    idgen_list: String,
+    lease_ms: u64,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(rooms: u32, centers: usize) -> Cluster {
+        let redis = testkit::RedisServer::start();
+        let data = tempfile::tempdir().unwrap();
+        let key = common::uniq("ck");
+        let lease_ms = 1500;
+        let common_args = |mut v: Vec<String>| {
+            v.extend(s(&["--cluster-key", &key]));
+            v
+        };
+        let mut registers = Vec::new();
+        let mut reg_addrs = Vec::new();
+        for _ in 0..2 {
+            let a = local(testkit::free_port());
+            reg_addrs.push(a.clone());
+            registers.push(
+                Node::start(
+                    "register",
+                    common_args(s(&[
+                        "register",
+                        "--listen",
+                        &a,
+                        "--lease-ms",
+                        &lease_ms.to_string(),
+                    ])),
+                )
+                .await,
+            );
+        }
+        let mut idgens = Vec::new();
+        let mut idgen_addrs = Vec::new();
+        for region in 1..=2 {
+            let a = local(testkit::free_port());
+            idgen_addrs.push(a.clone());
+            let dir = data.path().join(format!("idgen-{region}"));
+            idgens.push(
+                Node::start(
+                    "idgen",
+                    common_args(s(&[
+                        "idgen",
+                        "--listen",
+                        &a,
+                        "--region",
+                        &region.to_string(),
+                        "--data",
+                        &dir.display().to_string(),
+                    ])),
+                )
+                .await,
+            );
+        }
+        let saver_addr = local(testkit::free_port());
+        let savers = vec![
+            Node::start(
+                "saver",
+                common_args(s(&[
+                    "saver",
+                    "--listen",
+                    &saver_addr,
+                    "--redis",
+                    &redis.url(),
+                ])),
+            )
+            .await,
+        ];
+        let mut c = Cluster {
+            _redis: redis,
+            _data: data,
+            key: key.clone(),
+            api_key: common::uniq("api"),
+            secret: common::uniq("secret"),
+            registers,
+            idgens,
+            savers,
+            centers: Vec::new(),
+            rooms: Vec::new(),
+            reg_list: reg_addrs.join(","),
+            saver_list: saver_addr,
+            idgen_list: idgen_addrs.join(","),
+            lease_ms,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        for _ in 0..centers {
+            c.add_center().await;
+        }
+        for id in 1..=rooms {
+            c.add_room(id).await;
+        }
+        c.wait_rooms(rooms as usize).await;
+        c
+    }
+
+    async fn add_center(&mut self) {
+        let args = s(&[
+            "center",
+            "--http",
+            "127.0.0.1:0",
+            "--api-key",
+            &self.api_key,
+            "--registers",
+            &self.reg_list,
+            "--idgens",
+            &self.idgen_list,
+            "--saver",
+            &self.saver_list,
+            "--cluster-key",
+            &self.key,
+        ]);
+        let n = Node::start("center", args).await;
+        self.centers.push(n);
+    }
+
+    fn room_args(&self, id: u32) -> Vec<String> {
+        s(&[
+            "room",
+            "--id",
+            &id.to_string(),
+            "--ws",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--internal",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--registers",
+            &self.reg_list,
+            "--saver",
+            &self.saver_list,
+            "--token-secret",
+            &self.secret,
+            "--cluster-key",
+            &self.key,
+            "--reconnect-delay-ms",
+            "200",
+            "--drain-timeout",
+            "5",
+        ])
+    }
+
+    /// Starts room `id`; returns its index in `rooms`.
+    async fn add_room(&mut self, id: u32) -> usize {
+        let n = Node::start(&format!("room-{id}"), self.room_args(id)).await;
+        self.rooms.push(n);
+        self.rooms.len() - 1
+    }
+
+    fn ws(&self, room: usize) -> SocketAddr {
+        self.rooms[room].addr("ws listening on ")
+    }
+
+    fn token(&self, user: &str) -> String {
+        mint(
+            &self.secret,
+            user,
+            None,
+            Some(&["news", "chan-*"]),
+            now_secs() + 3600,
+        )
+    }
+
+    async fn api(
+        &self,
+        center: usize,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!(
+            "http://{}/api/v1{path}",
+            self.centers[center].addr("http listening on ")
+        );
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut rb = self.http.request(m, &url).bearer_auth(&self.api_key);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn api_ok(&self, center: usize, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (st, v) = self.api(center, method, path, body).await;
+        assert!(st == 200 || st == 202, "{method} {path}: {st} {v}");
+        v
+    }
+
+    async fn push(&self, center: usize, users: &[&str], data: Value) -> Value {
+        self.api_ok(
+            center,
+            "POST",
+            "/push/users",
+            Some(json!({"users": users, "data": data})),
+        )
+        .await
+    }
+
+    /// Polls a task until it is done or failed (10 s at most).
+    async fn wait_task(&self, center: usize, task: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, t) = self
+                .api(center, "GET", &format!("/tasks/{task}"), None)
+                .await;
+            if t["state"] == "done" || t["state"] == "failed" {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task} still {t} after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn room_count(&self, center: usize) -> usize {
+        let v = self.api_ok(center, "GET", "/stats", None).await;
+        v["rooms"].as_array().map_or(0, Vec::len)
+    }
+
+    async fn wait_rooms(&self, n: usize) {
+        for c in 0..self.centers.len() {
+            eventually(
+                &format!("center {c} lists {n} rooms"),
+                Duration::from_secs(5),
+                || async move { self.room_count(c).await == n },
+            )
+            .await;
+        }
+    }
+
+    /// Connects `user` to room index `room` and waits until center 0 lists it.
+    async fn login(&self, room: usize, user: &str, last_id: Option<i64>) -> Client {
+        let mut c = Client::connect_addr(self.ws(room), Transport::WsJson).await;
+        let ok = c.auth(&self.token(user), last_id, Some("d1")).await;
+        let conn = common::id_text(&ok["conn"]);
+        eventually(
+            &format!("{user} listed online"),
+            Duration::from_secs(5),
+            || {
+                let conn = conn.clone();
+                async move {
+                    let (_, v) = self.api(0, "GET", &format!("/users/{user}"), None).await;
+                    v["connections"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| common::id_text(&c["conn"]) == conn))
+                }
+            },
+        )
+        .await;
+        c
+    }
+}
+
+/// A client that keeps itself connected: on any close it reconnects (with
+/// jittered backoff) to the next room in `rooms`, presenting the highest id
+/// it has as `last_id`. Records every message id it receives.
+struct Resilient {
+    ids: Arc<Mutex<BTreeSet<i64>>>,
+    reconnects: Arc<Mutex<u32>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Resilient {
+    fn spawn(rooms: Arc<Mutex<Vec<SocketAddr>>>, token: String, start: usize) -> Resilient {
+        let ids = Arc::new(Mutex::new(BTreeSet::new()));
+        let reconnects = Arc::new(Mutex::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let (ids, reconnects, stop) = (ids.clone(), reconnects.clone(), stop.clone());
+            async move {
+                let mut i = start;
+                let mut first = true;
+                while !stop.is_cancelled() {
+                    let addr = {
+                        let r = rooms.lock();
+                        r[i % r.len()]
+                    };
+                    i += 1;
+                    if !first {
+                        *reconnects.lock() += 1;
+                        let jitter = rand::random::<u64>() % 150;
+                        tokio::time::sleep(Duration::from_millis(50 + jitter)).await;
+                    }
+                    first = false;
+                    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                        continue;
+                    };
+                    drop(stream);
+                    let mut c = Client::connect_addr(addr, Transport::WsJson).await;
+                    let last = ids.lock().last().copied();
+                    c.send(&proto::ClientFrame::Auth {
+                        seq: Some(1),
+                        token: token.clone(),
+                        last_id: last.map(proto::MsgId),
+                        device: Some("d1".into()),
+                    })
+                    .await;
+                    loop {
+                        let ev = tokio::select! {
+                            () = stop.cancelled() => return,
+                            ev = c.recv(Duration::from_secs(30)) => ev,
+                        };
+                        match ev {
+                            Some(Event::Frame(v)) if v["op"] == "msg" => {
+                                ids.lock().insert(v["id"].as_i64().unwrap());
+                            }
+                            Some(Event::Frame(_)) => {}
+                            Some(Event::Closed { .. }) | None => break,
+                        }
+                    }
+                }
+            }
+        });
+        Resilient {
+            ids,
+            reconnects,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (BTreeSet<i64>, u32) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let ids = self.ids.lock().clone();
+        let r = *self.reconnects.lock();
+        (ids, r)
+    }
+}
+
+async fn wait_ids(r: &Resilient, want: &BTreeSet<i64>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let missing: Vec<i64> = want.difference(&r.ids.lock()).copied().collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} messages never arrived, e.g. {:?}",
+            missing.len(),
+            want.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_discovered_and_either_center_pushes() {
+    let mut c = Cluster::start(3, 2).await;
+
+    // One user per room, through either center.
+    let mut clients = Vec::new();
+    for r in 0..3 {
+        clients.push(c.login(r, &format!("u{r}"), None).await);
+    }
+    for (center, r) in [(0usize, 0usize), (1, 1), (0, 2), (1, 0)] {
+        let v = c
+            .push(center, &[&format!("u{r}")], json!({"via": center}))
+            .await;
+        assert_eq!(v["delivered"], 1, "{v}");
+        assert_eq!(v["stored"], 1, "{v}");
+        let m = clients[r].next_msg().await;
+        assert_eq!(m["data"]["via"], center);
+        assert_eq!(m["id"], v["id"]);
+    }
+    // Multicast over three rooms: one batched lookup, one call per room.
+    let v = c.push(1, &["u0", "u1", "u2", "nobody"], json!("all")).await;
+    assert_eq!(v["delivered"], 3, "{v}");
+    assert_eq!(v["stored"], 4, "{v}");
+    for cl in &mut clients {
+        assert_eq!(cl.next_msg().await["data"], "all");
+    }
+    // GET /users names the room that holds the user.
+    let (_, u) = c.api(1, "GET", "/users/u2", None).await;
+    assert_eq!(u["online"], true, "{u}");
+    assert_eq!(u["connections"][0]["room"], "3", "{u}");
+
+    // Channel: subscribers in two rooms.
+    clients[0].sub("news").await;
+    clients[2].sub("news").await;
+    let v = c
+        .api_ok(
+            0,
+            "POST",
+            "/push/channel",
+            Some(json!({"channel": "news", "data": "ch"})),
+        )
+        .await;
+    assert_eq!(v["delivered"], 2, "{v}");
+    assert_eq!(clients[0].next_msg().await["channel"], "news");
+    assert_eq!(clients[2].next_msg().await["channel"], "news");
+
+    // Broadcast: one call per room, progress per room.
+    let v = c
+        .api_ok(1, "POST", "/push/broadcast", Some(json!({"data": "bc"})))
+        .await;
+    let done = c.wait_task(1, v["task"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["rooms_total"], 3, "{done}");
+    assert_eq!(done["rooms_done"], 3, "{done}");
+    assert_eq!(done["rooms_failed"], 0, "{done}");
+    assert_eq!(done["delivered"], 3, "{done}");
+    for cl in &mut clients {
+        assert_eq!(cl.next_msg().await["data"], "bc");
+    }
+
+    // A room added while running is discovered without any list.
+    let r4 = c.add_room(4).await;
+    c.wait_rooms(4).await;
+    let mut late = c.login(r4, "u4", None).await;
+    let v = c.push(0, &["u4"], json!("late")).await;
+    assert_eq!(v["delivered"], 1, "{v}");
+    assert_eq!(late.next_msg().await["data"], "late");
+
+    // A room removed (SIGTERM) tells its clients 4007 and leaves the membership.
+    let stop = tokio::spawn(async move {
+        let mut n = c.rooms.remove(r4);
+        n.stop().await;
+        c
+    });
+    let (code, reason, _) = late.closed(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(4007), "{reason}");
+    assert!(reason.contains("reconnect_after_ms="), "{reason}");
+    let c = stop.await.unwrap();
+    c.wait_rooms(3).await;
+    let (_, u) = c.api(0, "GET", "/users/u4", None).await;
+    assert_eq!(u["online"], false, "{u}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_room_clients_resume_elsewhere_without_loss() {
+    let mut c = Cluster::start(2, 1).await;
+    let rooms = Arc::new(Mutex::new(vec![c.ws(0), c.ws(1)]));
+    // Every user starts on room 1 (index 0).
+    let users: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    let mut clients = Vec::new();
+    for u in &users {
+        clients.push(Resilient::spawn(rooms.clone(), c.token(u), 0));
+    }
+    for u in &users {
+        eventually(&format!("{u} online"), Duration::from_secs(5), || async {
+            let (_, v) = c.api(0, "GET", &format!("/users/{u}"), None).await;
+            v["online"] == true
+        })
+        .await;
+    }
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let mut sent = BTreeSet::new();
+    for i in 0..20 {
+        let v = c.push(0, &refs, json!(i)).await;
+        sent.insert(v["id"].as_i64().unwrap());
+    }
+    // Room 1 dies with everyone on it; pushes continue meanwhile.
+    c.rooms[0].kill9().await;
+    let killed_at = Instant::now();
+    rooms.lock().remove(0);
+    // While its lease lives, a broadcast still lists it: reported failed, not hung.
+    let v = c
+        .api_ok(0, "POST", "/push/broadcast", Some(json!({"data": "b"})))
+        .await;
+    let t = c.wait_task(0, v["task"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["rooms_done"], t["rooms_total"], "{t}");
+    if t["rooms_total"] == 2 {
+        assert_eq!(t["rooms_failed"], 1, "{t}");
+    }
+    for i in 20..40 {
+        let v = c.push(0, &refs, json!(i)).await;
+        sent.insert(v["id"].as_i64().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The register drops the dead room within the lease time.
+    c.wait_rooms(1).await;
+    assert!(
+        killed_at.elapsed() < Duration::from_millis(c.lease_ms * 3 + 2000),
+        "dead room listed for {:?}",
+        killed_at.elapsed()
+    );
+    for r in &clients {
+        wait_ids(r, &sent, Duration::from_secs(10)).await;
+    }
+    for r in clients {
+        let (_, reconnects) = r.finish().await;
+        assert!(reconnects >= 1, "client never reconnected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_register_is_refilled_and_nothing_stored_is_lost() {
+    let mut c = Cluster::start(2, 1).await;
+    let users: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        clients.push(c.login(i % 2, u, None).await);
+    }
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    // Register 0 restarts empty (kill -9, same port).
+    c.registers[0].kill9().await;
+    // Pushes meanwhile are stored (and reach users of the live partition).
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let v = c.push(0, &refs, json!(i)).await;
+        assert_eq!(v["stored"], 12, "{v}");
+        sent.push(v["id"].as_i64().unwrap());
+    }
+    c.registers[0].restart().await;
+    // Refilled by the rooms within a lease renewal or two: everyone is online again.
+    for u in &users {
+        eventually(
+            &format!("{u} online again"),
+            Duration::from_secs(5),
+            || async {
+                let (_, v) = c.api(0, "GET", &format!("/users/{u}"), None).await;
+                v["online"] == true
+            },
+        )
+        .await;
+    }
+    let v = c.push(0, &refs, json!("after")).await;
+    assert_eq!(v["delivered"], 12, "{v}");
+    sent.push(v["id"].as_i64().unwrap());
+    // Every client has every stored message once it resumes from its last
+    // id seen before the outage (live delivery to the restarted partition
+    // may have missed some; replay does not).
+    for (i, (u, mut cl)) in users.iter().zip(clients).enumerate() {
+        let mut got = HashSet::new();
+        while let Some(Event::Frame(m)) = cl.recv(Duration::from_millis(300)).await {
+            if m["op"] == "msg" {
+                got.insert(m["id"].as_i64().unwrap());
+            }
+        }
+        cl.close().await;
+        let mut again = c.login((i + 1) % 2, u, Some(0)).await;
+        let replayed = again.msgs(sent.len()).await;
+        for m in replayed {
+            got.insert(m["id"].as_i64().unwrap());
+        }
+        for id in &sent {
+            assert!(got.contains(id), "{u} never got {id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_and_idgen_kill9_lose_no_acknowledged_push_and_ids_stay_unique() {
+    let mut c = Cluster::start(1, 2).await;
+    let mut all_ids = HashSet::new();
+    let mut acked = Vec::new();
+    for round in 0..3 {
+        for i in 0..30 {
+            let center = i % 2;
+            let (st, v) = c
+                .api(
+                    center,
+                    "POST",
+                    "/push/users",
+                    Some(json!({"users": ["off"], "data": [round, i]})),
+                )
+                .await;
+            if st == 200 {
+                let id = v["id"].as_i64().unwrap();
+                assert!(all_ids.insert(id), "duplicate id {id}");
+                acked.push(id);
+            }
+        }
+        match round {
+            0 => {
+                // A center dies; the other keeps serving; it comes back.
+                c.centers[1].kill9().await;
+                for i in 0..10 {
+                    let v = c.push(0, &["off"], json!(["c0", i])).await;
+                    let id = v["id"].as_i64().unwrap();
+                    assert!(all_ids.insert(id));
+                    acked.push(id);
+                }
+                c.centers[1].restart().await;
+            }
+            1 => {
+                // An idgen dies: centers lease from the other; after its restart
+                // its ids still never repeat.
+                c.idgens[0].kill9().await;
+                for i in 0..10 {
+                    let v = c.push(i % 2, &["off"], json!(["i0", i])).await;
+                    let id = v["id"].as_i64().unwrap();
+                    assert!(all_ids.insert(id));
+                    acked.push(id);
+                }
+                c.idgens[0].restart().await;
+            }
+            _ => {}
+        }
+    }
+    // Every acknowledged push is in the user's queue.
+    let mut cl = c.login(0, "off", Some(0)).await;
+    let msgs = cl.msgs(acked.len()).await;
+    let got: HashSet<i64> = msgs.iter().map(|m| m["id"].as_i64().unwrap()).collect();
+    for id in &acked {
+        assert!(got.contains(id), "acknowledged push {id} lost");
+    }
+    // Both regions were used.
+    let regions: HashSet<i64> = acked.iter().map(|id| id & 0xff).collect();
+    assert!(
+        regions.len() >= 2,
+        "ids came from one region only: {regions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_every_room_loses_nothing() {
+    let mut c = Cluster::start(3, 1).await;
+    let rooms = Arc::new(Mutex::new(vec![c.ws(0), c.ws(1), c.ws(2)]));
+    let users: Vec<String> = (0..6).map(|i| format!("roll{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        clients.push(Resilient::spawn(rooms.clone(), c.token(u), i));
+    }
+    for u in &users {
+        eventually(&format!("{u} online"), Duration::from_secs(5), || async {
+            let (_, v) = c.api(0, "GET", &format!("/users/{u}"), None).await;
+            v["online"] == true
+        })
+        .await;
+    }
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let sent = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    // A steady pusher through the whole rolling restart.
+    let http = c.http.clone();
+    let url = format!(
+        "http://{}/api/v1/push/users",
+        c.centers[0].addr("http listening on ")
+    );
+    let key = c.api_key.clone();
+    let pusher = tokio::spawn({
+        let (sent, stop) = (sent.clone(), stop.clone());
+        let users: Vec<String> = refs.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"users": users, "data": i}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let v: Value = r.json().await.unwrap();
+                sent.lock().insert(v["id"].as_i64().unwrap());
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    });
+    for r in 0..3 {
+        c.rooms[r].stop().await;
+        c.rooms[r].restart().await;
+        let ws = c.ws(r);
+        rooms.lock()[r] = ws;
+        c.wait_rooms(3).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    pusher.await.unwrap();
+    let want = sent.lock().clone();
+    assert!(want.len() > 20, "pusher sent only {}", want.len());
+    for r in &clients {
+        wait_ids(r, &want, Duration::from_secs(10)).await;
+    }
+    for r in clients {
+        let (_, reconnects) = r.finish().await;
+        assert!(reconnects >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_id_is_exclusive_while_its_lease_lives() {
+    let c = Cluster::start(1, 1).await;
+    // A second room with the same id waits for the lease, and gives up
+    // with a clear error (bounded here by the test, not by the room).
+    let refs: Vec<String> = c.room_args(1);
+    let mut cmd = common::command();
+    cmd.args(&refs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+    assert!(out.is_err(), "duplicate room exited at once: {out:?}");
+    child.kill().await.unwrap();
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("room id held by another instance"), "{err}");
+    assert_eq!(c.room_count(0).await, 1);
+}
