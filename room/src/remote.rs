@@ -18,7 +18,7 @@ use crate::Room;
 pub const SERVICE: &str = "room";
 
 /// What a center asks a room.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum RoomReq {
     /// Queue `msg` to every connection of these users held here.
     DeliverUsers {

@@ -142,6 +142,10 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
     }
     lease_stop.cancel();
     let _ = lease_task.await;
+    // Stop answering centers before the lease is released: once released,
+    // a new instance may take this id, and a center with an old membership
+    // must fail here (and re-read it) rather than deliver to nobody.
+    link_stop.cancel();
     match tokio::time::timeout(STEP_TIMEOUT, dir.release(room_id, instance)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -149,7 +153,6 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
         }
         Err(_) => warn!("lease release timed out; registers drop the room when it expires"),
     }
-    link_stop.cancel();
     http_stop.cancel();
     let _ = tokio::time::timeout(STEP_TIMEOUT, async {
         let _ = tokio::join!(ws_task, tcp_task, link_task, http_task);

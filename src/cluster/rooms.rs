@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use center::{Rooms, RoomsError};
 use dashmap::DashMap;
-use link::Client;
+use link::{Client, LinkError};
 use proto::{EncodedMsg, RoomId, UserId};
 use register::ClusterDirectory;
 use room::remote::{RoomReq, RoomResp, SERVICE};
@@ -58,19 +58,45 @@ impl ClusterRooms {
     }
 
     async fn count(&self, room: RoomId, req: RoomReq) -> Result<u64, RoomsError> {
-        let link = self.link(room)?;
-        match link.call(req).await {
-            Ok(RoomResp::Count(n)) => Ok(n),
-            Ok(other) => Err(RoomsError {
-                room,
-                reason: format!("unexpected answer {other:?}"),
-            }),
-            Err(e) => Err(RoomsError {
-                room,
-                reason: e.to_string(),
-            }),
+        match self.try_count(room, &req).await {
+            Err(Retry::Now(why)) => {
+                // The membership may be a second old: the room may have just
+                // started, or restarted on another address. Read it now and
+                // try once more (a message sent twice is dropped by id).
+                if let Err(e) = self.dir.refresh().await {
+                    tracing::debug!(error = %e, "membership refresh failed");
+                }
+                self.try_count(room, &req)
+                    .await
+                    .map_err(|e| match e {
+                        Retry::Now(reason) | Retry::No(reason) => RoomsError { room, reason },
+                    })
+                    .inspect_err(|_| tracing::debug!(%room, first = %why, "room call failed twice"))
+            }
+            Err(Retry::No(reason)) => Err(RoomsError { room, reason }),
+            Ok(n) => Ok(n),
         }
     }
+
+    async fn try_count(&self, room: RoomId, req: &RoomReq) -> Result<u64, Retry> {
+        let link = self.link(room).map_err(|e| Retry::Now(e.reason))?;
+        match link.call(req.clone()).await {
+            Ok(RoomResp::Count(n)) => Ok(n),
+            Ok(other) => Err(Retry::No(format!("unexpected answer {other:?}"))),
+            Err(e @ (LinkError::Unavailable { .. } | LinkError::Disconnected { .. })) => {
+                Err(Retry::Now(e.to_string()))
+            }
+            Err(e) => Err(Retry::No(e.to_string())),
+        }
+    }
+}
+
+/// Whether a failed room call is worth one more try after a membership refresh.
+enum Retry {
+    /// Unknown room, or its link is down: the membership may be stale.
+    Now(String),
+    /// It answered wrongly or too late: a retry would not help.
+    No(String),
 }
 
 /// Closes links of rooms that left the membership, every 5 s.
