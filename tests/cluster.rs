@@ -840,3 +840,90 @@ async fn room_id_is_exclusive_while_its_lease_lives() {
     assert!(err.contains("room id held by another instance"), "{err}");
     assert_eq!(c.room_count(0).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_starts_serves_and_stops_everything() {
+    let data = tempfile::tempdir().unwrap();
+    // A block of ports that is free now (the dev cluster takes base..base+108).
+    let base = loop {
+        let b = 20_000 + (rand::random::<u16>() % 400) * 100;
+        let free = (0..110u16).all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok());
+        if free {
+            break b;
+        }
+    };
+    let args = [
+        "dev-cluster",
+        "--rooms",
+        "2",
+        "--base-port",
+        &base.to_string(),
+        "--data",
+        &data.path().display().to_string(),
+        "--heartbeat",
+        "5",
+    ];
+    let (mut child, lines, stderr) = spawn_raw(&args, &[], None).await;
+    let value = |p: &str| {
+        common::startup_value(&lines, p).unwrap_or_else(|| panic!("no {p:?} in {lines:?}"))
+    };
+    let api_key = value("api key: ");
+    let secret = value("token secret: ");
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("http://127.0.0.1:{base}/api/v1{path}");
+    let stats: Value = http
+        .get(api("/stats"))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["rooms"].as_array().unwrap().len(), 2, "{stats}");
+    // A client on room 2 gets a push made through the center.
+    let ws: SocketAddr = format!("127.0.0.1:{}", base + 104).parse().unwrap();
+    let mut cl = Client::connect_addr(ws, Transport::WsJson).await;
+    let token = mint(&secret, "dev-user", None, None, now_secs() + 600);
+    let ok = cl.auth(&token, None, None).await;
+    assert_eq!(ok["room"], "2");
+    let v: Value = http
+        .post(api("/push/users"))
+        .bearer_auth(&api_key)
+        .json(&json!({"users": ["dev-user"], "data": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["stored"], 1, "{v}");
+    assert_eq!(cl.next_msg().await["data"], "hello");
+    // Ctrl-C (SIGTERM here) stops every process it started: the client is
+    // told to reconnect, and no port of the cluster answers afterwards.
+    common::sigterm_pid(child.id().unwrap());
+    let (code, _, _) = cl.closed(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(4007));
+    let st = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("dev-cluster did not stop")
+        .unwrap();
+    assert!(st.success(), "{st}: {}", stderr.lock());
+    for port in [
+        base,
+        base + 10,
+        base + 11,
+        base + 20,
+        base + 30,
+        base + 40,
+        base + 100,
+        base + 106,
+    ] {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "port {port} still open after dev-cluster stopped"
+        );
+    }
+}

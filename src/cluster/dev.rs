@@ -268,6 +268,10 @@ async fn start_all(
         ));
     }
     wait_ready(procs).await?;
+    // Centers read the membership every second: say ready once they list every room.
+    for c in 0..args.centers {
+        wait_rooms(port(c)?, api_key, args.rooms as usize).await?;
+    }
     summary.push_str(&format!(
         "  registers  {registers}\n  idgens     {}\n  saver      {saver_addr} ({:?})\n",
         idgens.join(","),
@@ -351,6 +355,44 @@ async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until the center at `http` lists `n` rooms in `GET /api/v1/stats`.
+async fn wait_rooms(http: SocketAddr, api_key: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(body) = http_get(http, "/api/v1/stats", api_key).await {
+            let listed = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["rooms"].as_array().map(Vec::len));
+            if listed == Some(n) {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the center at {http} does not list {n} rooms after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client library in the binary for one call).
+async fn http_get(addr: SocketAddr, path: &str, api_key: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok(body.to_owned())
 }
 
 /// Waits until something accepts TCP connections on `addr`.
