@@ -2,6 +2,7 @@
 //! the register and the saver, and the center's [`center::Rooms`] served by the
 //! local room. Cluster mode replaces these with internal links.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,11 +17,40 @@ pub(crate) fn now_ms() -> i64 {
     proto::unix_ms(std::time::SystemTime::now())
 }
 
-/// [`Backend`] for a room running in the same process as register and saver.
+/// [`Backend`] for a room: in process with register and saver (standalone),
+/// or over links to them (cluster mode, where `dir` and `store` are remote).
 pub(crate) struct LocalBackend {
     pub(crate) room: RoomId,
     pub(crate) dir: Arc<dyn Directory>,
     pub(crate) store: Arc<dyn Store>,
+    /// Directory failures are logged at most once a second (a register
+    /// outage would otherwise log once per connection).
+    pub(crate) dir_errors: Throttle,
+}
+
+/// Lets a log line through at most once per second and counts the rest.
+#[derive(Default)]
+pub(crate) struct Throttle {
+    next_ms: AtomicI64,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = now_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 fn user_frame(m: StoredMsg) -> MsgFrame {
@@ -43,13 +73,17 @@ impl Backend for LocalBackend {
             since: s.since,
         };
         if let Err(e) = self.dir.connected(info).await {
-            tracing::warn!(user = %s.user, error = %e, "directory: connect not recorded");
+            if let Some(more) = self.dir_errors.allow() {
+                tracing::warn!(user = %s.user, error = %e, suppressed = more, "directory: connect not recorded");
+            }
         }
     }
 
     async fn disconnected(&self, s: &SessionInfo, now_ms: i64) {
         if let Err(e) = self.dir.disconnected(&s.user, s.conn, now_ms).await {
-            tracing::warn!(user = %s.user, error = %e, "directory: disconnect not recorded");
+            if let Some(more) = self.dir_errors.allow() {
+                tracing::warn!(user = %s.user, error = %e, suppressed = more, "directory: disconnect not recorded");
+            }
         }
     }
 

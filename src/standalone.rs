@@ -73,6 +73,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             room: room_id,
             dir: dir.clone(),
             store: store.clone(),
+            dir_errors: Default::default(),
         }),
     );
 

@@ -103,7 +103,7 @@ struct Cluster {
     secret: String,
     registers: Vec<Node>,
     idgens: Vec<Node>,
-    savers: Vec<Node>,
+    _savers: Vec<Node>,
     centers: Vec<Node>,
     rooms: Vec<Node>,
     reg_list: String,
@@ -186,7 +186,7 @@ impl Cluster {
             secret: common::uniq("secret"),
             registers,
             idgens,
-            savers,
+            _savers: savers,
             centers: Vec::new(),
             rooms: Vec::new(),
             reg_list: reg_addrs.join(","),
@@ -505,6 +505,7 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     let (_, u) = c.api(1, "GET", "/users/u2", None).await;
     assert_eq!(u["online"], true, "{u}");
     assert_eq!(u["connections"][0]["room"], "3", "{u}");
+    assert!(u["online_ms"].as_u64().unwrap() > 0, "{u}");
 
     // Channel: subscribers in two rooms.
     clients[0].sub("news").await;

@@ -64,6 +64,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
             room: room_id,
             dir: dir.clone(),
             store,
+            dir_errors: Default::default(),
         }),
     );
 
