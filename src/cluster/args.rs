@@ -29,6 +29,15 @@ pub(crate) struct CommonArgs {
     pub(crate) log_format: LogFormat,
 }
 
+impl CommonArgs {
+    /// Warns when internal links run without a key on a non-loopback address.
+    pub(crate) fn warn_if_open(&self, listen: std::net::SocketAddr) {
+        if self.cluster_key.is_empty() && !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "no --cluster-key: anyone who can reach this internal port may use it; set PUSHGATE_CLUSTER_KEY on every process");
+        }
+    }
+}
+
 /// Where rooms and centers keep messages.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct StoreArgs {

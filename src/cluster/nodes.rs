@@ -105,6 +105,7 @@ pub(crate) async fn run_register(args: RegisterArgs) -> anyhow::Result<()> {
     let sweeper = svc.spawn_sweeper(stop.clone());
     let listener = bind(args.listen, "internal").await?;
     let addr = listener.local_addr()?;
+    args.common.warn_if_open(addr);
     let server = tokio::spawn(link::serve(
         listener,
         svc,
@@ -149,6 +150,7 @@ pub(crate) async fn run_saver(args: SaverArgs) -> anyhow::Result<()> {
     };
     let listener = bind(args.listen, "internal").await?;
     let addr = listener.local_addr()?;
+    args.common.warn_if_open(addr);
     let stop = CancellationToken::new();
     let server = tokio::spawn(link::serve(
         listener,
@@ -180,6 +182,7 @@ pub(crate) async fn run_idgen(args: IdgenArgs) -> anyhow::Result<()> {
     let ids = Arc::new(FileIdGen::open(&args.data, args.region).context("open idgen")?);
     let listener = bind(args.listen, "internal").await?;
     let addr = listener.local_addr()?;
+    args.common.warn_if_open(addr);
     let stop = CancellationToken::new();
     let server = tokio::spawn(link::serve(
         listener,

@@ -70,6 +70,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
 
     let internal = bind(args.internal, "internal").await?;
     let internal_addr = internal.local_addr()?;
+    args.common.warn_if_open(internal_addr);
     let advertise = match &args.advertise {
         Some(a) => a.clone(),
         None if internal_addr.ip().is_unspecified() => anyhow::bail!(
