@@ -865,6 +865,26 @@ async fn dev_cluster_starts_serves_and_stops_everything() {
         "5",
     ];
     let (mut child, lines, stderr) = spawn_raw(&args, &[], None).await;
+    // If this test fails half-way, stop the cluster with SIGTERM (an outright
+    // kill would leave its redis-server behind).
+    struct Term(u32);
+    impl Drop for Term {
+        fn drop(&mut self) {
+            if std::path::Path::new(&format!("/proc/{}", self.0)).exists() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(self.0.to_string())
+                    .status();
+                for _ in 0..100 {
+                    if !std::path::Path::new(&format!("/proc/{}/cmdline", self.0)).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    let _term = Term(child.id().unwrap());
     let value = |p: &str| {
         common::startup_value(&lines, p).unwrap_or_else(|| panic!("no {p:?} in {lines:?}"))
     };
@@ -926,5 +946,165 @@ async fn dev_cluster_starts_serves_and_stops_everything() {
                 .is_err(),
             "port {port} still open after dev-cluster stopped"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_every_users_queue() {
+    let rc = testkit::RedisCluster::start();
+    let urls = rc.urls().join(",");
+    let data = tempfile::tempdir().unwrap();
+    let key = common::uniq("ck");
+    let api_key = common::uniq("api");
+    let secret = common::uniq("secret");
+    let reg = local(testkit::free_port());
+    let idg = local(testkit::free_port());
+    let sav = local(testkit::free_port());
+    let _register = Node::start(
+        "register",
+        s(&["register", "--listen", &reg, "--cluster-key", &key]),
+    )
+    .await;
+    let idgen_dir = data.path().join("idgen").display().to_string();
+    let _idgen = Node::start(
+        "idgen",
+        s(&[
+            "idgen",
+            "--listen",
+            &idg,
+            "--region",
+            "7",
+            "--data",
+            &idgen_dir,
+            "--cluster-key",
+            &key,
+        ]),
+    )
+    .await;
+    // The room reaches Redis Cluster through a saver, the center directly.
+    let _saver = Node::start(
+        "saver",
+        s(&[
+            "saver",
+            "--listen",
+            &sav,
+            "--redis-cluster",
+            &urls,
+            "--cluster-key",
+            &key,
+        ]),
+    )
+    .await;
+    let center = Node::start(
+        "center",
+        s(&[
+            "center",
+            "--http",
+            "127.0.0.1:0",
+            "--api-key",
+            &api_key,
+            "--registers",
+            &reg,
+            "--idgens",
+            &idg,
+            "--redis-cluster",
+            &urls,
+            "--cluster-key",
+            &key,
+        ]),
+    )
+    .await;
+    let room = Node::start(
+        "room",
+        s(&[
+            "room",
+            "--id",
+            "1",
+            "--ws",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--internal",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--registers",
+            &reg,
+            "--saver",
+            &sav,
+            "--token-secret",
+            &secret,
+            "--cluster-key",
+            &key,
+        ]),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let push = format!(
+        "http://{}/api/v1/push/users",
+        center.addr("http listening on ")
+    );
+    // Users spread over the three masters' slots; one multi-user push and
+    // one push per user, all while they are offline.
+    let users: Vec<String> = (0..30).map(|i| format!("rc-user-{i}")).collect();
+    let v: Value = http
+        .post(&push)
+        .bearer_auth(&api_key)
+        .json(&json!({"users": users, "data": "to-all"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["stored"], 30, "{v}");
+    for u in &users {
+        let v: Value = http
+            .post(&push)
+            .bearer_auth(&api_key)
+            .json(&json!({"users": [u], "data": u}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["stored"], 1, "{v}");
+    }
+    // Each user gets both of its messages on connect (no last_id: after its ack).
+    let ws = room.addr("ws listening on ");
+    let mut seen = HashSet::new();
+    for u in &users {
+        let mut c = Client::connect_addr(ws, Transport::WsJson).await;
+        c.auth(
+            &mint(&secret, u, Some("dev"), None, now_secs() + 600),
+            None,
+            None,
+        )
+        .await;
+        let msgs = c.msgs(2).await;
+        assert_eq!(msgs[0]["data"], "to-all", "{u}: {msgs:?}");
+        assert_eq!(msgs[1]["data"], u.as_str(), "{u}: {msgs:?}");
+        if u == &users[3] {
+            seen.extend(msgs.iter().map(|m| m["id"].as_i64().unwrap()));
+        }
+        // Ack both: a reconnect without last_id gets nothing more.
+        c.ack(msgs[1]["id"].as_i64().unwrap()).await;
+        c.ping_sync(7).await;
+        c.close().await;
+    }
+    let u = &users[3];
+    let mut c = Client::connect_addr(ws, Transport::WsJson).await;
+    c.auth(
+        &mint(&secret, u, Some("dev"), None, now_secs() + 600),
+        None,
+        None,
+    )
+    .await;
+    // Nothing new after the ack. (Replay looks back a few seconds of id time
+    // in a cluster, so already-acked messages may come again: same ids.)
+    while let Some(Event::Frame(m)) = c.recv(Duration::from_millis(300)).await {
+        let id = m["id"].as_i64().unwrap();
+        assert!(seen.contains(&id), "unexpected message after the ack: {m}");
     }
 }

@@ -60,7 +60,11 @@ pub trait Store: Send + Sync + 'static {
     /// to `bounds` (newest kept). Durable when it returns.
     ///
     /// # Errors
-    /// [`StoreError`] when the write did not happen (then none of it did).
+    /// [`StoreError`] when the write did not happen for every user. On one
+    /// node or the embedded store none of it happened then; on a Redis
+    /// Cluster some users may have been written (each user's write is atomic;
+    /// see docs/STORAGE.md). Either way the caller reports the push as
+    /// failed, and a retry with the same id adds nothing twice.
     async fn append_users(
         &self,
         users: &[UserId],

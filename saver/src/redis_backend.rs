@@ -16,11 +16,16 @@
 //! (an f64) cannot hold a 63-bit id exactly. The key expires (PEXPIREAT, only
 //! ever moved later) when its newest-expiring message does; single expired
 //! messages are filtered on read, and trimming bounds what is left.
+//!
+//! In cluster mode MULTI/EXEC cannot span slots, so a push to several users
+//! is one atomic pipeline per user: atomic per user, not across users (see
+//! docs/STORAGE.md, "Redis Cluster").
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use proto::{MsgId, UserId};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -34,6 +39,33 @@ const MAX_READ_ROUNDS: u32 = 64;
 
 /// Per-user pipelines in flight at once in cluster mode.
 const CLUSTER_FANOUT: usize = 32;
+
+/// Cluster mode: the longest one command (or one user's pipeline) may take,
+/// retries and redirections (`MOVED`, `ASK`) included. The client's default
+/// is no limit at all, with up to 16 retries waiting up to 655 s each, so a
+/// command for a slot whose master is down would hang for many minutes.
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cluster mode: the longest one attempt may wait for a node's answer.
+const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Cluster mode: the longest a connection to one node may take to open.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Cluster mode: a push to many users starts no new per-user write after
+/// this long; the ones not started by then count as failed. Without it, a
+/// hung master would hold all [`CLUSTER_FANOUT`] slots for
+/// [`CLUSTER_REQUEST_TIMEOUT`] at a time and a push to thousands of users
+/// would take many minutes to fail. A whole push takes at most this plus
+/// [`CLUSTER_REQUEST_TIMEOUT`].
+const CLUSTER_PUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Cluster mode: retries of one command (redirections, reconnects), each
+/// after a jittered wait between these bounds in ms; all of them within
+/// [`CLUSTER_REQUEST_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 6;
+const CLUSTER_RETRY_WAIT_MIN_MS: u64 = 20;
+const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 1_000;
 
 /// Keeps the highest id per device; ids compared as decimal strings (Lua
 /// numbers are doubles and cannot hold every i64).
@@ -93,14 +125,26 @@ impl RedisStore {
         Ok(RedisStore::with(Conn::Single(manager)))
     }
 
-    /// Connects to a Redis Cluster through any of its nodes' `urls`; each
-    /// command is routed to the node owning its key's slot.
+    /// Connects to a Redis Cluster through any of its nodes' `urls`
+    /// (`redis://host:port/`; one reachable node is enough, the others are
+    /// discovered); each command is routed to the node owning its key's slot.
+    ///
+    /// A command for a slot whose master is unreachable fails with
+    /// [`StoreError::Backend`] within 5 s (retries included) instead of
+    /// waiting for the node to come back.
     ///
     /// # Errors
     /// [`StoreError::Backend`] when no node is reachable or the urls are invalid.
     pub async fn connect_cluster(urls: &[String]) -> Result<RedisStore, StoreError> {
-        let client =
-            redis::cluster::ClusterClient::new(urls.iter().map(String::as_str)).map_err(backend)?;
+        let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+            .response_timeout(CLUSTER_ATTEMPT_TIMEOUT)
+            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
+            .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
+            .build()
+            .map_err(backend)?;
         let conn = client.get_async_connection().await.map_err(backend)?;
         Ok(RedisStore::with(Conn::Cluster(conn)))
     }
@@ -155,23 +199,41 @@ impl RedisStore {
                 self.run_pipe(&pipe).await.map_err(backend)
             }
             Conn::Cluster(_) => {
-                // A pipeline is routed to one node, so send one per key
-                // (per slot), several at a time.
-                futures_util::stream::iter(keys)
+                // A pipeline is routed to one node and MULTI/EXEC cannot span
+                // slots, so send one atomic pipeline per key (per slot),
+                // several at a time. Every key is tried even after one
+                // failed, so that a node being down costs only the users on
+                // it (until the deadline); the call still fails if any key
+                // was not written.
+                let total = keys.len();
+                let deadline = tokio::time::Instant::now() + CLUSTER_PUSH_DEADLINE;
+                let (failed, first) = futures_util::stream::iter(keys)
                     .map(|key| {
                         let member = &member;
                         async move {
+                            if tokio::time::Instant::now() >= deadline {
+                                return Err(format!("not sent within {CLUSTER_PUSH_DEADLINE:?}"));
+                            }
                             let mut pipe = redis::pipe();
                             pipe.atomic();
                             add_append(&mut pipe, &key, member, expires_at, max);
-                            self.run_pipe(&pipe).await
+                            self.run_pipe(&pipe).await.map_err(|e| e.to_string())
                         }
                     })
                     .buffer_unordered(CLUSTER_FANOUT)
-                    .try_collect::<Vec<()>>()
-                    .await
-                    .map(|_| ())
-                    .map_err(backend)
+                    .fold((0usize, None), |(failed, first), r| async move {
+                        match r {
+                            Ok(()) => (failed, first),
+                            Err(e) => (failed + 1, first.or(Some(e))),
+                        }
+                    })
+                    .await;
+                match first {
+                    None => Ok(()),
+                    Some(e) => Err(StoreError::Backend(format!(
+                        "not written to {failed} of {total} keys: {e}"
+                    ))),
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! One test suite, run against every backend: the embedded store on a temp
-//! dir and `RedisStore` against a real `redis-server` on a free port.
+//! dir, `RedisStore` against a real `redis-server` on a free port, and
+//! `RedisStore` against a real three-master Redis Cluster.
 //!
 //! Each case is an `async fn(&dyn Store)`; the `suite!` macro instantiates it
 //! once per backend.
@@ -362,6 +363,18 @@ macro_rules! suite {
                 }
             )*
         }
+        mod on_redis_cluster {
+            use saver::Store as _;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let cluster = testkit::RedisCluster::start();
+                    let store = super::RedisStore::connect_cluster(&cluster.urls()).await.unwrap();
+                    super::$case(&store).await;
+                    store.close().await.unwrap();
+                }
+            )*
+        }
     };
 }
 
@@ -532,4 +545,354 @@ fn hash_tag(key: &str) -> &str {
     let open = key.find('{').unwrap();
     let close = key[open + 1..].find('}').unwrap();
     &key[open + 1..open + 1 + close]
+}
+
+// ---- Redis Cluster -------------------------------------------------------
+
+/// A plain (not cluster-aware) connection to one node: it sees only the keys
+/// that node holds.
+async fn node_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `CLUSTER KEYSLOT key`, asked of `conn`'s node.
+async fn keyslot(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Slot ranges and the client port of the master owning each, from `CLUSTER SLOTS`.
+async fn slot_owners(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(i64, i64, u16)> {
+    use redis::Value;
+    let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(conn)
+        .await
+        .unwrap();
+    ranges
+        .into_iter()
+        .map(|range| match range.as_slice() {
+            [Value::Int(start), Value::Int(end), Value::Array(master), ..] => {
+                let Some(Value::Int(port)) = master.get(1) else {
+                    panic!("bad CLUSTER SLOTS master entry {master:?}")
+                };
+                (*start, *end, u16::try_from(*port).unwrap())
+            }
+            other => panic!("bad CLUSTER SLOTS entry {other:?}"),
+        })
+        .collect()
+}
+
+/// The port of the master that owns `slot`.
+fn owner(owners: &[(i64, i64, u16)], slot: i64) -> u16 {
+    owners
+        .iter()
+        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+        .map(|o| o.2)
+        .unwrap_or_else(|| panic!("slot {slot} has no owner"))
+}
+
+/// Port → keys held by that node (`KEYS pg:*` on each node alone).
+async fn keys_per_node(cluster: &testkit::RedisCluster) -> Vec<(u16, Vec<String>)> {
+    let mut out = Vec::new();
+    for (url, port) in cluster.urls().iter().zip(cluster.ports()) {
+        let mut c = node_conn(url).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pg:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        out.push((port, keys));
+    }
+    out
+}
+
+fn cluster_users() -> Vec<String> {
+    let odd = ["a}b", "{x}", "}{", "a%7Db", "ünïcødé 😀", "pg:{u:z}:q", ""];
+    odd.iter()
+        .map(|s| (*s).to_string())
+        .chain((0..300).map(|i| format!("user-{i}")))
+        .collect()
+}
+
+/// Every key of one user is in one slot (the slot of its hash tag
+/// `u:<user>`), every key of one channel in the slot of `c:<channel>`, the
+/// data really sits on the master owning that slot, and the users are spread
+/// over all three masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_key_layout_one_slot_per_user() {
+    let cluster = testkit::RedisCluster::start();
+    let store = RedisStore::connect_cluster(&cluster.urls()).await.unwrap();
+    let mut c = node_conn(&cluster.urls()[0]).await;
+    let owners = slot_owners(&mut c).await;
+    assert_eq!(
+        owners.iter().map(|o| o.1 - o.0 + 1).sum::<i64>(),
+        16_384,
+        "every slot owned: {owners:?}"
+    );
+    let t = now() + HOUR;
+    let users = cluster_users();
+    let mut user_node = std::collections::HashMap::new();
+    let mut slots = std::collections::HashSet::new();
+    for (i, name) in users.iter().enumerate() {
+        let id = i64::try_from(i).unwrap() + 1;
+        store
+            .append_users(&[u(name)], &msg(id, t), BIG)
+            .await
+            .unwrap();
+        store.ack(&u(name), "phone", MsgId(id)).await.unwrap();
+        store.append_channel(name, &msg(id, t), BIG).await.unwrap();
+
+        let (q, acks, h) = (
+            saver::queue_key(name),
+            saver::acks_key(name),
+            saver::history_key(name),
+        );
+        let slot = keyslot(&mut c, &q).await;
+        assert_eq!(keyslot(&mut c, &acks).await, slot, "user {name:?}");
+        // The slot is the slot of the hash tag alone, `u:<escaped user>`.
+        assert_eq!(keyslot(&mut c, hash_tag(&q)).await, slot, "user {name:?}");
+        assert_eq!(hash_tag(&q), hash_tag(&acks));
+        assert!(hash_tag(&q).starts_with("u:"));
+        let hslot = keyslot(&mut c, &h).await;
+        assert_eq!(
+            keyslot(&mut c, hash_tag(&h)).await,
+            hslot,
+            "channel {name:?}"
+        );
+        assert!(hash_tag(&h).starts_with("c:"));
+        slots.insert(slot);
+        user_node.insert(q, owner(&owners, slot));
+        user_node.insert(acks, owner(&owners, slot));
+        user_node.insert(h, owner(&owners, hslot));
+    }
+    assert!(slots.len() > 250, "users spread over {} slots", slots.len());
+
+    // The data is where the slots say: each node holds exactly the keys of
+    // the slots it owns, and a user's two keys are on the same node.
+    let held = keys_per_node(&cluster).await;
+    let mut seen = 0;
+    for (port, keys) in &held {
+        let users_here = keys.iter().filter(|k| k.ends_with(":q")).count();
+        assert!(
+            users_here > 50,
+            "node {port} holds the queues of only {users_here} of {} users",
+            users.len()
+        );
+        for key in keys {
+            assert_eq!(user_node.get(key), Some(port), "key {key:?} on node {port}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, users.len() * 3, "every key stored exactly once");
+    for name in &users {
+        let q_node = user_node[&saver::queue_key(name)];
+        assert!(held
+            .iter()
+            .any(|(p, keys)| *p == q_node && keys.contains(&saver::acks_key(name))));
+    }
+    store.close().await.unwrap();
+}
+
+/// One push to many users whose queues sit in different slots on all three
+/// masters lands in every user's queue, and the trim applies per user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_multi_user_append_lands_for_every_user() {
+    let cluster = testkit::RedisCluster::start();
+    let store = RedisStore::connect_cluster(&cluster.urls()).await.unwrap();
+    let mut c = node_conn(&cluster.urls()[0]).await;
+    let owners = slot_owners(&mut c).await;
+    let names: Vec<String> = (0..200).map(|i| format!("mu-{i}")).collect();
+    let mut slots = std::collections::HashSet::new();
+    let mut nodes = std::collections::HashSet::new();
+    for name in &names {
+        let slot = keyslot(&mut c, &saver::queue_key(name)).await;
+        slots.insert(slot);
+        nodes.insert(owner(&owners, slot));
+    }
+    assert!(slots.len() > 150, "only {} slots", slots.len());
+    assert_eq!(nodes.len(), 3, "users on every master");
+
+    let users: Vec<UserId> = names.iter().map(|n| u(n)).collect();
+    let t = now() + HOUR;
+    store.append_users(&users, &msg(1, t), BIG).await.unwrap();
+    let mut reversed = users.clone();
+    reversed.reverse();
+    store
+        .append_users(&reversed, &msg(2, t), BIG)
+        .await
+        .unwrap();
+    store
+        .append_users(&users, &msg(3, t), Bounds { max: 2 })
+        .await
+        .unwrap();
+    for name in &names {
+        assert_eq!(read_all(&store, name).await, [2, 3], "user {name:?}");
+    }
+    // Each queue is on its slot's master with exactly two members.
+    let held = keys_per_node(&cluster).await;
+    for name in &names {
+        let key = saver::queue_key(name);
+        let port = owner(&owners, keyslot(&mut c, &key).await);
+        let (_, keys) = held.iter().find(|(p, _)| *p == port).unwrap();
+        assert!(keys.contains(&key), "{key} not on its master {port}");
+        let url = format!("redis://127.0.0.1:{port}/");
+        let card: i64 = redis::cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut node_conn(&url).await)
+            .await
+            .unwrap();
+        assert_eq!(card, 2, "{key}");
+    }
+    store.close().await.unwrap();
+}
+
+/// When the master of some users dies, a push to users on several masters
+/// fails (the caller gets an error) but is stored for the users whose
+/// masters are alive: atomic per user, not across users. Retrying the same
+/// message for them stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_node_failure_fails_the_push_but_keeps_other_users() {
+    let cluster = testkit::RedisCluster::start();
+    // Let the survivors keep serving their own slots once the dead node is
+    // marked failed (the default refuses every command then).
+    for url in cluster.urls() {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .query_async(&mut node_conn(&url).await)
+            .await
+            .unwrap();
+    }
+    let store = RedisStore::connect_cluster(&cluster.urls()).await.unwrap();
+    let mut c = node_conn(&cluster.urls()[0]).await;
+    let owners = slot_owners(&mut c).await;
+    let victim_port = cluster.ports()[2];
+    let victim_pid = cluster.pids()[2];
+    let (mut alive, mut doomed) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        let name = format!("nf-{i}");
+        let slot = keyslot(&mut c, &saver::queue_key(&name)).await;
+        if owner(&owners, slot) == victim_port {
+            doomed.push(u(&name));
+        } else {
+            alive.push(u(&name));
+        }
+    }
+    assert!(!doomed.is_empty() && alive.len() > 10);
+    // The dead node's users first: the others are still written after they fail.
+    let all: Vec<UserId> = doomed.iter().chain(&alive).cloned().collect();
+    let t = now() + HOUR;
+    store.append_users(&all, &msg(1, t), BIG).await.unwrap();
+
+    let status = std::process::Command::new("kill")
+        .args(["-9", &victim_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let m2 = msg(2, t);
+    let started = std::time::Instant::now();
+    let r = store.append_users(&all, &m2, BIG).await;
+    let Err(StoreError::Backend(why)) = r else {
+        panic!("push with a dead master: {r:?}")
+    };
+    let counts = format!("{} of {} keys", doomed.len(), all.len());
+    assert!(why.contains(&counts), "{why}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "push took {:?}",
+        started.elapsed()
+    );
+    for user in &alive {
+        assert_eq!(read_all(&store, user.as_str()).await, [1, 2], "{user:?}");
+    }
+    // Reads of the dead node's users fail too, within the client's bound.
+    let started = std::time::Instant::now();
+    assert!(store
+        .read_user(&doomed[0], MsgId(0), now(), 10)
+        .await
+        .is_err());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "read took {:?}",
+        started.elapsed()
+    );
+    // The caller retries the same message for the users it can reach: no duplicates.
+    store.append_users(&alive, &m2, BIG).await.unwrap();
+    for user in &alive {
+        assert_eq!(read_all(&store, user.as_str()).await, [1, 2], "{user:?}");
+    }
+    store.close().await.unwrap();
+}
+
+/// A master that hangs (stopped, its socket open) does not hang the caller:
+/// one user's write fails within the client's 5 s bound, and a push to
+/// hundreds of users on it fails within the push deadline (10 s) plus that
+/// bound, not after one 5 s timeout per 32 users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_hung_node_fails_within_bound() {
+    let cluster = testkit::RedisCluster::start();
+    let store = RedisStore::connect_cluster(&cluster.urls()).await.unwrap();
+    let mut c = node_conn(&cluster.urls()[0]).await;
+    let owners = slot_owners(&mut c).await;
+    let victim_port = cluster.ports()[1];
+    let users: Vec<UserId> = (0..600).map(|i| u(&format!("hung-{i}"))).collect();
+    let mut on_victim = Vec::new();
+    for user in &users {
+        let slot = keyslot(&mut c, &saver::queue_key(user.as_str())).await;
+        if owner(&owners, slot) == victim_port {
+            on_victim.push(user.clone());
+        }
+    }
+    // Enough users on the hung master to keep every in-flight slot busy for
+    // more than the deadline: 32 at a time, 5 s each.
+    assert!(
+        on_victim.len() > 150,
+        "{} users on the victim",
+        on_victim.len()
+    );
+    let t = now() + HOUR;
+    store.append_users(&users, &msg(1, t), BIG).await.unwrap();
+
+    // SIGSTOP: the node keeps its connections but answers nothing. The
+    // cluster's drop sends SIGKILL, which ends a stopped process too.
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &cluster.pids()[1].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let started = std::time::Instant::now();
+    let r = store.append_users(&on_victim[..1], &msg(2, t), BIG).await;
+    let took = started.elapsed();
+    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "one write to a hung master took {took:?}"
+    );
+
+    let started = std::time::Instant::now();
+    let r = store.append_users(&users, &msg(3, t), BIG).await;
+    let took = started.elapsed();
+    let Err(StoreError::Backend(why)) = r else {
+        panic!("push with a hung master: {r:?}")
+    };
+    assert!(why.contains("of 600 keys"), "{why}");
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "a push to {} users on a hung master took {took:?}",
+        on_victim.len()
+    );
+    store.close().await.unwrap();
+    drop(cluster);
 }

@@ -290,7 +290,10 @@ async fn start_all(
 /// Starts `pushgate <args>` as child `name`.
 fn start(exe: &Path, name: &str, args: Vec<String>) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(exe);
-    cmd.args(&args);
+    cmd.args(&args).env(
+        crate::signal::PARENT_PID_ENV,
+        std::process::id().to_string(),
+    );
     spawn(cmd, name)
 }
 
