@@ -1,0 +1,333 @@
+//! The store cases every backend must pass, shared by `suite.rs` (stores
+//! in process) and `remote.rs` (stores behind savers, over links). Each case
+//! is an `async fn(&dyn Store)`; the test files instantiate them per backend.
+
+#![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use proto::{MsgId, UserId};
+use saver::{Bounds, Store, StoreError, StoredMsg};
+
+pub const HOUR: i64 = 3_600_000;
+
+pub fn now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+pub fn msg(id: i64, expires_at: i64) -> StoredMsg {
+    StoredMsg {
+        id: MsgId(id),
+        ts: now(),
+        expires_at,
+        data: Bytes::from(format!("{{\"n\":{id}}}")),
+    }
+}
+
+pub fn u(s: &str) -> UserId {
+    UserId::new(s)
+}
+
+pub fn ids(msgs: &[StoredMsg]) -> Vec<i64> {
+    msgs.iter().map(|m| m.id.0).collect()
+}
+
+pub const BIG: Bounds = Bounds { max: 1000 };
+
+pub async fn read_all(store: &dyn Store, user: &str) -> Vec<i64> {
+    ids(&store
+        .read_user(&u(user), MsgId(i64::MIN), now(), 10_000)
+        .await
+        .unwrap())
+}
+
+// ---- cases ---------------------------------------------------------------
+
+pub async fn append_read_order(store: &dyn Store) {
+    let t = now() + HOUR;
+    for id in [3, 1, 2] {
+        store
+            .append_users(&[u("ann")], &msg(id, t), BIG)
+            .await
+            .unwrap();
+    }
+    let got = store
+        .read_user(&u("ann"), MsgId(0), now(), 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), [1, 2, 3]);
+    assert_eq!(got[0], msg(1, t).clone_with_ts(got[0].ts));
+    assert_eq!(got[2].data, Bytes::from("{\"n\":3}"));
+}
+
+pub async fn after_id_filtering(store: &dyn Store) {
+    let t = now() + HOUR;
+    for id in 1..=10 {
+        store
+            .append_users(&[u("bob")], &msg(id, t), BIG)
+            .await
+            .unwrap();
+    }
+    let r = |after| async move {
+        ids(&store
+            .read_user(&u("bob"), MsgId(after), now(), 100)
+            .await
+            .unwrap())
+    };
+    assert_eq!(r(5).await, [6, 7, 8, 9, 10]);
+    assert_eq!(r(10).await, Vec::<i64>::new());
+    assert_eq!(r(i64::MAX).await, Vec::<i64>::new());
+    assert_eq!(r(-1).await, (1..=10).collect::<Vec<_>>());
+}
+
+pub async fn trims_to_max(store: &dyn Store) {
+    let t = now() + HOUR;
+    for id in 1..=12 {
+        store
+            .append_users(&[u("cat")], &msg(id, t), Bounds { max: 5 })
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_all(store, "cat").await, [8, 9, 10, 11, 12]);
+    // A smaller bound on a later push trims further.
+    store
+        .append_users(&[u("cat")], &msg(13, t), Bounds { max: 2 })
+        .await
+        .unwrap();
+    assert_eq!(read_all(store, "cat").await, [12, 13]);
+    // max 0 keeps nothing.
+    store
+        .append_users(&[u("cat")], &msg(14, t), Bounds { max: 0 })
+        .await
+        .unwrap();
+    assert_eq!(read_all(store, "cat").await, Vec::<i64>::new());
+}
+
+pub async fn ttl_expiry(store: &dyn Store) {
+    let base = now();
+    let short = base + 1_000;
+    let long = base + HOUR;
+    for (id, exp) in [(1, short), (2, long), (3, short), (4, long)] {
+        store
+            .append_users(&[u("dan")], &msg(id, exp), BIG)
+            .await
+            .unwrap();
+    }
+    let at = |t| async move { ids(&store.read_user(&u("dan"), MsgId(0), t, 100).await.unwrap()) };
+    assert_eq!(at(base).await, [1, 2, 3, 4]);
+    assert_eq!(at(short - 1).await, [1, 2, 3, 4]);
+    assert_eq!(at(short).await, [2, 4], "expired at expires_at");
+    assert_eq!(at(base + 2_000).await, [2, 4]);
+    assert_eq!(at(long + 1).await, Vec::<i64>::new());
+}
+
+pub async fn multi_user_append(store: &dyn Store) {
+    let t = now() + HOUR;
+    store
+        .append_users(&[u("m1"), u("m2"), u("m3")], &msg(1, t), BIG)
+        .await
+        .unwrap();
+    store
+        .append_users(&[u("m2")], &msg(2, t), BIG)
+        .await
+        .unwrap();
+    store.append_users(&[], &msg(3, t), BIG).await.unwrap();
+    assert_eq!(read_all(store, "m1").await, [1]);
+    assert_eq!(read_all(store, "m2").await, [1, 2]);
+    assert_eq!(read_all(store, "m3").await, [1]);
+    assert_eq!(read_all(store, "m4").await, Vec::<i64>::new());
+}
+
+pub async fn reappend_same_id_is_idempotent(store: &dyn Store) {
+    let t = now() + HOUR;
+    let m = msg(7, t);
+    store.append_users(&[u("re")], &m, BIG).await.unwrap();
+    store.append_users(&[u("re")], &m, BIG).await.unwrap();
+    assert_eq!(read_all(store, "re").await, [7]);
+}
+
+pub async fn acks_are_monotonic(store: &dyn Store) {
+    let user = u("eve");
+    assert_eq!(store.acked(&user, "phone").await.unwrap(), None);
+    store.ack(&user, "phone", MsgId(5)).await.unwrap();
+    assert_eq!(store.acked(&user, "phone").await.unwrap(), Some(MsgId(5)));
+    store.ack(&user, "phone", MsgId(3)).await.unwrap();
+    assert_eq!(store.acked(&user, "phone").await.unwrap(), Some(MsgId(5)));
+    store.ack(&user, "phone", MsgId(90)).await.unwrap();
+    assert_eq!(store.acked(&user, "phone").await.unwrap(), Some(MsgId(90)));
+    // Ids beyond f64 precision still compare exactly.
+    let big = (1_i64 << 60) + 2;
+    store.ack(&user, "phone", MsgId(big)).await.unwrap();
+    store.ack(&user, "phone", MsgId(big - 1)).await.unwrap();
+    assert_eq!(store.acked(&user, "phone").await.unwrap(), Some(MsgId(big)));
+    store.ack(&user, "phone", MsgId(big + 1)).await.unwrap();
+    assert_eq!(
+        store.acked(&user, "phone").await.unwrap(),
+        Some(MsgId(big + 1))
+    );
+    // Devices and users are separate.
+    assert_eq!(store.acked(&user, "laptop").await.unwrap(), None);
+    assert_eq!(store.acked(&u("eve2"), "phone").await.unwrap(), None);
+    store.ack(&user, "laptop", MsgId(1)).await.unwrap();
+    assert_eq!(store.acked(&user, "laptop").await.unwrap(), Some(MsgId(1)));
+}
+
+pub async fn channel_history_bounds(store: &dyn Store) {
+    let t = now() + HOUR;
+    for id in 1..=6 {
+        store
+            .append_channel("news", &msg(id, t), Bounds { max: 3 })
+            .await
+            .unwrap();
+    }
+    let r = |after, limit| async move {
+        ids(&store
+            .read_channel("news", MsgId(after), now(), limit)
+            .await
+            .unwrap())
+    };
+    assert_eq!(r(0, 100).await, [4, 5, 6]);
+    assert_eq!(r(4, 100).await, [5, 6]);
+    assert_eq!(r(0, 1).await, [4]);
+    assert_eq!(
+        ids(&store
+            .read_channel("other", MsgId(0), now(), 10)
+            .await
+            .unwrap()),
+        Vec::<i64>::new()
+    );
+    // Channel history and user queues do not mix.
+    assert_eq!(read_all(store, "news").await, Vec::<i64>::new());
+    // Expired history is filtered.
+    store
+        .append_channel("news", &msg(7, now() + 500), Bounds { max: 3 })
+        .await
+        .unwrap();
+    let late = ids(&store
+        .read_channel("news", MsgId(0), now() + 1_000, 10)
+        .await
+        .unwrap());
+    assert_eq!(late, [5, 6]);
+}
+
+pub async fn limit_is_respected(store: &dyn Store) {
+    let base = now();
+    for id in 1..=20 {
+        // Odd ids expire soon, even ones in an hour.
+        let exp = if id % 2 == 1 {
+            base + 1_000
+        } else {
+            base + HOUR
+        };
+        store
+            .append_users(&[u("lim")], &msg(id, exp), BIG)
+            .await
+            .unwrap();
+    }
+    let r = |t, limit| async move {
+        ids(&store
+            .read_user(&u("lim"), MsgId(0), t, limit)
+            .await
+            .unwrap())
+    };
+    assert_eq!(r(base, 0).await, Vec::<i64>::new());
+    assert_eq!(r(base, 4).await, [1, 2, 3, 4]);
+    // Expired entries do not count towards the limit.
+    assert_eq!(r(base + 2_000, 3).await, [2, 4, 6]);
+    assert_eq!(
+        r(base + 2_000, 100).await,
+        (1..=10).map(|i| i * 2).collect::<Vec<_>>()
+    );
+}
+
+pub async fn concurrent_appends_all_durable(store: &dyn Store) {
+    let t = now() + HOUR;
+    let n = 300i64;
+    let calls = (1..=n).map(|i| async move {
+        let users = [u("shared"), u(&format!("own-{i}"))];
+        store.append_users(&users, &msg(i, t), BIG).await
+    });
+    for r in join_all(calls).await {
+        r.unwrap();
+    }
+    assert_eq!(read_all(store, "shared").await, (1..=n).collect::<Vec<_>>());
+    for i in [1, n / 2, n] {
+        assert_eq!(read_all(store, &format!("own-{i}")).await, [i]);
+    }
+    let shared = u("shared");
+    let acks = (1..=50).map(|i| store.ack(&shared, "d", MsgId(i)));
+    for r in join_all(acks).await {
+        r.unwrap();
+    }
+    assert_eq!(
+        store.acked(&u("shared"), "d").await.unwrap(),
+        Some(MsgId(50))
+    );
+}
+
+pub async fn odd_names(store: &dyn Store) {
+    let t = now() + HOUR;
+    let names = [
+        "a:b",
+        "{x}",
+        "}{",
+        "a}b",
+        "a%7Db",
+        "ünïcødé 😀",
+        "pg:{u:z}:q",
+        "",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let id = i64::try_from(i).unwrap() + 1;
+        store
+            .append_users(&[u(name)], &msg(id, t), BIG)
+            .await
+            .unwrap();
+        store.append_channel(name, &msg(id, t), BIG).await.unwrap();
+        store.ack(&u(name), name, MsgId(id)).await.unwrap();
+    }
+    for (i, name) in names.iter().enumerate() {
+        let id = i64::try_from(i).unwrap() + 1;
+        assert_eq!(read_all(store, name).await, [id], "user {name:?}");
+        let h = store.read_channel(name, MsgId(0), now(), 10).await.unwrap();
+        assert_eq!(ids(&h), [id], "channel {name:?}");
+        assert_eq!(store.acked(&u(name), name).await.unwrap(), Some(MsgId(id)));
+    }
+}
+
+pub async fn closed_store_refuses(store: &dyn Store) {
+    let t = now() + HOUR;
+    store
+        .append_users(&[u("cl")], &msg(1, t), BIG)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.append_users(&[u("cl")], &msg(2, t), BIG).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        store.read_user(&u("cl"), MsgId(0), now(), 10).await,
+        Err(StoreError::Closed)
+    ));
+    // Closing twice is fine.
+    store.close().await.unwrap();
+}
+
+pub trait CloneWithTs {
+    fn clone_with_ts(&self, ts: i64) -> StoredMsg;
+}
+
+impl CloneWithTs for StoredMsg {
+    fn clone_with_ts(&self, ts: i64) -> StoredMsg {
+        StoredMsg { ts, ..self.clone() }
+    }
+}
