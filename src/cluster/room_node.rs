@@ -30,6 +30,8 @@ const SYNC_CHUNK: usize = 5000;
 /// Connections younger than this at snapshot time survive a refill even if
 /// the snapshot missed them (see [`sync`]).
 const SYNC_MARGIN_MS: i64 = 5_000;
+/// Every register is refilled this often even when nothing went wrong.
+const FULL_REFILL: Duration = Duration::from_secs(300);
 /// Longest start-up waits for another instance's lease on this id to expire.
 const CONFLICT_WAIT: Duration = Duration::from_secs(65);
 
@@ -215,7 +217,14 @@ async fn renew(
     let mut failing = vec![false; n];
     let mut tick = tokio::time::interval(LEASE_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full = Instant::now();
     loop {
+        // Anti-entropy: a `Connected` or `Disconnected` lost to a transient
+        // error (the register stayed up) is repaired by a periodic refill.
+        if last_full.elapsed() >= FULL_REFILL {
+            last_full = Instant::now();
+            pending.iter_mut().for_each(|p| *p = true);
+        }
         // Refill first: the lease was already granted as Fresh.
         for (p, due) in pending.iter_mut().enumerate() {
             if *due {
