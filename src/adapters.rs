@@ -26,7 +26,13 @@ pub(crate) struct LocalBackend {
     /// Directory failures are logged at most once a second (a register
     /// outage would otherwise log once per connection).
     pub(crate) dir_errors: Throttle,
+    /// Called with the user whose connect or disconnect report failed
+    /// (cluster mode: marks that user's register for a refill).
+    pub(crate) on_dir_error: Option<DirErrorHook>,
 }
+
+/// See [`LocalBackend::on_dir_error`].
+pub(crate) type DirErrorHook = Arc<dyn Fn(&UserId) + Send + Sync>;
 
 /// Lets a log line through at most once per second and counts the rest.
 #[derive(Default)]
@@ -73,6 +79,9 @@ impl Backend for LocalBackend {
             since: s.since,
         };
         if let Err(e) = self.dir.connected(info).await {
+            if let Some(hook) = &self.on_dir_error {
+                hook(&s.user);
+            }
             if let Some(more) = self.dir_errors.allow() {
                 tracing::warn!(user = %s.user, error = %e, suppressed = more, "directory: connect not recorded");
             }
@@ -81,6 +90,9 @@ impl Backend for LocalBackend {
 
     async fn disconnected(&self, s: &SessionInfo, now_ms: i64) {
         if let Err(e) = self.dir.disconnected(&s.user, s.conn, now_ms).await {
+            if let Some(hook) = &self.on_dir_error {
+                hook(&s.user);
+            }
             if let Some(more) = self.dir_errors.allow() {
                 tracing::warn!(user = %s.user, error = %e, suppressed = more, "directory: disconnect not recorded");
             }

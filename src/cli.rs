@@ -69,9 +69,15 @@ pub(crate) struct ServeArgs {
     /// TCP listener [default: 127.0.0.1:7701].
     #[arg(long, env = "PUSHGATE_TCP", value_name = "ADDR")]
     pub(crate) tcp: Option<SocketAddr>,
-    /// QUIC listener (UDP) [default: 127.0.0.1:7702]; QUIC is not served yet.
+    /// QUIC listener (UDP) [default: 127.0.0.1:7702]; always TLS (the --tls-cert certificate, else a self-signed one kept in DATA).
     #[arg(long, env = "PUSHGATE_QUIC", value_name = "ADDR")]
     pub(crate) quic: Option<SocketAddr>,
+    /// TLS certificate chain (PEM, leaf first): turns on wss:// and TLS for TCP [default: plain ws/tcp; QUIC self-signed]. Reloaded on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PUSHGATE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// HTTP (REST API) listener [default: 127.0.0.1:7780].
     #[arg(long, env = "PUSHGATE_HTTP", value_name = "ADDR")]
     pub(crate) http: Option<SocketAddr>,

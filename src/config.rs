@@ -13,7 +13,11 @@ pub(crate) struct Config {
     pub(crate) data: PathBuf,
     pub(crate) ws: SocketAddr,
     pub(crate) tcp: SocketAddr,
+    pub(crate) quic: SocketAddr,
     pub(crate) http: SocketAddr,
+    /// Given certificate files (already loaded once, so a bad one is a
+    /// configuration error); `None`: self-signed in the data dir, QUIC only.
+    pub(crate) tls: Option<crate::tls::Given>,
     /// Given, or `None` to load/generate one in the data dir.
     pub(crate) api_key: Option<String>,
     /// Given, or `None` to load/generate one in the data dir.
@@ -115,6 +119,12 @@ impl Config {
             data: pick!(data, PathBuf::from("data")),
             ws: pick!(ws, SocketAddr::from(([127, 0, 0, 1], 7700))),
             tcp: pick!(tcp, SocketAddr::from(([127, 0, 0, 1], 7701))),
+            quic: pick!(quic, SocketAddr::from(([127, 0, 0, 1], 7702))),
+            tls: crate::tls::given(
+                args.tls_cert.or(file.tls_cert),
+                args.tls_key.or(file.tls_key),
+            )
+            .map_err(ConfigError)?,
             http: pick!(http, SocketAddr::from(([127, 0, 0, 1], 7780))),
             api_key: args.api_key.or(file.api_key),
             token_secret: args.token_secret.or(file.token_secret),
@@ -150,7 +160,6 @@ impl Config {
             max_users: positive("max-users", pick!(max_users, 10_000))?,
             node_id: pick!(node_id, 0),
         };
-        let _ = args.quic.or(file.quic); // reserved: QUIC is not served yet
         if cfg.max_frame < 256 {
             return Err(ConfigError("max-frame must be at least 256 bytes".into()));
         }
@@ -196,6 +205,8 @@ mod tests {
         let c = Config::load(args()).expect("defaults are valid");
         assert_eq!(c.ws.to_string(), "127.0.0.1:7700");
         assert_eq!(c.tcp.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.quic.to_string(), "127.0.0.1:7702");
+        assert!(c.tls.is_none());
         assert_eq!(c.http.to_string(), "127.0.0.1:7780");
         assert_eq!(c.heartbeat, Duration::from_secs(30));
         assert_eq!(c.data, PathBuf::from("data"));

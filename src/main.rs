@@ -8,6 +8,7 @@ mod config;
 mod secrets;
 mod signal;
 mod standalone;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -111,6 +112,11 @@ fn main() -> ExitCode {
         Some(Command::Standalone(a)) => *a,
         None => cli.standalone,
         Some(Command::Room(a)) => {
+            // A certificate that does not load is a configuration error.
+            if let Err(e) = tls::given(a.tls_cert.clone(), a.tls_key.clone()) {
+                eprintln!("pushgate room: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
             return run_node(a.common.log_format, cluster::run_room(*a));
         }
         Some(Command::Center(a)) => {

@@ -1,9 +1,11 @@
 //! `pushgate standalone`: every component in one process, wired in memory.
 //!
-//! Start-up order: data dir, secrets, store, ids, directory, room, center;
-//! then bind every listener before printing `ready`. Shutdown (SIGTERM/SIGINT)
-//! runs the other way: stop accepting and turn not-ready, drain clients with
-//! 4007, stop HTTP, flush the dispatcher, close the store and checkpoint ids.
+//! Start-up order: data dir, secrets, TLS certificate, store, ids,
+//! directory, room, center; then bind every listener before printing
+//! `ready`. Shutdown (SIGTERM/SIGINT) runs the other way: stop accepting and
+//! turn not-ready, drain clients with 4007 (QUIC: let the close frames go
+//! out), stop HTTP, flush the dispatcher, close the store and checkpoint ids.
+//! SIGHUP reloads the TLS certificate (see `crate::tls`).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use proto::RoomId;
 use register::{Directory, LocalDirectory};
-use room::{Room, RoomConfig};
+use room::{QuicListener, Room, RoomConfig};
 use saver::{EmbeddedStore, RedisStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,34 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let (token_secret, secret_origin) =
         secrets::load_or_generate(&cfg.data, "token_secret", cfg.token_secret.as_deref())
             .context("token secret")?;
+
+    // TLS: given files (wss:// and TLS over TCP, and QUIC), else a
+    // self-signed certificate in the data dir for QUIC only.
+    let (certs, cert_files, tls_origin) = match &cfg.tls {
+        Some(g) => (
+            g.certs.clone(),
+            (g.cert.clone(), g.key.clone()),
+            format!(
+                "tls certificate {} (wss:// and tls over tcp on)",
+                g.cert.display()
+            ),
+        ),
+        None => {
+            let (certs, cert, key, generated) = crate::tls::self_signed_in(&cfg.data)?;
+            let how = if generated {
+                "generated and kept"
+            } else {
+                "kept"
+            };
+            let origin = format!(
+                "self-signed tls certificate {how} in {} (quic only; ws and tcp are plain)",
+                cfg.data.display()
+            );
+            (certs, (cert, key), origin)
+        }
+    };
+    let reloader = crate::tls::Reloader::install(certs.clone(), Some(cert_files))
+        .context("install SIGHUP handler")?;
 
     let store: Arc<dyn Store> = match &cfg.redis {
         Some(url) => Arc::new(
@@ -74,6 +104,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             dir: dir.clone(),
             store: store.clone(),
             dir_errors: Default::default(),
+            on_dir_error: None,
         }),
     );
 
@@ -107,23 +138,44 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let tcp = TcpListener::bind(cfg.tcp)
         .await
         .with_context(|| format!("bind tcp listener {}", cfg.tcp))?;
+    let quic = QuicListener::bind(cfg.quic, &certs, room.config())
+        .with_context(|| format!("bind quic listener {} (udp)", cfg.quic))?;
     let http = TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("bind http listener {}", cfg.http))?;
     let (ws_addr, tcp_addr, http_addr) = (ws.local_addr()?, tcp.local_addr()?, http.local_addr()?);
+    let quic_addr = quic.local_addr()?;
 
     dir.room_up(room_id).await.context("register room")?;
 
     let accept_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
+    let stream_tls = cfg.tls.is_some();
     let ws_task = tokio::spawn({
-        let (room, stop) = (room.clone(), accept_stop.clone());
-        async move { room.serve_ws(ws, stop).await }
+        let (room, stop, certs) = (room.clone(), accept_stop.clone(), certs.clone());
+        async move {
+            if stream_tls {
+                room.serve_wss(ws, &certs, stop).await;
+            } else {
+                room.serve_ws(ws, stop).await;
+            }
+        }
     });
     let tcp_task = tokio::spawn({
-        let (room, stop) = (room.clone(), accept_stop.clone());
-        async move { room.serve_tcp(tcp, stop).await }
+        let (room, stop, certs) = (room.clone(), accept_stop.clone(), certs.clone());
+        async move {
+            if stream_tls {
+                room.serve_tcp_tls(tcp, &certs, stop).await;
+            } else {
+                room.serve_tcp(tcp, stop).await;
+            }
+        }
     });
+    let quic_task = tokio::spawn({
+        let (room, stop, quic) = (room.clone(), accept_stop.clone(), quic.clone());
+        async move { room.serve_quic(quic, stop).await }
+    });
+    let reload_task = reloader.spawn();
     let http_task = tokio::spawn({
         let app = center.router();
         let stop = http_stop.clone();
@@ -139,7 +191,9 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ws listening on {ws_addr}")?;
     writeln!(out, "tcp listening on {tcp_addr}")?;
+    writeln!(out, "quic listening on {quic_addr}")?;
     writeln!(out, "http listening on {http_addr}")?;
+    writeln!(out, "tls fingerprint: {}", certs.fingerprint())?;
     let describe = |o: Origin, name: &str| match o {
         Origin::Given => format!("{name}: (given by configuration)"),
         Origin::Kept => format!("{name} kept in {}", cfg.data.display()),
@@ -155,9 +209,9 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     info!(
-        ws = %ws_addr, tcp = %tcp_addr, http = %http_addr,
+        ws = %ws_addr, tcp = %tcp_addr, quic = %quic_addr, http = %http_addr,
         store = if cfg.redis.is_some() { "redis" } else { "embedded" },
-        "{}; {}",
+        "{}; {}; {tls_origin}",
         describe(key_origin, "api key"),
         describe(secret_origin, "token secret"),
     );
@@ -170,6 +224,8 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     if !drained {
         warn!("drain timeout: some connections were still open");
     }
+    quic.wait_idle(QUIC_CLOSE_WAIT).await;
+    reload_task.abort();
     http_stop.cancel();
     let http_abort = http_task.abort_handle();
     match tokio::time::timeout(STEP_TIMEOUT, http_task).await {
@@ -190,7 +246,10 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         warn!("dispatcher did not finish in time");
     }
     prune_task.abort();
-    let _ = tokio::join!(ws_task, tcp_task);
+    let _ = tokio::time::timeout(STEP_TIMEOUT, async {
+        let _ = tokio::join!(ws_task, tcp_task, quic_task);
+    })
+    .await;
     if let Err(e) = dir.room_down(room_id).await {
         warn!(error = %e, "deregister room");
     }
@@ -208,6 +267,9 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Upper bound of each shutdown step after the drain.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait after the drain for QUIC close frames to reach clients.
+pub(crate) const QUIC_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long the directory remembers a user after their last connection ended.
 const DIRECTORY_MEMORY: Duration = Duration::from_secs(24 * 3600);

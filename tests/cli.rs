@@ -22,8 +22,8 @@ async fn startup_output_has_the_exact_form() {
     let l = &s.startup;
     assert_eq!(
         l.len(),
-        6,
-        "expected exactly 6 stdout lines up to ready, got {l:?}"
+        8,
+        "expected exactly 8 stdout lines up to ready, got {l:?}"
     );
     assert!(
         is_addr_line(&l[0], "ws listening on "),
@@ -34,18 +34,27 @@ async fn startup_output_has_the_exact_form() {
         "line 2 must be `tcp listening on ADDR`: {l:?}"
     );
     assert!(
-        is_addr_line(&l[2], "http listening on "),
-        "line 3 must be `http listening on ADDR`: {l:?}"
+        is_addr_line(&l[2], "quic listening on "),
+        "line 3 must be `quic listening on ADDR`: {l:?}"
     );
     assert!(
-        l[3].starts_with("api key: ") && l[3].len() > "api key: ".len() + 8,
-        "line 4: {l:?}"
+        is_addr_line(&l[3], "http listening on "),
+        "line 4 must be `http listening on ADDR`: {l:?}"
     );
     assert!(
-        l[4].starts_with("token secret: ") && l[4].len() > "token secret: ".len() + 8,
-        "line 5: {l:?}"
+        l[4].strip_prefix("tls fingerprint: sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+        "line 5 must be `tls fingerprint: sha256:<64 hex>`: {l:?}"
     );
-    assert_eq!(l[5], "ready", "{l:?}");
+    assert!(
+        l[5].starts_with("api key: ") && l[5].len() > "api key: ".len() + 8,
+        "line 6: {l:?}"
+    );
+    assert!(
+        l[6].starts_with("token secret: ") && l[6].len() > "token secret: ".len() + 8,
+        "line 7: {l:?}"
+    );
+    assert_eq!(l[7], "ready", "{l:?}");
     assert_ne!(s.api_key, s.secret, "api key and token secret must differ");
     // Kept in the data dir.
     let dir = s.data_dir();
@@ -255,6 +264,7 @@ async fn plain_pushgate_uses_defaults() {
     let want = [
         "ws listening on 127.0.0.1:7700",
         "tcp listening on 127.0.0.1:7701",
+        "quic listening on 127.0.0.1:7702",
         "http listening on 127.0.0.1:7780",
     ];
     for w in want {

@@ -5,8 +5,9 @@
 //! a block of ids ([`LeasedIds`], default [`DEFAULT_BLOCK`]) and hands them
 //! out locally, so the hot path is a short lock and no network call.
 //!
-//! Blocks come from several idgen processes of distinct regions, round robin,
-//! so losing one idgen costs nothing but the ids of its leased blocks: ids of
+//! Blocks come from one idgen while it answers (sticky, so the ids one center
+//! hands out keep increasing), and from the next one when it fails, so
+//! losing one idgen costs nothing but the ids of its leased blocks: ids of
 //! different regions never collide, and each idgen's checkpoint keeps its own
 //! ids from repeating across restarts.
 //!
@@ -120,8 +121,7 @@ struct Block {
 }
 
 /// Center side: leases blocks from several idgen processes (distinct
-/// regions, round robin; on failure the others are tried) and hands ids out
-/// locally.
+/// regions; one at a time, the next on failure) and hands ids out locally.
 ///
 /// Every process listing the same idgens may use any order: ids are unique
 /// by region, not by position in the list.
@@ -173,7 +173,8 @@ impl LeasedIds {
             .collect();
         Arc::new(LeasedIds {
             clients,
-            turn: AtomicUsize::new(0),
+            // Centers start on different idgens (spreads the load).
+            turn: AtomicUsize::new(std::process::id() as usize),
             block: block.clamp(1, MAX_LEASE),
             max_age,
             current: Mutex::new(None),
@@ -202,12 +203,19 @@ impl LeasedIds {
         if count == 0 {
             return Err(IdGenError::Unavailable("no idgen addresses".to_owned()));
         }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        // Sticky: blocks come from one idgen while it answers, so the ids
+        // one center hands out keep increasing (another idgen's counter may
+        // be up to a second behind); the next one is used only on failure.
+        let start = self.turn.load(Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..count {
-            let client = &self.clients[(start + i) % count];
+            let at = (start + i) % count;
+            let client = &self.clients[at];
             match client.call(IdgenReq::Lease { n }).await {
-                Ok(IdgenResp::Ok { first, n: got }) if got >= n => return Ok(first),
+                Ok(IdgenResp::Ok { first, n: got }) if got >= n => {
+                    self.turn.store(at, Ordering::Relaxed);
+                    return Ok(first);
+                }
                 Ok(IdgenResp::Ok { n: got, .. }) => {
                     tracing::warn!(
                         idgen = client.addr(),

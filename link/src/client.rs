@@ -70,6 +70,7 @@ struct Shared<R> {
     /// The peer's instance id while connected.
     state: watch::Sender<Option<u64>>,
     ever_connected: AtomicBool,
+    created: std::time::Instant,
 }
 
 struct Handle<R> {
@@ -114,6 +115,7 @@ where
             conn: Mutex::new(None),
             state,
             ever_connected: AtomicBool::new(false),
+            created: std::time::Instant::now(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(drive(shared.clone(), stop.clone()));
@@ -165,7 +167,12 @@ where
     pub async fn call(&self, req: Req) -> Result<Resp, LinkError> {
         let s = &self.inner.shared;
         if !s.ever_connected.load(Ordering::Acquire) {
-            self.wait_connected(s.cfg.first_connect_wait).await;
+            // Only right after creation: a peer that was never reached must
+            // not cost every later call the whole wait.
+            let left = s.cfg.first_connect_wait.saturating_sub(s.created.elapsed());
+            if !left.is_zero() {
+                self.wait_connected(left).await;
+            }
         }
         let Some(tx) = s.conn.lock().clone() else {
             return Err(self.unavailable());

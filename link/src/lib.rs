@@ -119,14 +119,26 @@ pub(crate) fn same_key(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Sets TCP keepalive (a peer machine that vanishes without a FIN is noticed
-/// within about 30 s even when no call is in flight) and `TCP_NODELAY`.
+/// Sets `TCP_NODELAY`, TCP keepalive (10 s idle, then 3 probes 5 s apart:
+/// a peer machine that vanishes without a FIN is noticed within about 25 s
+/// when nothing is in flight) and, on Linux, `TCP_USER_TIMEOUT` of 10 s (the
+/// same when data is in flight, which keepalive does not cover).
 pub(crate) fn tune(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(10))
         .with_interval(Duration::from_secs(5));
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    ))]
+    let ka = ka.with_retries(3);
+    let sock = socket2::SockRef::from(stream);
+    let _ = sock.set_tcp_keepalive(&ka);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
 }
 
 #[cfg(test)]

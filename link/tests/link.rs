@@ -63,8 +63,9 @@ impl Service for Log {
     const NAME: &'static str = "log";
     const ORDERED: bool = true;
     async fn call(&self, n: u64) -> usize {
-        // Later requests sleep less: a concurrent server would reorder them.
-        tokio::time::sleep(Duration::from_micros(1000 - (n % 1000))).await;
+        // Later requests sleep less (whole milliseconds, above the timer's
+        // resolution): a concurrent server would reorder them.
+        tokio::time::sleep(Duration::from_millis(20 - (n % 20))).await;
         let mut log = self.log.lock();
         log.push(n);
         log.len()

@@ -236,37 +236,50 @@ impl LocalDirectory {
     /// connections of the room missing from `conns` end at `now_ms`, the
     /// others are kept (their online time is not cut) or added.
     pub fn replace_room(&self, room: RoomId, conns: Vec<ConnInfo>, keep_since: i64, now_ms: i64) {
-        if self.room_connections(room) > 0 {
-            let keep: std::collections::HashSet<ConnId> = conns.iter().map(|c| c.conn).collect();
-            let mut removed_total = 0u64;
-            for mut entry in self.users.iter_mut() {
-                let before = entry.conns.len();
-                let mut closed = 0u64;
-                entry.conns.retain(|c| {
-                    if c.room == room && !keep.contains(&c.conn) && c.since < keep_since {
-                        closed = closed.saturating_add(span(c.since, now_ms));
-                        false
-                    } else {
-                        true
-                    }
-                });
-                let removed = (before - entry.conns.len()) as u64;
-                if removed > 0 {
-                    entry.closed_ms = entry.closed_ms.saturating_add(closed);
-                    entry.last_seen = now_ms;
-                    self.connections.fetch_sub(removed, Ordering::Relaxed);
-                    if entry.conns.is_empty() {
-                        self.online_users.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    removed_total += removed;
-                }
-            }
-            if let Some(mut n) = self.rooms.get_mut(&room) {
-                *n = n.saturating_sub(removed_total);
-            }
-        }
+        let keep: std::collections::HashSet<ConnId> = conns.iter().map(|c| c.conn).collect();
+        self.prune_room(room, &keep, keep_since, now_ms);
         for c in conns {
             self.add(c);
+        }
+    }
+
+    /// Ends every connection of `room` that is not in `keep` and
+    /// authenticated before `keep_since` (online time counted to `now_ms`).
+    pub fn prune_room(
+        &self,
+        room: RoomId,
+        keep: &std::collections::HashSet<ConnId>,
+        keep_since: i64,
+        now_ms: i64,
+    ) {
+        if self.room_connections(room) == 0 {
+            return;
+        }
+        let mut removed_total = 0u64;
+        for mut entry in self.users.iter_mut() {
+            let before = entry.conns.len();
+            let mut closed = 0u64;
+            entry.conns.retain(|c| {
+                if c.room == room && !keep.contains(&c.conn) && c.since < keep_since {
+                    closed = closed.saturating_add(span(c.since, now_ms));
+                    false
+                } else {
+                    true
+                }
+            });
+            let removed = (before - entry.conns.len()) as u64;
+            if removed > 0 {
+                entry.closed_ms = entry.closed_ms.saturating_add(closed);
+                entry.last_seen = now_ms;
+                self.connections.fetch_sub(removed, Ordering::Relaxed);
+                if entry.conns.is_empty() {
+                    self.online_users.fetch_sub(1, Ordering::Relaxed);
+                }
+                removed_total += removed;
+            }
+        }
+        if let Some(mut n) = self.rooms.get_mut(&room) {
+            *n = n.saturating_sub(removed_total);
         }
     }
 

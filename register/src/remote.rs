@@ -53,6 +53,9 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 /// How often [`ClusterDirectory`] refreshes its cached membership by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 
+/// Longest one register may take to answer a lease renewal.
+pub const LEASE_CALL_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// A room's lease, renewed by the room every [`LEASE_RENEW`] (1 s).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomLease {
@@ -117,8 +120,12 @@ pub enum RegisterReq {
         room: RoomId,
         /// Its connections (a chunk of them).
         conns: Vec<ConnInfo>,
-        /// The first chunk of a snapshot (replace) or a later one (add).
+        /// The first chunk of a snapshot.
         first: bool,
+        /// The last chunk: entries of the room listed in no chunk of this
+        /// snapshot are then removed (before, every chunk only adds, so a
+        /// large room never disappears half-way through a refill).
+        last: bool,
         /// When replacing, entries of the room that authenticated at or after
         /// this time (ms since the epoch) are kept even if not listed: they
         /// connected while the snapshot was taken and sent, and their
@@ -186,6 +193,8 @@ pub struct RegisterService {
     /// under this lock, so an expiry sweep can not interleave with a
     /// lease + sync of the same room and wipe the fresh entries.
     leases: Mutex<HashMap<RoomId, Held>>,
+    /// Connections listed so far by the refill of each room in progress.
+    listing: Mutex<HashMap<RoomId, std::collections::HashSet<ConnId>>>,
 }
 
 impl RegisterService {
@@ -195,6 +204,7 @@ impl RegisterService {
             dir: LocalDirectory::new(),
             ttl: lease_ttl,
             leases: Mutex::new(HashMap::new()),
+            listing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -318,6 +328,7 @@ impl RegisterService {
         room: RoomId,
         conns: Vec<ConnInfo>,
         first: bool,
+        last: bool,
         keep_since: i64,
     ) -> RegisterResp {
         if let Some(c) = conns.iter().find(|c| c.room != room) {
@@ -327,12 +338,18 @@ impl RegisterService {
             ));
         }
         let _leases = self.leases.lock();
+        let mut listing = self.listing.lock();
         if first {
-            self.dir.replace_room(room, conns, keep_since, now_ms());
-        } else {
-            for c in conns {
-                self.dir.add(c);
-            }
+            listing.insert(room, std::collections::HashSet::new());
+        }
+        let listed = listing.entry(room).or_default();
+        for c in conns {
+            listed.insert(c.conn);
+            self.dir.add(c);
+        }
+        if last {
+            let keep = listing.remove(&room).unwrap_or_default();
+            self.dir.prune_room(room, &keep, keep_since, now_ms());
         }
         RegisterResp::Done
     }
@@ -379,8 +396,9 @@ impl link::Service for RegisterService {
                 room,
                 conns,
                 first,
+                last,
                 keep_since,
-            } => self.sync(room, conns, first, keep_since),
+            } => self.sync(room, conns, first, last, keep_since),
             RegisterReq::Release { room, instance } => {
                 self.release(room, instance);
                 RegisterResp::Done
@@ -505,7 +523,17 @@ impl ClusterDirectory {
     /// register, in order.
     pub async fn lease(&self, lease: &RoomLease) -> Vec<Result<LeaseOutcome, DirError>> {
         let calls = (0..self.clients.len()).map(|p| async move {
-            match self.call(p, RegisterReq::Lease(lease.clone())).await? {
+            // Bounded well below a lease's lifetime: a register that hangs
+            // must not delay the renewal at the healthy ones.
+            let call = self.call(p, RegisterReq::Lease(lease.clone()));
+            let answer = tokio::time::timeout(LEASE_CALL_TIMEOUT, call)
+                .await
+                .map_err(|_| {
+                    DirError::Unavailable(format!(
+                        "register {p}: no lease answer within {LEASE_CALL_TIMEOUT:?}"
+                    ))
+                })??;
+            match answer {
                 RegisterResp::Lease(o) => Ok(o),
                 other => Err(self.unexpected(p, &other)),
             }
@@ -513,11 +541,12 @@ impl ClusterDirectory {
         join_all(calls).await
     }
 
-    /// Replaces every entry of `room` at register `partition` with `conns`
-    /// when `first` (else adds them), keeping unlisted entries that
+    /// Sends one chunk of a refill of `room` to register `partition`: every
+    /// chunk adds its connections; after the `last` one, the register removes
+    /// the room's entries that no chunk listed, except those that
     /// authenticated at or after `keep_since` (ms since the epoch; pass the
-    /// time taken just before the snapshot, minus a margin); for large rooms
-    /// the caller sends chunks: first=true then first=false ...
+    /// time taken just before the snapshot, minus a margin). A single chunk
+    /// is both `first` and `last`.
     ///
     /// # Errors
     /// [`DirError::Unavailable`] when the register is unreachable or refused
@@ -528,12 +557,14 @@ impl ClusterDirectory {
         room: RoomId,
         conns: Vec<ConnInfo>,
         first: bool,
+        last: bool,
         keep_since: i64,
     ) -> Result<(), DirError> {
         let req = RegisterReq::Sync {
             room,
             conns,
             first,
+            last,
             keep_since,
         };
         let resp = self.call(partition, req).await?;

@@ -136,7 +136,7 @@ async fn sync_all(dir: &ClusterDirectory, room: u32, conns: &[ConnInfo]) {
             .filter(|c| dir.partition_of(&c.user) == p)
             .cloned()
             .collect();
-        dir.sync(p, RoomId(room), mine, true, i64::MAX)
+        dir.sync(p, RoomId(room), mine, true, true, i64::MAX)
             .await
             .unwrap();
     }
@@ -478,10 +478,10 @@ async fn register_restarted_empty_is_refilled_by_a_sync() {
     }
     let mine: Vec<ConnInfo> = on_1.iter().map(|&i| conns[i].clone()).collect();
     let (head, tail) = mine.split_at(mine.len() / 2);
-    dir.sync(1, RoomId(3), head.to_vec(), true, i64::MAX)
+    dir.sync(1, RoomId(3), head.to_vec(), true, false, i64::MAX)
         .await
         .unwrap();
-    dir.sync(1, RoomId(3), tail.to_vec(), false, i64::MAX)
+    dir.sync(1, RoomId(3), tail.to_vec(), false, true, i64::MAX)
         .await
         .unwrap();
     let got = dir.lookup(&users).await.unwrap();
@@ -552,20 +552,27 @@ async fn release_drops_a_room_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_first_replaces_and_later_chunks_add() {
+async fn sync_chunks_add_and_the_last_removes_the_unlisted() {
     let (_regs, dir) = start_all(1, Duration::from_secs(5)).await;
     let since = now_ms() - 1_000;
     dir.lease(&lease(4, 1, 0)).await;
     let old = vec![conn("x", 4, 1, since), conn("y", 4, 2, since)];
-    dir.sync(0, RoomId(4), old.clone(), true, i64::MAX)
+    dir.sync(0, RoomId(4), old.clone(), true, true, i64::MAX)
         .await
         .unwrap();
-    dir.sync(0, RoomId(4), vec![conn("z", 4, 3, since)], false, i64::MAX)
-        .await
-        .unwrap();
+    dir.sync(
+        0,
+        RoomId(4),
+        vec![conn("z", 4, 3, since)],
+        false,
+        false,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
     assert_eq!(dir.stats().await.unwrap().connections, 3);
     // A new snapshot without y and z: they end, x keeps its time.
-    dir.sync(0, RoomId(4), vec![old[0].clone()], true, i64::MAX)
+    dir.sync(0, RoomId(4), vec![old[0].clone()], true, true, i64::MAX)
         .await
         .unwrap();
     let got = dir
@@ -580,10 +587,13 @@ async fn sync_first_replaces_and_later_chunks_add() {
     assert_eq!(x, 1_000, "a kept connection is not counted twice");
     // A chunk carrying another room's connection is refused as a whole.
     let bad = vec![conn("w", 4, 9, since), conn("v", 5, 1, since)];
-    assert!(dir.sync(0, RoomId(4), bad, false, i64::MAX).await.is_err());
+    assert!(dir
+        .sync(0, RoomId(4), bad, false, true, i64::MAX)
+        .await
+        .is_err());
     assert!(dir.lookup(&[UserId::new("w")]).await.unwrap()[0].is_empty());
     assert!(
-        dir.sync(1, RoomId(4), vec![], true, i64::MAX)
+        dir.sync(1, RoomId(4), vec![], true, true, i64::MAX)
             .await
             .is_err(),
         "no partition 1"
@@ -672,4 +682,27 @@ async fn entries_of_a_room_without_a_lease_are_dropped_after_a_ttl() {
     .await;
     assert!(took >= ttl - Duration::from_millis(100), "{took:?}");
     assert_eq!(dir.stats().await.unwrap(), DirStats::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_refill_never_hides_listed_connections() {
+    let (_regs, dir) = start_all(1, Duration::from_secs(5)).await;
+    let since = now_ms() - 60_000;
+    dir.lease(&lease(6, 1, 0)).await;
+    let all: Vec<ConnInfo> = (0..10)
+        .map(|i| conn(&format!("c{i}"), 6, i, since))
+        .collect();
+    dir.sync(0, RoomId(6), all.clone(), true, true, i64::MAX)
+        .await
+        .unwrap();
+    // A new refill in two chunks: between them, every connection is still listed.
+    dir.sync(0, RoomId(6), all[..5].to_vec(), true, false, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(dir.stats().await.unwrap().connections, 10);
+    // The last chunk leaves out c9: it ends; the others stay.
+    dir.sync(0, RoomId(6), all[5..9].to_vec(), false, true, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(dir.stats().await.unwrap().connections, 9);
 }

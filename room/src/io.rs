@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, Stream};
 use proto::{ClientFrame, CloseCode, ServerFrame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{RecvError, SendError};
@@ -51,14 +51,34 @@ pub(crate) trait FrameIo:
     fn linger(&mut self) -> impl Future<Output = ()> + Send + '_;
 }
 
+/// A byte stream a connection runs on: a TCP socket, TLS over one, or a
+/// QUIC stream. Framing (WebSocket or length prefix) sits on top of it.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The session is about to write its final frames and end with `code`
+    /// (QUIC closes the connection with it as the application error code).
+    fn closing(&mut self, _code: CloseCode, _reason: &str) {}
+
+    /// See [`FrameIo::linger`].
+    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        linger_stream(self)
+    }
+}
+
+impl ByteStream for TcpStream {}
+
+impl ByteStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
 /// Longest a closing connection lingers.
-const LINGER_MAX: Duration = Duration::from_secs(1);
+pub(crate) const LINGER_MAX: Duration = Duration::from_secs(1);
 /// A lingering connection quiet this long is dropped.
 const LINGER_IDLE: Duration = Duration::from_millis(100);
 
-/// Shuts the write side of `sock`, then discards input until EOF, a quiet
-/// spell of [`LINGER_IDLE`], or [`LINGER_MAX`].
-pub(crate) async fn linger_tcp(sock: &mut TcpStream) {
+/// Shuts the write side of `sock` (TLS: after `close_notify`), then discards
+/// input until EOF, a quiet spell of [`LINGER_IDLE`], or [`LINGER_MAX`].
+pub(crate) async fn linger_stream<S>(sock: &mut S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+{
     let _ = sock.shutdown().await;
     let end = tokio::time::Instant::now() + LINGER_MAX;
     let mut buf = vec![0u8; 2048];

@@ -1,12 +1,13 @@
-//! The connection server: WebSocket and TCP listeners, one session logic for
-//! every transport (auth, heartbeats, sub/unsub, acks, bounded outbound
+//! The connection server: WebSocket, TCP and QUIC listeners (TLS optional
+//! on the first two, always on QUIC), one session logic for every transport (auth, heartbeats, sub/unsub, acks, bounded outbound
 //! queue), and the local index user → connections and channel → connections.
 //!
 //! A room does not store messages or know other rooms; what it needs from the
 //! rest of the system it asks through [`Backend`].
 //!
 //! Layout: [`config`] (settings), `error` (why a session ended), `listen`
-//! (accept loops: socket → `FrameIo`), `codec` (TCP framing), `io` (the
+//! (accept loops: socket → `FrameIo`; `listen::quic` for QUIC), [`tls`]
+//! (certificates, reloadable), `codec` (stream framing), `io` (the
 //! transport seam), `session` (one connection's life), `hub` (indexes and
 //! outbound queues), `metrics`, `room` ([`Room`]).
 
@@ -20,12 +21,15 @@ mod metrics;
 pub mod remote;
 mod room;
 mod session;
+pub mod tls;
 
 use async_trait::async_trait;
 use proto::{ConnId, MsgFrame, MsgId, UserId};
 
 pub use config::RoomConfig;
+pub use listen::quic::QuicListener;
 pub use room::Room;
+pub use tls::{TlsCerts, TlsError};
 
 /// What a room needs from the rest of pushgate (register and saver). In
 /// standalone mode the root package implements it in process.

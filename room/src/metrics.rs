@@ -48,9 +48,11 @@ pub(crate) enum Transport {
     Ws = 0,
     /// Raw TCP listener.
     Tcp = 1,
+    /// QUIC listener.
+    Quic = 2,
 }
 
-const TRANSPORT_LABELS: [&str; 2] = ["ws", "tcp"];
+const TRANSPORT_LABELS: [&str; 3] = ["ws", "tcp", "quic"];
 
 impl Transport {
     /// The transport's name, as in the metrics' labels.
@@ -63,8 +65,8 @@ impl Transport {
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {
     pub(crate) sockets: AtomicU64,
-    pub(crate) accepted: [AtomicU64; 2],
-    pub(crate) refused: [AtomicU64; 2],
+    pub(crate) accepted: [AtomicU64; 3],
+    pub(crate) refused: [AtomicU64; 3],
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
@@ -167,7 +169,7 @@ impl Metrics {
         counter(
             out,
             "pushgate_room_handshake_failures_total",
-            "WebSocket handshakes that failed or timed out.",
+            "WebSocket, TLS and QUIC handshakes that failed or timed out.",
             get(&self.handshake_failures),
         );
         counter(

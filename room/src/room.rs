@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto::{EncodedMsg, UserId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
@@ -15,7 +16,7 @@ use tracing::{error, info};
 use crate::error::CloseReason;
 use crate::hub::{Hub, Push, Signal};
 use crate::metrics::Metrics;
-use crate::{listen, Backend, RoomConfig};
+use crate::{listen, Backend, QuicListener, RoomConfig, TlsCerts};
 
 /// Refused connections being answered (HTTP 503 / error frame) at once, at most.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
@@ -101,7 +102,8 @@ impl std::fmt::Debug for Room {
 }
 
 impl Room {
-    /// Creates a room. Nothing listens until [`Room::serve_ws`] / [`Room::serve_tcp`].
+    /// Creates a room. Nothing listens until [`Room::serve_ws`],
+    /// [`Room::serve_tcp`] (or their TLS forms) or [`Room::serve_quic`].
     pub fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Room {
         let shared = Shared {
             hub: Hub::new(cfg.send_queue),
@@ -136,8 +138,54 @@ impl Room {
             listener,
             shutdown,
             listen::Kind::Ws,
+            None,
         )
         .await;
+    }
+
+    /// Like [`Room::serve_ws`], for wss://: every connection starts with a
+    /// TLS handshake serving `certs` (reloads of `certs` apply to new
+    /// connections).
+    pub async fn serve_wss(
+        &self,
+        listener: TcpListener,
+        certs: &TlsCerts,
+        shutdown: CancellationToken,
+    ) {
+        listen::accept_loop(
+            Arc::clone(&self.shared),
+            listener,
+            shutdown,
+            listen::Kind::Ws,
+            Some(TlsAcceptor::from(certs.stream_config())),
+        )
+        .await;
+    }
+
+    /// Like [`Room::serve_tcp`], with TLS serving `certs`.
+    pub async fn serve_tcp_tls(
+        &self,
+        listener: TcpListener,
+        certs: &TlsCerts,
+        shutdown: CancellationToken,
+    ) {
+        listen::accept_loop(
+            Arc::clone(&self.shared),
+            listener,
+            shutdown,
+            listen::Kind::Tcp,
+            Some(TlsAcceptor::from(certs.stream_config())),
+        )
+        .await;
+    }
+
+    /// Accepts QUIC connections (ALPN `pushgate/1`, one bidirectional
+    /// stream of length-prefixed binary frames) until `shutdown` is
+    /// cancelled or [`Room::drain`] starts; after that, new attempts are
+    /// refused. After the drain, [`QuicListener::wait_idle`] lets the last
+    /// close frames go out.
+    pub async fn serve_quic(&self, listener: QuicListener, shutdown: CancellationToken) {
+        listen::quic::accept_loop(Arc::clone(&self.shared), listener, shutdown).await;
     }
 
     /// Accepts TCP connections (length-prefixed binary frames) until
@@ -148,6 +196,7 @@ impl Room {
             listener,
             shutdown,
             listen::Kind::Tcp,
+            None,
         )
         .await;
     }

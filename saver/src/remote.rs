@@ -123,6 +123,23 @@ impl link::Service for SaverService {
     const ORDERED: bool = false;
 
     async fn call(&self, req: SaverReq) -> SaverResp {
+        // Bounded below the clients' call timeout: a call whose caller gave
+        // up must not keep holding one of the connection's request slots.
+        match tokio::time::timeout(SERVE_TIMEOUT, self.serve(req)).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                tracing::warn!("saver store call timed out");
+                SaverResp::Backend(format!("store call timed out after {SERVE_TIMEOUT:?}"))
+            }
+        }
+    }
+}
+
+/// Longest the store behind a saver may take for one call.
+pub const SERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2500);
+
+impl SaverService {
+    async fn serve(&self, req: SaverReq) -> SaverResp {
         let s = &self.store;
         let r = match req {
             SaverReq::AppendUsers { users, msg, bounds } => s

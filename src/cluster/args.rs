@@ -79,6 +79,16 @@ pub(crate) struct RoomArgs {
         default_value = "127.0.0.1:7701"
     )]
     pub(crate) tcp: SocketAddr,
+    /// QUIC listener (UDP) [default: off]. Always TLS: the --tls-cert
+    /// certificate, else a self-signed one generated at start-up (in memory).
+    #[arg(long, env = "PUSHGATE_QUIC", value_name = "ADDR")]
+    pub(crate) quic: Option<SocketAddr>,
+    /// TLS certificate chain (PEM, leaf first): turns on wss:// and TLS for TCP, and is QUIC's certificate. Reloaded on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PUSHGATE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Internal link listener (centers connect here).
     #[arg(
         long,
@@ -238,8 +248,8 @@ pub(crate) struct RegisterArgs {
         default_value = "127.0.0.1:7810"
     )]
     pub(crate) listen: SocketAddr,
-    /// A room that has not renewed its lease for this long is dropped with its connections, milliseconds.
-    #[arg(long, env = "PUSHGATE_LEASE_MS", value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    /// A room that has not renewed its lease for this long is dropped with its connections, milliseconds (rooms renew every second; at least 3000).
+    #[arg(long, env = "PUSHGATE_LEASE_MS", value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(3000..=60_000))]
     pub(crate) lease_ms: u64,
     #[command(flatten)]
     pub(crate) common: CommonArgs,

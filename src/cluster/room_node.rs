@@ -2,7 +2,9 @@
 //!
 //! Start-up: connect to the registers and the store, take this room id's
 //! lease at every register (waiting while another live instance holds it),
-//! then serve centers on the internal link and clients on WebSocket and TCP.
+//! then serve centers on the internal link and clients on WebSocket and TCP
+//! (TLS with `--tls-cert`), and QUIC with `--quic` (see `crate::tls` for
+//! the certificate; SIGHUP reloads it).
 //! A lease task renews the lease every second; a register that answers
 //! `Fresh` (it restarted, or the lease expired) gets this room's connections
 //! again, so registers are refilled by the rooms. SIGTERM: stop accepting,
@@ -13,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use proto::RoomId;
-use register::{ClusterDirectory, ConnInfo, LeaseOutcome, RoomLease};
+use register::{ClusterDirectory, ConnInfo, Directory, LeaseOutcome, RoomLease};
 use room::remote::RoomService;
-use room::{Room, RoomConfig};
+use room::{QuicListener, Room, RoomConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -47,6 +49,13 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
     let store = connect_store(&args.store, link_cfg).await?;
     let room_id = RoomId(args.id);
     let overlap_us = i64::try_from(args.replay_overlap_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let refills = Refills::new(dir.partitions());
+    let on_dir_error: crate::adapters::DirErrorHook = {
+        let (dir, refills) = (dir.clone(), refills.clone());
+        // A connect or disconnect report that failed is repaired by
+        // refilling that user's register.
+        Arc::new(move |user: &proto::UserId| refills.mark(dir.partition_of(user)))
+    };
 
     let room = Room::new(
         RoomConfig {
@@ -67,6 +76,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
             dir: dir.clone(),
             store,
             dir_errors: Default::default(),
+            on_dir_error: Some(on_dir_error),
         }),
     );
 
@@ -98,54 +108,132 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
     ));
     let pending = acquire(&dir, &lease(0)).await?;
 
+    // TLS: given files for every listener; else, with --quic, an in-memory
+    // self-signed certificate for QUIC only.
+    let given = crate::tls::given(args.tls_cert.clone(), args.tls_key.clone())
+        .map_err(anyhow::Error::msg)?;
+    let stream_tls = given.as_ref().map(|g| g.certs.clone());
+    let (certs, reloader) = match (given, args.quic) {
+        (Some(g), _) => {
+            let r = crate::tls::Reloader::install(g.certs.clone(), Some((g.cert, g.key)))
+                .context("install SIGHUP handler")?;
+            (Some(g.certs), Some(r))
+        }
+        (None, Some(_)) => {
+            let certs = crate::tls::ephemeral()?;
+            let r = crate::tls::Reloader::install(certs.clone(), None)
+                .context("install SIGHUP handler")?;
+            (Some(certs), Some(r))
+        }
+        (None, None) => (None, None),
+    };
+
     let ws = bind(args.ws, "websocket").await?;
     let tcp = bind(args.tcp, "tcp").await?;
+    let quic = match (args.quic, &certs) {
+        (Some(addr), Some(certs)) => Some(
+            QuicListener::bind(addr, certs, room.config())
+                .with_context(|| format!("bind quic listener {addr} (udp)"))?,
+        ),
+        _ => None,
+    };
     let http = bind(args.http, "http").await?;
     let (ws_addr, tcp_addr, http_addr) = (ws.local_addr()?, tcp.local_addr()?, http.local_addr()?);
 
     let accept_stop = CancellationToken::new();
     let ws_task = tokio::spawn({
-        let (room, stop) = (room.clone(), accept_stop.clone());
-        async move { room.serve_ws(ws, stop).await }
+        let (room, stop, tls) = (room.clone(), accept_stop.clone(), stream_tls.clone());
+        async move {
+            match tls {
+                Some(certs) => room.serve_wss(ws, &certs, stop).await,
+                None => room.serve_ws(ws, stop).await,
+            }
+        }
     });
     let tcp_task = tokio::spawn({
-        let (room, stop) = (room.clone(), accept_stop.clone());
-        async move { room.serve_tcp(tcp, stop).await }
+        let (room, stop, tls) = (room.clone(), accept_stop.clone(), stream_tls);
+        async move {
+            match tls {
+                Some(certs) => room.serve_tcp_tls(tcp, &certs, stop).await,
+                None => room.serve_tcp(tcp, stop).await,
+            }
+        }
     });
+    let quic_task = quic.clone().map(|q| {
+        let (room, stop) = (room.clone(), accept_stop.clone());
+        tokio::spawn(async move { room.serve_quic(q, stop).await })
+    });
+    let reload_task = reloader.map(crate::tls::Reloader::spawn);
     let health = Health::new({
         let room = room.clone();
         Arc::new(move |out: &mut String| room.write_metrics(out))
     });
     let http_stop = CancellationToken::new();
     let http_task = health.serve(http, http_stop.clone());
+    for (p, due) in pending.into_iter().enumerate() {
+        if due {
+            refills.mark(p);
+        }
+    }
     let lease_stop = CancellationToken::new();
+    // Cancelled when another instance took this room id (see `renew`).
+    let lost = CancellationToken::new();
     let lease_task = tokio::spawn(renew(
         dir.clone(),
         room.clone(),
         lease(0),
-        pending,
+        refills.clone(),
+        lost.clone(),
+        lease_stop.clone(),
+    ));
+    let refill_task = tokio::spawn(refill(
+        dir.clone(),
+        room.clone(),
+        room_id,
+        refills,
         lease_stop.clone(),
     ));
     health.set_ready(true);
 
-    announce(&[
+    let mut lines = vec![
         format!("room {room_id} instance {instance:016x}"),
         format!("ws listening on {ws_addr}"),
         format!("tcp listening on {tcp_addr}"),
-        format!("internal listening on {internal_addr} (advertised as {advertise})"),
-        format!("http listening on {http_addr}"),
-    ])?;
+    ];
+    if let Some(q) = &quic {
+        lines.push(format!("quic listening on {}", q.local_addr()?));
+    }
+    lines.push(format!(
+        "internal listening on {internal_addr} (advertised as {advertise})"
+    ));
+    lines.push(format!("http listening on {http_addr}"));
+    if let Some(c) = &certs {
+        lines.push(format!("tls fingerprint: {}", c.fingerprint()));
+    }
+    announce(&lines)?;
     info!(room = %room_id, ws = %ws_addr, tcp = %tcp_addr, internal = %advertise, "room up");
 
-    shutdown.wait().await;
+    let lost_id = tokio::select! {
+        () = shutdown.wait() => false,
+        () = lost.cancelled() => true,
+    };
+    if lost_id {
+        error!(room = %room_id, "this room id now belongs to another instance: draining and exiting");
+    }
     info!("shutting down: draining connections");
     health.set_ready(false);
     accept_stop.cancel();
     if !room.drain(Duration::from_secs(args.drain_timeout)).await {
         warn!("drain timeout: some connections were still open");
     }
+    if let Some(q) = &quic {
+        q.wait_idle(crate::standalone::QUIC_CLOSE_WAIT).await;
+    }
+    if let Some(t) = reload_task {
+        t.abort();
+    }
     lease_stop.cancel();
-    let _ = lease_task.await;
+    let _ = tokio::join!(lease_task, refill_task);
     // Stop answering centers before the lease is released: once released,
     // a new instance may take this id, and a center with an old membership
     // must fail here (and re-read it) rather than deliver to nobody.
@@ -160,9 +248,16 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
     http_stop.cancel();
     let _ = tokio::time::timeout(STEP_TIMEOUT, async {
         let _ = tokio::join!(ws_task, tcp_task, link_task, http_task);
+        if let Some(t) = quic_task {
+            let _ = t.await;
+        }
     })
     .await;
     info!("stopped");
+    anyhow::ensure!(
+        !lost_id,
+        "room id {room_id} was taken over by another instance"
+    );
     Ok(())
 }
 
@@ -203,34 +298,62 @@ async fn acquire(dir: &Arc<ClusterDirectory>, lease: &RoomLease) -> anyhow::Resu
     }
 }
 
-/// Renews the lease every second until `stop`; refills registers that
-/// answer `Fresh` (and retries a refill that failed at the next tick).
+/// Registers due for a refill, shared by the lease task (which learns of
+/// `Fresh` leases), failed directory reports, and the refill task.
+struct Refills {
+    due: parking_lot::Mutex<Vec<bool>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Refills {
+    fn new(partitions: usize) -> Arc<Refills> {
+        Arc::new(Refills {
+            due: parking_lot::Mutex::new(vec![false; partitions]),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn mark(&self, partition: usize) {
+        if let Some(d) = self.lock().get_mut(partition) {
+            *d = true;
+        }
+        self.wake.notify_one();
+    }
+
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<bool>> {
+        // Never held across an await.
+        self.due.lock()
+    }
+
+    fn take(&self) -> Vec<usize> {
+        let mut due = self.lock();
+        let list = due
+            .iter()
+            .enumerate()
+            .filter_map(|(p, d)| d.then_some(p))
+            .collect();
+        due.iter_mut().for_each(|d| *d = false);
+        list
+    }
+}
+
+/// Renews the lease every second until `stop`. A register that answers
+/// `Fresh` is marked for a refill (done by [`refill`], so a large refill
+/// never delays a renewal); `Conflict` (another instance holds the id now)
+/// cancels `lost`.
 async fn renew(
     dir: Arc<ClusterDirectory>,
     room: Room,
     mut lease: RoomLease,
-    mut pending: Vec<bool>,
+    refills: Arc<Refills>,
+    lost: CancellationToken,
     stop: CancellationToken,
 ) {
     let n = dir.partitions();
-    pending.resize(n, false);
     let mut failing = vec![false; n];
     let mut tick = tokio::time::interval(LEASE_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_full = Instant::now();
     loop {
-        // Anti-entropy: a `Connected` or `Disconnected` lost to a transient
-        // error (the register stayed up) is repaired by a periodic refill.
-        if last_full.elapsed() >= FULL_REFILL {
-            last_full = Instant::now();
-            pending.iter_mut().for_each(|p| *p = true);
-        }
-        // Refill first: the lease was already granted as Fresh.
-        for (p, due) in pending.iter_mut().enumerate() {
-            if *due {
-                *due = !sync(&dir, &room, lease.room, p).await;
-            }
-        }
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
@@ -242,10 +365,12 @@ async fn renew(
                 Ok(LeaseOutcome::Renewed) => {}
                 Ok(LeaseOutcome::Fresh) => {
                     info!(register = p, "register did not know this room (restarted or lease expired): refilling it");
-                    pending[p] = true;
+                    refills.mark(p);
                 }
                 Ok(LeaseOutcome::Conflict { holder_addr }) => {
-                    error!(register = p, holder = %holder_addr, "another room took this room id after our lease expired; pushes to it are routed there");
+                    error!(register = p, holder = %holder_addr, "another room took this room id after our lease expired");
+                    lost.cancel();
+                    return;
                 }
                 Err(e) => {
                     if !failing[p] {
@@ -260,14 +385,44 @@ async fn renew(
     }
 }
 
-/// Sends register `partition` every connection of its users, replacing
-/// what it had of this room; false when it failed (retried later).
+/// Refills the registers marked due, retrying failures every second, and
+/// every register every [`FULL_REFILL`] (anti-entropy).
+async fn refill(
+    dir: Arc<ClusterDirectory>,
+    room: Room,
+    room_id: RoomId,
+    refills: Arc<Refills>,
+    stop: CancellationToken,
+) {
+    let mut last_full = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = refills.wake.notified() => {}
+            () = tokio::time::sleep(LEASE_RENEW) => {}
+        }
+        if last_full.elapsed() >= FULL_REFILL {
+            last_full = Instant::now();
+            (0..dir.partitions()).for_each(|p| refills.mark(p));
+        }
+        for p in refills.take() {
+            if !sync(&dir, &room, room_id, p).await {
+                refills.mark(p);
+            }
+        }
+    }
+}
+
+/// Sends register `partition` every connection of its users in chunks;
+/// after the last one it drops this room's entries that no chunk listed.
+/// False when it failed (retried by the caller).
 async fn sync(dir: &Arc<ClusterDirectory>, room: &Room, room_id: RoomId, partition: usize) -> bool {
     // Connections that authenticate while the snapshot is taken and sent
-    // may have their `Connected` arrive before the `Sync`: the register keeps
-    // unlisted entries from this time on (a margin covers auth-to-register).
+    // may have their `Connected` arrive before the last chunk: the register
+    // keeps unlisted entries from this time on (a margin covers auth-to-register).
     let keep_since = crate::adapters::now_ms() - SYNC_MARGIN_MS;
-    let sessions = room.snapshot(|u| dir.partition_of(u) == partition);
+    let mine = |u: &proto::UserId| dir.partition_of(u) == partition;
+    let sessions = room.snapshot(mine);
     let total = sessions.len();
     let conns: Vec<ConnInfo> = sessions
         .into_iter()
@@ -279,20 +434,36 @@ async fn sync(dir: &Arc<ClusterDirectory>, room: &Room, room_id: RoomId, partiti
             since: s.since,
         })
         .collect();
-    // An empty room still sends one (empty, first) chunk: it clears stale entries.
-    let mut chunks: Vec<Vec<ConnInfo>> =
-        conns.chunks(SYNC_CHUNK).map(<[ConnInfo]>::to_vec).collect();
+    // An empty room still sends one (empty) chunk: it clears stale entries.
+    let mut chunks: Vec<&[ConnInfo]> = conns.chunks(SYNC_CHUNK).collect();
     if chunks.is_empty() {
-        chunks.push(Vec::new());
+        chunks.push(&[]);
     }
+    let last = chunks.len() - 1;
     for (i, chunk) in chunks.into_iter().enumerate() {
         if let Err(e) = dir
-            .sync(partition, room_id, chunk, i == 0, keep_since)
+            .sync(
+                partition,
+                room_id,
+                chunk.to_vec(),
+                i == 0,
+                i == last,
+                keep_since,
+            )
             .await
         {
             warn!(register = partition, error = %e, "refill failed; retrying in a second");
             return false;
         }
+    }
+    // A connection that closed after the snapshot may have had its
+    // `Disconnected` handled before the chunk that listed it: end those again.
+    let now: std::collections::HashSet<proto::ConnId> =
+        room.snapshot(mine).into_iter().map(|s| s.conn).collect();
+    for c in conns.iter().filter(|c| !now.contains(&c.conn)) {
+        let _ = dir
+            .disconnected(&c.user, c.conn, crate::adapters::now_ms())
+            .await;
     }
     info!(
         register = partition,

@@ -246,6 +246,8 @@ impl Server {
             "127.0.0.1:0".into(),
             "--tcp".into(),
             "127.0.0.1:0".into(),
+            "--quic".into(),
+            "127.0.0.1:0".into(),
             "--http".into(),
             "127.0.0.1:0".into(),
         ];
@@ -1328,4 +1330,363 @@ pub async fn kill9_scenario(extra: &[&str]) {
         );
         max = id;
     }
+}
+
+// ---------------------------------------------------------------------------
+// TLS and QUIC (tests/tls.rs, tests/quic.rs)
+// ---------------------------------------------------------------------------
+
+/// ALPN of pushgate over QUIC.
+pub const QUIC_ALPN: &[u8] = b"pushgate/1";
+
+impl Server {
+    /// The QUIC listener's address, from the `quic listening on ` startup line.
+    pub fn quic_addr(&self) -> SocketAddr {
+        startup_addr(&self.startup, "quic listening on ")
+    }
+
+    /// The `tls fingerprint: ` startup line's value (`sha256:<hex>`).
+    pub fn tls_fingerprint(&self) -> String {
+        startup_value(&self.startup, "tls fingerprint: ")
+            .unwrap_or_else(|| panic!("no `tls fingerprint:` line in {:?}", self.startup))
+    }
+
+    /// Sends SIGHUP to the current child.
+    pub fn sighup(&self) {
+        send_signal(self.pid, "HUP");
+    }
+
+    /// Waits until stderr contains `needle` `count` times at least.
+    pub async fn wait_stderr(&self, needle: &str, count: usize, limit: Duration) {
+        eventually(
+            &format!("{count} × {needle:?} on the server's stderr"),
+            limit,
+            || {
+                let n = self.stderr().matches(needle).count();
+                async move { n >= count }
+            },
+        )
+        .await;
+    }
+}
+
+/// Sends `kill -<sig>` to `pid`.
+pub fn send_signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// `sha256:<hex>` of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(der);
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn pem_cert_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .expect("a certificate in the PEM")
+        .expect("valid PEM")
+        .to_vec()
+}
+
+/// A test certificate authority (rcgen), issuing leaf certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+/// A leaf certificate: chain PEM (leaf, then the CA) and key PEM.
+pub struct Leaf {
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// DER of the leaf alone.
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `localhost` and 127.0.0.1 signed by this CA.
+    pub fn leaf(&self) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pushgate test leaf");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            chain_pem: format!("{}{}", cert.pem(), self.pem),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+impl Leaf {
+    /// Writes `cert.pem` and `key.pem` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let c = dir.join("cert.pem");
+        let k = dir.join("key.pem");
+        std::fs::write(&c, &self.chain_pem).unwrap();
+        std::fs::write(&k, &self.key_pem).unwrap();
+        (c, k)
+    }
+}
+
+/// A rustls client configuration (ring) trusting exactly the PEM certificates in `roots`.
+pub fn tls_client_config(roots: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            store.add(c.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A TLS client stream.
+pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// TLS handshake to `addr` as `localhost`, trusting `roots`.
+pub async fn tls_connect(addr: SocketAddr, roots: &[&str]) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls_client_config(roots, &[]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("tls handshake timed out"))?
+}
+
+/// The leaf certificate (DER) the server presented on a TLS stream.
+pub fn peer_leaf(s: &TlsStream) -> Vec<u8> {
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("server presented a certificate")
+        .to_vec()
+}
+
+/// wss:// JSON client (`pushgate.v1.json`) over an established TLS stream.
+pub async fn wss_handshake(
+    tls: TlsStream,
+    addr: SocketAddr,
+) -> Result<WebSocketStream<TlsStream>, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("wss://localhost:{}/ws", addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("pushgate.v1.json"),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(req, tls).await?;
+    Ok(ws)
+}
+
+/// A client of length-prefixed binary frames over any byte stream (TLS over
+/// TCP, a QUIC stream): what TCP clients speak, frame by frame.
+pub struct FrameClient<S> {
+    pub io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> FrameClient<S> {
+    pub fn new(io: S) -> FrameClient<S> {
+        FrameClient {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one frame with its length prefix.
+    pub async fn send(&mut self, f: &ClientFrame) {
+        let mut body = Vec::new();
+        proto::binary::encode_client(f, &mut body);
+        let mut out = Vec::new();
+        proto::binary::write_len(body.len(), &mut out);
+        out.extend_from_slice(&body);
+        self.io.write_all(&out).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// The next server frame in JSON shape, or `None` at EOF / on an error /
+    /// after `limit`.
+    pub async fn recv(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((h, n)) = proto::binary::frame_len(&self.buf, CLIENT_MAX)
+                .unwrap_or_else(|e| panic!("server sent a bad length prefix: {e}"))
+            {
+                if self.buf.len() >= h + n {
+                    let body: Vec<u8> = self.buf[h..h + n].to_vec();
+                    self.buf.drain(..h + n);
+                    let f = proto::binary::decode_server(&body)
+                        .unwrap_or_else(|e| panic!("server frame does not decode ({e}): {body:?}"));
+                    return Some(server_frame_json(&f));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.io.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next server frame; panics after [`FRAME_WAIT`].
+    pub async fn next(&mut self) -> Value {
+        self.recv(FRAME_WAIT)
+            .await
+            .expect("expected a server frame within 5 s")
+    }
+
+    /// Authenticates (seq 1) and returns `auth_ok`.
+    pub async fn auth(&mut self, token: &str) -> Value {
+        self.send(&ClientFrame::Auth {
+            seq: Some(1),
+            token: token.to_string(),
+            last_id: None,
+            device: Some("d".into()),
+        })
+        .await;
+        let v = self.next().await;
+        assert_eq!(v["op"], "auth_ok", "expected auth_ok, got {v}");
+        v
+    }
+
+    /// Ping with `seq`; returns the frames seen before the pong.
+    pub async fn ping_sync(&mut self, seq: u32) -> Vec<Value> {
+        self.send(&ClientFrame::Ping { seq: Some(seq) }).await;
+        let mut seen = Vec::new();
+        loop {
+            let v = self.next().await;
+            if v["op"] == "pong" && v["seq"] == json!(seq) {
+                return seen;
+            }
+            seen.push(v);
+        }
+    }
+}
+
+/// A QUIC client stream: the bidirectional stream's two halves as one byte stream.
+pub struct QuicIo {
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl tokio::io::AsyncRead for QuicIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for QuicIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.send), cx)
+    }
+}
+
+/// A quinn client endpoint on a fresh loopback UDP port, trusting `roots`
+/// and offering `alpn`.
+pub fn quic_endpoint(roots: &[&str], alpn: &[&[u8]]) -> quinn::Endpoint {
+    let tls = tls_client_config(roots, alpn);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    ep
+}
+
+/// Connects (server name `localhost`); the error when the handshake fails.
+pub async fn quic_connect(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let connecting = ep.connect(addr, "localhost").unwrap();
+    timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("quic handshake within 10 s")
+}
+
+/// Connects, opens the one bidirectional stream and frames it.
+pub async fn quic_client(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> (quinn::Connection, FrameClient<QuicIo>) {
+    let conn = quic_connect(ep, addr)
+        .await
+        .unwrap_or_else(|e| panic!("quic connect {addr}: {e}"));
+    let (send, recv) = conn.open_bi().await.unwrap();
+    (conn, FrameClient::new(QuicIo { send, recv }))
+}
+
+/// The self-signed certificate a standalone server keeps in its data dir, PEM.
+pub fn data_dir_cert(s: &Server) -> String {
+    std::fs::read_to_string(s.data_dir().join("tls_cert.pem")).expect("DATA/tls_cert.pem")
 }

@@ -5,10 +5,13 @@
 //! `max_connections` is enforced with a semaphore, one permit per socket
 //! (authenticated or not). A full room refuses fast so the client can try
 //! another: WebSocket gets HTTP 503 during the handshake, TCP gets a final
-//! error frame `overloaded` with close code 4007 ("reconnect elsewhere").
+//! error frame `overloaded` with close code 4007 ("reconnect elsewhere"),
+//! after the TLS handshake where the listener is TLS; QUIC refuses the
+//! connection attempt (`CONNECTION_REFUSED`, see `quic`).
 //! Refusals run on small tracked tasks, at most 64 at once; beyond that the
 //! socket is just dropped.
 
+pub(crate) mod quic;
 pub(crate) mod tcp;
 pub(crate) mod ws;
 
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -35,19 +39,22 @@ pub(crate) enum Kind {
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Accepts until `shutdown` or the room's drain.
+/// Accepts until `shutdown` or the room's drain; with `tls`, every
+/// connection starts with a TLS handshake (wss://, TLS over TCP).
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     shutdown: CancellationToken,
     kind: Kind,
+    tls: Option<TlsAcceptor>,
 ) {
     let transport = match kind {
         Kind::Ws => Transport::Ws,
         Kind::Tcp => Transport::Tcp,
     };
     let addr = listener.local_addr().ok();
-    info!(?addr, ?kind, "accepting");
+    let secure = tls.is_some();
+    info!(?addr, ?kind, tls = secure, "accepting");
     let mut backoff = BACKOFF_MIN;
     loop {
         let (sock, peer) = tokio::select! {
@@ -76,12 +83,10 @@ pub(crate) async fn accept_loop(
             shared.metrics.refused(transport);
             if let Ok(p) = Arc::clone(&shared.refusals).try_acquire_owned() {
                 let shared2 = Arc::clone(&shared);
+                let tls = tls.clone();
                 shared.tracker.spawn(async move {
                     let _p = p;
-                    match kind {
-                        Kind::Ws => ws::refuse(&shared2, sock).await,
-                        Kind::Tcp => tcp::refuse(sock).await,
-                    }
+                    refuse(shared2, sock, peer, kind, tls).await;
                 });
             }
             continue;
@@ -91,10 +96,55 @@ pub(crate) async fn accept_loop(
         // `map`, not an `async` block: that would keep `sock` and `peer`
         // in the task beside the session future (rust-lang/rust#62958).
         let release = move |()| drop(permit);
-        match kind {
-            Kind::Ws => shared.tracker.spawn(ws::serve(s, sock, peer).map(release)),
-            Kind::Tcp => shared.tracker.spawn(tcp::serve(s, sock, peer).map(release)),
+        match (kind, &tls) {
+            (Kind::Ws, None) => shared.tracker.spawn(ws::serve(s, sock, peer).map(release)),
+            (Kind::Tcp, None) => shared.tracker.spawn(tcp::serve(s, sock, peer).map(release)),
+            (Kind::Ws, Some(t)) => {
+                let t = t.clone();
+                shared
+                    .tracker
+                    .spawn(ws::serve_tls(s, sock, peer, t).map(release))
+            }
+            (Kind::Tcp, Some(t)) => {
+                let t = t.clone();
+                shared
+                    .tracker
+                    .spawn(tcp::serve_tls(s, sock, peer, t).map(release))
+            }
         };
     }
-    info!(?addr, ?kind, "stopped accepting");
+    info!(?addr, ?kind, tls = secure, "stopped accepting");
+}
+
+/// Longest a refusal may take over TLS (handshake included).
+const REFUSE_TLS_LIMIT: Duration = Duration::from_secs(2);
+
+/// Tells a client of a full room to go elsewhere, after the TLS handshake
+/// where the listener is TLS.
+async fn refuse(
+    shared: Arc<Shared>,
+    sock: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    kind: Kind,
+    tls: Option<TlsAcceptor>,
+) {
+    let Some(tls) = tls else {
+        match kind {
+            Kind::Ws => ws::refuse(&shared, sock).await,
+            Kind::Tcp => tcp::refuse(sock).await,
+        }
+        return;
+    };
+    let stream = match tokio::time::timeout(REFUSE_TLS_LIMIT, tls.accept(sock)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "tls handshake failed (refusing)");
+            return;
+        }
+        Err(_) => return,
+    };
+    match kind {
+        Kind::Ws => ws::refuse(&shared, stream).await,
+        Kind::Tcp => tcp::refuse(stream).await,
+    }
 }

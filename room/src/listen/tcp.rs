@@ -1,10 +1,15 @@
 //! TCP: a stream of length-prefixed binary frames both ways. The final
 //! error frame carries the close code, then the socket closes.
 //!
+//! [`TcpIo`] is generic over the byte stream: a plain socket, TLS over one
+//! (`serve_tls`), or a QUIC bidirectional stream (`listen::quic`), so every
+//! stream transport frames bytes the same way.
+//!
 //! Memory: [`TcpIo`] holds no buffer while the connection is idle. Reads go
 //! to a stack chunk and a frame that arrived whole is decoded from there;
 //! only a partial frame's bytes are kept. Output is buffered until the
-//! flush and released once written.
+//! flush and released once written. (TLS keeps its own buffers; a plain
+//! socket pays nothing for TLS being possible.)
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,13 +21,15 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures_util::{Sink, Stream};
 use proto::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
 
 use crate::codec::{BinCodec, Decoded};
 use crate::error::{RecvError, SendError};
-use crate::io::{linger_tcp, FrameIo, Inbound, OutFrame};
-use crate::metrics::Transport;
+use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
+use crate::metrics::{self, Transport};
 use crate::room::Shared;
 use crate::session;
 
@@ -33,9 +40,9 @@ const WRITE_HIGH: usize = 4096;
 /// Socket reads per `poll_next` before it yields to other tasks.
 const MAX_READS: usize = 64;
 
-/// A TCP client connection.
-pub(crate) struct TcpIo {
-    sock: TcpStream,
+/// A stream client connection: TCP, TLS over TCP, or a QUIC stream.
+pub(crate) struct TcpIo<S = TcpStream> {
+    sock: S,
     codec: BinCodec,
     /// Bytes of a frame not yet complete (no allocation while empty).
     rbuf: BytesMut,
@@ -45,8 +52,9 @@ pub(crate) struct TcpIo {
     eof: bool,
 }
 
-impl TcpIo {
-    fn new(sock: TcpStream, max_frame: usize) -> TcpIo {
+impl<S: ByteStream> TcpIo<S> {
+    /// Frames `sock`, refusing frames longer than `max_frame` bytes.
+    pub(crate) fn new(sock: S, max_frame: usize) -> TcpIo<S> {
         TcpIo {
             sock,
             codec: BinCodec::new(max_frame),
@@ -77,7 +85,7 @@ impl TcpIo {
     }
 }
 
-impl Stream for TcpIo {
+impl<S: ByteStream> Stream for TcpIo<S> {
     type Item = Result<Inbound, RecvError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -128,7 +136,7 @@ impl Stream for TcpIo {
     }
 }
 
-impl Sink<OutFrame> for TcpIo {
+impl<S: ByteStream> Sink<OutFrame> for TcpIo<S> {
     type Error = SendError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
@@ -140,6 +148,9 @@ impl Sink<OutFrame> for TcpIo {
 
     fn start_send(mut self: Pin<&mut Self>, item: OutFrame) -> Result<(), SendError> {
         let this = &mut *self;
+        if let OutFrame::Close(code, reason) = &item {
+            this.sock.closing(*code, reason);
+        }
         this.codec.encode(item, &mut this.wbuf)
     }
 
@@ -169,9 +180,9 @@ impl Sink<OutFrame> for TcpIo {
     }
 }
 
-impl FrameIo for TcpIo {
+impl<S: ByteStream> FrameIo for TcpIo<S> {
     fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        linger_tcp(&mut self.sock)
+        self.sock.linger()
     }
 }
 
@@ -188,8 +199,57 @@ pub(crate) fn serve(
     session::run(shared, io, peer, Transport::Tcp)
 }
 
+/// Runs one TLS-over-TCP connection: the TLS handshake (within the auth
+/// timeout), then the session.
+///
+/// Not an `async fn`, for the reason given at [`serve`]; the handshake is
+/// boxed so that its state does not size the session.
+pub(crate) fn serve_tls(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(tls_handshake(shared, sock, peer, tls));
+    async move {
+        let Some((shared, tls)) = handshake.await else {
+            return;
+        };
+        let io = TcpIo::new(tls, shared.cfg.max_frame);
+        session::run(shared, io, peer, Transport::Tcp).await;
+    }
+}
+
+/// The server side of a TLS handshake, within `auth_timeout`; `None` when it
+/// failed, timed out, or the room stopped.
+pub(crate) async fn tls_handshake(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+) -> Option<(Arc<Shared>, tokio_rustls::server::TlsStream<TcpStream>)> {
+    let accept = tls.accept(sock);
+    let stream = tokio::select! {
+        () = shared.stop.cancelled() => return None,
+        r = tokio::time::timeout(shared.cfg.auth_timeout, accept) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                metrics::inc(&shared.metrics.handshake_failures);
+                debug!(%peer, error = %e, "tls handshake failed");
+                return None;
+            }
+            Err(_) => {
+                metrics::inc(&shared.metrics.handshake_failures);
+                debug!(%peer, "tls handshake timed out");
+                return None;
+            }
+        },
+    };
+    Some((shared, stream))
+}
+
 /// Answers a connection to a full room: error `overloaded` with close 4007.
-pub(crate) async fn refuse(mut sock: TcpStream) {
+pub(crate) async fn refuse<S: ByteStream>(mut sock: S) {
     let frame = ServerFrame::Error {
         seq: None,
         code: ErrorCode::Overloaded,
@@ -201,6 +261,7 @@ pub(crate) async fn refuse(mut sock: TcpStream) {
     let mut out = Vec::with_capacity(body.len() + 8);
     proto::binary::write_len(body.len(), &mut out);
     out.extend_from_slice(&body);
+    sock.closing(CloseCode::Draining, "room full, reconnect elsewhere");
     let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&out)).await;
-    linger_tcp(&mut sock).await;
+    sock.linger().await;
 }

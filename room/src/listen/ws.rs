@@ -14,6 +14,9 @@
 //! - Buffers are small ([`READ_BUFFER`], [`WRITE_BUFFER`]) instead of
 //!   tungstenite's 128 KiB each: idle connections must cost little memory.
 //!   Frames up to `max_frame` still work; the buffers grow for them.
+//! - wss:// (`serve_tls`): the TLS handshake and then the WebSocket
+//!   handshake, both within `auth_timeout`. [`WsIo`] is generic over the
+//!   byte stream, so a plain connection carries nothing for TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use proto::DecodeError;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -36,7 +40,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use crate::error::{RecvError, SendError};
-use crate::io::{linger_tcp, FrameIo, Inbound, OutFrame};
+use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
 use crate::metrics::{self, Transport};
 use crate::room::Shared;
 use crate::session;
@@ -62,14 +66,14 @@ fn ws_config(max_frame: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame))
 }
 
-/// A WebSocket client connection.
-pub(crate) struct WsIo {
-    ws: WebSocketStream<TcpStream>,
+/// A WebSocket client connection, over TCP or TLS.
+pub(crate) struct WsIo<S = TcpStream> {
+    ws: WebSocketStream<S>,
     /// Reply in binary (`pushgate.v1.bin`) rather than JSON text.
     bin: bool,
 }
 
-impl WsIo {
+impl<S> WsIo<S> {
     fn encode(&self, item: OutFrame) -> Result<Message, SendError> {
         Ok(match item {
             OutFrame::Push(p) if self.bin => Message::Binary(p.bin.clone()),
@@ -127,7 +131,7 @@ fn send_error(e: tungstenite::Error) -> SendError {
     SendError(e.to_string())
 }
 
-impl Stream for WsIo {
+impl<S: ByteStream> Stream for WsIo<S> {
     type Item = Result<Inbound, RecvError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -155,7 +159,7 @@ impl Stream for WsIo {
     }
 }
 
-impl Sink<OutFrame> for WsIo {
+impl<S: ByteStream> Sink<OutFrame> for WsIo<S> {
     type Error = SendError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
@@ -176,9 +180,9 @@ impl Sink<OutFrame> for WsIo {
     }
 }
 
-impl FrameIo for WsIo {
+impl<S: ByteStream> FrameIo for WsIo<S> {
     fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        linger_tcp(self.ws.get_mut())
+        self.ws.get_mut().linger()
     }
 }
 
@@ -239,14 +243,48 @@ pub(crate) fn serve(
     }
 }
 
+/// Runs one wss:// connection: the TLS handshake, the WebSocket handshake
+/// (together within `auth_timeout`), then the session.
+///
+/// Not an `async fn`, for the reason given at [`serve`].
+pub(crate) fn serve_tls(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+        let (shared, tls) = super::tcp::tls_handshake(shared, sock, peer, tls).await?;
+        handshake_until(shared, tls, peer, deadline).await
+    });
+    async move {
+        let Some((shared, io)) = handshake.await else {
+            return;
+        };
+        session::run(shared, io, peer, Transport::Ws).await;
+    }
+}
+
 /// The handshake, within `auth_timeout`; `None` when it failed or the room stopped.
-// The callback's error type is tungstenite's `ErrorResponse`.
-#[allow(clippy::result_large_err)]
 async fn handshake(
     shared: Arc<Shared>,
     sock: TcpStream,
     peer: SocketAddr,
 ) -> Option<(Arc<Shared>, WsIo)> {
+    let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+    handshake_until(shared, sock, peer, deadline).await
+}
+
+/// The WebSocket handshake on `sock`, until `deadline`.
+// The callback's error type is tungstenite's `ErrorResponse`.
+#[allow(clippy::result_large_err)]
+async fn handshake_until<S: ByteStream>(
+    shared: Arc<Shared>,
+    sock: S,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<(Arc<Shared>, WsIo<S>)> {
     let mut bin = false;
     let callback = |req: &Request, mut resp: Response| {
         if req.uri().path() != PATH {
@@ -270,7 +308,7 @@ async fn handshake(
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(sock, callback, Some(cfg));
     let ws = tokio::select! {
         () = shared.stop.cancelled() => return None,
-        r = tokio::time::timeout(shared.cfg.auth_timeout, handshake) => match r {
+        r = tokio::time::timeout_at(deadline, handshake) => match r {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 metrics::inc(&shared.metrics.handshake_failures);
@@ -289,7 +327,7 @@ async fn handshake(
 
 /// Answers a handshake to a full room with HTTP 503.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn refuse(shared: &Shared, sock: TcpStream) {
+pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, sock: S) {
     let callback = |_: &Request, _: Response| {
         Err(http_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,318 @@
+//! QUIC (quinn): ALPN `pushgate/1`; the client opens one bidirectional
+//! stream and speaks on it exactly as on TCP: length-prefixed binary frames,
+//! through the same [`TcpIo`] framing and the same session.
+//!
+//! Decisions:
+//! - The TLS handshake and the client's stream must both arrive within
+//!   `auth_timeout`; then the session gives `auth` its own `auth_timeout`,
+//!   as after a WebSocket handshake. No stream in time: the connection is
+//!   closed with application code 4002.
+//! - At most one bidirectional stream per connection, no unidirectional
+//!   streams, no datagrams. A second stream is never accepted.
+//! - The session's final `error` frame is sent on the stream, the stream is
+//!   finished, and once the peer has acknowledged it (or after one second)
+//!   the connection is closed with the application error code equal to the
+//!   frame's close code (4001–4007) and its message as the reason. A session
+//!   that ends without a close code (the client left) closes with code 0.
+//! - Connection migration is on (quinn's server default, set explicitly): a
+//!   client whose address changes, or that rebinds its socket, keeps its
+//!   connection and its session; the server validates the new path.
+//! - Idle timeout: `max(2 × heartbeat, auth_timeout)` plus [`IDLE_MARGIN`],
+//!   so the session's own heartbeat timeout (4003, with its error frame)
+//!   always comes first; the client's pings keep the connection alive. The
+//!   server sends no QUIC keep-alives of its own.
+//! - 0-RTT is refused (see `crate::tls`); resumption without 0-RTT works.
+//! - A full room refuses the connection attempt (`CONNECTION_REFUSED`)
+//!   before any handshake work.
+//! - Flow control bounds memory: the stream's receive window is about one
+//!   maximum frame, the send buffer [`SEND_WINDOW`]. A client that stops
+//!   reading stalls the session's writes, which ends as a slow consumer.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use proto::CloseCode;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{
+    Connection, Endpoint, EndpointConfig, IdleTimeout, Incoming, RecvStream, SendStream,
+    ServerConfig, TransportConfig, VarInt,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::tcp::TcpIo;
+use crate::io::{ByteStream, LINGER_MAX};
+use crate::metrics::{self, Transport};
+use crate::room::Shared;
+use crate::session;
+use crate::tls::TlsCerts;
+use crate::RoomConfig;
+
+/// Added to the session's own silence limit to get the QUIC idle timeout.
+pub(crate) const IDLE_MARGIN: Duration = Duration::from_secs(10);
+/// Longest QUIC idle timeout (the heartbeat may be up to a day).
+const IDLE_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Bytes a connection may have queued for sending (QUIC send window).
+pub(crate) const SEND_WINDOW: u64 = 1024 * 1024;
+/// Smallest receive window, bytes.
+const MIN_RECEIVE_WINDOW: usize = 16 * 1024;
+/// Longest reason text sent in a CONNECTION_CLOSE frame.
+const MAX_REASON: usize = 200;
+
+/// A bound QUIC endpoint, not yet serving (see [`crate::Room::serve_quic`]).
+/// Cheap to clone; every clone is the same endpoint.
+#[derive(Clone, Debug)]
+pub struct QuicListener {
+    endpoint: Endpoint,
+}
+
+/// The QUIC transport settings derived from the room's settings.
+fn transport(cfg: &RoomConfig) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    let idle = (cfg.idle_limit().max(cfg.auth_timeout) + IDLE_MARGIN).min(IDLE_MAX);
+    // IDLE_MAX is far below the limit of 2^62 ms, so the conversion succeeds.
+    t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(None);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let window = cfg.max_frame.saturating_add(16).max(MIN_RECEIVE_WINDOW);
+    let window = VarInt::from_u64(window as u64).unwrap_or(VarInt::MAX);
+    t.stream_receive_window(window);
+    t.receive_window(window);
+    t.send_window(SEND_WINDOW);
+    t.datagram_receive_buffer_size(None);
+    t
+}
+
+impl QuicListener {
+    /// Binds UDP `addr` and serves `certs` (ALPN `pushgate/1`), with
+    /// timeouts and windows derived from `cfg`. Must be called within a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// When the socket cannot be bound or the TLS configuration is unusable for QUIC.
+    pub fn bind(addr: SocketAddr, certs: &TlsCerts, cfg: &RoomConfig) -> io::Result<QuicListener> {
+        let crypto = QuicServerConfig::try_from(certs.quic_config())
+            .map_err(|e| io::Error::other(format!("quic tls configuration: {e}")))?;
+        let mut server = ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport(cfg)));
+        server.migration(true);
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let endpoint = Endpoint::new(
+            EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(QuicListener { endpoint })
+    }
+
+    /// The bound UDP address.
+    ///
+    /// # Errors
+    /// When the socket cannot say.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// After the room's drain: waits (at most `limit`) until every closed
+    /// connection has told its peer, so that clients see the close code
+    /// rather than an idle timeout.
+    pub async fn wait_idle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Accepts until `shutdown` or the room's drain; then refuses new attempts.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: QuicListener,
+    shutdown: CancellationToken,
+) {
+    let endpoint = listener.endpoint;
+    let addr = endpoint.local_addr().ok();
+    info!(?addr, kind = "quic", "accepting");
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = shared.stop.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break, // the endpoint was closed
+            },
+        };
+        let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+            shared.metrics.refused(Transport::Quic);
+            incoming.refuse();
+            continue;
+        };
+        shared.metrics.accepted(Transport::Quic);
+        let peer = incoming.remote_address();
+        let release = move |()| drop(permit);
+        shared
+            .tracker
+            .spawn(serve(Arc::clone(&shared), incoming, peer).map(release));
+    }
+    // Connections already up keep running (the room's drain ends them);
+    // new attempts are answered CONNECTION_REFUSED from now on.
+    endpoint.set_server_config(None);
+    info!(?addr, kind = "quic", "stopped accepting");
+}
+
+/// Runs one QUIC connection: handshake and stream (boxed, so their state
+/// does not size the session), then the session.
+///
+/// Not an `async fn`: its arguments would stay in the future, unused, for
+/// the connection's whole life (rust-lang/rust#62958).
+fn serve(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(handshake(shared, incoming, peer));
+    async move {
+        let Some((shared, io)) = handshake.await else {
+            return;
+        };
+        session::run(shared, io, peer, Transport::Quic).await;
+    }
+}
+
+fn code(c: CloseCode) -> VarInt {
+    VarInt::from_u32(u32::from(c.as_u16()))
+}
+
+/// The QUIC handshake and the client's stream, within `auth_timeout`.
+async fn handshake(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    peer: SocketAddr,
+) -> Option<(Arc<Shared>, TcpIo<QuicStream>)> {
+    let deadline = Instant::now() + shared.cfg.auth_timeout;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        metrics::inc(&shared.metrics.handshake_failures);
+        debug!(%peer, error = %e, "quic {what} failed");
+    };
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            failed("accept", &e);
+            return None;
+        }
+    };
+    let conn = tokio::select! {
+        () = shared.stop.cancelled() => return None,
+        r = timeout_at(deadline, connecting) => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                failed("handshake", &e);
+                return None;
+            }
+            Err(_) => {
+                failed("handshake", &"timed out");
+                return None;
+            }
+        },
+    };
+    let (send, recv) = tokio::select! {
+        () = shared.stop.cancelled() => {
+            let r = shared.draining_reason();
+            conn.close(code(CloseCode::Draining), r.message().as_bytes());
+            return None;
+        }
+        r = timeout_at(deadline, conn.accept_bi()) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "quic connection ended before its stream");
+                return None;
+            }
+            Err(_) => {
+                failed("stream", &"no stream opened in time");
+                conn.close(code(CloseCode::AuthTimeout), b"no stream and auth frame in time");
+                return None;
+            }
+        },
+    };
+    let stream = QuicStream {
+        send,
+        recv,
+        conn,
+        close: None,
+    };
+    Some((
+        Arc::clone(&shared),
+        TcpIo::new(stream, shared.cfg.max_frame),
+    ))
+}
+
+/// The client's bidirectional stream, with the connection it belongs to.
+pub(crate) struct QuicStream {
+    send: SendStream,
+    recv: RecvStream,
+    conn: Connection,
+    /// The close code and reason of the session's final error frame.
+    close: Option<(CloseCode, String)>,
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}
+
+impl ByteStream for QuicStream {
+    fn closing(&mut self, code: CloseCode, reason: &str) {
+        let mut reason = reason.to_owned();
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        self.close = Some((code, reason));
+    }
+
+    /// Finishes the stream, waits until the peer has acknowledged all of it
+    /// (at most [`LINGER_MAX`]), then closes the connection with the close
+    /// code: closing at once would discard the final error frame.
+    async fn linger(&mut self) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(LINGER_MAX, self.send.stopped()).await;
+        }
+        match self.close.take() {
+            Some((c, reason)) => self.conn.close(code(c), reason.as_bytes()),
+            None => self.conn.close(VarInt::from_u32(0), b""),
+        }
+    }
+}
