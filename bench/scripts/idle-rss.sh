@@ -1,16 +1,23 @@
 #!/bin/bash
 # Run from the repository root after `cargo build --release -p pushgate -p pushgate-bench`.
 # Starts a fresh server on a temp data dir and port 0, measures, then stops it by its PID.
-# usage: bench/scripts/idle-rss.sh BIN ws|tcp [CONNECTIONS] [ENV=VAL...]
+# usage: bench/scripts/idle-rss.sh BIN ws|tcp|quic [CONNECTIONS] [ENV=VAL...]
+# BENCH=path/to/bench overrides the bench binary (default target/release/bench).
 BIN=$1; T=$2; N=${3:-15000}; shift $(( $# < 3 ? $# : 3 )); ENVS="$@"
 B=${BENCH:-target/release/bench}
 D=$(mktemp -d)
-env $ENVS $BIN --data $D --ws 127.0.0.1:0 --tcp 127.0.0.1:0 --http 127.0.0.1:0 > $D/out 2>$D/err & PID=$!
+env $ENVS $BIN --data $D --ws 127.0.0.1:0 --tcp 127.0.0.1:0 --quic 127.0.0.1:0 --http 127.0.0.1:0 > $D/out 2>$D/err & PID=$!
 for i in $(seq 1 100); do grep -q ready $D/out && break; sleep 0.1; done
 WS=$(grep -o 'ws listening on [^ ]*' $D/out | awk '{print $4}')
 TCP=$(grep -o 'tcp listening on [^ ]*' $D/out | awk '{print $4}')
+QUIC=$(grep -o 'quic listening on [^ ]*' $D/out | awk '{print $4}')
+FP=$(grep -o 'tls fingerprint: [^ ]*' $D/out | awk '{print $3}')
 S=$(grep -o 'token secret: [^ ]*' $D/out | awk '{print $3}')
-if [ $T = tcp ]; then A="--transport tcp --tcp $TCP"; else A="--transport ws --ws ws://$WS/ws"; fi
+case $T in
+  tcp) A="--transport tcp --tcp $TCP";;
+  quic) A="--transport quic --quic $QUIC --tls-fingerprint $FP";;
+  *) A="--transport ws --ws ws://$WS/ws";;
+esac
 $B idle $A --connections $N --token-secret $S --sources 127.0.0.2-127.0.0.5 --rate 5000 --hold 2s --room-pid $PID > $D/bench.out 2>$D/bench.err
 grep -i "^rss" $D/bench.out
 kill $PID; wait $PID 2>/dev/null

@@ -16,14 +16,18 @@ pub(crate) enum Transport {
     Ws,
     /// Plain TCP, length-prefixed binary frames.
     Tcp,
+    /// QUIC (TLS 1.3, ALPN `pushgate/1`): one bidirectional stream carrying
+    /// the TCP framing.
+    Quic,
 }
 
 impl Transport {
-    /// The name on the command line and in reports (`ws`, `tcp`).
+    /// The name on the command line and in reports (`ws`, `tcp`, `quic`).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! One client connection, spoken like an outsider would: connect (optionally
 //! from a chosen source address), authenticate, send frames, receive frames,
 //! close. WebSocket connections carry JSON text frames; TCP connections carry
-//! length-prefixed binary frames. Both are kept small: a few KiB of buffers
+//! length-prefixed binary frames, and so does the one stream of a QUIC
+//! connection (see [`crate::quic`]). All are kept small: a few KiB of buffers
 //! each, so one bench process can hold tens of thousands.
 
 use std::fmt;
@@ -14,7 +15,7 @@ use anyhow::Context as _;
 use bytes::BytesMut;
 use futures_util::{SinkExt as _, StreamExt as _};
 use proto::{ClientFrame, ConnId, ServerFrame};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::http::Uri;
@@ -24,6 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::args::Transport;
+use crate::quic::{DialError, Dialer, QuicArgs};
 
 /// Largest frame accepted from the server.
 const MAX_FRAME: usize = proto::DEFAULT_MAX_FRAME;
@@ -48,15 +50,19 @@ pub(crate) struct Endpoint {
     transport: Transport,
     addr: SocketAddr,
     url: Arc<str>,
+    /// The QUIC dialer (shared endpoints), with `--transport quic` only.
+    quic: Option<Arc<Dialer>>,
 }
 
 impl Endpoint {
     /// Resolves the server address: `ws_url` (`ws://host:port/path`) for
-    /// WebSocket, `tcp_addr` (`host:port`) for TCP.
+    /// WebSocket, `tcp_addr` (`host:port`) for TCP, `quic.quic` (`host:port`)
+    /// and the trusted certificate for QUIC.
     pub(crate) async fn resolve(
         transport: Transport,
         ws_url: &str,
         tcp_addr: &str,
+        quic: &QuicArgs,
     ) -> anyhow::Result<Endpoint> {
         match transport {
             Transport::Ws => {
@@ -82,6 +88,7 @@ impl Endpoint {
                     transport,
                     addr,
                     url: Arc::from(ws_url),
+                    quic: None,
                 })
             }
             Transport::Tcp => {
@@ -94,6 +101,27 @@ impl Endpoint {
                     transport,
                     addr,
                     url: Arc::from(""),
+                    quic: None,
+                })
+            }
+            Transport::Quic => {
+                let qa = &quic.quic;
+                let addr = tokio::net::lookup_host(qa.as_str())
+                    .await
+                    .with_context(|| format!("resolving {qa}"))?
+                    .next()
+                    .with_context(|| format!("{qa} resolves to no address"))?;
+                // The host part names the server for a --tls-ca check.
+                let host = qa
+                    .rsplit_once(':')
+                    .map_or(qa.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                Ok(Endpoint {
+                    transport,
+                    addr,
+                    url: Arc::from(""),
+                    quic: Some(Arc::new(Dialer::new(quic, host)?)),
                 })
             }
         }
@@ -161,7 +189,7 @@ pub(crate) enum ClientError {
     Bind(io::Error),
     /// The TCP connect failed.
     Connect(io::Error),
-    /// The WebSocket upgrade failed.
+    /// The WebSocket upgrade, or the QUIC/TLS handshake, failed.
     Handshake(String),
     /// A step did not finish in time.
     Timeout(&'static str),
@@ -180,7 +208,7 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Bind(e) => write!(f, "bind: {e}"),
             ClientError::Connect(e) => write!(f, "connect: {e}"),
-            ClientError::Handshake(e) => write!(f, "websocket handshake: {e}"),
+            ClientError::Handshake(e) => write!(f, "handshake (websocket or quic): {e}"),
             ClientError::Timeout(step) => write!(f, "timed out during {step}"),
             ClientError::AuthRefused(e) => write!(f, "auth refused: {e}"),
             ClientError::ClosedDuringAuth(c) => write!(f, "closed during auth: {c}"),
@@ -238,11 +266,20 @@ pub(crate) struct Conn {
 enum Io {
     Ws(Box<WebSocketStream<TcpStream>>),
     Tcp(TcpIo),
+    Quic(Box<QuicIo>),
 }
 
-struct TcpIo {
-    stream: TcpStream,
+/// A byte stream carrying length-prefixed binary frames (TCP, or the QUIC
+/// stream).
+struct TcpIo<S = TcpStream> {
+    stream: S,
     buf: BytesMut,
+}
+
+/// A QUIC connection and its framed stream.
+struct QuicIo {
+    conn: quinn::Connection,
+    framed: TcpIo<tokio::io::Join<quinn::RecvStream, quinn::SendStream>>,
 }
 
 /// A client token for `user`, valid until `exp` (Unix seconds), with no
@@ -284,6 +321,21 @@ impl Conn {
         ep: &Endpoint,
         source: Option<IpAddr>,
     ) -> Result<Conn, ClientError> {
+        if let Some(dialer) = &ep.quic {
+            let q = dialer.connect(ep.addr, source).await.map_err(|e| match e {
+                DialError::Bind(e) => ClientError::Bind(e),
+                DialError::Connect(e) => ClientError::Connect(io::Error::other(e)),
+                DialError::Handshake(e) => ClientError::Handshake(e),
+            })?;
+            let io = Io::Quic(Box::new(QuicIo {
+                conn: q.conn,
+                framed: TcpIo {
+                    stream: q.io,
+                    buf: BytesMut::with_capacity(TCP_READ_BUF),
+                },
+            }));
+            return Ok(Conn { io });
+        }
         let sock = if ep.addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -308,7 +360,7 @@ impl Conn {
                 .map_err(|e| ClientError::Handshake(e.to_string()))?;
                 Io::Ws(Box::new(ws))
             }
-            Transport::Tcp => Io::Tcp(TcpIo {
+            Transport::Tcp | Transport::Quic => Io::Tcp(TcpIo {
                 stream,
                 buf: BytesMut::with_capacity(TCP_READ_BUF),
             }),
@@ -359,17 +411,8 @@ impl Conn {
                     .await
                     .map_err(|e| ClientError::Send(e.to_string()))
             }
-            Io::Tcp(t) => {
-                let mut body = Vec::with_capacity(64);
-                proto::binary::encode_client(frame, &mut body);
-                let mut out = Vec::with_capacity(body.len() + 8);
-                proto::binary::write_len(body.len(), &mut out);
-                out.extend_from_slice(&body);
-                t.stream
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| ClientError::Send(e.to_string()))
-            }
+            Io::Tcp(t) => t.send(frame).await,
+            Io::Quic(q) => q.framed.send(frame).await,
         }
     }
 
@@ -379,10 +422,12 @@ impl Conn {
         match &mut self.io {
             Io::Ws(ws) => recv_ws(ws).await,
             Io::Tcp(t) => t.recv().await,
+            Io::Quic(q) => q.framed.recv().await,
         }
     }
 
-    /// Closes cleanly (WebSocket close 1000 / TCP shutdown) and waits up to
+    /// Closes cleanly (WebSocket close 1000 / TCP or QUIC stream shutdown,
+    /// then a QUIC close 0) and waits up to
     /// `wait` for the server's side of the close.
     pub(crate) async fn close(self, wait: Duration) {
         match self.io {
@@ -399,19 +444,10 @@ impl Conn {
                 })
                 .await;
             }
-            Io::Tcp(mut t) => {
-                let _ = tokio::time::timeout(wait, async {
-                    if t.stream.shutdown().await.is_err() {
-                        return;
-                    }
-                    let mut scratch = [0u8; 512];
-                    while let Ok(n) = t.stream.read(&mut scratch).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
+            Io::Tcp(mut t) => t.close(wait).await,
+            Io::Quic(mut q) => {
+                q.framed.close(wait).await;
+                q.conn.close(0u32.into(), b"bench done");
             }
         }
     }
@@ -448,7 +484,35 @@ fn decoded(r: Result<ServerFrame, proto::DecodeError>) -> Event {
     }
 }
 
-impl TcpIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> TcpIo<S> {
+    async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let mut body = Vec::with_capacity(64);
+        proto::binary::encode_client(frame, &mut body);
+        let mut out = Vec::with_capacity(body.len() + 8);
+        proto::binary::write_len(body.len(), &mut out);
+        out.extend_from_slice(&body);
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// Shuts the write side and waits up to `wait` for the server's end.
+    async fn close(&mut self, wait: Duration) {
+        let _ = tokio::time::timeout(wait, async {
+            if self.stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut scratch = [0u8; 512];
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     async fn recv(&mut self) -> Event {
         loop {
             if let Some(ev) = self.take_frame() {
@@ -513,7 +577,7 @@ mod tests {
     }
 
     async fn endpoint(fake: &testsrv::Fake, t: Transport) -> Endpoint {
-        Endpoint::resolve(t, &fake.ws_url, &fake.tcp_addr)
+        Endpoint::resolve(t, &fake.ws_url, &fake.tcp_addr, &QuicArgs::default())
             .await
             .unwrap()
     }
@@ -619,9 +683,14 @@ mod tests {
         let holder = tokio::net::TcpSocket::new_v4().unwrap();
         holder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let port = holder.local_addr().unwrap().port();
-        let ep = Endpoint::resolve(Transport::Ws, &format!("ws://127.0.0.1:{port}/ws"), "")
-            .await
-            .unwrap();
+        let ep = Endpoint::resolve(
+            Transport::Ws,
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "",
+            &QuicArgs::default(),
+        )
+        .await
+        .unwrap();
         let err = connect_and_auth(&ep, None, "t", Duration::from_secs(5))
             .await
             .err()
@@ -652,12 +721,18 @@ mod tests {
             "ws:///ws",
         ] {
             assert!(
-                Endpoint::resolve(Transport::Ws, bad, "").await.is_err(),
+                Endpoint::resolve(Transport::Ws, bad, "", &QuicArgs::default())
+                    .await
+                    .is_err(),
                 "{bad}"
             );
         }
-        assert!(Endpoint::resolve(Transport::Tcp, "", "nope").await.is_err());
-        let ep = Endpoint::resolve(Transport::Ws, "ws://127.0.0.1/ws", "")
+        assert!(
+            Endpoint::resolve(Transport::Tcp, "", "nope", &QuicArgs::default())
+                .await
+                .is_err()
+        );
+        let ep = Endpoint::resolve(Transport::Ws, "ws://127.0.0.1/ws", "", &QuicArgs::default())
             .await
             .unwrap();
         assert_eq!(ep.addr().port(), 80);

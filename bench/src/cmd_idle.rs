@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
 use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Endpoint, Event};
 use crate::pace::{Heartbeat, Schedule};
+use crate::quic::QuicArgs;
 use crate::runctl::{close_and_wait, spawn_ctrl_c};
 use crate::stats::{per, Tally};
 use crate::{proc, Outcome};
@@ -40,6 +41,9 @@ pub(crate) struct IdleArgs {
     /// Client transport.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
+    /// QUIC address and trusted certificate (with `--transport quic`).
+    #[command(flatten)]
+    quic: QuicArgs,
     /// Connections to open (user ids `bench-0` .. `bench-<N-1>`).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections: u64,
@@ -184,7 +188,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     proc::check_nofile(n + FD_RESERVE)?;
     let sources: Arc<[IpAddr]> = args.sources.clone().map(|s| s.0).unwrap_or_default().into();
     check_ports(n, sources.len())?;
-    let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp).await?;
+    let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp, &args.quic).await?;
     let secret = args.token_secret.as_bytes().to_vec();
     let sched = Schedule::new(args.rate);
     let ramp_estimate = sched.offset(n);
@@ -604,6 +608,29 @@ mod tests {
     }
 
     #[test]
+    fn quic_args_parse() {
+        let cli = crate::Cli::try_parse_from([
+            "bench",
+            "idle",
+            "--token-secret",
+            "S",
+            "--transport",
+            "quic",
+            "--quic",
+            "127.0.0.1:9",
+            "--tls-fingerprint",
+            "sha256:00",
+        ])
+        .unwrap();
+        let crate::Cmd::Idle(a) = cli.cmd else {
+            panic!("not idle")
+        };
+        assert_eq!(a.transport, Transport::Quic);
+        assert_eq!(a.quic.quic, "127.0.0.1:9");
+        assert_eq!(a.quic.tls_fingerprint.as_deref(), Some("sha256:00"));
+    }
+
+    #[test]
     fn args_refuse_nonsense() {
         for bad in [
             vec!["bench", "idle", "--token-secret", "S", "--connections", "0"],
@@ -616,7 +643,7 @@ mod tests {
                 "--token-secret",
                 "S",
                 "--transport",
-                "quic",
+                "sctp",
             ],
         ] {
             assert!(

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::args::{parse_duration, Transport};
 use crate::client::{connect_and_auth, mint_token, AuthOk, Closed, Conn, Endpoint, Event};
 use crate::pace::{Heartbeat, Schedule};
+use crate::quic::QuicArgs;
 use crate::runctl::{close_and_wait, spawn_ctrl_c};
 use crate::stats::{per, LatencyHist, Summary, Tally};
 use crate::{now_unix_ns, proc, Outcome};
@@ -50,6 +51,9 @@ pub(crate) struct LatencyArgs {
     /// Client transport.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
+    /// QUIC address and trusted certificate (with `--transport quic`).
+    #[command(flatten)]
+    quic: QuicArgs,
     /// The server's token secret; tokens are minted locally.
     #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
     token_secret: String,
@@ -156,7 +160,7 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
         );
     }
     proc::check_nofile(args.users + args.inflight + 64)?;
-    let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp).await?;
+    let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp, &args.quic).await?;
     let url: Arc<str> = format!("{}/api/v1/push/users", args.http.trim_end_matches('/')).into();
     let inflight = u32::try_from(args.inflight).context("--inflight too large")?;
     let http = reqwest::Client::builder()

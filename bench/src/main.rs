@@ -19,6 +19,7 @@ mod cmd_idle;
 mod cmd_latency;
 mod pace;
 mod proc;
+mod quic;
 mod runctl;
 mod stats;
 #[cfg(test)]

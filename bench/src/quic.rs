@@ -1,0 +1,327 @@
+//! `--transport quic`: the QUIC client side of the bench. Connections share a
+//! few `quinn` endpoints (one UDP socket per source address; quinn
+//! multiplexes all connections of an endpoint on its socket), trust the
+//! server's certificate by SHA-256 fingerprint (`--tls-fingerprint`) or by a
+//! PEM file (`--tls-ca`), and carry the TCP framing on one bidirectional
+//! stream, as the room's QUIC listener expects.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use parking_lot::Mutex;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// ALPN of pushgate's QUIC transport.
+const ALPN: &[u8] = b"pushgate/1";
+
+/// QUIC options shared by the subcommands.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub(crate) struct QuicArgs {
+    /// QUIC (UDP) address of the room (with `--transport quic`).
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    pub(crate) quic: String,
+    /// Trust exactly the server certificate with this fingerprint
+    /// (`sha256:<hex>`, as standalone prints it).
+    #[arg(long)]
+    pub(crate) tls_fingerprint: Option<String>,
+    /// Trust the certificates of this PEM file (e.g. DATA/tls_cert.pem).
+    #[arg(long)]
+    pub(crate) tls_ca: Option<PathBuf>,
+}
+
+/// A SHA-256 certificate fingerprint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint(pub(crate) [u8; 32]);
+
+impl Fingerprint {
+    /// Parses `sha256:<64 hex digits>` (prefix optional, either case, colons
+    /// between bytes allowed).
+    pub(crate) fn parse(s: &str) -> Result<Fingerprint, String> {
+        let t = s.trim();
+        let hex = match t.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("sha256:") => &t[7..],
+            _ => t,
+        };
+        let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
+        let bad = || format!("invalid fingerprint {s:?}: expected sha256:<64 hex digits>");
+        if digits.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in digits.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16).ok_or_else(bad)?;
+            let lo = (pair[1] as char).to_digit(16).ok_or_else(bad)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Ok(Fingerprint(out))
+    }
+
+    /// The fingerprint of a DER-encoded certificate.
+    pub(crate) fn of_der(der: &[u8]) -> Fingerprint {
+        Fingerprint(Sha256::digest(der).into())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens QUIC connections to one server.
+pub(crate) struct Dialer {
+    config: quinn::ClientConfig,
+    server_name: String,
+    /// One endpoint (UDP socket) per source address (`None`: the wildcard).
+    endpoints: Mutex<HashMap<Option<IpAddr>, quinn::Endpoint>>,
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dialer")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    /// A dialer for the server named `server_name` (the host part of
+    /// `--quic`; checked against the certificate with `--tls-ca` only).
+    pub(crate) fn new(args: &QuicArgs, server_name: &str) -> anyhow::Result<Dialer> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("tls 1.3 with the ring provider")?;
+        let mut tls = match (&args.tls_fingerprint, &args.tls_ca) {
+            (Some(fp), None) => {
+                let pin = Fingerprint::parse(fp).map_err(anyhow::Error::msg)?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
+                    .with_no_client_auth()
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading --tls-ca {}", path.display()))?;
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert =
+                        cert.with_context(|| format!("parsing --tls-ca {}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("using --tls-ca {}", path.display()))?;
+                }
+                if roots.is_empty() {
+                    anyhow::bail!("--tls-ca {} holds no certificate", path.display());
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (Some(_), Some(_)) => {
+                anyhow::bail!("--tls-fingerprint and --tls-ca exclude each other")
+            }
+            (None, None) => anyhow::bail!(
+                "--transport quic needs --tls-fingerprint sha256:<hex> or --tls-ca FILE \
+                 (standalone prints `tls fingerprint: ...`; its certificate is DATA/tls_cert.pem)"
+            ),
+        };
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+            .context("quic tls configuration")?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // The bench's own heartbeats keep connections alive; the idle
+        // timeout is the server's.
+        transport.keep_alive_interval(None);
+        transport.max_idle_timeout(None);
+        config.transport_config(Arc::new(transport));
+        Ok(Dialer {
+            config,
+            server_name: server_name.to_string(),
+            endpoints: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The endpoint for `source` toward `remote`, created on first use.
+    fn endpoint(
+        &self,
+        source: Option<IpAddr>,
+        remote: SocketAddr,
+    ) -> std::io::Result<quinn::Endpoint> {
+        let mut map = self.endpoints.lock();
+        if let Some(ep) = map.get(&source) {
+            return Ok(ep.clone());
+        }
+        let ip = source.unwrap_or(if remote.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        });
+        let ep = quinn::Endpoint::client(SocketAddr::new(ip, 0))?;
+        map.insert(source, ep.clone());
+        Ok(ep)
+    }
+
+    /// Connects to `remote` (from `source` when given) and opens the stream.
+    pub(crate) async fn connect(
+        &self,
+        remote: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Result<QuicStream, DialError> {
+        let ep = self.endpoint(source, remote).map_err(DialError::Bind)?;
+        let conn = ep
+            .connect_with(self.config.clone(), remote, &self.server_name)
+            .map_err(|e| DialError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| DialError::Handshake(e.to_string()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| DialError::Handshake(format!("open stream: {e}")))?;
+        Ok(QuicStream {
+            conn,
+            io: tokio::io::join(recv, send),
+        })
+    }
+}
+
+/// Why a QUIC connect failed.
+#[derive(Debug)]
+pub(crate) enum DialError {
+    /// Binding the UDP socket failed.
+    Bind(std::io::Error),
+    /// The connect was refused before sending (bad address, endpoint closed).
+    Connect(String),
+    /// The QUIC/TLS handshake or opening the stream failed.
+    Handshake(String),
+}
+
+/// An open QUIC connection and its one stream.
+pub(crate) struct QuicStream {
+    /// Kept so the connection lives as long as the stream, and for the close.
+    pub(crate) conn: quinn::Connection,
+    /// The stream, read and write halves joined.
+    pub(crate) io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+}
+
+/// Accepts exactly one certificate, by its SHA-256 fingerprint; the
+/// handshake signature is still verified.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of_der(end_entity.as_ref()) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn fingerprints() {
+        let want = Fingerprint::parse(HEX).unwrap();
+        assert_eq!(want.0[10], 0xaa);
+        assert_eq!(Fingerprint::parse(&format!("sha256:{HEX}")).unwrap(), want);
+        assert_eq!(
+            Fingerprint::parse(&format!("SHA256:{}", HEX.to_uppercase())).unwrap(),
+            want
+        );
+        assert_eq!(format!("{want:?}"), format!("sha256:{HEX}"));
+        for bad in ["", "sha256:", &HEX[..62], &HEX.replace('a', "g")] {
+            assert!(Fingerprint::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            format!("{:?}", Fingerprint::of_der(b"abc")),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[tokio::test]
+    async fn trust_options() {
+        let none = QuicArgs::default();
+        assert!(Dialer::new(&none, "localhost").is_err());
+        let pinned = QuicArgs {
+            tls_fingerprint: Some(format!("sha256:{HEX}")),
+            ..QuicArgs::default()
+        };
+        assert!(Dialer::new(&pinned, "localhost").is_ok());
+        let both = QuicArgs {
+            tls_ca: Some("/nonexistent.pem".into()),
+            ..pinned
+        };
+        assert!(Dialer::new(&both, "localhost").is_err());
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let ca = QuicArgs {
+            tls_ca: Some(empty.path().to_path_buf()),
+            ..QuicArgs::default()
+        };
+        assert!(Dialer::new(&ca, "localhost").is_err());
+    }
+}
