@@ -13,12 +13,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use parking_lot::Mutex;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use pushgate_client::Fingerprint;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 
 /// ALPN of pushgate's QUIC transport.
 const ALPN: &[u8] = b"pushgate/1";
@@ -36,49 +34,6 @@ pub(crate) struct QuicArgs {
     /// Trust the certificates of this PEM file (e.g. DATA/tls_cert.pem).
     #[arg(long)]
     pub(crate) tls_ca: Option<PathBuf>,
-}
-
-/// A SHA-256 certificate fingerprint.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fingerprint(pub(crate) [u8; 32]);
-
-impl Fingerprint {
-    /// Parses `sha256:<64 hex digits>` (prefix optional, either case, colons
-    /// between bytes allowed).
-    pub(crate) fn parse(s: &str) -> Result<Fingerprint, String> {
-        let t = s.trim();
-        let hex = match t.get(..7) {
-            Some(p) if p.eq_ignore_ascii_case("sha256:") => &t[7..],
-            _ => t,
-        };
-        let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
-        let bad = || format!("invalid fingerprint {s:?}: expected sha256:<64 hex digits>");
-        if digits.len() != 64 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in digits.chunks_exact(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16).ok_or_else(bad)?;
-            let lo = (pair[1] as char).to_digit(16).ok_or_else(bad)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
-        Ok(Fingerprint(out))
-    }
-
-    /// The fingerprint of a DER-encoded certificate.
-    pub(crate) fn of_der(der: &[u8]) -> Fingerprint {
-        Fingerprint(Sha256::digest(der).into())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
 }
 
 /// Opens QUIC connections to one server.
@@ -107,10 +62,11 @@ impl Dialer {
             .context("tls 1.3 with the ring provider")?;
         let mut tls = match (&args.tls_fingerprint, &args.tls_ca) {
             (Some(fp), None) => {
-                let pin = Fingerprint::parse(fp).map_err(anyhow::Error::msg)?;
+                let pin = Fingerprint::parse(fp)
+                    .map_err(|e| anyhow::anyhow!("--tls-fingerprint: {e}"))?;
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
+                    .with_custom_certificate_verifier(pushgate_client::pin_verifier(pin, provider))
                     .with_no_client_auth()
             }
             (None, Some(path)) => {
@@ -216,92 +172,12 @@ pub(crate) struct QuicStream {
     pub(crate) io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
 }
 
-/// Accepts exactly one certificate, by its SHA-256 fingerprint; the
-/// handshake signature is still verified.
-#[derive(Debug)]
-struct PinVerifier {
-    pin: Fingerprint,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of_der(end_entity.as_ref()) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-    #[test]
-    fn fingerprints() {
-        let want = Fingerprint::parse(HEX).unwrap();
-        assert_eq!(want.0[10], 0xaa);
-        assert_eq!(Fingerprint::parse(&format!("sha256:{HEX}")).unwrap(), want);
-        assert_eq!(
-            Fingerprint::parse(&format!("SHA256:{}", HEX.to_uppercase())).unwrap(),
-            want
-        );
-        assert_eq!(format!("{want:?}"), format!("sha256:{HEX}"));
-        for bad in ["", "sha256:", &HEX[..62], &HEX.replace('a', "g")] {
-            assert!(Fingerprint::parse(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(
-            format!("{:?}", Fingerprint::of_der(b"abc")),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 
     #[tokio::test]
     async fn trust_options() {

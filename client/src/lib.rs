@@ -63,7 +63,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{BoxError, ClientError};
 pub use event::{Connected, Disconnected, Event, Events, Message};
 pub use proto::ErrorCode;
-pub use tls::Fingerprint;
+pub use tls::{pin_verifier, Fingerprint};
 pub use url::{Scheme, ServerUrl};
 
 /// The frame encoding on WebSocket (TCP, TLS and QUIC always use binary).

@@ -167,6 +167,17 @@ pub(crate) fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A certificate verifier that accepts exactly the certificate whose SHA-256
+/// is `pin` (the handshake signature is still checked with `provider`, so
+/// the peer must hold the certificate's key). For tools that build their own
+/// rustls config (the bench) and want the same pinning as this client.
+pub fn pin_verifier(
+    pin: Fingerprint,
+    provider: Arc<CryptoProvider>,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(PinVerifier { pin, provider })
+}
+
 /// Accepts exactly one certificate, by its SHA-256 fingerprint; the
 /// handshake signature is still verified, so the peer must hold its key.
 #[derive(Debug)]
