@@ -228,7 +228,10 @@ impl Cluster {
         self.centers.push(n);
     }
 
+    /// A fixed internal port (as in production), so a restart of the room
+    /// comes back on the same address as a new instance.
     fn room_args(&self, id: u32) -> Vec<String> {
+        let internal = local(testkit::free_port());
         s(&[
             "room",
             "--id",
@@ -238,7 +241,7 @@ impl Cluster {
             "--tcp",
             "127.0.0.1:0",
             "--internal",
-            "127.0.0.1:0",
+            &internal,
             "--http",
             "127.0.0.1:0",
             "--registers",

@@ -621,6 +621,17 @@ impl ClusterDirectory {
         self.members.lock().rooms.get(&room).map(|l| l.addr.clone())
     }
 
+    /// The internal address and instance of a live room, from the cached
+    /// membership (the instance changes when the room restarts, even on the
+    /// same address).
+    pub fn room_endpoint(&self, room: RoomId) -> Option<(String, u64)> {
+        self.members
+            .lock()
+            .rooms
+            .get(&room)
+            .map(|l| (l.addr.clone(), l.instance))
+    }
+
     /// The live leases (one per room), from the cached membership, sorted by room.
     pub fn members(&self) -> Vec<RoomLease> {
         let rooms = Arc::clone(&self.members.lock().rooms);

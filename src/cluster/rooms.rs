@@ -18,7 +18,10 @@ type RoomClient = Client<RoomReq, RoomResp>;
 pub(crate) struct ClusterRooms {
     dir: Arc<ClusterDirectory>,
     cfg: link::ClientConfig,
-    links: DashMap<RoomId, (String, RoomClient)>,
+    /// Per room: the address and instance the link was opened for. A room
+    /// restarted on the same address is a new instance: its link is new too,
+    /// instead of one still backing off from the old process.
+    links: DashMap<RoomId, (String, u64, RoomClient)>,
 }
 
 impl ClusterRooms {
@@ -40,20 +43,20 @@ impl ClusterRooms {
     }
 
     fn link(&self, room: RoomId) -> Result<RoomClient, RoomsError> {
-        let Some(addr) = self.dir.room_addr(room) else {
+        let Some((addr, instance)) = self.dir.room_endpoint(room) else {
             return Err(RoomsError {
                 room,
                 reason: "not a live room".into(),
             });
         };
         if let Some(l) = self.links.get(&room) {
-            if l.0 == addr {
-                return Ok(l.1.clone());
+            if l.0 == addr && l.1 == instance {
+                return Ok(l.2.clone());
             }
         }
-        // New room, or the id moved to another address (restarted elsewhere).
+        // New room, or the id restarted (elsewhere or on the same address).
         let client = Client::new(addr.clone(), SERVICE, self.cfg.clone());
-        self.links.insert(room, (addr, client.clone()));
+        self.links.insert(room, (addr, instance, client.clone()));
         Ok(client)
     }
 
@@ -107,9 +110,9 @@ async fn prune(rooms: std::sync::Weak<ClusterRooms>) {
         let Some(rooms) = rooms.upgrade() else {
             return;
         };
-        rooms
-            .links
-            .retain(|room, (addr, _)| rooms.dir.room_addr(*room).as_deref() == Some(addr.as_str()));
+        rooms.links.retain(|room, (addr, instance, _)| {
+            rooms.dir.room_endpoint(*room) == Some((addr.clone(), *instance))
+        });
     }
 }
 
