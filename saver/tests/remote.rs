@@ -16,6 +16,7 @@ use saver::{Bounds, EmbeddedStore, RedisStore, RemoteStore, SaverService, Store,
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[macro_use]
 mod cases;
 use cases::*;
 
@@ -111,20 +112,7 @@ macro_rules! suite {
     };
 }
 
-suite!(
-    append_read_order,
-    after_id_filtering,
-    trims_to_max,
-    ttl_expiry,
-    multi_user_append,
-    reappend_same_id_is_idempotent,
-    acks_are_monotonic,
-    channel_history_bounds,
-    limit_is_respected,
-    concurrent_appends_all_durable,
-    odd_names,
-    closed_store_refuses,
-);
+every_case!(suite);
 
 // ---- failover ------------------------------------------------------------
 

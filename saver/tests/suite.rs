@@ -11,6 +11,7 @@ use futures_util::future::join_all;
 use proto::{MsgId, UserId};
 use saver::{Bounds, EmbeddedStore, RedisStore, Store, StoreError};
 
+#[macro_use]
 mod cases;
 use cases::*;
 
@@ -57,20 +58,7 @@ macro_rules! suite {
     };
 }
 
-suite!(
-    append_read_order,
-    after_id_filtering,
-    trims_to_max,
-    ttl_expiry,
-    multi_user_append,
-    reappend_same_id_is_idempotent,
-    acks_are_monotonic,
-    channel_history_bounds,
-    limit_is_respected,
-    concurrent_appends_all_durable,
-    odd_names,
-    closed_store_refuses,
-);
+every_case!(suite);
 
 // ---- backend-specific ----------------------------------------------------
 

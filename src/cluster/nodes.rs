@@ -1,5 +1,6 @@
 //! `pushgate center`, `pushgate register`, `pushgate saver`, `pushgate idgen`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use saver::{EmbeddedStore, RedisStore, SaverService, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::args::{CenterArgs, IdgenArgs, RegisterArgs, SaverArgs};
+use super::args::{CenterArgs, CommonArgs, IdgenArgs, RegisterArgs, SaverArgs};
 use super::rooms::ClusterRooms;
 use super::{addrs, announce, bind, client_config, connect_store, STEP_TIMEOUT};
 
@@ -103,23 +104,13 @@ pub(crate) async fn run_register(args: RegisterArgs) -> anyhow::Result<()> {
     let svc = RegisterService::new(Duration::from_millis(args.lease_ms));
     let stop = CancellationToken::new();
     let sweeper = svc.spawn_sweeper(stop.clone());
-    let listener = bind(args.listen, "internal").await?;
-    let addr = listener.local_addr()?;
-    args.common.warn_if_open(addr);
-    let server = tokio::spawn(link::serve(
-        listener,
-        svc,
-        link::ServerConfig::new(args.common.cluster_key.clone()),
-        stop.clone(),
-    ));
-    announce(&[format!("internal listening on {addr}")])?;
-    info!(internal = %addr, lease_ms = args.lease_ms, "register up");
-    shutdown.wait().await;
-    stop.cancel();
-    let _ = tokio::time::timeout(STEP_TIMEOUT, async {
-        let _ = tokio::join!(server, sweeper);
+    let lease_ms = args.lease_ms;
+    serve_until_signal(args.listen, svc, &args.common, shutdown, |addr| {
+        info!(internal = %addr, lease_ms, "register up");
     })
-    .await;
+    .await?;
+    stop.cancel();
+    let _ = tokio::time::timeout(STEP_TIMEOUT, sweeper).await;
     info!("stopped");
     Ok(())
 }
@@ -148,21 +139,16 @@ pub(crate) async fn run_saver(args: SaverArgs) -> anyhow::Result<()> {
         let s = EmbeddedStore::open(&path).context("open embedded store")?;
         (Arc::new(s), format!("embedded {}", path.display()))
     };
-    let listener = bind(args.listen, "internal").await?;
-    let addr = listener.local_addr()?;
-    args.common.warn_if_open(addr);
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(link::serve(
-        listener,
+    serve_until_signal(
+        args.listen,
         SaverService::new(store.clone()),
-        link::ServerConfig::new(args.common.cluster_key.clone()),
-        stop.clone(),
-    ));
-    announce(&[format!("internal listening on {addr}")])?;
-    info!(internal = %addr, store = %kind, "saver up");
-    shutdown.wait().await;
-    stop.cancel();
-    let _ = tokio::time::timeout(STEP_TIMEOUT, server).await;
+        &args.common,
+        shutdown,
+        |addr| {
+            info!(internal = %addr, store = %kind, "saver up");
+        },
+    )
+    .await?;
     tokio::time::timeout(STEP_TIMEOUT, store.close())
         .await
         .context("close store: timed out")?
@@ -180,25 +166,49 @@ pub(crate) async fn run_idgen(args: IdgenArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("create data dir {}", args.data.display()))?;
     let ids = Arc::new(FileIdGen::open(&args.data, args.region).context("open idgen")?);
-    let listener = bind(args.listen, "internal").await?;
-    let addr = listener.local_addr()?;
-    args.common.warn_if_open(addr);
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(link::serve(
-        listener,
+    let region = args.region;
+    serve_until_signal(
+        args.listen,
         IdgenService::new(ids.clone()),
-        link::ServerConfig::new(args.common.cluster_key.clone()),
-        stop.clone(),
-    ));
-    announce(&[format!("internal listening on {addr}")])?;
-    info!(internal = %addr, region = args.region, "idgen up");
-    shutdown.wait().await;
-    stop.cancel();
-    let _ = tokio::time::timeout(STEP_TIMEOUT, server).await;
+        &args.common,
+        shutdown,
+        |addr| {
+            info!(internal = %addr, region, "idgen up");
+        },
+    )
+    .await?;
     tokio::time::timeout(STEP_TIMEOUT, ids.close())
         .await
         .context("checkpoint ids: timed out")?
         .context("checkpoint ids")?;
     info!("stopped");
+    Ok(())
+}
+
+/// Serves `svc` on `listen` (an internal link listener), prints the
+/// listener and `ready`, and returns once SIGTERM or SIGINT arrived and the
+/// server stopped (bounded by [`STEP_TIMEOUT`]). `up` logs what started.
+async fn serve_until_signal<S: link::Service>(
+    listen: SocketAddr,
+    svc: Arc<S>,
+    common: &CommonArgs,
+    shutdown: crate::signal::Shutdown,
+    up: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let listener = bind(listen, "internal").await?;
+    let addr = listener.local_addr()?;
+    common.warn_if_open(addr);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(link::serve(
+        listener,
+        svc,
+        link::ServerConfig::new(common.cluster_key.clone()),
+        stop.clone(),
+    ));
+    announce(&[format!("internal listening on {addr}")])?;
+    up(addr);
+    shutdown.wait().await;
+    stop.cancel();
+    let _ = tokio::time::timeout(STEP_TIMEOUT, server).await;
     Ok(())
 }

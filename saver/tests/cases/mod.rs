@@ -6,6 +6,27 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Calls macro `$m` with the name of every case below, so that each test
+/// file instantiates all of them (a new case cannot be left out of one).
+macro_rules! every_case {
+    ($m:ident) => {
+        $m!(
+            append_read_order,
+            after_id_filtering,
+            trims_to_max,
+            ttl_expiry,
+            multi_user_append,
+            reappend_same_id_is_idempotent,
+            acks_are_monotonic,
+            channel_history_bounds,
+            limit_is_respected,
+            concurrent_appends_all_durable,
+            odd_names,
+            closed_store_refuses,
+        );
+    };
+}
+
 use bytes::Bytes;
 use futures_util::future::join_all;
 use proto::{MsgId, UserId};
