@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::BytesMut;
 use futures_util::{SinkExt as _, StreamExt as _};
-use proto::{ClientFrame, ConnId, ServerFrame};
+use proto::{ClientFrame, ConnId, MsgId, ServerFrame};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -37,7 +37,7 @@ const MAX_FRAMES_BEFORE_AUTH_OK: usize = 16;
 /// WebSocket settings for many small, mostly idle connections.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(2048)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(MAX_FRAME))
@@ -370,10 +370,20 @@ impl Conn {
 
     /// Sends the auth frame and waits for `auth_ok`.
     pub(crate) async fn auth(&mut self, token: &str) -> Result<AuthOk, ClientError> {
+        self.auth_from(token, None).await
+    }
+
+    /// Sends the auth frame, resuming after `last_id` when given (the server
+    /// replays stored messages after it), and waits for `auth_ok`.
+    pub(crate) async fn auth_from(
+        &mut self,
+        token: &str,
+        last_id: Option<MsgId>,
+    ) -> Result<AuthOk, ClientError> {
         self.send(&ClientFrame::Auth {
             seq: Some(1),
             token: token.to_string(),
-            last_id: None,
+            last_id,
             device: None,
         })
         .await?;

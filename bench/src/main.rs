@@ -6,6 +6,8 @@
 //!   connection, connect rate, drops while held.
 //! - `bench latency`: pushes at a fixed rate through the REST API to connected
 //!   users; end-to-end and HTTP latency percentiles, losses.
+//! - `bench c1m`: the one-million-connections benchmark (a local cluster,
+//!   worker processes, every phase, a report under `bench/results/`).
 //!
 //! Progress goes to stderr, results to stdout (and `--json-out`). Exit codes:
 //! 0 all good, 1 the run completed but something failed (connections refused
@@ -14,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod args;
+mod c1m;
 mod client;
 mod cmd_idle;
 mod cmd_latency;
@@ -31,8 +34,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator, as in the server: with tens of thousands of small,
+// long-lived connections per process it keeps RSS lower than mimalloc did
+// (c1m workers: see bench/README.md).
 
 /// pushgate load generator and benchmark runner.
 #[derive(Debug, Parser)]
@@ -48,6 +52,12 @@ enum Cmd {
     Idle(cmd_idle::IdleArgs),
     /// Push at a fixed rate to connected users; measure end-to-end latency.
     Latency(cmd_latency::LatencyArgs),
+    /// The one-million-connections benchmark: start a local cluster, open,
+    /// hold and push to N connections, kill a room; write a report.
+    C1m(c1m::C1mArgs),
+    /// One load-generator process of a `c1m` run (started by `c1m`).
+    #[command(hide = true)]
+    C1mWorker(c1m::worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,10 +69,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A c1m worker is one of many processes sharing the cores: one thread.
+    let rt = if matches!(cli.cmd, Cmd::C1mWorker(_)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bench: error: starting the runtime: {e}");
@@ -73,6 +90,8 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Idle(a) => cmd_idle::run(a).await,
             Cmd::Latency(a) => cmd_latency::run(a).await,
+            Cmd::C1m(a) => c1m::run(a).await,
+            Cmd::C1mWorker(a) => c1m::worker::run(a).await.map(|()| Outcome::Ok),
         }
     });
     // Do not wait for stray tasks (e.g. a socket still closing).

@@ -114,6 +114,21 @@ pub(crate) fn cpu(pid: u32) -> Option<CpuTicks> {
     parse_stat_cpu(&read(&format!("/proc/{pid}/stat"))?)
 }
 
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+pub(crate) fn mem_available() -> Option<u64> {
+    kb_field(&read("/proc/meminfo")?, "MemAvailable:")
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+pub(crate) fn mem_total() -> Option<u64> {
+    kb_field(&read("/proc/meminfo")?, "MemTotal:")
+}
+
+/// The kernel release (`/proc/sys/kernel/osrelease`).
+pub(crate) fn kernel_release() -> Option<String> {
+    Some(read("/proc/sys/kernel/osrelease")?.trim().to_string())
+}
+
 /// Kernel slab memory, in bytes (socket buffers and TCP state live there).
 pub(crate) fn slab() -> Option<u64> {
     parse_slab(&read("/proc/meminfo")?)

@@ -54,6 +54,56 @@ impl LatencyHist {
         self.record_us(ns / 1000);
     }
 
+    /// The recorded values as (microseconds, count) pairs, for sending to
+    /// another process.
+    pub(crate) fn buckets(&self) -> Vec<(u64, u64)> {
+        self.h
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// Adds (microseconds, count) pairs from [`LatencyHist::buckets`].
+    pub(crate) fn add_buckets(&mut self, buckets: &[(u64, u64)]) {
+        for &(us, n) in buckets {
+            // Bounded values cannot fail; a count overflow saturates.
+            let _ = self.h.record_n(us.clamp(1, MAX_US), n);
+        }
+    }
+
+    /// Samples recorded.
+    pub(crate) fn len(&self) -> u64 {
+        self.h.len()
+    }
+
+    /// The value at quantile `q` (0..=1), in milliseconds (0 when empty).
+    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
+        if self.h.is_empty() {
+            return 0.0;
+        }
+        self.h.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The largest sample, in milliseconds (0 when empty).
+    pub(crate) fn max_ms(&self) -> f64 {
+        self.h.max() as f64 / 1000.0
+    }
+
+    /// The distribution for plots: (percentile, milliseconds), denser in the
+    /// tail (0..90 by 5, 90..99 by 1, then 99.5, 99.9, 99.95, 99.99, 100).
+    pub(crate) fn curve(&self) -> Vec<(f64, f64)> {
+        if self.h.is_empty() {
+            return Vec::new();
+        }
+        let mut points: Vec<f64> = (0..18).map(|i| f64::from(i) * 5.0).collect();
+        points.extend((90..100).map(f64::from));
+        points.extend([99.5, 99.9, 99.95, 99.99, 100.0]);
+        points
+            .into_iter()
+            .map(|p| (p, self.quantile_ms(p / 100.0)))
+            .collect()
+    }
+
     /// The percentiles, in milliseconds (all zero when empty).
     pub(crate) fn summary(&self) -> Summary {
         if self.h.is_empty() {
@@ -126,6 +176,25 @@ pub(crate) fn per(a: f64, b: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_round_trip() {
+        let mut a = LatencyHist::new().unwrap();
+        for us in [5, 5, 1_000, 250_000] {
+            a.record_us(us);
+        }
+        let mut b = LatencyHist::new().unwrap();
+        b.record_us(7);
+        b.add_buckets(&a.buckets());
+        assert_eq!(b.len(), 5);
+        assert!((b.max_ms() - 250.0).abs() < 0.5, "{}", b.max_ms());
+        assert_eq!(b.quantile_ms(0.0), 0.005);
+        let curve = b.curve();
+        assert_eq!(curve.first().map(|p| p.0), Some(0.0));
+        assert_eq!(curve.last().map(|p| p.0), Some(100.0));
+        assert!(curve.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(LatencyHist::new().unwrap().curve().is_empty());
+    }
 
     #[test]
     fn percentiles_of_uniform_samples() {

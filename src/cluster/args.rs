@@ -351,6 +351,11 @@ pub(crate) struct DevClusterArgs {
     /// Log format of this process and the children.
     #[arg(long, default_value = "human")]
     pub(crate) log_format: LogFormat,
+    /// Once ready, write every process (name, PID) and endpoint, and the
+    /// secrets, as JSON to this file (mode 0600); for tools such as
+    /// `bench c1m --attach`.
+    #[arg(long)]
+    pub(crate) manifest: Option<PathBuf>,
 }
 
 /// Store of a dev cluster.

@@ -8,6 +8,10 @@
 //! Ports, from `--base-port B`: centers `B+0…`, registers `B+10…`, idgens
 //! `B+20…`, saver `B+30`, redis `B+40`; room `i` (from 0) takes
 //! `B+100+4i` (WebSocket), `+1` (TCP), `+2` (internal), `+3` (health).
+//!
+//! With `--manifest FILE` it also writes, once ready, a JSON file naming
+//! every process with its PID and endpoints and the generated secrets (mode
+//! 0600): what `bench c1m --attach FILE` and other tools read.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -35,6 +39,41 @@ struct Proc {
     child: Child,
 }
 
+/// What `--manifest` writes: every process and endpoint of the cluster.
+#[derive(Debug, Default, serde::Serialize)]
+struct Manifest {
+    /// PID of `pushgate dev-cluster` itself.
+    pid: u32,
+    /// REST API base URLs of the centers (`http://addr/api/v1`).
+    centers: Vec<String>,
+    /// The rooms, in `--id` order.
+    rooms: Vec<ManifestRoom>,
+    /// Every child process: name and PID.
+    processes: Vec<ManifestProcess>,
+    /// The REST API key.
+    api_key: String,
+    /// The client token secret.
+    token_secret: String,
+}
+
+/// One room in the manifest.
+#[derive(Debug, Default, serde::Serialize)]
+struct ManifestRoom {
+    id: u32,
+    pid: Option<u32>,
+    ws: String,
+    tcp: String,
+    internal: String,
+    health: String,
+}
+
+/// One process in the manifest.
+#[derive(Debug, serde::Serialize)]
+struct ManifestProcess {
+    name: String,
+    pid: Option<u32>,
+}
+
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 ///
 /// # Errors
@@ -59,6 +98,12 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     let mut procs: Vec<Proc> = Vec::new();
+    let mut manifest = Manifest {
+        pid: std::process::id(),
+        api_key: api_key.clone(),
+        token_secret: token_secret.clone(),
+        ..Manifest::default()
+    };
     let result = start_all(
         &args,
         &exe,
@@ -70,8 +115,15 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         &api_key,
         &token_secret,
         &mut procs,
+        &mut manifest,
     )
-    .await;
+    .await
+    .and_then(|summary| {
+        if let Some(path) = &args.manifest {
+            write_manifest(path, &mut manifest, &procs)?;
+        }
+        Ok(summary)
+    });
     match result {
         Ok(summary) => {
             println!("{summary}");
@@ -103,6 +155,7 @@ async fn start_all(
     api_key: &str,
     token_secret: &str,
     procs: &mut Vec<Proc>,
+    manifest: &mut Manifest,
 ) -> anyhow::Result<String> {
     let common = |mut v: Vec<String>| {
         v.extend([
@@ -222,6 +275,7 @@ async fn start_all(
                 saver_addr.to_string(),
             ]),
         )?);
+        manifest.centers.push(format!("http://{http}/api/v1"));
         summary.push_str(&format!(
             "  REST API   http://{http}/api/v1   (center {})\n",
             c + 1
@@ -261,7 +315,16 @@ async fn start_all(
             args.heartbeat.to_string(),
         ];
         v.extend(extra.iter().cloned());
-        procs.push(start(exe, &format!("room-{}", i + 1), common(v))?);
+        let room = start(exe, &format!("room-{}", i + 1), common(v))?;
+        manifest.rooms.push(ManifestRoom {
+            id: i + 1,
+            pid: room.child.id(),
+            ws: format!("ws://{ws}/ws"),
+            tcp: tcp.to_string(),
+            internal: internal.to_string(),
+            health: format!("http://{health}"),
+        });
+        procs.push(room);
         summary.push_str(&format!(
             "  room {:<4}  ws://{ws}/ws   tcp {tcp}   health http://{health}/metrics\n",
             i + 1
@@ -285,6 +348,33 @@ async fn start_all(
         port(0)?
     ));
     Ok(summary)
+}
+
+/// Writes the manifest to `path` (0600: it holds the secrets).
+fn write_manifest(path: &Path, manifest: &mut Manifest, procs: &[Proc]) -> anyhow::Result<()> {
+    manifest.processes = procs
+        .iter()
+        .map(|p| ManifestProcess {
+            name: p.name.clone(),
+            pid: p.child.id(),
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(manifest)?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        f.write_all(&text)?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
 }
 
 /// Starts `pushgate <args>` as child `name`.

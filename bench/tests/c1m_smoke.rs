@@ -1,0 +1,86 @@
+//! The `c1m` benchmark as a smoke test: 20,000 connections through a real
+//! `pushgate dev-cluster` (three rooms, Redis, two load-generator worker
+//! processes), every phase shortened, and no loss allowed: every connection
+//! authenticated and held, every broadcast and channel push delivered to
+//! everyone, every acknowledged unicast received, and every client of the
+//! killed room back with nothing lost. Timings are not asserted (they are
+//! the benchmark's business, not a test's).
+//!
+//! Needs `redis-server` on the PATH (scripts/test installs it) and an
+//! open-files limit of at least 10,200.
+
+use std::process::Command;
+
+#[test]
+fn twenty_thousand_connections_lose_nothing() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let bench = env!("CARGO_BIN_EXE_bench");
+    let status = Command::new(bench)
+        .args([
+            "c1m",
+            "--connections",
+            "20000",
+            "--per-room",
+            "10000",
+            "--per-worker",
+            "10000",
+            "--ramp-rate",
+            "10000",
+            "--hold",
+            "5s",
+            "--settle",
+            "2s",
+            "--broadcasts",
+            "3",
+            "--channels",
+            "10",
+            "--channel-rounds",
+            "1",
+            "--unicast-rate",
+            "1000",
+            "--unicast-for",
+            "4s",
+            "--unicast-concurrency",
+            "32",
+            "--base-port",
+            "27800",
+            "--out",
+        ])
+        .arg(out.path())
+        .status()
+        .expect("run bench c1m");
+    let report = std::fs::read(out.path().join("report.json"));
+    if let Ok(md) = std::fs::read_to_string(out.path().join("report.md")) {
+        eprintln!("{md}");
+    }
+    assert!(
+        status.success(),
+        "bench c1m failed ({status}); a missing redis-server is installed by \
+         `apt-get install redis-server` (scripts/test does it)"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&report.expect("report.json")).expect("report is JSON");
+    assert_eq!(r["incomplete"], serde_json::Value::Null);
+    assert_eq!(r["ramp"]["authenticated"], 20000);
+    assert_eq!(r["hold"]["drops"], 0);
+    assert_eq!(r["hold"]["live_end"], 20000);
+    assert_eq!(r["broadcasts"]["missed"], 0);
+    assert_eq!(r["broadcasts"]["deliveries"], 60000);
+    assert_eq!(r["channels"]["received"], r["channels"]["expected"]);
+    assert_eq!(r["channels"]["received"], 20000);
+    for phase in ["unicast_fixed", "unicast_max"] {
+        assert_eq!(r[phase]["lost"], 0, "{phase}");
+        assert!(r[phase]["acked"].as_u64().unwrap_or(0) > 0, "{phase}");
+        assert_eq!(r[phase]["received"], r[phase]["acked"], "{phase}");
+    }
+    let kill = &r["kill"];
+    assert!(kill["clients"].as_u64().unwrap_or(0) > 5000, "{kill}");
+    assert_eq!(kill["reconnected"], kill["clients"]);
+    assert!(kill["all_back_ms"].is_number(), "{kill}");
+    assert_eq!(kill["lost"], 0);
+    assert!(kill["pushes_acked"].as_u64().unwrap_or(0) > 0, "{kill}");
+    for f in ["latency.svg", "connections.svg", "memory.svg"] {
+        let svg = std::fs::read_to_string(out.path().join(f)).expect(f);
+        assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{f}");
+    }
+}
