@@ -1,5 +1,7 @@
 //! Reconnect delays: jittered exponential backoff, and the delay a draining
-//! server asks for (`reconnect_after_ms=N` in the 4007 reason).
+//! server asks for (`reconnect_after_ms=N` in the 4007 reason). Public so
+//! that other clients of the protocol (the load generator in `bench/`,
+//! custom transports) reconnect by the same rules as [`crate::Client`].
 
 use std::time::Duration;
 
@@ -7,14 +9,14 @@ use rand::Rng;
 
 /// The longest `reconnect_after_ms` the client honours; a larger value (a
 /// misconfigured server) is cut to this.
-pub(crate) const MAX_SERVER_DELAY: Duration = Duration::from_secs(600);
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(600);
 
 /// Exponential backoff with "equal jitter": attempt `n` (from 0) waits a
 /// uniformly random time in `[b/2, b]`, where `b = min(max, initial · 2ⁿ)`.
 /// Half of the delay is random, so clients that lost the same server do not
 /// come back in lockstep; half grows, so a server that is down is not hammered.
 #[derive(Clone, Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
@@ -23,7 +25,7 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// A backoff starting around `initial` and never above `max`
     /// (`max` is raised to `initial` if it is smaller).
-    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             initial,
             max: max.max(initial),
@@ -32,13 +34,13 @@ impl Backoff {
     }
 
     /// The upper bound of the next delay, without jitter.
-    pub(crate) fn ceiling(&self) -> Duration {
+    pub fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(30)).unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 
     /// The delay before the next attempt; counts the attempt.
-    pub(crate) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
@@ -47,7 +49,7 @@ impl Backoff {
     }
 
     /// Starts over (after a session that authenticated).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 }
@@ -55,7 +57,7 @@ impl Backoff {
 /// The delay a 4007 close asks for: the number after `reconnect_after_ms=`
 /// in the close reason (`draining reconnect_after_ms=500`,
 /// `unavailable reconnect_after_ms=200`), capped at [`MAX_SERVER_DELAY`].
-pub(crate) fn server_delay(reason: &str) -> Option<Duration> {
+pub fn server_delay(reason: &str) -> Option<Duration> {
     let (_, rest) = reason.split_once("reconnect_after_ms=")?;
     let digits: &str = rest
         .split(|c: char| !c.is_ascii_digit())

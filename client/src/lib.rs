@@ -38,7 +38,7 @@
 //! `backoff`, `dedupe` (recent ids), `driver` (the task that runs the
 //! session and reconnects), `event` (what the application sees).
 
-mod backoff;
+pub mod backoff;
 mod dedupe;
 mod driver;
 mod error;

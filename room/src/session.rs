@@ -796,9 +796,15 @@ fn now_secs() -> u64 {
 }
 
 /// Closes a session whose replay could not complete (4007, reconnect soon).
+/// The delay asked for is spread over 1 to 5 s: when the store is overloaded,
+/// every session of every room fails alike, and clients told to come back
+/// together would bring the same load back at once.
 fn replay_unavailable() -> CloseReason {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) % 4000);
     CloseReason::ReplayUnavailable {
-        reconnect_after_ms: 1000,
+        reconnect_after_ms: 1000 + jitter,
     }
 }
 

@@ -114,6 +114,8 @@ pub(crate) struct Ctx {
     pub(crate) args: C1mArgs,
     pub(crate) fleet: Fleet,
     pub(crate) servers: Servers,
+    /// Every process of the cluster (name, PID).
+    pub(crate) manifest_processes: Vec<(String, Option<u32>)>,
     pub(crate) rest: Rest,
     pub(crate) cancel: CancellationToken,
     /// The phase the timeline sampler labels samples with.
@@ -336,6 +338,11 @@ async fn run_with_cluster(
         args: args.clone(),
         fleet: Fleet { workers },
         servers,
+        manifest_processes: manifest
+            .processes
+            .iter()
+            .map(|p| (p.name.clone(), p.pid))
+            .collect(),
         rest,
         cancel: cancel.clone(),
         phase: Mutex::new("start".to_string()),
@@ -373,6 +380,9 @@ async fn run_with_cluster(
         },
         ..Report::default()
     };
+    if let Some(note) = favour_central(&ctx.manifest_processes) {
+        report.notes.push(note);
+    }
     let sampler = tokio::spawn(phases::sample_timeline(ctx.clone()));
     let phase_result = phases::run_all(&ctx, &mut report).await;
     sampler.abort();
@@ -397,6 +407,45 @@ async fn run_with_cluster(
         .map(|w| w.stop(Duration::from_secs(20)));
     futures_util::future::join_all(stops).await;
     Ok((report, outcome))
+}
+
+/// Raises the scheduling priority of the cluster's central processes
+/// (centers, registers, idgens, saver, Redis) to `nice -5` where allowed.
+/// On one machine they share two cores with dozens of rooms and load
+/// generators; in production they have cores of their own. Returns what was
+/// done, for the report.
+fn favour_central(processes: &[(String, Option<u32>)]) -> Option<String> {
+    let central: Vec<(&str, u32)> = processes
+        .iter()
+        .filter(|(name, _)| !name.starts_with("room-"))
+        .filter_map(|(name, pid)| pid.map(|p| (name.as_str(), p)))
+        .collect();
+    if central.is_empty() {
+        return None;
+    }
+    let mut raised = 0;
+    for (_, pid) in &central {
+        let ok = i32::try_from(*pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| rustix::process::setpriority_process(Some(p), -5).is_ok());
+        raised += usize::from(ok);
+    }
+    Some(if raised == central.len() {
+        format!(
+            "scheduling: the {raised} central processes (centers, registers, idgens, saver, \
+             Redis) ran at nice -5 and the load-generator workers at nice 10, so that on one \
+             machine the single saver and registers are not starved by dozens of rooms and \
+             workers (in production they have cores of their own)"
+        )
+    } else {
+        format!(
+            "scheduling: the load-generator workers ran at nice 10; raising the central \
+             processes to nice -5 was not permitted for {} of {} (needs CAP_SYS_NICE)",
+            central.len() - raised,
+            central.len()
+        )
+    })
 }
 
 /// Writes report.json, report.md and the plots into `dir`.

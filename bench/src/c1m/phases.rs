@@ -585,7 +585,10 @@ pub(crate) fn judge(r: &mut Report) {
             target: "1,000,000 for 10 min, 0 drops".into(),
             measured: format!(
                 "{} of {} for {:.0} s, {} drops",
-                hold.live_end, n, hold.seconds, hold.drops
+                thousands(hold.live_end),
+                thousands(n),
+                hold.seconds,
+                thousands(hold.drops)
             ),
             met: Some(
                 n >= 1_000_000
@@ -604,7 +607,7 @@ pub(crate) fn judge(r: &mut Report) {
         targets.push(Target {
             name: "room memory per idle connection".into(),
             target: "≤ 2,048 B".into(),
-            measured: format!("{:.0} B", m.bytes_per_conn),
+            measured: format!("{} B", thousands(m.bytes_per_conn.round() as u64)),
             met: Some(m.bytes_per_conn <= 2048.0),
             note: if m.bytes_per_conn > 2048.0 {
                 format!("missed by {:.0} B", m.bytes_per_conn - 2048.0)
@@ -617,7 +620,11 @@ pub(crate) fn judge(r: &mut Report) {
         targets.push(Target {
             name: format!("broadcast to all, last client (p99 over {})", b.each.len()),
             target: "≤ 2,000 ms".into(),
-            measured: format!("{:.0} ms (median {:.0} ms)", b.last_p99_ms, b.last_p50_ms),
+            measured: format!(
+                "{} ms (median {} ms)",
+                thousands(b.last_p99_ms.round() as u64),
+                thousands(b.last_p50_ms.round() as u64)
+            ),
             met: Some(b.last_p99_ms <= 2000.0 && b.missed == 0),
             note: if b.missed > 0 {
                 format!("{} deliveries missing", b.missed)
@@ -646,14 +653,17 @@ pub(crate) fn judge(r: &mut Report) {
             name: format!("unicast p99 at {} pushes/s", thousands(asked as u64)),
             target: "< 20 ms at 20,000/s".into(),
             measured: format!(
-                "p99 {:.2} ms at {:.0}/s ({} lost)",
-                u.latency.p99, u.achieved_rate, u.lost
+                "p99 {:.2} ms at {}/s ({} lost)",
+                u.latency.p99,
+                thousands(u.achieved_rate.round() as u64),
+                u.lost
             ),
             met: Some(kept_up && u.latency.p99 < 20.0 && u.lost == 0 && asked >= 20_000.0),
             note: if !kept_up {
                 format!(
-                    "the cluster sustained {:.0}/s of the {asked:.0}/s asked",
-                    u.achieved_rate
+                    "the cluster sustained {}/s of the {}/s asked",
+                    thousands(u.achieved_rate.round() as u64),
+                    thousands(asked as u64)
                 )
             } else {
                 String::new()
@@ -665,8 +675,9 @@ pub(crate) fn judge(r: &mut Report) {
             name: "connect rate (authenticated)".into(),
             target: "≥ 20,000/s".into(),
             measured: format!(
-                "{:.0}/s (peak {:.0}/s)",
-                ramp.rate_per_s, ramp.peak_rate_per_s
+                "{}/s (peak {}/s)",
+                thousands(ramp.rate_per_s.round() as u64),
+                thousands(ramp.peak_rate_per_s.round() as u64)
             ),
             met: Some(ramp.rate_per_s >= 20_000.0),
             note: if r.config.ramp_rate < 20_000 {
@@ -682,12 +693,12 @@ pub(crate) fn judge(r: &mut Report) {
             target: "all back, 0 lost".into(),
             measured: format!(
                 "{}/{} back in {}, {} lost of {}",
-                k.reconnected,
-                k.clients,
+                thousands(k.reconnected),
+                thousands(k.clients),
                 k.all_back_ms
                     .map_or("—".to_string(), |ms| format!("{:.1} s", ms / 1000.0)),
                 k.lost,
-                k.pushes_acked
+                thousands(k.pushes_acked)
             ),
             met: Some(k.all_back_ms.is_some() && k.lost == 0),
             note: String::new(),
