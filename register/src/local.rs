@@ -10,6 +10,7 @@
 //! `users`) are updated while the user's shard is locked, so they stay
 //! consistent with the map.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -63,8 +64,10 @@ pub struct LocalDirectory {
     users: DashMap<UserId, UserEntry>,
     /// [`DEFAULT_DEVICE`], shared by every connection that has it.
     default_device: Arc<str>,
-    /// Live rooms and how many connections each holds.
-    rooms: DashMap<RoomId, u64>,
+    /// Live rooms and, for each, its connections and their users: an
+    /// index so that dropping or refilling a room visits that room's
+    /// connections, not every user of the directory.
+    rooms: DashMap<RoomId, HashMap<ConnId, UserId>>,
     connections: AtomicU64,
     online_users: AtomicU64,
 }
@@ -122,13 +125,17 @@ impl LocalDirectory {
             device: self.device(device),
             room,
         };
+        let key = user.clone();
+        // The user's entry is released before the room index is touched:
+        // the two maps are never locked in the opposite order elsewhere.
         let mut entry = self.users.entry(user).or_default();
         if let Some(old) = entry.conns.iter_mut().find(|c| c.conn == conn.conn) {
             let old_room = old.room;
             *old = conn;
+            drop(entry);
             if old_room != room {
-                self.room_dec(old_room);
-                self.room_inc(room);
+                self.index_remove(old_room, id);
+                self.index_add(room, id, key);
             }
             return;
         }
@@ -136,8 +143,9 @@ impl LocalDirectory {
             self.online_users.fetch_add(1, Ordering::Relaxed);
         }
         entry.conns.push(conn);
+        drop(entry);
         self.connections.fetch_add(1, Ordering::Relaxed);
-        self.room_inc(room);
+        self.index_add(room, id, key);
     }
 
     /// Removes a connection, adding its online time up to `now_ms`; returns
@@ -157,7 +165,7 @@ impl LocalDirectory {
             self.online_users.fetch_sub(1, Ordering::Relaxed);
         }
         drop(entry);
-        self.room_dec(gone.room);
+        self.index_remove(gone.room, conn);
         true
     }
 
@@ -190,46 +198,53 @@ impl LocalDirectory {
     }
 
     /// Removes `room` and every connection it held, closing them at `now_ms`.
+    /// Visits the room's connections only (through the room index).
     pub fn drop_room(&self, room: RoomId, now_ms: i64) {
-        self.rooms.remove(&room);
-        for mut entry in self.users.iter_mut() {
-            let before = entry.conns.len();
-            let mut closed = 0u64;
-            entry.conns.retain(|c| {
-                if c.room == room {
-                    closed = closed.saturating_add(span(c.since, now_ms));
-                    false
-                } else {
-                    true
-                }
-            });
-            let removed = before - entry.conns.len();
-            if removed > 0 {
-                entry.closed_ms = entry.closed_ms.saturating_add(closed);
-                entry.last_seen = now_ms;
-                self.connections
-                    .fetch_sub(removed as u64, Ordering::Relaxed);
-                if entry.conns.is_empty() {
-                    self.online_users.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
+        let Some((_, index)) = self.rooms.remove(&room) else {
+            return;
+        };
+        for (conn, user) in index {
+            self.end_conn(&user, conn, room, None, now_ms);
         }
+    }
+
+    /// Ends connection `conn` of `user` if it is on `room` (and, with
+    /// `before`, authenticated before that time); counts its online time to
+    /// `now_ms`. Does not touch the room index. Returns whether it ended.
+    fn end_conn(
+        &self,
+        user: &UserId,
+        conn: ConnId,
+        room: RoomId,
+        before: Option<i64>,
+        now_ms: i64,
+    ) -> bool {
+        let Some(mut entry) = self.users.get_mut(user) else {
+            return false;
+        };
+        let Some(pos) = entry.conns.iter().position(|c| {
+            c.conn == conn && c.room == room && before.is_none_or(|b| c.since < b)
+        }) else {
+            return false;
+        };
+        let gone = entry.conns.swap_remove(pos);
+        entry.closed_ms = entry.closed_ms.saturating_add(span(gone.since, now_ms));
+        entry.last_seen = now_ms;
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        if entry.conns.is_empty() {
+            self.online_users.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// How many live connections `room` holds here (0 when unknown).
     pub fn room_connections(&self, room: RoomId) -> u64 {
-        self.rooms.get(&room).map_or(0, |n| *n)
+        self.rooms.get(&room).map_or(0, |m| m.len() as u64)
     }
 
-    /// Like [`LocalDirectory::drop_room`], but skips the scan over every user
-    /// when the room holds no connection (the usual case for a new room or a
-    /// register that restarted empty).
+    /// Removes `room` and its connections (see [`LocalDirectory::drop_room`]).
     pub fn clear_room(&self, room: RoomId, now_ms: i64) {
-        if self.room_connections(room) > 0 {
-            self.drop_room(room, now_ms);
-        } else {
-            self.rooms.remove(&room);
-        }
+        self.drop_room(room, now_ms);
     }
 
     /// Replaces every connection of `room` with `conns` (all of `room`):
@@ -252,44 +267,30 @@ impl LocalDirectory {
         keep_since: i64,
         now_ms: i64,
     ) {
-        if self.room_connections(room) == 0 {
-            return;
-        }
-        let mut removed_total = 0u64;
-        for mut entry in self.users.iter_mut() {
-            let before = entry.conns.len();
-            let mut closed = 0u64;
-            entry.conns.retain(|c| {
-                if c.room == room && !keep.contains(&c.conn) && c.since < keep_since {
-                    closed = closed.saturating_add(span(c.since, now_ms));
-                    false
-                } else {
-                    true
-                }
-            });
-            let removed = (before - entry.conns.len()) as u64;
-            if removed > 0 {
-                entry.closed_ms = entry.closed_ms.saturating_add(closed);
-                entry.last_seen = now_ms;
-                self.connections.fetch_sub(removed, Ordering::Relaxed);
-                if entry.conns.is_empty() {
-                    self.online_users.fetch_sub(1, Ordering::Relaxed);
-                }
-                removed_total += removed;
+        // The candidates are copied out so no room-index lock is held
+        // while user entries are locked.
+        let candidates: Vec<(ConnId, UserId)> = match self.rooms.get(&room) {
+            Some(index) => index
+                .iter()
+                .filter(|(c, _)| !keep.contains(c))
+                .map(|(c, u)| (*c, u.clone()))
+                .collect(),
+            None => return,
+        };
+        for (conn, user) in candidates {
+            if self.end_conn(&user, conn, room, Some(keep_since), now_ms) {
+                self.index_remove(room, conn);
             }
         }
-        if let Some(mut n) = self.rooms.get_mut(&room) {
-            *n = n.saturating_sub(removed_total);
-        }
     }
 
-    fn room_inc(&self, room: RoomId) {
-        *self.rooms.entry(room).or_insert(0) += 1;
+    fn index_add(&self, room: RoomId, conn: ConnId, user: UserId) {
+        self.rooms.entry(room).or_default().insert(conn, user);
     }
 
-    fn room_dec(&self, room: RoomId) {
-        if let Some(mut n) = self.rooms.get_mut(&room) {
-            *n = n.saturating_sub(1);
+    fn index_remove(&self, room: RoomId, conn: ConnId) {
+        if let Some(mut index) = self.rooms.get_mut(&room) {
+            index.remove(&conn);
         }
     }
 
@@ -300,7 +301,7 @@ impl LocalDirectory {
             .iter()
             .map(|r| RoomInfo {
                 room: *r.key(),
-                connections: *r.value(),
+                connections: r.value().len() as u64,
             })
             .collect();
         v.sort_by_key(|r| r.room);
@@ -337,7 +338,7 @@ impl Directory for LocalDirectory {
     }
 
     async fn room_up(&self, room: RoomId) -> Result<(), DirError> {
-        self.rooms.entry(room).or_insert(0);
+        self.rooms.entry(room).or_default();
         Ok(())
     }
 
@@ -389,6 +390,53 @@ mod tests {
             device: Some(format!("d{n}")),
             since,
         }
+    }
+
+    /// The room index: dropping or pruning a room touches only its own
+    /// connections, counts stay right, a connection that moved rooms is
+    /// indexed under its new room only.
+    #[test]
+    fn room_index_follows_connections() {
+        let d = LocalDirectory::new();
+        for i in 0..100u64 {
+            d.add(ci(&format!("u{i}"), 1 + (i % 2) as u32, i, 10));
+        }
+        // u0 also on room 3.
+        d.add(ci("u0", 3, 1000, 10));
+        assert_eq!(d.room_connections(RoomId(1)), 50);
+        assert_eq!(d.room_connections(RoomId(2)), 50);
+        assert_eq!(d.totals().connections, 101);
+        // Prune room 2 to ten kept connections; one young one survives too.
+        d.add(ci("young", 2, 500, 1_000));
+        let keep: std::collections::HashSet<ConnId> = (1..20u64)
+            .step_by(2)
+            .map(|i| ConnId::new(RoomId(2), i))
+            .collect();
+        d.prune_room(RoomId(2), &keep, 100, 2_000);
+        assert_eq!(d.room_connections(RoomId(2)), 11);
+        assert_eq!(d.get(&UserId::new("young")).len(), 1);
+        assert!(d.get(&UserId::new("u21")).is_empty());
+        assert_eq!(d.get(&UserId::new("u19")).len(), 1);
+        assert_eq!(d.online(&UserId::new("u21"), 2_000), 1_990);
+        // Drop room 1: room 3's connection of u0 stays.
+        d.drop_room(RoomId(1), 3_000);
+        assert_eq!(d.room_connections(RoomId(1)), 0);
+        assert_eq!(d.get(&UserId::new("u0")).len(), 1);
+        assert_eq!(d.totals().connections, 12);
+        assert_eq!(d.totals().users, 12);
+        // A connection re-reported on another room moves in the index.
+        d.add(ci("u1", 2, 1, 10));
+        let moved = ConnInfo {
+            room: RoomId(3),
+            ..ci("u1", 2, 1, 10)
+        };
+        d.add(moved);
+        assert_eq!(d.room_connections(RoomId(2)), 10);
+        assert_eq!(d.room_connections(RoomId(3)), 2);
+        d.drop_room(RoomId(3), 4_000);
+        assert!(d.get(&UserId::new("u1")).is_empty());
+        assert!(d.get(&UserId::new("u0")).is_empty());
+        assert_eq!(d.totals().connections, 10);
     }
 
     #[tokio::test]
