@@ -222,9 +222,11 @@ impl LocalDirectory {
         let Some(mut entry) = self.users.get_mut(user) else {
             return false;
         };
-        let Some(pos) = entry.conns.iter().position(|c| {
-            c.conn == conn && c.room == room && before.is_none_or(|b| c.since < b)
-        }) else {
+        let Some(pos) = entry
+            .conns
+            .iter()
+            .position(|c| c.conn == conn && c.room == room && before.is_none_or(|b| c.since < b))
+        else {
             return false;
         };
         let gone = entry.conns.swap_remove(pos);

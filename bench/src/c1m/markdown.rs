@@ -188,7 +188,17 @@ fn ramp(s: &mut String, x: &Ramp) {
             pct(x.authenticated, x.target)
         ),
     );
-    ln(s, format!("- Failures: {}", by_reason(&x.failures)));
+    ln(
+        s,
+        format!("- Failed attempts (retried): {}", by_reason(&x.failures)),
+    );
+    ln(
+        s,
+        format!(
+            "- Connections that dropped after `auth_ok` during the ramp and settle (they reconnect): {}",
+            by_reason(&x.drops)
+        ),
+    );
     ln(s, format!("- Duration: {}", secs(x.seconds)));
     ln(
         s,
@@ -733,6 +743,7 @@ mod tests {
                 target: 1_000_000,
                 authenticated: 999_990,
                 failures: [("connect refused".to_string(), 10)].into_iter().collect(),
+                drops: BTreeMap::new(),
                 seconds: 52.3,
                 rate_per_s: 19_120.3,
                 peak_rate_per_s: 24_001.0,

@@ -101,6 +101,11 @@ pub(crate) struct Ramp {
     pub(crate) authenticated: u64,
     /// Attempts that failed (connect or auth), by reason.
     pub(crate) failures: BTreeMap<String, u64>,
+    /// Connections that ended after `auth_ok` during the ramp and the
+    /// settle (the server closed them or they broke; they reconnect), by
+    /// reason.
+    #[serde(default)]
+    pub(crate) drops: BTreeMap<String, u64>,
     /// From the first attempt to the last `auth_ok`, seconds.
     pub(crate) seconds: f64,
     /// `authenticated / seconds`.
