@@ -151,12 +151,26 @@ impl LocalDirectory {
     /// Removes a connection, adding its online time up to `now_ms`; returns
     /// whether it was known.
     pub fn remove(&self, user: &UserId, conn: ConnId, now_ms: i64) -> bool {
-        let Some(mut entry) = self.users.get_mut(user) else {
-            return false;
-        };
-        let Some(pos) = entry.conns.iter().position(|c| c.conn == conn) else {
-            return false;
-        };
+        match self.end_where(user, now_ms, |c| c.conn == conn) {
+            Some(room) => {
+                self.index_remove(room, conn);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends the first connection of `user` that `pick` selects, counting its
+    /// online time to `now_ms`; returns its room. Does not touch the room
+    /// index (the user's entry is released before the caller does).
+    fn end_where(
+        &self,
+        user: &UserId,
+        now_ms: i64,
+        pick: impl Fn(&Stored) -> bool,
+    ) -> Option<RoomId> {
+        let mut entry = self.users.get_mut(user)?;
+        let pos = entry.conns.iter().position(pick)?;
         let gone = entry.conns.swap_remove(pos);
         entry.closed_ms = entry.closed_ms.saturating_add(span(gone.since, now_ms));
         entry.last_seen = now_ms;
@@ -164,9 +178,7 @@ impl LocalDirectory {
         if entry.conns.is_empty() {
             self.online_users.fetch_sub(1, Ordering::Relaxed);
         }
-        drop(entry);
-        self.index_remove(gone.room, conn);
-        true
+        Some(gone.room)
     }
 
     /// Forgets users with no live connection whose last one ended before
@@ -209,8 +221,7 @@ impl LocalDirectory {
     }
 
     /// Ends connection `conn` of `user` if it is on `room` (and, with
-    /// `before`, authenticated before that time); counts its online time to
-    /// `now_ms`. Does not touch the room index. Returns whether it ended.
+    /// `before`, authenticated before that time). Returns whether it ended.
     fn end_conn(
         &self,
         user: &UserId,
@@ -219,24 +230,10 @@ impl LocalDirectory {
         before: Option<i64>,
         now_ms: i64,
     ) -> bool {
-        let Some(mut entry) = self.users.get_mut(user) else {
-            return false;
-        };
-        let Some(pos) = entry
-            .conns
-            .iter()
-            .position(|c| c.conn == conn && c.room == room && before.is_none_or(|b| c.since < b))
-        else {
-            return false;
-        };
-        let gone = entry.conns.swap_remove(pos);
-        entry.closed_ms = entry.closed_ms.saturating_add(span(gone.since, now_ms));
-        entry.last_seen = now_ms;
-        self.connections.fetch_sub(1, Ordering::Relaxed);
-        if entry.conns.is_empty() {
-            self.online_users.fetch_sub(1, Ordering::Relaxed);
-        }
-        true
+        self.end_where(user, now_ms, |c| {
+            c.conn == conn && c.room == room && before.is_none_or(|b| c.since < b)
+        })
+        .is_some()
     }
 
     /// How many live connections `room` holds here (0 when unknown).

@@ -17,42 +17,10 @@ pub(crate) struct Fleet {
     pub(crate) workers: Vec<Worker>,
 }
 
-/// The workers' counters added up.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Totals {
-    /// Connections asked for.
-    pub(crate) target: u64,
-    /// Authenticated at least once.
-    pub(crate) authenticated: u64,
-    /// Authenticated now.
-    pub(crate) live: u64,
-    /// Live per room (index = room − 1).
-    pub(crate) live_per_room: Vec<u64>,
-    /// Failed attempts by reason.
-    pub(crate) failures: BTreeMap<String, u64>,
-    /// Drops by reason.
-    pub(crate) drops: BTreeMap<String, u64>,
-    /// Re-authentications after drops.
-    pub(crate) reconnects: u64,
-    /// Latest first `auth_ok`, Unix ns.
-    pub(crate) last_auth_ns: u64,
-    /// Latest re-authentication, Unix ns.
-    pub(crate) last_back_ns: u64,
-    /// Heartbeats sent.
-    pub(crate) pings: u64,
-    /// Heartbeats answered.
-    pub(crate) pongs: u64,
-    /// Unicast duplicates dropped.
-    pub(crate) duplicates: u64,
-    /// Payloads not understood.
-    pub(crate) bad_payloads: u64,
-    /// Sum of worker RSS.
-    pub(crate) rss: u64,
-    /// Messages per histogram key.
-    pub(crate) counts: BTreeMap<String, u64>,
-}
+/// The workers' counters added up: the same fields as one worker's.
+pub(crate) type Totals = WorkerStats;
 
-impl Totals {
+impl WorkerStats {
     /// All failed attempts.
     pub(crate) fn failed(&self) -> u64 {
         self.failures.values().sum()
