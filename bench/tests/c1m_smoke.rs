@@ -7,7 +7,9 @@
 //! the benchmark's business, not a test's).
 //!
 //! Needs `redis-server` on the PATH (scripts/test installs it) and an
-//! open-files limit of at least 10,200.
+//! open-files limit of at least 10,200. It runs the `pushgate` binary next to
+//! `bench` (`cargo test --workspace` builds both; run alone, `cargo build -p
+//! pushgate` first so the binary is current).
 
 use std::process::Command;
 

@@ -94,7 +94,7 @@ struct Shared {
     live_per_room: Vec<AtomicU64>,
     c: Counters,
     /// Latency histograms by key (see [`super::wire::Answer::Hists`]).
-    hists: Mutex<BTreeMap<String, LatencyHist>>,
+    hists: Mutex<BTreeMap<Key, LatencyHist>>,
     /// Limits connects in flight.
     connecting: Semaphore,
     cancel: CancellationToken,
@@ -158,7 +158,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     .hists
                     .lock()
                     .iter()
-                    .map(|(k, h)| (k.clone(), h.buckets()))
+                    .map(|(k, h)| (key_name(*k), h.buckets()))
                     .collect();
                 answer(&mut out, &Answer::Hists { hists }).await?;
             }
@@ -203,7 +203,7 @@ fn stats(s: &Shared) -> WorkerStats {
             .hists
             .lock()
             .iter()
-            .map(|(k, h)| (k.clone(), h.len()))
+            .map(|(k, h)| (key_name(*k), h.len()))
             .collect(),
     }
 }
@@ -265,7 +265,7 @@ async fn connection(s: Arc<Shared>, user: u64, k: u64) {
             Some(t) => {
                 s.c.reconnects.fetch_add(1, Relaxed);
                 s.c.last_back_ns.fetch_max(now, Relaxed);
-                record(&s, "r", duration_ns(t.elapsed()));
+                record(&s, RECONNECT, duration_ns(t.elapsed()));
             }
         }
         s.c.live.fetch_add(1, Relaxed);
@@ -407,16 +407,37 @@ fn on_message(s: &Shared, id: MsgId, data: &[u8], last_unicast: &mut Option<MsgI
         }
         *last_unicast = Some(id);
     }
-    record(s, &format!("{}{}", p.k, p.n), now.saturating_sub(p.t));
+    let mut kind = p.k.chars();
+    let (Some(k), None) = (kind.next(), kind.next()) else {
+        s.c.bad_payloads.fetch_add(1, Relaxed);
+        return;
+    };
+    record(s, (k, p.n), now.saturating_sub(p.t));
 }
 
-fn record(s: &Shared, key: &str, ns: u64) {
+/// A histogram key: the payload's kind letter and number (no allocation
+/// per message; named only when sent to the runner).
+type Key = (char, u32);
+
+/// Reconnect durations.
+const RECONNECT: Key = ('r', 0);
+
+/// The key's name on the wire: `b3`, `u1`, ..., and `r` for reconnects.
+fn key_name(k: Key) -> String {
+    if k == RECONNECT {
+        "r".to_string()
+    } else {
+        format!("{}{}", k.0, k.1)
+    }
+}
+
+fn record(s: &Shared, key: Key, ns: u64) {
     let mut hists = s.hists.lock();
-    if let Some(h) = hists.get_mut(key) {
+    if let Some(h) = hists.get_mut(&key) {
         h.record_ns(ns);
     } else if let Ok(mut h) = LatencyHist::new() {
         h.record_ns(ns);
-        hists.insert(key.to_string(), h);
+        hists.insert(key, h);
     }
 }
 
@@ -468,6 +489,13 @@ mod tests {
             assert!(r < 5 && r != 2);
         }
         assert_eq!(another_room(0, 1), 0);
+    }
+
+    #[test]
+    fn key_names() {
+        assert_eq!(key_name(('b', 3)), "b3");
+        assert_eq!(key_name(('u', 1)), "u1");
+        assert_eq!(key_name(RECONNECT), "r");
     }
 
     #[test]

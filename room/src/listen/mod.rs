@@ -27,6 +27,36 @@ use tracing::{info, warn};
 use crate::metrics::Transport;
 use crate::room::Shared;
 
+/// Runs one handshake step of a new connection (TLS, WebSocket upgrade,
+/// QUIC) until `deadline`. `None` when the room stops first, or when the
+/// step fails or runs out of time: both are counted in
+/// `handshake_failures` and logged at debug as `<what> handshake failed`.
+pub(crate) async fn handshake_step<T, E: std::fmt::Display>(
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    what: &str,
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let result = tokio::select! {
+        () = shared.stop.cancelled() => return None,
+        r = tokio::time::timeout_at(deadline, step) => r,
+    };
+    match result {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            crate::metrics::inc(&shared.metrics.handshake_failures);
+            tracing::debug!(%peer, error = %e, "{what} handshake failed");
+            None
+        }
+        Err(_) => {
+            crate::metrics::inc(&shared.metrics.handshake_failures);
+            tracing::debug!(%peer, "{what} handshake timed out");
+            None
+        }
+    }
+}
+
 /// Which protocol a listener speaks.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Kind {

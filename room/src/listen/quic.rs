@@ -208,20 +208,7 @@ async fn handshake(
             return None;
         }
     };
-    let conn = tokio::select! {
-        () = shared.stop.cancelled() => return None,
-        r = timeout_at(deadline, connecting) => match r {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                failed("handshake", &e);
-                return None;
-            }
-            Err(_) => {
-                failed("handshake", &"timed out");
-                return None;
-            }
-        },
-    };
+    let conn = super::handshake_step(&shared, peer, "quic", deadline, connecting).await?;
     let (send, recv) = tokio::select! {
         () = shared.stop.cancelled() => {
             let r = shared.draining_reason();

@@ -24,12 +24,11 @@ use proto::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
 
 use crate::codec::{BinCodec, Decoded};
 use crate::error::{RecvError, SendError};
 use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
-use crate::metrics::{self, Transport};
+use crate::metrics::Transport;
 use crate::room::Shared;
 use crate::session;
 
@@ -228,23 +227,8 @@ pub(crate) async fn tls_handshake(
     peer: SocketAddr,
     tls: TlsAcceptor,
 ) -> Option<(Arc<Shared>, tokio_rustls::server::TlsStream<TcpStream>)> {
-    let accept = tls.accept(sock);
-    let stream = tokio::select! {
-        () = shared.stop.cancelled() => return None,
-        r = tokio::time::timeout(shared.cfg.auth_timeout, accept) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                metrics::inc(&shared.metrics.handshake_failures);
-                debug!(%peer, error = %e, "tls handshake failed");
-                return None;
-            }
-            Err(_) => {
-                metrics::inc(&shared.metrics.handshake_failures);
-                debug!(%peer, "tls handshake timed out");
-                return None;
-            }
-        },
-    };
+    let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+    let stream = super::handshake_step(&shared, peer, "tls", deadline, tls.accept(sock)).await?;
     Some((shared, stream))
 }
 

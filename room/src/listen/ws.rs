@@ -41,7 +41,7 @@ use tracing::debug;
 
 use crate::error::{RecvError, SendError};
 use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
-use crate::metrics::{self, Transport};
+use crate::metrics::Transport;
 use crate::room::Shared;
 use crate::session;
 
@@ -306,22 +306,7 @@ async fn handshake_until<S: ByteStream>(
     };
     let cfg = ws_config(shared.cfg.max_frame);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(sock, callback, Some(cfg));
-    let ws = tokio::select! {
-        () = shared.stop.cancelled() => return None,
-        r = tokio::time::timeout_at(deadline, handshake) => match r {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                metrics::inc(&shared.metrics.handshake_failures);
-                debug!(%peer, error = %e, "websocket handshake failed");
-                return None;
-            }
-            Err(_) => {
-                metrics::inc(&shared.metrics.handshake_failures);
-                debug!(%peer, "websocket handshake timed out");
-                return None;
-            }
-        },
-    };
+    let ws = super::handshake_step(&shared, peer, "websocket", deadline, handshake).await?;
     Some((shared, WsIo { ws, bin }))
 }
 
