@@ -114,6 +114,9 @@ pub(crate) struct ServeArgs {
     /// Inbound frames per second allowed per connection (burst twice that) [default: 50].
     #[arg(long, env = "PUSHGATE_RATE_LIMIT", value_name = "N")]
     pub(crate) rate_limit: Option<u32>,
+    /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
+    #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
+    pub(crate) quic_retry_above: Option<usize>,
     /// Messages kept per offline user [default: 1000].
     #[arg(long, env = "PUSHGATE_QUEUE_MAX", value_name = "N")]
     pub(crate) queue_max: Option<u32>,

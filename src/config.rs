@@ -31,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) max_connections: usize,
     pub(crate) max_channels: usize,
     pub(crate) rate_limit: u32,
+    pub(crate) quic_retry_above: Option<usize>,
     pub(crate) queue_max: u32,
     pub(crate) queue_ttl: Duration,
     pub(crate) drain_timeout: Duration,
@@ -145,6 +146,7 @@ impl Config {
             max_connections: positive("max-connections", pick!(max_connections, 1_000_000))?,
             max_channels: positive("max-channels", pick!(max_channels, 64))?,
             rate_limit: pick!(rate_limit, 50),
+            quic_retry_above: args.quic_retry_above.or(file.quic_retry_above),
             queue_max: within("queue-max", pick!(queue_max, 1000), MAX_QUEUE)?,
             queue_ttl: Duration::from_secs(within(
                 "queue-ttl",

@@ -98,6 +98,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             rate_limit: cfg.rate_limit,
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,
+            quic_retry_above: cfg.quic_retry_above,
         },
         Arc::new(LocalBackend {
             room: room_id,

@@ -245,8 +245,19 @@ fn python() -> PathBuf {
 /// with the binary auth frame and receives a push.
 #[tokio::test]
 async fn aioquic_client_receives_a_push() {
+    aioquic_push(&[]).await;
+}
+
+/// The same through a Retry (address validation), which aioquic checks
+/// (integrity tag, connection ids) with code we did not write.
+#[tokio::test]
+async fn aioquic_client_answers_a_retry() {
+    aioquic_push(&["--quic-retry-above", "0"]).await;
+}
+
+async fn aioquic_push(flags: &[&str]) {
     let py = python();
-    let s = Server::start(&[]).await;
+    let s = Server::start(flags).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("py")
@@ -300,6 +311,15 @@ async fn aioquic_client_receives_a_push() {
         out.status.success(),
         "python client failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, metrics) = s.raw("GET", "/metrics", None, None, None).await;
+    let retried = !flags.is_empty();
+    assert!(
+        metrics.contains(&format!(
+            "pushgate_room_quic_retries_total {}\n",
+            u8::from(retried)
+        )),
+        "{metrics}"
     );
 }
 
@@ -479,4 +499,43 @@ async fn quic_full_room_refuses() {
     );
     // The first one is unaffected.
     assert!(c.ping_sync(1).await.is_empty());
+}
+
+/// With `--quic-retry-above 0` every new attempt is sent a Retry first:
+/// the client answers it, authenticates and receives pushes, and the room
+/// counts one retry per connection. With the default, one connection gets
+/// no Retry.
+#[tokio::test]
+async fn quic_retry_validates_the_address_first() {
+    let s = Server::start(&["--quic-retry-above", "0"]).await;
+    let ca = data_dir_cert(&s);
+    let ep = quic_endpoint(&[&ca], &[QUIC_ALPN]);
+    let (_c1, mut a) = quic_client(&ep, s.quic_addr()).await;
+    a.auth(&s.token("retry-a")).await;
+    let (_c2, mut b) = quic_client(&ep, s.quic_addr()).await;
+    b.auth(&s.token("retry-b")).await;
+    s.wait_online("retry-b", true).await;
+    let r = s
+        .push_users(&["retry-a", "retry-b"], json!("validated"))
+        .await;
+    for c in [&mut a, &mut b] {
+        let m = c.next().await;
+        assert_eq!(m["id"], r["id"], "{m} vs {r}");
+    }
+    let (_, metrics) = s.raw("GET", "/metrics", None, None, None).await;
+    assert!(
+        metrics.contains("pushgate_room_quic_retries_total 2\n"),
+        "{metrics}"
+    );
+
+    let d = Server::start(&[]).await;
+    let ca = data_dir_cert(&d);
+    let ep = quic_endpoint(&[&ca], &[QUIC_ALPN]);
+    let (_c3, mut c) = quic_client(&ep, d.quic_addr()).await;
+    c.auth(&d.token("no-retry")).await;
+    let (_, metrics) = d.raw("GET", "/metrics", None, None, None).await;
+    assert!(
+        metrics.contains("pushgate_room_quic_retries_total 0\n"),
+        "{metrics}"
+    );
 }

@@ -19,6 +19,6 @@ case $T in
   *) A="--transport ws --ws ws://$WS/ws";;
 esac
 $B idle $A --connections $N --token-secret $S --sources 127.0.0.2-127.0.0.5 --rate 5000 --hold 2s --room-pid $PID > $D/bench.out 2>$D/bench.err
-grep -i "^rss" $D/bench.out
+grep -E "^(ramp|rss per|hold)" $D/bench.out
 kill $PID; wait $PID 2>/dev/null
 rm -rf $D

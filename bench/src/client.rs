@@ -432,7 +432,10 @@ impl Conn {
         match &mut self.io {
             Io::Ws(ws) => recv_ws(ws).await,
             Io::Tcp(t) => t.recv().await,
-            Io::Quic(q) => q.framed.recv().await,
+            Io::Quic(q) => match q.framed.recv().await {
+                Event::Closed(Closed::Io(e)) => Event::Closed(quic_closed(&q.conn, e)),
+                ev => ev,
+            },
         }
     }
 
@@ -460,6 +463,23 @@ impl Conn {
                 q.conn.close(0u32.into(), b"bench done");
             }
         }
+    }
+}
+
+/// Why a QUIC stream ended with an I/O error: the room's close code when
+/// it closed the connection with one (a close code that came before its
+/// final error frame could be read), otherwise the error.
+fn quic_closed(conn: &quinn::Connection, error: String) -> Closed {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(ac)) => {
+            match u16::try_from(ac.error_code.into_inner()) {
+                Ok(0) => Closed::NoCode,
+                Ok(code) => Closed::Code(code, String::from_utf8_lossy(&ac.reason).into_owned()),
+                Err(_) => Closed::Io(error),
+            }
+        }
+        Some(quinn::ConnectionError::TimedOut) => Closed::Io("quic idle timeout".to_string()),
+        _ => Closed::Io(error),
     }
 }
 

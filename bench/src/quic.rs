@@ -21,6 +21,10 @@ use rustls::RootCertStore;
 /// ALPN of pushgate's QUIC transport.
 const ALPN: &[u8] = b"pushgate/1";
 
+/// Kernel buffer asked for each client UDP socket, each direction (the
+/// room asks for the same).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 /// QUIC options shared by the subcommands.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub(crate) struct QuicArgs {
@@ -125,7 +129,19 @@ impl Dialer {
         } else {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         });
-        let ep = quinn::Endpoint::client(SocketAddr::new(ip, 0))?;
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        // Bursts of handshakes overflow the default ~208 KiB receive
+        // buffer; lost datagrams then wait for retransmission timers and
+        // the ramp measures those. The kernel caps this at rmem_max.
+        let sock = socket2::SockRef::from(&socket);
+        sock.set_recv_buffer_size(SOCKET_BUFFER)?;
+        sock.set_send_buffer_size(SOCKET_BUFFER)?;
+        let ep = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         map.insert(source, ep.clone());
         Ok(ep)
     }

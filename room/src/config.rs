@@ -37,12 +37,17 @@ pub struct RoomConfig {
     /// sends those again (the client drops what it has by id), and live
     /// messages are then never dropped as replay duplicates.
     pub replay_overlap: i64,
+    /// QUIC handshakes in progress from which a new attempt from an
+    /// unvalidated address is answered with a Retry first (the client must
+    /// prove it receives at its address before the room spends a handshake
+    /// on it; one round trip more). `Some(0)`: always; `None`: never.
+    pub quic_retry_above: Option<usize>,
 }
 
 impl RoomConfig {
     /// Settings with the defaults of DESIGN.md for room `room` and token secret `token_secret`:
     /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages,
-    /// 64 channels, 100 000 connections, 50 frames/s, reconnect spread over 5 s.
+    /// 64 channels, 100 000 connections, 50 frames/s, reconnect spread over 5 s, no QUIC Retry.
     pub fn new(room: RoomId, token_secret: Arc<[u8]>) -> RoomConfig {
         RoomConfig {
             room,
@@ -56,6 +61,7 @@ impl RoomConfig {
             rate_limit: 50,
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,
+            quic_retry_above: None,
         }
     }
 

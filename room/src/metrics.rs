@@ -68,6 +68,7 @@ pub(crate) struct Metrics {
     pub(crate) accepted: [AtomicU64; 3],
     pub(crate) refused: [AtomicU64; 3],
     pub(crate) handshake_failures: AtomicU64,
+    pub(crate) quic_retries: AtomicU64,
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) deliveries: AtomicU64,
@@ -171,6 +172,12 @@ impl Metrics {
             "pushgate_room_handshake_failures_total",
             "WebSocket, TLS and QUIC handshakes that failed or timed out.",
             get(&self.handshake_failures),
+        );
+        counter(
+            out,
+            "pushgate_room_quic_retries_total",
+            "QUIC connection attempts answered with a Retry (address validation).",
+            get(&self.quic_retries),
         );
         counter(
             out,

@@ -160,6 +160,9 @@ pub(crate) struct RoomArgs {
         default_value_t = 50
     )]
     pub(crate) rate_limit: u32,
+    /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
+    #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
+    pub(crate) quic_retry_above: Option<usize>,
     /// Seconds to drain connections on SIGTERM.
     #[arg(long, env = "PUSHGATE_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) drain_timeout: u64,

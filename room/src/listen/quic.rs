@@ -22,8 +22,26 @@
 //!   always comes first; the client's pings keep the connection alive. The
 //!   server sends no QUIC keep-alives of its own.
 //! - 0-RTT is refused (see `crate::tls`); resumption without 0-RTT works.
+//! - Address validation (RFC 9000 §8.1): while more than
+//!   [`RoomConfig::quic_retry_above`] handshakes are in progress, an attempt
+//!   from an address not yet validated is answered with a Retry, so that a
+//!   flood from spoofed addresses costs the room one stateless packet each,
+//!   not a handshake. Real clients answer the Retry at once (one round trip
+//!   more) and are then served. Counted in `pushgate_room_quic_retries_total`.
 //! - A full room refuses the connection attempt (`CONNECTION_REFUSED`)
 //!   before any handshake work.
+//! - The UDP socket asks the kernel for [`SOCKET_BUFFER`] bytes in each
+//!   direction. With the default (about 208 KiB on Linux) a burst of
+//!   handshakes overflows the receive buffer: at 5,000 connections opened
+//!   at once, 17,000 datagrams were dropped, handshakes waited for
+//!   retransmission timers, and the odd one timed out. The kernel caps the
+//!   request at `net.core.rmem_max`/`wmem_max`; when it does, the room warns
+//!   once at start (docs/OPERATIONS.md says how to raise them).
+//! - No path MTU discovery: packets stay at 1,200 bytes, which every QUIC
+//!   path carries. Pushes are small; probing would cost one packet per
+//!   connection every 10 minutes and about 1.1 KB per connection (larger
+//!   packets grow quinn's send buffer): 30.8 KB instead of 31.9 KB per idle
+//!   connection, measured with `bench/scripts/idle-rss.sh`.
 //! - Flow control bounds memory: the stream's receive window is about one
 //!   maximum frame, the send buffer [`SEND_WINDOW`]. A client that stops
 //!   reading stalls the session's writes, which ends as a slow consumer.
@@ -32,6 +50,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,7 +65,7 @@ use quinn::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::tcp::TcpIo;
 use crate::io::{ByteStream, LINGER_MAX};
@@ -64,6 +83,8 @@ const IDLE_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) const SEND_WINDOW: u64 = 1024 * 1024;
 /// Smallest receive window, bytes.
 const MIN_RECEIVE_WINDOW: usize = 16 * 1024;
+/// Kernel buffer asked for the QUIC socket, each direction, in bytes.
+pub(crate) const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Longest reason text sent in a CONNECTION_CLOSE frame.
 const MAX_REASON: usize = 200;
 
@@ -89,6 +110,8 @@ fn transport(cfg: &RoomConfig) -> TransportConfig {
     t.receive_window(window);
     t.send_window(SEND_WINDOW);
     t.datagram_receive_buffer_size(None);
+    // No path MTU discovery: see the module docs.
+    t.mtu_discovery_config(None);
     t
 }
 
@@ -106,6 +129,7 @@ impl QuicListener {
         server.transport_config(Arc::new(transport(cfg)));
         server.migration(true);
         let socket = std::net::UdpSocket::bind(addr)?;
+        size_buffers(&socket, SOCKET_BUFFER);
         let endpoint = Endpoint::new(
             EndpointConfig::default(),
             Some(server),
@@ -131,6 +155,28 @@ impl QuicListener {
     }
 }
 
+/// Asks for `bytes` of kernel buffer in each direction; warns when the
+/// kernel grants less (Linux reports twice what it grants, the
+/// bookkeeping overhead included, so half the asked size passes).
+fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(socket);
+    // Failures show up as a small size below.
+    let _ = sock.set_recv_buffer_size(bytes);
+    let _ = sock.set_send_buffer_size(bytes);
+    let recv = sock.recv_buffer_size().unwrap_or(0);
+    let send = sock.send_buffer_size().unwrap_or(0);
+    if recv < bytes / 2 || send < bytes / 2 {
+        warn!(
+            wanted = bytes,
+            recv,
+            send,
+            "the kernel capped the QUIC socket buffers; bursts of handshakes will lose \
+             datagrams and wait for retransmission: raise net.core.rmem_max and \
+             net.core.wmem_max (docs/OPERATIONS.md)"
+        );
+    }
+}
+
 /// Accepts until `shutdown` or the room's drain; then refuses new attempts.
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
@@ -138,6 +184,7 @@ pub(crate) async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let endpoint = listener.endpoint;
+    let handshaking = Arc::new(AtomicUsize::new(0));
     let addr = endpoint.local_addr().ok();
     info!(?addr, kind = "quic", "accepting");
     loop {
@@ -154,12 +201,25 @@ pub(crate) async fn accept_loop(
             incoming.refuse();
             continue;
         };
+        if shared
+            .cfg
+            .quic_retry_above
+            .is_some_and(|n| handshaking.load(Ordering::Relaxed) >= n)
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            metrics::inc(&shared.metrics.quic_retries);
+            // Fails only when a Retry is not allowed, checked just above.
+            let _ = incoming.retry();
+            continue;
+        }
         shared.metrics.accepted(Transport::Quic);
         let peer = incoming.remote_address();
         let release = move |()| drop(permit);
+        let counted = Handshaking::start(&handshaking);
         shared
             .tracker
-            .spawn(serve(Arc::clone(&shared), incoming, peer).map(release));
+            .spawn(serve(Arc::clone(&shared), incoming, peer, counted).map(release));
     }
     // Connections already up keep running (the room's drain ends them);
     // new attempts are answered CONNECTION_REFUSED from now on.
@@ -176,13 +236,34 @@ fn serve(
     shared: Arc<Shared>,
     incoming: Incoming,
     peer: SocketAddr,
+    counted: Handshaking,
 ) -> impl Future<Output = ()> + Send {
-    let handshake = Box::pin(handshake(shared, incoming, peer));
+    let handshake = Box::pin(async move {
+        let done = handshake(shared, incoming, peer).await;
+        drop(counted);
+        done
+    });
     async move {
         let Some((shared, io)) = handshake.await else {
             return;
         };
         session::run(shared, io, peer, Transport::Quic).await;
+    }
+}
+
+/// One handshake in progress, counted until dropped.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Handshaking {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(Arc::clone(count))
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
