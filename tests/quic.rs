@@ -354,8 +354,10 @@ async fn quic_frames_split_across_writes() {
 }
 
 /// Cluster mode: `pushgate room --quic --tls-cert --tls-key` (through
-/// `dev-cluster --room-args`) serves wss:// and QUIC with the given
-/// certificate; a push through the center reaches both.
+/// `dev-cluster --quic --room-args`) serves wss:// and QUIC with the given
+/// certificate; a push through the center reaches both. The dev cluster's
+/// manifest names the QUIC address (UDP, the WebSocket port number) and the
+/// fingerprint.
 #[tokio::test]
 async fn cluster_room_serves_quic_and_wss() {
     let data = tempfile::tempdir().unwrap();
@@ -369,14 +371,15 @@ async fn cluster_room_serves_quic_and_wss() {
             break b;
         }
     };
-    let room_args = format!(
-        "--quic 127.0.0.1:0 --tls-cert {} --tls-key {}",
-        cert.display(),
-        key.display()
-    );
+    let room_args = format!("--tls-cert {} --tls-key {}", cert.display(), key.display());
     let cluster_data = data.path().join("cluster").display().to_string();
+    let manifest = data.path().join("manifest.json");
+    let manifest_arg = manifest.display().to_string();
     let args = [
         "dev-cluster",
+        "--quic",
+        "--manifest",
+        &manifest_arg,
         "--rooms",
         "1",
         "--store",
@@ -418,6 +421,10 @@ async fn cluster_room_serves_quic_and_wss() {
     let quic: std::net::SocketAddr = value("[room-1] quic listening on ").parse().unwrap();
     let ws: std::net::SocketAddr = value("[room-1] ws listening on ").parse().unwrap();
     let fp = value("[room-1] tls fingerprint: ");
+    assert_eq!(quic, ws, "QUIC (UDP) uses the WebSocket port number");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["rooms"][0]["quic"], quic.to_string(), "{m}");
+    assert_eq!(m["rooms"][0]["tls_fingerprint"], fp, "{m}");
     let api_key = value("api key: ");
     let secret = value("token secret: ");
     let token = |u: &str| common::mint(&secret, u, None, None, common::now_secs() + 600);

@@ -348,6 +348,12 @@ pub(crate) struct DevClusterArgs {
     /// Heartbeat interval of the rooms, seconds.
     #[arg(long, default_value_t = 30)]
     pub(crate) heartbeat: u64,
+    /// Rooms also serve QUIC, on UDP at the port number of their WebSocket
+    /// listener. Each room makes a self-signed certificate at start (unless
+    /// `--room-args` gives `--tls-cert`/`--tls-key`); the fingerprints are
+    /// printed and written to the manifest.
+    #[arg(long)]
+    pub(crate) quic: bool,
     /// Extra flags for every room, e.g. `--room-args "--max-connections 19000"`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub(crate) room_args: String,

@@ -13,6 +13,7 @@
 //! every process with its PID and endpoints and the generated secrets (mode
 //! 0600): what `bench c1m --attach FILE` and other tools read.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
@@ -63,6 +64,11 @@ struct ManifestRoom {
     pid: Option<u32>,
     ws: String,
     tcp: String,
+    /// UDP address of the QUIC listener (with `--quic`).
+    quic: Option<String>,
+    /// SHA-256 fingerprint of the certificate the room serves, when it
+    /// serves one (`sha256:<hex>`).
+    tls_fingerprint: Option<String>,
     internal: String,
     health: String,
 }
@@ -314,6 +320,11 @@ async fn start_all(
             "--heartbeat".into(),
             args.heartbeat.to_string(),
         ];
+        // UDP: the same port number as the WebSocket listener's TCP port.
+        let quic = args.quic.then_some(ws);
+        if let Some(q) = quic {
+            v.extend(["--quic".into(), q.to_string()]);
+        }
         v.extend(extra.iter().cloned());
         let room = start(exe, &format!("room-{}", i + 1), common(v))?;
         manifest.rooms.push(ManifestRoom {
@@ -321,16 +332,27 @@ async fn start_all(
             pid: room.child.id(),
             ws: format!("ws://{ws}/ws"),
             tcp: tcp.to_string(),
+            quic: quic.map(|q| q.to_string()),
+            tls_fingerprint: None,
             internal: internal.to_string(),
             health: format!("http://{health}"),
         });
         procs.push(room);
-        summary.push_str(&format!(
-            "  room {:<4}  ws://{ws}/ws   tcp {tcp}   health http://{health}/metrics\n",
-            i + 1
-        ));
     }
-    wait_ready(procs).await?;
+    let fingerprints = wait_ready(procs).await?;
+    for r in &mut manifest.rooms {
+        r.tls_fingerprint = fingerprints.get(&format!("room-{}", r.id)).cloned();
+        let mut line = format!("  room {:<4}  {}   tcp {}", r.id, r.ws, r.tcp);
+        if let Some(q) = &r.quic {
+            line.push_str(&format!("   quic {q}"));
+        }
+        line.push_str(&format!("   health {}/metrics", r.health));
+        if let Some(fp) = &r.tls_fingerprint {
+            line.push_str(&format!("   tls {fp}"));
+        }
+        summary.push_str(&line);
+        summary.push('\n');
+    }
     // Centers read the membership every second: say ready once they list every room.
     for c in 0..args.centers {
         wait_rooms(port(c)?, api_key, args.rooms as usize).await?;
@@ -400,28 +422,36 @@ fn spawn(mut cmd: Command, name: &str) -> anyhow::Result<Proc> {
     })
 }
 
+/// What a process prints before `ready` about the certificate it serves.
+const FINGERPRINT_LINE: &str = "tls fingerprint: ";
+
 /// Forwards the output of every child not yet forwarded and waits until
 /// each of them printed `ready` (redis-server is waited for by its port).
-async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<()> {
+/// Returns the certificate fingerprints the children printed, by name.
+async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<HashMap<String, String>> {
     let mut waits = Vec::new();
     for p in procs.iter_mut() {
         let name = p.name.clone();
-        let (tx, rx) = oneshot::channel::<()>();
+        let (tx, rx) = oneshot::channel::<Option<String>>();
         let mut tx = Some(tx);
         if let Some(out) = p.child.stdout.take() {
             let label = name.clone();
             let is_redis = label == "redis";
             if is_redis {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(());
+                    let _ = tx.send(None);
                 }
             }
             tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
+                let mut fingerprint = None;
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(fp) = line.strip_prefix(FINGERPRINT_LINE) {
+                        fingerprint = Some(fp.to_owned());
+                    }
                     if line == "ready" {
                         if let Some(tx) = tx.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(fingerprint.take());
                         }
                     }
                     if !is_redis {
@@ -440,14 +470,19 @@ async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<()> {
             });
         }
     }
+    let mut fingerprints = HashMap::new();
     for (name, rx) in waits {
         match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(fp)) => {
+                if let Some(fp) = fp {
+                    fingerprints.insert(name, fp);
+                }
+            }
             Ok(Err(_)) => anyhow::bail!("{name} exited before it was ready (its output is above)"),
             Err(_) => anyhow::bail!("{name} was not ready within {START_TIMEOUT:?}"),
         }
     }
-    Ok(())
+    Ok(fingerprints)
 }
 
 /// Waits until the center at `http` lists `n` rooms in `GET /api/v1/stats`.
