@@ -22,12 +22,14 @@
 //!   always comes first; the client's pings keep the connection alive. The
 //!   server sends no QUIC keep-alives of its own.
 //! - 0-RTT is refused (see `crate::tls`); resumption without 0-RTT works.
-//! - Address validation (RFC 9000 §8.1): while more than
+//! - Address validation (RFC 9000 §8.1), off by default: while at least
 //!   [`RoomConfig::quic_retry_above`] handshakes are in progress, an attempt
 //!   from an address not yet validated is answered with a Retry, so that a
 //!   flood from spoofed addresses costs the room one stateless packet each,
 //!   not a handshake. Real clients answer the Retry at once (one round trip
 //!   more) and are then served. Counted in `pushgate_room_quic_retries_total`.
+//!   Off by default because under datagram loss a few clients stalled after
+//!   a Retry (bench/results/2026-11-22-quic.md).
 //! - A full room refuses the connection attempt (`CONNECTION_REFUSED`)
 //!   before any handshake work.
 //! - The UDP socket asks the kernel for [`SOCKET_BUFFER`] bytes in each
