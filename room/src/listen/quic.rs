@@ -27,10 +27,10 @@
 //!   from an address not yet validated is answered with a Retry, so that a
 //!   flood from spoofed addresses costs the room one stateless packet each,
 //!   not a handshake. Real clients answer the Retry at once (one round trip
-//!   more) and are then served. Counted in `pushgate_room_quic_retries_total`.
-//!   Off by default: when on, every client it applies to pays one round
-//!   trip more. Under a burst of connects it also helped: the stateless
-//!   Retry absorbs the clients' retransmitted first packets.
+//!   more) and are then served; that round trip is why it is off by
+//!   default. Under a burst of connects it also helped: the stateless Retry
+//!   absorbs the clients' retransmitted first packets. Counted in
+//!   `pushgate_room_quic_retries_total`.
 //! - Connection ids are 64 random bits (quinn-proto's
 //!   `RandomConnectionIdGenerator`), not quinn's default hashed ids, which
 //!   carry only 24 random bits: the source id of a Retry is not checked
