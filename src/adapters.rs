@@ -194,4 +194,17 @@ impl Rooms for LocalRooms {
     async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {
         Ok(self.check(room)?.kick_user(user))
     }
+
+    async fn resync(
+        &self,
+        room: RoomId,
+        users: Option<&[UserId]>,
+        after: MsgId,
+    ) -> Result<u64, RoomsError> {
+        let room = self.check(room)?;
+        Ok(match users {
+            Some(users) => room.resync_users(users, after),
+            None => room.resync_all(after),
+        })
+    }
 }

@@ -105,6 +105,9 @@ pub(crate) struct ServeArgs {
     /// Outbound queue per connection, in messages; a full queue closes the connection (4006) [default: 256].
     #[arg(long, env = "PUSHGATE_SEND_QUEUE", value_name = "N")]
     pub(crate) send_queue: Option<usize>,
+    /// Outbound queue per connection, in bytes of encoded frames; past it the connection is closed (4006) [default: 1048576].
+    #[arg(long, env = "PUSHGATE_SEND_QUEUE_BYTES", value_name = "BYTES")]
+    pub(crate) send_queue_bytes: Option<usize>,
     /// Maximum connections held by this process [default: 1000000].
     #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,

@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) auth_timeout: Duration,
     pub(crate) max_frame: usize,
     pub(crate) send_queue: usize,
+    pub(crate) send_queue_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) max_channels: usize,
     pub(crate) rate_limit: u32,
@@ -143,6 +144,10 @@ impl Config {
             )?),
             max_frame: positive("max-frame", pick!(max_frame, proto::DEFAULT_MAX_FRAME))?,
             send_queue: positive("send-queue", pick!(send_queue, 256))?,
+            send_queue_bytes: positive(
+                "send-queue-bytes",
+                pick!(send_queue_bytes, room::config::DEFAULT_SEND_QUEUE_BYTES),
+            )?,
             max_connections: positive("max-connections", pick!(max_connections, 1_000_000))?,
             max_channels: positive("max-channels", pick!(max_channels, 64))?,
             rate_limit: pick!(rate_limit, 50),

@@ -31,13 +31,34 @@
 //!
 //! Broadcasts take their id here too (so no user message with a smaller id
 //! is still undelivered when the broadcast starts) and then run as a task.
+//!
+//! # Faults on the way to a connection
+//!
+//! A stored message is acknowledged once it is stored, so live delivery
+//! must not silently skip a connection that stays open, or the client would
+//! receive newer messages and resume past the gap. Two cases:
+//! - the directory cannot say where a user is (its register is down or
+//!   unreachable): the rooms are the source of truth, so the message goes to
+//!   every live room for that user ([`Directory::locate`]);
+//! - a room call fails (the link is cut, the room is stalled): the users and
+//!   the lowest missed id are remembered per room ([`Pending`], bounded), and
+//!   before anything else is sent to that room the center asks it to
+//!   *resync* them: their connections replay the stored queue from before
+//!   the gap, in place, ahead of what is queued after (retried every second
+//!   while the room is live; forgotten when it leaves the membership, since
+//!   its clients then reconnect elsewhere and replay anyway).
+//!
+//! A register that restarts empty answers "offline" until the rooms refill
+//! it; the rooms then resync the connections of its users themselves (see
+//! `pushgate room`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use parking_lot::Mutex;
 use proto::{EncodedMsg, MsgFrame, MsgId, RoomId, UserId};
 use register::Directory;
 use saver::{Bounds, Store, StoredMsg};
@@ -51,6 +72,49 @@ use crate::{CenterConfig, CenterDeps, Rooms};
 
 /// Most jobs handled in one batch.
 pub const MAX_BATCH: usize = 1024;
+
+/// Users remembered per room for a resync at most; beyond, the whole room is
+/// asked to resync.
+const MAX_PENDING_USERS: usize = 100_000;
+
+/// How often pending resyncs are retried while no push comes.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
+
+/// Stored messages a room may have missed: its connections of `users` (all
+/// of them when `all`) must replay after `after` before anything newer.
+#[derive(Debug, Default)]
+struct Pending {
+    users: HashSet<UserId>,
+    all: bool,
+    after: Option<MsgId>,
+}
+
+impl Pending {
+    fn add(&mut self, users: &[UserId], missed: MsgId) {
+        let after = MsgId(missed.0.saturating_sub(1));
+        self.after = Some(self.after.map_or(after, |a| a.min(after)));
+        if self.all {
+            return;
+        }
+        self.users.extend(users.iter().cloned());
+        if self.users.len() > MAX_PENDING_USERS {
+            self.users = HashSet::new();
+            self.all = true;
+        }
+    }
+
+    fn merge(&mut self, other: Pending) {
+        if let Some(a) = other.after {
+            self.after = Some(self.after.map_or(a, |b| b.min(a)));
+        }
+        if other.all {
+            self.all = true;
+            self.users = HashSet::new();
+        } else if !self.all {
+            self.users.extend(other.users);
+        }
+    }
+}
 
 /// What a push to users achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +169,9 @@ pub(crate) struct Dispatcher {
     pub(crate) ids: Arc<dyn idgen::IdGen>,
     pub(crate) rooms: Arc<dyn Rooms>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Resyncs owed to rooms whose calls failed (see the module docs).
+    /// Touched only between awaits, never held across one.
+    pending: Mutex<HashMap<RoomId, Pending>>,
 }
 
 /// One call to a room, in batch order.
@@ -122,6 +189,7 @@ impl Dispatcher {
             ids: deps.ids.clone(),
             rooms: deps.rooms.clone(),
             metrics,
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,6 +198,8 @@ impl Dispatcher {
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut closing = false;
+        let mut retry = tokio::time::interval(RESYNC_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -138,6 +208,7 @@ impl Dispatcher {
                     rx.close();
                     closing = true;
                 }
+                _ = retry.tick() => self.retry_resyncs().await,
                 n = rx.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
                         break;
@@ -338,23 +409,27 @@ impl Dispatcher {
             }
             spans.push((start, all_users.len()));
         }
-        let conns = if all_users.is_empty() {
+        // `None`: the directory could not say; every live room is asked.
+        let conns: Vec<Option<Vec<register::ConnInfo>>> = if all_users.is_empty() {
             Vec::new()
         } else {
-            match self.dir.lookup(&all_users).await {
+            match self.dir.locate(&all_users).await {
                 Ok(c) if c.len() == all_users.len() => c,
                 Ok(_) => {
                     tracing::error!("directory lookup answered the wrong number of users");
-                    vec![Vec::new(); all_users.len()]
+                    vec![None; all_users.len()]
                 }
                 Err(e) => {
-                    // Stored messages reach the users when they reconnect.
-                    tracing::warn!(%e, "directory lookup failed; live delivery skipped");
-                    vec![Vec::new(); all_users.len()]
+                    tracing::warn!(%e, "directory lookup failed; delivering through every live room");
+                    vec![None; all_users.len()]
                 }
             }
         };
-        let live_rooms: Vec<RoomId> = if any_channel {
+        let unknown = conns.iter().filter(|c| c.is_none()).count();
+        if unknown > 0 {
+            self.metrics.fanout_users.inc_by(unknown as u64);
+        }
+        let live_rooms: Vec<RoomId> = if any_channel || unknown > 0 {
             match self.dir.rooms().await {
                 Ok(r) => r.into_iter().map(|r| r.room).collect(),
                 Err(e) => {
@@ -377,6 +452,13 @@ impl Dispatcher {
                     let (start, end) = spans[i];
                     let mut by_room: BTreeMap<RoomId, Vec<UserId>> = BTreeMap::new();
                     for (user, cs) in all_users[start..end].iter().zip(&conns[start..end]) {
+                        let Some(cs) = cs else {
+                            // Unknown: every live room delivers to its own connections.
+                            for room in &live_rooms {
+                                by_room.entry(*room).or_default().push(user.clone());
+                            }
+                            continue;
+                        };
                         // A user's distinct rooms; nearly always one.
                         let mut seen: SmallVec<[RoomId; 2]> = SmallVec::new();
                         for c in cs {
@@ -423,16 +505,24 @@ impl Dispatcher {
         msgs: &[Option<Arc<EncodedMsg>>],
     ) -> Vec<(usize, u64)> {
         let mut out = Vec::with_capacity(ops.len());
+        // A resync owed to this room goes first: nothing newer may reach its
+        // connections before the messages they missed.
+        let mut reachable = self.resync_room(room).await;
         for op in ops {
-            let (i, res) = match op {
+            let (i, res, users) = match op {
                 RoomOp::Users(i, users) => match &msgs[i] {
-                    Some(m) => (i, self.rooms.deliver_users(room, &users, m).await),
+                    Some(m) if reachable => {
+                        let r = self.rooms.deliver_users(room, &users, m).await;
+                        (i, r, Some((users, m.stored)))
+                    }
+                    Some(m) => (i, Err(unreachable(room)), Some((users, m.stored))),
                     None => continue,
                 },
                 RoomOp::Channel(i) => match (&batch[i], &msgs[i]) {
-                    (Job::Channel { channel, .. }, Some(m)) => {
-                        (i, self.rooms.publish_channel(room, channel, m).await)
+                    (Job::Channel { channel, .. }, Some(m)) if reachable => {
+                        (i, self.rooms.publish_channel(room, channel, m).await, None)
                     }
+                    (Job::Channel { .. }, Some(_)) => (i, Err(unreachable(room)), None),
                     _ => continue,
                 },
             };
@@ -440,11 +530,76 @@ impl Dispatcher {
                 Ok(n) => out.push((i, n)),
                 Err(e) => {
                     self.metrics.room_errors.inc();
-                    tracing::warn!(%e, "delivery to room failed");
+                    if reachable {
+                        tracing::warn!(%e, "delivery to room failed");
+                    }
+                    // Once a call failed, later ones in this batch are not
+                    // tried: they could overtake what the room missed.
+                    reachable = false;
+                    if let (Some((users, true)), Some(m)) = (users, &msgs[i]) {
+                        self.owe_resync(room, &users, m.id);
+                    }
                 }
             }
         }
         out
+    }
+
+    /// Remembers that `room` missed stored message `id` for `users`.
+    fn owe_resync(&self, room: RoomId, users: &[UserId], id: MsgId) {
+        self.pending.lock().entry(room).or_default().add(users, id);
+    }
+
+    /// Sends `room` the resync it is owed, if any. False when the room could
+    /// not be reached (the resync stays owed).
+    async fn resync_room(&self, room: RoomId) -> bool {
+        let Some(owed) = self.pending.lock().remove(&room) else {
+            return true;
+        };
+        let Some(after) = owed.after else {
+            return true;
+        };
+        let users: Option<Vec<UserId>> = (!owed.all).then(|| owed.users.iter().cloned().collect());
+        match self.rooms.resync(room, users.as_deref(), after).await {
+            Ok(n) => {
+                self.metrics.resyncs.inc_by(n);
+                tracing::info!(%room, connections = n, after = after.0, "room resynced after failed deliveries");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%e, "resync of room failed; retrying");
+                self.pending.lock().entry(room).or_default().merge(owed);
+                false
+            }
+        }
+    }
+
+    /// Retries owed resyncs (between batches); forgets rooms that left the
+    /// membership (their clients reconnect elsewhere and replay).
+    async fn retry_resyncs(&self) {
+        let owed: Vec<RoomId> = self.pending.lock().keys().copied().collect();
+        if owed.is_empty() {
+            return;
+        }
+        if let Ok(live) = self.dir.rooms().await {
+            let live: HashSet<RoomId> = live.into_iter().map(|r| r.room).collect();
+            self.pending.lock().retain(|room, _| {
+                let keep = live.contains(room);
+                if !keep {
+                    tracing::info!(%room, "room left the membership; its owed resync is dropped (its clients replay on reconnect)");
+                }
+                keep
+            });
+        }
+        let owed: Vec<RoomId> = self.pending.lock().keys().copied().collect();
+        join_all(owed.into_iter().map(|room| self.resync_room(room))).await;
+    }
+}
+
+fn unreachable(room: RoomId) -> crate::RoomsError {
+    crate::RoomsError {
+        room,
+        reason: "an earlier call in this batch failed".to_owned(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use proto::{EncodedMsg, RoomId, UserId};
+use proto::{EncodedMsg, MsgId, RoomId, UserId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -152,6 +152,20 @@ pub trait Rooms: Send + Sync + 'static {
     /// # Errors
     /// [`RoomsError`] when the room cannot be reached.
     async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError>;
+    /// Asks the connections of `users` in `room` (every connection when
+    /// `None`) to replay their stored messages after `after` before anything
+    /// delivered later: live delivery of stored messages to `room` failed,
+    /// and the connections must not move past the gap. Returns how many
+    /// connections were asked.
+    ///
+    /// # Errors
+    /// [`RoomsError`] when the room cannot be reached.
+    async fn resync(
+        &self,
+        room: RoomId,
+        users: Option<&[UserId]>,
+        after: MsgId,
+    ) -> Result<u64, RoomsError>;
     /// Closes every connection of `user` in `room` (4005); returns how many.
     ///
     /// # Errors

@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     pub(crate) deliveries: Counter,
     pub(crate) stored: Counter,
     pub(crate) room_errors: Counter,
+    pub(crate) fanout_users: Counter,
+    pub(crate) resyncs: Counter,
     pub(crate) push_latency: Histogram,
     pub(crate) store_latency: Histogram,
     pub(crate) queue_depth: Gauge,
@@ -54,6 +56,8 @@ impl Metrics {
         let deliveries = Counter::default();
         let stored = Counter::default();
         let room_errors = Counter::default();
+        let fanout_users = Counter::default();
+        let resyncs = Counter::default();
         let push_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let store_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let queue_depth = Gauge::default();
@@ -85,6 +89,16 @@ impl Metrics {
             "room_errors",
             "Calls to a room that failed",
             room_errors.clone(),
+        );
+        registry.register(
+            "fanout_users",
+            "Users whose register could not be asked, delivered through every live room",
+            fanout_users.clone(),
+        );
+        registry.register(
+            "resyncs",
+            "Connections asked to replay in place after a failed room call",
+            resyncs.clone(),
         );
         registry.register(
             "push_latency_seconds",
@@ -128,6 +142,8 @@ impl Metrics {
             deliveries,
             stored,
             room_errors,
+            fanout_users,
+            resyncs,
             push_latency,
             store_latency,
             queue_depth,

@@ -978,3 +978,99 @@ async fn directory_counts_are_per_user_connections() {
     h.connect("x", 4, 1).await;
     assert_eq!(h.dir.lookup(&[UserId::new("x")]).await.unwrap()[0].len(), 1);
 }
+
+#[tokio::test]
+async fn a_room_that_missed_stored_pushes_is_resynced_before_anything_newer() {
+    let h = harness().await;
+    h.connect("a", 1, 1).await;
+    h.connect("b", 2, 2).await;
+    h.rooms.failing.lock().insert(2);
+    // Stored and acknowledged although room 2 could not be reached.
+    let push = |user: &'static str| {
+        let body = format!(r#"{{"users":["{user}"],"data":1}}"#);
+        let h = &h;
+        async move {
+            let (s, v) = h.call("POST", "/api/v1/push/users", Some(&body)).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["id"].as_i64().unwrap()
+        }
+    };
+    let missed1 = push("b").await;
+    let missed2 = push("b").await;
+    let _ = push("a").await;
+    assert_eq!(h.stored("b").await.len(), 2);
+    h.rooms.failing.lock().remove(&2);
+    let next = push("b").await;
+    // Room 2's calls: the resync (from before the first missed id, for
+    // exactly the users that missed something) comes before the newer push.
+    let room2: Vec<Call> = h
+        .rooms
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Call::Users { room: 2, .. } | Call::Resync { room: 2, .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        room2,
+        vec![
+            Call::Resync {
+                room: 2,
+                users: Some(vec!["b".to_owned()]),
+                after: missed1 - 1,
+            },
+            Call::Users {
+                room: 2,
+                users: vec!["b".to_owned()],
+                id: next,
+            },
+        ],
+        "missed {missed1} and {missed2}"
+    );
+    // Owed once: nothing more is sent for it.
+    let again = push("b").await;
+    let resyncs = h
+        .rooms
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Resync { .. }))
+        .count();
+    assert_eq!(resyncs, 1, "after {again}");
+}
+
+#[tokio::test]
+async fn an_owed_resync_is_retried_without_new_pushes() {
+    let h = harness().await;
+    h.connect("b", 2, 2).await;
+    h.rooms.failing.lock().insert(2);
+    let (s, v) = h
+        .call(
+            "POST",
+            "/api/v1/push/users",
+            Some(r#"{"users":["b"],"data":1}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    h.rooms.failing.lock().remove(&2);
+    // No further push: the dispatcher retries on its own (every second).
+    let mut seen = false;
+    for _ in 0..60 {
+        if h.rooms
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Resync { room: 2, .. }))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen,
+        "the owed resync was never sent: {:?}",
+        h.rooms.calls()
+    );
+}

@@ -82,6 +82,17 @@ pub trait Directory: Send + Sync + 'static {
     /// [`DirError`] when the directory is unreachable.
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<ConnInfo>>, DirError>;
 
+    /// Like [`Directory::lookup`], but tells "not known" from "offline": a
+    /// user whose part of the directory could not answer gets `None`, so
+    /// the caller can ask the rooms themselves (they are the source of
+    /// truth) instead of skipping live delivery. The default: every user known.
+    ///
+    /// # Errors
+    /// [`DirError`] when the directory is unreachable as a whole.
+    async fn locate(&self, users: &[UserId]) -> Result<Vec<Option<Vec<ConnInfo>>>, DirError> {
+        Ok(self.lookup(users).await?.into_iter().map(Some).collect())
+    }
+
     /// Total time `user` has been online, in milliseconds, counting live
     /// connections up to `now_ms`.
     ///

@@ -780,9 +780,20 @@ impl Directory for ClusterDirectory {
 
     /// Batched: one call per partition, concurrently, answers in input
     /// order. A partition that fails answers empty lists for its users (and
-    /// logs a warning) so that the other users still get live delivery;
-    /// stored messages reach the others when they reconnect.
+    /// logs a warning) so that the other users still get live delivery.
+    /// [`Directory::locate`] tells those users apart.
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<ConnInfo>>, DirError> {
+        Ok(self
+            .locate(users)
+            .await?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
+    }
+
+    /// Batched like [`Directory::lookup`]; the users of a partition that
+    /// fails get `None`.
+    async fn locate(&self, users: &[UserId]) -> Result<Vec<Option<Vec<ConnInfo>>>, DirError> {
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.clients.len()];
         for (i, u) in users.iter().enumerate() {
             if let Some(g) = groups.get_mut(self.partition_of(u)) {
@@ -798,21 +809,21 @@ impl Directory for ClusterDirectory {
                 (p, self.call(p, RegisterReq::Lookup(asked)).await)
             });
         let answers = join_all(calls).await;
-        let mut out = vec![Vec::new(); users.len()];
+        let mut out = vec![None; users.len()];
         for (p, answer) in answers {
             let group = &groups[p];
             match answer {
                 Ok(RegisterResp::Lookup(lists)) if lists.len() == group.len() => {
                     for (&i, list) in group.iter().zip(lists) {
-                        out[i] = list;
+                        out[i] = Some(list);
                     }
                 }
                 Ok(other) => {
                     let e = self.unexpected(p, &other);
-                    tracing::warn!(partition = p, users = group.len(), error = %e, "lookup failed for a register partition; its users get no live delivery");
+                    tracing::warn!(partition = p, users = group.len(), error = %e, "lookup failed for a register partition; its users are unknown");
                 }
                 Err(e) => {
-                    tracing::warn!(partition = p, users = group.len(), error = %e, "lookup failed for a register partition; its users get no live delivery");
+                    tracing::warn!(partition = p, users = group.len(), error = %e, "lookup failed for a register partition; its users are unknown");
                 }
             }
         }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use proto::RoomId;
 
+/// Default bound of one connection's outbound queue in bytes (1 MiB).
+pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
+
 /// Room settings.
 #[derive(Clone, Debug)]
 pub struct RoomConfig {
@@ -20,6 +23,9 @@ pub struct RoomConfig {
     pub max_frame: usize,
     /// Outbound queue length per connection; full = slow consumer (4006).
     pub send_queue: usize,
+    /// Outbound queue size per connection in bytes of encoded frames; past
+    /// it = slow consumer (4006). A single message is always taken.
+    pub send_queue_bytes: usize,
     /// Channels one connection may hold.
     pub max_channels: usize,
     /// Connections (sockets, authenticated or not) this room holds before refusing new ones.
@@ -46,8 +52,8 @@ pub struct RoomConfig {
 
 impl RoomConfig {
     /// Settings with the defaults of DESIGN.md for room `room` and token secret `token_secret`:
-    /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages,
-    /// 64 channels, 100 000 connections, 50 frames/s, reconnect spread over 5 s, no QUIC Retry.
+    /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages
+    /// and at most 1 MiB queued, 64 channels, 100 000 connections, 50 frames/s, reconnect spread over 5 s, no QUIC Retry.
     pub fn new(room: RoomId, token_secret: Arc<[u8]>) -> RoomConfig {
         RoomConfig {
             room,
@@ -56,6 +62,7 @@ impl RoomConfig {
             auth_timeout: Duration::from_secs(10),
             max_frame: proto::DEFAULT_MAX_FRAME,
             send_queue: 256,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             max_channels: 64,
             max_connections: 100_000,
             rate_limit: 50,

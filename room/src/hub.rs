@@ -3,8 +3,15 @@
 //!
 //! Pushers never block and never await: they lock a DashMap shard, append
 //! an `Arc` to each connection's queue (a short parking_lot critical
-//! section) and wake the session through its `Notify`. A full queue marks
-//! the connection for closing (4006) instead of growing.
+//! section) and wake the session through its `Notify`. A full queue (by
+//! count or by bytes) marks the connection for closing (4006) instead of
+//! growing.
+//!
+//! Besides messages and the close signal, an outbox carries a *resync*
+//! request: the room learnt that live delivery to this connection may have
+//! missed stored messages (a register lost its entry, a center could not
+//! reach the room), so the session replays its user's queue from the last
+//! stored id it sent before it writes anything queued after the request.
 //!
 //! Why not a `tokio::sync::mpsc` per connection: its channel state is
 //! cache-padded (~0.5 KiB) and allocates a 32-slot block up front, per
@@ -51,6 +58,14 @@ pub(crate) struct Push {
 }
 
 impl Push {
+    /// What this push counts against a connection's byte bound: the larger
+    /// of its two encodings (a connection writes one of them).
+    pub(crate) fn weight(&self) -> usize {
+        self.text.len().max(self.bin.len() + self.bin_prefix.len())
+    }
+}
+
+impl Push {
     /// Shares the encodings of `msg`; `None` if its JSON is not UTF-8 (a proto bug).
     pub(crate) fn new(msg: &EncodedMsg) -> Option<Arc<Push>> {
         let text = Utf8Bytes::try_from(msg.json.clone()).ok()?;
@@ -77,11 +92,17 @@ pub(crate) enum Signal {
     Draining,
 }
 
-/// A connection's outbound queue and close signal.
+/// A connection's outbound queue, close signal and resync request.
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Arc<Push>>,
+    /// Sum of [`Push::weight`] over `queue` (u32: it sits in padding).
+    bytes: u32,
     close: Option<Signal>,
+    /// Replay stored messages before anything still queued; from where is
+    /// kept by the hub (see [`Hub::resync_users`]), not here: a resync is
+    /// rare and every connection would pay for the id.
+    resync: bool,
 }
 
 /// What happened to one push to one connection.
@@ -159,18 +180,27 @@ impl Conn {
         Poll::Pending
     }
 
-    /// Queues `msg` unless the queue holds `limit` messages already; a full
+    /// Queues `msg` unless the queue is full: `limit.count` messages, or
+    /// `limit.bytes` bytes with `msg` added (a message alone in the queue is
+    /// always taken, whatever its size: frames are bounded elsewhere). A full
     /// queue marks the connection slow (4006).
-    pub(crate) fn try_push(&self, msg: &Arc<Push>, limit: usize) -> Queued {
+    pub(crate) fn try_push(&self, msg: &Arc<Push>, limit: QueueLimit) -> Queued {
+        let weight = u32::try_from(msg.weight()).unwrap_or(u32::MAX);
         let res = {
             let mut o = self.outbox.lock();
             if o.close.is_some() {
                 Queued::Closed
-            } else if o.queue.len() >= limit {
+            } else if o.queue.len() >= limit.count
+                || (!o.queue.is_empty() && o.bytes.saturating_add(weight) > limit.bytes)
+            {
                 o.close = Some(Signal::SlowConsumer);
+                // Nothing more will be written: let the memory go now.
+                o.queue = VecDeque::new();
+                o.bytes = 0;
                 Queued::Full
             } else {
                 o.queue.push_back(Arc::clone(msg));
+                o.bytes = o.bytes.saturating_add(weight);
                 Queued::Yes
             }
         };
@@ -196,25 +226,51 @@ impl Conn {
         set
     }
 
+    /// Asks the session to resync before it writes anything queued from now
+    /// on (see [`Hub::resync_users`]). Returns false when the connection is
+    /// closing.
+    fn request_resync(&self) -> bool {
+        let set = {
+            let mut o = self.outbox.lock();
+            if o.close.is_some() {
+                false
+            } else {
+                o.resync = true;
+                true
+            }
+        };
+        if set {
+            self.wake();
+        }
+        set
+    }
+
     /// The pending close signal, if any.
     pub(crate) fn closing(&self) -> Option<Signal> {
         self.outbox.lock().close
     }
 
-    /// Whether messages are waiting.
+    /// Whether messages (or a resync request) are waiting.
     pub(crate) fn has_queued(&self) -> bool {
-        !self.outbox.lock().queue.is_empty()
+        let o = self.outbox.lock();
+        !o.queue.is_empty() || o.resync
     }
 
-    /// Takes the oldest queued message, or the close signal (which wins
-    /// over queued messages).
+    /// Takes the close signal (which wins over everything), else a resync
+    /// request (which goes before queued messages), else the oldest queued
+    /// message.
     pub(crate) fn pop(&self) -> Popped {
         let mut o = self.outbox.lock();
         if let Some(s) = o.close {
             return Popped::Signal(s);
         }
+        if std::mem::take(&mut o.resync) {
+            return Popped::Resync;
+        }
         match o.queue.pop_front() {
             Some(p) => {
+                let weight = u32::try_from(p.weight()).unwrap_or(u32::MAX);
+                o.bytes = o.bytes.saturating_sub(weight);
                 if o.queue.is_empty() && o.queue.capacity() > KEEP_QUEUE_CAPACITY {
                     // Let an idle connection hold no queue memory after a burst.
                     o.queue = VecDeque::new();
@@ -231,10 +287,21 @@ impl Conn {
 pub(crate) enum Popped {
     /// The connection must close.
     Signal(Signal),
+    /// Replay stored messages first ([`Hub::take_resync`] says from where).
+    Resync,
     /// The oldest queued message.
     Msg(Arc<Push>),
     /// Nothing queued.
     Empty,
+}
+
+/// How much one connection's outbound queue may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QueueLimit {
+    /// Messages.
+    pub(crate) count: usize,
+    /// Bytes of encoded frames ([`Push::weight`]).
+    pub(crate) bytes: u32,
 }
 
 /// Subscribers of one channel.
@@ -247,17 +314,25 @@ pub(crate) struct Hub {
     users: DashMap<UserId, SmallVec<[Arc<Conn>; 2]>>,
     channels: DashMap<Arc<str>, Subscribers>,
     /// Outbound queue bound per connection.
-    queue_limit: usize,
+    queue_limit: QueueLimit,
+    /// Where each connection asked to resync replays from (at most): the
+    /// lowest id asked. Only connections with a resync pending are here.
+    resync_from: DashMap<ConnId, MsgId>,
 }
 
 impl Hub {
-    /// Empty indexes; each connection queues at most `queue_limit` messages.
-    pub(crate) fn new(queue_limit: usize) -> Hub {
+    /// Empty indexes; each connection queues at most `count` messages and
+    /// `bytes` bytes.
+    pub(crate) fn new(count: usize, bytes: usize) -> Hub {
         Hub {
             conns: DashMap::new(),
             users: DashMap::new(),
             channels: DashMap::new(),
-            queue_limit: queue_limit.max(1),
+            queue_limit: QueueLimit {
+                count: count.max(1),
+                bytes: u32::try_from(bytes).unwrap_or(u32::MAX).max(1),
+            },
+            resync_from: DashMap::new(),
         }
     }
 
@@ -375,6 +450,55 @@ impl Hub {
         list.iter().filter(|c| c.signal(why)).count() as u64
     }
 
+    /// Asks every connection of these users to replay its user's stored
+    /// messages after `after` (or after the last stored id it sent, whichever
+    /// is lower) before it writes anything queued from now on. Requests
+    /// merge (the lowest `after` wins). Returns how many were asked.
+    pub(crate) fn resync_users(&self, users: &[UserId], after: MsgId) -> u64 {
+        let mut n = 0;
+        for u in users {
+            let list: SmallVec<[Arc<Conn>; 4]> = match self.users.get(u) {
+                Some(l) => l.iter().cloned().collect(),
+                None => continue,
+            };
+            n += list.iter().filter(|c| self.resync_conn(c, after)).count() as u64;
+        }
+        n
+    }
+
+    fn resync_conn(&self, c: &Conn, after: MsgId) -> bool {
+        // The id first, then the flag: the session takes the id after it
+        // sees the flag.
+        self.resync_from
+            .entry(c.id)
+            .and_modify(|a| *a = (*a).min(after))
+            .or_insert(after);
+        if c.request_resync() {
+            return true;
+        }
+        self.resync_from.remove(&c.id);
+        false
+    }
+
+    /// Where connection `id` resyncs from (at most), taken by its session
+    /// when it pops [`Popped::Resync`].
+    pub(crate) fn take_resync(&self, id: ConnId) -> Option<MsgId> {
+        self.resync_from.remove(&id).map(|(_, a)| a)
+    }
+
+    /// Asks every connection whose user passes `pick` to resync after
+    /// `after`; returns how many were asked. Visits every user: for rare
+    /// repairs (a register refilled after a fault), not per message.
+    pub(crate) fn resync_where(&self, mut pick: impl FnMut(&UserId) -> bool, after: MsgId) -> u64 {
+        let mut list: Vec<Arc<Conn>> = Vec::new();
+        for entry in &self.users {
+            if pick(entry.key()) {
+                list.extend(entry.value().iter().cloned());
+            }
+        }
+        list.iter().filter(|c| self.resync_conn(c, after)).count() as u64
+    }
+
     /// Signals every authenticated connection; returns how many were newly told.
     pub(crate) fn signal_all(&self, why: Signal) -> u64 {
         let mut n = 0;
@@ -477,6 +601,7 @@ impl Drop for Registration<'_> {
             self.hub.users.remove_if(&self.user, |_, l| l.is_empty());
         }
         self.hub.conns.remove(&id);
+        self.hub.resync_from.remove(&id);
     }
 }
 
@@ -497,7 +622,7 @@ mod tests {
 
     #[test]
     fn registration_drop_cleans_every_index() {
-        let hub = Hub::new(4);
+        let hub = Hub::new(4, 1 << 20);
         let m = Metrics::default();
         let c1 = Arc::new(Conn::new(ConnId::new(RoomId(1), 1)));
         let c2 = Arc::new(Conn::new(ConnId::new(RoomId(1), 2)));
@@ -522,10 +647,14 @@ mod tests {
     fn full_queue_marks_slow_and_signal_wins_over_messages() {
         let c = Conn::new(ConnId(1));
         let p = push(1);
-        assert_eq!(c.try_push(&p, 2), Queued::Yes);
-        assert_eq!(c.try_push(&p, 2), Queued::Yes);
-        assert_eq!(c.try_push(&p, 2), Queued::Full);
-        assert_eq!(c.try_push(&p, 2), Queued::Closed);
+        let lim = QueueLimit {
+            count: 2,
+            bytes: 1 << 20,
+        };
+        assert_eq!(c.try_push(&p, lim), Queued::Yes);
+        assert_eq!(c.try_push(&p, lim), Queued::Yes);
+        assert_eq!(c.try_push(&p, lim), Queued::Full);
+        assert_eq!(c.try_push(&p, lim), Queued::Closed);
         assert!(matches!(c.pop(), Popped::Signal(Signal::SlowConsumer)));
         assert!(!c.signal(Signal::Kicked), "first signal wins");
     }
@@ -533,8 +662,12 @@ mod tests {
     #[test]
     fn pop_is_fifo_and_releases_memory() {
         let c = Conn::new(ConnId(1));
+        let lim = QueueLimit {
+            count: 100,
+            bytes: 1 << 20,
+        };
         for i in 0..20 {
-            assert_eq!(c.try_push(&push(i), 100), Queued::Yes);
+            assert_eq!(c.try_push(&push(i), lim), Queued::Yes);
         }
         for i in 0..20 {
             match c.pop() {
@@ -547,9 +680,92 @@ mod tests {
         assert_eq!(c.outbox.lock().queue.capacity(), 0);
     }
 
+    fn sized(id: i64, len: usize) -> Arc<Push> {
+        Arc::new(Push {
+            id: MsgId(id),
+            replayable: true,
+            text: Utf8Bytes::from("x".repeat(len)),
+            bin: Bytes::new(),
+            bin_prefix: SmallVec::new(),
+        })
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes_and_frees_them_when_full() {
+        let c = Conn::new(ConnId(1));
+        let lim = QueueLimit {
+            count: 1000,
+            bytes: 1000,
+        };
+        // A message larger than the bound alone in the queue is taken.
+        assert_eq!(c.try_push(&sized(1, 5000), lim), Queued::Yes);
+        assert!(matches!(c.pop(), Popped::Msg(_)));
+        assert_eq!(c.outbox.lock().bytes, 0);
+        for i in 0..3 {
+            assert_eq!(c.try_push(&sized(i, 300), lim), Queued::Yes);
+        }
+        assert_eq!(c.outbox.lock().bytes, 900);
+        assert_eq!(c.try_push(&sized(9, 300), lim), Queued::Full);
+        assert!(matches!(c.pop(), Popped::Signal(Signal::SlowConsumer)));
+        let o = c.outbox.lock();
+        assert_eq!((o.queue.len(), o.queue.capacity(), o.bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn resync_goes_before_queued_messages_and_merges_to_the_lowest() {
+        let hub = Hub::new(10, 1 << 20);
+        let m = Metrics::default();
+        let c = Arc::new(Conn::new(ConnId(1)));
+        let u = UserId::new("u");
+        let reg = hub.register(u.clone(), Arc::clone(&c));
+        assert_eq!(hub.deliver_users(std::slice::from_ref(&u), &push(7), &m), 1);
+        for after in [5, 3, 4] {
+            assert_eq!(hub.resync_users(std::slice::from_ref(&u), MsgId(after)), 1);
+        }
+        assert!(c.has_queued());
+        assert!(matches!(c.pop(), Popped::Resync));
+        assert_eq!(hub.take_resync(c.id), Some(MsgId(3)));
+        assert_eq!(hub.take_resync(c.id), None);
+        assert!(matches!(c.pop(), Popped::Msg(p) if p.id == MsgId(7)));
+        assert!(matches!(c.pop(), Popped::Empty));
+        assert!(c.signal(Signal::Kicked));
+        assert_eq!(
+            hub.resync_users(std::slice::from_ref(&u), MsgId(1)),
+            0,
+            "a closing connection is not resynced"
+        );
+        assert!(hub.resync_from.is_empty());
+        assert_eq!(hub.resync_users(&[u], MsgId(1)), 0);
+        drop(reg);
+        assert!(hub.resync_from.is_empty());
+    }
+
+    #[test]
+    fn resync_reaches_only_the_users_asked() {
+        let hub = Hub::new(4, 1 << 20);
+        let a = Arc::new(Conn::new(ConnId(1)));
+        let b = Arc::new(Conn::new(ConnId(2)));
+        let _ra = hub.register(UserId::new("a"), Arc::clone(&a));
+        let rb = hub.register(UserId::new("b"), Arc::clone(&b));
+        assert_eq!(
+            hub.resync_users(&[UserId::new("a"), UserId::new("z")], MsgId(1)),
+            1
+        );
+        assert!(matches!(a.pop(), Popped::Resync));
+        assert!(matches!(b.pop(), Popped::Empty));
+        assert_eq!(hub.resync_where(|u| u.as_str() == "b", MsgId(2)), 1);
+        assert!(matches!(a.pop(), Popped::Empty));
+        assert!(matches!(b.pop(), Popped::Resync));
+        assert_eq!(hub.take_resync(b.id), Some(MsgId(2)));
+        // A registration that ends forgets its pending resync.
+        assert_eq!(hub.resync_where(|u| u.as_str() == "b", MsgId(2)), 1);
+        drop(rb);
+        assert_eq!(hub.take_resync(b.id), None);
+    }
+
     #[test]
     fn unsubscribe_removes_empty_channel() {
-        let hub = Hub::new(4);
+        let hub = Hub::new(4, 1 << 20);
         let c = Arc::new(Conn::new(ConnId(9)));
         let mut r = hub.register(UserId::new("u"), c);
         assert_eq!(r.subscribe("a", 4), Subscribed::Added);

@@ -74,6 +74,7 @@ pub(crate) struct Metrics {
     pub(crate) deliveries: AtomicU64,
     pub(crate) queue_full: AtomicU64,
     pub(crate) replayed: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
     drops: [AtomicU64; 3],
     closes: [AtomicU64; 9],
@@ -226,6 +227,12 @@ impl Metrics {
             "pushgate_room_replayed_total",
             "Stored messages replayed to reconnecting clients.",
             get(&self.replayed),
+        );
+        counter(
+            out,
+            "pushgate_room_resyncs_total",
+            "Connections asked to replay their stored messages in place after a fault (a register refilled, a center that could not reach this room).",
+            get(&self.resyncs),
         );
         counter(
             out,

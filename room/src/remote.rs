@@ -46,6 +46,16 @@ pub enum RoomReq {
     },
     /// Which room this is and what it holds.
     Info,
+    /// Replay the stored messages of these users' connections here after
+    /// `after` before anything delivered later (a center could not deliver
+    /// stored messages to this room; see [`Room::resync_users`]).
+    // Last, so that older nodes keep their variant numbers (postcard).
+    Resync {
+        /// The users; `None`: every connection here.
+        users: Option<Vec<UserId>>,
+        /// The lowest id that may have been missed, minus one.
+        after: proto::MsgId,
+    },
 }
 
 /// A room's answer.
@@ -93,6 +103,10 @@ impl link::Service for RoomService {
             }
             RoomReq::Broadcast { msg } => RoomResp::Count(self.room.broadcast(&Arc::new(msg))),
             RoomReq::KickUser { user } => RoomResp::Count(self.room.kick_user(&user)),
+            RoomReq::Resync { users, after } => RoomResp::Count(match users {
+                Some(users) => self.room.resync_users(&users, after),
+                None => self.room.resync_all(after),
+            }),
             RoomReq::Info => RoomResp::Info {
                 room: self.room.config().room,
                 connections: self.room.connections(),

@@ -106,7 +106,7 @@ impl Room {
     /// [`Room::serve_tcp`] (or their TLS forms) or [`Room::serve_quic`].
     pub fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Room {
         let shared = Shared {
-            hub: Hub::new(cfg.send_queue),
+            hub: Hub::new(cfg.send_queue, cfg.send_queue_bytes),
             limit: Arc::new(Semaphore::new(
                 cfg.max_connections.min(Semaphore::MAX_PERMITS),
             )),
@@ -234,6 +234,33 @@ impl Room {
             return 0;
         };
         self.shared.hub.broadcast(&p, &self.shared.metrics)
+    }
+
+    /// Asks every connection of `users` held here to replay its user's
+    /// stored messages after `after` (or after the last stored id it sent,
+    /// whichever is lower) before any message queued from now on; returns
+    /// how many were asked. For a center that could not deliver stored
+    /// messages here (see docs/PROTOCOL.md, "Faults").
+    pub fn resync_users(&self, users: &[UserId], after: proto::MsgId) -> u64 {
+        let n = self.shared.hub.resync_users(users, after);
+        crate::metrics::add(&self.shared.metrics.resyncs, n);
+        n
+    }
+
+    /// Like [`Room::resync_users`] for every connection here.
+    pub fn resync_all(&self, after: proto::MsgId) -> u64 {
+        let n = self.shared.hub.resync_where(|_| true, after);
+        crate::metrics::add(&self.shared.metrics.resyncs, n);
+        n
+    }
+
+    /// Like [`Room::resync_users`] for every connection whose user passes
+    /// `pick`: for a register that lost its entries of these users and was
+    /// refilled (visits every user).
+    pub fn resync_where(&self, pick: impl FnMut(&UserId) -> bool, after: proto::MsgId) -> u64 {
+        let n = self.shared.hub.resync_where(pick, after);
+        crate::metrics::add(&self.shared.metrics.resyncs, n);
+        n
     }
 
     /// Closes every connection of `user` with 4005; returns how many.

@@ -294,6 +294,9 @@ struct Live<'s> {
     claims: Option<Box<Claims>>,
     /// Highest user message id sent by the replay; live duplicates are dropped.
     replayed: MsgId,
+    /// Highest stored user message id this connection has been sent (or the
+    /// point its first replay started from): where a resync replays from.
+    high: MsgId,
     bucket: Bucket,
     /// Acks are recorded off the main loop, one at a time per connection,
     /// the newest waiting one replacing older ones: a client that acks every
@@ -335,6 +338,7 @@ fn live<'a, T: FrameIo>(
             info,
             claims,
             replayed: MsgId(0),
+            high: MsgId(0),
             bucket: Bucket::new(shared.cfg.rate_limit, now),
             ack_inflight: Mutex::new(None),
             ack_waiting: None,
@@ -499,11 +503,31 @@ impl<'s> Live<'s> {
             let p = match self.conn.pop() {
                 Popped::Signal(sig) => return Err(self.shared.signal_reason(sig)),
                 Popped::Empty => break,
+                Popped::Resync => {
+                    // What was fed so far goes first; the replay flushes its own.
+                    if n > 0 {
+                        guarded(self.shared, self.conn, idle, io.flush()).await?;
+                        metrics::add(&m.frames_out, n);
+                        n = 0;
+                    }
+                    let asked = self.shared.hub.take_resync(self.conn.id);
+                    let from = asked.map_or(self.high, |a| a.min(self.high));
+                    debug!(
+                        conn = self.info.conn.0,
+                        from = from.0,
+                        "resync: replaying in place"
+                    );
+                    self.replay(io, idle, Some(from)).await?;
+                    continue;
+                }
                 Popped::Msg(p) => p,
             };
-            if p.replayable && p.id <= self.replayed {
-                m.dropped(DropWhy::Duplicate);
-                continue;
+            if p.replayable {
+                if p.id <= self.replayed {
+                    m.dropped(DropWhy::Duplicate);
+                    continue;
+                }
+                self.high = self.high.max(p.id);
             }
             guarded(self.shared, self.conn, idle, io.feed(OutFrame::Push(p))).await?;
             n += 1;
@@ -572,7 +596,9 @@ impl<'s> Live<'s> {
     }
 
     /// Replays stored user messages after `last_id`, or after what this
-    /// device acked, in id order, before any live message.
+    /// device acked, in id order, before any live message. Also the resync
+    /// after a fault (see [`Popped::Resync`]): the same replay from the last
+    /// stored id sent, while live messages wait in the queue.
     async fn replay<T: FrameIo>(
         &mut self,
         io: &mut T,
@@ -591,6 +617,7 @@ impl<'s> Live<'s> {
                 }
             },
         };
+        self.high = self.high.max(after);
         let cfg = &self.shared.cfg;
         after = cfg.look_back(after);
         // With an overlap, ids are not stored in strict order across
@@ -598,7 +625,7 @@ impl<'s> Live<'s> {
         // nothing live is dropped (the client de-duplicates by id).
         let dedupe = cfg.replay_overlap <= 0;
         if dedupe {
-            self.replayed = after;
+            self.replayed = self.replayed.max(after);
         }
         for _ in 0..MAX_REPLAY_PAGES {
             let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
@@ -617,8 +644,9 @@ impl<'s> Live<'s> {
             metrics::add(&self.shared.metrics.replayed, page.len() as u64);
             self.send_msgs(io, idle, page).await?;
             after = last;
+            self.high = self.high.max(last);
             if dedupe {
-                self.replayed = after;
+                self.replayed = self.replayed.max(after);
             }
             if !full {
                 return Ok(());

@@ -136,6 +136,14 @@ pub(crate) struct RoomArgs {
         default_value_t = 256
     )]
     pub(crate) send_queue: usize,
+    /// Outbound queue per connection, in bytes of encoded frames (past it: 4006).
+    #[arg(
+        long,
+        env = "PUSHGATE_SEND_QUEUE_BYTES",
+        value_name = "BYTES",
+        default_value_t = room::config::DEFAULT_SEND_QUEUE_BYTES
+    )]
+    pub(crate) send_queue_bytes: usize,
     /// Maximum connections held by this process (capped below the open-files limit).
     #[arg(
         long,

@@ -7,7 +7,11 @@
 //! the certificate; SIGHUP reloads it).
 //! A lease task renews the lease every second; a register that answers
 //! `Fresh` (it restarted, or the lease expired) gets this room's connections
-//! again, so registers are refilled by the rooms. SIGTERM: stop accepting,
+//! again, so registers are refilled by the rooms. While a register did not
+//! know a connection, centers may have skipped live delivery of stored
+//! messages to it; so once a register is refilled after a fault, the
+//! connections of its users replay their queues in place from shortly
+//! before the fault began (see [`RESYNC_MARGIN`]) before anything newer. SIGTERM: stop accepting,
 //! drain clients with 4007, release the lease, exit.
 
 use std::sync::Arc;
@@ -34,6 +38,11 @@ const SYNC_CHUNK: usize = 5000;
 const SYNC_MARGIN_MS: i64 = 5_000;
 /// Every register is refilled this often even when nothing went wrong.
 const FULL_REFILL: Duration = Duration::from_secs(300);
+/// A resync after a fault replays from this long before the fault was first
+/// seen: a message may be looked up (and its delivery skipped) up to the
+/// center's store timeout (5 s) after its id was taken, and clocks of
+/// different hosts differ a little.
+const RESYNC_MARGIN: Duration = Duration::from_secs(10);
 /// Longest start-up waits for another instance's lease on this id to expire.
 const CONFLICT_WAIT: Duration = Duration::from_secs(65);
 
@@ -53,8 +62,13 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
     let on_dir_error: crate::adapters::DirErrorHook = {
         let (dir, refills) = (dir.clone(), refills.clone());
         // A connect or disconnect report that failed is repaired by
-        // refilling that user's register.
-        Arc::new(move |user: &proto::UserId| refills.mark(dir.partition_of(user)))
+        // refilling that user's register (and resyncing its users).
+        Arc::new(move |user: &proto::UserId| {
+            refills.mark_fault(
+                dir.partition_of(user),
+                unix_us(std::time::SystemTime::now()),
+            )
+        })
     };
 
     let room = Room::new(
@@ -65,6 +79,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
             auth_timeout: Duration::from_secs(args.auth_timeout),
             max_frame: args.max_frame,
             send_queue: args.send_queue,
+            send_queue_bytes: args.send_queue_bytes,
             max_channels: args.max_channels,
             max_connections: crate::standalone::effective_max_connections(args.max_connections),
             rate_limit: args.rate_limit,
@@ -299,43 +314,76 @@ async fn acquire(dir: &Arc<ClusterDirectory>, lease: &RoomLease) -> anyhow::Resu
     }
 }
 
+/// A register's refill that is due.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Due {
+    due: bool,
+    /// After a fault: the earliest time (unix µs) live delivery to this
+    /// register's users may have been skipped; its connections resync from
+    /// there once the refill is done.
+    fault_since_us: Option<i64>,
+}
+
 /// Registers due for a refill, shared by the lease task (which learns of
 /// `Fresh` leases), failed directory reports, and the refill task.
 struct Refills {
-    due: parking_lot::Mutex<Vec<bool>>,
+    due: parking_lot::Mutex<Vec<Due>>,
     wake: tokio::sync::Notify,
 }
 
 impl Refills {
     fn new(partitions: usize) -> Arc<Refills> {
         Arc::new(Refills {
-            due: parking_lot::Mutex::new(vec![false; partitions]),
+            due: parking_lot::Mutex::new(vec![Due::default(); partitions]),
             wake: tokio::sync::Notify::new(),
         })
     }
 
+    /// A refill with nothing missed (start-up, anti-entropy).
     fn mark(&self, partition: usize) {
+        self.mark_due(partition, None);
+    }
+
+    /// A refill after a fault that began at `since_us` (unix µs).
+    fn mark_fault(&self, partition: usize, since_us: i64) {
+        self.mark_due(partition, Some(since_us));
+    }
+
+    fn mark_due(&self, partition: usize, fault_since_us: Option<i64>) {
         if let Some(d) = self.lock().get_mut(partition) {
-            *d = true;
+            d.due = true;
+            d.fault_since_us = match (d.fault_since_us, fault_since_us) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         self.wake.notify_one();
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<bool>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Due>> {
         // Never held across an await.
         self.due.lock()
     }
 
-    fn take(&self) -> Vec<usize> {
+    fn take(&self) -> Vec<(usize, Option<i64>)> {
         let mut due = self.lock();
         let list = due
             .iter()
             .enumerate()
-            .filter_map(|(p, d)| d.then_some(p))
+            .filter_map(|(p, d)| d.due.then_some((p, d.fault_since_us)))
             .collect();
-        due.iter_mut().for_each(|d| *d = false);
+        due.iter_mut().for_each(|d| *d = Due::default());
         list
     }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn unix_us(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Renews the lease every second until `stop`. A register that answers
@@ -352,6 +400,9 @@ async fn renew(
 ) {
     let n = dir.partitions();
     let mut failing = vec![false; n];
+    // When each register last confirmed it knew this room (unix µs): a
+    // register that answers `Fresh` may have lost our entries any time after.
+    let mut known_at = vec![unix_us(std::time::SystemTime::now()); n];
     let mut tick = tokio::time::interval(LEASE_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -361,12 +412,14 @@ async fn renew(
         }
         lease.connections = room.connections();
         let outcomes = dir.lease(&lease).await;
+        let asked_at = unix_us(std::time::SystemTime::now());
         for (p, o) in outcomes.into_iter().enumerate().take(n) {
             match o {
-                Ok(LeaseOutcome::Renewed) => {}
+                Ok(LeaseOutcome::Renewed) => known_at[p] = asked_at,
                 Ok(LeaseOutcome::Fresh) => {
-                    info!(register = p, "register did not know this room (restarted or lease expired): refilling it");
-                    refills.mark(p);
+                    info!(register = p, "register did not know this room (restarted or lease expired): refilling it and resyncing its users' connections");
+                    refills.mark_fault(p, known_at[p]);
+                    known_at[p] = asked_at;
                 }
                 Ok(LeaseOutcome::Conflict { holder_addr }) => {
                     error!(register = p, holder = %holder_addr, "another room took this room id after our lease expired");
@@ -406,9 +459,23 @@ async fn refill(
             last_full = Instant::now();
             (0..dir.partitions()).for_each(|p| refills.mark(p));
         }
-        for p in refills.take() {
+        for (p, fault_since_us) in refills.take() {
             if !sync(&dir, &room, room_id, p).await {
-                refills.mark(p);
+                refills.mark_due(p, fault_since_us);
+                continue;
+            }
+            if let Some(since) = fault_since_us {
+                // The register knows every connection again: from now on
+                // nothing is skipped, so a replay from before the fault
+                // (started now, ahead of anything newer) closes the gap.
+                let from = since.saturating_sub(micros(RESYNC_MARGIN)).max(0);
+                let after = proto::MsgId(idgen::make_id(from, 0).0.saturating_sub(1));
+                let n = room.resync_where(|u| dir.partition_of(u) == p, after);
+                info!(
+                    register = p,
+                    connections = n,
+                    "connections resynced after the register was refilled"
+                );
             }
         }
     }

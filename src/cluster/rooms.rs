@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use center::{Rooms, RoomsError};
 use dashmap::DashMap;
 use link::{Client, LinkError};
-use proto::{EncodedMsg, RoomId, UserId};
+use proto::{EncodedMsg, MsgId, RoomId, UserId};
 use register::ClusterDirectory;
 use room::remote::{RoomReq, RoomResp, SERVICE};
 
@@ -153,6 +153,19 @@ impl Rooms for ClusterRooms {
 
     async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {
         let req = RoomReq::KickUser { user: user.clone() };
+        self.count(room, req).await
+    }
+
+    async fn resync(
+        &self,
+        room: RoomId,
+        users: Option<&[UserId]>,
+        after: MsgId,
+    ) -> Result<u64, RoomsError> {
+        let req = RoomReq::Resync {
+            users: users.map(<[UserId]>::to_vec),
+            after,
+        };
         self.count(room, req).await
     }
 }

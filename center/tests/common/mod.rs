@@ -43,6 +43,11 @@ pub enum Call {
         room: u32,
         user: String,
     },
+    Resync {
+        room: u32,
+        users: Option<Vec<String>>,
+        after: i64,
+    },
 }
 
 /// Rooms double: records calls; counts a user's connections in the room
@@ -127,6 +132,23 @@ impl Rooms for RecRooms {
             user: user.to_string(),
         });
         Ok(self.conns_in(room, user))
+    }
+    async fn resync(
+        &self,
+        room: RoomId,
+        users: Option<&[UserId]>,
+        after: MsgId,
+    ) -> Result<u64, RoomsError> {
+        self.check(room)?;
+        self.calls.lock().push(Call::Resync {
+            room: room.0,
+            users: users.map(|us| us.iter().map(|u| u.to_string()).collect()),
+            after: after.0,
+        });
+        Ok(match users {
+            Some(us) => us.iter().map(|u| self.conns_in(room, u)).sum(),
+            None => 0,
+        })
     }
 }
 
