@@ -123,6 +123,40 @@ async fn kick_closes_every_connection_of_the_user_4005() {
     assert_eq!(t.room.users(), 1);
 }
 
+/// Issue 13: the queue was bounded by count only, so a client that never
+/// reads could pin `send_queue` × the largest push (≈ 0.5 GB at the
+/// defaults). Now it is bounded in bytes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_queue_is_bounded_in_bytes() {
+    let mut cfg = config();
+    cfg.send_queue = 100_000; // never the limit here
+    cfg.send_queue_bytes = 256 * 1024;
+    let t = start(cfg).await;
+    let _slow = t.authed(Transport::Tcp, "slowbytes", None).await;
+    // 60 KB pushes: once the socket buffers (a few MB) are full, the queue
+    // takes at most ~4 of them. By count alone all 2,000 (120 MB) would queue.
+    let mut refused_at = None;
+    for i in 0..2_000 {
+        if t.room
+            .deliver_users(&[UserId::new("slowbytes")], &big(i, 60_000))
+            == 0
+        {
+            refused_at = Some(i);
+            break;
+        }
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(
+        refused_at.is_some(),
+        "2,000 pushes of 60 KB queued for a client that never reads"
+    );
+    assert_eq!(t.metric("pushgate_room_queue_full_total"), 1);
+    t.wait_until("slow gone", |t| t.room.connections() == 0)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_4006_while_others_keep_receiving() {
     let mut cfg = config();
