@@ -368,11 +368,18 @@ pub(crate) struct DevClusterArgs {
     /// Log format of this process and the children.
     #[arg(long, default_value = "human")]
     pub(crate) log_format: LogFormat,
-    /// Once ready, write every process (name, PID) and endpoint, and the
-    /// secrets, as JSON to this file (mode 0600); for tools such as
+    /// Once ready, write every process (name, PID, command line, data
+    /// directory, endpoints, restart count) and the secrets as JSON to this
+    /// file (mode 0600), rewritten on every restart; for tools such as
     /// `bench c1m --attach`.
     #[arg(long)]
     pub(crate) manifest: Option<PathBuf>,
+    /// Leave a child that dies down instead of restarting it (for testing
+    /// faults by hand). By default a child that dies is started again with
+    /// the same arguments, ports and data directory, after 0.2 s doubling
+    /// to 5 s.
+    #[arg(long)]
+    pub(crate) no_restart: bool,
 }
 
 /// Store of a dev cluster.

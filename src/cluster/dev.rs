@@ -2,83 +2,34 @@
 //! cluster mode and for benchmarks. It starts redis-server (or one saver on
 //! the embedded store), the registers, idgens and saver, the centers and N
 //! rooms as child processes of this binary, prints the endpoints, forwards
-//! every child's output with a `[name]` prefix, and stops them all (rooms
-//! first, with SIGTERM) on Ctrl-C or SIGTERM.
+//! every child's output with a `[name]` prefix, restarts a child that dies
+//! (with the same arguments, ports and data directory; not with
+//! `--no-restart`), and stops them all (rooms first, with SIGTERM) on Ctrl-C
+//! or SIGTERM. [`supervise`] holds the children.
 //!
 //! Ports, from `--base-port B`: centers `B+0…`, registers `B+10…`, idgens
 //! `B+20…`, saver `B+30`, redis `B+40`; room `i` (from 0) takes
 //! `B+100+4i` (WebSocket), `+1` (TCP), `+2` (internal), `+3` (health).
 //!
 //! With `--manifest FILE` it also writes, once ready, a JSON file naming
-//! every process with its PID and endpoints and the generated secrets (mode
-//! 0600): what `bench c1m --attach FILE` and other tools read.
+//! every process with its PID, command line, data directory, endpoints and
+//! restart count, and the generated secrets (mode 0600), and rewrites it on
+//! every restart: what `bench c1m --attach FILE` and other tools read.
 
-use std::collections::HashMap;
+mod supervise;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use self::supervise::{start, wait_ready, Book, Manifest, ManifestRoom, Proc, Ready, Spec};
 use super::args::{DevClusterArgs, DevStore};
 use crate::cli::LogFormat;
 use crate::secrets;
-
-/// Longest a child may take to print `ready`.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a child may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One child process.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-/// What `--manifest` writes: every process and endpoint of the cluster.
-#[derive(Debug, Default, serde::Serialize)]
-struct Manifest {
-    /// PID of `pushgate dev-cluster` itself.
-    pid: u32,
-    /// REST API base URLs of the centers (`http://addr/api/v1`).
-    centers: Vec<String>,
-    /// The rooms, in `--id` order.
-    rooms: Vec<ManifestRoom>,
-    /// Every child process: name and PID.
-    processes: Vec<ManifestProcess>,
-    /// The REST API key.
-    api_key: String,
-    /// The client token secret.
-    token_secret: String,
-}
-
-/// One room in the manifest.
-#[derive(Debug, Default, serde::Serialize)]
-struct ManifestRoom {
-    id: u32,
-    pid: Option<u32>,
-    ws: String,
-    tcp: String,
-    /// UDP address of the QUIC listener (with `--quic`).
-    quic: Option<String>,
-    /// SHA-256 fingerprint of the certificate the room serves, when it
-    /// serves one (`sha256:<hex>`).
-    tls_fingerprint: Option<String>,
-    internal: String,
-    health: String,
-}
-
-/// One process in the manifest.
-#[derive(Debug, serde::Serialize)]
-struct ManifestProcess {
-    name: String,
-    pid: Option<u32>,
-}
 
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 ///
@@ -104,12 +55,17 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     let mut procs: Vec<Proc> = Vec::new();
-    let mut manifest = Manifest {
-        pid: std::process::id(),
-        api_key: api_key.clone(),
-        token_secret: token_secret.clone(),
-        ..Manifest::default()
-    };
+    let book = Book::new(
+        Manifest {
+            pid: std::process::id(),
+            data: data.display().to_string(),
+            restart: !args.no_restart,
+            api_key: api_key.clone(),
+            token_secret: token_secret.clone(),
+            ..Manifest::default()
+        },
+        args.manifest.clone(),
+    );
     let result = start_all(
         &args,
         &exe,
@@ -121,32 +77,36 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         &api_key,
         &token_secret,
         &mut procs,
-        &mut manifest,
+        &book,
     )
     .await
     .and_then(|summary| {
-        if let Some(path) = &args.manifest {
-            write_manifest(path, &mut manifest, &procs)?;
-        }
+        book.publish()?;
         Ok(summary)
     });
+    let n = procs.len();
     match result {
         Ok(summary) => {
+            let children = supervise::supervise(procs, &book, !args.no_restart);
             println!("{summary}");
             println!("ready");
-            info!(processes = procs.len(), "dev cluster up; Ctrl-C stops it");
+            info!(
+                processes = n,
+                restart = !args.no_restart,
+                "dev cluster up; Ctrl-C stops it"
+            );
             shutdown.wait().await;
+            info!("stopping the dev cluster");
+            children.stop().await;
+            info!("stopped");
+            Ok(())
         }
         Err(e) => {
             warn!(error = %format!("{e:#}"), "dev cluster failed to start; stopping what was started");
-            stop_all(procs).await;
-            return Err(e);
+            supervise::supervise(procs, &book, false).stop().await;
+            Err(e)
         }
     }
-    info!("stopping the dev cluster");
-    stop_all(procs).await;
-    info!("stopped");
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -161,7 +121,7 @@ async fn start_all(
     api_key: &str,
     token_secret: &str,
     procs: &mut Vec<Proc>,
-    manifest: &mut Manifest,
+    book: &Arc<Book>,
 ) -> anyhow::Result<String> {
     let common = |mut v: Vec<String>| {
         v.extend([
@@ -179,109 +139,115 @@ async fn start_all(
             let redis_addr = port(40)?;
             let dir = data.join("redis");
             std::fs::create_dir_all(&dir)?;
-            let mut cmd = Command::new("redis-server");
-            cmd.args([
-                "--port",
-                &redis_addr.port().to_string(),
-                "--bind",
-                &host.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-            ])
-            .current_dir(&dir);
-            let child = spawn(cmd, "redis").map_err(|e| {
+            let spec = Spec {
+                name: "redis".into(),
+                program: "redis-server".into(),
+                args: vec![
+                    "--port".into(),
+                    redis_addr.port().to_string(),
+                    "--bind".into(),
+                    host.to_string(),
+                    "--dir".into(),
+                    dir.display().to_string(),
+                    "--save".into(),
+                    String::new(),
+                    "--appendonly".into(),
+                    "yes".into(),
+                    "--appendfsync".into(),
+                    "everysec".into(),
+                ],
+                env: Vec::new(),
+                data_dir: Some(dir),
+                region: None,
+                endpoints: Default::default(),
+                ready: Ready::Port(redis_addr),
+            }
+            .endpoint("listen", redis_addr);
+            let redis = start(book, spec).map_err(|e| {
                 anyhow::anyhow!(
                     "{e:#}\n(install Redis: apt-get install redis-server, or use --store embedded)"
                 )
             })?;
-            procs.push(child);
-            wait_port(redis_addr, START_TIMEOUT)
+            procs.push(redis);
+            wait_ready(book, procs)
                 .await
                 .context("redis-server did not start")?;
             let url = format!("redis://{redis_addr}/");
-            let saver = start(
-                exe,
-                "saver",
-                common(vec![
-                    "saver".into(),
-                    "--listen".into(),
-                    saver_addr.to_string(),
-                    "--redis".into(),
-                    url,
-                ]),
-            )?;
-            procs.push(saver);
+            let args = common(vec![
+                "saver".into(),
+                "--listen".into(),
+                saver_addr.to_string(),
+                "--redis".into(),
+                url,
+            ]);
+            let spec = Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr);
+            procs.push(start(book, spec)?);
         }
         DevStore::Embedded => {
-            let saver = start(
-                exe,
-                "saver",
-                common(vec![
-                    "saver".into(),
-                    "--listen".into(),
-                    saver_addr.to_string(),
-                    "--data".into(),
-                    data.join("saver").display().to_string(),
-                ]),
-            )?;
-            procs.push(saver);
+            let dir = data.join("saver");
+            let args = common(vec![
+                "saver".into(),
+                "--listen".into(),
+                saver_addr.to_string(),
+                "--data".into(),
+                dir.display().to_string(),
+            ]);
+            let mut spec = Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr);
+            spec.data_dir = Some(dir);
+            procs.push(start(book, spec)?);
         }
     }
     let mut registers = Vec::new();
     for k in 0..args.registers {
         let addr = port(10 + k)?;
         registers.push(addr.to_string());
-        procs.push(start(
-            exe,
-            &format!("register-{}", k + 1),
-            common(vec!["register".into(), "--listen".into(), addr.to_string()]),
-        )?);
+        let args = common(vec!["register".into(), "--listen".into(), addr.to_string()]);
+        let spec =
+            Spec::pushgate(exe, &format!("register-{}", k + 1), args).endpoint("listen", addr);
+        procs.push(start(book, spec)?);
     }
     let mut idgens = Vec::new();
     for k in 0..args.idgens {
         let addr = port(20 + k)?;
         idgens.push(addr.to_string());
-        procs.push(start(
-            exe,
-            &format!("idgen-{}", k + 1),
-            common(vec![
-                "idgen".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--region".into(),
-                (k + 1).to_string(),
-                "--data".into(),
-                data.join(format!("idgen-{}", k + 1)).display().to_string(),
-            ]),
-        )?);
+        let region = u16::try_from(k + 1).context("too many idgens")?;
+        let dir = data.join(format!("idgen-{}", k + 1));
+        let args = common(vec![
+            "idgen".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--region".into(),
+            region.to_string(),
+            "--data".into(),
+            dir.display().to_string(),
+        ]);
+        let mut spec =
+            Spec::pushgate(exe, &format!("idgen-{}", k + 1), args).endpoint("listen", addr);
+        spec.data_dir = Some(dir);
+        spec.region = Some(region);
+        procs.push(start(book, spec)?);
     }
-    wait_ready(procs).await?;
+    wait_ready(book, procs).await?;
     let registers = registers.join(",");
     let mut summary = String::from("pushgate dev cluster\n");
     for c in 0..args.centers {
         let http = port(c)?;
-        procs.push(start(
-            exe,
-            &format!("center-{}", c + 1),
-            common(vec![
-                "center".into(),
-                "--http".into(),
-                http.to_string(),
-                "--api-key".into(),
-                api_key.into(),
-                "--registers".into(),
-                registers.clone(),
-                "--idgens".into(),
-                idgens.join(","),
-                "--saver".into(),
-                saver_addr.to_string(),
-            ]),
-        )?);
-        manifest.centers.push(format!("http://{http}/api/v1"));
+        let args = common(vec![
+            "center".into(),
+            "--http".into(),
+            http.to_string(),
+            "--api-key".into(),
+            api_key.into(),
+            "--registers".into(),
+            registers.clone(),
+            "--idgens".into(),
+            idgens.join(","),
+            "--saver".into(),
+            saver_addr.to_string(),
+        ]);
+        let spec = Spec::pushgate(exe, &format!("center-{}", c + 1), args).endpoint("http", http);
+        procs.push(start(book, spec)?);
+        book.edit(|m| m.centers.push(format!("http://{http}/api/v1")));
         summary.push_str(&format!(
             "  REST API   http://{http}/api/v1   (center {})\n",
             c + 1
@@ -326,30 +292,46 @@ async fn start_all(
             v.extend(["--quic".into(), q.to_string()]);
         }
         v.extend(extra.iter().cloned());
-        let room = start(exe, &format!("room-{}", i + 1), common(v))?;
-        manifest.rooms.push(ManifestRoom {
+        let mut spec = Spec::pushgate(exe, &format!("room-{}", i + 1), common(v))
+            .endpoint("ws", ws)
+            .endpoint("tcp", tcp)
+            .endpoint("internal", internal)
+            .endpoint("http", health);
+        if let Some(q) = quic {
+            spec = spec.endpoint("quic", q);
+        }
+        let room = start(book, spec)?;
+        let entry = ManifestRoom {
             id: i + 1,
-            pid: room.child.id(),
+            pid: room.pid(),
             ws: format!("ws://{ws}/ws"),
             tcp: tcp.to_string(),
             quic: quic.map(|q| q.to_string()),
             tls_fingerprint: None,
             internal: internal.to_string(),
             health: format!("http://{health}"),
-        });
+        };
+        book.edit(|m| m.rooms.push(entry));
         procs.push(room);
     }
-    let fingerprints = wait_ready(procs).await?;
-    for r in &mut manifest.rooms {
-        r.tls_fingerprint = fingerprints.get(&format!("room-{}", r.id)).cloned();
-        let mut line = format!("  room {:<4}  {}   tcp {}", r.id, r.ws, r.tcp);
-        if let Some(q) = &r.quic {
-            line.push_str(&format!("   quic {q}"));
-        }
-        line.push_str(&format!("   health {}/metrics", r.health));
-        if let Some(fp) = &r.tls_fingerprint {
-            line.push_str(&format!("   tls {fp}"));
-        }
+    wait_ready(book, procs).await?;
+    let lines: Vec<String> = book.read(|m| {
+        m.rooms
+            .iter()
+            .map(|r| {
+                let mut line = format!("  room {:<4}  {}   tcp {}", r.id, r.ws, r.tcp);
+                if let Some(q) = &r.quic {
+                    line.push_str(&format!("   quic {q}"));
+                }
+                line.push_str(&format!("   health {}/metrics", r.health));
+                if let Some(fp) = &r.tls_fingerprint {
+                    line.push_str(&format!("   tls {fp}"));
+                }
+                line
+            })
+            .collect()
+    });
+    for line in lines {
         summary.push_str(&line);
         summary.push('\n');
     }
@@ -362,6 +344,11 @@ async fn start_all(
         idgens.join(","),
         args.store
     ));
+    summary.push_str(if args.no_restart {
+        "  restarts   off (--no-restart): a child that dies stays down\n"
+    } else {
+        "  restarts   on: a child that dies is started again (same arguments, ports, data)\n"
+    });
     summary.push_str(&format!(
         "api key: {api_key}\ntoken secret: {token_secret}\ncluster key: {cluster_key}\n"
     ));
@@ -370,119 +357,6 @@ async fn start_all(
         port(0)?
     ));
     Ok(summary)
-}
-
-/// Writes the manifest to `path` (0600: it holds the secrets).
-fn write_manifest(path: &Path, manifest: &mut Manifest, procs: &[Proc]) -> anyhow::Result<()> {
-    manifest.processes = procs
-        .iter()
-        .map(|p| ManifestProcess {
-            name: p.name.clone(),
-            pid: p.child.id(),
-        })
-        .collect();
-    let text = serde_json::to_vec_pretty(manifest)?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        f.write_all(&text)?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
-    Ok(())
-}
-
-/// Starts `pushgate <args>` as child `name`.
-fn start(exe: &Path, name: &str, args: Vec<String>) -> anyhow::Result<Proc> {
-    let mut cmd = Command::new(exe);
-    cmd.args(&args).env(
-        crate::signal::PARENT_PID_ENV,
-        std::process::id().to_string(),
-    );
-    spawn(cmd, name)
-}
-
-/// Spawns with piped output; lines are forwarded with a `[name]` prefix.
-fn spawn(mut cmd: Command, name: &str) -> anyhow::Result<Proc> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().with_context(|| format!("start {name}"))?;
-    Ok(Proc {
-        name: name.to_owned(),
-        child,
-    })
-}
-
-/// What a process prints before `ready` about the certificate it serves.
-const FINGERPRINT_LINE: &str = "tls fingerprint: ";
-
-/// Forwards the output of every child not yet forwarded and waits until
-/// each of them printed `ready` (redis-server is waited for by its port).
-/// Returns the certificate fingerprints the children printed, by name.
-async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<HashMap<String, String>> {
-    let mut waits = Vec::new();
-    for p in procs.iter_mut() {
-        let name = p.name.clone();
-        let (tx, rx) = oneshot::channel::<Option<String>>();
-        let mut tx = Some(tx);
-        if let Some(out) = p.child.stdout.take() {
-            let label = name.clone();
-            let is_redis = label == "redis";
-            if is_redis {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(None);
-                }
-            }
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
-                let mut fingerprint = None;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(fp) = line.strip_prefix(FINGERPRINT_LINE) {
-                        fingerprint = Some(fp.to_owned());
-                    }
-                    if line == "ready" {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(fingerprint.take());
-                        }
-                    }
-                    if !is_redis {
-                        println!("[{label}] {line}");
-                    }
-                }
-            });
-            waits.push((name.clone(), rx));
-        }
-        if let Some(err) = p.child.stderr.take() {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[{name}] {line}");
-                }
-            });
-        }
-    }
-    let mut fingerprints = HashMap::new();
-    for (name, rx) in waits {
-        match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(fp)) => {
-                if let Some(fp) = fp {
-                    fingerprints.insert(name, fp);
-                }
-            }
-            Ok(Err(_)) => anyhow::bail!("{name} exited before it was ready (its output is above)"),
-            Err(_) => anyhow::bail!("{name} was not ready within {START_TIMEOUT:?}"),
-        }
-    }
-    Ok(fingerprints)
 }
 
 /// Waits until the center at `http` lists `n` rooms in `GET /api/v1/stats`.
@@ -521,67 +395,4 @@ async fn http_get(addr: SocketAddr, path: &str, api_key: &str) -> anyhow::Result
         .map(|(_, b)| b)
         .unwrap_or_default();
     Ok(body.to_owned())
-}
-
-/// Waits until something accepts TCP connections on `addr`.
-async fn wait_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "nothing listens on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// SIGTERM to the rooms, then the centers, then everything else (newest
-/// first); each group is waited for, and killed after [`STOP_TIMEOUT`].
-async fn stop_all(mut procs: Vec<Proc>) {
-    let rank = |p: &Proc| {
-        if p.name.starts_with("room-") {
-            0
-        } else if p.name.starts_with("center-") {
-            1
-        } else if p.name == "redis" {
-            3
-        } else {
-            2
-        }
-    };
-    procs.reverse();
-    for group in 0..4 {
-        let (now, rest): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| rank(p) == group);
-        procs = rest;
-        for p in &now {
-            if let Some(pid) = p.child.id() {
-                terminate(pid);
-            }
-        }
-        for mut p in now {
-            match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => warn!(process = %p.name, %status, "exited with an error"),
-                Ok(Err(e)) => warn!(process = %p.name, error = %e, "wait failed"),
-                Err(_) => {
-                    warn!(process = %p.name, "did not stop in time; killing it");
-                    let _ = p.child.kill().await;
-                }
-            }
-        }
-    }
-}
-
-/// Sends SIGTERM to `pid` (a child of this process).
-fn terminate(pid: u32) {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
 }
