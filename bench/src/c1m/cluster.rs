@@ -120,6 +120,9 @@ pub(crate) async fn start(spec: &StartSpec<'_>, within: Duration) -> anyhow::Res
     .arg(spec.dir.join("data"))
     .arg("--manifest")
     .arg(&manifest_path)
+    // The kill phase measures failover to the spare room: the killed room
+    // must stay down, not be restarted by dev-cluster's supervision.
+    .arg("--no-restart")
     .args([
         "--room-args",
         &format!("--max-connections {}", spec.room_max),
