@@ -415,7 +415,17 @@ async fn renew(
         let asked_at = unix_us(std::time::SystemTime::now());
         for (p, o) in outcomes.into_iter().enumerate().take(n) {
             match o {
-                Ok(LeaseOutcome::Renewed) => known_at[p] = asked_at,
+                Ok(LeaseOutcome::Renewed) => {
+                    if failing[p] {
+                        // A renewal whose answer was lost may have reached
+                        // the register after the lease expired and been
+                        // granted `Fresh` there (entries dropped) without
+                        // our seeing it: refill and resync to be safe.
+                        info!(register = p, "lease renewed after failures: refilling it and resyncing its users' connections");
+                        refills.mark_fault(p, known_at[p]);
+                    }
+                    known_at[p] = asked_at;
+                }
                 Ok(LeaseOutcome::Fresh) => {
                     info!(register = p, "register did not know this room (restarted or lease expired): refilling it and resyncing its users' connections");
                     refills.mark_fault(p, known_at[p]);

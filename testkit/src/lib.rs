@@ -1,5 +1,6 @@
 //! Test harness for pushgate: a real `redis-server` on a free loopback port,
-//! a real three-master Redis Cluster, and free ports for servers under test.
+//! a real three-master Redis Cluster, free ports for servers under test, and
+//! a TCP proxy that cuts and heals links ([`Proxy`]) for fault tests.
 //!
 //! Dev-only: used by the saver tests and the root end-to-end tests. Nothing
 //! here is mocked; a missing `redis-server` or `redis-cli` is a test failure,
@@ -14,6 +15,9 @@
 //! let urls = cluster.urls(); // one "redis://127.0.0.1:N/" per master
 //! // ... every node is killed (by PID) when `cluster` is dropped.
 //! ```
+
+mod proxy;
+pub use proxy::Proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -4,6 +4,8 @@
 //! Every test file uses a subset of it, hence the `dead_code` allowance.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cluster;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
