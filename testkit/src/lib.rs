@@ -54,7 +54,9 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    /// Persistence arguments (after the port and bind ones).
+    persistence: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -66,9 +68,36 @@ impl RedisServer {
     /// binary is missing, or when the server does not come up in time.
     #[must_use]
     pub fn start() -> RedisServer {
+        Self::start_persisting(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts a server that keeps an append-only file in its temp dir,
+    /// fsynced as `appendfsync` says (`always`, `everysec` or `no`), so that
+    /// [`RedisServer::kill9_and_restart`] keeps what was written.
+    ///
+    /// # Panics
+    /// Like [`RedisServer::start`].
+    #[must_use]
+    pub fn start_with_aof(appendfsync: &str) -> RedisServer {
+        Self::start_persisting(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+        ])
+    }
+
+    fn start_persisting(persistence: &[&str]) -> RedisServer {
+        let persistence: Vec<String> = persistence.iter().map(|s| (*s).to_owned()).collect();
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start() {
+            let dir = match tempfile::tempdir() {
+                Ok(d) => d,
+                Err(e) => panic!("temp dir for redis-server: {e}"),
+            };
+            match Self::try_start(dir, free_port(), persistence.clone()) {
                 Ok(server) => return server,
                 Err(e) => last = e,
             }
@@ -76,23 +105,35 @@ impl RedisServer {
         panic!("redis-server did not start after {START_ATTEMPTS} attempts: {last}");
     }
 
+    /// Kills the server with SIGKILL and starts it again on the same port,
+    /// in the same directory, with the same persistence (what survives is
+    /// what its persistence kept).
+    ///
+    /// # Panics
+    /// When it does not come back (the port was taken meanwhile, …).
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")),
+        );
+        match Self::try_start(dir, self.port, self.persistence.clone()) {
+            Ok(again) => *self = again,
+            Err(e) => panic!("redis-server did not restart: {e}"),
+        }
+    }
+
     /// One attempt on one port; `Err` when it did not answer (port taken, …).
-    fn try_start() -> Result<RedisServer, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let port = free_port();
+    fn try_start(
+        dir: tempfile::TempDir,
+        port: u16,
+        persistence: Vec<String>,
+    ) -> Result<RedisServer, String> {
         let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(&persistence)
+            .args(["--daemonize", "no"])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -108,7 +149,8 @@ impl RedisServer {
         let mut server = RedisServer {
             child,
             port,
-            _dir: dir,
+            persistence,
+            dir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

@@ -90,7 +90,7 @@ pub fn local(port: u16) -> String {
 
 /// A cluster: Redis, 2 registers, 2 idgens, 1 saver, centers, rooms.
 pub struct Cluster {
-    pub _redis: testkit::RedisServer,
+    pub redis: testkit::RedisServer,
     pub _data: tempfile::TempDir,
     pub key: String,
     pub api_key: String,
@@ -109,7 +109,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(rooms: u32, centers: usize) -> Cluster {
-        let redis = testkit::RedisServer::start();
+        Cluster::start_on(testkit::RedisServer::start(), rooms, centers).await
+    }
+
+    /// [`Cluster::start`] with the store on `redis`.
+    pub async fn start_on(redis: testkit::RedisServer, rooms: u32, centers: usize) -> Cluster {
         let data = tempfile::tempdir().unwrap();
         let key = super::uniq("ck");
         let lease_ms = 3000;
@@ -173,7 +177,7 @@ impl Cluster {
             .await,
         ];
         let mut c = Cluster {
-            _redis: redis,
+            redis,
             _data: data,
             key: key.clone(),
             api_key: super::uniq("api"),
