@@ -108,6 +108,9 @@ pub(crate) struct ServeArgs {
     /// Outbound queue per connection, in bytes of encoded frames; past it the connection is closed (4006) [default: 1048576].
     #[arg(long, env = "PUSHGATE_SEND_QUEUE_BYTES", value_name = "BYTES")]
     pub(crate) send_queue_bytes: Option<usize>,
+    /// Connections one user may hold in this process; one more is refused with 4001 `too_many_connections` [default: 0 = no limit].
+    #[arg(long, env = "PUSHGATE_MAX_USER_CONNECTIONS", value_name = "N")]
+    pub(crate) max_user_connections: Option<usize>,
     /// Maximum connections held by this process [default: 1000000].
     #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,

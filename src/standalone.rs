@@ -94,6 +94,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             max_frame: cfg.max_frame,
             send_queue: cfg.send_queue,
             send_queue_bytes: cfg.send_queue_bytes,
+            max_user_connections: cfg.max_user_connections,
             max_channels: cfg.max_channels,
             max_connections,
             rate_limit: cfg.rate_limit,

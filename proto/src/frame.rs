@@ -159,11 +159,13 @@ pub enum ErrorCode {
     Overloaded,
     /// Unexpected server-side failure (e.g. storage unavailable).
     Internal,
+    /// The user already holds the most connections a room allows per user.
+    TooManyConnections,
 }
 
 impl ErrorCode {
     /// All codes, for tests and docs.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::AuthFailed,
         ErrorCode::AuthTimeout,
         ErrorCode::NotAuthenticated,
@@ -179,6 +181,8 @@ impl ErrorCode {
         ErrorCode::Draining,
         ErrorCode::Overloaded,
         ErrorCode::Internal,
+        // New codes go last: the binary number is the index plus one.
+        ErrorCode::TooManyConnections,
     ];
 
     /// The wire name, e.g. `"auth_failed"`.
@@ -199,6 +203,7 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -331,7 +336,7 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(16), None);
+        assert_eq!(ErrorCode::from_u8(17), None);
         for n in 4001..=4007 {
             assert_eq!(CloseCode::from_u16(n).map(CloseCode::as_u16), Some(n));
         }

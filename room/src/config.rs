@@ -28,6 +28,9 @@ pub struct RoomConfig {
     pub send_queue_bytes: usize,
     /// Channels one connection may hold.
     pub max_channels: usize,
+    /// Connections one user may hold in this room (0: no limit); one more
+    /// is refused after `auth` with `too_many_connections` and 4001.
+    pub max_user_connections: usize,
     /// Connections (sockets, authenticated or not) this room holds before refusing new ones.
     pub max_connections: usize,
     /// Inbound frames per second allowed per connection (burst = 2×); 0 = unlimited.
@@ -64,6 +67,7 @@ impl RoomConfig {
             send_queue: 256,
             send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             max_channels: 64,
+            max_user_connections: 0,
             max_connections: 100_000,
             rate_limit: 50,
             drain_reconnect_delay: Duration::from_secs(5),

@@ -52,6 +52,11 @@ pub(crate) enum CloseReason {
     /// The auth frame named an unusable device id (4001).
     #[error("auth failed: {0}")]
     BadDevice(&'static str),
+    /// The user already holds the most connections allowed per user in
+    /// this room (4001: refused like a bad token; reconnecting at once
+    /// would be refused again).
+    #[error("this user already has {0} connections here, the most allowed")]
+    TooManyConnections(usize),
     /// The first frame was not `auth` (4001).
     #[error("first frame was not auth")]
     NotAuthenticated,
@@ -97,6 +102,7 @@ impl CloseReason {
             CloseReason::PeerClosed | CloseReason::Io(_) => return None,
             CloseReason::AuthFailed(_)
             | CloseReason::BadDevice(_)
+            | CloseReason::TooManyConnections(_)
             | CloseReason::NotAuthenticated => CloseCode::AuthFailed,
             CloseReason::AuthTimeout => CloseCode::AuthTimeout,
             CloseReason::HeartbeatTimeout => CloseCode::HeartbeatTimeout,
@@ -115,6 +121,7 @@ impl CloseReason {
             CloseReason::PeerClosed | CloseReason::Io(_) => ErrorCode::Internal,
             CloseReason::AuthFailed(_) | CloseReason::BadDevice(_) => ErrorCode::AuthFailed,
             CloseReason::NotAuthenticated => ErrorCode::NotAuthenticated,
+            CloseReason::TooManyConnections(_) => ErrorCode::TooManyConnections,
             CloseReason::AuthTimeout => ErrorCode::AuthTimeout,
             CloseReason::HeartbeatTimeout => ErrorCode::HeartbeatTimeout,
             CloseReason::BadFrame(DecodeError::TooLarge { .. }) => ErrorCode::FrameTooLarge,

@@ -373,20 +373,31 @@ impl Hub {
         out
     }
 
-    /// Adds `conn` of `user` to the indexes; the returned guard removes it
-    /// from every index when dropped.
-    pub(crate) fn register(&self, user: UserId, conn: Arc<Conn>) -> Registration<'_> {
+    /// Adds `conn` of `user` to the indexes, unless `user` already has
+    /// `cap` connections here (`cap == 0`: no limit): then `Err(cap)`.
+    /// Checked and added under the user's entry lock, so concurrent logins
+    /// cannot both pass. The returned guard removes the connection from
+    /// every index when dropped.
+    pub(crate) fn register(
+        &self,
+        user: UserId,
+        conn: Arc<Conn>,
+        cap: usize,
+    ) -> Result<Registration<'_>, usize> {
+        {
+            let mut list = self.users.entry(user.clone()).or_default();
+            if cap > 0 && list.len() >= cap {
+                return Err(cap);
+            }
+            list.push(Arc::clone(&conn));
+        }
         self.conns.insert(conn.id, Arc::clone(&conn));
-        self.users
-            .entry(user.clone())
-            .or_default()
-            .push(Arc::clone(&conn));
-        Registration {
+        Ok(Registration {
             hub: self,
             conn,
             user,
             channels: Vec::new(),
-        }
+        })
     }
 
     fn push_to(&self, c: &Conn, msg: &Arc<Push>, m: &Metrics) -> u64 {
@@ -606,6 +617,7 @@ impl Drop for Registration<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proto::RoomId;
@@ -627,8 +639,8 @@ mod tests {
         let c1 = Arc::new(Conn::new(ConnId::new(RoomId(1), 1)));
         let c2 = Arc::new(Conn::new(ConnId::new(RoomId(1), 2)));
         let u = UserId::new("u");
-        let mut r1 = hub.register(u.clone(), Arc::clone(&c1));
-        let r2 = hub.register(u.clone(), Arc::clone(&c2));
+        let mut r1 = hub.register(u.clone(), Arc::clone(&c1), 0).unwrap();
+        let r2 = hub.register(u.clone(), Arc::clone(&c2), 0).unwrap();
         assert_eq!(r1.subscribe("news", 2), Subscribed::Added);
         assert_eq!(r1.subscribe("news", 2), Subscribed::Already);
         assert_eq!(r1.subscribe("sport", 2), Subscribed::Added);
@@ -717,7 +729,7 @@ mod tests {
         let m = Metrics::default();
         let c = Arc::new(Conn::new(ConnId(1)));
         let u = UserId::new("u");
-        let reg = hub.register(u.clone(), Arc::clone(&c));
+        let reg = hub.register(u.clone(), Arc::clone(&c), 0).unwrap();
         assert_eq!(hub.deliver_users(std::slice::from_ref(&u), &push(7), &m), 1);
         for after in [5, 3, 4] {
             assert_eq!(hub.resync_users(std::slice::from_ref(&u), MsgId(after)), 1);
@@ -745,8 +757,8 @@ mod tests {
         let hub = Hub::new(4, 1 << 20);
         let a = Arc::new(Conn::new(ConnId(1)));
         let b = Arc::new(Conn::new(ConnId(2)));
-        let _ra = hub.register(UserId::new("a"), Arc::clone(&a));
-        let rb = hub.register(UserId::new("b"), Arc::clone(&b));
+        let _ra = hub.register(UserId::new("a"), Arc::clone(&a), 0).unwrap();
+        let rb = hub.register(UserId::new("b"), Arc::clone(&b), 0).unwrap();
         assert_eq!(
             hub.resync_users(&[UserId::new("a"), UserId::new("z")], MsgId(1)),
             1
@@ -767,7 +779,7 @@ mod tests {
     fn unsubscribe_removes_empty_channel() {
         let hub = Hub::new(4, 1 << 20);
         let c = Arc::new(Conn::new(ConnId(9)));
-        let mut r = hub.register(UserId::new("u"), c);
+        let mut r = hub.register(UserId::new("u"), c, 0).unwrap();
         assert_eq!(r.subscribe("a", 4), Subscribed::Added);
         assert!(r.unsubscribe("a"));
         assert!(!r.unsubscribe("a"));

@@ -323,7 +323,11 @@ fn live<'a, T: FrameIo>(
 ) -> impl Future<Output = Result<std::convert::Infallible, CloseReason>> + 'a {
     async move {
         let conn = Arc::new(Conn::new(info.conn).with_meta(&info.device, info.since));
-        let mut reg = shared.hub.register(info.user.clone(), Arc::clone(&conn));
+        let cap = shared.cfg.max_user_connections;
+        let mut reg = shared
+            .hub
+            .register(info.user.clone(), Arc::clone(&conn), cap)
+            .map_err(CloseReason::TooManyConnections)?;
         // Either drain() finds this connection in the hub, or we see its flag.
         if shared.is_draining() {
             conn.signal(Signal::Draining);

@@ -250,3 +250,24 @@ async fn drain_closes_everyone_4007_with_a_jittered_delay_and_stops_accepting() 
     let refused = ws_connect(t.ws, "/ws", None).await;
     assert!(refused.is_err(), "accepted after drain");
 }
+
+#[tokio::test]
+async fn connections_per_user_are_capped_when_asked() {
+    let mut cfg = config();
+    cfg.max_user_connections = 2;
+    let t = start(cfg).await;
+    let a = t.authed(Transport::WsJson, "capped", None).await;
+    let _b = t.authed(Transport::Tcp, "capped", None).await;
+    // A third connection of the same user is refused after auth, like a bad token.
+    let mut c = t.client(Transport::WsBin).await;
+    c.send(&auth(token("capped"))).await;
+    c.expect_close(ErrorCode::TooManyConnections, 4001).await;
+    // Other users are not affected.
+    let _other = t.authed(Transport::WsJson, "someone-else", None).await;
+    // Once one closes, the user may connect again.
+    drop(a);
+    t.wait_until("one gone", |t| t.room.connections() == 2)
+        .await;
+    let _again = t.authed(Transport::WsJson, "capped", None).await;
+    assert_eq!(t.room.connections(), 3);
+}

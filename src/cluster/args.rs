@@ -144,6 +144,14 @@ pub(crate) struct RoomArgs {
         default_value_t = room::config::DEFAULT_SEND_QUEUE_BYTES
     )]
     pub(crate) send_queue_bytes: usize,
+    /// Connections one user may hold in this room (0: no limit; one more gets 4001 `too_many_connections`).
+    #[arg(
+        long,
+        env = "PUSHGATE_MAX_USER_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub(crate) max_user_connections: usize,
     /// Maximum connections held by this process (capped below the open-files limit).
     #[arg(
         long,

@@ -80,6 +80,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
             max_frame: args.max_frame,
             send_queue: args.send_queue,
             send_queue_bytes: args.send_queue_bytes,
+            max_user_connections: args.max_user_connections,
             max_channels: args.max_channels,
             max_connections: crate::standalone::effective_max_connections(args.max_connections),
             rate_limit: args.rate_limit,
