@@ -100,7 +100,7 @@ impl<S: ByteStream> Stream for TcpIo<S> {
                     return Poll::Ready(None);
                 }
                 this.rbuf = BytesMut::new();
-                let e = RecvError::Io("bytes remaining on stream".to_owned());
+                let e = RecvError::Gone("connection closed in the middle of a frame");
                 return Poll::Ready(Some(Err(e)));
             }
             let mut chunk = [0u8; READ_CHUNK];

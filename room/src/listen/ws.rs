@@ -44,7 +44,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, error::CapacityError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::debug;
 
 use crate::error::{RecvError, SendError};
 use crate::io::{ByteStream, FrameIo, Inbound, OutFrame, LINGER_MAX};
@@ -146,6 +145,7 @@ impl<S> WsIo<S> {
 }
 
 fn recv_error(e: tungstenite::Error) -> RecvError {
+    use tungstenite::error::ProtocolError;
     match e {
         tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
             RecvError::Decode(DecodeError::TooLarge {
@@ -153,14 +153,17 @@ fn recv_error(e: tungstenite::Error) -> RecvError {
                 max: max_size,
             })
         }
-        tungstenite::Error::Capacity(_) => RecvError::Decode(DecodeError::BadField("frame")),
+        tungstenite::Error::Capacity(c) => RecvError::WsProtocol(c.to_string()),
         tungstenite::Error::Utf8(_) => {
             RecvError::Decode(DecodeError::Json("text frame is not utf-8".to_owned()))
         }
-        tungstenite::Error::Protocol(p) => {
-            debug!(error = %p, "websocket protocol error");
-            RecvError::Decode(DecodeError::BadField("websocket frame"))
+        // TCP closed (or reset) without a close frame: the client went away,
+        // its frames were not malformed.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            RecvError::Gone("connection closed without a close frame")
         }
+        tungstenite::Error::Protocol(p) => RecvError::WsProtocol(p.to_string()),
+        tungstenite::Error::Io(io) => RecvError::from(io),
         other => RecvError::Io(other.to_string()),
     }
 }
