@@ -10,6 +10,11 @@
 //! connection attempt (`CONNECTION_REFUSED`, see `quic`).
 //! Refusals run on small tracked tasks, at most 64 at once; beyond that the
 //! socket is just dropped.
+//!
+//! The loop drains the listen backlog: it only spawns per connection, and
+//! tokio's `accept` keeps taking connections from the kernel until it
+//! reports `WouldBlock` (the listeners are bound by the caller, with
+//! `--listen-backlog`).
 
 pub(crate) mod quic;
 pub(crate) mod tcp;
