@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) max_channels: usize,
     pub(crate) rate_limit: u32,
     pub(crate) quic_retry_above: Option<usize>,
+    /// Connections per client address on each client listener; 0: no limit.
+    pub(crate) max_conns_per_ip: usize,
     pub(crate) queue_max: u32,
     pub(crate) queue_ttl: Duration,
     pub(crate) drain_timeout: Duration,
@@ -151,6 +153,7 @@ impl Config {
             max_channels: positive("max-channels", pick!(max_channels, 64))?,
             rate_limit: pick!(rate_limit, 50),
             quic_retry_above: args.quic_retry_above.or(file.quic_retry_above),
+            max_conns_per_ip: pick!(max_conns_per_ip, 0),
             queue_max: within("queue-max", pick!(queue_max, 1000), MAX_QUEUE)?,
             queue_ttl: Duration::from_secs(within(
                 "queue-ttl",

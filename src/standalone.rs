@@ -99,6 +99,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,
             quic_retry_above: cfg.quic_retry_above,
+            max_conns_per_ip: cfg.max_conns_per_ip,
         },
         Arc::new(LocalBackend {
             room: room_id,

@@ -338,3 +338,56 @@ async fn http_connections_over_the_cap_are_closed_at_once() {
     let (st, body) = s.raw("GET", "/healthz", None, None, None).await;
     assert_eq!(st, 200, "{body}");
 }
+
+/// `--max-conns-per-ip 3`: a fourth connection from the same address is
+/// refused on each listener (WebSocket: HTTP 429; TCP: error `overloaded`
+/// with close 4007, and why), the first three keep working, and a slot comes
+/// back when one of them ends.
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let s = Server::start(&["--max-conns-per-ip", "3"]).await;
+    let mut ws = Vec::new();
+    let mut tcp = Vec::new();
+    for i in 0..3 {
+        ws.push(s.login(Transport::WsJson, &format!("ipw{i}"), "d").await.0);
+        tcp.push(s.login(Transport::Tcp, &format!("ipt{i}"), "d").await.0);
+    }
+    // A fourth WebSocket: refused at the handshake with 429.
+    let stream = TcpStream::connect(s.ws).await.unwrap();
+    match common::ws_handshake(stream, s.ws, Some("pushgate.v1.json")).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 429, "{resp:?}"),
+        Err(e) => panic!("fourth websocket: expected HTTP 429, got {e}"),
+        Ok(_) => panic!("fourth websocket from one address was accepted"),
+    }
+    // A fourth TCP connection: the final error frame says why.
+    let mut c = s.connect(Transport::Tcp).await;
+    let (code, _, frames) = c.closed(Duration::from_secs(5)).await;
+    assert_eq!(code, Some(4007), "{frames:?}");
+    let err = frames.iter().find(|f| f["op"] == "error").cloned();
+    assert_eq!(
+        err.map(|e| (e["code"].clone(), e["message"].clone())),
+        Some((
+            json!("overloaded"),
+            json!("too many connections from this address")
+        )),
+        "{frames:?}"
+    );
+    // The three keep working.
+    for c in ws.iter_mut().chain(tcp.iter_mut()) {
+        assert!(c.ping_sync(5).await.is_empty());
+    }
+    // One leaves: its slot comes back.
+    ws.pop().unwrap().close().await;
+    let mut back = None;
+    for _ in 0..100 {
+        let stream = TcpStream::connect(s.ws).await.unwrap();
+        if let Ok(w) = common::ws_handshake(stream, s.ws, Some("pushgate.v1.json")).await {
+            back = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut back = common::Client::from_ws(back.expect("a slot came back within 5 s"), false);
+    back.auth(&s.token("ipback"), None, None).await;
+}

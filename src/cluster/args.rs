@@ -198,6 +198,14 @@ pub(crate) struct RoomArgs {
     /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
     #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
     pub(crate) quic_retry_above: Option<usize>,
+    /// Connections one client address (IPv6: one /64) may hold on each client listener; 0 = no limit.
+    #[arg(
+        long,
+        env = "PUSHGATE_MAX_CONNS_PER_IP",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub(crate) max_conns_per_ip: usize,
     /// Seconds to drain connections on SIGTERM.
     #[arg(long, env = "PUSHGATE_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) drain_timeout: u64,

@@ -391,15 +391,15 @@ async fn handshake_until<S: ByteStream>(
     Some((shared, WsIo::new(ws, bin)))
 }
 
-/// Answers a handshake to a full room with HTTP 503.
+/// Answers the handshake of a refused connection: HTTP 503 for a full
+/// room, 429 for too many connections from the address.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, sock: S) {
-    let callback = |_: &Request, _: Response| {
-        Err(http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "room full, reconnect elsewhere",
-        ))
+pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, sock: S, why: super::Refusal) {
+    let status = match why {
+        super::Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+        super::Refusal::PerIp => StatusCode::TOO_MANY_REQUESTS,
     };
+    let callback = |_: &Request, _: Response| Err(http_error(status, why.text()));
     let limit = shared.cfg.auth_timeout.min(Duration::from_secs(2));
     let handshake = tokio_tungstenite::accept_hdr_async(sock, callback);
     let _ = tokio::time::timeout(limit, handshake).await;
