@@ -120,6 +120,9 @@ pub(crate) struct ServeArgs {
     /// Inbound frames per second allowed per connection (burst twice that) [default: 50].
     #[arg(long, env = "PUSHGATE_RATE_LIMIT", value_name = "N")]
     pub(crate) rate_limit: Option<u32>,
+    /// Connections one client address (IPv6: one /64) may hold on each client listener (WebSocket, TCP, QUIC); 0 = no limit [default: 0].
+    #[arg(long, env = "PUSHGATE_MAX_CONNS_PER_IP", value_name = "N")]
+    pub(crate) max_conns_per_ip: Option<usize>,
     /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
     #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
     pub(crate) quic_retry_above: Option<usize>,
@@ -141,6 +144,18 @@ pub(crate) struct ServeArgs {
     /// This node's room id and id-generator region (0-255) [default: 0].
     #[arg(long, env = "PUSHGATE_NODE_ID", value_name = "N")]
     pub(crate) node_id: Option<u16>,
+    /// Seconds an HTTP request header may take to arrive in full; also how long a kept-alive HTTP connection may wait for its next request [default: 10].
+    #[arg(long, env = "PUSHGATE_HTTP_HEADER_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) http_header_timeout: Option<u64>,
+    /// Seconds an HTTP connection may move no byte either way before it is closed [default: 60].
+    #[arg(long, env = "PUSHGATE_HTTP_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) http_idle_timeout: Option<u64>,
+    /// HTTP connections served at once, apart from client connections; more are closed at once [default: 1024].
+    #[arg(long, env = "PUSHGATE_HTTP_MAX_CONNS", value_name = "N")]
+    pub(crate) http_max_conns: Option<usize>,
+    /// Accept backlog of the WebSocket, TCP and HTTP listeners (the kernel caps it at net.core.somaxconn) [default: 4096].
+    #[arg(long, env = "PUSHGATE_LISTEN_BACKLOG", value_name = "N")]
+    pub(crate) listen_backlog: Option<u32>,
 }
 
 /// Flags of `pushgate token`.

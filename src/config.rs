@@ -34,12 +34,16 @@ pub(crate) struct Config {
     pub(crate) max_channels: usize,
     pub(crate) rate_limit: u32,
     pub(crate) quic_retry_above: Option<usize>,
+    /// Connections per client address on each client listener; 0: no limit.
+    pub(crate) max_conns_per_ip: usize,
     pub(crate) queue_max: u32,
     pub(crate) queue_ttl: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_body: usize,
     pub(crate) max_users: usize,
     pub(crate) node_id: u16,
+    /// Listen backlog and HTTP server limits.
+    pub(crate) net: crate::net::NetSettings,
 }
 
 /// A configuration that cannot be used (exit code 64).
@@ -99,6 +103,8 @@ fn within<T: PartialOrd + Default + std::fmt::Display>(
 const MAX_HEARTBEAT: u64 = 86_400;
 /// Longest auth timeout accepted, seconds.
 const MAX_AUTH_TIMEOUT: u64 = 300;
+/// Largest listen backlog accepted (the kernel caps it at `net.core.somaxconn`).
+pub(crate) const MAX_BACKLOG: u32 = 1 << 20;
 /// Most messages kept per user: a reconnect replays at most this many.
 pub(crate) const MAX_QUEUE: u32 = 100_000;
 
@@ -154,6 +160,7 @@ impl Config {
             max_channels: positive("max-channels", pick!(max_channels, 64))?,
             rate_limit: pick!(rate_limit, 50),
             quic_retry_above: args.quic_retry_above.or(file.quic_retry_above),
+            max_conns_per_ip: pick!(max_conns_per_ip, 0),
             queue_max: within("queue-max", pick!(queue_max, 1000), MAX_QUEUE)?,
             queue_ttl: Duration::from_secs(within(
                 "queue-ttl",
@@ -168,6 +175,26 @@ impl Config {
             max_body: positive("max-body", pick!(max_body, 1024 * 1024))?,
             max_users: positive("max-users", pick!(max_users, 10_000))?,
             node_id: pick!(node_id, 0),
+            net: crate::net::NetSettings {
+                backlog: within(
+                    "listen-backlog",
+                    pick!(listen_backlog, crate::net::DEFAULT_BACKLOG),
+                    MAX_BACKLOG,
+                )?,
+                http: crate::net::HttpLimits {
+                    header_timeout: Duration::from_secs(within(
+                        "http-header-timeout",
+                        pick!(http_header_timeout, 10),
+                        3600,
+                    )?),
+                    idle_timeout: Duration::from_secs(within(
+                        "http-idle-timeout",
+                        pick!(http_idle_timeout, 60),
+                        86_400,
+                    )?),
+                    max_conns: positive("http-max-conns", pick!(http_max_conns, 1024))?,
+                },
+            },
         };
         if cfg.max_frame < 256 {
             return Err(ConfigError("max-frame must be at least 256 bytes".into()));
@@ -219,6 +246,40 @@ mod tests {
         assert_eq!(c.http.to_string(), "127.0.0.1:7780");
         assert_eq!(c.heartbeat, Duration::from_secs(30));
         assert_eq!(c.data, PathBuf::from("data"));
+        assert_eq!(c.net, crate::net::NetSettings::default());
+        assert_eq!(c.net.backlog, 4096);
+        assert_eq!(c.net.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.net.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.net.http.max_conns, 1024);
+    }
+
+    #[test]
+    fn example_file_loads() {
+        let mut a = args();
+        a.config = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pushgate.example.toml"));
+        let c = Config::load(a).expect("pushgate.example.toml is valid");
+        assert_eq!(c.net, crate::net::NetSettings::default());
+    }
+
+    #[test]
+    fn net_settings_from_file_and_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        let text = "listen_backlog = 100\nhttp_header_timeout = 3\nhttp_max_conns = 7\n";
+        std::fs::write(&path, text).expect("write");
+        let mut a = args();
+        a.config = Some(path);
+        a.http_max_conns = Some(9);
+        let c = Config::load(a).expect("valid");
+        assert_eq!(c.net.backlog, 100);
+        assert_eq!(c.net.http.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.net.http.max_conns, 9);
+        let mut a = args();
+        a.http_header_timeout = Some(0);
+        assert!(Config::load(a).is_err());
+        let mut a = args();
+        a.listen_backlog = Some(0);
+        assert!(Config::load(a).is_err());
     }
 
     #[test]

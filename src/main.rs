@@ -5,6 +5,7 @@ mod adapters;
 mod cli;
 mod cluster;
 mod config;
+mod net;
 mod secrets;
 mod signal;
 mod standalone;
@@ -117,18 +118,23 @@ fn main() -> ExitCode {
                 eprintln!("pushgate room: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
+            net::init(a.common.net.settings());
             return run_node(a.common.log_format, cluster::run_room(*a));
         }
         Some(Command::Center(a)) => {
+            net::init(a.common.net.settings());
             return run_node(a.common.log_format, cluster::run_center(*a));
         }
         Some(Command::Register(a)) => {
+            net::init(a.common.net.settings());
             return run_node(a.common.log_format, cluster::run_register(a));
         }
         Some(Command::Saver(a)) => {
+            net::init(a.common.net.settings());
             return run_node(a.common.log_format, cluster::run_saver(a));
         }
         Some(Command::Idgen(a)) => {
+            net::init(a.common.net.settings());
             return run_node(a.common.log_format, cluster::run_idgen(a));
         }
         Some(Command::DevCluster(a)) => {
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    net::init(cfg.net);
     run_node(cfg.log_format, standalone::run(cfg))
 }
 

@@ -16,12 +16,12 @@ use proto::RoomId;
 use register::{Directory, LocalDirectory};
 use room::{QuicListener, Room, RoomConfig};
 use saver::{EmbeddedStore, RedisStore, Store};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::adapters::{LocalBackend, LocalRooms};
 use crate::config::Config;
+use crate::net;
 use crate::secrets::{self, Origin};
 
 /// Runs standalone mode until SIGTERM or SIGINT.
@@ -101,6 +101,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,
             quic_retry_above: cfg.quic_retry_above,
+            max_conns_per_ip: cfg.max_conns_per_ip,
         },
         Arc::new(LocalBackend {
             room: room_id,
@@ -135,17 +136,15 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         center.add_metrics_source(Arc::new(move |out: &mut String| room.write_metrics(out)));
     }
 
-    let ws = TcpListener::bind(cfg.ws)
-        .await
+    let backlog = cfg.net.backlog;
+    let ws = net::bind(cfg.ws, backlog)
         .with_context(|| format!("bind websocket listener {}", cfg.ws))?;
-    let tcp = TcpListener::bind(cfg.tcp)
-        .await
-        .with_context(|| format!("bind tcp listener {}", cfg.tcp))?;
+    let tcp =
+        net::bind(cfg.tcp, backlog).with_context(|| format!("bind tcp listener {}", cfg.tcp))?;
     let quic = QuicListener::bind(cfg.quic, &certs, room.config())
         .with_context(|| format!("bind quic listener {} (udp)", cfg.quic))?;
-    let http = TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| format!("bind http listener {}", cfg.http))?;
+    let http =
+        net::bind(cfg.http, backlog).with_context(|| format!("bind http listener {}", cfg.http))?;
     let (ws_addr, tcp_addr, http_addr) = (ws.local_addr()?, tcp.local_addr()?, http.local_addr()?);
     let quic_addr = quic.local_addr()?;
 
@@ -179,15 +178,7 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
         async move { room.serve_quic(quic, stop).await }
     });
     let reload_task = reloader.spawn();
-    let http_task = tokio::spawn({
-        let app = center.router();
-        let stop = http_stop.clone();
-        async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    });
+    let http_task = net::spawn_http(http, center.router(), cfg.net.http, http_stop.clone());
     center.set_ready(true);
     let prune_task = tokio::spawn(prune_directory(local_dir));
 
@@ -298,25 +289,26 @@ async fn prune_offline_blocking(dir: &Arc<LocalDirectory>, cutoff: i64) -> usize
         .unwrap_or(0)
 }
 
-/// The soft limit on open files, from `/proc/self/limits` (Linux).
-fn nofile_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
 /// Files kept for everything that is not a client connection (listeners,
 /// the store, logs, HTTP clients).
 const RESERVED_FILES: u64 = 256;
 
 /// Every connection is a file: cap connections below the open-files limit,
-/// so a full process refuses new clients quickly instead of failing accept()
-/// with EMFILE, and say so (docs/OPERATIONS.md explains how to raise it).
+/// less the files kept for other uses and the HTTP connections' share (see
+/// [`net::http_cap`]), so a full process refuses new clients quickly instead
+/// of failing accept() with EMFILE, and say so (docs/OPERATIONS.md explains
+/// how to raise it).
 pub(crate) fn effective_max_connections(configured: usize) -> usize {
-    let Some(limit) = nofile_limit() else {
+    let Some(limit) = net::nofile_limit() else {
         return configured;
     };
-    let cap = usize::try_from(limit.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    let http = net::http_cap(net::settings().http.max_conns, Some(limit));
+    let http = u64::try_from(http).unwrap_or(u64::MAX);
+    let cap = limit
+        .saturating_sub(RESERVED_FILES)
+        .saturating_sub(http)
+        .max(1);
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
     if cap < configured {
         warn!(
             nofile = limit,

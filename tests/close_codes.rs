@@ -338,3 +338,96 @@ async fn sigterm_right_after_ready_exits_0() {
         );
     }
 }
+
+/// A token with `alg` `none` is refused (4001) with a message that says so,
+/// in words written for the client's developer (no serde internals).
+#[tokio::test]
+async fn alg_none_token_gets_a_clean_message() {
+    let s = Server::start(&[]).await;
+    let b64 = |v: Value| b64url(v.to_string().as_bytes());
+    let token = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "mallory", "exp": now_secs() + 3600}))
+    );
+    let want =
+        "auth failed: invalid token: header names no accepted algorithm (only HS256 is accepted)";
+    for t in [Transport::WsJson, Transport::Tcp] {
+        let mut c = s.connect(t).await;
+        c.send(&ClientFrame::Auth {
+            seq: Some(1),
+            token: token.clone(),
+            last_id: None,
+            device: None,
+        })
+        .await;
+        let (reason, frames) = c.expect_close(4001, Duration::from_secs(5)).await;
+        let err = frames.iter().find(|f| f["op"] == "error");
+        assert_eq!(
+            err.map(|e| e["message"].clone()),
+            Some(json!(want)),
+            "{t:?}: {frames:?}"
+        );
+        if t == Transport::WsJson {
+            assert_eq!(reason, want, "{t:?}: close reason");
+        }
+    }
+}
+
+/// A client that drops its TCP connection without a close frame is logged
+/// as gone, not as a malformed frame; a real protocol violation is named.
+#[tokio::test]
+async fn going_away_is_not_logged_as_a_bad_frame() {
+    let s = Server::start_env(&[], &[("PUSHGATE_LOG", "info,room=debug")]).await;
+    let (c, _) = s.login(Transport::WsJson, "goer", "d").await;
+    drop(c);
+    s.wait_stderr(
+        "client went away: connection closed without a close frame",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    // Reserved bits set on a text frame (masked, as from a client): a
+    // protocol violation, named as one.
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = tokio::net::TcpStream::connect(s.ws).await.unwrap();
+    let mut ws = common::ws_handshake(stream, s.ws, None).await.unwrap();
+    let mut frame = vec![0x80 | 0x40 | 0x1, 0x80 | 2, 0, 0, 0, 0];
+    frame.extend_from_slice(b"{}");
+    ws.get_mut().write_all(&frame).await.unwrap();
+    let close = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("close within 5 s")
+            .expect("a close frame before the end")
+            .unwrap();
+        if let Message::Close(c) = m {
+            break c.unwrap();
+        }
+    };
+    assert_eq!(u16::from(close.code), 4004, "{close:?}");
+    assert!(
+        close.reason.starts_with("websocket protocol violation"),
+        "{close:?}"
+    );
+    let err = s.stderr();
+    assert!(!err.contains("invalid field websocket frame"), "{err}");
+}
+
+/// Base64url without padding (JWT segments).
+fn b64url(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}

@@ -255,3 +255,139 @@ async fn ping_flood_does_not_starve_others() {
     );
     assert!(good.ping_sync(9).await.is_empty());
 }
+
+/// Reads what the server sends until it closes or `limit` passes; `None`
+/// when it is still open then.
+async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Slowloris on the REST listener: 300 connections that each send one byte
+/// of a request and then nothing. Meanwhile the API and new WebSocket
+/// clients are served, and every one of them is closed after the header
+/// timeout (2 s here), unanswered.
+#[tokio::test]
+async fn http_slowloris_is_closed_after_the_header_timeout() {
+    let s = Server::start(&["--http-header-timeout", "2"]).await;
+    let mut lorises = Vec::new();
+    for _ in 0..300 {
+        let mut c = TcpStream::connect(s.http).await.unwrap();
+        c.write_all(b"G").await.unwrap();
+        lorises.push(c);
+    }
+    // Meanwhile: the REST API answers, and a new client connects and gets a push.
+    let v = s.stats().await;
+    assert!(v["connections"].is_number(), "{v}");
+    let (mut ws, _) = s.login(Transport::WsJson, "loris-victim", "d").await;
+    let id = s.push_id(&["loris-victim"], json!("still here")).await;
+    assert_eq!(ws.next_msg().await["id"], id);
+    // Every slow connection is closed, without an answer.
+    let closes = lorises
+        .into_iter()
+        .map(|mut c| async move { read_to_close(&mut c, Duration::from_secs(10)).await });
+    let results = futures_util::future::join_all(closes).await;
+    let open = results.iter().filter(|r| r.is_none()).count();
+    assert_eq!(
+        open, 0,
+        "{open} of 300 slowloris connections still open after 10 s"
+    );
+    let answered = results.iter().flatten().filter(|b| !b.is_empty()).count();
+    assert_eq!(answered, 0, "an unfinished request was answered");
+    // And afterwards, as before.
+    let (st, _) = s.raw("GET", "/healthz", None, None, None).await;
+    assert_eq!(st, 200);
+}
+
+/// Over `--http-max-conns` a new HTTP connection is closed at once, even
+/// with a complete request; once the slow ones time out, requests are
+/// served again.
+#[tokio::test]
+async fn http_connections_over_the_cap_are_closed_at_once() {
+    let s = Server::start(&["--http-max-conns", "8", "--http-header-timeout", "3"]).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(s.http).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(c);
+    }
+    let mut extra = TcpStream::connect(s.http).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let got = read_to_close(&mut extra, Duration::from_secs(2)).await;
+    assert_eq!(
+        got.as_deref(),
+        Some(&b""[..]),
+        "the 9th connection must be closed unanswered while 8 are held"
+    );
+    // The held ones time out; then the API answers again.
+    for mut c in held {
+        assert!(read_to_close(&mut c, Duration::from_secs(10))
+            .await
+            .is_some());
+    }
+    let (st, body) = s.raw("GET", "/healthz", None, None, None).await;
+    assert_eq!(st, 200, "{body}");
+}
+
+/// `--max-conns-per-ip 3`: a fourth connection from the same address is
+/// refused on each listener (WebSocket: HTTP 429; TCP: error `overloaded`
+/// with close 4007, and why), the first three keep working, and a slot comes
+/// back when one of them ends.
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let s = Server::start(&["--max-conns-per-ip", "3"]).await;
+    let mut ws = Vec::new();
+    let mut tcp = Vec::new();
+    for i in 0..3 {
+        ws.push(s.login(Transport::WsJson, &format!("ipw{i}"), "d").await.0);
+        tcp.push(s.login(Transport::Tcp, &format!("ipt{i}"), "d").await.0);
+    }
+    // A fourth WebSocket: refused at the handshake with 429.
+    let stream = TcpStream::connect(s.ws).await.unwrap();
+    match common::ws_handshake(stream, s.ws, Some("pushgate.v1.json")).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 429, "{resp:?}"),
+        Err(e) => panic!("fourth websocket: expected HTTP 429, got {e}"),
+        Ok(_) => panic!("fourth websocket from one address was accepted"),
+    }
+    // A fourth TCP connection: the final error frame says why.
+    let mut c = s.connect(Transport::Tcp).await;
+    let (code, _, frames) = c.closed(Duration::from_secs(5)).await;
+    assert_eq!(code, Some(4007), "{frames:?}");
+    let err = frames.iter().find(|f| f["op"] == "error").cloned();
+    assert_eq!(
+        err.map(|e| (e["code"].clone(), e["message"].clone())),
+        Some((
+            json!("overloaded"),
+            json!("too many connections from this address")
+        )),
+        "{frames:?}"
+    );
+    // The three keep working.
+    for c in ws.iter_mut().chain(tcp.iter_mut()) {
+        assert!(c.ping_sync(5).await.is_empty());
+    }
+    // One leaves: its slot comes back.
+    ws.pop().unwrap().close().await;
+    let mut back = None;
+    for _ in 0..100 {
+        let stream = TcpStream::connect(s.ws).await.unwrap();
+        if let Ok(w) = common::ws_handshake(stream, s.ws, Some("pushgate.v1.json")).await {
+            back = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut back = common::Client::from_ws(back.expect("a slot came back within 5 s"), false);
+    back.auth(&s.token("ipback"), None, None).await;
+}

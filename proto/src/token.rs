@@ -4,6 +4,7 @@
 //! refused before their signature is looked at. `exp` is checked against the
 //! `now` the caller passes, never against the library's own clock.
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -60,10 +61,12 @@ pub fn valid_channel(name: &str) -> bool {
         })
 }
 
-/// Why a token was refused.
+/// Why a token was refused. The texts are written for client developers
+/// (they reach the client in the `auth_failed` error frame): they say what
+/// is wrong with the token, never a library's internals.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TokenError {
-    /// Signature, algorithm or format is wrong.
+    /// Signature, algorithm or format is wrong; the text says which.
     #[error("invalid token: {0}")]
     Invalid(String),
     /// `exp` is in the past.
@@ -99,16 +102,31 @@ pub fn mint(claims: &Claims, secret: &[u8]) -> Result<String, TokenError> {
 /// [`TokenError::Expired`] when `exp <= now`; [`TokenError::BadSubject`] for
 /// an empty or too long `sub`.
 pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Claims, TokenError> {
+    // The header first, so that a refused algorithm is named as such (its
+    // JSON fails to decode when the algorithm is one the library lacks).
+    let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e, Part::Header))?;
+    if header.alg != Algorithm::HS256 {
+        return Err(TokenError::Invalid(format!(
+            "algorithm {:?} is not accepted, only HS256",
+            header.alg
+        )));
+    }
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "sub"]);
-    let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-    let claims = data.claims;
+    // `sub` and `exp` are required: `typed_claims` checks them (with clearer
+    // texts than the library's, which calls an `exp` of the wrong type missing).
+    validation.set_required_spec_claims::<&str>(&[]);
+    // Claims as JSON first, so that a wrong type is named by claim.
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &DecodingKey::from_secret(secret),
+        &validation,
+    )
+    .map_err(|e| invalid(&e, Part::Claims))?;
+    let claims = typed_claims(data.claims)?;
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
@@ -116,6 +134,72 @@ pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Claims, TokenError
         return Err(TokenError::BadSubject);
     }
     Ok(claims)
+}
+
+/// [`Claims`] from the payload's JSON, naming the first claim of a wrong type.
+fn typed_claims(v: serde_json::Value) -> Result<Claims, TokenError> {
+    use serde_json::Value;
+    let wrong = |c: &str, want: &str| TokenError::Invalid(format!("{c} claim must be {want}"));
+    let Some(obj) = v.as_object() else {
+        return Err(TokenError::Invalid(
+            "claims are not a JSON object".to_owned(),
+        ));
+    };
+    for c in ["sub", "exp"] {
+        if obj.get(c).is_none_or(Value::is_null) {
+            return Err(TokenError::Invalid(format!("missing {c} claim")));
+        }
+    }
+    if !obj.get("sub").is_some_and(Value::is_string) {
+        return Err(wrong("sub", "a string"));
+    }
+    if !obj.get("exp").is_some_and(Value::is_u64) {
+        return Err(wrong("exp", "a whole number of seconds since the epoch"));
+    }
+    if !obj.get("dev").is_none_or(|d| d.is_null() || d.is_string()) {
+        return Err(wrong("dev", "a string"));
+    }
+    let strings = |c: &Value| c.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+    if !obj
+        .get("channels")
+        .is_none_or(|c| c.is_null() || strings(c))
+    {
+        return Err(wrong("channels", "a list of strings"));
+    }
+    serde_json::from_value(v).map_err(|_| TokenError::Invalid("unusable claims".to_owned()))
+}
+
+/// Which part of the token was being decoded.
+#[derive(Clone, Copy)]
+enum Part {
+    Header,
+    Claims,
+}
+
+/// A client-facing text for a `jsonwebtoken` error.
+fn invalid(e: &jsonwebtoken::errors::Error, part: Part) -> TokenError {
+    let text = match (e.kind(), part) {
+        (ErrorKind::InvalidToken, _) => "not a JWT (expected header.payload.signature)",
+        (ErrorKind::Base64(_), _) => "not base64url",
+        (ErrorKind::Utf8(_), _) => "not utf-8",
+        (ErrorKind::Json(j), Part::Header) if j.is_data() => {
+            "header names no accepted algorithm (only HS256 is accepted)"
+        }
+        (ErrorKind::Json(_), Part::Header) => "header is not a JSON object",
+        (ErrorKind::Json(_), Part::Claims) => "claims are not a JSON object",
+        (ErrorKind::InvalidSignature, _) => "bad signature",
+        (ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName, _) => {
+            "algorithm not accepted, only HS256"
+        }
+        (ErrorKind::MissingRequiredClaim(c), _) => {
+            return TokenError::Invalid(format!("missing {c} claim"));
+        }
+        (ErrorKind::InvalidClaimFormat(c), _) => {
+            return TokenError::Invalid(format!("{c} claim of the wrong type"));
+        }
+        _ => "unusable token",
+    };
+    TokenError::Invalid(text.to_owned())
 }
 
 #[cfg(test)]
@@ -236,6 +320,70 @@ mod tests {
         }
         let t = mint(&claims(&"x".repeat(MAX_SUB_LEN)), SECRET).unwrap();
         assert!(verify(&t, SECRET, NOW).is_ok());
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let payload = b64(&format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60));
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), payload);
+        let text = |t: &str| verify(t, SECRET, NOW).unwrap_err().to_string();
+        let msg = text(&none);
+        assert_eq!(
+            msg,
+            "invalid token: header names no accepted algorithm (only HS256 is accepted)"
+        );
+        for leak in ["variant", "expected one of", "line", "column", "`"] {
+            assert!(!msg.contains(leak), "{msg}");
+        }
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims("alice"),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            text(&hs384),
+            "invalid token: algorithm HS384 is not accepted, only HS256"
+        );
+        let t = mint(&claims("alice"), SECRET).unwrap();
+        assert_eq!(
+            verify(&t, b"other", NOW).unwrap_err().to_string(),
+            "invalid token: bad signature"
+        );
+        assert_eq!(
+            text("abc"),
+            "invalid token: not a JWT (expected header.payload.signature)"
+        );
+        assert_eq!(text("a.b.c"), "invalid token: not base64url");
+        let h = b64(r#"{"alg":"HS256"}"#);
+        let bad_exp = format!("{h}.{}.", b64(r#"{"sub":"a","exp":"soon"}"#));
+        let signed = |unsigned: &str| {
+            let msg = unsigned.trim_end_matches('.');
+            let sig = jsonwebtoken::crypto::sign(
+                msg.as_bytes(),
+                &EncodingKey::from_secret(SECRET),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{msg}.{sig}")
+        };
+        assert_eq!(
+            text(&signed(&bad_exp)),
+            "invalid token: exp claim must be a whole number of seconds since the epoch"
+        );
+        let bad_channels = format!(
+            "{h}.{}.",
+            b64(&format!(
+                r#"{{"sub":"a","exp":{},"channels":"news"}}"#,
+                NOW + 60
+            ))
+        );
+        assert_eq!(
+            text(&signed(&bad_channels)),
+            "invalid token: channels claim must be a list of strings"
+        );
+        let no_sub = format!("{h}.{}.", b64(&format!(r#"{{"exp":{}}}"#, NOW + 60)));
+        assert_eq!(text(&signed(&no_sub)), "invalid token: missing sub claim");
     }
 
     #[test]

@@ -51,12 +51,17 @@ pub struct RoomConfig {
     /// prove it receives at its address before the room spends a handshake
     /// on it; one round trip more). `Some(0)`: always; `None`: never.
     pub quic_retry_above: Option<usize>,
+    /// Connections one client address (IPv6: one /64) may hold on each
+    /// client listener (WebSocket, TCP, QUIC); more are refused like a full
+    /// room. 0: no limit.
+    pub max_conns_per_ip: usize,
 }
 
 impl RoomConfig {
     /// Settings with the defaults of DESIGN.md for room `room` and token secret `token_secret`:
     /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages
-    /// and at most 1 MiB queued, 64 channels, 100 000 connections, 50 frames/s, reconnect spread over 5 s, no QUIC Retry.
+    /// and at most 1 MiB queued, 64 channels, 100 000 connections, 50 frames/s,
+    /// reconnect spread over 5 s, no QUIC Retry, no per-address or per-user limit.
     pub fn new(room: RoomId, token_secret: Arc<[u8]>) -> RoomConfig {
         RoomConfig {
             room,
@@ -73,6 +78,7 @@ impl RoomConfig {
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,
             quic_retry_above: None,
+            max_conns_per_ip: 0,
         }
     }
 

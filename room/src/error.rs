@@ -14,6 +14,13 @@ pub(crate) enum RecvError {
     /// The bytes did not decode into a client frame (4004).
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The client broke the WebSocket protocol (4004): the text says how.
+    #[error("websocket protocol violation: {0}")]
+    WsProtocol(String),
+    /// The client went away without closing properly (reset, or EOF without
+    /// a WebSocket close frame or in the middle of a frame): the text says how.
+    #[error("{0}")]
+    Gone(&'static str),
     /// The socket or the WebSocket layer failed.
     #[error("transport: {0}")]
     Io(String),
@@ -21,8 +28,23 @@ pub(crate) enum RecvError {
 
 impl From<std::io::Error> for RecvError {
     fn from(e: std::io::Error) -> Self {
-        RecvError::Io(e.to_string())
+        match gone(&e) {
+            Some(how) => RecvError::Gone(how),
+            None => RecvError::Io(e.to_string()),
+        }
     }
+}
+
+/// How the client went away, when `e` says it did.
+pub(crate) fn gone(e: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind;
+    Some(match e.kind() {
+        ErrorKind::ConnectionReset => "connection reset by the client",
+        ErrorKind::ConnectionAborted => "connection aborted",
+        ErrorKind::BrokenPipe => "connection closed by the client",
+        ErrorKind::UnexpectedEof => "connection closed in the middle of a frame",
+        _ => return None,
+    })
 }
 
 /// A failure writing to a client transport.
@@ -40,9 +62,13 @@ impl From<std::io::Error> for SendError {
 /// frame and a close code to the client.
 #[derive(Debug, Error)]
 pub(crate) enum CloseReason {
-    /// The client closed the connection.
-    #[error("peer closed")]
+    /// The client closed the connection (WebSocket: with a close frame).
+    #[error("client closed the connection")]
     PeerClosed,
+    /// The client went away without closing properly (reset, EOF without a
+    /// WebSocket close frame, EOF in the middle of a frame): the text says how.
+    #[error("client went away: {0}")]
+    Gone(&'static str),
     /// Reading or writing the socket failed.
     #[error("io: {0}")]
     Io(String),
@@ -69,6 +95,9 @@ pub(crate) enum CloseReason {
     /// A malformed or oversized frame (4004).
     #[error("bad frame: {0}")]
     BadFrame(DecodeError),
+    /// A WebSocket protocol violation (4004): the text says which.
+    #[error("websocket protocol violation: {0}")]
+    WsProtocol(String),
     /// More inbound frames than the rate limit allows (4004).
     #[error("inbound rate limit exceeded")]
     RateLimited,
@@ -99,14 +128,16 @@ impl CloseReason {
     /// The close code sent to the client, if any.
     pub(crate) fn close_code(&self) -> Option<CloseCode> {
         Some(match self {
-            CloseReason::PeerClosed | CloseReason::Io(_) => return None,
+            CloseReason::PeerClosed | CloseReason::Gone(_) | CloseReason::Io(_) => return None,
             CloseReason::AuthFailed(_)
             | CloseReason::BadDevice(_)
             | CloseReason::TooManyConnections(_)
             | CloseReason::NotAuthenticated => CloseCode::AuthFailed,
             CloseReason::AuthTimeout => CloseCode::AuthTimeout,
             CloseReason::HeartbeatTimeout => CloseCode::HeartbeatTimeout,
-            CloseReason::BadFrame(_) | CloseReason::RateLimited => CloseCode::ProtocolError,
+            CloseReason::BadFrame(_) | CloseReason::WsProtocol(_) | CloseReason::RateLimited => {
+                CloseCode::ProtocolError
+            }
             CloseReason::Kicked => CloseCode::Kicked,
             CloseReason::SlowConsumer => CloseCode::SlowConsumer,
             CloseReason::Draining { .. } | CloseReason::ReplayUnavailable { .. } => {
@@ -118,14 +149,16 @@ impl CloseReason {
     /// The error code of the final error frame.
     pub(crate) fn error_code(&self) -> ErrorCode {
         match self {
-            CloseReason::PeerClosed | CloseReason::Io(_) => ErrorCode::Internal,
+            CloseReason::PeerClosed | CloseReason::Gone(_) | CloseReason::Io(_) => {
+                ErrorCode::Internal
+            }
             CloseReason::AuthFailed(_) | CloseReason::BadDevice(_) => ErrorCode::AuthFailed,
             CloseReason::NotAuthenticated => ErrorCode::NotAuthenticated,
             CloseReason::TooManyConnections(_) => ErrorCode::TooManyConnections,
             CloseReason::AuthTimeout => ErrorCode::AuthTimeout,
             CloseReason::HeartbeatTimeout => ErrorCode::HeartbeatTimeout,
             CloseReason::BadFrame(DecodeError::TooLarge { .. }) => ErrorCode::FrameTooLarge,
-            CloseReason::BadFrame(_) => ErrorCode::BadFrame,
+            CloseReason::BadFrame(_) | CloseReason::WsProtocol(_) => ErrorCode::BadFrame,
             CloseReason::RateLimited => ErrorCode::RateLimited,
             CloseReason::Kicked => ErrorCode::Kicked,
             CloseReason::SlowConsumer => ErrorCode::SlowConsumer,
@@ -153,7 +186,7 @@ impl CloseReason {
     /// Metric label: the close code, or `peer` / `io`.
     pub(crate) fn label(&self) -> &'static str {
         match self.close_code() {
-            None if matches!(self, CloseReason::PeerClosed) => "peer",
+            None if matches!(self, CloseReason::PeerClosed | CloseReason::Gone(_)) => "peer",
             None => "io",
             Some(CloseCode::AuthFailed) => "4001",
             Some(CloseCode::AuthTimeout) => "4002",
@@ -170,6 +203,7 @@ impl CloseReason {
         matches!(
             self,
             CloseReason::PeerClosed
+                | CloseReason::Gone(_)
                 | CloseReason::Io(_)
                 | CloseReason::AuthTimeout
                 | CloseReason::HeartbeatTimeout
@@ -183,6 +217,8 @@ impl From<RecvError> for CloseReason {
     fn from(e: RecvError) -> Self {
         match e {
             RecvError::Decode(d) => CloseReason::BadFrame(d),
+            RecvError::WsProtocol(s) => CloseReason::WsProtocol(s),
+            RecvError::Gone(how) => CloseReason::Gone(how),
             RecvError::Io(s) => CloseReason::Io(s),
         }
     }
@@ -215,6 +251,30 @@ mod tests {
         assert_eq!(r.close_code(), Some(CloseCode::ProtocolError));
         let r = CloseReason::BadFrame(DecodeError::Truncated);
         assert_eq!(r.error_code(), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn going_away_is_not_a_bad_frame() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let r = CloseReason::from(RecvError::from(reset));
+        assert_eq!(
+            r.to_string(),
+            "client went away: connection reset by the client"
+        );
+        assert_eq!(r.close_code(), None);
+        assert_eq!(r.label(), "peer");
+        assert!(r.is_routine());
+        let other = std::io::Error::other("disk on fire");
+        let r = CloseReason::from(RecvError::from(other));
+        assert_eq!(r.label(), "io");
+        let r = CloseReason::from(RecvError::WsProtocol("reserved bits are non-zero".into()));
+        assert_eq!(r.close_code(), Some(CloseCode::ProtocolError));
+        assert_eq!(r.error_code(), ErrorCode::BadFrame);
+        assert!(!r.is_routine());
+        assert_eq!(
+            r.message(),
+            "websocket protocol violation: reserved bits are non-zero"
+        );
     }
 
     #[test]

@@ -27,6 +27,41 @@ pub(crate) struct CommonArgs {
         default_value = "human"
     )]
     pub(crate) log_format: LogFormat,
+    /// Listen backlog and HTTP server limits.
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+}
+
+/// Listener settings every cluster process has (the HTTP ones matter where
+/// there is an HTTP listener: rooms and centers).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NetArgs {
+    /// Accept backlog of every TCP listener (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "PUSHGATE_LISTEN_BACKLOG", value_name = "N", default_value_t = crate::net::DEFAULT_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_BACKLOG)))]
+    pub(crate) listen_backlog: u32,
+    /// Seconds an HTTP request header may take to arrive in full; also how long a kept-alive HTTP connection may wait for its next request.
+    #[arg(long, env = "PUSHGATE_HTTP_HEADER_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) http_header_timeout: u64,
+    /// Seconds an HTTP connection may move no byte either way before it is closed.
+    #[arg(long, env = "PUSHGATE_HTTP_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) http_idle_timeout: u64,
+    /// HTTP connections served at once, apart from client connections; more are closed at once.
+    #[arg(long, env = "PUSHGATE_HTTP_MAX_CONNS", value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) http_max_conns: u64,
+}
+
+impl NetArgs {
+    /// The settings these flags give.
+    pub(crate) fn settings(&self) -> crate::net::NetSettings {
+        crate::net::NetSettings {
+            backlog: self.listen_backlog,
+            http: crate::net::HttpLimits {
+                header_timeout: std::time::Duration::from_secs(self.http_header_timeout),
+                idle_timeout: std::time::Duration::from_secs(self.http_idle_timeout),
+                max_conns: usize::try_from(self.http_max_conns).unwrap_or(usize::MAX),
+            },
+        }
+    }
 }
 
 impl CommonArgs {
@@ -179,6 +214,14 @@ pub(crate) struct RoomArgs {
     /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
     #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
     pub(crate) quic_retry_above: Option<usize>,
+    /// Connections one client address (IPv6: one /64) may hold on each client listener; 0 = no limit.
+    #[arg(
+        long,
+        env = "PUSHGATE_MAX_CONNS_PER_IP",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub(crate) max_conns_per_ip: usize,
     /// Seconds to drain connections on SIGTERM.
     #[arg(long, env = "PUSHGATE_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) drain_timeout: u64,

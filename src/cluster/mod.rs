@@ -101,7 +101,8 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `stop`.
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `stop`,
+    /// with the process's HTTP limits (`--http-*`, see [`crate::net`]).
     pub(crate) fn serve(
         &self,
         listener: TcpListener,
@@ -140,17 +141,13 @@ impl Health {
                     }
                 }),
             );
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+        crate::net::spawn_http(listener, app, crate::net::settings().http, stop)
     }
 }
 
-/// Binds `addr` for a link server or says which flag to change.
+/// Binds `addr` (with the process's `--listen-backlog`) or says which flag to change.
+#[allow(clippy::unused_async)] // callers await it; binding itself does not block
 pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    crate::net::bind(addr, crate::net::settings().backlog)
         .with_context(|| format!("bind {what} listener {addr}"))
 }

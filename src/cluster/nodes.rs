@@ -61,15 +61,12 @@ pub(crate) async fn run_center(args: CenterArgs) -> anyhow::Result<()> {
     let http = bind(args.http, "http").await?;
     let http_addr = http.local_addr()?;
     let stop = CancellationToken::new();
-    let http_task = tokio::spawn({
-        let app = center.router();
-        let stop = stop.clone();
-        async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    });
+    let http_task = crate::net::spawn_http(
+        http,
+        center.router(),
+        crate::net::settings().http,
+        stop.clone(),
+    );
     center.set_ready(true);
     announce(&[format!("http listening on {http_addr}")])?;
     info!(http = %http_addr, "center up");

@@ -87,6 +87,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
             drain_reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
             replay_overlap: idgen::make_id(overlap_us.min(i64::MAX >> 9), 0).0,
             quic_retry_above: args.quic_retry_above,
+            max_conns_per_ip: args.max_conns_per_ip,
         },
         Arc::new(LocalBackend {
             room: room_id,

@@ -10,7 +10,17 @@
 //! connection attempt (`CONNECTION_REFUSED`, see `quic`).
 //! Refusals run on small tracked tasks, at most 64 at once; beyond that the
 //! socket is just dropped.
+//!
+//! `max_conns_per_ip` limits the connections of one client address on each
+//! listener (see `per_ip`); over it a connection is refused the same way,
+//! with its own text (WebSocket: HTTP 429).
+//!
+//! The loop drains the listen backlog: it only spawns per connection, and
+//! tokio's `accept` keeps taking connections from the kernel until it
+//! reports `WouldBlock` (the listeners are bound by the caller, with
+//! `--listen-backlog`).
 
+pub(crate) mod per_ip;
 pub(crate) mod quic;
 pub(crate) mod tcp;
 pub(crate) mod ws;
@@ -57,6 +67,25 @@ pub(crate) async fn handshake_step<T, E: std::fmt::Display>(
     }
 }
 
+/// Why a connection is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The room holds `max_connections`.
+    Full,
+    /// The client's address holds `max_conns_per_ip` on this listener.
+    PerIp,
+}
+
+impl Refusal {
+    /// The text the client gets.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Refusal::Full => "room full, reconnect elsewhere",
+            Refusal::PerIp => "too many connections from this address",
+        }
+    }
+}
+
 /// Which protocol a listener speaks.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Kind {
@@ -84,6 +113,7 @@ pub(crate) async fn accept_loop(
     };
     let addr = listener.local_addr().ok();
     let secure = tls.is_some();
+    let per_ip = per_ip::PerIp::new(shared.cfg.max_conns_per_ip);
     info!(?addr, ?kind, tls = secure, "accepting");
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -109,23 +139,25 @@ pub(crate) async fn accept_loop(
             },
         };
         let _ = sock.set_nodelay(true);
+        let slot = match &per_ip {
+            None => None,
+            Some(p) => match p.acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    spawn_refusal(&shared, sock, peer, kind, &tls, Refusal::PerIp);
+                    continue;
+                }
+            },
+        };
         let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
-            shared.metrics.refused(transport);
-            if let Ok(p) = Arc::clone(&shared.refusals).try_acquire_owned() {
-                let shared2 = Arc::clone(&shared);
-                let tls = tls.clone();
-                shared.tracker.spawn(async move {
-                    let _p = p;
-                    refuse(shared2, sock, peer, kind, tls).await;
-                });
-            }
+            spawn_refusal(&shared, sock, peer, kind, &tls, Refusal::Full);
             continue;
         };
         shared.metrics.accepted(transport);
         let s = Arc::clone(&shared);
         // `map`, not an `async` block: that would keep `sock` and `peer`
         // in the task beside the session future (rust-lang/rust#62958).
-        let release = move |()| drop(permit);
+        let release = move |()| drop((permit, slot));
         match (kind, &tls) {
             (Kind::Ws, None) => shared.tracker.spawn(ws::serve(s, sock, peer).map(release)),
             (Kind::Tcp, None) => shared.tracker.spawn(tcp::serve(s, sock, peer).map(release)),
@@ -146,22 +178,50 @@ pub(crate) async fn accept_loop(
     info!(?addr, ?kind, tls = secure, "stopped accepting");
 }
 
+/// Counts a refusal and answers it on a small tracked task (at most 64 at
+/// once; beyond that the socket is just dropped).
+fn spawn_refusal(
+    shared: &Arc<Shared>,
+    sock: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    kind: Kind,
+    tls: &Option<TlsAcceptor>,
+    why: Refusal,
+) {
+    shared.metrics.refused(match kind {
+        Kind::Ws => Transport::Ws,
+        Kind::Tcp => Transport::Tcp,
+    });
+    if why == Refusal::PerIp {
+        tracing::debug!(%peer, ?kind, "refused: too many connections from this address");
+    }
+    if let Ok(p) = Arc::clone(&shared.refusals).try_acquire_owned() {
+        let shared2 = Arc::clone(shared);
+        let tls = tls.clone();
+        shared.tracker.spawn(async move {
+            let _p = p;
+            refuse(shared2, sock, peer, kind, tls, why).await;
+        });
+    }
+}
+
 /// Longest a refusal may take over TLS (handshake included).
 const REFUSE_TLS_LIMIT: Duration = Duration::from_secs(2);
 
-/// Tells a client of a full room to go elsewhere, after the TLS handshake
-/// where the listener is TLS.
+/// Tells a refused client why (a full room: go elsewhere), after the TLS
+/// handshake where the listener is TLS.
 async fn refuse(
     shared: Arc<Shared>,
     sock: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     kind: Kind,
     tls: Option<TlsAcceptor>,
+    why: Refusal,
 ) {
     let Some(tls) = tls else {
         match kind {
-            Kind::Ws => ws::refuse(&shared, sock).await,
-            Kind::Tcp => tcp::refuse(sock).await,
+            Kind::Ws => ws::refuse(&shared, sock, why).await,
+            Kind::Tcp => tcp::refuse(sock, why).await,
         }
         return;
     };
@@ -174,7 +234,7 @@ async fn refuse(
         Err(_) => return,
     };
     match kind {
-        Kind::Ws => ws::refuse(&shared, stream).await,
-        Kind::Tcp => tcp::refuse(stream).await,
+        Kind::Ws => ws::refuse(&shared, stream, why).await,
+        Kind::Tcp => tcp::refuse(stream, why).await,
     }
 }

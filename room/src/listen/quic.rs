@@ -207,6 +207,7 @@ pub(crate) async fn accept_loop(
     let endpoint = listener.endpoint;
     let handshaking = Arc::new(AtomicUsize::new(0));
     let addr = endpoint.local_addr().ok();
+    let per_ip = super::per_ip::PerIp::new(shared.cfg.max_conns_per_ip);
     info!(?addr, kind = "quic", "accepting");
     loop {
         let incoming = tokio::select! {
@@ -215,6 +216,17 @@ pub(crate) async fn accept_loop(
             i = endpoint.accept() => match i {
                 Some(i) => i,
                 None => break, // the endpoint was closed
+            },
+        };
+        let slot = match &per_ip {
+            None => None,
+            Some(p) => match p.acquire(incoming.remote_address().ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared.metrics.refused(Transport::Quic);
+                    incoming.refuse();
+                    continue;
+                }
             },
         };
         let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
@@ -236,7 +248,7 @@ pub(crate) async fn accept_loop(
         }
         shared.metrics.accepted(Transport::Quic);
         let peer = incoming.remote_address();
-        let release = move |()| drop(permit);
+        let release = move |()| drop((permit, slot));
         let counted = Handshaking::start(&handshaking);
         shared
             .tracker

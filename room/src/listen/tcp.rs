@@ -100,7 +100,7 @@ impl<S: ByteStream> Stream for TcpIo<S> {
                     return Poll::Ready(None);
                 }
                 this.rbuf = BytesMut::new();
-                let e = RecvError::Io("bytes remaining on stream".to_owned());
+                let e = RecvError::Gone("connection closed in the middle of a frame");
                 return Poll::Ready(Some(Err(e)));
             }
             let mut chunk = [0u8; READ_CHUNK];
@@ -232,12 +232,13 @@ pub(crate) async fn tls_handshake(
     Some((shared, stream))
 }
 
-/// Answers a connection to a full room: error `overloaded` with close 4007.
-pub(crate) async fn refuse<S: ByteStream>(mut sock: S) {
+/// Answers a refused connection: error `overloaded` with close 4007 and
+/// the refusal's text.
+pub(crate) async fn refuse<S: ByteStream>(mut sock: S, why: super::Refusal) {
     let frame = ServerFrame::Error {
         seq: None,
         code: ErrorCode::Overloaded,
-        message: "room full, reconnect elsewhere".to_owned(),
+        message: why.text().to_owned(),
         close: Some(CloseCode::Draining),
     };
     let mut body = Vec::with_capacity(64);
@@ -245,7 +246,7 @@ pub(crate) async fn refuse<S: ByteStream>(mut sock: S) {
     let mut out = Vec::with_capacity(body.len() + 8);
     proto::binary::write_len(body.len(), &mut out);
     out.extend_from_slice(&body);
-    sock.closing(CloseCode::Draining, "room full, reconnect elsewhere");
+    sock.closing(CloseCode::Draining, why.text());
     let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&out)).await;
     sock.linger().await;
 }

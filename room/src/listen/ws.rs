@@ -17,6 +17,12 @@
 //! - wss:// (`serve_tls`): the TLS handshake and then the WebSocket
 //!   handshake, both within `auth_timeout`. [`WsIo`] is generic over the
 //!   byte stream, so a plain connection carries nothing for TLS.
+//! - The close handshake (RFC 6455 §5.5.1, §7.1.1) runs both ways. A
+//!   client's Close is answered with a Close echoing its code (tungstenite
+//!   queues the reply; the stream flushes it before it ends), then the
+//!   server closes TCP. After the server's own Close, [`WsIo::linger`] waits
+//!   up to [`LINGER_MAX`] for the client's Close before closing TCP, so
+//!   that clients see a clean close (browsers: `wasClean`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,8 +32,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, Stream, StreamExt};
 use proto::DecodeError;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -37,10 +44,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, error::CapacityError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::debug;
 
 use crate::error::{RecvError, SendError};
-use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
+use crate::io::{ByteStream, FrameIo, Inbound, OutFrame, LINGER_MAX};
 use crate::metrics::Transport;
 use crate::room::Shared;
 use crate::session;
@@ -57,6 +63,10 @@ const READ_BUFFER: usize = 128;
 const WRITE_BUFFER: usize = 1024;
 /// Longest close reason a close frame can carry.
 const MAX_CLOSE_REASON: usize = 123;
+/// Frames read (and dropped) at most while waiting for the client's Close.
+const LINGER_FRAMES: usize = 256;
+/// Longest the final shutdown (TLS `close_notify`, TCP FIN) may take.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
 fn ws_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -71,6 +81,33 @@ pub(crate) struct WsIo<S = TcpStream> {
     ws: WebSocketStream<S>,
     /// Reply in binary (`pushgate.v1.bin`) rather than JSON text.
     bin: bool,
+    /// Where the close handshake stands.
+    close: Closing,
+}
+
+/// The close handshake, as far as this connection got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    /// No Close frame either way.
+    Open,
+    /// The client sent a Close: the stream flushes the reply, then ends.
+    ByPeer,
+    /// The client's Close was answered and TCP shut: the stream has ended.
+    Done,
+    /// Our Close is queued, not yet flushed.
+    Queued,
+    /// Our Close went out: the client's reply is awaited in `linger`.
+    Sent,
+}
+
+impl<S> WsIo<S> {
+    fn new(ws: WebSocketStream<S>, bin: bool) -> WsIo<S> {
+        WsIo {
+            ws,
+            bin,
+            close: Closing::Open,
+        }
+    }
 }
 
 impl<S> WsIo<S> {
@@ -108,6 +145,7 @@ impl<S> WsIo<S> {
 }
 
 fn recv_error(e: tungstenite::Error) -> RecvError {
+    use tungstenite::error::ProtocolError;
     match e {
         tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
             RecvError::Decode(DecodeError::TooLarge {
@@ -115,14 +153,17 @@ fn recv_error(e: tungstenite::Error) -> RecvError {
                 max: max_size,
             })
         }
-        tungstenite::Error::Capacity(_) => RecvError::Decode(DecodeError::BadField("frame")),
+        tungstenite::Error::Capacity(c) => RecvError::WsProtocol(c.to_string()),
         tungstenite::Error::Utf8(_) => {
             RecvError::Decode(DecodeError::Json("text frame is not utf-8".to_owned()))
         }
-        tungstenite::Error::Protocol(p) => {
-            debug!(error = %p, "websocket protocol error");
-            RecvError::Decode(DecodeError::BadField("websocket frame"))
+        // TCP closed (or reset) without a close frame: the client went away,
+        // its frames were not malformed.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            RecvError::Gone("connection closed without a close frame")
         }
+        tungstenite::Error::Protocol(p) => RecvError::WsProtocol(p.to_string()),
+        tungstenite::Error::Io(io) => RecvError::from(io),
         other => RecvError::Io(other.to_string()),
     }
 }
@@ -136,8 +177,20 @@ impl<S: ByteStream> Stream for WsIo<S> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Bounded: each turn consumes one message; only raw frames (never
-        // produced when reading) loop.
+        // produced when reading) and a Close (once) loop.
         loop {
+            if self.close == Closing::Done {
+                return Poll::Ready(None);
+            }
+            if self.close == Closing::ByPeer {
+                // Send the Close reply tungstenite queued, then the TCP FIN
+                // (the server closes TCP first, RFC 6455 §7.1.1). Failures
+                // change nothing: the connection ends either way.
+                let _ = ready!(Pin::new(&mut self.ws).poll_flush(cx));
+                let _ = ready!(Pin::new(self.ws.get_mut()).poll_shutdown(cx));
+                self.close = Closing::Done;
+                return Poll::Ready(None);
+            }
             let msg = match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
                 None => return Poll::Ready(None),
                 Some(Err(e)) => return Poll::Ready(Some(Err(recv_error(e)))),
@@ -151,7 +204,10 @@ impl<S: ByteStream> Stream for WsIo<S> {
                     .map(Inbound::Frame)
                     .map_err(RecvError::from),
                 Message::Ping(_) | Message::Pong(_) => Ok(Inbound::Alive),
-                Message::Close(_) => return Poll::Ready(None),
+                Message::Close(_) => {
+                    self.close = Closing::ByPeer;
+                    continue;
+                }
                 Message::Frame(_) => continue,
             };
             return Poll::Ready(Some(item));
@@ -167,12 +223,21 @@ impl<S: ByteStream> Sink<OutFrame> for WsIo<S> {
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: OutFrame) -> Result<(), SendError> {
+        let close = matches!(item, OutFrame::Close(..));
         let msg = self.encode(item)?;
-        Pin::new(&mut self.ws).start_send(msg).map_err(send_error)
+        Pin::new(&mut self.ws).start_send(msg).map_err(send_error)?;
+        if close && self.close == Closing::Open {
+            self.close = Closing::Queued;
+        }
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(send_error)
+        ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(send_error)?;
+        if self.close == Closing::Queued {
+            self.close = Closing::Sent;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
@@ -181,8 +246,24 @@ impl<S: ByteStream> Sink<OutFrame> for WsIo<S> {
 }
 
 impl<S: ByteStream> FrameIo for WsIo<S> {
-    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        self.ws.get_mut().linger()
+    /// After our Close went out: reads (and drops) frames until the
+    /// client's Close, its EOF, [`LINGER_FRAMES`] frames or [`LINGER_MAX`],
+    /// then closes the write side. When our Close could not be sent, the
+    /// byte stream's linger instead.
+    async fn linger(&mut self) {
+        if self.close != Closing::Sent {
+            return self.ws.get_mut().linger().await;
+        }
+        let reply = async {
+            for _ in 0..LINGER_FRAMES {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_MAX, reply).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.ws.get_mut().shutdown()).await;
     }
 }
 
@@ -307,18 +388,18 @@ async fn handshake_until<S: ByteStream>(
     let cfg = ws_config(shared.cfg.max_frame);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(sock, callback, Some(cfg));
     let ws = super::handshake_step(&shared, peer, "websocket", deadline, handshake).await?;
-    Some((shared, WsIo { ws, bin }))
+    Some((shared, WsIo::new(ws, bin)))
 }
 
-/// Answers a handshake to a full room with HTTP 503.
+/// Answers the handshake of a refused connection: HTTP 503 for a full
+/// room, 429 for too many connections from the address.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, sock: S) {
-    let callback = |_: &Request, _: Response| {
-        Err(http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "room full, reconnect elsewhere",
-        ))
+pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, sock: S, why: super::Refusal) {
+    let status = match why {
+        super::Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+        super::Refusal::PerIp => StatusCode::TOO_MANY_REQUESTS,
     };
+    let callback = |_: &Request, _: Response| Err(http_error(status, why.text()));
     let limit = shared.cfg.auth_timeout.min(Duration::from_secs(2));
     let handshake = tokio_tungstenite::accept_hdr_async(sock, callback);
     let _ = tokio::time::timeout(limit, handshake).await;
