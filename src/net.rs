@@ -4,7 +4,13 @@
 //! rooms), with limits against slow and idle clients.
 //!
 //! HTTP decisions:
-//! - HTTP/1.1 only, as before (axum's default features serve HTTP/1 only).
+//! - HTTP/1.1, and HTTP/2 over cleartext with prior knowledge (h2c: a
+//!   client that starts with the HTTP/2 preface, e.g. `curl
+//!   --http2-prior-knowledge`), told apart per connection by its first
+//!   bytes. One h2c connection carries up to [`H2_MAX_STREAMS`] requests at
+//!   once, so one publisher can keep many pushes in flight without many
+//!   sockets. (No `Upgrade: h2c` dance: clients that speak h2c use prior
+//!   knowledge; TLS termination with ALPN belongs to the proxy in front.)
 //! - A request's header must arrive in full within
 //!   [`HttpLimits::header_timeout`] (hyper's `header_read_timeout`), or the
 //!   connection is closed (slowloris). hyper runs the same timer while a
@@ -34,7 +40,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -43,6 +50,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+/// Requests one HTTP/2 connection may have in flight at once.
+pub(crate) const H2_MAX_STREAMS: u32 = 256;
 
 /// Default accept backlog of every TCP listener (the kernel caps it at
 /// `net.core.somaxconn`).
@@ -229,10 +239,18 @@ async fn serve_conn(
         io: sock,
         activity: activity.clone(),
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // HTTP/2: the header timeout does not apply (hyper's h2 has none); the
+    // idle timer below (no server pings keep it alive) and the stream cap
+    // bound what one connection holds.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let mut conn = pin!(builder.serve_connection(io, TowerToHyperService::new(app)));
     let mut stopping = false;
     // Bounded by the idle timer: each turn ends the connection, starts its
