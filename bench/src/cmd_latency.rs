@@ -72,6 +72,11 @@ pub(crate) struct LatencyArgs {
     /// Most HTTP requests in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     inflight: u64,
+    /// Push over HTTP/2 cleartext (h2c, prior knowledge): every request in
+    /// flight shares one connection, instead of one keep-alive HTTP/1.1
+    /// connection per request in flight.
+    #[arg(long)]
+    http2: bool,
     /// After the last push, how long to wait for deliveries still on their way.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     grace: Duration,
@@ -163,12 +168,14 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp, &args.quic).await?;
     let url: Arc<str> = format!("{}/api/v1/push/users", args.http.trim_end_matches('/')).into();
     let inflight = u32::try_from(args.inflight).context("--inflight too large")?;
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .pool_max_idle_per_host(inflight as usize)
         .timeout(args.step_timeout)
-        .tcp_nodelay(true)
-        .build()
-        .context("building the http client")?;
+        .tcp_nodelay(true);
+    if args.http2 {
+        http = http.http2_prior_knowledge();
+    }
+    let http = http.build().context("building the http client")?;
 
     let cancel = CancellationToken::new();
     let interrupted = spawn_ctrl_c(cancel.clone(), "stopping");
