@@ -25,9 +25,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -130,6 +131,9 @@ pub(crate) struct Conn {
     wake_flag: AtomicBool,
     /// The session's task while it waits in [`Conn::woken`].
     waker: AtomicWaker,
+    /// The idle wheel's tick of the last inbound frame, with [`EXPIRED`]
+    /// set once the wheel found the connection silent too long.
+    seen: AtomicU32,
 }
 
 /// Queues shorter than this keep their allocation when they empty.
@@ -145,6 +149,7 @@ impl Conn {
             outbox: Mutex::new(Outbox::default()),
             wake_flag: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            seen: AtomicU32::new(0),
         }
     }
 
@@ -245,6 +250,22 @@ impl Conn {
         set
     }
 
+    /// Records an inbound frame at tick `now` ([`IdleWheel::now`]); once
+    /// the connection expired, it stays expired.
+    pub(crate) fn touch(&self, now: u32) {
+        let _ = self
+            .seen
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & EXPIRED == 0 && s != now).then_some(now)
+            });
+    }
+
+    /// Whether the idle wheel found the connection silent past the idle
+    /// limit (it also woke the session).
+    pub(crate) fn idle_expired(&self) -> bool {
+        self.seen.load(Ordering::Acquire) & EXPIRED != 0
+    }
+
     /// The pending close signal, if any.
     pub(crate) fn closing(&self) -> Option<Signal> {
         self.outbox.lock().close
@@ -318,6 +339,8 @@ pub(crate) struct Hub {
     /// Where each connection asked to resync replays from (at most): the
     /// lowest id asked. Only connections with a resync pending are here.
     resync_from: DashMap<ConnId, MsgId>,
+    /// The connections' idle deadlines, started with the first session.
+    idle: OnceLock<Arc<IdleWheel>>,
 }
 
 impl Hub {
@@ -333,7 +356,22 @@ impl Hub {
                 bytes: u32::try_from(bytes).unwrap_or(u32::MAX).max(1),
             },
             resync_from: DashMap::new(),
+            idle: OnceLock::new(),
         }
+    }
+
+    /// Watches `conn` for silence past `idle_limit` (the same for every
+    /// connection of a room): see [`IdleWheel`]. The wheel's sweeper starts
+    /// on the current runtime with the first connection.
+    pub(crate) fn watch_idle(&self, conn: &Arc<Conn>, idle_limit: Duration) {
+        self.idle
+            .get_or_init(|| IdleWheel::start(idle_limit))
+            .watch(conn);
+    }
+
+    /// The idle wheel's current tick, for [`Conn::touch`].
+    pub(crate) fn idle_now(&self) -> u32 {
+        self.idle.get().map_or(0, |w| w.now())
     }
 
     /// Authenticated connections.
@@ -614,6 +652,158 @@ impl Drop for Registration<'_> {
         self.hub.conns.remove(&id);
         self.hub.resync_from.remove(&id);
     }
+}
+
+/// Marks [`Conn::seen`] once the idle wheel found the connection silent
+/// past the idle limit.
+const EXPIRED: u32 = 1 << 31;
+
+/// One coarse timer for every connection's idle deadline (2 × heartbeat),
+/// instead of a tokio `Sleep` (about 120 B with its deadline) in every
+/// session.
+///
+/// Time is counted in ticks of `idle_limit / 8`, at least 10 ms and at
+/// most 1 s (or `idle_limit / 1024` for idle limits over 17 minutes). A
+/// connection records the tick of its last inbound frame in
+/// [`Conn::seen`] (one atomic store, no timer to re-arm); the wheel keeps a
+/// weak handle to it in the slot of the tick its deadline falls in. Each
+/// tick the sweeper visits only that slot: a connection seen since is moved
+/// to the slot of its new deadline, a silent one is marked expired and
+/// woken, a finished one is dropped. So a tick costs O(connections due),
+/// each connection is visited about once per idle limit, and a connection
+/// costs the wheel one pointer.
+///
+/// A deadline is never early and at most two ticks late (2 s with the
+/// default heartbeat of 30 s, 75 ms with a 150 ms one).
+#[derive(Debug)]
+pub(crate) struct IdleWheel {
+    /// Length of a tick.
+    tick: Duration,
+    /// When tick 0 began.
+    start: Instant,
+    /// Ticks a connection may stay silent, rounded up, plus one: `seen` is
+    /// the tick a frame arrived in, not the instant.
+    limit: u32,
+    /// The current tick, as the sweeper last advanced it.
+    now: AtomicU64,
+    /// `limit + 2` slots: every deadline lies less than one turn ahead.
+    slots: Box<[Mutex<Vec<Weak<Conn>>>]>,
+}
+
+impl IdleWheel {
+    /// A wheel for an idle limit of `idle`, with its sweeper task spawned
+    /// on the current runtime; the sweeper ends when the wheel is dropped.
+    fn start(idle: Duration) -> Arc<IdleWheel> {
+        // At most about 1 s a tick, and at most about 1 026 slots.
+        let mut tick = (idle / 8).max(Duration::from_millis(10));
+        if tick > Duration::from_secs(1) {
+            tick = (idle / 1024).max(Duration::from_secs(1));
+        }
+        let ticks = idle.as_nanos().div_ceil(tick.as_nanos().max(1));
+        let limit = u32::try_from(ticks)
+            .unwrap_or(u32::MAX / 4)
+            .min(EXPIRED / 4)
+            + 1;
+        let slots = (0..limit as usize + 2)
+            .map(|_| Mutex::new(Vec::new()))
+            .collect();
+        let wheel = Arc::new(IdleWheel {
+            tick,
+            start: Instant::now(),
+            limit,
+            now: AtomicU64::new(0),
+            slots,
+        });
+        tokio::spawn(sweep(Arc::downgrade(&wheel)));
+        wheel
+    }
+
+    /// The current tick, as [`Conn::seen`] records it (31 bits, wrapping).
+    pub(crate) fn now(&self) -> u32 {
+        short(self.now.load(Ordering::Acquire))
+    }
+
+    /// The slot of tick `t`.
+    fn slot(&self, t: u64) -> &Mutex<Vec<Weak<Conn>>> {
+        // The remainder is below the slot count, a `usize`.
+        &self.slots[(t % self.slots.len() as u64) as usize]
+    }
+
+    /// Starts watching `conn`, as if a frame had just arrived.
+    pub(crate) fn watch(&self, conn: &Arc<Conn>) {
+        let now = self.now.load(Ordering::Acquire);
+        conn.seen.store(short(now), Ordering::Release);
+        self.slot(now + u64::from(self.limit))
+            .lock()
+            .push(Arc::downgrade(conn));
+    }
+
+    /// Advances to the tick of the present and visits the slots passed.
+    fn advance(&self) {
+        let elapsed = self.start.elapsed().as_nanos() / self.tick.as_nanos().max(1);
+        let t = u64::try_from(elapsed).unwrap_or(u64::MAX);
+        let prev = self.now.swap(t, Ordering::AcqRel);
+        // Bounded: at most one turn of the wheel.
+        let passed = t.saturating_sub(prev).min(self.slots.len() as u64);
+        for back in (0..passed).rev() {
+            self.visit(t - back, t);
+        }
+    }
+
+    /// Visits the connections in the slot of tick `s`, the present being `t`.
+    fn visit(&self, s: u64, t: u64) {
+        let due = std::mem::take(&mut *self.slot(s).lock());
+        for weak in due {
+            let Some(conn) = weak.upgrade() else {
+                continue;
+            };
+            // Bounded: a failed exchange means a frame just moved `seen`.
+            loop {
+                let seen = conn.seen.load(Ordering::Acquire);
+                if seen & EXPIRED != 0 {
+                    break;
+                }
+                // Ticks in `seen` wrap at 2^31: differences are taken modulo 2^31.
+                let ahead = seen.wrapping_add(self.limit).wrapping_sub(short(t)) & !EXPIRED;
+                if ahead != 0 && (ahead as usize) < self.slots.len() {
+                    self.slot(t + u64::from(ahead)).lock().push(weak);
+                    break;
+                }
+                let marked = seen | EXPIRED;
+                if conn
+                    .seen
+                    .compare_exchange(seen, marked, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    conn.wake();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Advances `wheel` every tick until it is dropped.
+async fn sweep(wheel: Weak<IdleWheel>) {
+    let Some(tick) = wheel.upgrade().map(|w| w.tick) else {
+        return;
+    };
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bounded by the wheel's life: it ends once the room is dropped.
+    loop {
+        every.tick().await;
+        let Some(w) = wheel.upgrade() else {
+            return;
+        };
+        w.advance();
+    }
+}
+
+/// A tick as [`Conn::seen`] holds it: the low 31 bits.
+fn short(t: u64) -> u32 {
+    // Masked to 31 bits first, so the cast keeps every bit.
+    (t & u64::from(!EXPIRED)) as u32
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@
 //!   so nothing pushed meanwhile is missed; live user messages with an id at
 //!   or below the highest replayed id are dropped as duplicates.
 //! - Any inbound frame (WebSocket pings included) resets the idle deadline
-//!   of 2 × heartbeat (4003). The timer is reset lazily: a frame only moves
-//!   the deadline; the one `Sleep` is re-armed when it fires early.
+//!   of 2 × heartbeat (4003). No timer per session: a frame records the
+//!   tick it arrived in ([`Conn::touch`]) and the room's one coarse idle
+//!   wheel wakes a silent session (see `hub::IdleWheel`).
 //! - Over the inbound rate limit (token bucket, `rate_limit`/s, burst 2×) a
 //!   client gets `rate_limited` + 4004 rather than silently dropped frames:
 //!   a dropped `ack` or `sub` would be invisible to it.
@@ -36,7 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use proto::token::{self, Claims};
 use proto::{ClientFrame, ErrorCode, MsgFrame, MsgId, ServerFrame, UserId};
-use tokio::time::{sleep_until, timeout, Instant, Sleep};
+use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::error::{CloseReason, SendError};
@@ -229,25 +230,6 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
     Err(CloseReason::NotAuthenticated)
 }
 
-/// The idle deadline and the one timer that enforces it.
-struct Idle<'a> {
-    sleep: Pin<&'a mut Sleep>,
-    deadline: Instant,
-}
-
-impl Idle<'_> {
-    /// Called when the timer fires: whether the deadline has really passed
-    /// (otherwise the timer is re-armed for the moved deadline).
-    fn expired(&mut self) -> bool {
-        if Instant::now() >= self.deadline {
-            return true;
-        }
-        let d = self.deadline;
-        self.sleep.as_mut().reset(d);
-        false
-    }
-}
-
 /// Inbound token bucket: `rate` frames per second, burst `2 × rate`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -332,10 +314,8 @@ fn live<'a, T: FrameIo>(
         if shared.is_draining() {
             conn.signal(Signal::Draining);
         }
+        shared.hub.watch_idle(&conn, shared.cfg.idle_limit());
         let now = Instant::now();
-        let deadline = now + shared.cfg.idle_limit();
-        let sleep = pin!(sleep_until(deadline));
-        let mut idle = Idle { sleep, deadline };
         let mut s = Live {
             shared,
             conn: &conn,
@@ -348,10 +328,10 @@ fn live<'a, T: FrameIo>(
             ack_waiting: None,
         };
         // One-time steps are boxed so they do not size the long-lived future.
-        Box::pin(s.setup(io, &mut idle, seq, last_id)).await?;
+        Box::pin(s.setup(io, seq, last_id)).await?;
         // In a block so that `end` is not kept in the future beside `run`'s.
         let finish = {
-            let end = s.run(io, &mut idle, &mut reg).await;
+            let end = s.run(io, &mut reg).await;
             Box::pin(s.finish_acks(end))
         };
         finish.await
@@ -363,7 +343,6 @@ impl<'s> Live<'s> {
     async fn setup<T: FrameIo>(
         &mut self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         seq: Option<u32>,
         last_id: Option<MsgId>,
     ) -> Result<(), CloseReason> {
@@ -383,15 +362,14 @@ impl<'s> Live<'s> {
         {
             metrics::inc(&shared.metrics.backend_errors);
         }
-        self.reply(io, idle, ok).await?;
-        self.replay(io, idle, last_id).await
+        self.reply(io, ok).await?;
+        self.replay(io, last_id).await
     }
 
-    /// The main loop: outbound queue, inbound frames, idle timer.
+    /// The main loop: outbound queue (and the idle wheel's wake-up), inbound frames.
     async fn run<T: FrameIo>(
         &mut self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         reg: &mut Registration<'_>,
     ) -> Result<std::convert::Infallible, CloseReason> {
         let conn = self.conn;
@@ -412,7 +390,7 @@ impl<'s> Live<'s> {
                         debug!(error = %e, "ack() failed");
                         let text = "ack not recorded";
                         // Boxed, like every rare path: see `on_frame`.
-                        Box::pin(self.error(io, idle, seq, ErrorCode::Internal, text)).await?;
+                        Box::pin(self.error(io, seq, ErrorCode::Internal, text)).await?;
                     }
                     None
                 }
@@ -421,15 +399,12 @@ impl<'s> Live<'s> {
                         conn.woken().await;
                     }
                 } => {
-                    // Boxed: a write in progress is a few hundred bytes that
-                    // an idle session would otherwise carry all its life.
-                    Box::pin(self.write_queued(io, idle)).await?;
-                    None
-                }
-                () = idle.sleep.as_mut() => {
-                    if idle.expired() {
+                    if conn.idle_expired() {
                         return Err(CloseReason::HeartbeatTimeout);
                     }
+                    // Boxed: a write in progress is a few hundred bytes that
+                    // an idle session would otherwise carry all its life.
+                    Box::pin(self.write_queued(io)).await?;
                     None
                 }
                 item = io.next() => {
@@ -438,8 +413,8 @@ impl<'s> Live<'s> {
                         Some(Err(e)) => return Err(e.into()),
                         Some(Ok(f)) => f,
                     };
+                    conn.touch(self.shared.hub.idle_now());
                     let now = Instant::now();
-                    idle.deadline = now + self.shared.cfg.idle_limit();
                     if !self.bucket.allow(self.shared.cfg.rate_limit, now) {
                         return Err(CloseReason::RateLimited);
                     }
@@ -465,7 +440,7 @@ impl<'s> Live<'s> {
             if let Some(f) = other {
                 // Boxed: the rarely used paths (sub, ping) would otherwise
                 // size every session's future.
-                Box::pin(self.on_frame(io, idle, reg, f)).await?;
+                Box::pin(self.on_frame(io, reg, f)).await?;
             }
         }
     }
@@ -496,11 +471,7 @@ impl<'s> Live<'s> {
     /// Writes up to [`MAX_BATCH`] queued pushes with one flush, or returns the
     /// close signal. Pops one message at a time so nothing but the message
     /// in flight is held across an await.
-    async fn write_queued<T: FrameIo>(
-        &mut self,
-        io: &mut T,
-        idle: &mut Idle<'_>,
-    ) -> Result<(), CloseReason> {
+    async fn write_queued<T: FrameIo>(&mut self, io: &mut T) -> Result<(), CloseReason> {
         let m = &self.shared.metrics;
         let mut n = 0u64;
         for _ in 0..MAX_BATCH {
@@ -510,7 +481,7 @@ impl<'s> Live<'s> {
                 Popped::Resync => {
                     // What was fed so far goes first; the replay flushes its own.
                     if n > 0 {
-                        guarded(self.shared, self.conn, idle, io.flush()).await?;
+                        guarded(self.shared, self.conn, io.flush()).await?;
                         metrics::add(&m.frames_out, n);
                         n = 0;
                     }
@@ -521,7 +492,7 @@ impl<'s> Live<'s> {
                         from = from.0,
                         "resync: replaying in place"
                     );
-                    self.replay(io, idle, Some(from)).await?;
+                    self.replay(io, Some(from)).await?;
                     continue;
                 }
                 Popped::Msg(p) => p,
@@ -533,27 +504,21 @@ impl<'s> Live<'s> {
                 }
                 self.high = self.high.max(p.id);
             }
-            guarded(self.shared, self.conn, idle, io.feed(OutFrame::Push(p))).await?;
+            guarded(self.shared, self.conn, io.feed(OutFrame::Push(p))).await?;
             n += 1;
         }
         if n > 0 {
-            guarded(self.shared, self.conn, idle, io.flush()).await?;
+            guarded(self.shared, self.conn, io.flush()).await?;
             metrics::add(&m.frames_out, n);
         }
         Ok(())
     }
 
     /// Sends one frame of this connection's own and flushes.
-    async fn reply<T: FrameIo>(
-        &self,
-        io: &mut T,
-        idle: &mut Idle<'_>,
-        frame: ServerFrame,
-    ) -> Result<(), CloseReason> {
+    async fn reply<T: FrameIo>(&self, io: &mut T, frame: ServerFrame) -> Result<(), CloseReason> {
         guarded(
             self.shared,
             self.conn,
-            idle,
             io.send(OutFrame::Frame(Box::new(frame))),
         )
         .await?;
@@ -565,7 +530,6 @@ impl<'s> Live<'s> {
     async fn error<T: FrameIo>(
         &self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         seq: Option<u32>,
         code: ErrorCode,
         message: &str,
@@ -576,14 +540,13 @@ impl<'s> Live<'s> {
             message: message.to_owned(),
             close: None,
         };
-        self.reply(io, idle, frame).await
+        self.reply(io, frame).await
     }
 
     /// Sends stored messages with one flush.
     async fn send_msgs<T: FrameIo>(
         &self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         msgs: Vec<MsgFrame>,
     ) -> Result<(), CloseReason> {
         let n = msgs.len() as u64;
@@ -594,7 +557,7 @@ impl<'s> Live<'s> {
             }
             io.flush().await
         };
-        guarded(self.shared, self.conn, idle, write).await?;
+        guarded(self.shared, self.conn, write).await?;
         metrics::add(&self.shared.metrics.frames_out, n);
         Ok(())
     }
@@ -606,7 +569,6 @@ impl<'s> Live<'s> {
     async fn replay<T: FrameIo>(
         &mut self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         last_id: Option<MsgId>,
     ) -> Result<(), CloseReason> {
         let backend = &self.shared.backend;
@@ -646,7 +608,7 @@ impl<'s> Live<'s> {
                 return Ok(());
             };
             metrics::add(&self.shared.metrics.replayed, page.len() as u64);
-            self.send_msgs(io, idle, page).await?;
+            self.send_msgs(io, page).await?;
             after = last;
             self.high = self.high.max(last);
             if dedupe {
@@ -664,25 +626,23 @@ impl<'s> Live<'s> {
     async fn on_frame<T: FrameIo>(
         &mut self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         reg: &mut Registration<'_>,
         frame: ClientFrame,
     ) -> Result<(), CloseReason> {
         match frame {
-            ClientFrame::Ping { seq } => self.reply(io, idle, ServerFrame::Pong { seq }).await,
+            ClientFrame::Ping { seq } => self.reply(io, ServerFrame::Pong { seq }).await,
             ClientFrame::Auth { seq, .. } => {
                 let text = "already authenticated";
-                self.error(io, idle, seq, ErrorCode::BadFrame, text).await
+                self.error(io, seq, ErrorCode::BadFrame, text).await
             }
             ClientFrame::Sub {
                 seq,
                 channel,
                 last_id,
-            } => self.subscribe(io, idle, reg, seq, channel, last_id).await,
+            } => self.subscribe(io, reg, seq, channel, last_id).await,
             ClientFrame::Unsub { seq, channel } => {
                 reg.unsubscribe(&channel);
-                self.reply(io, idle, ServerFrame::UnsubOk { seq, channel })
-                    .await
+                self.reply(io, ServerFrame::UnsubOk { seq, channel }).await
             }
             // Handled by the main loop (see `run`); kept here so the match
             // stays exhaustive.
@@ -693,7 +653,6 @@ impl<'s> Live<'s> {
     async fn subscribe<T: FrameIo>(
         &mut self,
         io: &mut T,
-        idle: &mut Idle<'_>,
         reg: &mut Registration<'_>,
         seq: Option<u32>,
         channel: String,
@@ -701,7 +660,7 @@ impl<'s> Live<'s> {
     ) -> Result<(), CloseReason> {
         if !token::valid_channel(&channel) {
             let text = "invalid channel name";
-            return self.error(io, idle, seq, ErrorCode::BadChannel, text).await;
+            return self.error(io, seq, ErrorCode::BadChannel, text).await;
         }
         let allowed = self
             .claims
@@ -709,15 +668,11 @@ impl<'s> Live<'s> {
             .is_some_and(|c| c.allows_channel(&channel));
         if !allowed {
             let text = "token does not allow this channel";
-            return self
-                .error(io, idle, seq, ErrorCode::ChannelForbidden, text)
-                .await;
+            return self.error(io, seq, ErrorCode::ChannelForbidden, text).await;
         }
         if reg.subscribe(&channel, self.shared.cfg.max_channels) == Subscribed::TooMany {
             let text = "channel limit reached";
-            return self
-                .error(io, idle, seq, ErrorCode::TooManyChannels, text)
-                .await;
+            return self.error(io, seq, ErrorCode::TooManyChannels, text).await;
         }
         let history = match last_id {
             Some(after) => {
@@ -727,14 +682,13 @@ impl<'s> Live<'s> {
             }
             None => None,
         };
-        self.reply(io, idle, ServerFrame::SubOk { seq, channel })
-            .await?;
+        self.reply(io, ServerFrame::SubOk { seq, channel }).await?;
         match history {
-            Some(Ok(msgs)) if !msgs.is_empty() => self.send_msgs(io, idle, msgs).await,
+            Some(Ok(msgs)) if !msgs.is_empty() => self.send_msgs(io, msgs).await,
             Some(Err(e)) => {
                 debug!(error = %e, "channel_history() failed");
                 let text = "channel history unavailable";
-                self.error(io, idle, seq, ErrorCode::Internal, text).await
+                self.error(io, seq, ErrorCode::Internal, text).await
             }
             _ => Ok(()),
         }
@@ -743,19 +697,14 @@ impl<'s> Live<'s> {
 
 /// Runs a write, abandoning it when the connection is told to close or
 /// stalls past the idle deadline.
-async fn guarded<F>(
-    shared: &Shared,
-    conn: &Conn,
-    idle: &mut Idle<'_>,
-    write: F,
-) -> Result<(), CloseReason>
+async fn guarded<F>(shared: &Shared, conn: &Conn, write: F) -> Result<(), CloseReason>
 where
     F: Future<Output = Result<(), SendError>>,
 {
     let mut write = pin!(write);
     // Bounded by the idle deadline: each turn either finishes, fails, or
-    // re-arms the timer for a later deadline (which only inbound frames move,
-    // and none are read here).
+    // was a push's wake-up; the idle wheel wakes the session once the
+    // deadline passes (only inbound frames move it, and none are read here).
     loop {
         tokio::select! {
             biased;
@@ -764,12 +713,10 @@ where
                 if let Some(sig) = conn.closing() {
                     return Err(shared.signal_reason(sig));
                 }
-                // A new push woke us; the main loop sees the queue afterwards.
-            }
-            () = idle.sleep.as_mut() => {
-                if idle.expired() {
+                if conn.idle_expired() {
                     return Err(CloseReason::SlowConsumer);
                 }
+                // A new push woke us; the main loop sees the queue afterwards.
             }
         }
     }
