@@ -23,6 +23,7 @@
 mod args;
 mod c1m;
 mod client;
+mod cmd_compare;
 mod cmd_idle;
 mod cmd_latency;
 mod floor;
@@ -64,6 +65,9 @@ enum Cmd {
     /// A minimal epoll server (one thread, no runtime) speaking just enough
     /// of the protocol: the floor under pushgate's CPU per operation.
     Floor(floor::FloorArgs),
+    /// The same `idle` workload against `bench floor` and against pushgate:
+    /// server CPU per connect, heartbeat and broadcast delivery, and ratios.
+    Compare(cmd_compare::CompareArgs),
     /// One load-generator process of a `c1m` run (started by `c1m`).
     #[command(hide = true)]
     C1mWorker(c1m::worker::WorkerArgs),
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Cmd::Idle(a) => cmd_idle::run(a).await,
             Cmd::Latency(a) => cmd_latency::run(a).await,
             Cmd::C1m(a) => c1m::run(a).await,
+            Cmd::Compare(a) => cmd_compare::run(a).await,
             Cmd::C1mWorker(a) => c1m::worker::run(a).await.map(|()| Outcome::Ok),
             Cmd::Floor(_) => Ok(Outcome::Ok),
         }

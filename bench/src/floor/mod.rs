@@ -629,10 +629,25 @@ impl Floor {
         let every = self.st.cfg.broadcast_every.filter(|d| !d.is_zero());
         let mut next_broadcast = every.map(|d| start + d);
         let mut auto = 0u64;
+        // Started by `bench compare`: stop when it is gone.
+        let parent = std::env::var("PUSHGATE_PARENT_PID")
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        let mut parent_checked = start;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            if let Some(p) = parent {
+                if now.duration_since(parent_checked) >= Duration::from_secs(1) {
+                    parent_checked = now;
+                    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+                    if ppid != p {
+                        eprintln!("floor: parent process gone; stopping");
+                        break;
+                    }
+                }
             }
             let mut wait = (deadline - now).min(MAX_WAIT);
             if let Some(due) = next_broadcast {
