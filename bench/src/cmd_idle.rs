@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
-use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Endpoint, Event};
+use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Conn, Endpoint, Event};
 use crate::pace::{Heartbeat, Schedule};
 use crate::quic::QuicArgs;
 use crate::runctl::{close_and_wait, spawn_ctrl_c};
@@ -50,8 +50,18 @@ pub(crate) struct IdleArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections: u64,
     /// The server's token secret; tokens are minted locally.
-    #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PUSHGATE_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token_secret: String,
+    /// Send no `auth` frame: a connection counts as open once the WebSocket
+    /// upgrade is answered (for servers without pushgate's auth, e.g. Nchan;
+    /// see bench/README.md). Needs `--heartbeat`.
+    #[arg(long, requires = "heartbeat")]
+    no_auth: bool,
     /// Source addresses to bind client sockets to, round-robin: a list
     /// (`127.0.0.2,127.0.0.3`) or ranges (`127.0.0.2-127.0.0.41`).
     #[arg(long, value_parser = sources_arg)]
@@ -93,6 +103,11 @@ pub(crate) struct IdleArgs {
         default_value = ""
     )]
     api_key: String,
+    /// Send each broadcast's body as the `msg` frame itself
+    /// (`{"op":"msg","id":N,"ts":T,"data":…}`), for servers that relay the
+    /// body verbatim (Nchan's publisher).
+    #[arg(long)]
+    broadcast_as_frame: bool,
     /// Longest wait for one broadcast to reach every live connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     broadcast_wait: Duration,
@@ -141,6 +156,7 @@ struct Ctx {
     ep: Endpoint,
     secret: Vec<u8>,
     exp: u64,
+    no_auth: bool,
     heartbeat: Option<u32>,
     step_timeout: Duration,
     ramp_start: Instant,
@@ -297,8 +313,14 @@ pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleR
     let exp = crate::now_unix_ns() / 1_000_000_000
         + (ramp_estimate + args.settle + args.hold).as_secs()
         + 3600;
-    // Fail fast on a token problem rather than once per connection.
-    mint(&secret, 0, exp).context("minting a client token")?;
+    if !args.no_auth {
+        anyhow::ensure!(
+            !secret.is_empty(),
+            "--token-secret (or PUSHGATE_TOKEN_SECRET) is required unless --no-auth"
+        );
+        // Fail fast on a token problem rather than once per connection.
+        mint(&secret, 0, exp).context("minting a client token")?;
+    }
 
     let cancel = CancellationToken::new();
     let interrupted = spawn_ctrl_c(cancel.clone(), "closing connections");
@@ -323,6 +345,7 @@ pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleR
         ep,
         secret,
         exp,
+        no_auth: args.no_auth,
         heartbeat: args.heartbeat,
         step_timeout: args.step_timeout,
         ramp_start: Instant::now(),
@@ -587,7 +610,13 @@ async fn broadcasts(ctx: &Ctx, args: &IdleArgs, rep: &mut IdleReport) -> anyhow:
         let (msgs0, pongs0) = (c.msgs.load(Relaxed), c.pongs.load(Relaxed));
         let cpu0 = CpuMark::read(args.room_pid);
         let started = Instant::now();
-        let body = serde_json::json!({ "data": { "k": "b", "n": k, "t": crate::now_unix_ns() } });
+        let data = serde_json::json!({ "k": "b", "n": k, "t": crate::now_unix_ns() });
+        let body = if args.broadcast_as_frame {
+            let ms = crate::now_unix_ns() / 1_000_000;
+            serde_json::json!({ "op": "msg", "id": k, "ts": ms, "data": data })
+        } else {
+            serde_json::json!({ "data": data })
+        };
         let mut req = http.post(&url).json(&body);
         if !args.api_key.is_empty() {
             req = req.bearer_auth(&args.api_key);
@@ -674,7 +703,17 @@ fn pick_source(sources: &[IpAddr], i: u64) -> Option<IpAddr> {
 /// One idle client: connect, auth, then heartbeat until cancelled.
 async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: OwnedSemaphorePermit) {
     let c = &ctx.c;
-    let result = {
+    let result = if ctx.no_auth {
+        let connect = tokio::time::timeout(ctx.step_timeout, Conn::connect(&ctx.ep, source));
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = connect => match r {
+                Ok(Ok(conn)) => Ok((conn, ctx.heartbeat.unwrap_or(30))),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ClientError::Timeout("connect")),
+            },
+        }
+    } else {
         let token = match mint(&ctx.secret, i, ctx.exp) {
             Ok(t) => t,
             Err(e) => {
@@ -686,11 +725,13 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
         };
         tokio::select! {
             _ = ctx.cancel.cancelled() => return,
-            r = connect_and_auth(&ctx.ep, source, &token, ctx.step_timeout) => r,
+            r = connect_and_auth(&ctx.ep, source, &token, ctx.step_timeout) => {
+                r.map(|(conn, ok)| (conn, ok.heartbeat))
+            }
         }
     };
     drop(permit);
-    let (mut conn, ok) = match result {
+    let (mut conn, server_heartbeat) = match result {
         Ok(x) => x,
         Err(e) => {
             record_failure(c, &e);
@@ -702,7 +743,7 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
     let since = u64::try_from(ctx.ramp_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     c.last_auth_ns.fetch_max(since, Relaxed);
 
-    let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(ok.heartbeat));
+    let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(server_heartbeat));
     let ended = loop {
         tokio::select! {
             biased;
@@ -1062,6 +1103,32 @@ mod tests {
         assert!(r["room_cpu_per_connect_us"].is_number(), "{r}");
         assert!(r["room_cpu_per_delivery_us"].is_number(), "{r}");
         assert!(r["pongs_during_hold"].as_u64().unwrap() > 0, "{r}");
+    }
+
+    #[tokio::test]
+    async fn idle_run_without_auth_heartbeats() {
+        let fake = crate::testsrv::start(crate::testsrv::Behavior::default()).await;
+        let mut args = idle_args(
+            &fake,
+            &[
+                "--connections",
+                "10",
+                "--hold",
+                "1500ms",
+                "--no-auth",
+                "--heartbeat",
+                "1",
+            ],
+        );
+        args.token_secret = String::new();
+        assert_eq!(run(args).await.unwrap(), Outcome::Ok);
+        // The fake answers pings before auth, as Nchan's heartbeat does.
+        assert!(fake.pings.load(Relaxed) >= 10);
+        // --no-auth needs --heartbeat; without --no-auth a secret is needed.
+        assert!(crate::Cli::try_parse_from(["bench", "idle", "--no-auth"]).is_err());
+        let mut args = idle_args(&fake, &["--connections", "1", "--hold", "0s"]);
+        args.token_secret = String::new();
+        assert!(run(args).await.is_err());
     }
 
     #[test]

@@ -672,6 +672,7 @@ impl Floor {
                     Token(t) => self.on_event(
                         t - FIRST_CONN,
                         ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                        ev.is_read_closed() || ev.is_error(),
                         ev.is_writable(),
                     ),
                 }
@@ -768,7 +769,7 @@ impl Floor {
         }
     }
 
-    fn on_event(&mut self, idx: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, idx: usize, readable: bool, read_closed: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
@@ -777,7 +778,7 @@ impl Floor {
             return;
         }
         if readable {
-            match self.on_readable(idx) {
+            match self.on_readable(idx, read_closed) {
                 Action::Keep => {}
                 Action::Close => {
                     if let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) {
@@ -819,8 +820,12 @@ impl Floor {
         }
     }
 
-    /// Reads until the socket would block, handling whole frames as they come.
-    fn on_readable(&mut self, idx: usize) -> Action {
+    /// Reads until the socket is drained, handling whole frames as they come.
+    /// A read shorter than the buffer drained it (a stream socket returns
+    /// what it has), so no second read() is spent on `WouldBlock`: data
+    /// arriving later raises a new edge. Unless the peer also closed its
+    /// side (`read_closed`): then read on to the end of the stream.
+    fn on_readable(&mut self, idx: usize, read_closed: bool) -> Action {
         loop {
             let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return Action::Keep;
@@ -859,7 +864,7 @@ impl Floor {
             if conn.inbuf.len() > self.st.cfg.max_frame + ws::MAX_HEAD + 16 {
                 return Action::Failed;
             }
-            if !matches!(action, Action::Keep) {
+            if !matches!(action, Action::Keep) || (n < READ_CHUNK && !read_closed) {
                 return action;
             }
         }
