@@ -434,7 +434,7 @@ fn table(runs: &[Run], heartbeats: &[u32], with_pushgate: bool) -> String {
 fn run_line(r: &Run) -> String {
     let rep = &r.rep;
     format!(
-        "| {} | {} s | {} | {}/{} | {} | {} | {}/{} | {} | {:.2} | {} |",
+        "| {} | {} s | {} | {}/{} | {} | {} | {}/{} | {} | {:.3} / {:.2} | {} |",
         r.run,
         r.heartbeat,
         r.which.name(),
@@ -446,6 +446,7 @@ fn run_line(r: &Run) -> String {
         rep.broadcast_expected,
         rep.room_cpu_clock.as_deref().unwrap_or("?"),
         rep.room_cpu_hold_s.unwrap_or(0.0),
+        rep.room_cpu_hold_seconds.unwrap_or(0.0),
         match r.outcome {
             Outcome::Ok => "ok",
             Outcome::Failed => "FAILED",
@@ -489,7 +490,7 @@ fn markdown(args: &CompareArgs, runs: &[Run], table: &str, loadavg: &str) -> Str
     s.push_str(table);
     s.push_str(
         "\n| run | heartbeat | server | authenticated | pongs in hold | drops | broadcasts \
-         received | cpu clock | cpu in hold (s) | outcome |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         received | cpu clock | cpu in hold, s (that clock / stat ticks) | outcome |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in runs {
         s.push_str(&run_line(r));

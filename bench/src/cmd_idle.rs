@@ -165,10 +165,10 @@ struct Ctx {
 }
 
 /// The room's CPU time at one moment, by both clocks.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct CpuMark {
-    /// Live threads' time on CPU, ns (`/proc/PID/task/*/schedstat`).
-    ns: Option<u64>,
+    /// Each live thread's time on CPU, ns (`/proc/PID/task/*/schedstat`).
+    threads: Option<Vec<(u32, u64)>>,
     /// User + system clock ticks (`/proc/PID/stat`).
     ticks: Option<proc::CpuTicks>,
 }
@@ -176,24 +176,24 @@ pub(crate) struct CpuMark {
 impl CpuMark {
     fn read(pid: Option<u32>) -> CpuMark {
         CpuMark {
-            ns: pid.and_then(proc::cpu_ns),
+            threads: pid.and_then(proc::cpu_threads),
             ticks: pid.and_then(proc::cpu),
         }
     }
 
-    /// CPU seconds since `earlier`: by schedstat when both marks have it
-    /// (nanoseconds), else by clock ticks (10 ms).
-    fn since(self, earlier: CpuMark) -> Option<f64> {
-        match (earlier.ns, self.ns, earlier.ticks, self.ticks) {
-            (Some(a), Some(b), _, _) => Some(b.saturating_sub(a) as f64 / 1e9),
+    /// CPU seconds since `earlier`: by schedstat, thread by thread, when
+    /// both marks have it (nanoseconds), else by clock ticks (10 ms).
+    fn since(&self, earlier: &CpuMark) -> Option<f64> {
+        match (&earlier.threads, &self.threads, earlier.ticks, self.ticks) {
+            (Some(a), Some(b), _, _) => Some(proc::threads_cpu_delta(a, b) as f64 / 1e9),
             (_, _, Some(a), Some(b)) => Some(b.since(a).as_secs_f64()),
             _ => None,
         }
     }
 
     /// Which clock [`since`](CpuMark::since) uses.
-    fn clock(self) -> Option<&'static str> {
-        if self.ns.is_some() {
+    fn clock(&self) -> Option<&'static str> {
+        if self.threads.is_some() {
             Some("schedstat")
         } else {
             self.ticks.map(|_| "stat")
@@ -202,7 +202,7 @@ impl CpuMark {
 }
 
 /// Memory and CPU of the room at one moment.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Sample {
     room_rss: Option<u64>,
     slab: Option<u64>,
@@ -474,10 +474,10 @@ pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleR
     // CPU per operation.
     rep.room_cpu_clock = rep.before.cpu.clock().map(str::to_string);
     rep.pongs_during_hold = c.pongs.load(Relaxed) - pongs_before;
-    rep.room_cpu_hold_s = hold_end_cpu.since(rep.after.cpu);
+    rep.room_cpu_hold_s = hold_end_cpu.since(&rep.after.cpu);
     rep.room_cpu_per_heartbeat_us = per_op_us(rep.room_cpu_hold_s, rep.pongs_during_hold, 0, None);
     rep.pongs_during_ramp = pongs_during_ramp;
-    rep.room_cpu_connect_s = ramp_end_cpu.since(rep.before.cpu);
+    rep.room_cpu_connect_s = ramp_end_cpu.since(&rep.before.cpu);
     rep.room_cpu_per_connect_us = per_op_us(
         rep.room_cpu_connect_s,
         authenticated,
@@ -564,8 +564,11 @@ fn print_per_op(rep: &IdleReport) {
     }
     if let (Some(us), Some(cpu)) = (rep.room_cpu_per_heartbeat_us, rep.room_cpu_hold_s) {
         println!(
-            "room cpu per heartbeat: {us:.2} us ({cpu:.3} s over {} pongs during the hold; {clock})",
-            rep.pongs_during_hold
+            "room cpu per heartbeat: {us:.2} us ({cpu:.3} s over {} pongs during the hold; \
+             {clock}; /proc/PID/stat ticks say {} s)",
+            rep.pongs_during_hold,
+            rep.room_cpu_hold_seconds
+                .map_or("?".to_string(), |t| format!("{t:.2}")),
         );
     }
     if rep.broadcasts_sent > 0 {
@@ -641,7 +644,7 @@ async fn broadcasts(ctx: &Ctx, args: &IdleArgs, rep: &mut IdleReport) -> anyhow:
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = started.elapsed();
-        if let Some(s) = CpuMark::read(args.room_pid).since(cpu0) {
+        if let Some(s) = CpuMark::read(args.room_pid).since(&cpu0) {
             *cpu.get_or_insert(0.0) += s;
         }
         rep.broadcast_received += (c.msgs.load(Relaxed) - msgs0).min(expected);
