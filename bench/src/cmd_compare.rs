@@ -455,6 +455,13 @@ fn run_line(r: &Run) -> String {
     )
 }
 
+/// How [`run`] starts the servers, for the result file.
+const SERVERS: &str = "Servers, fresh for each run (H the run's heartbeat):\n\n```sh\n\
+    bench floor --ws 127.0.0.1:0 --tcp 127.0.0.1:0 --http 127.0.0.1:0 --duration 2h \\\n    \
+    --heartbeat H --token-secret $SECRET\n\
+    pushgate --data $TMP/data-RUN-H --ws 127.0.0.1:0 --tcp 127.0.0.1:0 --quic 127.0.0.1:0 \\\n    \
+    --http 127.0.0.1:0 --heartbeat H --token-secret $SECRET --api-key $API_KEY\n```\n\n";
+
 fn markdown(args: &CompareArgs, runs: &[Run], table: &str, loadavg: &str) -> String {
     let mut s = String::new();
     let date = crate::c1m::utc_date(crate::now_unix_ns() / 1_000_000_000);
@@ -487,6 +494,7 @@ fn markdown(args: &CompareArgs, runs: &[Run], table: &str, loadavg: &str) -> Str
         args.transport.name(),
         args.runs
     );
+    s.push_str(SERVERS);
     s.push_str(table);
     s.push_str(
         "\n| run | heartbeat | server | authenticated | pongs in hold | drops | broadcasts \

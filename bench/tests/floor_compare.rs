@@ -54,4 +54,5 @@ fn compare_against_the_floor_writes_results() {
     assert!(md.contains("| 1 | 1 s | floor | 40/40 |"), "{md}");
     assert!(md.contains("bench idle --transport ws"), "{md}");
     assert!(md.contains("--token-secret $SECRET"), "{md}");
+    assert!(md.contains("bench floor --ws 127.0.0.1:0"), "{md}");
 }
