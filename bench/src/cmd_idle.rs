@@ -1,7 +1,9 @@
 //! `bench idle`: open many authenticated connections at a fixed rate, keep
 //! them alive with heartbeats, and measure what each costs the server
 //! (resident memory, kernel slab), how fast they open, and whether any drop
-//! while held.
+//! while held; optionally broadcasts after the hold. With `--room-pid` it
+//! also gives the server's CPU per operation: per connect (the ramp), per
+//! heartbeat (the hold) and per broadcast delivery.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
-use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Endpoint, Event};
+use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Conn, Endpoint, Event};
 use crate::pace::{Heartbeat, Schedule};
 use crate::quic::QuicArgs;
 use crate::runctl::{close_and_wait, spawn_ctrl_c};
@@ -48,8 +50,18 @@ pub(crate) struct IdleArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections: u64,
     /// The server's token secret; tokens are minted locally.
-    #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PUSHGATE_TOKEN_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token_secret: String,
+    /// Send no `auth` frame: a connection counts as open once the WebSocket
+    /// upgrade is answered (for servers without pushgate's auth, e.g. Nchan;
+    /// see bench/README.md). Needs `--heartbeat`.
+    #[arg(long, requires = "heartbeat")]
+    no_auth: bool,
     /// Source addresses to bind client sockets to, round-robin: a list
     /// (`127.0.0.2,127.0.0.3`) or ranges (`127.0.0.2-127.0.0.41`).
     #[arg(long, value_parser = sources_arg)]
@@ -75,6 +87,30 @@ pub(crate) struct IdleArgs {
     /// Time allowed for each of connect and auth.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     step_timeout: Duration,
+    /// Broadcasts to send after the hold, one at a time: each is a
+    /// `POST <http>/api/v1/push/broadcast`, waited for until every live
+    /// connection has it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    broadcasts: u32,
+    /// REST API base URL, for `--broadcasts`.
+    #[arg(long, default_value = "http://127.0.0.1:7780")]
+    http: String,
+    /// API key, for `--broadcasts`.
+    #[arg(
+        long,
+        env = "PUSHGATE_API_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    api_key: String,
+    /// Send each broadcast's body as the `msg` frame itself
+    /// (`{"op":"msg","id":N,"ts":T,"data":…}`), for servers that relay the
+    /// body verbatim (Nchan's publisher).
+    #[arg(long)]
+    broadcast_as_frame: bool,
+    /// Longest wait for one broadcast to reach every live connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    broadcast_wait: Duration,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -120,6 +156,7 @@ struct Ctx {
     ep: Endpoint,
     secret: Vec<u8>,
     exp: u64,
+    no_auth: bool,
     heartbeat: Option<u32>,
     step_timeout: Duration,
     ramp_start: Instant,
@@ -127,63 +164,144 @@ struct Ctx {
     c: Counters,
 }
 
+/// The room's CPU time at one moment, by both clocks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CpuMark {
+    /// Each live thread's time on CPU, ns (`/proc/PID/task/*/schedstat`).
+    threads: Option<Vec<(u32, u64)>>,
+    /// User + system clock ticks (`/proc/PID/stat`).
+    ticks: Option<proc::CpuTicks>,
+}
+
+impl CpuMark {
+    fn read(pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            threads: pid.and_then(proc::cpu_threads),
+            ticks: pid.and_then(proc::cpu),
+        }
+    }
+
+    /// CPU seconds since `earlier`: by schedstat, thread by thread, when
+    /// both marks have it (nanoseconds), else by clock ticks (10 ms).
+    fn since(&self, earlier: &CpuMark) -> Option<f64> {
+        match (&earlier.threads, &self.threads, earlier.ticks, self.ticks) {
+            (Some(a), Some(b), _, _) => Some(proc::threads_cpu_delta(a, b) as f64 / 1e9),
+            (_, _, Some(a), Some(b)) => Some(b.since(a).as_secs_f64()),
+            _ => None,
+        }
+    }
+
+    /// Which clock [`since`](CpuMark::since) uses.
+    fn clock(&self) -> Option<&'static str> {
+        if self.threads.is_some() {
+            Some("schedstat")
+        } else {
+            self.ticks.map(|_| "stat")
+        }
+    }
+}
+
 /// Memory and CPU of the room at one moment.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-struct Sample {
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Sample {
     room_rss: Option<u64>,
     slab: Option<u64>,
     bench_rss: Option<u64>,
     #[serde(skip)]
     room_cpu: Option<proc::CpuTicks>,
+    #[serde(skip)]
+    cpu: CpuMark,
 }
 
 impl Sample {
     fn take(room_pid: Option<u32>) -> Sample {
+        let cpu = CpuMark::read(room_pid);
         Sample {
             room_rss: room_pid.and_then(proc::rss),
             slab: proc::slab(),
             bench_rss: proc::self_rss(),
-            room_cpu: room_pid.and_then(proc::cpu),
+            room_cpu: cpu.ticks,
+            cpu,
         }
     }
 }
 
+/// `(cpu - heartbeats x per_heartbeat) / ops`, in microseconds: the CPU of
+/// an operation with the heartbeats answered in the same window taken out.
+fn per_op_us(cpu_s: Option<f64>, ops: u64, heartbeats: u64, per_hb_us: Option<f64>) -> Option<f64> {
+    let cpu_us = cpu_s? * 1e6;
+    if ops == 0 {
+        return None;
+    }
+    let hb_us = heartbeats as f64 * per_hb_us.unwrap_or(0.0);
+    Some((cpu_us - hb_us).max(0.0) / ops as f64)
+}
+
 /// The `bench idle` report (also written as JSON).
-#[derive(Debug, Default, Serialize)]
-struct IdleReport {
-    transport: String,
-    connections: u64,
-    sources: usize,
-    target_rate: u64,
-    authenticated: u64,
-    connect_failed: u64,
-    auth_failed: u64,
-    failures: std::collections::BTreeMap<String, u64>,
-    ramp_seconds: f64,
-    connect_rate_per_sec: f64,
-    live_after_ramp: u64,
-    before: Sample,
-    after: Sample,
-    room_rss_per_conn_bytes: Option<f64>,
-    slab_per_conn_bytes: Option<f64>,
-    bench_rss_per_conn_bytes: Option<f64>,
-    room_cpu_ramp_seconds: Option<f64>,
-    room_cpu_hold_seconds: Option<f64>,
-    hold_seconds: f64,
-    live_at_end: u64,
-    drops_during_hold: u64,
-    unexpected_closes: u64,
-    close_reasons: std::collections::BTreeMap<String, u64>,
-    pings_sent: u64,
-    pongs: u64,
-    unexpected_msgs: u64,
-    server_errors: u64,
-    undecodable: u64,
-    interrupted: bool,
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct IdleReport {
+    pub(crate) transport: String,
+    pub(crate) connections: u64,
+    pub(crate) sources: usize,
+    pub(crate) target_rate: u64,
+    pub(crate) authenticated: u64,
+    pub(crate) connect_failed: u64,
+    pub(crate) auth_failed: u64,
+    pub(crate) failures: std::collections::BTreeMap<String, u64>,
+    pub(crate) ramp_seconds: f64,
+    pub(crate) connect_rate_per_sec: f64,
+    pub(crate) live_after_ramp: u64,
+    pub(crate) before: Sample,
+    pub(crate) after: Sample,
+    pub(crate) room_rss_per_conn_bytes: Option<f64>,
+    pub(crate) slab_per_conn_bytes: Option<f64>,
+    pub(crate) bench_rss_per_conn_bytes: Option<f64>,
+    pub(crate) room_cpu_ramp_seconds: Option<f64>,
+    pub(crate) room_cpu_hold_seconds: Option<f64>,
+    /// The clock of the per-operation figures: `schedstat` (ns) or `stat` (ticks).
+    pub(crate) room_cpu_clock: Option<String>,
+    /// Room CPU from the ramp's start to its last auth_ok.
+    pub(crate) room_cpu_connect_s: Option<f64>,
+    pub(crate) pongs_during_ramp: u64,
+    /// Room CPU per connection opened (accept, upgrade, auth), heartbeats
+    /// answered during the ramp taken out.
+    pub(crate) room_cpu_per_connect_us: Option<f64>,
+    /// Room CPU during the hold, by the same clock as the per-op figures.
+    pub(crate) room_cpu_hold_s: Option<f64>,
+    pub(crate) pongs_during_hold: u64,
+    /// Room CPU per heartbeat (ping answered with pong) during the hold.
+    pub(crate) room_cpu_per_heartbeat_us: Option<f64>,
+    pub(crate) broadcasts_sent: u32,
+    pub(crate) broadcast_http_errors: u64,
+    pub(crate) broadcast_expected: u64,
+    pub(crate) broadcast_received: u64,
+    /// Per broadcast: ms from the request to the last live connection's receipt.
+    pub(crate) broadcast_last_ms: Vec<f64>,
+    /// Room CPU from each broadcast request until every connection had it, summed.
+    pub(crate) room_cpu_broadcast_s: Option<f64>,
+    pub(crate) pongs_during_broadcasts: u64,
+    /// Room CPU per broadcast delivery, heartbeats taken out.
+    pub(crate) room_cpu_per_delivery_us: Option<f64>,
+    pub(crate) hold_seconds: f64,
+    pub(crate) live_at_end: u64,
+    pub(crate) drops_during_hold: u64,
+    pub(crate) unexpected_closes: u64,
+    pub(crate) close_reasons: std::collections::BTreeMap<String, u64>,
+    pub(crate) pings_sent: u64,
+    pub(crate) pongs: u64,
+    pub(crate) unexpected_msgs: u64,
+    pub(crate) server_errors: u64,
+    pub(crate) undecodable: u64,
+    pub(crate) interrupted: bool,
 }
 
 /// Runs `bench idle`.
 pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
+    run_report(args).await.map(|(outcome, _)| outcome)
+}
+
+/// Runs `bench idle` and returns its report too.
+pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleReport)> {
     let n = args.connections;
     proc::check_nofile(n + FD_RESERVE)?;
     let sources: Arc<[IpAddr]> = args.sources.clone().map(|s| s.0).unwrap_or_default().into();
@@ -195,8 +313,14 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     let exp = crate::now_unix_ns() / 1_000_000_000
         + (ramp_estimate + args.settle + args.hold).as_secs()
         + 3600;
-    // Fail fast on a token problem rather than once per connection.
-    mint(&secret, 0, exp).context("minting a client token")?;
+    if !args.no_auth {
+        anyhow::ensure!(
+            !secret.is_empty(),
+            "--token-secret (or PUSHGATE_TOKEN_SECRET) is required unless --no-auth"
+        );
+        // Fail fast on a token problem rather than once per connection.
+        mint(&secret, 0, exp).context("minting a client token")?;
+    }
 
     let cancel = CancellationToken::new();
     let interrupted = spawn_ctrl_c(cancel.clone(), "closing connections");
@@ -221,6 +345,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
         ep,
         secret,
         exp,
+        no_auth: args.no_auth,
         heartbeat: args.heartbeat,
         step_timeout: args.step_timeout,
         ramp_start: Instant::now(),
@@ -262,7 +387,9 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
             break;
         }
     }
+    let ramp_end_cpu = CpuMark::read(args.room_pid);
     let c = &ctx.c;
+    let pongs_during_ramp = c.pongs.load(Relaxed);
     let mut rep = IdleReport {
         transport: args.transport.name().to_string(),
         connections: n,
@@ -322,6 +449,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
 
     // Hold.
     let drops_before = c.unexpected_closes.load(Relaxed);
+    let pongs_before = c.pongs.load(Relaxed);
     let hold_start = Instant::now();
     while !cancel.is_cancelled() && hold_start.elapsed() < args.hold {
         let left = args.hold.saturating_sub(hold_start.elapsed());
@@ -336,11 +464,30 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
         }
     }
     rep.hold_seconds = hold_start.elapsed().as_secs_f64();
-    if let (Some(a), Some(b)) = (rep.after.room_cpu, args.room_pid.and_then(proc::cpu)) {
+    let hold_end_cpu = CpuMark::read(args.room_pid);
+    if let (Some(a), Some(b)) = (rep.after.room_cpu, hold_end_cpu.ticks) {
         rep.room_cpu_hold_seconds = Some(b.since(a).as_secs_f64());
     }
     rep.live_at_end = c.live.load(Relaxed);
     rep.drops_during_hold = c.unexpected_closes.load(Relaxed) - drops_before;
+
+    // CPU per operation.
+    rep.room_cpu_clock = rep.before.cpu.clock().map(str::to_string);
+    rep.pongs_during_hold = c.pongs.load(Relaxed) - pongs_before;
+    rep.room_cpu_hold_s = hold_end_cpu.since(&rep.after.cpu);
+    rep.room_cpu_per_heartbeat_us = per_op_us(rep.room_cpu_hold_s, rep.pongs_during_hold, 0, None);
+    rep.pongs_during_ramp = pongs_during_ramp;
+    rep.room_cpu_connect_s = ramp_end_cpu.since(&rep.before.cpu);
+    rep.room_cpu_per_connect_us = per_op_us(
+        rep.room_cpu_connect_s,
+        authenticated,
+        pongs_during_ramp,
+        rep.room_cpu_per_heartbeat_us,
+    );
+
+    if args.broadcasts > 0 && !cancel.is_cancelled() {
+        broadcasts(&ctx, &args, &mut rep).await?;
+    }
 
     // Close everything, bounded.
     cancel.cancel();
@@ -358,7 +505,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     rep.close_reasons = c.closes.snapshot();
     rep.pings_sent = c.pings.load(Relaxed);
     rep.pongs = c.pongs.load(Relaxed);
-    rep.unexpected_msgs = c.msgs.load(Relaxed);
+    rep.unexpected_msgs = c.msgs.load(Relaxed).saturating_sub(rep.broadcast_received);
     rep.server_errors = c.server_errors.load(Relaxed);
     rep.undecodable = c.undecodable.load(Relaxed);
     rep.interrupted = interrupted.load(Relaxed);
@@ -368,6 +515,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
             rep.hold_seconds
         );
     }
+    print_per_op(&rep);
     println!(
         "hold: {:.1} s, live at end {}, drops during hold {} [{}]; pings {} pongs {}",
         rep.hold_seconds,
@@ -380,19 +528,139 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.json_out {
         crate::write_json(path, &rep)?;
     }
-    let ok = rep.authenticated == n && rep.unexpected_closes == 0;
-    Ok(if rep.interrupted {
+    let ok = rep.authenticated == n
+        && rep.unexpected_closes == 0
+        && rep.broadcast_received == rep.broadcast_expected
+        && rep.broadcast_http_errors == 0;
+    let outcome = if rep.interrupted {
         Outcome::Interrupted
     } else if ok {
         println!("idle: ok");
         Outcome::Ok
     } else {
         println!(
-            "idle: FAILED ({} of {n} authenticated, {} unexpected closes)",
-            rep.authenticated, rep.unexpected_closes
+            "idle: FAILED ({} of {n} authenticated, {} unexpected closes, broadcasts {} of {} \
+             received, {} failed requests)",
+            rep.authenticated,
+            rep.unexpected_closes,
+            rep.broadcast_received,
+            rep.broadcast_expected,
+            rep.broadcast_http_errors,
         );
         Outcome::Failed
-    })
+    };
+    Ok((outcome, rep))
+}
+
+/// Prints the room's CPU per connect, heartbeat and broadcast delivery.
+fn print_per_op(rep: &IdleReport) {
+    let clock = rep.room_cpu_clock.as_deref().unwrap_or("?");
+    if let (Some(us), Some(cpu)) = (rep.room_cpu_per_connect_us, rep.room_cpu_connect_s) {
+        println!(
+            "room cpu per connect: {us:.1} us ({cpu:.3} s over {} connects, {} heartbeats \
+             taken out; {clock})",
+            rep.authenticated, rep.pongs_during_ramp
+        );
+    }
+    if let (Some(us), Some(cpu)) = (rep.room_cpu_per_heartbeat_us, rep.room_cpu_hold_s) {
+        println!(
+            "room cpu per heartbeat: {us:.2} us ({cpu:.3} s over {} pongs during the hold; \
+             {clock}; /proc/PID/stat ticks say {} s)",
+            rep.pongs_during_hold,
+            rep.room_cpu_hold_seconds
+                .map_or("?".to_string(), |t| format!("{t:.2}")),
+        );
+    }
+    if rep.broadcasts_sent > 0 {
+        let mut last = rep.broadcast_last_ms.clone();
+        last.sort_by(f64::total_cmp);
+        let median = last.get(last.len() / 2).copied().unwrap_or(0.0);
+        let max = last.last().copied().unwrap_or(0.0);
+        println!(
+            "broadcasts: {} sent ({} failed), {}/{} delivered, last client after {median:.1} ms \
+             median, {max:.1} ms max",
+            rep.broadcasts_sent,
+            rep.broadcast_http_errors,
+            rep.broadcast_received,
+            rep.broadcast_expected,
+        );
+        if let (Some(us), Some(cpu)) = (rep.room_cpu_per_delivery_us, rep.room_cpu_broadcast_s) {
+            println!(
+                "room cpu per broadcast delivery: {us:.2} us ({cpu:.3} s over {} deliveries, {} \
+                 heartbeats taken out; {clock})",
+                rep.broadcast_received, rep.pongs_during_broadcasts
+            );
+        }
+    }
+}
+
+/// Sends `--broadcasts` broadcasts one at a time, each waited for until
+/// every live connection has it (or `--broadcast-wait`), and measures the
+/// room's CPU over each.
+async fn broadcasts(ctx: &Ctx, args: &IdleArgs, rep: &mut IdleReport) -> anyhow::Result<()> {
+    let c = &ctx.c;
+    let http = reqwest::Client::builder()
+        .timeout(args.step_timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let url = format!("{}/api/v1/push/broadcast", args.http.trim_end_matches('/'));
+    let mut cpu: Option<f64> = None;
+    for k in 1..=args.broadcasts {
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        let expected = c.live.load(Relaxed);
+        let (msgs0, pongs0) = (c.msgs.load(Relaxed), c.pongs.load(Relaxed));
+        let cpu0 = CpuMark::read(args.room_pid);
+        let started = Instant::now();
+        let data = serde_json::json!({ "k": "b", "n": k, "t": crate::now_unix_ns() });
+        let body = if args.broadcast_as_frame {
+            let ms = crate::now_unix_ns() / 1_000_000;
+            serde_json::json!({ "op": "msg", "id": k, "ts": ms, "data": data })
+        } else {
+            serde_json::json!({ "data": data })
+        };
+        let mut req = http.post(&url).json(&body);
+        if !args.api_key.is_empty() {
+            req = req.bearer_auth(&args.api_key);
+        }
+        rep.broadcasts_sent += 1;
+        let sent = match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status().as_u16())),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            rep.broadcast_http_errors += 1;
+            c.log(&format!("broadcast {k}: {e}"));
+            continue;
+        }
+        rep.broadcast_expected += expected;
+        let deadline = started + args.broadcast_wait;
+        while c.msgs.load(Relaxed) - msgs0 < expected
+            && Instant::now() < deadline
+            && !ctx.cancel.is_cancelled()
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = started.elapsed();
+        if let Some(s) = CpuMark::read(args.room_pid).since(&cpu0) {
+            *cpu.get_or_insert(0.0) += s;
+        }
+        rep.broadcast_received += (c.msgs.load(Relaxed) - msgs0).min(expected);
+        rep.pongs_during_broadcasts += c.pongs.load(Relaxed) - pongs0;
+        rep.broadcast_last_ms.push(elapsed.as_secs_f64() * 1000.0);
+        // Let stragglers and the server settle before the next one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rep.room_cpu_broadcast_s = cpu;
+    rep.room_cpu_per_delivery_us = per_op_us(
+        cpu,
+        rep.broadcast_received,
+        rep.pongs_during_broadcasts,
+        rep.room_cpu_per_heartbeat_us,
+    );
+    Ok(())
 }
 
 /// Starts client `i` at `start + i / rate`, at most `concurrency` in their
@@ -438,7 +706,17 @@ fn pick_source(sources: &[IpAddr], i: u64) -> Option<IpAddr> {
 /// One idle client: connect, auth, then heartbeat until cancelled.
 async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: OwnedSemaphorePermit) {
     let c = &ctx.c;
-    let result = {
+    let result = if ctx.no_auth {
+        let connect = tokio::time::timeout(ctx.step_timeout, Conn::connect(&ctx.ep, source));
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = connect => match r {
+                Ok(Ok(conn)) => Ok((conn, ctx.heartbeat.unwrap_or(30))),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ClientError::Timeout("connect")),
+            },
+        }
+    } else {
         let token = match mint(&ctx.secret, i, ctx.exp) {
             Ok(t) => t,
             Err(e) => {
@@ -450,11 +728,13 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
         };
         tokio::select! {
             _ = ctx.cancel.cancelled() => return,
-            r = connect_and_auth(&ctx.ep, source, &token, ctx.step_timeout) => r,
+            r = connect_and_auth(&ctx.ep, source, &token, ctx.step_timeout) => {
+                r.map(|(conn, ok)| (conn, ok.heartbeat))
+            }
         }
     };
     drop(permit);
-    let (mut conn, ok) = match result {
+    let (mut conn, server_heartbeat) = match result {
         Ok(x) => x,
         Err(e) => {
             record_failure(c, &e);
@@ -466,7 +746,7 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
     let since = u64::try_from(ctx.ramp_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     c.last_auth_ns.fetch_max(since, Relaxed);
 
-    let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(ok.heartbeat));
+    let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(server_heartbeat));
     let ended = loop {
         tokio::select! {
             biased;
@@ -760,6 +1040,108 @@ mod tests {
         assert_eq!(r["unexpected_closes"], 10);
         assert_eq!(r["close_reasons"]["4003"], 10, "{r}");
         assert_eq!(r["live_at_end"], 0);
+    }
+
+    #[tokio::test]
+    async fn idle_run_broadcasts_to_the_floor_and_gives_cpu_per_op() {
+        use crate::floor::{Floor, FloorConfig};
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let floor = Floor::bind(
+            FloorConfig {
+                secret: Some(crate::testsrv::SECRET.as_bytes().to_vec()),
+                heartbeat: 1,
+                ..FloorConfig::default()
+            },
+            any,
+            any,
+            any,
+        )
+        .unwrap();
+        let (addrs, stopper) = (floor.addrs().unwrap(), floor.stopper());
+        let thread = std::thread::spawn(move || floor.run());
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("idle.json");
+        let ws = format!("ws://{}/ws", addrs.ws);
+        let http = format!("http://{}", addrs.http);
+        let cli = crate::Cli::try_parse_from([
+            "bench",
+            "idle",
+            "--ws",
+            &ws,
+            "--http",
+            &http,
+            "--token-secret",
+            crate::testsrv::SECRET,
+            "--connections",
+            "30",
+            "--settle",
+            "0s",
+            "--hold",
+            "1500ms",
+            "--broadcasts",
+            "3",
+            "--room-pid",
+            &std::process::id().to_string(),
+            "--json-out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let crate::Cmd::Idle(args) = cli.cmd else {
+            panic!("not idle")
+        };
+        assert_eq!(run(args).await.unwrap(), Outcome::Ok);
+        stopper.stop();
+        let stats = thread.join().unwrap();
+        let r = crate::testsrv::read_report(&out);
+        assert_eq!(r["authenticated"], 30, "{r}");
+        assert_eq!(r["broadcasts_sent"], 3, "{r}");
+        assert_eq!(r["broadcast_expected"], 90, "{r}");
+        assert_eq!(r["broadcast_received"], 90, "{r}");
+        assert_eq!(r["unexpected_msgs"], 0, "{r}");
+        assert_eq!(r["broadcast_last_ms"].as_array().unwrap().len(), 3, "{r}");
+        assert_eq!(stats.deliveries, 90);
+        assert_eq!(stats.authenticated, 30);
+        // The clock and figures exist (values are timings: not asserted).
+        assert_eq!(r["room_cpu_clock"], "schedstat", "{r}");
+        assert!(r["room_cpu_per_connect_us"].is_number(), "{r}");
+        assert!(r["room_cpu_per_delivery_us"].is_number(), "{r}");
+        assert!(r["pongs_during_hold"].as_u64().unwrap() > 0, "{r}");
+    }
+
+    #[tokio::test]
+    async fn idle_run_without_auth_heartbeats() {
+        let fake = crate::testsrv::start(crate::testsrv::Behavior::default()).await;
+        let mut args = idle_args(
+            &fake,
+            &[
+                "--connections",
+                "10",
+                "--hold",
+                "1500ms",
+                "--no-auth",
+                "--heartbeat",
+                "1",
+            ],
+        );
+        args.token_secret = String::new();
+        assert_eq!(run(args).await.unwrap(), Outcome::Ok);
+        // The fake answers pings before auth, as Nchan's heartbeat does.
+        assert!(fake.pings.load(Relaxed) >= 10);
+        // --no-auth needs --heartbeat; without --no-auth a secret is needed.
+        assert!(crate::Cli::try_parse_from(["bench", "idle", "--no-auth"]).is_err());
+        let mut args = idle_args(&fake, &["--connections", "1", "--hold", "0s"]);
+        args.token_secret = String::new();
+        assert!(run(args).await.is_err());
+    }
+
+    #[test]
+    fn per_op_takes_heartbeats_out() {
+        // 1 s over 1000 ops with 2000 heartbeats of 100 us: 0.8 s / 1000.
+        let us = per_op_us(Some(1.0), 1000, 2000, Some(100.0)).unwrap();
+        assert!((us - 800.0).abs() < 1e-6, "{us}");
+        assert_eq!(per_op_us(Some(1.0), 0, 0, None), None);
+        assert_eq!(per_op_us(None, 10, 0, None), None);
+        assert_eq!(per_op_us(Some(0.1), 10, 1_000_000, Some(1.0)), Some(0.0));
     }
 
     #[tokio::test]

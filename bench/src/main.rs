@@ -8,6 +8,11 @@
 //!   users; end-to-end and HTTP latency percentiles, losses.
 //! - `bench c1m`: the one-million-connections benchmark (a local cluster,
 //!   worker processes, every phase, a report under `bench/results/`).
+//! - `bench floor`: a minimal single-threaded epoll server speaking just
+//!   enough of the protocol; the floor under pushgate's CPU per operation.
+//! - `bench compare`: the same `bench idle` workload against `bench floor`
+//!   and against pushgate; server CPU per connect, heartbeat and broadcast
+//!   delivery side by side.
 //!
 //! Progress goes to stderr, results to stdout (and `--json-out`). Exit codes:
 //! 0 all good, 1 the run completed but something failed (connections refused
@@ -18,8 +23,10 @@
 mod args;
 mod c1m;
 mod client;
+mod cmd_compare;
 mod cmd_idle;
 mod cmd_latency;
+mod floor;
 mod pace;
 mod proc;
 mod quic;
@@ -55,6 +62,12 @@ enum Cmd {
     /// The one-million-connections benchmark: start a local cluster, open,
     /// hold and push to N connections, kill a room; write a report.
     C1m(c1m::C1mArgs),
+    /// A minimal epoll server (one thread, no runtime) speaking just enough
+    /// of the protocol: the floor under pushgate's CPU per operation.
+    Floor(floor::FloorArgs),
+    /// The same `idle` workload against `bench floor` and against pushgate:
+    /// server CPU per connect, heartbeat and broadcast delivery, and ratios.
+    Compare(cmd_compare::CompareArgs),
     /// One load-generator process of a `c1m` run (started by `c1m`).
     #[command(hide = true)]
     C1mWorker(c1m::worker::WorkerArgs),
@@ -69,6 +82,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The floor server runs without any async runtime.
+    if let Cmd::Floor(a) = cli.cmd {
+        return floor::main(a);
+    }
     // A c1m worker is one of many processes sharing the cores: one thread.
     let rt = if matches!(cli.cmd, Cmd::C1mWorker(_)) {
         tokio::runtime::Builder::new_current_thread()
@@ -91,7 +108,9 @@ fn main() -> ExitCode {
             Cmd::Idle(a) => cmd_idle::run(a).await,
             Cmd::Latency(a) => cmd_latency::run(a).await,
             Cmd::C1m(a) => c1m::run(a).await,
+            Cmd::Compare(a) => cmd_compare::run(a).await,
             Cmd::C1mWorker(a) => c1m::worker::run(a).await.map(|()| Outcome::Ok),
+            Cmd::Floor(_) => Ok(Outcome::Ok),
         }
     });
     // Do not wait for stray tasks (e.g. a socket still closing).

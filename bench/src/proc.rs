@@ -70,6 +70,12 @@ pub(crate) fn parse_stat_cpu(stat: &str) -> Option<CpuTicks> {
     })
 }
 
+/// Time on CPU (user and kernel, nanoseconds) from the text of a
+/// `/proc/PID/task/TID/schedstat`: its first field.
+pub(crate) fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// The `Max open files` line of `/proc/PID/limits`.
 pub(crate) fn parse_nofile(limits: &str) -> Option<NofileLimit> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
@@ -112,6 +118,47 @@ pub(crate) fn self_rss() -> Option<u64> {
 /// CPU time used so far by process `pid`.
 pub(crate) fn cpu(pid: u32) -> Option<CpuTicks> {
     parse_stat_cpu(&read(&format!("/proc/{pid}/stat"))?)
+}
+
+/// CPU time used so far by each live thread of process `pid`, in
+/// nanoseconds, as `(thread id, ns)` sorted by thread id: each
+/// `/proc/PID/task/TID/schedstat`. Far finer than [`cpu`]'s clock ticks, for
+/// short windows. Compare two readings thread by thread
+/// ([`threads_cpu_delta`]): a thread that exits takes its whole time out of
+/// any process-wide sum, which would make a window look cheaper by work done
+/// before it (tokio's blocking-pool threads exit 10 s after their last job).
+pub(crate) fn cpu_threads(pid: u32) -> Option<Vec<(u32, u64)>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        if let Some(ns) = std::fs::read_to_string(entry.path().join("schedstat"))
+            .ok()
+            .and_then(|t| parse_schedstat(&t))
+        {
+            out.push((tid, ns));
+        }
+    }
+    out.sort_unstable();
+    (!out.is_empty()).then_some(out)
+}
+
+/// CPU nanoseconds between two [`cpu_threads`] readings: per thread alive at
+/// the end, its time minus its time at the start (all of it for a thread
+/// born since). Threads that exited in between are left out: their time
+/// inside the window is lost, but their earlier time is not subtracted.
+pub(crate) fn threads_cpu_delta(earlier: &[(u32, u64)], later: &[(u32, u64)]) -> u64 {
+    later
+        .iter()
+        .map(
+            |&(tid, ns)| match earlier.binary_search_by_key(&tid, |&(t, _)| t) {
+                Ok(i) => ns.saturating_sub(earlier[i].1),
+                Err(_) => ns,
+            },
+        )
+        .sum()
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes.
@@ -214,6 +261,23 @@ mod tests {
     }
 
     #[test]
+    fn schedstat_field() {
+        assert_eq!(parse_schedstat("278898 1022178 3\n"), Some(278_898));
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn thread_deltas() {
+        let a = [(10, 1_000), (11, 5_000), (12, 7_000)];
+        // 11 exited (its 5,000 ns are not subtracted), 13 was born.
+        let b = [(10, 1_500), (12, 7_000), (13, 300)];
+        assert_eq!(threads_cpu_delta(&a, &b), 500 + 300);
+        assert_eq!(threads_cpu_delta(&b, &b), 0);
+        assert_eq!(threads_cpu_delta(&[], &b), 1_500 + 7_000 + 300);
+    }
+
+    #[test]
     fn nofile_limits() {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max processes             63704                63704                processes\n\
@@ -240,6 +304,9 @@ mod tests {
         // This runs on Linux (the only platform bench supports).
         assert!(self_rss().is_some_and(|b| b > 0));
         assert!(cpu(std::process::id()).is_some());
+        let threads = cpu_threads(std::process::id()).unwrap();
+        assert!(threads.iter().any(|&(tid, _)| tid == std::process::id()));
+        assert!(threads.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(slab().is_some_and(|b| b > 0));
         assert!(nofile().is_some());
     }
