@@ -2,7 +2,8 @@
 # Run from the repository root after `cargo build --release -p pushgate -p pushgate-bench`.
 # Starts a fresh server on a temp data dir and port 0, measures, then stops it by its PID.
 # usage: [TRANSPORT=ws|tcp|quic] bench/scripts/push-latency.sh BIN RATE DURATION [USERS] [ENV=VAL...]
-# TRANSPORT picks the client transport (default ws); BENCH=path/to/bench overrides the bench binary.
+# TRANSPORT picks the client transport (default ws); BENCH=path/to/bench overrides the bench binary;
+# LATENCY_ARGS adds flags to `bench latency` (e.g. "--http2 --inflight 64").
 BIN=$1; R=$2; DUR=$3; U=${4:-200}; shift $(( $# < 4 ? $# : 4 )); ENVS="$@"
 B=${BENCH:-target/release/bench}
 T=${TRANSPORT:-ws}
@@ -22,9 +23,9 @@ case $T in
   *) A="--transport ws --ws ws://$WS/ws";;
 esac
 c0=$(awk '{print $14+$15}' /proc/$PID/stat)
-$B latency --http http://$H --api-key $K $A --token-secret $S --users $U --rate $R --duration $DUR > $D/bench.out 2>$D/bench.err
+$B latency --http http://$H --api-key $K $A --token-secret $S --users $U --rate $R --duration $DUR $LATENCY_ARGS > $D/bench.out 2>$D/bench.err
 c1=$(awk '{print $14+$15}' /proc/$PID/stat)
-grep "^latency:" $D/bench.out
+grep -E "^(latency|http errors|clients closed):" $D/bench.out
 echo "server cpu: $(( (c1-c0) ))0 ms"
 kill $PID; wait $PID 2>/dev/null
 rm -rf $D
