@@ -7,7 +7,8 @@
 //!
 //! Properties: nothing panics; no answer is a 5xx (the doubles never fail,
 //! so bad input must be a 4xx); every error answer is the documented JSON
-//! error body; a push that the body types refuse is never a 2xx.
+//! error body; a wrong key never gets past the 401; a push that the
+//! body types refuse is never a 2xx.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -188,7 +189,8 @@ pub(crate) fn rest_bodies(data: &[u8]) -> bool {
         1 => Some("application/json; charset=utf-8"),
         _ => None,
     };
-    let key = if sel >> 5 == 7 { "wrong" } else { KEY };
+    let right_key = sel >> 5 != 7;
+    let key = if right_key { KEY } else { "wrong" };
     let mut req = Request::builder()
         .method(method)
         .uri(&path)
@@ -213,6 +215,14 @@ pub(crate) fn rest_bodies(data: &[u8]) -> bool {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("an error body is json");
         assert!(v["error"]["code"].is_string(), "error body {v}");
         assert!(v["error"]["message"].is_string(), "error body {v}");
+    }
+    if !right_key {
+        // 401 on every route there is (an empty segment matches none: 404).
+        assert!(
+            matches!(status.as_u16(), 401 | 404 | 405),
+            "{method} {path} with a wrong key: {status}"
+        );
+        return false;
     }
     // The body types decide what a push may be.
     let typed = match (method, sel % 8) {
