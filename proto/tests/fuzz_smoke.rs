@@ -67,6 +67,22 @@ fn tokens_smoke() {
     );
 }
 
+/// Regression (binary_frames, first minute of fuzzing): a `msg` whose data
+/// is a JSON string of invalid UTF-8 was accepted by `binary::decode_server`
+/// and turned into a JSON frame that is not UTF-8. The input is also in
+/// `proto/fuzz/seeds/binary_frames/crash-1761f665…`.
+#[test]
+fn regression_msg_data_must_be_utf8() {
+    let input = [
+        0x85, 0x00, 0xfc, 0xff, 0x01, 0x0f, 0x08, b'"', 0xa9, 0x8a, 0xce, 0xca, b'e', b'9', b'"',
+    ];
+    assert_eq!(
+        proto::binary::decode_server(&input),
+        Err(proto::DecodeError::BadField("data"))
+    );
+    checks::binary_frames(&input);
+}
+
 /// The smoke runner fails on a property violation (it is not a no-op).
 #[test]
 #[should_panic(expected = "check failed")]
