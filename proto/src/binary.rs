@@ -299,7 +299,11 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
             let ts = r.i64()?;
             let channel = r.opt(flags, F_OPT1, |r| r.string("channel"))?;
             let data = r.bytes()?;
-            if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
+            // UTF-8 first: serde_json skips the bytes of an ignored string
+            // without checking them, so `from_slice` alone would take a
+            // string of invalid UTF-8, which no JSON text may hold.
+            let json = std::str::from_utf8(data).map_err(|_| DecodeError::BadField("data"))?;
+            if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
                 return Err(DecodeError::BadField("data"));
             }
             ServerFrame::Msg(MsgFrame {
@@ -664,6 +668,13 @@ mod tests {
         // msg data that is not JSON.
         assert_eq!(
             decode_server(&[OP_MSG, 0x00, 0x01, 0x01, 0x01, b'{']),
+            Err(DecodeError::BadField("data"))
+        );
+        // msg data that is a JSON string of invalid UTF-8 (found by the
+        // binary_frames fuzz target: it was accepted, and its JSON encoding
+        // was not UTF-8).
+        assert_eq!(
+            decode_server(&[OP_MSG, 0x00, 0x01, 0x01, 0x03, b'"', 0xa9, b'"']),
             Err(DecodeError::BadField("data"))
         );
         // Unknown error code and close code.
