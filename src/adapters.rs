@@ -201,10 +201,6 @@ impl Rooms for LocalRooms {
         users: Option<&[UserId]>,
         after: MsgId,
     ) -> Result<u64, RoomsError> {
-        let room = self.check(room)?;
-        Ok(match users {
-            Some(users) => room.resync_users(users, after),
-            None => room.resync_all(after),
-        })
+        Ok(self.check(room)?.resync(users, after))
     }
 }

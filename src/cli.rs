@@ -120,7 +120,7 @@ pub(crate) struct ServeArgs {
     /// Inbound frames per second allowed per connection (burst twice that) [default: 50].
     #[arg(long, env = "PUSHGATE_RATE_LIMIT", value_name = "N")]
     pub(crate) rate_limit: Option<u32>,
-    /// Connections one client address (IPv6: one /64) may hold on each client listener (WebSocket, TCP, QUIC); 0 = no limit [default: 0].
+    /// Connections one client address (IPv6: one /64) may hold, over all client listeners together (WebSocket, TCP, QUIC); 0 = no limit [default: 0].
     #[arg(long, env = "PUSHGATE_MAX_CONNS_PER_IP", value_name = "N")]
     pub(crate) max_conns_per_ip: Option<usize>,
     /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].

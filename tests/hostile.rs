@@ -339,28 +339,31 @@ async fn http_connections_over_the_cap_are_closed_at_once() {
     assert_eq!(st, 200, "{body}");
 }
 
-/// `--max-conns-per-ip 3`: a fourth connection from the same address is
-/// refused on each listener (WebSocket: HTTP 429; TCP: error `overloaded`
-/// with close 4007, and why), the first three keep working, and a slot comes
-/// back when one of them ends.
+/// `--max-conns-per-ip 6`, counted over every listener together: with three
+/// WebSocket and three TCP connections held, one more from the same address
+/// is refused on either listener (WebSocket: HTTP 429; TCP: error
+/// `overloaded` with close 4007, and why), the six keep working, and a slot
+/// comes back when one of them ends.
 #[tokio::test]
 async fn connections_per_address_are_limited() {
     use tokio_tungstenite::tungstenite::Error as WsError;
-    let s = Server::start(&["--max-conns-per-ip", "3"]).await;
+    // Six per address, counted over every listener together: three
+    // WebSocket and three TCP connections fill it.
+    let s = Server::start(&["--max-conns-per-ip", "6"]).await;
     let mut ws = Vec::new();
     let mut tcp = Vec::new();
     for i in 0..3 {
         ws.push(s.login(Transport::WsJson, &format!("ipw{i}"), "d").await.0);
         tcp.push(s.login(Transport::Tcp, &format!("ipt{i}"), "d").await.0);
     }
-    // A fourth WebSocket: refused at the handshake with 429.
+    // One more WebSocket: refused at the handshake with 429.
     let stream = TcpStream::connect(s.ws).await.unwrap();
     match common::ws_handshake(stream, s.ws, Some("pushgate.v1.json")).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 429, "{resp:?}"),
-        Err(e) => panic!("fourth websocket: expected HTTP 429, got {e}"),
-        Ok(_) => panic!("fourth websocket from one address was accepted"),
+        Err(e) => panic!("seventh connection (websocket): expected HTTP 429, got {e}"),
+        Ok(_) => panic!("a seventh connection from one address was accepted"),
     }
-    // A fourth TCP connection: the final error frame says why.
+    // One more TCP connection: the final error frame says why.
     let mut c = s.connect(Transport::Tcp).await;
     let (code, _, frames) = c.closed(Duration::from_secs(5)).await;
     assert_eq!(code, Some(4007), "{frames:?}");
@@ -373,7 +376,7 @@ async fn connections_per_address_are_limited() {
         )),
         "{frames:?}"
     );
-    // The three keep working.
+    // The six keep working.
     for c in ws.iter_mut().chain(tcp.iter_mut()) {
         assert!(c.ping_sync(5).await.is_empty());
     }

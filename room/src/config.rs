@@ -51,9 +51,9 @@ pub struct RoomConfig {
     /// prove it receives at its address before the room spends a handshake
     /// on it; one round trip more). `Some(0)`: always; `None`: never.
     pub quic_retry_above: Option<usize>,
-    /// Connections one client address (IPv6: one /64) may hold on each
-    /// client listener (WebSocket, TCP, QUIC); more are refused like a full
-    /// room. 0: no limit.
+    /// Connections one client address (IPv6: one /64) may hold in this
+    /// room, over all its client listeners (WebSocket, TCP, QUIC together);
+    /// more are refused like a full room. 0: no limit.
     pub max_conns_per_ip: usize,
 }
 

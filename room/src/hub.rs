@@ -56,14 +56,10 @@ pub(crate) struct Push {
     pub(crate) bin: Bytes,
     /// The stream transports' length prefix for `bin`, computed once.
     pub(crate) bin_prefix: SmallVec<[u8; 8]>,
-}
-
-impl Push {
     /// What this push counts against a connection's byte bound: the larger
-    /// of its two encodings (a connection writes one of them).
-    pub(crate) fn weight(&self) -> usize {
-        self.text.len().max(self.bin.len() + self.bin_prefix.len())
-    }
+    /// of its two encodings (a connection writes one of them), computed
+    /// once per push rather than per connection.
+    pub(crate) weight: u32,
 }
 
 impl Push {
@@ -72,12 +68,14 @@ impl Push {
         let text = Utf8Bytes::try_from(msg.json.clone()).ok()?;
         let mut prefix = Vec::with_capacity(8);
         proto::binary::write_len(msg.bin.len(), &mut prefix);
+        let weight = text.len().max(msg.bin.len() + prefix.len());
         Some(Arc::new(Push {
             id: msg.id,
             replayable: msg.stored && !msg.channel,
             text,
             bin: msg.bin.clone(),
             bin_prefix: SmallVec::from_vec(prefix),
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }))
     }
 }
@@ -190,7 +188,7 @@ impl Conn {
     /// always taken, whatever its size: frames are bounded elsewhere). A full
     /// queue marks the connection slow (4006).
     pub(crate) fn try_push(&self, msg: &Arc<Push>, limit: QueueLimit) -> Queued {
-        let weight = u32::try_from(msg.weight()).unwrap_or(u32::MAX);
+        let weight = msg.weight;
         let res = {
             let mut o = self.outbox.lock();
             if o.close.is_some() {
@@ -290,8 +288,7 @@ impl Conn {
         }
         match o.queue.pop_front() {
             Some(p) => {
-                let weight = u32::try_from(p.weight()).unwrap_or(u32::MAX);
-                o.bytes = o.bytes.saturating_sub(weight);
+                o.bytes = o.bytes.saturating_sub(p.weight);
                 if o.queue.is_empty() && o.queue.capacity() > KEEP_QUEUE_CAPACITY {
                     // Let an idle connection hold no queue memory after a burst.
                     o.queue = VecDeque::new();
@@ -819,6 +816,7 @@ mod tests {
             text: Utf8Bytes::from("{}"),
             bin: Bytes::new(),
             bin_prefix: SmallVec::new(),
+            weight: 2,
         })
     }
 
@@ -889,6 +887,7 @@ mod tests {
             text: Utf8Bytes::from("x".repeat(len)),
             bin: Bytes::new(),
             bin_prefix: SmallVec::new(),
+            weight: u32::try_from(len).unwrap(),
         })
     }
 

@@ -48,7 +48,7 @@ pub enum RoomReq {
     Info,
     /// Replay the stored messages of these users' connections here after
     /// `after` before anything delivered later (a center could not deliver
-    /// stored messages to this room; see [`Room::resync_users`]).
+    /// stored messages to this room; see [`Room::resync`]).
     // Last, so that older nodes keep their variant numbers (postcard).
     Resync {
         /// The users; `None`: every connection here.
@@ -103,10 +103,9 @@ impl link::Service for RoomService {
             }
             RoomReq::Broadcast { msg } => RoomResp::Count(self.room.broadcast(&Arc::new(msg))),
             RoomReq::KickUser { user } => RoomResp::Count(self.room.kick_user(&user)),
-            RoomReq::Resync { users, after } => RoomResp::Count(match users {
-                Some(users) => self.room.resync_users(&users, after),
-                None => self.room.resync_all(after),
-            }),
+            RoomReq::Resync { users, after } => {
+                RoomResp::Count(self.room.resync(users.as_deref(), after))
+            }
             RoomReq::Info => RoomResp::Info {
                 room: self.room.config().room,
                 connections: self.room.connections(),

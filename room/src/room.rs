@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) limit: Arc<Semaphore>,
     /// Bounds the tasks that answer refused connections.
     pub(crate) refusals: Arc<Semaphore>,
+    /// Connections per client address over every listener of the room
+    /// (`max_conns_per_ip`); `None` when there is no limit.
+    pub(crate) per_ip: Option<Arc<listen::per_ip::PerIp>>,
 }
 
 impl Shared {
@@ -111,6 +114,7 @@ impl Room {
                 cfg.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+            per_ip: listen::per_ip::PerIp::new(cfg.max_conns_per_ip),
             cfg,
             backend,
             metrics: Metrics::default(),
@@ -236,25 +240,22 @@ impl Room {
         self.shared.hub.broadcast(&p, &self.shared.metrics)
     }
 
-    /// Asks every connection of `users` held here to replay its user's
-    /// stored messages after `after` (or after the last stored id it sent,
-    /// whichever is lower) before any message queued from now on; returns
-    /// how many were asked. For a center that could not deliver stored
-    /// messages here (see docs/PROTOCOL.md, "Faults").
-    pub fn resync_users(&self, users: &[UserId], after: proto::MsgId) -> u64 {
-        let n = self.shared.hub.resync_users(users, after);
+    /// Asks every connection of `users` held here (every connection when
+    /// `None`) to replay its user's stored messages after `after` (or after
+    /// the last stored id it sent, whichever is lower) before any message
+    /// queued from now on; returns how many were asked. For a center that
+    /// could not deliver stored messages here (see docs/PROTOCOL.md,
+    /// "Resync in place after a fault").
+    pub fn resync(&self, users: Option<&[UserId]>, after: proto::MsgId) -> u64 {
+        let n = match users {
+            Some(users) => self.shared.hub.resync_users(users, after),
+            None => self.shared.hub.resync_where(|_| true, after),
+        };
         crate::metrics::add(&self.shared.metrics.resyncs, n);
         n
     }
 
-    /// Like [`Room::resync_users`] for every connection here.
-    pub fn resync_all(&self, after: proto::MsgId) -> u64 {
-        let n = self.shared.hub.resync_where(|_| true, after);
-        crate::metrics::add(&self.shared.metrics.resyncs, n);
-        n
-    }
-
-    /// Like [`Room::resync_users`] for every connection whose user passes
+    /// Like [`Room::resync`] for every connection whose user passes
     /// `pick`: for a register that lost its entries of these users and was
     /// refilled (visits every user).
     pub fn resync_where(&self, pick: impl FnMut(&UserId) -> bool, after: proto::MsgId) -> u64 {

@@ -214,7 +214,7 @@ pub(crate) struct RoomArgs {
     /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
     #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
     pub(crate) quic_retry_above: Option<usize>,
-    /// Connections one client address (IPv6: one /64) may hold on each client listener; 0 = no limit.
+    /// Connections one client address (IPv6: one /64) may hold in this room, all client listeners together; 0 = no limit.
     #[arg(
         long,
         env = "PUSHGATE_MAX_CONNS_PER_IP",

@@ -11,8 +11,8 @@
 //! Refusals run on small tracked tasks, at most 64 at once; beyond that the
 //! socket is just dropped.
 //!
-//! `max_conns_per_ip` limits the connections of one client address on each
-//! listener (see `per_ip`); over it a connection is refused the same way,
+//! `max_conns_per_ip` limits the connections of one client address over
+//! every listener of the room together (see `per_ip`); over it a connection is refused the same way,
 //! with its own text (WebSocket: HTTP 429).
 //!
 //! The loop drains the listen backlog: it only spawns per connection, and
@@ -72,7 +72,7 @@ pub(crate) async fn handshake_step<T, E: std::fmt::Display>(
 pub(crate) enum Refusal {
     /// The room holds `max_connections`.
     Full,
-    /// The client's address holds `max_conns_per_ip` on this listener.
+    /// The client's address holds `max_conns_per_ip` in this room.
     PerIp,
 }
 
@@ -113,7 +113,6 @@ pub(crate) async fn accept_loop(
     };
     let addr = listener.local_addr().ok();
     let secure = tls.is_some();
-    let per_ip = per_ip::PerIp::new(shared.cfg.max_conns_per_ip);
     info!(?addr, ?kind, tls = secure, "accepting");
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -139,7 +138,7 @@ pub(crate) async fn accept_loop(
             },
         };
         let _ = sock.set_nodelay(true);
-        let slot = match &per_ip {
+        let slot = match &shared.per_ip {
             None => None,
             Some(p) => match p.acquire(peer.ip()) {
                 Some(slot) => Some(slot),

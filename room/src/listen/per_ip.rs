@@ -1,4 +1,4 @@
-//! Connections per client address on one listener (`max_conns_per_ip`).
+//! Connections per client address in one room, over all its listeners (`max_conns_per_ip`).
 //!
 //! One counter per address, O(1) per accept; a connection holds an
 //! [`IpSlot`] for its whole life (handshakes included) and gives it back
@@ -38,7 +38,7 @@ fn prefix64(ip: Ipv6Addr) -> u64 {
     (u128::from(ip) >> 64) as u64
 }
 
-/// The per-address counters of one listener.
+/// The per-address counters of one room (every listener counts here).
 pub(crate) struct PerIp {
     max: usize,
     counts: Mutex<HashMap<IpKey, usize>>,

@@ -207,7 +207,6 @@ pub(crate) async fn accept_loop(
     let endpoint = listener.endpoint;
     let handshaking = Arc::new(AtomicUsize::new(0));
     let addr = endpoint.local_addr().ok();
-    let per_ip = super::per_ip::PerIp::new(shared.cfg.max_conns_per_ip);
     info!(?addr, kind = "quic", "accepting");
     loop {
         let incoming = tokio::select! {
@@ -218,7 +217,7 @@ pub(crate) async fn accept_loop(
                 None => break, // the endpoint was closed
             },
         };
-        let slot = match &per_ip {
+        let slot = match &shared.per_ip {
             None => None,
             Some(p) => match p.acquire(incoming.remote_address().ip()) {
                 Some(slot) => Some(slot),
