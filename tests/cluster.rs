@@ -240,49 +240,15 @@ async fn register_kill9_under_steady_pushes_loses_no_acknowledged_push() {
     let mut c = Cluster::start(2, 1).await;
     let rooms = Arc::new(Mutex::new(vec![c.ws(0), c.ws(1)]));
     let users: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
-    let mut clients = Vec::new();
-    for (i, u) in users.iter().enumerate() {
-        clients.push(Resilient::spawn(rooms.clone(), c.token(u), i));
-    }
-    for u in &users {
-        eventually(&format!("{u} online"), Duration::from_secs(5), || async {
-            let (_, v) = c.api(0, "GET", &format!("/users/{u}"), None).await;
-            v["online"] == true
-        })
-        .await;
-    }
+    let clients = c.online_clients(&rooms, &users).await;
     // Steady stored pushes, one user each, ~50/s, for the whole scenario.
-    let mut sent: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); users.len()];
-    let mut refused = 0u32;
-    let started = Instant::now();
-    let (mut killed, mut restarted) = (false, false);
-    let mut k = 0usize;
-    while started.elapsed() < Duration::from_secs(6) {
-        if !killed && started.elapsed() > Duration::from_millis(800) {
-            c.registers[0].kill9().await;
-            killed = true;
-        }
-        if killed && !restarted && started.elapsed() > Duration::from_millis(2000) {
-            c.registers[0].restart().await;
-            restarted = true;
-        }
-        let u = k % users.len();
-        k += 1;
-        let (status, v) = c
-            .api(
-                0,
-                "POST",
-                "/push/users",
-                Some(json!({"users": [users[u].as_str()], "data": k})),
-            )
-            .await;
-        if status == 200 {
-            sent[u].insert(v["id"].as_i64().unwrap());
-        } else {
-            refused += 1; // not acknowledged: not owed
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pusher = c.pusher(0, users.clone(), Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.registers[0].kill9().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.registers[0].restart().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (sent, refused) = pusher.stop().await;
     let acked: usize = sent.iter().map(BTreeSet::len).sum();
     assert!(
         acked > 100,
@@ -379,17 +345,7 @@ async fn rolling_restart_of_every_room_loses_nothing() {
     let mut c = Cluster::start(3, 1).await;
     let rooms = Arc::new(Mutex::new(vec![c.ws(0), c.ws(1), c.ws(2)]));
     let users: Vec<String> = (0..6).map(|i| format!("roll{i}")).collect();
-    let mut clients = Vec::new();
-    for (i, u) in users.iter().enumerate() {
-        clients.push(Resilient::spawn(rooms.clone(), c.token(u), i));
-    }
-    for u in &users {
-        eventually(&format!("{u} online"), Duration::from_secs(5), || async {
-            let (_, v) = c.api(0, "GET", &format!("/users/{u}"), None).await;
-            v["online"] == true
-        })
-        .await;
-    }
+    let clients = c.online_clients(&rooms, &users).await;
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let sent = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = tokio_util::sync::CancellationToken::new();

@@ -58,18 +58,7 @@ impl Scenario {
         let ws = Arc::new(Mutex::new(vec![c.ws(0), c.ws(1)]));
         let online: Vec<String> = (0..12).map(|i| format!("{tag}-on{i}")).collect();
         let offline: Vec<String> = (0..4).map(|i| format!("{tag}-off{i}")).collect();
-        let clients: Vec<Resilient> = online
-            .iter()
-            .enumerate()
-            .map(|(i, u)| Resilient::spawn(ws.clone(), c.token(u), i))
-            .collect();
-        for u in &online {
-            common::eventually(&format!("{u} online"), Duration::from_secs(10), || async {
-                let (_, v) = c.api(0, "GET", &format!("/users/{u}"), None).await;
-                v["online"] == true
-            })
-            .await;
-        }
+        let clients = c.online_clients(&ws, &online).await;
         let everyone: Vec<String> = online.iter().chain(&offline).cloned().collect();
         let pusher = Some(c.pusher(0, everyone, Duration::from_millis(20)));
         let s = Scenario {

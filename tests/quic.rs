@@ -216,29 +216,9 @@ async fn quic_silent_client_gets_heartbeat_timeout() {
     assert_eq!(app_close(&conn).await.map(|c| c.0), Some(4003));
 }
 
-/// The virtual environment holding aioquic (made by scripts/test).
+/// The Python that runs the independent client (see `common::python_with`).
 fn python() -> PathBuf {
-    // target/<profile>/pushgate → target/pyvenv
-    let target = PathBuf::from(common::BIN)
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .to_path_buf();
-    let py = target.join("pyvenv").join("bin").join("python");
-    let ok = py.is_file()
-        && std::process::Command::new(&py)
-            .args(["-c", "import aioquic"])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "Python with aioquic is required at {}: run scripts/test, or\n  \
-         python3 -m venv {venv} && {venv}/bin/pip install aioquic\n\
-         (Debian/Ubuntu: apt-get install python3-venv)",
-        py.display(),
-        venv = target.join("pyvenv").display()
-    );
-    py
+    common::python_with("aioquic", "aioquic")
 }
 
 /// An independent implementation (Python aioquic) connects, authenticates

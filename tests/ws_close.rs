@@ -17,29 +17,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The virtual environment holding `websockets` (made by scripts/test).
+/// The Python that runs the independent client (see `common::python_with`).
 fn python() -> PathBuf {
-    // target/<profile>/pushgate → target/pyvenv
-    let target = PathBuf::from(common::BIN)
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .to_path_buf();
-    let py = target.join("pyvenv").join("bin").join("python");
-    let ok = py.is_file()
-        && std::process::Command::new(&py)
-            .args(["-c", "import websockets.asyncio.client"])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "Python with websockets (>= 13) is required at {}: run scripts/test, or\n  \
-         python3 -m venv {venv} && {venv}/bin/pip install websockets\n\
-         (Debian/Ubuntu: apt-get install python3-venv)",
-        py.display(),
-        venv = target.join("pyvenv").display()
-    );
-    py
+    common::python_with("websockets.asyncio.client", "websockets>=13")
 }
 
 fn script() -> PathBuf {

@@ -209,7 +209,14 @@ impl Cluster {
     }
 
     pub async fn add_center(&mut self) {
-        let args = s(&[
+        let args = self.center_args(&self.saver_list);
+        let n = Node::start("center", args).await;
+        self.centers.push(n);
+    }
+
+    /// The arguments of a center of this cluster whose saver is at `saver`.
+    pub fn center_args(&self, saver: &str) -> Vec<String> {
+        s(&[
             "center",
             "--http",
             "127.0.0.1:0",
@@ -220,12 +227,33 @@ impl Cluster {
             "--idgens",
             &self.idgen_list,
             "--saver",
-            &self.saver_list,
+            saver,
             "--cluster-key",
             &self.key,
-        ]);
-        let n = Node::start("center", args).await;
-        self.centers.push(n);
+        ])
+    }
+
+    /// Spawns a self-reconnecting client for each of `users` over the
+    /// WebSocket addresses in `rooms` (user i starts at room i), and waits
+    /// until every user is listed online.
+    pub async fn online_clients(
+        &self,
+        rooms: &Arc<Mutex<Vec<SocketAddr>>>,
+        users: &[String],
+    ) -> Vec<Resilient> {
+        let clients = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| Resilient::spawn(rooms.clone(), self.token(u), i))
+            .collect();
+        for u in users {
+            eventually(&format!("{u} online"), Duration::from_secs(10), || async {
+                let (_, v) = self.api(0, "GET", &format!("/users/{u}"), None).await;
+                v["online"] == true
+            })
+            .await;
+        }
+        clients
     }
 
     /// A fixed internal port (as in production), so a restart of the room
@@ -528,21 +556,7 @@ impl Cluster {
     /// index in `centers` and the proxy.
     pub async fn add_center_behind_saver_proxy(&mut self) -> (usize, testkit::Proxy) {
         let proxy = testkit::Proxy::start(self.saver_list.parse().unwrap()).await;
-        let args = s(&[
-            "center",
-            "--http",
-            "127.0.0.1:0",
-            "--api-key",
-            &self.api_key,
-            "--registers",
-            &self.reg_list,
-            "--idgens",
-            &self.idgen_list,
-            "--saver",
-            &proxy.addr().to_string(),
-            "--cluster-key",
-            &self.key,
-        ]);
+        let args = self.center_args(&proxy.addr().to_string());
         self.centers.push(Node::start("center", args).await);
         (self.centers.len() - 1, proxy)
     }

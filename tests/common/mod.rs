@@ -29,6 +29,34 @@ use tokio_tungstenite::WebSocketStream;
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_pushgate");
 
+/// The Python of the virtual environment that scripts/test makes under the
+/// target dir, checked to import `module` (from the PyPI package `package`):
+/// the independent clients (aioquic, websockets) run there. A missing one
+/// fails the test and says how to install it.
+pub fn python_with(module: &str, package: &str) -> PathBuf {
+    // target/<profile>/pushgate → target/pyvenv
+    let target = PathBuf::from(BIN)
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .to_path_buf();
+    let py = target.join("pyvenv").join("bin").join("python");
+    let ok = py.is_file()
+        && std::process::Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Python with {package} is required at {}: run scripts/test, or\n  \
+         python3 -m venv {venv} && {venv}/bin/pip install '{package}'\n\
+         (Debian/Ubuntu: apt-get install python3-venv)",
+        py.display(),
+        venv = target.join("pyvenv").display()
+    );
+    py
+}
+
 /// How long a server may take to print `ready`.
 pub const STARTUP: Duration = Duration::from_secs(20);
 
