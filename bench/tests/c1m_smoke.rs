@@ -44,8 +44,6 @@ fn twenty_thousand_connections_lose_nothing() {
             "4s",
             "--unicast-concurrency",
             "32",
-            "--base-port",
-            "27800",
             "--out",
         ])
         .arg(out.path())

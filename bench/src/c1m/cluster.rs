@@ -86,14 +86,69 @@ pub(crate) struct StartSpec<'a> {
     pub(crate) rooms: usize,
     /// `--max-connections` of each room.
     pub(crate) room_max: u64,
-    /// `--base-port`.
-    pub(crate) base_port: u16,
+    /// `--base-port` (`None`: a block free at the start, see [`start_retrying`]).
+    pub(crate) base_port: Option<u16>,
     /// `--store` (`embedded` or `redis`).
     pub(crate) store: &'a str,
     /// Heartbeat interval, seconds.
     pub(crate) heartbeat: u64,
     /// A fresh directory for its data, manifest and log.
     pub(crate) dir: &'a Path,
+}
+
+/// How many ports from `--base-port` a dev cluster of `rooms` rooms takes
+/// (see `pushgate dev-cluster`: services below `B+100`, four per room).
+fn port_span(rooms: usize) -> u16 {
+    u16::try_from(100 + 4 * rooms).unwrap_or(u16::MAX)
+}
+
+/// A base port whose whole block of `span` ports on 127.0.0.1 can be bound
+/// now (as the cluster binds them: `SO_REUSEADDR`, so sockets in TIME_WAIT
+/// do not count). A random start keeps concurrent runs apart.
+fn free_block(span: u16) -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let base = 20_000 + (rand::random::<u16>() % 400) * 100;
+        let Some(end) = base.checked_add(span) else {
+            continue;
+        };
+        if (base..end).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!(
+        "found no block of {span} free ports on 127.0.0.1 in 200 tries (pass --base-port)"
+    )
+}
+
+/// Starts `pushgate dev-cluster` like [`start`]. Without `--base-port` it
+/// takes a block of ports free at the start, and when a process of the
+/// cluster finds one of them taken all the same (another program's outgoing
+/// connection can take any port of the machine's ephemeral range between the
+/// check and the bind) it starts again on another block, up to four times.
+pub(crate) async fn start_retrying(
+    spec: &StartSpec<'_>,
+    within: Duration,
+) -> anyhow::Result<Started> {
+    if spec.base_port.is_some() {
+        return start(spec, within).await;
+    }
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let base = free_block(port_span(spec.rooms))?;
+        let this = StartSpec {
+            base_port: Some(base),
+            ..*spec
+        };
+        match start(&this, within).await {
+            Err(e) if tries < 4 && format!("{e:#}").contains("Address already in use") => {
+                eprintln!(
+                    "a port of the block from {base} was taken meanwhile; trying another block"
+                );
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Starts `pushgate dev-cluster` and waits (up to `within`) for its manifest.
@@ -112,7 +167,7 @@ pub(crate) async fn start(spec: &StartSpec<'_>, within: Duration) -> anyhow::Res
         "--store",
         spec.store,
         "--base-port",
-        &spec.base_port.to_string(),
+        &spec.base_port.unwrap_or(7800).to_string(),
         "--heartbeat",
         &spec.heartbeat.to_string(),
         "--data",

@@ -91,9 +91,11 @@ pub(crate) struct C1mArgs {
     /// production cluster would use) or `embedded` (one saver process).
     #[arg(long, default_value = "redis")]
     pub(crate) cluster_store: String,
-    /// First port of a started cluster (see `pushgate dev-cluster`).
-    #[arg(long, default_value_t = 17800)]
-    pub(crate) base_port: u16,
+    /// First port of a started cluster (see `pushgate dev-cluster`); by
+    /// default a block of ports that is free at the start (and another one
+    /// if a process of the cluster still finds its port taken).
+    #[arg(long)]
+    pub(crate) base_port: Option<u16>,
     /// Attach to a running `pushgate dev-cluster --manifest FILE` instead
     /// of starting one (its rooms must have room for the connections).
     #[arg(long)]
@@ -181,7 +183,7 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
                 dir: &scratch,
             };
             let s = tokio::select! {
-                s = cluster::start(&spec, Duration::from_secs(60 + rooms as u64)) => s?,
+                s = cluster::start_retrying(&spec, Duration::from_secs(60 + rooms as u64)) => s?,
                 _ = cancel.cancelled() => return Ok(Outcome::Interrupted),
             };
             let m = s.manifest.clone();
