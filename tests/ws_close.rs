@@ -165,3 +165,46 @@ async fn server_waits_for_the_close_reply() {
         .expect("server closed TCP within 5 s of the Close reply");
     assert!(matches!(end, Ok(0)), "expected EOF, got {end:?}");
 }
+
+/// Framing seen by the independent client: a Ping with a payload gets its
+/// Pong, a message in three fragments and one with a 16-bit length are
+/// answered, and one over the 64 KiB frame limit closes with 4004.
+#[tokio::test]
+async fn independent_client_framing() {
+    let s = Server::start(&[]).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(python())
+            .arg(script())
+            .args(["--url", &format!("ws://{}/ws", s.ws)])
+            .args(["--mode", "framing", "--timeout", "10"])
+            .args(["--token", &s.token("pyframes")])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python client ended within 30 s")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let [replies, end] = &lines[..] else {
+        panic!("expected two lines: {stdout}");
+    };
+    assert_eq!(replies["pong"], true, "{replies}");
+    assert_eq!(replies["fragmented"], json!({"op": "pong", "seq": 7}));
+    assert_eq!(replies["medium"], json!({"op": "pong", "seq": 8}));
+    assert_eq!(end["close_code"], 4004, "{end}");
+    assert_eq!(
+        end["rcvd"][0], 4004,
+        "a Close frame, not a dropped connection: {end}"
+    );
+}

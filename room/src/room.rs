@@ -428,7 +428,9 @@ mod tests {
         // the release tcp task should now be 896 B (was 1024), the ws one
         // 1152 B (was 1280); the measured RSS fell by 270 and 160 B. The idle deadline costs the session no timer: one
         // `Weak<Conn>` in the room's wheel and 4 B in `Conn`.
-        assert!(ws_size <= 1000, "ws session future is {ws_size} bytes");
+        // With the room's own WebSocket framing (WsIo 112 B, no library
+        // state) the ws future is 776 B in a debug build (was 968).
+        assert!(ws_size <= 800, "ws session future is {ws_size} bytes");
         assert!(tcp_size <= 744, "tcp session future is {tcp_size} bytes");
         assert!(conn <= 128, "Arc<Conn> is {conn} bytes");
         assert!(conns_entry <= 16);

@@ -138,3 +138,104 @@ async fn tcp_frames_may_arrive_one_byte_at_a_time() {
     assert!(matches!(c.frame().await, ServerFrame::AuthOk { .. }));
     c.roundtrip(1).await;
 }
+
+/// A raw client's masked frame, as browsers send them.
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x5a, 0x17, 0xc3, 0x8e];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+async fn server_frame(sock: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    sock.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = match head[1] & 0x7f {
+        126 => usize::from(sock.read_u16().await.unwrap()),
+        127 => usize::try_from(sock.read_u64().await.unwrap()).unwrap(),
+        n => usize::from(n),
+    };
+    let mut payload = vec![0; len];
+    sock.read_exact(&mut payload).await.unwrap();
+    assert_eq!(head[0] & 0x80, 0x80, "server frames are final");
+    (head[0] & 0x0f, payload)
+}
+
+/// The framing on raw bytes: a frame arriving a byte at a time, several in
+/// one write, a Ping answered by a Pong with its payload, then a protocol
+/// violation (an unmasked frame) closed with 4004 and TCP closed after.
+#[tokio::test]
+async fn raw_frames_split_coalesced_and_a_violation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = start(config()).await;
+    let mut sock = tokio::net::TcpStream::connect(t.ws).await.unwrap();
+    sock.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(sock.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+
+    let auth = format!(r#"{{"op":"auth","seq":1,"token":"{}"}}"#, token("raw"));
+    let mut long = vec![0x81, 0xfe];
+    long.extend_from_slice(&u16::try_from(auth.len()).unwrap().to_be_bytes());
+    long.extend_from_slice(&[0; 4]); // a zero mask leaves the payload as is
+    long.extend_from_slice(auth.as_bytes());
+    for b in long {
+        sock.write_all(&[b]).await.unwrap();
+        sock.flush().await.unwrap();
+    }
+    let (op, body) = server_frame(&mut sock).await;
+    assert_eq!(op, 0x1);
+    assert!(String::from_utf8(body).unwrap().contains("auth_ok"));
+
+    let mut two = masked(0x1, br#"{"op":"ping","seq":2}"#);
+    two.extend(masked(0x9, b"hi"));
+    two.extend(masked(0x1, br#"{"op":"ping","seq":3}"#));
+    sock.write_all(&two).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(server_frame(&mut sock).await);
+    }
+    assert_eq!(got[0], (0x1, br#"{"op":"pong","seq":2}"#.to_vec()));
+    assert_eq!(got[1], (0xA, b"hi".to_vec()), "the Pong echoes the Ping");
+    assert_eq!(got[2], (0x1, br#"{"op":"pong","seq":3}"#.to_vec()));
+
+    // Unmasked: a protocol violation.
+    sock.write_all(&[0x81, 0x02, b'{', b'}']).await.unwrap();
+    let (op, body) = server_frame(&mut sock).await;
+    assert_eq!(op, 0x1);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("bad_frame") && text.contains("unmasked"),
+        "{text}"
+    );
+    let (op, body) = server_frame(&mut sock).await;
+    assert_eq!(op, 0x8);
+    assert_eq!(u16::from_be_bytes([body[0], body[1]]), 4004);
+    // The server waits for our Close, then closes TCP.
+    sock.write_all(&masked(0x8, &4004u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sock.read_to_end(&mut rest),
+    )
+    .await
+    .expect("TCP closed after the close handshake")
+    .unwrap();
+    assert_eq!(n, 0, "nothing after the Close: {rest:?}");
+}

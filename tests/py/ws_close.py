@@ -8,6 +8,12 @@ Modes:
                 wait for the server's Close (the client library's close()).
   server-close  connect, authenticate, print {"op":"auth_ok",...} as one JSON
                 line, then read until the server closes the connection.
+  framing       connect, authenticate, then: a WebSocket Ping with a payload
+                (its Pong awaited), a protocol ping sent as a message in three
+                fragments, one with a 16-bit length (1,000 bytes), then one
+                over the server's 64 KiB frame limit; prints
+                {"pong": bool, "fragmented": reply, "medium": reply}
+                before the close line.
 
 Either way it prints one JSON line at the end:
   {"close_code": ..., "close_reason": ..., "rcvd": [code, reason] | null,
@@ -34,7 +40,9 @@ def frame(f):
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
-    ap.add_argument("--mode", choices=["client-close", "server-close"], required=True)
+    ap.add_argument(
+        "--mode", choices=["client-close", "server-close", "framing"], required=True
+    )
     ap.add_argument("--token", default="")
     ap.add_argument("--code", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=10.0)
@@ -56,7 +64,24 @@ async def main():
                 sys.exit(1)
             if a.mode == "server-close":
                 print(json.dumps(ok), flush=True)
-        if a.mode == "client-close":
+        if a.mode == "framing":
+            pong = await ws.ping(b"are you there")
+            await asyncio.wait_for(pong, a.timeout)
+            await ws.send(['{"op":', '"ping",', '"seq":7}'])
+            fragmented = json.loads(await asyncio.wait_for(ws.recv(), a.timeout))
+            await ws.send('{"op":"ping","seq":8' + " " * 1000 + "}")
+            medium = json.loads(await asyncio.wait_for(ws.recv(), a.timeout))
+            print(
+                json.dumps({"pong": True, "fragmented": fragmented, "medium": medium}),
+                flush=True,
+            )
+            await ws.send('{"op":"ping","seq":9' + " " * 70000 + "}")
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), a.timeout)
+            except ConnectionClosed:
+                pass
+        elif a.mode == "client-close":
             await ws.close(code=a.code, reason="bye")
         else:
             try:

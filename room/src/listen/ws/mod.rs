@@ -1,0 +1,131 @@
+//! WebSocket: `GET /ws` only (anything else gets 404 during the handshake),
+//! subprotocol `pushgate.v1.json` (the default) or `pushgate.v1.bin`.
+//!
+//! Decisions:
+//! - Inbound, text frames are always decoded as JSON and binary frames as
+//!   binary, whichever subprotocol was negotiated (DESIGN.md: "text frames
+//!   carry JSON frames, binary frames carry binary frames"). The server
+//!   always replies in the negotiated encoding.
+//! - A client that asks for no subprotocol gets JSON (no header in the
+//!   reply). One that offers only unknown subprotocols gets HTTP 400 naming
+//!   ours: answering without a header would fail in its library anyway, with
+//!   a vaguer message.
+//! - WebSocket pings and pongs count as life for the heartbeat.
+//! - The handshake and the framing are our own (`handshake`, `frame`,
+//!   `io`), not a WebSocket library's: an idle connection holds no buffer
+//!   and no state beyond a few flags (see [`WsIo`]), where tungstenite kept
+//!   its read and write buffers, frame codec and message assembly per
+//!   connection. Frames up to `max_frame` are accepted, fragmented or not.
+//! - wss:// (`serve_tls`): the TLS handshake and then the WebSocket
+//!   handshake, both within `auth_timeout`. [`WsIo`] is generic over the
+//!   byte stream, so a plain connection carries nothing for TLS.
+//! - The close handshake (RFC 6455 §5.5.1, §7.1.1) runs both ways. A
+//!   client's Close is answered with a Close echoing its code (the stream
+//!   flushes the reply before it ends), then the server closes TCP. After the server's own Close, [`WsIo::linger`] waits
+//!   up to [`LINGER_MAX`] for the client's Close before closing TCP, so
+//!   that clients see a clean close (browsers: `wasClean`).
+
+mod frame;
+mod handshake;
+mod io;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::io::ByteStream;
+use crate::metrics::Transport;
+use crate::room::Shared;
+use crate::session;
+pub(crate) use io::WsIo;
+
+/// The only path served.
+pub(crate) const PATH: &str = "/ws";
+/// Subprotocol for JSON in text frames (the default).
+pub(crate) const PROTO_JSON: &str = "pushgate.v1.json";
+/// Subprotocol for binary frames.
+pub(crate) const PROTO_BIN: &str = "pushgate.v1.bin";
+
+/// Runs the handshake (within `auth_timeout`), then the session.
+///
+/// Not an `async fn`: its arguments would stay in the future, unused, for
+/// the connection's whole life (rust-lang/rust#62958). The handshake is
+/// boxed for the same reason: its state would otherwise size the session.
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(handshake(shared, sock, peer));
+    async move {
+        let Some((shared, io)) = handshake.await else {
+            return;
+        };
+        session::run(shared, io, peer, Transport::Ws).await;
+    }
+}
+
+/// Runs one wss:// connection: the TLS handshake, the WebSocket handshake
+/// (together within `auth_timeout`), then the session.
+///
+/// Not an `async fn`, for the reason given at [`serve`].
+pub(crate) fn serve_tls(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+        let (shared, tls) = super::tcp::tls_handshake(shared, sock, peer, tls).await?;
+        handshake_until(shared, tls, peer, deadline).await
+    });
+    async move {
+        let Some((shared, io)) = handshake.await else {
+            return;
+        };
+        session::run(shared, io, peer, Transport::Ws).await;
+    }
+}
+
+/// The handshake, within `auth_timeout`; `None` when it failed or the room stopped.
+async fn handshake(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Shared>, WsIo)> {
+    let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+    handshake_until(shared, sock, peer, deadline).await
+}
+
+/// The WebSocket handshake on `sock`, until `deadline`.
+async fn handshake_until<S: ByteStream>(
+    shared: Arc<Shared>,
+    mut sock: S,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<(Arc<Shared>, WsIo<S>)> {
+    let step = handshake::accept(&mut sock);
+    let (bin, rest) = super::handshake_step(&shared, peer, "websocket", deadline, step).await?;
+    let io = WsIo::new(sock, shared.cfg.max_frame, bin, rest);
+    Some((shared, io))
+}
+
+/// Answers the handshake of a refused connection: HTTP 503 for a full
+/// room, 429 for too many connections from the address.
+pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, mut sock: S, why: super::Refusal) {
+    let status = match why {
+        super::Refusal::Full => 503,
+        super::Refusal::PerIp => 429,
+    };
+    let answer = handshake::Reject {
+        status,
+        text: why.text(),
+    };
+    let limit = shared.cfg.auth_timeout.min(Duration::from_secs(2));
+    let _ = tokio::time::timeout(limit, handshake::refuse(&mut sock, answer)).await;
+}
