@@ -99,6 +99,10 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn nothing_after(&self, user: &UserId, after: MsgId) -> bool {
+        self.store.nothing_after(user, after)
+    }
+
     async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, BackendError> {
         self.store
             .acked(user, device)

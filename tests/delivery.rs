@@ -259,3 +259,55 @@ async fn push_ttl_expires_stored_messages() {
     );
     assert!(c.ping_sync(1).await.is_empty());
 }
+
+/// A connect with nothing stored for its user skips the store (counted in
+/// `pushgate_room_replays_skipped_total`); one with stored messages still
+/// replays them, and so does a reconnect with an older `last_id`.
+#[tokio::test]
+async fn nothing_stored_skips_the_store_and_stored_still_replays() {
+    let s = Server::start(&[]).await;
+    let skipped = |s: &Server| {
+        let s = s.http_base();
+        async move {
+            let body = reqwest::get(format!("{s}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            body.lines()
+                .find_map(|l| l.strip_prefix("pushgate_room_replays_skipped_total "))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .unwrap_or_else(|| panic!("no pushgate_room_replays_skipped_total in {body}"))
+        }
+    };
+    let before = skipped(&s).await;
+    let fresh = common::uniq("fresh");
+    let (_c, _) = s.login(Transport::WsJson, &fresh, "d").await;
+    assert_eq!(
+        skipped(&s).await,
+        before + 1,
+        "a user without messages skips the store"
+    );
+
+    let u = common::uniq("stored");
+    let id = s.push_id(&[&u], json!("kept")).await;
+    let (mut c, _) = s.login(Transport::WsJson, &u, "d").await;
+    assert_eq!(
+        c.next_msg().await["id"],
+        id,
+        "replayed after the skip check"
+    );
+    assert_eq!(
+        skipped(&s).await,
+        before + 1,
+        "a user with messages reads the store"
+    );
+    drop(c);
+    let (mut again, _) = s.login_after(Transport::Tcp, &u, "d2", id - 1).await;
+    assert_eq!(
+        again.next_msg().await["id"],
+        id,
+        "last_id below the stored id replays it"
+    );
+}

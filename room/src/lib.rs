@@ -39,6 +39,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn connected(&self, session: &SessionInfo);
     /// A connection that had authenticated ended at `now_ms`.
     async fn disconnected(&self, session: &SessionInfo, now_ms: i64);
+    /// Whether `user` surely has no stored message with id above `after`,
+    /// known without a round trip (`false`: unknown). A connect or resync
+    /// with nothing to replay then skips the store.
+    fn nothing_after(&self, _user: &UserId, _after: MsgId) -> bool {
+        false
+    }
     /// Highest id acked by this device, if any.
     ///
     /// # Errors

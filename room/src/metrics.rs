@@ -74,6 +74,7 @@ pub(crate) struct Metrics {
     pub(crate) deliveries: AtomicU64,
     pub(crate) queue_full: AtomicU64,
     pub(crate) replayed: AtomicU64,
+    pub(crate) replays_skipped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
     drops: [AtomicU64; 3],
@@ -227,6 +228,12 @@ impl Metrics {
             "pushgate_room_replayed_total",
             "Stored messages replayed to reconnecting clients.",
             get(&self.replayed),
+        );
+        counter(
+            out,
+            "pushgate_room_replays_skipped_total",
+            "Replays answered without a store read: the store knew in memory that nothing was stored after the resume point (embedded store).",
+            get(&self.replays_skipped),
         );
         counter(
             out,

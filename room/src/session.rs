@@ -573,6 +573,14 @@ impl<'s> Live<'s> {
     ) -> Result<(), CloseReason> {
         let backend = &self.shared.backend;
         let (user, device) = (&self.info.user, self.info.device.as_str());
+        // Nothing stored after the earliest point this replay could start
+        // from (the device's ack is at least 0): no store call at all.
+        let start = last_id.unwrap_or_default();
+        if backend.nothing_after(user, self.shared.cfg.look_back(start)) {
+            self.high = self.high.max(start);
+            metrics::inc(&self.shared.metrics.replays_skipped);
+            return Ok(());
+        }
         let mut after = match last_id {
             Some(id) => id,
             None => match call(self.shared, backend.acked(user, device)).await {

@@ -30,6 +30,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::live::{is_live, LiveMsgs};
+use crate::newest::NewestIds;
 use crate::{Bounds, Store, StoreError, StoredMsg};
 
 const QUEUE: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("user_queue");
@@ -97,6 +98,8 @@ pub struct EmbeddedStore {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Newest id per user (bounded table), for [`Store::nothing_after`].
+    newest: NewestIds,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -126,6 +129,8 @@ impl EmbeddedStore {
         }
         let db = Database::create(path).map_err(backend)?;
         create_tables(&db).map_err(backend)?;
+        let newest = NewestIds::new();
+        load_newest(&db, &newest).map_err(backend)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let writer_db = db.clone();
@@ -139,6 +144,7 @@ impl EmbeddedStore {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             sweeper: Mutex::new(Some(sweeper)),
+            newest,
         })
     }
 
@@ -228,6 +234,10 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let bytes = postcard::to_stdvec(msg).map_err(backend)?;
+        // Raised before the write: an acknowledged append is never hidden.
+        for user in users {
+            self.newest.raise(user.as_str(), msg.id.0);
+        }
         self.write(WriteOp::Users {
             users: users.to_vec(),
             id: msg.id.0,
@@ -246,6 +256,10 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<StoredMsg>, StoreError> {
         self.read_list(QUEUE, user.as_str(), after, now_ms, limit)
             .await
+    }
+
+    fn nothing_after(&self, user: &UserId, after: MsgId) -> bool {
+        self.newest.nothing_after(user.as_str(), after.0)
     }
 
     async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), StoreError> {
@@ -329,6 +343,25 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(HISTORY_META)?;
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Fills `newest` from the queues on disk: one seek per user that has a
+/// queue (the newest key of its range).
+fn load_newest(db: &Database, newest: &NewestIds) -> Result<(), redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(QUEUE_META)?;
+    let queue = txn.open_table(QUEUE)?;
+    for entry in meta.iter()? {
+        let (user, _) = entry?;
+        let user = user.value();
+        if let Some(last) = queue
+            .range((user, i64::MIN)..=(user, i64::MAX))?
+            .next_back()
+        {
+            newest.raise(user, last?.0.value().1);
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 mod embedded;
 mod live;
+mod newest;
 mod redis_backend;
 pub mod remote;
 
@@ -90,6 +91,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the backend fails.
     async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), StoreError>;
+
+    /// Whether `user` surely has no stored message with id above `after`,
+    /// answered from memory (no round trip); `false` means "unknown, read".
+    /// A connect with nothing to replay then costs no store read. The
+    /// default knows nothing.
+    fn nothing_after(&self, _user: &UserId, _after: MsgId) -> bool {
+        false
+    }
 
     /// The highest id acked by `device` of `user`, if any.
     ///

@@ -106,6 +106,43 @@ async fn embedded_reopen_keeps_data() {
     again.close().await.unwrap();
 }
 
+/// `nothing_after` never hides a stored message: not after an append (it
+/// is raised first), not after a reopen (rebuilt from the queues on disk);
+/// and it proves users without messages empty, which is what lets a
+/// connect skip the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_nothing_after_never_hides_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pushgate.redb");
+    let t = now() + HOUR;
+    {
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(store.nothing_after(&u("fresh"), MsgId(0)));
+        store
+            .append_users(&[u("a"), u("b")], &msg(500, t), BIG)
+            .await
+            .unwrap();
+        for user in ["a", "b"] {
+            assert!(!store.nothing_after(&u(user), MsgId(0)), "{user}");
+            assert!(!store.nothing_after(&u(user), MsgId(499)), "{user}");
+            assert!(store.nothing_after(&u(user), MsgId(500)), "{user}");
+        }
+        drop(store);
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert!(!store.nothing_after(&u("a"), MsgId(499)), "rebuilt on open");
+    assert!(!store.nothing_after(&u("b"), MsgId(0)), "rebuilt on open");
+    assert!(store.nothing_after(&u("a"), MsgId(500)));
+    let proven = (0..1000)
+        .filter(|i| store.nothing_after(&u(&format!("user{i}")), MsgId(0)))
+        .count();
+    assert!(
+        proven >= 990,
+        "{proven} of 1000 users without messages proven empty"
+    );
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_open_twice_fails() {
     let dir = tempfile::tempdir().unwrap();
