@@ -42,12 +42,22 @@ pub(crate) struct Shared {
     /// Connections per client address over every listener of the room
     /// (`max_conns_per_ip`); `None` when there is no limit.
     pub(crate) per_ip: Option<Arc<listen::per_ip::PerIp>>,
+    /// When the room was created: the origin of [`Shared::clock_ms`].
+    started: tokio::time::Instant,
 }
 
 impl Shared {
     /// Whether `drain` has started.
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Milliseconds since the room was created, wrapping at 2^32 (49 days):
+    /// a 4-byte clock for per-session timestamps, compared with
+    /// `wrapping_sub`.
+    pub(crate) fn clock_ms(&self) -> u32 {
+        // Truncation is the point: the clock wraps.
+        self.started.elapsed().as_millis() as u32
     }
 
     /// The next connection serial number.
@@ -122,6 +132,7 @@ impl Room {
             stop: CancellationToken::new(),
             draining: AtomicBool::new(false),
             next_serial: AtomicU64::new(1),
+            started: tokio::time::Instant::now(),
         };
         Room {
             shared: Arc::new(shared),
@@ -420,18 +431,23 @@ mod tests {
              Arc<Conn> {conn} B, conns entry {conns_entry} B, users entry {users_entry} B, \
              channel subscriber entry {channel_entry} B, Push {push} B"
         );
-        // Debug-build figures (before the shared idle wheel: ws 1152,
-        // tcp 896; release then: ws 1136, tcp 880), 72 B of which is the
-        // ack kept in flight off the main loop. The task that holds the
-        // future is a multiple of 128 B (tokio aligns it so): with the
-        // task's header, trailer and the listener's wrapper (about 128 B)
-        // the release tcp task should now be 896 B (was 1024), the ws one
-        // 1152 B (was 1280); the measured RSS fell by 270 and 160 B. The idle deadline costs the session no timer: one
-        // `Weak<Conn>` in the room's wheel and 4 B in `Conn`.
-        // With the room's own WebSocket framing (WsIo 112 B, no library
-        // state) the ws future is 776 B in a debug build (was 968).
-        assert!(ws_size <= 800, "ws session future is {ws_size} bytes");
-        assert!(tcp_size <= 744, "tcp session future is {tcp_size} bytes");
+        // History: before the shared idle wheel ws 1152 / tcp 896 (debug);
+        // the idle deadline now costs the session no timer (one
+        // `Weak<Conn>` in the room's wheel and 4 B in `Conn`).
+        // Debug-build figures. A tokio task is the future plus 104 B
+        // (header, scheduler, id, trailer), rounded up to 128 B; the
+        // spawned future adds 48 B to these (the permit and per-address
+        // slot released at the end, the tracker's token). In release the
+        // session futures are now 608 B (ws) and 616 B (tcp): tasks of
+        // 768 B, at most 664 B of future for that class. 2026-12-05: ws
+        // 776 → 624 (own framing, handshake chained with `then`, 8-byte
+        // rate-limit bucket, 19-byte peer, start values and ack state
+        // boxed, registration without a copy of the user or channel list),
+        // tcp 736 → 624. Growing past these numbers likely costs every
+        // connection 128 B: check the release sizes
+        // (`cargo +nightly rustc -p pushgate-room --lib --release -- -Zprint-type-sizes`).
+        assert!(ws_size <= 624, "ws session future is {ws_size} bytes");
+        assert!(tcp_size <= 624, "tcp session future is {tcp_size} bytes");
         assert!(conn <= 128, "Arc<Conn> is {conn} bytes");
         assert!(conns_entry <= 16);
         assert!(users_entry <= 48, "users entry is {users_entry} bytes");

@@ -74,11 +74,11 @@ pub(crate) fn run<T: FrameIo>(
     peer: std::net::SocketAddr,
     transport: Transport,
 ) -> impl Future<Output = ()> + Send {
+    // Kept for the end's log line: 19 bytes instead of a `SocketAddr`'s 32.
+    let peer = Peer::from(peer);
     async move {
         metrics::inc(&shared.metrics.sockets);
-        // Taken here rather than passed in: an argument would stay in the future.
-        let serial = shared.next_serial();
-        let (reason, info) = drive(&shared, &mut io, serial).await;
+        let (reason, info) = drive(&shared, &mut io).await;
         // Boxed: a one-time step that would otherwise size the whole session future.
         Box::pin(end(&shared, &mut io, reason, info, peer, transport)).await;
     }
@@ -90,7 +90,7 @@ async fn end<T: FrameIo>(
     io: &mut T,
     reason: CloseReason,
     info: Option<SessionInfo>,
-    peer: std::net::SocketAddr,
+    peer: Peer,
     transport: Transport,
 ) {
     let m = &shared.metrics;
@@ -114,6 +114,41 @@ async fn end<T: FrameIo>(
     }
 }
 
+/// A client's address as a session keeps it: the IP and port of a
+/// `SocketAddr` in 19 bytes (IPv6 flow info and scope id are dropped; only
+/// logs use it).
+#[derive(Clone, Copy)]
+struct Peer {
+    ip: [u8; 16],
+    port: [u8; 2],
+    v6: bool,
+}
+
+impl From<std::net::SocketAddr> for Peer {
+    fn from(a: std::net::SocketAddr) -> Peer {
+        let (ip, v6) = match a.ip() {
+            std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), false),
+            std::net::IpAddr::V6(v6) => (v6.octets(), true),
+        };
+        Peer {
+            ip,
+            port: a.port().to_ne_bytes(),
+            v6,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v6 = std::net::Ipv6Addr::from(self.ip);
+        let ip = match (self.v6, v6.to_ipv4_mapped()) {
+            (false, Some(v4)) => std::net::IpAddr::V4(v4),
+            _ => std::net::IpAddr::V6(v6),
+        };
+        std::net::SocketAddr::new(ip, u16::from_ne_bytes(self.port)).fmt(f)
+    }
+}
+
 /// Authenticates, then runs the live session. Returns why it ended and, for
 /// an authenticated session, who it was. The hub registration is already
 /// gone when this returns.
@@ -123,7 +158,6 @@ async fn end<T: FrameIo>(
 fn drive<'a, T: FrameIo>(
     shared: &'a Shared,
     io: &'a mut T,
-    serial: u64,
 ) -> impl Future<Output = (CloseReason, Option<SessionInfo>)> + 'a {
     async move {
         // Boxed: a one-time step that would otherwise size the whole session future.
@@ -141,14 +175,20 @@ fn drive<'a, T: FrameIo>(
                 seq,
             } = auth;
             let info = SessionInfo {
-                conn: proto::ConnId::new(shared.cfg.room, serial),
+                // Taken here, not passed in: an argument would stay in the future.
+                conn: proto::ConnId::new(shared.cfg.room, shared.next_serial()),
                 user,
                 device,
                 since: now_ms(),
             };
             (info, claims, seq, last_id)
         };
-        let reason = match live(shared, io, &info, claims, seq, last_id).await {
+        let start = Box::new(Start {
+            claims,
+            seq,
+            last_id,
+        });
+        let reason = match live(shared, io, &info, start).await {
             Err(r) => r,
             Ok(never) => match never {},
         };
@@ -231,29 +271,32 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
 }
 
 /// Inbound token bucket: `rate` frames per second, burst `2 × rate`.
+/// Eight bytes: times are the room's wrapping millisecond clock
+/// ([`Shared::clock_ms`]); a gap of more than 49 days between two frames
+/// (impossible under the heartbeat) would only refill less.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f32,
-    last: Instant,
+    last_ms: u32,
 }
 
 impl Bucket {
-    fn new(rate: u32, now: Instant) -> Bucket {
+    fn new(rate: u32, now_ms: u32) -> Bucket {
         Bucket {
             tokens: 2.0 * rate as f32,
-            last: now,
+            last_ms: now_ms,
         }
     }
 
     /// Takes one token; `false` when the bucket is empty. `rate == 0` is unlimited.
-    fn allow(&mut self, rate: u32, now: Instant) -> bool {
+    fn allow(&mut self, rate: u32, now_ms: u32) -> bool {
         if rate == 0 {
             return true;
         }
         let rate = rate as f32;
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        let elapsed = now_ms.wrapping_sub(self.last_ms) as f32 / 1000.0;
         self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
-        self.last = now;
+        self.last_ms = now_ms;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -270,7 +313,7 @@ type AckFuture<'s> =
 
 struct Live<'s> {
     shared: &'s Shared,
-    conn: &'s Conn,
+    conn: Arc<Conn>,
     info: &'s SessionInfo,
     /// Channel grants (see [`Authed::claims`]).
     claims: Option<Box<Claims>>,
@@ -285,11 +328,30 @@ struct Live<'s> {
     /// message must not stall its own deliveries on the store's fsync, and a
     /// lost ack only means a message may be delivered again.
     ///
+    /// Boxed and present only while an ack is being recorded: most
+    /// connections never ack, and none of them should carry the state.
     /// In a `Mutex` only to make `Live` `Sync` (the future is `Send` but not
     /// `Sync`); it is reached through `get_mut`, never locked.
-    ack_inflight: Mutex<Option<AckFuture<'s>>>,
-    /// The newest ack received while another was being recorded, with its seq.
-    ack_waiting: Option<(Option<u32>, MsgId)>,
+    acks: Mutex<Option<Box<Acks<'s>>>>,
+}
+
+/// Acks being recorded (see [`Live::acks`]).
+struct Acks<'s> {
+    /// The ack being recorded.
+    inflight: AckFuture<'s>,
+    /// The newest ack received meanwhile, with its seq.
+    waiting: Option<(Option<u32>, MsgId)>,
+}
+
+/// What the auth frame asked for that only `setup` needs; boxed so that the
+/// session future does not keep it for the connection's whole life.
+struct Start {
+    /// Channel grants (moved into [`Live::claims`]).
+    claims: Option<Box<Claims>>,
+    /// The auth frame's seq, echoed in `auth_ok`.
+    seq: Option<u32>,
+    /// Resume point asked by the client.
+    last_id: Option<MsgId>,
 }
 
 /// Registers the connection, then runs `setup` and the main loop. Not an
@@ -299,33 +361,34 @@ fn live<'a, T: FrameIo>(
     shared: &'a Shared,
     io: &'a mut T,
     info: &'a SessionInfo,
-    claims: Option<Box<Claims>>,
-    seq: Option<u32>,
-    last_id: Option<MsgId>,
+    start: Box<Start>,
 ) -> impl Future<Output = Result<std::convert::Infallible, CloseReason>> + 'a {
     async move {
         let conn = Arc::new(Conn::new(info.conn).with_meta(&info.device, info.since));
         let cap = shared.cfg.max_user_connections;
         let mut reg = shared
             .hub
-            .register(info.user.clone(), Arc::clone(&conn), cap)
+            .register(&info.user, Arc::clone(&conn), cap)
             .map_err(CloseReason::TooManyConnections)?;
         // Either drain() finds this connection in the hub, or we see its flag.
         if shared.is_draining() {
             conn.signal(Signal::Draining);
         }
         shared.hub.watch_idle(&conn, shared.cfg.idle_limit());
-        let now = Instant::now();
+        let Start {
+            claims,
+            seq,
+            last_id,
+        } = *start;
         let mut s = Live {
             shared,
-            conn: &conn,
+            conn,
             info,
             claims,
             replayed: MsgId(0),
             high: MsgId(0),
-            bucket: Bucket::new(shared.cfg.rate_limit, now),
-            ack_inflight: Mutex::new(None),
-            ack_waiting: None,
+            bucket: Bucket::new(shared.cfg.rate_limit, shared.clock_ms()),
+            acks: Mutex::new(None),
         };
         // One-time steps are boxed so they do not size the long-lived future.
         Box::pin(s.setup(io, seq, last_id)).await?;
@@ -372,20 +435,29 @@ impl<'s> Live<'s> {
         io: &mut T,
         reg: &mut Registration<'_>,
     ) -> Result<std::convert::Infallible, CloseReason> {
-        let conn = self.conn;
+        let conn = Arc::clone(&self.conn);
         loop {
             let queued = conn.has_queued();
             // A frame for `on_frame`, awaited after the `select!` so that the
             // select's output is not kept beside it in the future.
             let other = tokio::select! {
                 (seq, r) = async {
-                    match self.ack_inflight.get_mut().as_mut() {
-                        Some(f) => f.await,
+                    match self.acks.get_mut().as_mut() {
+                        Some(a) => (&mut a.inflight).await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    let next = self.ack_waiting.take().map(|(seq, id)| self.start_ack(seq, id));
-                    *self.ack_inflight.get_mut() = next;
+                    // The next waiting ack, or no ack state at all.
+                    let next = self.acks.get_mut().as_mut().and_then(|a| a.waiting.take());
+                    match next {
+                        Some((seq, id)) => {
+                            let f = self.start_ack(seq, id);
+                            if let Some(a) = self.acks.get_mut().as_mut() {
+                                a.inflight = f;
+                            }
+                        }
+                        None => *self.acks.get_mut() = None,
+                    }
                     if let Err(e) = r {
                         debug!(error = %e, "ack() failed");
                         let text = "ack not recorded";
@@ -414,18 +486,20 @@ impl<'s> Live<'s> {
                         Some(Ok(f)) => f,
                     };
                     conn.touch(self.shared.hub.idle_now());
-                    let now = Instant::now();
-                    if !self.bucket.allow(self.shared.cfg.rate_limit, now) {
+                    if !self.bucket.allow(self.shared.cfg.rate_limit, self.shared.clock_ms()) {
                         return Err(CloseReason::RateLimited);
                     }
                     match frame {
                         Inbound::Frame(ClientFrame::Ack { seq, id }) => {
                             metrics::inc(&self.shared.metrics.frames_in);
-                            if self.ack_inflight.get_mut().is_none() {
-                                let f = self.start_ack(seq, id);
-                                *self.ack_inflight.get_mut() = Some(f);
-                            } else if self.ack_waiting.is_none_or(|(_, w)| id > w) {
-                                self.ack_waiting = Some((seq, id));
+                            if let Some(a) = self.acks.get_mut().as_mut() {
+                                if a.waiting.is_none_or(|(_, w)| id > w) {
+                                    a.waiting = Some((seq, id));
+                                }
+                            } else {
+                                let inflight = self.start_ack(seq, id);
+                                let waiting = None;
+                                *self.acks.get_mut() = Some(Box::new(Acks { inflight, waiting }));
                             }
                             None
                         }
@@ -450,11 +524,12 @@ impl<'s> Live<'s> {
     /// acked (each call is bounded by the backend timeout).
     /// Returns `end`, why the session ended.
     async fn finish_acks<E>(&mut self, end: E) -> E {
-        if let Some(f) = self.ack_inflight.get_mut().take() {
-            let _ = f.await;
-        }
-        if let Some((seq, id)) = self.ack_waiting.take() {
-            let _ = self.start_ack(seq, id).await;
+        if let Some(a) = self.acks.get_mut().take() {
+            let Acks { inflight, waiting } = *a;
+            let _ = inflight.await;
+            if let Some((seq, id)) = waiting {
+                let _ = self.start_ack(seq, id).await;
+            }
         }
         end
     }
@@ -481,7 +556,7 @@ impl<'s> Live<'s> {
                 Popped::Resync => {
                     // What was fed so far goes first; the replay flushes its own.
                     if n > 0 {
-                        guarded(self.shared, self.conn, io.flush()).await?;
+                        guarded(self.shared, &self.conn, io.flush()).await?;
                         metrics::add(&m.frames_out, n);
                         n = 0;
                     }
@@ -504,11 +579,11 @@ impl<'s> Live<'s> {
                 }
                 self.high = self.high.max(p.id);
             }
-            guarded(self.shared, self.conn, io.feed(OutFrame::Push(p))).await?;
+            guarded(self.shared, &self.conn, io.feed(OutFrame::Push(p))).await?;
             n += 1;
         }
         if n > 0 {
-            guarded(self.shared, self.conn, io.flush()).await?;
+            guarded(self.shared, &self.conn, io.flush()).await?;
             metrics::add(&m.frames_out, n);
         }
         Ok(())
@@ -518,7 +593,7 @@ impl<'s> Live<'s> {
     async fn reply<T: FrameIo>(&self, io: &mut T, frame: ServerFrame) -> Result<(), CloseReason> {
         guarded(
             self.shared,
-            self.conn,
+            &self.conn,
             io.send(OutFrame::Frame(Box::new(frame))),
         )
         .await?;
@@ -557,7 +632,7 @@ impl<'s> Live<'s> {
             }
             io.flush().await
         };
-        guarded(self.shared, self.conn, write).await?;
+        guarded(self.shared, &self.conn, write).await?;
         metrics::add(&self.shared.metrics.frames_out, n);
         Ok(())
     }
@@ -800,18 +875,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_allows_burst_then_refills() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(5, t0);
-        for _ in 0..10 {
-            assert!(b.allow(5, t0));
+    fn peer_prints_like_the_socket_address() {
+        for a in [
+            "127.0.0.1:7701",
+            "[::1]:443",
+            "[::ffff:10.0.0.1]:9",
+            "[2001:db8::2]:65535",
+        ] {
+            let addr: std::net::SocketAddr = a.parse().expect("a valid address");
+            assert_eq!(Peer::from(addr).to_string(), addr.to_string(), "{a}");
         }
-        assert!(!b.allow(5, t0), "burst is 2 x rate");
-        assert!(b.allow(5, t0 + Duration::from_millis(250)), "refilled one");
-        assert!(!b.allow(5, t0 + Duration::from_millis(250)));
-        let mut unlimited = Bucket::new(0, t0);
-        for _ in 0..1000 {
-            assert!(unlimited.allow(0, t0));
+        assert_eq!(std::mem::size_of::<Peer>(), 19);
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        // Also across the clock's wrap.
+        for t0 in [1_000, u32::MAX - 100] {
+            let mut b = Bucket::new(5, t0);
+            for _ in 0..10 {
+                assert!(b.allow(5, t0));
+            }
+            assert!(!b.allow(5, t0), "burst is 2 x rate");
+            assert!(b.allow(5, t0.wrapping_add(250)), "refilled one");
+            assert!(!b.allow(5, t0.wrapping_add(250)));
+            let mut unlimited = Bucket::new(0, t0);
+            for _ in 0..1000 {
+                assert!(unlimited.allow(0, t0));
+            }
         }
     }
 }

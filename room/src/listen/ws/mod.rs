@@ -34,6 +34,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -55,18 +57,15 @@ pub(crate) const PROTO_BIN: &str = "pushgate.v1.bin";
 /// Not an `async fn`: its arguments would stay in the future, unused, for
 /// the connection's whole life (rust-lang/rust#62958). The handshake is
 /// boxed for the same reason: its state would otherwise size the session.
+/// Chained with `then` rather than awaited in an `async` block, which would
+/// keep the handshake's box and `peer` beside the session future (40 B:
+/// enough to put the task in the next 128-byte class).
 pub(crate) fn serve(
     shared: Arc<Shared>,
     sock: TcpStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let handshake = Box::pin(handshake(shared, sock, peer));
-    async move {
-        let Some((shared, io)) = handshake.await else {
-            return;
-        };
-        session::run(shared, io, peer, Transport::Ws).await;
-    }
+    Box::pin(handshake(shared, sock, peer)).then(move |r| session_after(r, peer))
 }
 
 /// Runs one wss:// connection: the TLS handshake, the WebSocket handshake
@@ -84,11 +83,17 @@ pub(crate) fn serve_tls(
         let (shared, tls) = super::tcp::tls_handshake(shared, sock, peer, tls).await?;
         handshake_until(shared, tls, peer, deadline).await
     });
-    async move {
-        let Some((shared, io)) = handshake.await else {
-            return;
-        };
-        session::run(shared, io, peer, Transport::Ws).await;
+    handshake.then(move |r| session_after(r, peer))
+}
+
+/// The session after a successful handshake; nothing after a failed one.
+fn session_after<S: ByteStream>(
+    handshake: Option<(Arc<Shared>, WsIo<S>)>,
+    peer: SocketAddr,
+) -> Either<impl Future<Output = ()> + Send, std::future::Ready<()>> {
+    match handshake {
+        Some((shared, io)) => Either::Left(session::run(shared, io, peer, Transport::Ws)),
+        None => Either::Right(std::future::ready(())),
     }
 }
 
