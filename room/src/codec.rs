@@ -6,7 +6,7 @@
 //! transport keeps no buffer allocated while a connection is idle.
 
 use bytes::BytesMut;
-use proto::{binary, ClientFrame};
+use proto::{binary, ClientFrame, ServerFrame};
 
 use crate::error::{RecvError, SendError};
 use crate::io::OutFrame;
@@ -45,18 +45,23 @@ impl BinCodec {
                 dst.extend_from_slice(&p.bin_prefix);
                 dst.extend_from_slice(&p.bin);
             }
-            OutFrame::Frame(f) => {
-                let mut body = Vec::with_capacity(64);
-                binary::encode_server(&f, &mut body);
-                let mut prefix = Vec::with_capacity(8);
-                binary::write_len(body.len(), &mut prefix);
-                dst.extend_from_slice(&prefix);
-                dst.extend_from_slice(&body);
-            }
+            OutFrame::Frame(f) => self.encode_frame(&f, dst),
             // The final error frame already carries the close code.
             OutFrame::Close(..) => {}
         }
         Ok(())
+    }
+}
+
+impl BinCodec {
+    /// Appends `f` with its length prefix to `dst`.
+    pub(crate) fn encode_frame(&self, f: &ServerFrame, dst: &mut BytesMut) {
+        let mut body = Vec::with_capacity(64);
+        binary::encode_server(f, &mut body);
+        let mut prefix = Vec::with_capacity(8);
+        binary::write_len(body.len(), &mut prefix);
+        dst.extend_from_slice(&prefix);
+        dst.extend_from_slice(&body);
     }
 }
 

@@ -49,6 +49,15 @@ pub(crate) trait FrameIo:
     /// socket with unread input does not reset the connection and destroy
     /// the final frames before the client reads them.
     fn linger(&mut self) -> impl Future<Output = ()> + Send + '_;
+
+    /// Queues a small frame of this connection's own (the `pong` to a
+    /// `ping`) to be written by the connection's next read or write,
+    /// without a write of its own: the heartbeat's fast path. `false` when
+    /// output is already waiting (the caller then sends it the usual way,
+    /// so order and back-pressure stay those of the sink).
+    fn queue_reply(&mut self, _frame: &ServerFrame) -> bool {
+        false
+    }
 }
 
 /// A byte stream a connection runs on: a TCP socket, TLS over one, or a

@@ -490,6 +490,17 @@ impl<'s> Live<'s> {
                         return Err(CloseReason::RateLimited);
                     }
                     match frame {
+                        // The heartbeat's fast path: the pong is queued and
+                        // goes out with the next read or write of the loop,
+                        // without a boxed `on_frame` and a write of its own.
+                        Inbound::Frame(ClientFrame::Ping { seq })
+                            if io.queue_reply(&ServerFrame::Pong { seq }) =>
+                        {
+                            let m = &self.shared.metrics;
+                            metrics::inc(&m.frames_in);
+                            metrics::inc(&m.frames_out);
+                            None
+                        }
                         Inbound::Frame(ClientFrame::Ack { seq, id }) => {
                             metrics::inc(&self.shared.metrics.frames_in);
                             if let Some(a) = self.acks.get_mut().as_mut() {

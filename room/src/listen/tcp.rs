@@ -89,6 +89,14 @@ impl<S: ByteStream> Stream for TcpIo<S> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // A queued reply (see `queue_reply`): best effort, without waiting
+        // for the socket; a failed write is left to the read below, which
+        // tells how the client went away.
+        if !this.wbuf.is_empty() {
+            if let Poll::Ready(Err(_)) = Pin::new(&mut *this).poll_flush(cx) {
+                this.wbuf = BytesMut::new();
+            }
+        }
         for _ in 0..MAX_READS {
             match this.decode_kept() {
                 Ok(Some(f)) => return Poll::Ready(Some(Ok(Inbound::Frame(f)))),
@@ -182,6 +190,14 @@ impl<S: ByteStream> Sink<OutFrame> for TcpIo<S> {
 impl<S: ByteStream> FrameIo for TcpIo<S> {
     fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
         self.sock.linger()
+    }
+
+    fn queue_reply(&mut self, frame: &ServerFrame) -> bool {
+        if !self.wbuf.is_empty() {
+            return false;
+        }
+        self.codec.encode_frame(frame, &mut self.wbuf);
+        true
     }
 }
 

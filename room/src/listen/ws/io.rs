@@ -250,7 +250,6 @@ impl<S: ByteStream> WsIo<S> {
 
     /// Appends the encoding of `item` to the output.
     fn encode(&mut self, item: OutFrame) {
-        let out = &mut self.wbuf;
         match item {
             OutFrame::Push(p) => {
                 let (op, body) = if self.bin {
@@ -258,28 +257,12 @@ impl<S: ByteStream> WsIo<S> {
                 } else {
                     (frame::OP_TEXT, p.text.as_bytes())
                 };
+                let out = &mut self.wbuf;
                 out.reserve(frame::MAX_SERVER_HEAD + body.len());
                 frame::write_head(out, op, body.len());
                 out.extend_from_slice(body);
             }
-            OutFrame::Frame(f) => {
-                // Encoded behind room for the longest header, then moved up
-                // against the real one: one buffer, no second allocation.
-                let start = out.len();
-                out.resize(start + frame::MAX_SERVER_HEAD, 0);
-                let op = if self.bin {
-                    proto::binary::encode_server(&f, out);
-                    frame::OP_BINARY
-                } else {
-                    proto::json::encode_server(&f, out);
-                    frame::OP_TEXT
-                };
-                let len = out.len() - start - frame::MAX_SERVER_HEAD;
-                let (head, n) = frame::server_head(op, len);
-                let at = start + frame::MAX_SERVER_HEAD - n;
-                out[at..start + frame::MAX_SERVER_HEAD].copy_from_slice(&head[..n]);
-                out.drain(start..at);
-            }
+            OutFrame::Frame(f) => self.encode_frame(&f),
             OutFrame::Close(code, mut reason) => {
                 if reason.len() > MAX_CLOSE_REASON {
                     let mut end = MAX_CLOSE_REASON;
@@ -288,9 +271,30 @@ impl<S: ByteStream> WsIo<S> {
                     }
                     reason.truncate(end);
                 }
-                frame::write_close(out, code.as_u16(), &reason);
+                frame::write_close(&mut self.wbuf, code.as_u16(), &reason);
             }
         }
+    }
+
+    /// Appends `f` in the negotiated encoding. Encoded behind room for the
+    /// longest header, then moved up against the real one: one buffer, no
+    /// second allocation.
+    fn encode_frame(&mut self, f: &proto::ServerFrame) {
+        let out = &mut self.wbuf;
+        let start = out.len();
+        out.resize(start + frame::MAX_SERVER_HEAD, 0);
+        let op = if self.bin {
+            proto::binary::encode_server(f, out);
+            frame::OP_BINARY
+        } else {
+            proto::json::encode_server(f, out);
+            frame::OP_TEXT
+        };
+        let len = out.len() - start - frame::MAX_SERVER_HEAD;
+        let (head, n) = frame::server_head(op, len);
+        let at = start + frame::MAX_SERVER_HEAD - n;
+        out[at..start + frame::MAX_SERVER_HEAD].copy_from_slice(&head[..n]);
+        out.drain(start..at);
     }
 }
 
@@ -436,6 +440,14 @@ impl<S: ByteStream> Sink<OutFrame> for WsIo<S> {
 }
 
 impl<S: ByteStream> FrameIo for WsIo<S> {
+    fn queue_reply(&mut self, frame: &proto::ServerFrame) -> bool {
+        if self.close != Closing::Open || !self.wbuf.is_empty() {
+            return false;
+        }
+        self.encode_frame(frame);
+        true
+    }
+
     /// After our Close went out: reads (and drops) frames until the
     /// client's Close, its EOF, [`LINGER_FRAMES`] frames or [`LINGER_MAX`],
     /// then closes the write side. When our Close could not be sent, the
