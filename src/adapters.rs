@@ -75,7 +75,7 @@ impl Backend for LocalBackend {
             user: s.user.clone(),
             conn: s.conn,
             room: self.room,
-            device: Some(s.device.clone()),
+            device: Some(s.device.to_string()),
             since: s.since,
         };
         if let Err(e) = self.dir.connected(info).await {

@@ -121,7 +121,7 @@ pub(crate) struct Conn {
     /// Connection id.
     pub(crate) id: ConnId,
     /// Device id (for directory re-syncs in cluster mode).
-    device: Box<str>,
+    device: Option<Arc<str>>,
     /// Milliseconds since the epoch when it authenticated.
     since: i64,
     outbox: Mutex<Outbox>,
@@ -142,7 +142,7 @@ impl Conn {
     pub(crate) fn new(id: ConnId) -> Conn {
         Conn {
             id,
-            device: Box::from(""),
+            device: None,
             since: 0,
             outbox: Mutex::new(Outbox::default()),
             wake_flag: AtomicBool::new(false),
@@ -152,8 +152,8 @@ impl Conn {
     }
 
     /// Sets who the connection is, as the directory records it.
-    pub(crate) fn with_meta(mut self, device: &str, since: i64) -> Conn {
-        self.device = Box::from(device);
+    pub(crate) fn with_meta(mut self, device: &Arc<str>, since: i64) -> Conn {
+        self.device = Some(Arc::clone(device));
         self.since = since;
         self
     }
@@ -400,7 +400,7 @@ impl Hub {
                 out.push(crate::SessionInfo {
                     conn: c.id,
                     user: entry.key().clone(),
-                    device: c.device.to_string(),
+                    device: c.device.clone().unwrap_or_else(|| Arc::from("")),
                     since: c.since,
                 });
             }

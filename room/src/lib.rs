@@ -23,6 +23,8 @@ mod room;
 mod session;
 pub mod tls;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use proto::{ConnId, MsgFrame, MsgId, UserId};
 
@@ -90,7 +92,8 @@ pub struct SessionInfo {
     /// User id.
     pub user: UserId,
     /// Device id (`"default"` when neither token nor auth frame names one).
-    pub device: String,
+    /// Shared: every connection with the default device points at one string.
+    pub device: Arc<str>,
     /// Milliseconds since the epoch when it authenticated.
     pub since: i64,
 }

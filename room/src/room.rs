@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) per_ip: Option<Arc<listen::per_ip::PerIp>>,
     /// When the room was created: the origin of [`Shared::clock_ms`].
     started: tokio::time::Instant,
+    /// `"default"`, shared by every connection without a device id.
+    pub(crate) default_device: Arc<str>,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ impl Room {
             draining: AtomicBool::new(false),
             next_serial: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
+            default_device: Arc::from(crate::session::DEFAULT_DEVICE),
         };
         Room {
             shared: Arc::new(shared),
@@ -436,18 +439,19 @@ mod tests {
         // `Weak<Conn>` in the room's wheel and 4 B in `Conn`).
         // Debug-build figures. A tokio task is the future plus 104 B
         // (header, scheduler, id, trailer), rounded up to 128 B; the
-        // spawned future adds 48 B to these (the permit and per-address
-        // slot released at the end, the tracker's token). In release the
-        // session futures are now 608 B (ws) and 616 B (tcp): tasks of
-        // 768 B, at most 664 B of future for that class. 2026-12-05: ws
-        // 776 → 624 (own framing, handshake chained with `then`, 8-byte
-        // rate-limit bucket, 19-byte peer, start values and ack state
-        // boxed, registration without a copy of the user or channel list),
-        // tcp 736 → 624. Growing past these numbers likely costs every
-        // connection 128 B: check the release sizes
+        // spawned future adds 32 B to these (the permit and the boxed
+        // per-address slot released at the end, the tracker's token). In
+        // release the session futures are now 600 B (ws; 608 with the
+        // handshake's `then`) and 608 B (tcp): tasks of 768 B, which hold
+        // at most 664 B of future. 2026-12-05: ws 776 → 616 (own framing,
+        // handshake chained with `then`, 8-byte rate-limit bucket, 19-byte
+        // peer, start values and ack state boxed, registration without a
+        // copy of the user or the channel list, shared device id), tcp
+        // 736 → 616. Growing past these numbers may cost every connection
+        // 128 B: check the release sizes
         // (`cargo +nightly rustc -p pushgate-room --lib --release -- -Zprint-type-sizes`).
-        assert!(ws_size <= 624, "ws session future is {ws_size} bytes");
-        assert!(tcp_size <= 624, "tcp session future is {tcp_size} bytes");
+        assert!(ws_size <= 616, "ws session future is {ws_size} bytes");
+        assert!(tcp_size <= 616, "tcp session future is {tcp_size} bytes");
         assert!(conn <= 128, "Arc<Conn> is {conn} bytes");
         assert!(conns_entry <= 16);
         assert!(users_entry <= 48, "users entry is {users_entry} bytes");

@@ -57,6 +57,8 @@ const MAX_BATCH: usize = 32;
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the final error and close frames may take to write.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The device id of connections that name none.
+pub(crate) const DEFAULT_DEVICE: &str = "default";
 /// Longest accepted device id, in bytes.
 const MAX_DEVICE_LEN: usize = 128;
 /// Transport keepalives tolerated before the auth frame.
@@ -206,7 +208,7 @@ struct Authed {
     /// Resume point asked by the client.
     last_id: Option<MsgId>,
     /// Effective device id.
-    device: String,
+    device: Arc<str>,
     /// The auth frame's seq, echoed in `auth_ok`.
     seq: Option<u32>,
 }
@@ -246,16 +248,16 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
                 m.auth_failed(AuthFailure::Token);
                 CloseReason::AuthFailed(e)
             })?;
-        let device = claims
-            .dev
-            .take()
-            .or(device)
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| "default".to_owned());
-        if device.len() > MAX_DEVICE_LEN {
+        let device = claims.dev.take().or(device).filter(|d| !d.is_empty());
+        if device.as_ref().is_some_and(|d| d.len() > MAX_DEVICE_LEN) {
             m.auth_failed(AuthFailure::Device);
             return Err(CloseReason::BadDevice("device id longer than 128 bytes"));
         }
+        // The default device is one shared string, not one per connection.
+        let device = match device {
+            Some(d) if d != DEFAULT_DEVICE => Arc::from(d),
+            _ => Arc::clone(&shared.default_device),
+        };
         let user = UserId::from(std::mem::take(&mut claims.sub));
         let claims = claims.channels.is_some().then(|| Box::new(claims));
         return Ok(Authed {
@@ -658,7 +660,7 @@ impl<'s> Live<'s> {
         last_id: Option<MsgId>,
     ) -> Result<(), CloseReason> {
         let backend = &self.shared.backend;
-        let (user, device) = (&self.info.user, self.info.device.as_str());
+        let (user, device) = (&self.info.user, &*self.info.device);
         // Nothing stored after the earliest point this replay could start
         // from (the device's ack is at least 0): no store call at all.
         let start = last_id.unwrap_or_default();

@@ -67,7 +67,7 @@ async fn device_comes_from_token_then_frame_then_default_and_backend_is_told() {
         .lock()
         .connected
         .iter()
-        .map(|s| s.device.clone())
+        .map(|s| s.device.to_string())
         .collect();
     devices.sort();
     assert_eq!(devices, ["default", "frame-dev", "tok-dev"]);
@@ -78,7 +78,7 @@ async fn device_comes_from_token_then_frame_then_default_and_backend_is_told() {
             .lock()
             .disconnected
             .iter()
-            .any(|s| s.conn == conn_a && s.device == "tok-dev")
+            .any(|s| s.conn == conn_a && &*s.device == "tok-dev")
     })
     .await;
     t.wait_until("2 left", |t| t.room.connections() == 2).await;

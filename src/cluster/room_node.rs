@@ -510,7 +510,7 @@ async fn sync(dir: &Arc<ClusterDirectory>, room: &Room, room_id: RoomId, partiti
             user: s.user,
             conn: s.conn,
             room: room_id,
-            device: Some(s.device),
+            device: Some(s.device.to_string()),
             since: s.since,
         })
         .collect();

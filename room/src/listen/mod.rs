@@ -140,8 +140,10 @@ pub(crate) async fn accept_loop(
         let _ = sock.set_nodelay(true);
         let slot = match &shared.per_ip {
             None => None,
+            // Boxed: the slot is kept beside the session all its life, and
+            // 24 inline bytes could put every task in the next size class.
             Some(p) => match p.acquire(peer.ip()) {
-                Some(slot) => Some(slot),
+                Some(slot) => Some(Box::new(slot)),
                 None => {
                     spawn_refusal(&shared, sock, peer, kind, &tls, Refusal::PerIp);
                     continue;
