@@ -77,6 +77,10 @@ impl ByteStream for TcpStream {}
 
 impl ByteStream for tokio_rustls::server::TlsStream<TcpStream> {}
 
+/// In-memory pipes, for the transports' tests.
+#[cfg(test)]
+impl ByteStream for tokio::io::DuplexStream {}
+
 /// Longest a closing connection lingers.
 pub(crate) const LINGER_MAX: Duration = Duration::from_secs(1);
 /// A lingering connection quiet this long is dropped.

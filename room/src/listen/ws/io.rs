@@ -468,3 +468,135 @@ impl<S: ByteStream> FrameIo for WsIo<S> {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.sock.shutdown()).await;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use futures_util::StreamExt;
+    use proptest::prelude::*;
+    use proto::ClientFrame;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        let mut body = payload.to_vec();
+        frame::unmask(&mut body, mask, 0);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Writes `writes` one by one into a fresh `WsIo`, closes the client
+    /// side, and returns everything the stream yielded until it ended
+    /// (`None` or an error); panics if it does not end.
+    fn run(writes: Vec<Vec<u8>>) -> Vec<Result<Inbound, RecvError>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let mut io = WsIo::new(server, 4096, false, Vec::new());
+            let writer = tokio::spawn(async move {
+                for w in writes {
+                    if client.write_all(&w).await.is_err() {
+                        break;
+                    }
+                }
+                // Keep reading what the server writes (pongs, close
+                // replies), so that it never blocks on a full pipe.
+                let mut sink = tokio::io::sink();
+                let _ = client.shutdown().await;
+                let _ = tokio::io::copy(&mut client, &mut sink).await;
+            });
+            let mut out = Vec::new();
+            // Bounded: every item consumes input; these streams of a few
+            // KiB yield far fewer than 10,000 items.
+            let mut ended = false;
+            for _ in 0..10_000 {
+                match io.next().await {
+                    None => ended = true,
+                    Some(r) => {
+                        ended = r.is_err();
+                        out.push(r);
+                    }
+                }
+                if ended {
+                    break;
+                }
+            }
+            assert!(ended, "the stream did not end: {out:?}");
+            drop(io);
+            let _ = writer.await;
+            out
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Arbitrary bytes in arbitrary pieces: the framing never panics
+        /// and always ends (an error, or the end of the stream).
+        #[test]
+        fn arbitrary_input_ends_cleanly(
+            writes in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 0..8)
+        ) {
+            let out = run(writes);
+            // Only the last item may be an error.
+            let n = out.len().saturating_sub(1);
+            prop_assert!(out[..n].iter().all(Result::is_ok), "{:?}", out);
+        }
+
+        /// Valid frames, some messages fragmented, cut at arbitrary points:
+        /// the same messages come out, in order, whatever the cuts.
+        #[test]
+        fn frames_cut_anywhere_decode_the_same(
+            msgs in prop::collection::vec((0u32..1000, 1usize..4, any::<[u8; 4]>(), 0usize..300), 1..12),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut bytes = Vec::new();
+            for (seq, pieces, mask, pad) in &msgs {
+                let text = format!("{{\"op\":\"ping\",\"seq\":{seq}{}}}", " ".repeat(*pad));
+                let t = text.as_bytes();
+                let step = t.len().div_ceil(*pieces);
+                let parts: Vec<&[u8]> = t.chunks(step).collect();
+                for (i, part) in parts.iter().enumerate() {
+                    let opcode = if i == 0 { frame::OP_TEXT } else { frame::OP_CONTINUATION };
+                    bytes.extend(client_frame(i + 1 == parts.len(), opcode, part, *mask));
+                }
+                // A ping control frame between messages counts as life.
+                bytes.extend(client_frame(true, frame::OP_PING, b"x", *mask));
+            }
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            at.push(0);
+            at.push(bytes.len());
+            at.sort_unstable();
+            let writes: Vec<Vec<u8>> = at.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect();
+            let out = run(writes);
+            let mut seqs = Vec::new();
+            let mut alive = 0;
+            for r in &out[..out.len() - 1] {
+                match r {
+                    Ok(Inbound::Frame(ClientFrame::Ping { seq })) => seqs.push(seq.unwrap()),
+                    Ok(Inbound::Alive) => alive += 1,
+                    other => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+            let want: Vec<u32> = msgs.iter().map(|m| m.0).collect();
+            prop_assert_eq!(seqs, want);
+            prop_assert_eq!(alive, msgs.len());
+            // The end: TCP closed without a Close frame.
+            prop_assert!(matches!(out.last(), Some(Err(RecvError::Gone(_)))), "{:?}", out.last());
+        }
+    }
+}
