@@ -5,22 +5,30 @@
 //! A room does not store messages or know other rooms; what it needs from the
 //! rest of the system it asks through [`Backend`].
 //!
-//! Layout: [`config`] (settings), `error` (why a session ended), `listen`
-//! (accept loops: socket → `FrameIo`; `listen::quic` for QUIC), [`tls`]
-//! (certificates, reloadable), `codec` (stream framing), `io` (the
-//! transport seam), `session` (one connection's life), `hub` (indexes and
-//! outbound queues), `metrics`, `room` ([`Room`]).
+//! Layout, each module depending only on those listed before it:
+//! [`config`] (settings), `error` (why a session ended), `metrics`, `hub`
+//! (indexes and outbound queues), `per_ip` (connections per address),
+//! `shared` (the state every task shares, and the handshake step),
+//! [`tls`] (certificates, reloadable, and the TLS handshake), `io` (the
+//! transport seam: `FrameIo`), `codec` and `framed` (length-prefixed
+//! frames over any byte stream: TCP, TLS, QUIC), `session` (one
+//! connection's life), `listen` (accept loops: socket → `FrameIo` →
+//! session; WebSocket framing in `listen::ws`, QUIC in `listen::quic`),
+//! `room` ([`Room`], the handle).
 
 mod codec;
 pub mod config;
 mod error;
+mod framed;
 mod hub;
 mod io;
 mod listen;
 mod metrics;
+mod per_ip;
 pub mod remote;
 mod room;
 mod session;
+mod shared;
 pub mod tls;
 
 use std::sync::Arc;

@@ -1,105 +1,18 @@
-//! [`Room`]: the handle the rest of pushgate holds, and the state every
-//! session and accept loop shares.
+//! [`Room`]: the handle the rest of pushgate holds (the state its accept
+//! loops and sessions share is [`crate::shared::Shared`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto::{EncodedMsg, UserId};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use crate::error::CloseReason;
-use crate::hub::{Hub, Push, Signal};
-use crate::metrics::Metrics;
+use crate::hub::{Push, Signal};
+use crate::shared::Shared;
 use crate::{listen, Backend, QuicListener, RoomConfig, TlsCerts};
-
-/// Refused connections being answered (HTTP 503 / error frame) at once, at most.
-const MAX_REFUSALS_IN_FLIGHT: usize = 64;
-
-/// State shared by the room handle, its accept loops and its sessions.
-pub(crate) struct Shared {
-    pub(crate) cfg: RoomConfig,
-    pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) hub: Hub,
-    pub(crate) metrics: Metrics,
-    /// Every session (and refusal) task.
-    pub(crate) tracker: TaskTracker,
-    /// Cancelled by `drain`: accept loops stop, sessions still authenticating close with 4007.
-    pub(crate) stop: CancellationToken,
-    /// Set by `drain` before it signals the hub; checked by sessions right after registering.
-    draining: AtomicBool,
-    /// Connection serial numbers (the low bits of `ConnId`).
-    next_serial: AtomicU64,
-    /// One permit per open socket (`max_connections`).
-    pub(crate) limit: Arc<Semaphore>,
-    /// Bounds the tasks that answer refused connections.
-    pub(crate) refusals: Arc<Semaphore>,
-    /// Connections per client address over every listener of the room
-    /// (`max_conns_per_ip`); `None` when there is no limit.
-    pub(crate) per_ip: Option<Arc<listen::per_ip::PerIp>>,
-    /// When the room was created: the origin of [`Shared::clock_ms`].
-    started: tokio::time::Instant,
-    /// `"default"`, shared by every connection without a device id.
-    pub(crate) default_device: Arc<str>,
-}
-
-impl Shared {
-    /// Whether `drain` has started.
-    pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// Milliseconds since the room was created, wrapping at 2^32 (49 days):
-    /// a 4-byte clock for per-session timestamps, compared with
-    /// `wrapping_sub`.
-    pub(crate) fn clock_ms(&self) -> u32 {
-        // Truncation is the point: the clock wraps.
-        self.started.elapsed().as_millis() as u32
-    }
-
-    /// The next connection serial number.
-    pub(crate) fn next_serial(&self) -> u64 {
-        self.next_serial.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The close reason for an outside signal.
-    pub(crate) fn signal_reason(&self, sig: Signal) -> CloseReason {
-        match sig {
-            Signal::Kicked => CloseReason::Kicked,
-            Signal::SlowConsumer => CloseReason::SlowConsumer,
-            Signal::Draining => self.draining_reason(),
-        }
-    }
-
-    /// 4007 with a reconnect delay drawn uniformly from
-    /// `[0, drain_reconnect_delay]`, so that clients do not all come back at once.
-    pub(crate) fn draining_reason(&self) -> CloseReason {
-        let max = u64::try_from(self.cfg.drain_reconnect_delay.as_millis()).unwrap_or(u64::MAX);
-        let reconnect_after_ms = if max == 0 {
-            0
-        } else {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let seed = self.next_serial() ^ (u64::from(nanos) << 20);
-            splitmix64(seed) % max.saturating_add(1)
-        };
-        CloseReason::Draining { reconnect_after_ms }
-    }
-}
-
-/// A well-mixed 64-bit hash (SplitMix64), enough for spreading reconnects.
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
 
 /// A running room: cheap to clone, every clone is the same room.
 #[derive(Clone)]
@@ -120,25 +33,8 @@ impl Room {
     /// Creates a room. Nothing listens until [`Room::serve_ws`],
     /// [`Room::serve_tcp`] (or their TLS forms) or [`Room::serve_quic`].
     pub fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Room {
-        let shared = Shared {
-            hub: Hub::new(cfg.send_queue, cfg.send_queue_bytes),
-            limit: Arc::new(Semaphore::new(
-                cfg.max_connections.min(Semaphore::MAX_PERMITS),
-            )),
-            refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
-            per_ip: listen::per_ip::PerIp::new(cfg.max_conns_per_ip),
-            cfg,
-            backend,
-            metrics: Metrics::default(),
-            tracker: TaskTracker::new(),
-            stop: CancellationToken::new(),
-            draining: AtomicBool::new(false),
-            next_serial: AtomicU64::new(1),
-            started: tokio::time::Instant::now(),
-            default_device: Arc::from(crate::session::DEFAULT_DEVICE),
-        };
         Room {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared::new(cfg, backend)),
         }
     }
 
@@ -314,7 +210,7 @@ impl Room {
     /// up to `timeout` for all sessions to end. Returns whether all ended.
     pub async fn drain(&self, timeout: Duration) -> bool {
         let s = &self.shared;
-        s.draining.store(true, Ordering::SeqCst);
+        s.start_draining();
         s.stop.cancel();
         let told = s.hub.signal_all(Signal::Draining);
         info!(room = %s.cfg.room, connections = told, "draining");
@@ -374,19 +270,12 @@ mod tests {
     //! small; these bounds fail loudly when a change bloats them.
     use super::tests_support::Null;
     use super::*;
+    use crate::error::CloseReason;
     use crate::hub::Conn;
     use crate::listen::{tcp, ws};
     use proto::{ConnId, RoomId};
     use smallvec::SmallVec;
     use std::mem::size_of;
-
-    #[test]
-    fn splitmix_spreads() {
-        let a: Vec<u64> = (0..100).map(|i| splitmix64(i) % 1001).collect();
-        assert!(a.iter().all(|v| *v <= 1000));
-        let distinct: std::collections::HashSet<_> = a.iter().collect();
-        assert!(distinct.len() > 80);
-    }
 
     #[tokio::test]
     async fn drain_jitter_stays_in_range() {
@@ -427,8 +316,8 @@ mod tests {
         let channel_entry = size_of::<(ConnId, Arc<Conn>)>();
         let push = size_of::<Push>();
         let ws_io = size_of::<ws::WsIo>();
-        let tcp_io = size_of::<tcp::TcpIo>();
-        println!("sizes: WsIo {ws_io} B, TcpIo {tcp_io} B");
+        let tcp_io = size_of::<crate::framed::FramedIo>();
+        println!("sizes: WsIo {ws_io} B, FramedIo {tcp_io} B");
         println!(
             "sizes: ws task future {ws_size} B, tcp task future {tcp_size} B, \
              Arc<Conn> {conn} B, conns entry {conns_entry} B, users entry {users_entry} B, \

@@ -44,7 +44,7 @@ use crate::error::{CloseReason, SendError};
 use crate::hub::{Conn, Popped, Registration, Signal, Subscribed};
 use crate::io::{FrameIo, Inbound, OutFrame};
 use crate::metrics::{self, AuthFailure, Drop as DropWhy, Transport};
-use crate::room::Shared;
+use crate::shared::Shared;
 use crate::{BackendError, SessionInfo};
 
 /// Messages per backend replay or history page.

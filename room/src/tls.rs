@@ -201,6 +201,24 @@ impl TlsCerts {
     }
 }
 
+/// The server side of a TLS handshake, within `auth_timeout`; `None` when it
+/// failed, timed out, or the room stopped.
+pub(crate) async fn handshake(
+    shared: Arc<crate::shared::Shared>,
+    sock: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: tokio_rustls::TlsAcceptor,
+) -> Option<(
+    Arc<crate::shared::Shared>,
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+)> {
+    let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
+    let stream = shared
+        .handshake_step(peer, "tls", deadline, tls.accept(sock))
+        .await?;
+    Some((shared, stream))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -12,7 +12,7 @@
 //! socket is just dropped.
 //!
 //! `max_conns_per_ip` limits the connections of one client address over
-//! every listener of the room together (see `per_ip`); over it a connection is refused the same way,
+//! every listener of the room together (see `crate::per_ip`); over it a connection is refused the same way,
 //! with its own text (WebSocket: HTTP 429).
 //!
 //! The loop drains the listen backlog: it only spawns per connection, and
@@ -20,7 +20,6 @@
 //! reports `WouldBlock` (the listeners are bound by the caller, with
 //! `--listen-backlog`).
 
-pub(crate) mod per_ip;
 pub(crate) mod quic;
 pub(crate) mod tcp;
 pub(crate) mod ws;
@@ -35,37 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::Transport;
-use crate::room::Shared;
-
-/// Runs one handshake step of a new connection (TLS, WebSocket upgrade,
-/// QUIC) until `deadline`. `None` when the room stops first, or when the
-/// step fails or runs out of time: both are counted in
-/// `handshake_failures` and logged at debug as `<what> handshake failed`.
-pub(crate) async fn handshake_step<T, E: std::fmt::Display>(
-    shared: &Shared,
-    peer: std::net::SocketAddr,
-    what: &str,
-    deadline: tokio::time::Instant,
-    step: impl std::future::Future<Output = Result<T, E>>,
-) -> Option<T> {
-    let result = tokio::select! {
-        () = shared.stop.cancelled() => return None,
-        r = tokio::time::timeout_at(deadline, step) => r,
-    };
-    match result {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            crate::metrics::inc(&shared.metrics.handshake_failures);
-            tracing::debug!(%peer, error = %e, "{what} handshake failed");
-            None
-        }
-        Err(_) => {
-            crate::metrics::inc(&shared.metrics.handshake_failures);
-            tracing::debug!(%peer, "{what} handshake timed out");
-            None
-        }
-    }
-}
+use crate::shared::Shared;
 
 /// Why a connection is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! QUIC (quinn): ALPN `pushgate/1`; the client opens one bidirectional
 //! stream and speaks on it exactly as on TCP: length-prefixed binary frames,
-//! through the same [`TcpIo`] framing and the same session.
+//! through the same [`FramedIo`] framing and the same session.
 //!
 //! Decisions:
 //! - The TLS handshake and the client's stream must both arrive within
@@ -78,11 +78,11 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::tcp::TcpIo;
+use crate::framed::FramedIo;
 use crate::io::{ByteStream, LINGER_MAX};
 use crate::metrics::{self, Transport};
-use crate::room::Shared;
 use crate::session;
+use crate::shared::Shared;
 use crate::tls::TlsCerts;
 use crate::RoomConfig;
 
@@ -308,7 +308,7 @@ async fn handshake(
     shared: Arc<Shared>,
     incoming: Incoming,
     peer: SocketAddr,
-) -> Option<(Arc<Shared>, TcpIo<QuicStream>)> {
+) -> Option<(Arc<Shared>, FramedIo<QuicStream>)> {
     let deadline = Instant::now() + shared.cfg.auth_timeout;
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         metrics::inc(&shared.metrics.handshake_failures);
@@ -321,7 +321,9 @@ async fn handshake(
             return None;
         }
     };
-    let conn = super::handshake_step(&shared, peer, "quic", deadline, connecting).await?;
+    let conn = shared
+        .handshake_step(peer, "quic", deadline, connecting)
+        .await?;
     let (send, recv) = tokio::select! {
         () = shared.stop.cancelled() => {
             let r = shared.draining_reason();
@@ -349,7 +351,7 @@ async fn handshake(
     };
     Some((
         Arc::clone(&shared),
-        TcpIo::new(stream, shared.cfg.max_frame),
+        FramedIo::new(stream, shared.cfg.max_frame),
     ))
 }
 

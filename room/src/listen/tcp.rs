@@ -1,205 +1,22 @@
-//! TCP: a stream of length-prefixed binary frames both ways. The final
-//! error frame carries the close code, then the socket closes.
-//!
-//! [`TcpIo`] is generic over the byte stream: a plain socket, TLS over one
-//! (`serve_tls`), or a QUIC bidirectional stream (`listen::quic`), so every
-//! stream transport frames bytes the same way.
-//!
-//! Memory: [`TcpIo`] holds no buffer while the connection is idle. Reads go
-//! to a stack chunk and a frame that arrived whole is decoded from there;
-//! only a partial frame's bytes are kept. Output is buffered until the
-//! flush and released once written. (TLS keeps its own buffers; a plain
-//! socket pays nothing for TLS being possible.)
+//! TCP: a stream of length-prefixed binary frames both ways
+//! ([`FramedIo`]), plain or over TLS. The final error frame carries the
+//! close code, then the socket closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use futures_util::{Sink, Stream};
-use proto::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
-use tokio::io::{AsyncWriteExt, ReadBuf};
+use proto::{CloseCode, ErrorCode, ServerFrame};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::codec::{BinCodec, Decoded};
-use crate::error::{RecvError, SendError};
-use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
+use crate::framed::FramedIo;
+use crate::io::ByteStream;
 use crate::metrics::Transport;
-use crate::room::Shared;
 use crate::session;
-
-/// Bytes asked of the socket per read, into a stack chunk.
-const READ_CHUNK: usize = 1024;
-/// Buffered output above which `poll_ready` flushes first.
-const WRITE_HIGH: usize = 4096;
-/// Socket reads per `poll_next` before it yields to other tasks.
-const MAX_READS: usize = 64;
-
-/// A stream client connection: TCP, TLS over TCP, or a QUIC stream.
-pub(crate) struct TcpIo<S = TcpStream> {
-    sock: S,
-    codec: BinCodec,
-    /// Bytes of a frame not yet complete (no allocation while empty).
-    rbuf: BytesMut,
-    /// Encoded output not yet written (no allocation while empty).
-    wbuf: BytesMut,
-    /// The peer closed its write side.
-    eof: bool,
-}
-
-impl<S: ByteStream> TcpIo<S> {
-    /// Frames `sock`, refusing frames longer than `max_frame` bytes.
-    pub(crate) fn new(sock: S, max_frame: usize) -> TcpIo<S> {
-        TcpIo {
-            sock,
-            codec: BinCodec::new(max_frame),
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            eof: false,
-        }
-    }
-
-    /// Decodes a frame from the kept bytes, releasing them once all used.
-    fn decode_kept(&mut self) -> Result<Option<ClientFrame>, RecvError> {
-        if self.rbuf.is_empty() {
-            return Ok(None);
-        }
-        match self.codec.decode(&self.rbuf)? {
-            Decoded::Frame(f, n) => {
-                if n >= self.rbuf.len() {
-                    self.rbuf = BytesMut::new();
-                } else {
-                    self.rbuf.advance(n);
-                }
-                Ok(Some(f))
-            }
-            // Grow with what arrives, never to the announced size at once:
-            // a 3-byte prefix must not make an idle peer pin `max_frame` bytes.
-            Decoded::Partial => Ok(None),
-        }
-    }
-}
-
-impl<S: ByteStream> Stream for TcpIo<S> {
-    type Item = Result<Inbound, RecvError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        // A queued reply (see `queue_reply`): best effort, without waiting
-        // for the socket; a failed write is left to the read below, which
-        // tells how the client went away.
-        if !this.wbuf.is_empty() {
-            if let Poll::Ready(Err(_)) = Pin::new(&mut *this).poll_flush(cx) {
-                this.wbuf = BytesMut::new();
-            }
-        }
-        for _ in 0..MAX_READS {
-            match this.decode_kept() {
-                Ok(Some(f)) => return Poll::Ready(Some(Ok(Inbound::Frame(f)))),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
-            }
-            if this.eof {
-                if this.rbuf.is_empty() {
-                    return Poll::Ready(None);
-                }
-                this.rbuf = BytesMut::new();
-                let e = RecvError::Gone("connection closed in the middle of a frame");
-                return Poll::Ready(Some(Err(e)));
-            }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut chunk);
-            if let Err(e) = ready!(Pin::new(&mut this.sock).poll_read(cx, &mut rb)) {
-                return Poll::Ready(Some(Err(e.into())));
-            }
-            let got = rb.filled();
-            if got.is_empty() {
-                this.eof = true;
-                continue;
-            }
-            if !this.rbuf.is_empty() {
-                this.rbuf.extend_from_slice(got);
-                continue;
-            }
-            // The usual case: whole frames, decoded straight from the chunk.
-            match this.codec.decode(got) {
-                Ok(Decoded::Frame(f, n)) => {
-                    if n < got.len() {
-                        this.rbuf.extend_from_slice(&got[n..]);
-                    }
-                    return Poll::Ready(Some(Ok(Inbound::Frame(f))));
-                }
-                Ok(Decoded::Partial) => this.rbuf.extend_from_slice(got),
-                Err(e) => return Poll::Ready(Some(Err(e))),
-            }
-        }
-        // A long stream of partial input: let other tasks run.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl<S: ByteStream> Sink<OutFrame> for TcpIo<S> {
-    type Error = SendError;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        if self.wbuf.len() >= WRITE_HIGH {
-            return self.poll_flush(cx);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: OutFrame) -> Result<(), SendError> {
-        let this = &mut *self;
-        if let OutFrame::Close(code, reason) = &item {
-            this.sock.closing(*code, reason);
-        }
-        this.codec.encode(item, &mut this.wbuf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        let this = &mut *self;
-        // Bounded: every turn writes at least one byte of a finite buffer.
-        while !this.wbuf.is_empty() {
-            let n = ready!(Pin::new(&mut this.sock).poll_write(cx, &this.wbuf))?;
-            if n == 0 {
-                let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                return Poll::Ready(Err(e.into()));
-            }
-            this.wbuf.advance(n);
-        }
-        // Written: give the buffer back so an idle connection holds none.
-        this.wbuf = BytesMut::new();
-        Pin::new(&mut this.sock)
-            .poll_flush(cx)
-            .map_err(SendError::from)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        Pin::new(&mut self.sock)
-            .poll_shutdown(cx)
-            .map_err(SendError::from)
-    }
-}
-
-impl<S: ByteStream> FrameIo for TcpIo<S> {
-    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        self.sock.linger()
-    }
-
-    fn queue_reply(&mut self, frame: &ServerFrame) -> bool {
-        if !self.wbuf.is_empty() {
-            return false;
-        }
-        self.codec.encode_frame(frame, &mut self.wbuf);
-        true
-    }
-}
+use crate::shared::Shared;
 
 /// Runs one TCP connection.
 ///
@@ -210,7 +27,7 @@ pub(crate) fn serve(
     sock: TcpStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let io = TcpIo::new(sock, shared.cfg.max_frame);
+    let io = FramedIo::new(sock, shared.cfg.max_frame);
     session::run(shared, io, peer, Transport::Tcp)
 }
 
@@ -225,27 +42,14 @@ pub(crate) fn serve_tls(
     peer: SocketAddr,
     tls: TlsAcceptor,
 ) -> impl Future<Output = ()> + Send {
-    let handshake = Box::pin(tls_handshake(shared, sock, peer, tls));
+    let handshake = Box::pin(crate::tls::handshake(shared, sock, peer, tls));
     async move {
         let Some((shared, tls)) = handshake.await else {
             return;
         };
-        let io = TcpIo::new(tls, shared.cfg.max_frame);
+        let io = FramedIo::new(tls, shared.cfg.max_frame);
         session::run(shared, io, peer, Transport::Tcp).await;
     }
-}
-
-/// The server side of a TLS handshake, within `auth_timeout`; `None` when it
-/// failed, timed out, or the room stopped.
-pub(crate) async fn tls_handshake(
-    shared: Arc<Shared>,
-    sock: TcpStream,
-    peer: SocketAddr,
-    tls: TlsAcceptor,
-) -> Option<(Arc<Shared>, tokio_rustls::server::TlsStream<TcpStream>)> {
-    let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
-    let stream = super::handshake_step(&shared, peer, "tls", deadline, tls.accept(sock)).await?;
-    Some((shared, stream))
 }
 
 /// Answers a refused connection: error `overloaded` with close 4007 and

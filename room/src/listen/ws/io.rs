@@ -1,6 +1,6 @@
 //! [`WsIo`]: a WebSocket connection as a [`FrameIo`], over any byte stream.
 //!
-//! Memory: like [`TcpIo`](crate::listen::tcp::TcpIo), an idle connection
+//! Memory: like [`FramedIo`](crate::listen::crate::framed::FramedIo), an idle connection
 //! holds no buffer. Reads go to a stack chunk and frames that arrived whole
 //! are unmasked and decoded there; only a partial frame's bytes, or the
 //! fragments of an unfinished message, are kept. Output is encoded into one

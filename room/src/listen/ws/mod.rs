@@ -41,8 +41,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::io::ByteStream;
 use crate::metrics::Transport;
-use crate::room::Shared;
 use crate::session;
+use crate::shared::Shared;
 pub(crate) use io::WsIo;
 
 /// The only path served.
@@ -80,7 +80,7 @@ pub(crate) fn serve_tls(
 ) -> impl Future<Output = ()> + Send {
     let handshake = Box::pin(async move {
         let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
-        let (shared, tls) = super::tcp::tls_handshake(shared, sock, peer, tls).await?;
+        let (shared, tls) = crate::tls::handshake(shared, sock, peer, tls).await?;
         handshake_until(shared, tls, peer, deadline).await
     });
     handshake.then(move |r| session_after(r, peer))
@@ -115,7 +115,9 @@ async fn handshake_until<S: ByteStream>(
     deadline: tokio::time::Instant,
 ) -> Option<(Arc<Shared>, WsIo<S>)> {
     let step = handshake::accept(&mut sock);
-    let (bin, rest) = super::handshake_step(&shared, peer, "websocket", deadline, step).await?;
+    let (bin, rest) = shared
+        .handshake_step(peer, "websocket", deadline, step)
+        .await?;
     let io = WsIo::new(sock, shared.cfg.max_frame, bin, rest);
     Some((shared, io))
 }
