@@ -29,12 +29,13 @@ fn script() -> PathBuf {
         .join("ws_close.py")
 }
 
-/// Runs the Python client to its end and returns its last JSON line.
-async fn py_client_close(s: &Server, token: Option<&str>) -> Value {
+/// Runs the Python client in `mode` to its end (it must succeed) and
+/// returns its output lines, each one JSON value.
+async fn py_run(s: &Server, mode: &str, timeout: &str, token: Option<&str>) -> Vec<Value> {
     let mut cmd = tokio::process::Command::new(python());
     cmd.arg(script())
         .args(["--url", &format!("ws://{}/ws", s.ws)])
-        .args(["--mode", "client-close", "--timeout", "5"])
+        .args(["--mode", mode, "--timeout", timeout])
         .kill_on_drop(true);
     if let Some(t) = token {
         cmd.args(["--token", t]);
@@ -50,8 +51,19 @@ async fn py_client_close(s: &Server, token: Option<&str>) -> Value {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("python output {stdout:?}: {e}"))
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("python output {l:?}: {e}")))
+        .collect()
+}
+
+/// Runs the Python client's close mode and returns its last JSON line.
+async fn py_client_close(s: &Server, token: Option<&str>) -> Value {
+    let lines = py_run(s, "client-close", "5", token).await;
+    lines
+        .last()
+        .cloned()
+        .expect("the python client printed its result")
 }
 
 /// A client's Close 1000 before auth gets a Close 1000 back (browsers: clean
@@ -172,32 +184,9 @@ async fn server_waits_for_the_close_reply() {
 #[tokio::test]
 async fn independent_client_framing() {
     let s = Server::start(&[]).await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(python())
-            .arg(script())
-            .args(["--url", &format!("ws://{}/ws", s.ws)])
-            .args(["--mode", "framing", "--timeout", "10"])
-            .args(["--token", &s.token("pyframes")])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("python client ended within 30 s")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python client failed: {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let lines = py_run(&s, "framing", "10", Some(&s.token("pyframes"))).await;
     let [replies, end] = &lines[..] else {
-        panic!("expected two lines: {stdout}");
+        panic!("expected two lines: {lines:?}");
     };
     assert_eq!(replies["pong"], true, "{replies}");
     assert_eq!(replies["fragmented"], json!({"op": "pong", "seq": 7}));
