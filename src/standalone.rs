@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use proto::RoomId;
 use register::{Directory, LocalDirectory};
-use room::{QuicListener, Room, RoomConfig};
+use room::{Listener, QuicListener, Room, RoomConfig};
 use saver::{EmbeddedStore, RedisStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -153,29 +153,15 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let accept_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let stream_tls = cfg.tls.is_some();
-    let ws_task = tokio::spawn({
-        let (room, stop, certs) = (room.clone(), accept_stop.clone(), certs.clone());
-        async move {
-            if stream_tls {
-                room.serve_wss(ws, &certs, stop).await;
-            } else {
-                room.serve_ws(ws, stop).await;
-            }
-        }
-    });
-    let tcp_task = tokio::spawn({
-        let (room, stop, certs) = (room.clone(), accept_stop.clone(), certs.clone());
-        async move {
-            if stream_tls {
-                room.serve_tcp_tls(tcp, &certs, stop).await;
-            } else {
-                room.serve_tcp(tcp, stop).await;
-            }
-        }
-    });
-    let quic_task = tokio::spawn({
-        let (room, stop, quic) = (room.clone(), accept_stop.clone(), quic.clone());
-        async move { room.serve_quic(quic, stop).await }
+    let stream_certs = stream_tls.then(|| certs.clone());
+    let listeners = [
+        Listener::Ws(ws, stream_certs.clone()),
+        Listener::Tcp(tcp, stream_certs),
+        Listener::Quic(quic.clone()),
+    ];
+    let [ws_task, tcp_task, quic_task] = listeners.map(|l| {
+        let (room, stop) = (room.clone(), accept_stop.clone());
+        tokio::spawn(async move { room.serve(l, stop).await })
     });
     let reload_task = reloader.spawn();
     let http_task = net::spawn_http(http, center.router(), cfg.net.http, http_stop.clone());

@@ -38,7 +38,7 @@ use proto::{ConnId, MsgFrame, MsgId, UserId};
 
 pub use config::RoomConfig;
 pub use listen::quic::QuicListener;
-pub use room::Room;
+pub use room::{Listener, Room};
 pub use tls::{TlsCerts, TlsError};
 
 /// What a room needs from the rest of pushgate (register and saver). In

@@ -14,6 +14,17 @@ use crate::hub::{Push, Signal};
 use crate::shared::Shared;
 use crate::{listen, Backend, QuicListener, RoomConfig, TlsCerts};
 
+/// What a room accepts connections on (see [`Room::serve`]).
+#[derive(Debug)]
+pub enum Listener {
+    /// WebSocket (`GET /ws`) on a bound TCP listener; wss:// with certificates.
+    Ws(TcpListener, Option<TlsCerts>),
+    /// Length-prefixed binary frames on a bound TCP listener; TLS with certificates.
+    Tcp(TcpListener, Option<TlsCerts>),
+    /// QUIC (always TLS 1.3, ALPN `pushgate/1`).
+    Quic(QuicListener),
+}
+
 /// A running room: cheap to clone, every clone is the same room.
 #[derive(Clone)]
 pub struct Room {
@@ -30,8 +41,7 @@ impl std::fmt::Debug for Room {
 }
 
 impl Room {
-    /// Creates a room. Nothing listens until [`Room::serve_ws`],
-    /// [`Room::serve_tcp`] (or their TLS forms) or [`Room::serve_quic`].
+    /// Creates a room. Nothing listens until [`Room::serve`].
     pub fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Room {
         Room {
             shared: Arc::new(Shared::new(cfg, backend)),
@@ -43,76 +53,25 @@ impl Room {
         &self.shared.cfg
     }
 
-    /// Accepts WebSocket connections (`GET /ws`) until `shutdown` is
-    /// cancelled or [`Room::drain`] starts. Stopping accepting does not end
-    /// the sessions: [`Room::drain`] does.
-    pub async fn serve_ws(&self, listener: TcpListener, shutdown: CancellationToken) {
-        listen::accept_loop(
-            Arc::clone(&self.shared),
-            listener,
-            shutdown,
-            listen::Kind::Ws,
-            None,
-        )
-        .await;
-    }
-
-    /// Like [`Room::serve_ws`], for wss://: every connection starts with a
-    /// TLS handshake serving `certs` (reloads of `certs` apply to new
-    /// connections).
-    pub async fn serve_wss(
-        &self,
-        listener: TcpListener,
-        certs: &TlsCerts,
-        shutdown: CancellationToken,
-    ) {
-        listen::accept_loop(
-            Arc::clone(&self.shared),
-            listener,
-            shutdown,
-            listen::Kind::Ws,
-            Some(TlsAcceptor::from(certs.stream_config())),
-        )
-        .await;
-    }
-
-    /// Like [`Room::serve_tcp`], with TLS serving `certs`.
-    pub async fn serve_tcp_tls(
-        &self,
-        listener: TcpListener,
-        certs: &TlsCerts,
-        shutdown: CancellationToken,
-    ) {
-        listen::accept_loop(
-            Arc::clone(&self.shared),
-            listener,
-            shutdown,
-            listen::Kind::Tcp,
-            Some(TlsAcceptor::from(certs.stream_config())),
-        )
-        .await;
-    }
-
-    /// Accepts QUIC connections (ALPN `pushgate/1`, one bidirectional
-    /// stream of length-prefixed binary frames) until `shutdown` is
-    /// cancelled or [`Room::drain`] starts; after that, new attempts are
-    /// refused. After the drain, [`QuicListener::wait_idle`] lets the last
-    /// close frames go out.
-    pub async fn serve_quic(&self, listener: QuicListener, shutdown: CancellationToken) {
-        listen::quic::accept_loop(Arc::clone(&self.shared), listener, shutdown).await;
-    }
-
-    /// Accepts TCP connections (length-prefixed binary frames) until
-    /// `shutdown` is cancelled or [`Room::drain`] starts.
-    pub async fn serve_tcp(&self, listener: TcpListener, shutdown: CancellationToken) {
-        listen::accept_loop(
-            Arc::clone(&self.shared),
-            listener,
-            shutdown,
-            listen::Kind::Tcp,
-            None,
-        )
-        .await;
+    /// Accepts connections on `listener` until `shutdown` is cancelled or
+    /// [`Room::drain`] starts. Stopping accepting does not end the
+    /// sessions: [`Room::drain`] does. With certificates, every WebSocket
+    /// or TCP connection starts with a TLS handshake (reloads of the
+    /// certificates apply to new connections). QUIC refuses new attempts
+    /// once it stops accepting; after the drain,
+    /// [`QuicListener::wait_idle`] lets the last close frames go out.
+    pub async fn serve(&self, listener: Listener, shutdown: CancellationToken) {
+        let shared = Arc::clone(&self.shared);
+        let tls = |certs: Option<TlsCerts>| certs.map(|c| TlsAcceptor::from(c.stream_config()));
+        match listener {
+            Listener::Ws(l, certs) => {
+                listen::accept_loop(shared, l, shutdown, listen::Kind::Ws, tls(certs)).await;
+            }
+            Listener::Tcp(l, certs) => {
+                listen::accept_loop(shared, l, shutdown, listen::Kind::Tcp, tls(certs)).await;
+            }
+            Listener::Quic(l) => listen::quic::accept_loop(shared, l, shutdown).await,
+        }
     }
 
     fn prepare(msg: &EncodedMsg) -> Option<Arc<Push>> {

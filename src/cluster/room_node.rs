@@ -21,7 +21,7 @@ use anyhow::Context;
 use proto::RoomId;
 use register::{ClusterDirectory, ConnInfo, Directory, LeaseOutcome, RoomLease};
 use room::remote::RoomService;
-use room::{QuicListener, Room, RoomConfig};
+use room::{Listener, QuicListener, Room, RoomConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -161,25 +161,15 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
     let accept_stop = CancellationToken::new();
     let ws_task = tokio::spawn({
         let (room, stop, tls) = (room.clone(), accept_stop.clone(), stream_tls.clone());
-        async move {
-            match tls {
-                Some(certs) => room.serve_wss(ws, &certs, stop).await,
-                None => room.serve_ws(ws, stop).await,
-            }
-        }
+        async move { room.serve(Listener::Ws(ws, tls), stop).await }
     });
     let tcp_task = tokio::spawn({
         let (room, stop, tls) = (room.clone(), accept_stop.clone(), stream_tls);
-        async move {
-            match tls {
-                Some(certs) => room.serve_tcp_tls(tcp, &certs, stop).await,
-                None => room.serve_tcp(tcp, stop).await,
-            }
-        }
+        async move { room.serve(Listener::Tcp(tcp, tls), stop).await }
     });
     let quic_task = quic.clone().map(|q| {
         let (room, stop) = (room.clone(), accept_stop.clone());
-        tokio::spawn(async move { room.serve_quic(q, stop).await })
+        tokio::spawn(async move { room.serve(Listener::Quic(q), stop).await })
     });
     let reload_task = reloader.map(crate::tls::Reloader::spawn);
     let health = Health::new({

@@ -101,7 +101,7 @@ const CID_LEN: usize = 8;
 /// Longest reason text sent in a CONNECTION_CLOSE frame.
 const MAX_REASON: usize = 200;
 
-/// A bound QUIC endpoint, not yet serving (see [`crate::Room::serve_quic`]).
+/// A bound QUIC endpoint, not yet serving (see [`crate::Room::serve`] and [`crate::Listener::Quic`]).
 /// Cheap to clone; every clone is the same endpoint.
 #[derive(Clone, Debug)]
 pub struct QuicListener {

@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use proto::token::Claims;
 use proto::{ClientFrame, EncodedMsg, ErrorCode, MsgFrame, MsgId, RoomId, ServerFrame, UserId};
-use room::{Backend, BackendError, Room, RoomConfig, SessionInfo};
+use room::{Backend, BackendError, Listener, Room, RoomConfig, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -161,9 +161,9 @@ pub async fn start(cfg: RoomConfig) -> TestRoom {
     let (ws, tcp) = (ws_l.local_addr().unwrap(), tcp_l.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let (r1, s1) = (room.clone(), shutdown.clone());
-    tokio::spawn(async move { r1.serve_ws(ws_l, s1).await });
+    tokio::spawn(async move { r1.serve(Listener::Ws(ws_l, None), s1).await });
     let (r2, s2) = (room.clone(), shutdown.clone());
-    tokio::spawn(async move { r2.serve_tcp(tcp_l, s2).await });
+    tokio::spawn(async move { r2.serve(Listener::Tcp(tcp_l, None), s2).await });
     TestRoom {
         room,
         ws,
