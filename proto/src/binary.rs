@@ -105,6 +105,15 @@ pub fn write_len(len: usize, out: &mut Vec<u8>) {
     put_varint(len as u64, out);
 }
 
+/// The longest varint (a `u64`), and so the longest length prefix.
+pub const MAX_VARINT: usize = 10;
+
+/// The length prefix for a body of `len` bytes without allocating: the
+/// bytes and how many of them are used (what [`write_len`] appends).
+pub fn len_prefix(len: usize) -> ([u8; MAX_VARINT], usize) {
+    varint(len as u64)
+}
+
 /// Decodes one client frame body (without its length prefix).
 ///
 /// # Errors
@@ -360,12 +369,22 @@ fn head(op: u8, flags: u8, seq: Option<u32>, out: &mut Vec<u8>) {
 }
 
 /// Appends `v` as an unsigned LEB128 varint (minimal form).
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+fn put_varint(v: u64, out: &mut Vec<u8>) {
+    let (b, n) = varint(v);
+    out.extend_from_slice(&b[..n]);
+}
+
+/// `v` as a varint: the bytes and how many of them are used.
+fn varint(mut v: u64) -> ([u8; MAX_VARINT], usize) {
+    let mut b = [0u8; MAX_VARINT];
+    let mut n = 0;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        b[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.push(v as u8);
+    b[n] = v as u8;
+    (b, n + 1)
 }
 
 /// Appends a varint length and the bytes.
@@ -702,6 +721,16 @@ mod tests {
             let mut out = Vec::new();
             encode_server(&f, &mut out);
             assert_eq!(decode_server(&out), Ok(f));
+        }
+    }
+
+    #[test]
+    fn len_prefix_is_what_write_len_appends() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 65_536, usize::MAX] {
+            let mut buf = Vec::new();
+            write_len(len, &mut buf);
+            let (b, n) = len_prefix(len);
+            assert_eq!(&b[..n], &buf[..], "{len}");
         }
     }
 

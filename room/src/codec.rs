@@ -5,7 +5,6 @@
 //! buffer at all) and encoding appends to the caller's buffer; the TCP
 //! transport keeps no buffer allocated while a connection is idle.
 
-use bytes::BytesMut;
 use proto::{binary, ClientFrame, ServerFrame};
 
 use crate::error::{RecvError, SendError};
@@ -39,7 +38,7 @@ impl BinCodec {
     }
 
     /// Appends the encoding of `item` to `dst`.
-    pub(crate) fn encode(&self, item: OutFrame, dst: &mut BytesMut) -> Result<(), SendError> {
+    pub(crate) fn encode(&self, item: OutFrame, dst: &mut Vec<u8>) -> Result<(), SendError> {
         match item {
             OutFrame::Push(p) => {
                 dst.extend_from_slice(&p.bin_prefix);
@@ -55,13 +54,8 @@ impl BinCodec {
 
 impl BinCodec {
     /// Appends `f` with its length prefix to `dst`.
-    pub(crate) fn encode_frame(&self, f: &ServerFrame, dst: &mut BytesMut) {
-        let mut body = Vec::with_capacity(64);
-        binary::encode_server(f, &mut body);
-        let mut prefix = Vec::with_capacity(8);
-        binary::write_len(body.len(), &mut prefix);
-        dst.extend_from_slice(&prefix);
-        dst.extend_from_slice(&body);
+    pub(crate) fn encode_frame(&self, f: &ServerFrame, dst: &mut Vec<u8>) {
+        crate::io::append_with_head(dst, |out| binary::encode_server(f, out), binary::len_prefix);
     }
 }
 

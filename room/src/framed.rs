@@ -21,14 +21,8 @@ use tokio::net::TcpStream;
 
 use crate::codec::{BinCodec, Decoded};
 use crate::error::{RecvError, SendError};
-use crate::io::{ByteStream, FrameIo, Inbound, OutFrame};
-
-/// Bytes asked of the socket per read, into a stack chunk.
-const READ_CHUNK: usize = 1024;
-/// Buffered output above which `poll_ready` flushes first.
-const WRITE_HIGH: usize = 4096;
-/// Socket reads per `poll_next` before it yields to other tasks.
-const MAX_READS: usize = 64;
+use crate::io::{poll_write_out, ByteStream, FrameIo, Inbound, OutFrame};
+use crate::io::{MAX_READS, READ_CHUNK, WRITE_HIGH};
 
 /// A stream client connection: TCP, TLS over TCP, or a QUIC stream.
 pub(crate) struct FramedIo<S = TcpStream> {
@@ -37,7 +31,7 @@ pub(crate) struct FramedIo<S = TcpStream> {
     /// Bytes of a frame not yet complete (no allocation while empty).
     rbuf: BytesMut,
     /// Encoded output not yet written (no allocation while empty).
-    wbuf: BytesMut,
+    wbuf: Vec<u8>,
     /// The peer closed its write side.
     eof: bool,
 }
@@ -49,7 +43,7 @@ impl<S: ByteStream> FramedIo<S> {
             sock,
             codec: BinCodec::new(max_frame),
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
+            wbuf: Vec::new(),
             eof: false,
         }
     }
@@ -84,8 +78,8 @@ impl<S: ByteStream> Stream for FramedIo<S> {
         // for the socket; a failed write is left to the read below, which
         // tells how the client went away.
         if !this.wbuf.is_empty() {
-            if let Poll::Ready(Err(_)) = Pin::new(&mut *this).poll_flush(cx) {
-                this.wbuf = BytesMut::new();
+            if let Poll::Ready(Err(_)) = poll_write_out(&mut this.sock, &mut this.wbuf, cx) {
+                this.wbuf = Vec::new();
             }
         }
         for _ in 0..MAX_READS {
@@ -154,20 +148,7 @@ impl<S: ByteStream> Sink<OutFrame> for FramedIo<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         let this = &mut *self;
-        // Bounded: every turn writes at least one byte of a finite buffer.
-        while !this.wbuf.is_empty() {
-            let n = ready!(Pin::new(&mut this.sock).poll_write(cx, &this.wbuf))?;
-            if n == 0 {
-                let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                return Poll::Ready(Err(e.into()));
-            }
-            this.wbuf.advance(n);
-        }
-        // Written: give the buffer back so an idle connection holds none.
-        this.wbuf = BytesMut::new();
-        Pin::new(&mut this.sock)
-            .poll_flush(cx)
-            .map_err(SendError::from)
+        poll_write_out(&mut this.sock, &mut this.wbuf, cx).map_err(SendError::from)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {

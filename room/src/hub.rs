@@ -66,15 +66,15 @@ impl Push {
     /// Shares the encodings of `msg`; `None` if its JSON is not UTF-8 (a proto bug).
     pub(crate) fn new(msg: &EncodedMsg) -> Option<Arc<Push>> {
         let text = Utf8Bytes::try_from(msg.json.clone()).ok()?;
-        let mut prefix = Vec::with_capacity(8);
-        proto::binary::write_len(msg.bin.len(), &mut prefix);
+        let (p, n) = proto::binary::len_prefix(msg.bin.len());
+        let prefix = SmallVec::from_slice(&p[..n]);
         let weight = text.len().max(msg.bin.len() + prefix.len());
         Some(Arc::new(Push {
             id: msg.id,
             replayable: msg.stored && !msg.channel,
             text,
             bin: msg.bin.clone(),
-            bin_prefix: SmallVec::from_vec(prefix),
+            bin_prefix: prefix,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }))
     }

@@ -81,6 +81,62 @@ impl ByteStream for tokio_rustls::server::TlsStream<TcpStream> {}
 #[cfg(test)]
 impl ByteStream for tokio::io::DuplexStream {}
 
+/// Bytes a transport asks of its socket per read, into a stack chunk.
+pub(crate) const READ_CHUNK: usize = 1024;
+/// Buffered output above which a transport's `poll_ready` flushes first.
+pub(crate) const WRITE_HIGH: usize = 4096;
+/// Socket reads per `poll_next` before a transport yields to other tasks.
+pub(crate) const MAX_READS: usize = 64;
+
+/// Writes all of `out` to `sock`, then flushes it. Written bytes leave
+/// `out` as they go; once all are written the buffer is released, so an
+/// idle connection holds none.
+pub(crate) fn poll_write_out<S: AsyncWrite + Unpin + ?Sized>(
+    sock: &mut S,
+    out: &mut Vec<u8>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<()>> {
+    use std::task::Poll;
+    let mut done = 0;
+    // Bounded: every turn writes at least one byte of a finite buffer.
+    while done < out.len() {
+        match std::pin::Pin::new(&mut *sock).poll_write(cx, &out[done..]) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            Poll::Ready(Ok(n)) => done += n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                out.drain(..done);
+                return Poll::Pending;
+            }
+        }
+    }
+    *out = Vec::new();
+    std::pin::Pin::new(sock).poll_flush(cx)
+}
+
+/// Appends a frame whose header depends on its body's length, in one
+/// buffer: `body` encodes behind room for the longest header, then the
+/// header `head(body length)` is written right against it and the gap
+/// removed (both transports' headers are at most 10 bytes).
+pub(crate) fn append_with_head(
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>),
+    head: impl FnOnce(usize) -> ([u8; MAX_HEAD], usize),
+) {
+    let start = out.len();
+    out.resize(start + MAX_HEAD, 0);
+    body(out);
+    let (h, n) = head(out.len() - start - MAX_HEAD);
+    let at = start + MAX_HEAD - n;
+    out[at..start + MAX_HEAD].copy_from_slice(&h[..n]);
+    out.drain(start..at);
+}
+
+/// Room [`append_with_head`] leaves for a header.
+pub(crate) const MAX_HEAD: usize = 10;
+
 /// Longest a closing connection lingers.
 pub(crate) const LINGER_MAX: Duration = Duration::from_secs(1);
 /// A lingering connection quiet this long is dropped.

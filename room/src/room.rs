@@ -295,7 +295,7 @@ mod tests {
         // handshake chained with `then`, 8-byte rate-limit bucket, 19-byte
         // peer, start values and ack state boxed, registration without a
         // copy of the user or the channel list, shared device id), tcp
-        // 736 → 616. Growing past these numbers may cost every connection
+        // 736 → 608 (its output buffer a `Vec`). Growing past these numbers may cost every connection
         // 128 B: check the release sizes
         // (`cargo +nightly rustc -p pushgate-room --lib --release -- -Zprint-type-sizes`).
         assert!(ws_size <= 616, "ws session future is {ws_size} bytes");

@@ -24,16 +24,11 @@ use tokio::net::TcpStream;
 
 use super::frame::{self, Head, HeadError};
 use crate::error::{RecvError, SendError};
-use crate::io::{ByteStream, FrameIo, Inbound, OutFrame, LINGER_MAX};
+use crate::io::{append_with_head, ByteStream, FrameIo, Inbound, OutFrame, LINGER_MAX};
+use crate::io::{MAX_READS, READ_CHUNK, WRITE_HIGH};
 
-/// Bytes asked of the socket per read, into a stack chunk.
-const READ_CHUNK: usize = 1024;
-/// Buffered output above which `poll_ready` flushes first.
-const WRITE_HIGH: usize = 4096;
 /// Output waiting above which a Ping gets no Pong.
 const PONG_LIMIT: usize = 4 * WRITE_HIGH;
-/// Socket reads per `poll_next` before it yields to other tasks.
-const MAX_READS: usize = 64;
 /// Longest close reason a close frame can carry.
 const MAX_CLOSE_REASON: usize = 123;
 /// Frames read (and dropped) at most while waiting for the client's Close.
@@ -225,27 +220,7 @@ impl<S: ByteStream> WsIo<S> {
 
     /// Writes what waits in `wbuf`; releases the buffer once written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        let mut done = 0;
-        // Bounded: every turn writes at least one byte of a finite buffer.
-        while done < self.wbuf.len() {
-            match Pin::new(&mut self.sock).poll_write(cx, &self.wbuf[done..]) {
-                Poll::Ready(Ok(0)) => {
-                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                    return Poll::Ready(Err(e.into()));
-                }
-                Poll::Ready(Ok(n)) => done += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => {
-                    self.wbuf.drain(..done);
-                    return Poll::Pending;
-                }
-            }
-        }
-        // Written: give the buffer back so an idle connection holds none.
-        self.wbuf = Vec::new();
-        Pin::new(&mut self.sock)
-            .poll_flush(cx)
-            .map_err(SendError::from)
+        crate::io::poll_write_out(&mut self.sock, &mut self.wbuf, cx).map_err(SendError::from)
     }
 
     /// Appends the encoding of `item` to the output.
@@ -276,25 +251,18 @@ impl<S: ByteStream> WsIo<S> {
         }
     }
 
-    /// Appends `f` in the negotiated encoding. Encoded behind room for the
-    /// longest header, then moved up against the real one: one buffer, no
-    /// second allocation.
+    /// Appends `f` in the negotiated encoding, as one frame.
     fn encode_frame(&mut self, f: &proto::ServerFrame) {
-        let out = &mut self.wbuf;
-        let start = out.len();
-        out.resize(start + frame::MAX_SERVER_HEAD, 0);
-        let op = if self.bin {
-            proto::binary::encode_server(f, out);
-            frame::OP_BINARY
+        let (op, body): (u8, fn(&proto::ServerFrame, &mut Vec<u8>)) = if self.bin {
+            (frame::OP_BINARY, proto::binary::encode_server)
         } else {
-            proto::json::encode_server(f, out);
-            frame::OP_TEXT
+            (frame::OP_TEXT, proto::json::encode_server)
         };
-        let len = out.len() - start - frame::MAX_SERVER_HEAD;
-        let (head, n) = frame::server_head(op, len);
-        let at = start + frame::MAX_SERVER_HEAD - n;
-        out[at..start + frame::MAX_SERVER_HEAD].copy_from_slice(&head[..n]);
-        out.drain(start..at);
+        append_with_head(
+            &mut self.wbuf,
+            |out| body(f, out),
+            |len| frame::server_head(op, len),
+        );
     }
 }
 
