@@ -1,95 +1,20 @@
-//! `pushgate center`, `pushgate register`, `pushgate saver`, `pushgate idgen`.
+//! `pushgate register`, `pushgate saver`, `pushgate idgen`: one link
+//! service each, served until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use idgen::{FileIdGen, IdgenService, LeasedIds};
-use register::{ClusterDirectory, RegisterService};
-use saver::{EmbeddedStore, RedisStore, SaverService, Store};
+use idgen::{FileIdGen, IdgenService};
+use register::RegisterService;
+use saver::{EmbeddedStore, SaverService, Store};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::args::{CenterArgs, CommonArgs, IdgenArgs, RegisterArgs, SaverArgs};
-use super::rooms::ClusterRooms;
-use super::{addrs, announce, bind, client_config, connect_store, STEP_TIMEOUT};
-
-/// Ids leased from an idgen at a time.
-const ID_BLOCK: u32 = 4096;
-/// A leased block older than this is dropped, so ids stay close to the
-/// clock (see `--replay-overlap-ms` of rooms).
-const ID_BLOCK_AGE: Duration = Duration::from_millis(250);
-
-/// Runs a center until SIGTERM or SIGINT.
-///
-/// # Errors
-/// Start-up failures.
-pub(crate) async fn run_center(args: CenterArgs) -> anyhow::Result<()> {
-    let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
-    anyhow::ensure!(!args.api_key.is_empty(), "--api-key must not be empty");
-    let key = &args.common.cluster_key;
-    let cfg = client_config(key);
-    let dir = ClusterDirectory::new(addrs(&args.registers, "--registers")?, cfg.clone());
-    let ids = LeasedIds::new(
-        addrs(&args.idgens, "--idgens")?,
-        cfg.clone(),
-        ID_BLOCK,
-        ID_BLOCK_AGE,
-    );
-    let store = connect_store(&args.store, cfg).await?;
-    let rooms = ClusterRooms::new(dir.clone(), key);
-    let center = center::Center::new(
-        center::CenterConfig {
-            api_key: args.api_key.clone(),
-            max_body: args.max_body,
-            max_users: args.max_users,
-            queue_max: args.queue_max,
-            queue_ttl: Duration::from_secs(args.queue_ttl),
-            ..center::CenterConfig::default()
-        },
-        center::CenterDeps {
-            dir: dir.clone(),
-            store,
-            ids,
-            rooms,
-        },
-    );
-    if let Err(e) = dir.refresh().await {
-        warn!(error = %e, "no register answered yet; rooms appear once one does");
-    }
-    let http = bind(args.http, "http").await?;
-    let http_addr = http.local_addr()?;
-    let stop = CancellationToken::new();
-    let http_task = crate::net::spawn_http(
-        http,
-        center.router(),
-        crate::net::settings().http,
-        stop.clone(),
-    );
-    center.set_ready(true);
-    announce(&[format!("http listening on {http_addr}")])?;
-    info!(http = %http_addr, "center up");
-
-    shutdown.wait().await;
-    info!("shutting down");
-    center.set_ready(false);
-    stop.cancel();
-    let abort = http_task.abort_handle();
-    if tokio::time::timeout(STEP_TIMEOUT, http_task).await.is_err() {
-        warn!("http server did not stop in time");
-        abort.abort();
-    }
-    // Every push already accepted is stored and delivered before exit.
-    if tokio::time::timeout(STEP_TIMEOUT, center.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("dispatcher did not finish in time");
-    }
-    info!("stopped");
-    Ok(())
-}
+use super::{announce, bind, connect_redis, STEP_TIMEOUT};
+use crate::settings::process::CommonArgs;
+use crate::settings::{IdgenArgs, RegisterArgs, SaverArgs};
 
 /// Runs a register until SIGTERM or SIGINT. It keeps everything in memory:
 /// after a restart the rooms refill it within a lease renewal.
@@ -118,17 +43,18 @@ pub(crate) async fn run_register(args: RegisterArgs) -> anyhow::Result<()> {
 /// Start-up failures (store unreachable, data dir).
 pub(crate) async fn run_saver(args: SaverArgs) -> anyhow::Result<()> {
     let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
-    let (store, kind): (Arc<dyn Store>, String) = if let Some(url) = &args.redis {
-        let s = RedisStore::connect(url)
-            .await
-            .with_context(|| format!("connect to redis {url}"))?;
-        (Arc::new(s), format!("redis {url}"))
-    } else if let Some(list) = &args.redis_cluster {
-        let urls = addrs(list, "--redis-cluster")?;
-        let s = RedisStore::connect_cluster(&urls)
-            .await
-            .with_context(|| format!("connect to redis cluster {list}"))?;
-        (Arc::new(s), format!("redis cluster {list}"))
+    let redis = connect_redis(&args.store).await?;
+    let (store, kind): (Arc<dyn Store>, String) = if let Some(s) = redis {
+        let what = args.store.redis.as_ref().map_or_else(
+            || {
+                format!(
+                    "redis cluster {}",
+                    args.store.redis_cluster.as_deref().unwrap_or_default()
+                )
+            },
+            |url| format!("redis {url}"),
+        );
+        (s, what)
     } else {
         std::fs::create_dir_all(&args.data)
             .with_context(|| format!("create data dir {}", args.data.display()))?;
@@ -192,7 +118,7 @@ async fn serve_until_signal<S: link::Service>(
     shutdown: crate::signal::Shutdown,
     up: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = bind(listen, "internal").await?;
+    let listener = bind(listen, "internal")?;
     let addr = listener.local_addr()?;
     common.warn_if_open(addr);
     let stop = CancellationToken::new();

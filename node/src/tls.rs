@@ -120,6 +120,86 @@ pub(crate) fn ephemeral() -> anyhow::Result<TlsCerts> {
     TlsCerts::from_pem(c.as_bytes(), k.as_bytes()).context("self-signed tls certificate")
 }
 
+/// Where a room's certificate comes from when none is given.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Fallback<'a> {
+    /// Standalone: self-signed, kept in this data directory, QUIC only.
+    KeptIn(&'a Path),
+    /// A cluster room with QUIC: self-signed, in memory, QUIC only.
+    Ephemeral,
+    /// A cluster room without QUIC: no certificate.
+    None,
+}
+
+/// A room's TLS: its certificate, whether WebSocket and TCP serve it, and
+/// the SIGHUP handler that reloads it.
+pub(crate) struct RoomTls {
+    /// The certificate (QUIC's, and the streams' when `streams`).
+    pub(crate) certs: Option<TlsCerts>,
+    /// WebSocket and TCP use TLS (a certificate was given).
+    pub(crate) streams: bool,
+    /// Reloads `certs` on SIGHUP (installed already).
+    pub(crate) reloader: Option<Reloader>,
+    /// Where the certificate came from, for the start-up log line.
+    pub(crate) origin: String,
+}
+
+impl RoomTls {
+    /// The given certificate, else the `fallback`; installs the SIGHUP
+    /// handler before anything is served.
+    ///
+    /// # Errors
+    /// When a certificate cannot be made or kept, or SIGHUP cannot be handled.
+    pub(crate) fn new(given: Option<Given>, fallback: Fallback<'_>) -> anyhow::Result<RoomTls> {
+        let (certs, files, streams, origin) = match (given, fallback) {
+            (Some(g), _) => {
+                let origin = format!(
+                    "tls certificate {} (wss:// and tls over tcp on)",
+                    g.cert.display()
+                );
+                (g.certs, Some((g.cert, g.key)), true, origin)
+            }
+            (None, Fallback::KeptIn(dir)) => {
+                let (certs, cert, key, generated) = self_signed_in(dir)?;
+                let how = if generated {
+                    "generated and kept"
+                } else {
+                    "kept"
+                };
+                let origin = format!(
+                    "self-signed tls certificate {how} in {} (quic only; ws and tcp are plain)",
+                    dir.display()
+                );
+                (certs, Some((cert, key)), false, origin)
+            }
+            (None, Fallback::Ephemeral) => {
+                let origin = "self-signed tls certificate in memory (quic only)".to_owned();
+                (ephemeral()?, None, false, origin)
+            }
+            (None, Fallback::None) => {
+                return Ok(RoomTls {
+                    certs: None,
+                    streams: false,
+                    reloader: None,
+                    origin: "no tls".to_owned(),
+                })
+            }
+        };
+        let reloader = Reloader::install(certs.clone(), files).context("install SIGHUP handler")?;
+        Ok(RoomTls {
+            certs: Some(certs),
+            streams,
+            reloader: Some(reloader),
+            origin,
+        })
+    }
+
+    /// The certificate WebSocket and TCP serve, if any.
+    pub(crate) fn stream_certs(&self) -> Option<TlsCerts> {
+        self.streams.then(|| self.certs.clone()).flatten()
+    }
+}
+
 /// Reloads the certificate on SIGHUP. The handler is installed by
 /// [`Reloader::install`], before `ready`: SIGHUP's default action would
 /// end the process.

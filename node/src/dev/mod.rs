@@ -27,9 +27,9 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use self::supervise::{start, wait_ready, Book, Manifest, ManifestRoom, Proc, Ready, Spec};
-use super::args::{DevClusterArgs, DevStore};
-use crate::cli::LogFormat;
 use crate::secrets;
+use crate::settings::dev::{DevClusterArgs, DevStore};
+use crate::settings::LogFormat;
 
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 ///

@@ -1,15 +1,13 @@
-//! In-process glue for standalone mode: the room's [`room::Backend`] served by
-//! the register and the saver, and the center's [`center::Rooms`] served by the
-//! local room. Cluster mode replaces these with internal links.
+//! The room's [`room::Backend`]: the directory and the store, in process
+//! (standalone) or over links to registers and savers (cluster rooms).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use center::{Rooms, RoomsError};
-use proto::{EncodedMsg, MsgFrame, MsgId, RoomId, UserId};
+use proto::{MsgFrame, MsgId, RoomId, UserId};
 use register::{ConnInfo, Directory};
-use room::{Backend, BackendError, Room, SessionInfo};
+use room::{Backend, BackendError, SessionInfo};
 use saver::{Store, StoredMsg};
 
 /// Milliseconds since the Unix epoch.
@@ -29,6 +27,25 @@ pub(crate) struct LocalBackend {
     /// Called with the user whose connect or disconnect report failed
     /// (cluster mode: marks that user's register for a refill).
     pub(crate) on_dir_error: Option<DirErrorHook>,
+}
+
+impl LocalBackend {
+    /// The backend of room `room` over `dir` and `store`; `on_dir_error`
+    /// is told of every connect or disconnect report that failed.
+    pub(crate) fn new(
+        room: RoomId,
+        dir: Arc<dyn Directory>,
+        store: Arc<dyn Store>,
+        on_dir_error: Option<DirErrorHook>,
+    ) -> LocalBackend {
+        LocalBackend {
+            room,
+            dir,
+            store,
+            dir_errors: Throttle::default(),
+            on_dir_error,
+        }
+    }
 }
 
 /// See [`LocalBackend::on_dir_error`].
@@ -149,62 +166,5 @@ impl Backend for LocalBackend {
                 ..user_frame(m)
             })
             .collect())
-    }
-}
-
-/// [`Rooms`] served by the one room of this process.
-pub(crate) struct LocalRooms {
-    pub(crate) id: RoomId,
-    pub(crate) room: Room,
-}
-
-impl LocalRooms {
-    fn check(&self, room: RoomId) -> Result<&Room, RoomsError> {
-        if room == self.id {
-            Ok(&self.room)
-        } else {
-            Err(RoomsError {
-                room,
-                reason: "no such room in this process".into(),
-            })
-        }
-    }
-}
-
-#[async_trait]
-impl Rooms for LocalRooms {
-    async fn deliver_users(
-        &self,
-        room: RoomId,
-        users: &[UserId],
-        msg: &Arc<EncodedMsg>,
-    ) -> Result<u64, RoomsError> {
-        Ok(self.check(room)?.deliver_users(users, msg))
-    }
-
-    async fn publish_channel(
-        &self,
-        room: RoomId,
-        channel: &str,
-        msg: &Arc<EncodedMsg>,
-    ) -> Result<u64, RoomsError> {
-        Ok(self.check(room)?.publish_channel(channel, msg))
-    }
-
-    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
-        Ok(self.check(room)?.broadcast(msg))
-    }
-
-    async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {
-        Ok(self.check(room)?.kick_user(user))
-    }
-
-    async fn resync(
-        &self,
-        room: RoomId,
-        users: Option<&[UserId]>,
-        after: MsgId,
-    ) -> Result<u64, RoomsError> {
-        Ok(self.check(room)?.resync(users, after))
     }
 }

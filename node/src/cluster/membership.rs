@@ -1,33 +1,24 @@
-//! `pushgate room`: a connection server in a cluster.
+//! The room's half of the membership protocol (the register's half is
+//! `register::lease`): take this room id's lease at every register before
+//! serving, renew it every second, refill a register that lost this room's
+//! connections (it restarted, or the lease expired) and resync the
+//! connections of its users, and notice when another instance took the id.
 //!
-//! Start-up: connect to the registers and the store, take this room id's
-//! lease at every register (waiting while another live instance holds it),
-//! then serve centers on the internal link and clients on WebSocket and TCP
-//! (TLS with `--tls-cert`), and QUIC with `--quic` (see `crate::tls` for
-//! the certificate; SIGHUP reloads it).
-//! A lease task renews the lease every second; a register that answers
-//! `Fresh` (it restarted, or the lease expired) gets this room's connections
-//! again, so registers are refilled by the rooms. While a register did not
-//! know a connection, centers may have skipped live delivery of stored
-//! messages to it; so once a register is refilled after a fault, the
-//! connections of its users replay their queues in place from shortly
-//! before the fault began (see [`RESYNC_MARGIN`]) before anything newer. SIGTERM: stop accepting,
-//! drain clients with 4007, release the lease, exit.
+//! It talks to the registers through [`Registers`], which
+//! [`ClusterDirectory`] implements over links; the tests run the real
+//! register service in process, with tokio's paused time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
-use proto::RoomId;
-use register::{ClusterDirectory, ConnInfo, Directory, LeaseOutcome, RoomLease};
-use room::remote::RoomService;
-use room::{Listener, QuicListener, Room, RoomConfig};
+use async_trait::async_trait;
+use proto::{ConnId, RoomId, UserId};
+use register::{ClusterDirectory, ConnInfo, DirError, LeaseOutcome, RoomLease};
+use room::Room;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-use super::args::RoomArgs;
-use super::{addrs, announce, bind, client_config, connect_store, Health, STEP_TIMEOUT};
-use crate::adapters::LocalBackend;
 
 /// How often the lease is renewed (the registers' TTL is a few times this).
 const LEASE_RENEW: Duration = Duration::from_secs(1);
@@ -46,227 +37,157 @@ const RESYNC_MARGIN: Duration = Duration::from_secs(10);
 /// Longest start-up waits for another instance's lease on this id to expire.
 const CONFLICT_WAIT: Duration = Duration::from_secs(65);
 
-/// Runs a room until SIGTERM or SIGINT.
-///
-/// # Errors
-/// Start-up failures (binding, store, a room id held by another live room).
-pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
-    let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
-    let key = args.common.cluster_key.clone();
-    let link_cfg = client_config(&key);
-    let dir = ClusterDirectory::new(addrs(&args.registers, "--registers")?, link_cfg.clone());
-    let store = connect_store(&args.store, link_cfg).await?;
-    let room_id = RoomId(args.id);
-    let overlap_us = i64::try_from(args.replay_overlap_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let refills = Refills::new(dir.partitions());
-    let on_dir_error: crate::adapters::DirErrorHook = {
-        let (dir, refills) = (dir.clone(), refills.clone());
-        // A connect or disconnect report that failed is repaired by
-        // refilling that user's register (and resyncing its users).
-        Arc::new(move |user: &proto::UserId| {
-            refills.mark_fault(
-                dir.partition_of(user),
-                unix_us(std::time::SystemTime::now()),
-            )
+/// What the membership protocol needs of the registers.
+#[async_trait]
+pub(crate) trait Registers: Send + Sync + 'static {
+    /// How many registers (directory partitions) there are.
+    fn partitions(&self) -> usize;
+    /// The register that owns `user`.
+    fn partition_of(&self, user: &UserId) -> usize;
+    /// Renews `lease` at every register; one outcome per register.
+    async fn lease(&self, lease: &RoomLease) -> Vec<Result<LeaseOutcome, DirError>>;
+    /// One chunk of a refill of register `partition` (see [`ClusterDirectory::sync`]).
+    async fn sync(
+        &self,
+        partition: usize,
+        room: RoomId,
+        conns: Vec<ConnInfo>,
+        first: bool,
+        last: bool,
+        keep_since: i64,
+    ) -> Result<(), DirError>;
+    /// Ends a connection at its user's register.
+    async fn disconnected(&self, user: &UserId, conn: ConnId, now_ms: i64) -> Result<(), DirError>;
+    /// Gives the lease up at every register.
+    async fn release(&self, room: RoomId, instance: u64) -> Result<(), DirError>;
+}
+
+#[async_trait]
+impl Registers for ClusterDirectory {
+    fn partitions(&self) -> usize {
+        ClusterDirectory::partitions(self)
+    }
+
+    fn partition_of(&self, user: &UserId) -> usize {
+        ClusterDirectory::partition_of(self, user)
+    }
+
+    async fn lease(&self, lease: &RoomLease) -> Vec<Result<LeaseOutcome, DirError>> {
+        ClusterDirectory::lease(self, lease).await
+    }
+
+    async fn sync(
+        &self,
+        partition: usize,
+        room: RoomId,
+        conns: Vec<ConnInfo>,
+        first: bool,
+        last: bool,
+        keep_since: i64,
+    ) -> Result<(), DirError> {
+        ClusterDirectory::sync(self, partition, room, conns, first, last, keep_since).await
+    }
+
+    async fn disconnected(&self, user: &UserId, conn: ConnId, now_ms: i64) -> Result<(), DirError> {
+        register::Directory::disconnected(self, user, conn, now_ms).await
+    }
+
+    async fn release(&self, room: RoomId, instance: u64) -> Result<(), DirError> {
+        ClusterDirectory::release(self, room, instance).await
+    }
+}
+
+/// This room's membership: its lease at every register, renewed and
+/// refilled by two tasks until [`Membership::leave`].
+pub(crate) struct Membership {
+    regs: Arc<dyn Registers>,
+    lease: RoomLease,
+    stop: CancellationToken,
+    lost: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The hook a room's backend calls with the user whose connect or
+/// disconnect report failed: that user's register is refilled, and its
+/// users' connections resynced.
+pub(crate) fn dir_error_hook(
+    regs: Arc<dyn Registers>,
+    refills: Arc<Refills>,
+) -> crate::backend::DirErrorHook {
+    Arc::new(move |user: &UserId| {
+        refills.mark_fault(
+            regs.partition_of(user),
+            unix_us(std::time::SystemTime::now()),
+        )
+    })
+}
+
+impl Membership {
+    /// Takes `lease` at every register (waiting while another live
+    /// instance holds the id, see [`acquire`]), then renews and refills.
+    ///
+    /// # Errors
+    /// When another instance still holds the id after [`CONFLICT_WAIT`].
+    pub(crate) async fn join(
+        regs: Arc<dyn Registers>,
+        room: Room,
+        lease: RoomLease,
+        refills: Arc<Refills>,
+    ) -> anyhow::Result<Membership> {
+        let pending = acquire(regs.as_ref(), &lease).await?;
+        for (p, due) in pending.into_iter().enumerate() {
+            if due {
+                refills.mark(p);
+            }
+        }
+        let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let tasks = vec![
+            tokio::spawn(renew(
+                regs.clone(),
+                room.clone(),
+                lease.clone(),
+                refills.clone(),
+                lost.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(refill(
+                regs.clone(),
+                room,
+                lease.room,
+                refills.clone(),
+                stop.clone(),
+            )),
+        ];
+        Ok(Membership {
+            regs,
+            lease,
+            stop,
+            lost,
+            tasks,
         })
-    };
-
-    let room = Room::new(
-        RoomConfig {
-            room: room_id,
-            token_secret: Arc::from(args.token_secret.as_bytes()),
-            heartbeat: Duration::from_secs(args.heartbeat),
-            auth_timeout: Duration::from_secs(args.auth_timeout),
-            max_frame: args.max_frame,
-            send_queue: args.send_queue,
-            send_queue_bytes: args.send_queue_bytes,
-            max_user_connections: args.max_user_connections,
-            max_channels: args.max_channels,
-            max_connections: crate::standalone::effective_max_connections(args.max_connections),
-            rate_limit: args.rate_limit,
-            drain_reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
-            replay_overlap: idgen::make_id(overlap_us.min(i64::MAX >> 9), 0).0,
-            quic_retry_above: args.quic_retry_above,
-            max_conns_per_ip: args.max_conns_per_ip,
-        },
-        Arc::new(LocalBackend {
-            room: room_id,
-            dir: dir.clone(),
-            store,
-            dir_errors: Default::default(),
-            on_dir_error: Some(on_dir_error),
-        }),
-    );
-
-    let internal = bind(args.internal, "internal").await?;
-    let internal_addr = internal.local_addr()?;
-    args.common.warn_if_open(internal_addr);
-    let advertise = match &args.advertise {
-        Some(a) => a.clone(),
-        None if internal_addr.ip().is_unspecified() => anyhow::bail!(
-            "--internal {internal_addr} is a wildcard address: give --advertise HOST:PORT (how centers reach this room)"
-        ),
-        None => internal_addr.to_string(),
-    };
-    let instance = rand::random::<u64>() | 1;
-    let lease = |connections| RoomLease {
-        room: room_id,
-        addr: advertise.clone(),
-        instance,
-        connections,
-    };
-
-    // Serve centers before taking the lease: once listed, the room must answer.
-    let link_stop = CancellationToken::new();
-    let link_task = tokio::spawn(link::serve(
-        internal,
-        RoomService::new(room.clone()),
-        link::ServerConfig::new(key),
-        link_stop.clone(),
-    ));
-    let pending = acquire(&dir, &lease(0)).await?;
-
-    // TLS: given files for every listener; else, with --quic, an in-memory
-    // self-signed certificate for QUIC only.
-    let given = crate::tls::given(args.tls_cert.clone(), args.tls_key.clone())
-        .map_err(anyhow::Error::msg)?;
-    let stream_tls = given.as_ref().map(|g| g.certs.clone());
-    let (certs, reloader) = match (given, args.quic) {
-        (Some(g), _) => {
-            let r = crate::tls::Reloader::install(g.certs.clone(), Some((g.cert, g.key)))
-                .context("install SIGHUP handler")?;
-            (Some(g.certs), Some(r))
-        }
-        (None, Some(_)) => {
-            let certs = crate::tls::ephemeral()?;
-            let r = crate::tls::Reloader::install(certs.clone(), None)
-                .context("install SIGHUP handler")?;
-            (Some(certs), Some(r))
-        }
-        (None, None) => (None, None),
-    };
-
-    let ws = bind(args.ws, "websocket").await?;
-    let tcp = bind(args.tcp, "tcp").await?;
-    let quic = match (args.quic, &certs) {
-        (Some(addr), Some(certs)) => Some(
-            QuicListener::bind(addr, certs, room.config())
-                .with_context(|| format!("bind quic listener {addr} (udp)"))?,
-        ),
-        _ => None,
-    };
-    let http = bind(args.http, "http").await?;
-    let (ws_addr, tcp_addr, http_addr) = (ws.local_addr()?, tcp.local_addr()?, http.local_addr()?);
-
-    let accept_stop = CancellationToken::new();
-    let ws_task = tokio::spawn({
-        let (room, stop, tls) = (room.clone(), accept_stop.clone(), stream_tls.clone());
-        async move { room.serve(Listener::Ws(ws, tls), stop).await }
-    });
-    let tcp_task = tokio::spawn({
-        let (room, stop, tls) = (room.clone(), accept_stop.clone(), stream_tls);
-        async move { room.serve(Listener::Tcp(tcp, tls), stop).await }
-    });
-    let quic_task = quic.clone().map(|q| {
-        let (room, stop) = (room.clone(), accept_stop.clone());
-        tokio::spawn(async move { room.serve(Listener::Quic(q), stop).await })
-    });
-    let reload_task = reloader.map(crate::tls::Reloader::spawn);
-    let health = Health::new({
-        let room = room.clone();
-        Arc::new(move |out: &mut String| room.write_metrics(out))
-    });
-    let http_stop = CancellationToken::new();
-    let http_task = health.serve(http, http_stop.clone());
-    for (p, due) in pending.into_iter().enumerate() {
-        if due {
-            refills.mark(p);
-        }
     }
-    let lease_stop = CancellationToken::new();
-    // Cancelled when another instance took this room id (see `renew`).
-    let lost = CancellationToken::new();
-    let lease_task = tokio::spawn(renew(
-        dir.clone(),
-        room.clone(),
-        lease(0),
-        refills.clone(),
-        lost.clone(),
-        lease_stop.clone(),
-    ));
-    let refill_task = tokio::spawn(refill(
-        dir.clone(),
-        room.clone(),
-        room_id,
-        refills,
-        lease_stop.clone(),
-    ));
-    health.set_ready(true);
 
-    let mut lines = vec![
-        format!("room {room_id} instance {instance:016x}"),
-        format!("ws listening on {ws_addr}"),
-        format!("tcp listening on {tcp_addr}"),
-    ];
-    if let Some(q) = &quic {
-        lines.push(format!("quic listening on {}", q.local_addr()?));
+    /// Cancelled when another instance took this room id.
+    pub(crate) fn lost(&self) -> CancellationToken {
+        self.lost.clone()
     }
-    lines.push(format!(
-        "internal listening on {internal_addr} (advertised as {advertise})"
-    ));
-    lines.push(format!("http listening on {http_addr}"));
-    if let Some(c) = &certs {
-        lines.push(format!("tls fingerprint: {}", c.fingerprint()));
-    }
-    announce(&lines)?;
-    info!(room = %room_id, ws = %ws_addr, tcp = %tcp_addr, internal = %advertise, "room up");
 
-    let lost_id = tokio::select! {
-        () = shutdown.wait() => false,
-        () = lost.cancelled() => true,
-    };
-    if lost_id {
-        error!(room = %room_id, "this room id now belongs to another instance: draining and exiting");
-    }
-    info!("shutting down: draining connections");
-    health.set_ready(false);
-    accept_stop.cancel();
-    if !room.drain(Duration::from_secs(args.drain_timeout)).await {
-        warn!("drain timeout: some connections were still open");
-    }
-    if let Some(q) = &quic {
-        q.wait_idle(crate::standalone::QUIC_CLOSE_WAIT).await;
-    }
-    if let Some(t) = reload_task {
-        t.abort();
-    }
-    lease_stop.cancel();
-    let _ = tokio::join!(lease_task, refill_task);
-    // Stop answering centers before the lease is released: once released,
-    // a new instance may take this id, and a center with an old membership
-    // must fail here (and re-read it) rather than deliver to nobody.
-    link_stop.cancel();
-    match tokio::time::timeout(STEP_TIMEOUT, dir.release(room_id, instance)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            warn!(error = %e, "lease release failed; registers drop the room when it expires")
-        }
-        Err(_) => warn!("lease release timed out; registers drop the room when it expires"),
-    }
-    http_stop.cancel();
-    let _ = tokio::time::timeout(STEP_TIMEOUT, async {
-        let _ = tokio::join!(ws_task, tcp_task, link_task, http_task);
-        if let Some(t) = quic_task {
+    /// Stops renewing and refilling, and releases the lease (bounded by
+    /// `limit`; registers drop the room anyway when the lease expires).
+    pub(crate) async fn leave(self, limit: Duration) {
+        self.stop.cancel();
+        for t in self.tasks {
             let _ = t.await;
         }
-    })
-    .await;
-    info!("stopped");
-    anyhow::ensure!(
-        !lost_id,
-        "room id {room_id} was taken over by another instance"
-    );
-    Ok(())
+        let release = self.regs.release(self.lease.room, self.lease.instance);
+        match tokio::time::timeout(limit, release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "lease release failed; registers drop the room when it expires")
+            }
+            Err(_) => warn!("lease release timed out; registers drop the room when it expires"),
+        }
+    }
 }
 
 /// Takes the lease at every register before serving clients. Waits while
@@ -274,7 +195,7 @@ pub(crate) async fn run_room(args: RoomArgs) -> anyhow::Result<()> {
 /// a register that cannot be reached does not block start-up (the lease
 /// task keeps trying and refills it when it answers). Returns, per register,
 /// whether it must be sent this room's connections.
-async fn acquire(dir: &Arc<ClusterDirectory>, lease: &RoomLease) -> anyhow::Result<Vec<bool>> {
+async fn acquire(dir: &dyn Registers, lease: &RoomLease) -> anyhow::Result<Vec<bool>> {
     let started = Instant::now();
     let mut said = false;
     loop {
@@ -318,13 +239,14 @@ struct Due {
 
 /// Registers due for a refill, shared by the lease task (which learns of
 /// `Fresh` leases), failed directory reports, and the refill task.
-struct Refills {
+pub(crate) struct Refills {
     due: parking_lot::Mutex<Vec<Due>>,
     wake: tokio::sync::Notify,
 }
 
 impl Refills {
-    fn new(partitions: usize) -> Arc<Refills> {
+    /// Nothing due yet, for `partitions` registers.
+    pub(crate) fn new(partitions: usize) -> Arc<Refills> {
         Arc::new(Refills {
             due: parking_lot::Mutex::new(vec![Due::default(); partitions]),
             wake: tokio::sync::Notify::new(),
@@ -383,7 +305,7 @@ fn unix_us(t: std::time::SystemTime) -> i64 {
 /// never delays a renewal); `Conflict` (another instance holds the id now)
 /// cancels `lost`.
 async fn renew(
-    dir: Arc<ClusterDirectory>,
+    dir: Arc<dyn Registers>,
     room: Room,
     mut lease: RoomLease,
     refills: Arc<Refills>,
@@ -444,7 +366,7 @@ async fn renew(
 /// Refills the registers marked due, retrying failures every second, and
 /// every register every [`FULL_REFILL`] (anti-entropy).
 async fn refill(
-    dir: Arc<ClusterDirectory>,
+    dir: Arc<dyn Registers>,
     room: Room,
     room_id: RoomId,
     refills: Arc<Refills>,
@@ -486,11 +408,11 @@ async fn refill(
 /// Sends register `partition` every connection of its users in chunks;
 /// after the last one it drops this room's entries that no chunk listed.
 /// False when it failed (retried by the caller).
-async fn sync(dir: &Arc<ClusterDirectory>, room: &Room, room_id: RoomId, partition: usize) -> bool {
+async fn sync(dir: &Arc<dyn Registers>, room: &Room, room_id: RoomId, partition: usize) -> bool {
     // Connections that authenticate while the snapshot is taken and sent
     // may have their `Connected` arrive before the last chunk: the register
     // keeps unlisted entries from this time on (a margin covers auth-to-register).
-    let keep_since = crate::adapters::now_ms() - SYNC_MARGIN_MS;
+    let keep_since = crate::backend::now_ms() - SYNC_MARGIN_MS;
     let mine = |u: &proto::UserId| dir.partition_of(u) == partition;
     let sessions = room.snapshot(mine);
     let total = sessions.len();
@@ -532,7 +454,7 @@ async fn sync(dir: &Arc<ClusterDirectory>, room: &Room, room_id: RoomId, partiti
         room.snapshot(mine).into_iter().map(|s| s.conn).collect();
     for c in conns.iter().filter(|c| !now.contains(&c.conn)) {
         let _ = dir
-            .disconnected(&c.user, c.conn, crate::adapters::now_ms())
+            .disconnected(&c.user, c.conn, crate::backend::now_ms())
             .await;
     }
     info!(

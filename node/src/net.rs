@@ -374,6 +374,38 @@ pub(crate) fn spawn_http(
     tokio::spawn(serve_http(listener, app, limits, stop))
 }
 
+/// Files kept for everything that is not a client connection (listeners,
+/// the store, logs, HTTP clients).
+const RESERVED_FILES: u64 = 256;
+
+/// Every connection is a file: cap connections below the open-files limit,
+/// less the files kept for other uses and the HTTP connections' share (see
+/// [`http_cap`]), so a full process refuses new clients quickly instead
+/// of failing accept() with EMFILE, and say so (docs/OPERATIONS.md explains
+/// how to raise it).
+pub(crate) fn effective_max_connections(configured: usize) -> usize {
+    let Some(limit) = nofile_limit() else {
+        return configured;
+    };
+    let http = http_cap(settings().http.max_conns, Some(limit));
+    let http = u64::try_from(http).unwrap_or(u64::MAX);
+    let cap = limit
+        .saturating_sub(RESERVED_FILES)
+        .saturating_sub(http)
+        .max(1);
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    if cap < configured {
+        tracing::warn!(
+            nofile = limit,
+            max_connections = cap,
+            "the open-files limit caps connections below --max-connections; raise nofile (docs/OPERATIONS.md)"
+        );
+        cap
+    } else {
+        configured
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

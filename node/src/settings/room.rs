@@ -1,0 +1,128 @@
+//! Settings of a room, the part clients see: the same flags, defaults and
+//! limits in `pushgate standalone` and `pushgate room`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::values::{at_least, positive, seconds};
+
+/// Client listeners, TLS and per-connection limits of a room.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RoomSettings {
+    /// WebSocket listener (ws://ADDR/ws; wss:// with --tls-cert).
+    #[arg(
+        long,
+        env = "PUSHGATE_WS",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7700"
+    )]
+    pub(crate) ws: SocketAddr,
+    /// TCP listener (length-prefixed binary frames; TLS with --tls-cert).
+    #[arg(
+        long,
+        env = "PUSHGATE_TCP",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7701"
+    )]
+    pub(crate) tcp: SocketAddr,
+    /// TLS certificate chain (PEM, leaf first): turns on wss:// and TLS for TCP, and is QUIC's certificate. Reloaded on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PUSHGATE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Heartbeat interval told to clients, seconds; silence for twice as long closes (4003).
+    #[arg(long, env = "PUSHGATE_HEARTBEAT", value_name = "SECONDS", default_value_t = 30, value_parser = seconds(86_400))]
+    pub(crate) heartbeat: u64,
+    /// Seconds a new connection has to authenticate (4002 after).
+    #[arg(long, env = "PUSHGATE_AUTH_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = seconds(300))]
+    pub(crate) auth_timeout: u64,
+    /// Maximum client frame size in bytes (at least 256; larger frames close with 4004).
+    #[arg(long, env = "PUSHGATE_MAX_FRAME", value_name = "BYTES", default_value_t = proto::DEFAULT_MAX_FRAME, value_parser = at_least(256))]
+    pub(crate) max_frame: usize,
+    /// Outbound queue per connection, in messages; a full queue closes the connection (4006).
+    #[arg(long, env = "PUSHGATE_SEND_QUEUE", value_name = "N", default_value_t = 256, value_parser = positive())]
+    pub(crate) send_queue: usize,
+    /// Outbound queue per connection, in bytes of encoded frames; past it the connection is closed (4006).
+    #[arg(long, env = "PUSHGATE_SEND_QUEUE_BYTES", value_name = "BYTES", default_value_t = room::config::DEFAULT_SEND_QUEUE_BYTES, value_parser = positive())]
+    pub(crate) send_queue_bytes: usize,
+    /// Connections one user may hold in this process; one more is refused with 4001 `too_many_connections` (0 = no limit).
+    #[arg(
+        long,
+        env = "PUSHGATE_MAX_USER_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub(crate) max_user_connections: usize,
+    /// Maximum connections held by this process (capped below the open-files limit).
+    #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS", value_name = "N", default_value_t = 1_000_000, value_parser = positive())]
+    pub(crate) max_connections: usize,
+    /// Channels one connection may subscribe to.
+    #[arg(long, env = "PUSHGATE_MAX_CHANNELS", value_name = "N", default_value_t = 64, value_parser = positive())]
+    pub(crate) max_channels: usize,
+    /// Inbound frames per second allowed per connection, bursts of twice that (0 = no limit).
+    #[arg(
+        long,
+        env = "PUSHGATE_RATE_LIMIT",
+        value_name = "N",
+        default_value_t = 50
+    )]
+    pub(crate) rate_limit: u32,
+    /// Connections one client address (IPv6: one /64) may hold, over all client listeners together (WebSocket, TCP, QUIC); 0 = no limit.
+    #[arg(
+        long,
+        env = "PUSHGATE_MAX_CONNS_PER_IP",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub(crate) max_conns_per_ip: usize,
+    /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
+    #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
+    pub(crate) quic_retry_above: Option<usize>,
+    /// Seconds to drain connections on SIGTERM (clients are closed with 4007).
+    #[arg(long, env = "PUSHGATE_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = seconds(3600))]
+    pub(crate) drain_timeout: u64,
+}
+
+/// What differs between a standalone room and a cluster room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomRole {
+    /// The room id.
+    pub(crate) id: proto::RoomId,
+    /// Reconnect delay suggested to drained clients.
+    pub(crate) reconnect_delay: Duration,
+    /// Replay look-back, in id units (see `--replay-overlap-ms`).
+    pub(crate) replay_overlap: i64,
+}
+
+impl RoomSettings {
+    /// The drain timeout.
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout)
+    }
+
+    /// The room's configuration; connections are capped below the
+    /// open-files limit (see [`crate::net::effective_max_connections`]).
+    pub(crate) fn room_config(&self, role: RoomRole, token_secret: &str) -> room::RoomConfig {
+        room::RoomConfig {
+            room: role.id,
+            token_secret: std::sync::Arc::from(token_secret.as_bytes()),
+            heartbeat: Duration::from_secs(self.heartbeat),
+            auth_timeout: Duration::from_secs(self.auth_timeout),
+            max_frame: self.max_frame,
+            send_queue: self.send_queue,
+            send_queue_bytes: self.send_queue_bytes,
+            max_user_connections: self.max_user_connections,
+            max_channels: self.max_channels,
+            max_connections: crate::net::effective_max_connections(self.max_connections),
+            rate_limit: self.rate_limit,
+            drain_reconnect_delay: role.reconnect_delay,
+            replay_overlap: role.replay_overlap,
+            quic_retry_above: self.quic_retry_above,
+            max_conns_per_ip: self.max_conns_per_ip,
+        }
+    }
+}
