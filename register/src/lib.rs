@@ -11,9 +11,13 @@ use async_trait::async_trait;
 use proto::{ConnId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
+mod client;
+mod lease;
 mod local;
 pub mod remote;
 pub mod ring;
+mod service;
+mod wire;
 pub use local::LocalDirectory;
 pub use remote::{
     ClusterDirectory, LeaseOutcome, RegisterReq, RegisterResp, RegisterService, RoomLease,

@@ -264,6 +264,14 @@ impl Refills {
     }
 
     fn mark_due(&self, partition: usize, fault_since_us: Option<i64>) {
+        self.keep_due(partition, fault_since_us);
+        self.wake.notify_one();
+    }
+
+    /// Due again, without waking the refill task: a refill that failed is
+    /// retried at its next tick, a second later. (Waking it at once would
+    /// spin a core while a register is down: a link to it fails at once.)
+    fn keep_due(&self, partition: usize, fault_since_us: Option<i64>) {
         if let Some(d) = self.lock().get_mut(partition) {
             d.due = true;
             d.fault_since_us = match (d.fault_since_us, fault_since_us) {
@@ -271,7 +279,6 @@ impl Refills {
                 (a, b) => a.or(b),
             };
         }
-        self.wake.notify_one();
     }
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Due>> {
@@ -385,7 +392,7 @@ async fn refill(
         }
         for (p, fault_since_us) in refills.take() {
             if !sync(&dir, &room, room_id, p).await {
-                refills.mark_due(p, fault_since_us);
+                refills.keep_due(p, fault_since_us);
                 continue;
             }
             if let Some(since) = fault_since_us {
@@ -464,3 +471,6 @@ async fn sync(dir: &Arc<dyn Registers>, room: &Room, room_id: RoomId, partition:
     );
     true
 }
+
+#[cfg(test)]
+mod tests;

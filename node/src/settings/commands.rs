@@ -145,8 +145,8 @@ pub(crate) struct CenterArgs {
         default_value = "127.0.0.1:7780"
     )]
     pub(crate) http: SocketAddr,
-    /// API key for the REST API, at least 8 characters (the same on every center).
-    #[arg(long, env = "PUSHGATE_API_KEY", value_name = "KEY", value_parser = min_len(8), hide_env_values = true)]
+    /// API key for the REST API, not empty (the same on every center).
+    #[arg(long, env = "PUSHGATE_API_KEY", value_name = "KEY", value_parser = min_len(1), hide_env_values = true)]
     pub(crate) api_key: String,
     /// Register processes, in the same order on every process.
     #[arg(long, env = "PUSHGATE_REGISTERS", value_name = "ADDRS", value_parser = addr_list)]

@@ -209,3 +209,55 @@ fn token_reads_a_standalone_file() {
     };
     assert_eq!(t.config.as_deref(), Some(std::path::Path::new(&p)));
 }
+
+/// Every flag of every subcommand is in docs/CONFIG.md, and every server
+/// flag reads the variable the naming rule gives (`--max-frame`:
+/// `PUSHGATE_MAX_FRAME`), so the document and the code cannot drift apart.
+#[test]
+fn config_md_lists_every_flag() {
+    use clap::CommandFactory;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+        .expect("docs/CONFIG.md");
+    let cli = Cli::command();
+    let mut missing = Vec::new();
+    let mut misnamed = Vec::new();
+    let commands = std::iter::once(&cli).chain(cli.get_subcommands());
+    for cmd in commands {
+        let name = cmd.get_name();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            if !mentions(&doc, long) {
+                missing.push(format!("{name} --{long}"));
+            }
+            // dev-cluster and token are tools, not servers: no variables,
+            // or only those of the server they read from.
+            if matches!(name, "dev-cluster" | "token") {
+                continue;
+            }
+            let want = format!("PUSHGATE_{}", long.to_uppercase().replace('-', "_"));
+            let has = arg.get_env().and_then(|e| e.to_str()).map(str::to_owned);
+            // A room's id is `PUSHGATE_ROOM_ID` (`PUSHGATE_ID` says too little).
+            let ok = has.as_deref() == Some(want.as_str())
+                || (name == "room" && long == "id" && has.as_deref() == Some("PUSHGATE_ROOM_ID"));
+            if !ok {
+                misnamed.push(format!("{name} --{long}: {has:?}, want {want}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "flags missing from docs/CONFIG.md: {missing:?}");
+    assert!(misnamed.is_empty(), "flags whose variable breaks the rule: {misnamed:?}");
+}
+
+/// `doc` names `--long` as a whole flag (not as the start of a longer one).
+fn mentions(doc: &str, long: &str) -> bool {
+    let flag = format!("--{long}");
+    doc.match_indices(&flag).any(|(i, _)| {
+        doc[i + flag.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'))
+    })
+}
