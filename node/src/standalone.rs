@@ -44,69 +44,38 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
     let data = &args.data;
     std::fs::create_dir_all(data).with_context(|| format!("create data dir {}", data.display()))?;
-    let (api_key, key_origin) =
+    let api_key =
         secrets::load_or_generate(data, "api_key", args.api_key.as_deref()).context("api key")?;
-    let (token_secret, secret_origin) =
+    let token_secret =
         secrets::load_or_generate(data, "token_secret", args.token_secret.as_deref())
             .context("token secret")?;
     let given = crate::tls::given(args.room.tls_cert.clone(), args.room.tls_key.clone())
         .map_err(anyhow::Error::msg)?;
     let tls = RoomTls::new(given, Fallback::KeptIn(data))?;
     let tls_origin = tls.origin.clone();
+    let parts = Parts::assemble(&args, &api_key.0, &token_secret.0).await?;
 
-    let store: Arc<dyn Store> = match crate::cluster::connect_redis(&args.store).await? {
-        Some(s) => s,
-        None => Arc::new(
-            EmbeddedStore::open(&data.join("pushgate.redb")).context("open embedded store")?,
-        ),
-    };
-    let ids = Arc::new(idgen::FileIdGen::open(data, args.node_id).context("open idgen")?);
-    let local_dir = Arc::new(LocalDirectory::new());
-    let dir: Arc<dyn Directory> = local_dir.clone();
-    let role = RoomRole {
-        id: RoomId(u32::from(args.node_id)),
-        reconnect_delay: RECONNECT_DELAY,
-        replay_overlap: 0,
-    };
-    let room = Room::new(
-        args.room.room_config(role, &token_secret),
-        Arc::new(LocalBackend::new(role.id, dir.clone(), store.clone(), None)),
-    );
-    let center = center::Center::new(
-        args.center.center_config(api_key.clone()),
-        center::CenterDeps {
-            dir: dir.clone(),
-            store: store.clone(),
-            ids: ids.clone(),
-            rooms: Arc::new(LocalRooms {
-                id: role.id,
-                room: room.clone(),
-            }),
-        },
-    );
-    {
-        let room = room.clone();
-        center.add_metrics_source(Arc::new(move |out: &mut String| room.write_metrics(out)));
-    }
-
-    dir.room_up(role.id).await.context("register room")?;
+    parts
+        .dir
+        .room_up(parts.room_id)
+        .await
+        .context("register room")?;
     let listen = Listen {
         ws: args.room.ws,
         tcp: args.room.tcp,
         quic: Some(args.quic),
     };
-    let node = RoomNode::start(room, listen, tls)?;
-    let api = ApiNode::start(center, args.http)?;
-    let prune_task = tokio::spawn(prune_directory(local_dir));
+    let node = RoomNode::start(parts.room.clone(), listen, tls)?;
+    let api = ApiNode::start(parts.center.clone(), args.http)?;
+    let prune_task = tokio::spawn(prune_directory(parts.local_dir.clone()));
 
     let mut lines = node.lines().to_vec();
     lines.push(format!("http listening on {}", api.addr()));
     lines.extend(node.fingerprint().map(|f| format!("tls fingerprint: {f}")));
-    if key_origin != Origin::Given {
-        lines.push(format!("api key: {api_key}"));
-    }
-    if secret_origin != Origin::Given {
-        lines.push(format!("token secret: {token_secret}"));
+    for ((value, origin), name) in [(&api_key, "api key"), (&token_secret, "token secret")] {
+        if *origin != Origin::Given {
+            lines.push(format!("{name}: {value}"));
+        }
     }
     crate::cluster::announce(&lines)?;
     let describe = |o: Origin, name: &str| match o {
@@ -114,12 +83,13 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Origin::Kept => format!("{name} kept in {}", data.display()),
         Origin::Generated => format!("{name} generated and kept in {}", data.display()),
     };
+    let redis = args.store.redis.is_some() || args.store.redis_cluster.is_some();
     info!(
         listeners = ?node.lines(), http = %api.addr(),
-        store = if args.store.redis.is_some() || args.store.redis_cluster.is_some() { "redis" } else { "embedded" },
+        store = if redis { "redis" } else { "embedded" },
         "{}; {}; {tls_origin}",
-        describe(key_origin, "api key"),
-        describe(secret_origin, "token secret"),
+        describe(api_key.1, "api key"),
+        describe(token_secret.1, "token secret"),
     );
 
     shutdown.wait().await;
@@ -131,19 +101,91 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     // process from exiting.
     api.stop().await;
     prune_task.abort();
-    if let Err(e) = dir.room_down(role.id).await {
-        warn!(error = %e, "deregister room");
-    }
-    tokio::time::timeout(STEP_TIMEOUT, store.close())
-        .await
-        .context("close store: timed out")?
-        .context("close store")?;
-    tokio::time::timeout(STEP_TIMEOUT, ids.close())
-        .await
-        .context("checkpoint ids: timed out")?
-        .context("checkpoint ids")?;
+    parts.close().await?;
     info!("stopped");
     Ok(())
+}
+
+/// The components of a standalone process, wired in memory.
+struct Parts {
+    room_id: RoomId,
+    store: Arc<dyn Store>,
+    ids: Arc<idgen::FileIdGen>,
+    local_dir: Arc<LocalDirectory>,
+    dir: Arc<dyn Directory>,
+    room: Room,
+    center: center::Center,
+}
+
+impl Parts {
+    /// Opens the store and the ids, and builds the directory, the room and
+    /// the center around them.
+    async fn assemble(
+        args: &StandaloneArgs,
+        api_key: &str,
+        token_secret: &str,
+    ) -> anyhow::Result<Parts> {
+        let data = &args.data;
+        let store: Arc<dyn Store> = match crate::cluster::connect_redis(&args.store).await? {
+            Some(s) => s,
+            None => Arc::new(
+                EmbeddedStore::open(&data.join("pushgate.redb")).context("open embedded store")?,
+            ),
+        };
+        let ids = Arc::new(idgen::FileIdGen::open(data, args.node_id).context("open idgen")?);
+        let local_dir = Arc::new(LocalDirectory::new());
+        let dir: Arc<dyn Directory> = local_dir.clone();
+        let role = RoomRole {
+            id: RoomId(u32::from(args.node_id)),
+            reconnect_delay: RECONNECT_DELAY,
+            replay_overlap: 0,
+        };
+        let room = Room::new(
+            args.room.room_config(role, token_secret),
+            Arc::new(LocalBackend::new(role.id, dir.clone(), store.clone(), None)),
+        );
+        let center = center::Center::new(
+            args.center.center_config(api_key.to_owned()),
+            center::CenterDeps {
+                dir: dir.clone(),
+                store: store.clone(),
+                ids: ids.clone(),
+                rooms: Arc::new(LocalRooms {
+                    id: role.id,
+                    room: room.clone(),
+                }),
+            },
+        );
+        let metrics_room = room.clone();
+        center.add_metrics_source(Arc::new(move |out: &mut String| {
+            metrics_room.write_metrics(out)
+        }));
+        Ok(Parts {
+            room_id: role.id,
+            store,
+            ids,
+            local_dir,
+            dir,
+            room,
+            center,
+        })
+    }
+
+    /// Deregisters the room, closes the store and checkpoints the ids.
+    async fn close(self) -> anyhow::Result<()> {
+        if let Err(e) = self.dir.room_down(self.room_id).await {
+            warn!(error = %e, "deregister room");
+        }
+        tokio::time::timeout(STEP_TIMEOUT, self.store.close())
+            .await
+            .context("close store: timed out")?
+            .context("close store")?;
+        tokio::time::timeout(STEP_TIMEOUT, self.ids.close())
+            .await
+            .context("checkpoint ids: timed out")?
+            .context("checkpoint ids")?;
+        Ok(())
+    }
 }
 
 /// Forgets long-offline users once a minute (see [`LocalDirectory::prune_offline`]).

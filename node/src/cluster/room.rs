@@ -40,12 +40,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let dir = ClusterDirectory::new(addrs(&args.registers, "--registers")?, link_cfg.clone());
     let regs: Arc<dyn Registers> = dir.clone();
     let store = connect_store(&args.store, link_cfg).await?;
-    let overlap_us = i64::try_from(args.replay_overlap_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let role = RoomRole {
-        id: RoomId(args.id),
-        reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
-        replay_overlap: idgen::make_id(overlap_us.min(i64::MAX >> 9), 0).0,
-    };
+    let role = role(&args);
     let refills = Refills::new(regs.partitions());
     let backend = LocalBackend::new(
         role.id,
@@ -61,13 +56,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let internal = bind(args.internal, "internal")?;
     let internal_addr = internal.local_addr()?;
     args.common.warn_if_open(internal_addr);
-    let advertise = match &args.advertise {
-        Some(a) => a.clone(),
-        None if internal_addr.ip().is_unspecified() => anyhow::bail!(
-            "--internal {internal_addr} is a wildcard address: give --advertise HOST:PORT (how centers reach this room)"
-        ),
-        None => internal_addr.to_string(),
-    };
+    let advertise = advertised(&args, internal_addr)?;
     let instance = rand::random::<u64>() | 1;
     let lease = RoomLease {
         room: role.id,
@@ -77,46 +66,19 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     };
 
     // Serve centers before taking the lease: once listed, the room must answer.
-    let link_stop = CancellationToken::new();
-    let link_task = tokio::spawn(link::serve(
-        internal,
-        RoomService::new(room.clone()),
-        link::ServerConfig::new(key),
-        link_stop.clone(),
-    ));
+    let (link_stop, link_task) = serve_centers(internal, &room, key);
     let membership = Membership::join(regs, room.clone(), lease, refills).await?;
 
-    // TLS: given files for every listener; else, with --quic, an in-memory
-    // self-signed certificate for QUIC only.
-    let given = crate::tls::given(args.room.tls_cert.clone(), args.room.tls_key.clone())
-        .map_err(anyhow::Error::msg)?;
-    let fallback = if args.quic.is_some() {
-        Fallback::Ephemeral
-    } else {
-        Fallback::None
-    };
-    let listen = Listen {
-        ws: args.room.ws,
-        tcp: args.room.tcp,
-        quic: args.quic,
-    };
-    let node = RoomNode::start(room.clone(), listen, RoomTls::new(given, fallback)?)?;
-    let http = bind(args.http, "http")?;
-    let http_addr = http.local_addr()?;
-    let health = Health::new({
-        let room = room.clone();
-        Arc::new(move |out: &mut String| room.write_metrics(out))
-    });
-    let http_stop = CancellationToken::new();
-    let http_task = health.serve(http, http_stop.clone());
+    let node = client_listeners(&args, room.clone())?;
+    let (health, http_addr, http_stop, http_task) = health_server(&args, &room)?;
     health.set_ready(true);
 
     let mut lines = vec![format!("room {} instance {instance:016x}", role.id)];
     lines.extend(node.lines().iter().cloned());
-    lines.push(format!(
-        "internal listening on {internal_addr} (advertised as {advertise})"
-    ));
-    lines.push(format!("http listening on {http_addr}"));
+    lines.extend([
+        format!("internal listening on {internal_addr} (advertised as {advertise})"),
+        format!("http listening on {http_addr}"),
+    ]);
     lines.extend(node.fingerprint().map(|f| format!("tls fingerprint: {f}")));
     announce(&lines)?;
     info!(room = %role.id, listeners = ?node.lines(), internal = %advertise, "room up");
@@ -129,7 +91,6 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     if lost_id {
         error!(room = %role.id, "this room id now belongs to another instance: draining and exiting");
     }
-    info!("shutting down: draining connections");
     health.set_ready(false);
     node.drain(args.room.drain_timeout()).await;
     // Stop answering centers before the lease is released: once released,
@@ -149,4 +110,82 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
         role.id
     );
     Ok(())
+}
+
+/// What makes this room a cluster room: its id, the drain's reconnect
+/// delay, and the replay look-back (`--replay-overlap-ms` in id units).
+fn role(args: &RoomArgs) -> RoomRole {
+    let overlap_us = i64::try_from(args.replay_overlap_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+    RoomRole {
+        id: RoomId(args.id),
+        reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
+        replay_overlap: idgen::make_id(overlap_us.min(i64::MAX >> 9), 0).0,
+    }
+}
+
+/// The address centers reach the internal listener at.
+fn advertised(args: &RoomArgs, internal: std::net::SocketAddr) -> anyhow::Result<String> {
+    match &args.advertise {
+        Some(a) => Ok(a.clone()),
+        None if internal.ip().is_unspecified() => anyhow::bail!(
+            "--internal {internal} is a wildcard address: give --advertise HOST:PORT (how centers reach this room)"
+        ),
+        None => Ok(internal.to_string()),
+    }
+}
+
+/// Serves clients. TLS: given files for every listener; else, with
+/// `--quic`, an in-memory self-signed certificate for QUIC only.
+fn client_listeners(args: &RoomArgs, room: Room) -> anyhow::Result<RoomNode> {
+    let given = crate::tls::given(args.room.tls_cert.clone(), args.room.tls_key.clone())
+        .map_err(anyhow::Error::msg)?;
+    let fallback = if args.quic.is_some() {
+        Fallback::Ephemeral
+    } else {
+        Fallback::None
+    };
+    let listen = Listen {
+        ws: args.room.ws,
+        tcp: args.room.tcp,
+        quic: args.quic,
+    };
+    RoomNode::start(room, listen, RoomTls::new(given, fallback)?)
+}
+
+/// `/healthz`, `/readyz` and `/metrics` of this room on `--http`: the
+/// server, its address, what stops it and its task.
+fn health_server(
+    args: &RoomArgs,
+    room: &Room,
+) -> anyhow::Result<(
+    Health,
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let http = bind(args.http, "http")?;
+    let addr = http.local_addr()?;
+    let metrics_room = room.clone();
+    let health = Health::new(Arc::new(move |out: &mut String| {
+        metrics_room.write_metrics(out)
+    }));
+    let stop = CancellationToken::new();
+    let task = health.serve(http, stop.clone());
+    Ok((health, addr, stop, task))
+}
+
+/// Serves centers on the internal link until the token is cancelled.
+fn serve_centers(
+    internal: tokio::net::TcpListener,
+    room: &Room,
+    key: String,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(link::serve(
+        internal,
+        RoomService::new(room.clone()),
+        link::ServerConfig::new(key),
+        stop.clone(),
+    ));
+    (stop, task)
 }
