@@ -247,8 +247,14 @@ fn config_md_lists_every_flag() {
             }
         }
     }
-    assert!(missing.is_empty(), "flags missing from docs/CONFIG.md: {missing:?}");
-    assert!(misnamed.is_empty(), "flags whose variable breaks the rule: {misnamed:?}");
+    assert!(
+        missing.is_empty(),
+        "flags missing from docs/CONFIG.md: {missing:?}"
+    );
+    assert!(
+        misnamed.is_empty(),
+        "flags whose variable breaks the rule: {misnamed:?}"
+    );
 }
 
 /// `doc` names `--long` as a whole flag (not as the start of a longer one).

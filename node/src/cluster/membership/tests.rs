@@ -213,13 +213,20 @@ async fn renewal_under_delay() {
     assert_eq!(regs.syncs_of(0), 1);
     *regs.delay.lock() = Duration::from_millis(1500);
     settle(Duration::from_secs(15)).await;
-    assert_eq!(regs.syncs_of(0), 1, "1.5 s answers within a 3 s TTL: no expiry");
+    assert_eq!(
+        regs.syncs_of(0),
+        1,
+        "1.5 s answers within a 3 s TTL: no expiry"
+    );
     assert_eq!(holder(&regs, 0, 5), Some(11));
     *regs.delay.lock() = Duration::from_secs(4);
     settle(Duration::from_secs(12)).await;
     *regs.delay.lock() = Duration::ZERO;
     settle(Duration::from_secs(3)).await;
-    assert!(regs.syncs_of(0) >= 2, "an expired lease renewed fresh is refilled");
+    assert!(
+        regs.syncs_of(0) >= 2,
+        "an expired lease renewed fresh is refilled"
+    );
     assert_eq!(holder(&regs, 0, 5), Some(11));
     m.m.leave(Duration::from_secs(1)).await;
 }
@@ -230,7 +237,11 @@ async fn a_restarted_register_is_refilled() {
     let m = join(&regs, 5, 11).await.expect("join");
     settle(Duration::from_secs(2)).await;
     regs.restart(1);
-    assert_eq!(holder(&regs, 1, 5), None, "a restarted register knows nothing");
+    assert_eq!(
+        holder(&regs, 1, 5),
+        None,
+        "a restarted register knows nothing"
+    );
     settle(Duration::from_secs(2)).await;
     assert_eq!(holder(&regs, 1, 5), Some(11), "the renewal leased it again");
     assert_eq!(regs.syncs_of(1), 2, "and the room refilled it");
@@ -265,10 +276,18 @@ async fn a_taken_id_is_waited_for() {
         RegisterResp::Lease(LeaseOutcome::Fresh)
     ));
     let started = tokio::time::Instant::now();
-    let m = join(&regs, 5, 11).await.expect("join once the old lease expired");
+    let m = join(&regs, 5, 11)
+        .await
+        .expect("join once the old lease expired");
     let waited = started.elapsed();
-    assert!(waited >= TTL - Duration::from_millis(1), "joined after {waited:?}");
-    assert!(waited < TTL + Duration::from_secs(2), "joined after {waited:?}");
+    assert!(
+        waited >= TTL - Duration::from_millis(1),
+        "joined after {waited:?}"
+    );
+    assert!(
+        waited < TTL + Duration::from_secs(2),
+        "joined after {waited:?}"
+    );
     assert_eq!(holder(&regs, 0, 5), Some(11));
     m.m.leave(Duration::from_secs(1)).await;
 }
@@ -311,7 +330,11 @@ async fn a_lost_id_is_noticed() {
         .await
         .expect("lost fires at the next renewal");
     m.m.leave(Duration::from_secs(1)).await;
-    assert_eq!(holder(&regs, 0, 5), Some(7), "leaving does not free another's lease");
+    assert_eq!(
+        holder(&regs, 0, 5),
+        Some(7),
+        "leaving does not free another's lease"
+    );
 }
 
 /// A refill that fails (its register is down) is retried once a second,
