@@ -44,17 +44,6 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     let (token_secret, _) = secrets::load_or_generate(&data, "token_secret", None)?;
     let (cluster_key, _) = secrets::load_or_generate(&data, "cluster_key", None)?;
     let exe = std::env::current_exe().context("find this binary")?;
-    let host = args.host;
-    let port = |offset: u32| -> anyhow::Result<SocketAddr> {
-        let p = u32::from(args.base_port) + offset;
-        let p = u16::try_from(p).context("--base-port too high for this many rooms")?;
-        Ok(SocketAddr::new(host, p))
-    };
-    let log = match args.log_format {
-        LogFormat::Human => "human",
-        LogFormat::Json => "json",
-    };
-    let mut procs: Vec<Proc> = Vec::new();
     let book = Book::new(
         Manifest {
             pid: std::process::id(),
@@ -66,24 +55,24 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         },
         args.manifest.clone(),
     );
-    let result = start_all(
-        &args,
-        &exe,
-        &data,
-        host,
-        &port,
-        log,
-        &cluster_key,
-        &api_key,
-        &token_secret,
-        &mut procs,
-        &book,
-    )
-    .await
-    .and_then(|summary| {
+    let mut launcher = Launcher {
+        args: &args,
+        exe: &exe,
+        data: &data,
+        cluster_key: &cluster_key,
+        book: &book,
+        procs: Vec::new(),
+    };
+    let secrets = Secrets {
+        api_key: &api_key,
+        token_secret: &token_secret,
+        cluster_key: &cluster_key,
+    };
+    let result = launcher.start_all(&secrets).await.and_then(|summary| {
         book.publish()?;
         Ok(summary)
     });
+    let procs = launcher.procs;
     let n = procs.len();
     match result {
         Ok(summary) => {
@@ -109,254 +98,344 @@ pub(crate) async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start_all(
-    args: &DevClusterArgs,
-    exe: &Path,
-    data: &Path,
-    host: IpAddr,
-    port: &dyn Fn(u32) -> anyhow::Result<SocketAddr>,
-    log: &str,
-    cluster_key: &str,
-    api_key: &str,
-    token_secret: &str,
-    procs: &mut Vec<Proc>,
-    book: &Arc<Book>,
-) -> anyhow::Result<String> {
-    let common = |mut v: Vec<String>| {
+/// The generated secrets every child shares.
+struct Secrets<'a> {
+    api_key: &'a str,
+    token_secret: &'a str,
+    cluster_key: &'a str,
+}
+
+/// Starts the children in order and keeps them (and the manifest) as it goes.
+struct Launcher<'a> {
+    args: &'a DevClusterArgs,
+    exe: &'a Path,
+    data: &'a Path,
+    cluster_key: &'a str,
+    book: &'a Arc<Book>,
+    procs: Vec<Proc>,
+}
+
+/// The addresses of the cluster's internal services, comma-separated lists.
+struct Internal {
+    registers: String,
+    idgens: String,
+    saver: SocketAddr,
+}
+
+impl Launcher<'_> {
+    /// The address at `offset` from `--base-port` on `--host`.
+    fn port(&self, offset: u32) -> anyhow::Result<SocketAddr> {
+        let p = u32::from(self.args.base_port) + offset;
+        let p = u16::try_from(p).context("--base-port too high for this many rooms")?;
+        Ok(SocketAddr::new(self.args.host, p))
+    }
+
+    /// A pushgate child's arguments with the flags every child has.
+    fn common(&self, mut v: Vec<String>) -> Vec<String> {
+        let log = match self.args.log_format {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        };
         v.extend([
             "--cluster-key".into(),
-            cluster_key.into(),
+            self.cluster_key.into(),
             "--log-format".into(),
             log.into(),
         ]);
         v
-    };
-    // The store.
-    let saver_addr = port(30)?;
-    match args.store {
-        DevStore::Redis => {
-            let redis_addr = port(40)?;
-            let dir = data.join("redis");
-            std::fs::create_dir_all(&dir)?;
-            let spec = Spec {
-                name: "redis".into(),
-                program: "redis-server".into(),
-                args: vec![
-                    "--port".into(),
-                    redis_addr.port().to_string(),
-                    "--bind".into(),
-                    host.to_string(),
-                    "--dir".into(),
-                    dir.display().to_string(),
-                    "--save".into(),
-                    String::new(),
-                    "--appendonly".into(),
-                    "yes".into(),
-                    "--appendfsync".into(),
-                    "everysec".into(),
-                ],
-                env: Vec::new(),
-                data_dir: Some(dir),
-                region: None,
-                endpoints: Default::default(),
-                ready: Ready::Port(redis_addr),
-            }
-            .endpoint("listen", redis_addr);
-            let redis = start(book, spec).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e:#}\n(install Redis: apt-get install redis-server, or use --store embedded)"
-                )
-            })?;
-            procs.push(redis);
-            wait_ready(book, procs)
-                .await
-                .context("redis-server did not start")?;
-            let url = format!("redis://{redis_addr}/");
-            let args = common(vec![
-                "saver".into(),
-                "--listen".into(),
-                saver_addr.to_string(),
-                "--redis".into(),
-                url,
-            ]);
-            let spec = Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr);
-            procs.push(start(book, spec)?);
+    }
+
+    fn start(&mut self, spec: Spec) -> anyhow::Result<()> {
+        self.procs.push(start(self.book, spec)?);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        wait_ready(self.book, &mut self.procs).await
+    }
+
+    /// Every child, store first and rooms last; the summary printed at `ready`.
+    async fn start_all(&mut self, secrets: &Secrets<'_>) -> anyhow::Result<String> {
+        let saver = self.start_store().await?;
+        let registers = self.start_registers()?;
+        let idgens = self.start_idgens()?;
+        self.wait_ready().await?;
+        let internal = Internal {
+            registers,
+            idgens,
+            saver,
+        };
+        let mut summary = String::from("pushgate dev cluster\n");
+        summary.push_str(&self.start_centers(&internal, secrets.api_key)?);
+        self.start_rooms(&internal, secrets.token_secret)?;
+        self.wait_ready().await?;
+        summary.push_str(&self.room_lines());
+        // Centers read the membership every second: say ready once they list every room.
+        for c in 0..self.args.centers {
+            wait_rooms(self.port(c)?, secrets.api_key, self.args.rooms as usize).await?;
         }
-        DevStore::Embedded => {
-            let dir = data.join("saver");
-            let args = common(vec![
-                "saver".into(),
+        summary.push_str(&self.tail(&internal, secrets)?);
+        Ok(summary)
+    }
+
+    /// redis-server and a saver on it, or a saver on the embedded store.
+    async fn start_store(&mut self) -> anyhow::Result<SocketAddr> {
+        let saver_addr = self.port(30)?;
+        let exe = self.exe;
+        match self.args.store {
+            DevStore::Redis => {
+                let redis_addr = self.port(40)?;
+                let dir = self.data.join("redis");
+                std::fs::create_dir_all(&dir)?;
+                let spec = redis_spec(self.args.host, redis_addr, dir);
+                let redis = start(self.book, spec).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e:#}\n(install Redis: apt-get install redis-server, or use --store embedded)"
+                    )
+                })?;
+                self.procs.push(redis);
+                self.wait_ready()
+                    .await
+                    .context("redis-server did not start")?;
+                let url = format!("redis://{redis_addr}/");
+                let args = self.common(vec![
+                    "saver".into(),
+                    "--listen".into(),
+                    saver_addr.to_string(),
+                    "--redis".into(),
+                    url,
+                ]);
+                self.start(Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr))?;
+            }
+            DevStore::Embedded => {
+                let dir = self.data.join("saver");
+                let args = self.common(vec![
+                    "saver".into(),
+                    "--listen".into(),
+                    saver_addr.to_string(),
+                    "--data".into(),
+                    dir.display().to_string(),
+                ]);
+                let mut spec = Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr);
+                spec.data_dir = Some(dir);
+                self.start(spec)?;
+            }
+        }
+        Ok(saver_addr)
+    }
+
+    /// The registers; their addresses, comma-separated.
+    fn start_registers(&mut self) -> anyhow::Result<String> {
+        let mut registers = Vec::new();
+        for k in 0..self.args.registers {
+            let addr = self.port(10 + k)?;
+            registers.push(addr.to_string());
+            let args = self.common(vec!["register".into(), "--listen".into(), addr.to_string()]);
+            let name = format!("register-{}", k + 1);
+            self.start(Spec::pushgate(self.exe, &name, args).endpoint("listen", addr))?;
+        }
+        Ok(registers.join(","))
+    }
+
+    /// The idgens, regions 1, 2, …; their addresses, comma-separated.
+    fn start_idgens(&mut self) -> anyhow::Result<String> {
+        let mut idgens = Vec::new();
+        for k in 0..self.args.idgens {
+            let addr = self.port(20 + k)?;
+            idgens.push(addr.to_string());
+            let region = u16::try_from(k + 1).context("too many idgens")?;
+            let dir = self.data.join(format!("idgen-{}", k + 1));
+            let args = self.common(vec![
+                "idgen".into(),
                 "--listen".into(),
-                saver_addr.to_string(),
+                addr.to_string(),
+                "--region".into(),
+                region.to_string(),
                 "--data".into(),
                 dir.display().to_string(),
             ]);
-            let mut spec = Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr);
+            let name = format!("idgen-{}", k + 1);
+            let mut spec = Spec::pushgate(self.exe, &name, args).endpoint("listen", addr);
             spec.data_dir = Some(dir);
-            procs.push(start(book, spec)?);
+            spec.region = Some(region);
+            self.start(spec)?;
         }
+        Ok(idgens.join(","))
     }
-    let mut registers = Vec::new();
-    for k in 0..args.registers {
-        let addr = port(10 + k)?;
-        registers.push(addr.to_string());
-        let args = common(vec!["register".into(), "--listen".into(), addr.to_string()]);
-        let spec =
-            Spec::pushgate(exe, &format!("register-{}", k + 1), args).endpoint("listen", addr);
-        procs.push(start(book, spec)?);
+
+    /// The centers; their summary lines.
+    fn start_centers(&mut self, internal: &Internal, api_key: &str) -> anyhow::Result<String> {
+        let mut summary = String::new();
+        for c in 0..self.args.centers {
+            let http = self.port(c)?;
+            let args = self.common(vec![
+                "center".into(),
+                "--http".into(),
+                http.to_string(),
+                "--api-key".into(),
+                api_key.into(),
+                "--registers".into(),
+                internal.registers.clone(),
+                "--idgens".into(),
+                internal.idgens.clone(),
+                "--saver".into(),
+                internal.saver.to_string(),
+            ]);
+            let name = format!("center-{}", c + 1);
+            self.start(Spec::pushgate(self.exe, &name, args).endpoint("http", http))?;
+            self.book
+                .edit(|m| m.centers.push(format!("http://{http}/api/v1")));
+            summary.push_str(&format!(
+                "  REST API   http://{http}/api/v1   (center {})\n",
+                c + 1
+            ));
+        }
+        Ok(summary)
     }
-    let mut idgens = Vec::new();
-    for k in 0..args.idgens {
-        let addr = port(20 + k)?;
-        idgens.push(addr.to_string());
-        let region = u16::try_from(k + 1).context("too many idgens")?;
-        let dir = data.join(format!("idgen-{}", k + 1));
-        let args = common(vec![
-            "idgen".into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--region".into(),
-            region.to_string(),
-            "--data".into(),
-            dir.display().to_string(),
-        ]);
-        let mut spec =
-            Spec::pushgate(exe, &format!("idgen-{}", k + 1), args).endpoint("listen", addr);
-        spec.data_dir = Some(dir);
-        spec.region = Some(region);
-        procs.push(start(book, spec)?);
+
+    /// The rooms, each listed in the manifest as it starts.
+    fn start_rooms(&mut self, internal: &Internal, token_secret: &str) -> anyhow::Result<()> {
+        let extra: Vec<String> = self
+            .args
+            .room_args
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        for i in 0..self.args.rooms {
+            let (ws, tcp, internal_addr, health) = (
+                self.port(100 + 4 * i)?,
+                self.port(101 + 4 * i)?,
+                self.port(102 + 4 * i)?,
+                self.port(103 + 4 * i)?,
+            );
+            let mut v = vec![
+                "room".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--ws".into(),
+                ws.to_string(),
+                "--tcp".into(),
+                tcp.to_string(),
+                "--internal".into(),
+                internal_addr.to_string(),
+                "--http".into(),
+                health.to_string(),
+                "--registers".into(),
+                internal.registers.clone(),
+                "--saver".into(),
+                internal.saver.to_string(),
+                "--token-secret".into(),
+                token_secret.into(),
+                "--heartbeat".into(),
+                self.args.heartbeat.to_string(),
+            ];
+            // UDP: the same port number as the WebSocket listener's TCP port.
+            let quic = self.args.quic.then_some(ws);
+            if let Some(q) = quic {
+                v.extend(["--quic".into(), q.to_string()]);
+            }
+            v.extend(extra.iter().cloned());
+            let mut spec = Spec::pushgate(self.exe, &format!("room-{}", i + 1), self.common(v))
+                .endpoint("ws", ws)
+                .endpoint("tcp", tcp)
+                .endpoint("internal", internal_addr)
+                .endpoint("http", health);
+            if let Some(q) = quic {
+                spec = spec.endpoint("quic", q);
+            }
+            let room = start(self.book, spec)?;
+            let entry = ManifestRoom {
+                id: i + 1,
+                pid: room.pid(),
+                ws: format!("ws://{ws}/ws"),
+                tcp: tcp.to_string(),
+                quic: quic.map(|q| q.to_string()),
+                tls_fingerprint: None,
+                internal: internal_addr.to_string(),
+                health: format!("http://{health}"),
+            };
+            self.book.edit(|m| m.rooms.push(entry));
+            self.procs.push(room);
+        }
+        Ok(())
     }
-    wait_ready(book, procs).await?;
-    let registers = registers.join(",");
-    let mut summary = String::from("pushgate dev cluster\n");
-    for c in 0..args.centers {
-        let http = port(c)?;
-        let args = common(vec![
-            "center".into(),
-            "--http".into(),
-            http.to_string(),
-            "--api-key".into(),
-            api_key.into(),
-            "--registers".into(),
-            registers.clone(),
-            "--idgens".into(),
-            idgens.join(","),
-            "--saver".into(),
-            saver_addr.to_string(),
-        ]);
-        let spec = Spec::pushgate(exe, &format!("center-{}", c + 1), args).endpoint("http", http);
-        procs.push(start(book, spec)?);
-        book.edit(|m| m.centers.push(format!("http://{http}/api/v1")));
-        summary.push_str(&format!(
-            "  REST API   http://{http}/api/v1   (center {})\n",
-            c + 1
-        ));
+
+    /// One summary line per room, from the manifest (with the QUIC
+    /// fingerprints the rooms printed).
+    fn room_lines(&self) -> String {
+        self.book.read(|m| {
+            m.rooms
+                .iter()
+                .map(|r| {
+                    let mut line = format!("  room {:<4}  {}   tcp {}", r.id, r.ws, r.tcp);
+                    if let Some(q) = &r.quic {
+                        line.push_str(&format!("   quic {q}"));
+                    }
+                    line.push_str(&format!("   health {}/metrics", r.health));
+                    if let Some(fp) = &r.tls_fingerprint {
+                        line.push_str(&format!("   tls {fp}"));
+                    }
+                    line.push('\n');
+                    line
+                })
+                .collect()
+        })
     }
-    let extra: Vec<String> = args
-        .room_args
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    for i in 0..args.rooms {
-        let (ws, tcp, internal, health) = (
-            port(100 + 4 * i)?,
-            port(101 + 4 * i)?,
-            port(102 + 4 * i)?,
-            port(103 + 4 * i)?,
+
+    /// The summary's last lines: internal services, restarts, secrets, a hint.
+    fn tail(&self, internal: &Internal, secrets: &Secrets<'_>) -> anyhow::Result<String> {
+        let args = self.args;
+        let mut out = format!(
+            "  registers  {}\n  idgens     {}\n  saver      {} ({:?})\n",
+            internal.registers, internal.idgens, internal.saver, args.store
         );
-        let mut v = vec![
-            "room".into(),
-            "--id".into(),
-            (i + 1).to_string(),
-            "--ws".into(),
-            ws.to_string(),
-            "--tcp".into(),
-            tcp.to_string(),
-            "--internal".into(),
-            internal.to_string(),
-            "--http".into(),
-            health.to_string(),
-            "--registers".into(),
-            registers.clone(),
-            "--saver".into(),
-            saver_addr.to_string(),
-            "--token-secret".into(),
-            token_secret.into(),
-            "--heartbeat".into(),
-            args.heartbeat.to_string(),
-        ];
-        // UDP: the same port number as the WebSocket listener's TCP port.
-        let quic = args.quic.then_some(ws);
-        if let Some(q) = quic {
-            v.extend(["--quic".into(), q.to_string()]);
-        }
-        v.extend(extra.iter().cloned());
-        let mut spec = Spec::pushgate(exe, &format!("room-{}", i + 1), common(v))
-            .endpoint("ws", ws)
-            .endpoint("tcp", tcp)
-            .endpoint("internal", internal)
-            .endpoint("http", health);
-        if let Some(q) = quic {
-            spec = spec.endpoint("quic", q);
-        }
-        let room = start(book, spec)?;
-        let entry = ManifestRoom {
-            id: i + 1,
-            pid: room.pid(),
-            ws: format!("ws://{ws}/ws"),
-            tcp: tcp.to_string(),
-            quic: quic.map(|q| q.to_string()),
-            tls_fingerprint: None,
-            internal: internal.to_string(),
-            health: format!("http://{health}"),
-        };
-        book.edit(|m| m.rooms.push(entry));
-        procs.push(room);
+        out.push_str(if args.no_restart {
+            "  restarts   off (--no-restart): a child that dies stays down\n"
+        } else {
+            "  restarts   on: a child that dies is started again (same arguments, ports, data)\n"
+        });
+        let Secrets {
+            api_key,
+            token_secret,
+            cluster_key,
+        } = secrets;
+        out.push_str(&format!(
+            "api key: {api_key}\ntoken secret: {token_secret}\ncluster key: {cluster_key}\n"
+        ));
+        out.push_str(&format!(
+            "try: pushgate token --user alice --token-secret {token_secret}\n     curl -H 'Authorization: Bearer {api_key}' http://{}/api/v1/stats",
+            self.port(0)?
+        ));
+        Ok(out)
     }
-    wait_ready(book, procs).await?;
-    let lines: Vec<String> = book.read(|m| {
-        m.rooms
-            .iter()
-            .map(|r| {
-                let mut line = format!("  room {:<4}  {}   tcp {}", r.id, r.ws, r.tcp);
-                if let Some(q) = &r.quic {
-                    line.push_str(&format!("   quic {q}"));
-                }
-                line.push_str(&format!("   health {}/metrics", r.health));
-                if let Some(fp) = &r.tls_fingerprint {
-                    line.push_str(&format!("   tls {fp}"));
-                }
-                line
-            })
-            .collect()
-    });
-    for line in lines {
-        summary.push_str(&line);
-        summary.push('\n');
+}
+
+/// redis-server on `addr`, its files in `dir` (AOF, fsync every second).
+fn redis_spec(host: IpAddr, addr: SocketAddr, dir: std::path::PathBuf) -> Spec {
+    Spec {
+        name: "redis".into(),
+        program: "redis-server".into(),
+        args: vec![
+            "--port".into(),
+            addr.port().to_string(),
+            "--bind".into(),
+            host.to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "everysec".into(),
+        ],
+        env: Vec::new(),
+        data_dir: Some(dir),
+        region: None,
+        endpoints: Default::default(),
+        ready: Ready::Port(addr),
     }
-    // Centers read the membership every second: say ready once they list every room.
-    for c in 0..args.centers {
-        wait_rooms(port(c)?, api_key, args.rooms as usize).await?;
-    }
-    summary.push_str(&format!(
-        "  registers  {registers}\n  idgens     {}\n  saver      {saver_addr} ({:?})\n",
-        idgens.join(","),
-        args.store
-    ));
-    summary.push_str(if args.no_restart {
-        "  restarts   off (--no-restart): a child that dies stays down\n"
-    } else {
-        "  restarts   on: a child that dies is started again (same arguments, ports, data)\n"
-    });
-    summary.push_str(&format!(
-        "api key: {api_key}\ntoken secret: {token_secret}\ncluster key: {cluster_key}\n"
-    ));
-    summary.push_str(&format!(
-        "try: pushgate token --user alice --token-secret {token_secret}\n     curl -H 'Authorization: Bearer {api_key}' http://{}/api/v1/stats",
-        port(0)?
-    ));
-    Ok(summary)
+    .endpoint("listen", addr)
 }
 
 /// Waits until the center at `http` lists `n` rooms in `GET /api/v1/stats`.
