@@ -597,10 +597,7 @@ impl Dispatcher {
 }
 
 fn unreachable(room: RoomId) -> crate::RoomsError {
-    crate::RoomsError {
-        room,
-        reason: "an earlier call in this batch failed".to_owned(),
-    }
+    crate::RoomsError::Skipped { room }
 }
 
 /// Longest a store write may take before its push is refused with 503: a
@@ -614,7 +611,7 @@ async fn bounded(
 ) -> Result<(), saver::StoreError> {
     tokio::time::timeout(STORE_TIMEOUT, write)
         .await
-        .unwrap_or_else(|_| Err(saver::StoreError::Backend("timed out".into())))
+        .unwrap_or_else(|_| Err(saver::StoreError::Timeout(STORE_TIMEOUT)))
 }
 
 /// Builds the encoded message once per push. `stored`: it is in the users'

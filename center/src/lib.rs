@@ -175,10 +175,142 @@ pub trait Rooms: Send + Sync + 'static {
 
 /// A room could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("room {room} unreachable: {reason}")]
-pub struct RoomsError {
-    /// The room.
-    pub room: RoomId,
-    /// Why.
-    pub reason: String,
+pub enum RoomsError {
+    /// No live room has this id (not in the membership, or not in this
+    /// process).
+    #[error("room {room} unreachable: {detail}")]
+    Unknown {
+        /// The room.
+        room: RoomId,
+        /// Where it was looked for.
+        detail: &'static str,
+    },
+    /// The link to the room failed (down, disconnected, timed out, bad frame).
+    #[error("room {room} unreachable: {source}")]
+    Link {
+        /// The room.
+        room: RoomId,
+        /// The link error.
+        #[source]
+        source: link::LinkError,
+    },
+    /// The room answered with something that does not fit the call.
+    #[error("room {room} unreachable: unexpected answer {answer}")]
+    BadAnswer {
+        /// The room.
+        room: RoomId,
+        /// The answer, debug-formatted.
+        answer: String,
+    },
+    /// The call was not made: an earlier call of the same batch failed.
+    #[error("room {room} unreachable: an earlier call in this batch failed")]
+    Skipped {
+        /// The room.
+        room: RoomId,
+    },
+}
+
+impl RoomsError {
+    /// The room the call was for.
+    pub fn room(&self) -> RoomId {
+        match self {
+            RoomsError::Unknown { room, .. }
+            | RoomsError::Link { room, .. }
+            | RoomsError::BadAnswer { room, .. }
+            | RoomsError::Skipped { room } => *room,
+        }
+    }
+
+    /// Whether the same call may succeed later: the room's link was down,
+    /// dropped or timed out, or the call was skipped. An unknown room, a bad
+    /// answer or a bad frame are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RoomsError::Link { source, .. } => matches!(
+                source,
+                link::LinkError::Unavailable { .. }
+                    | link::LinkError::Disconnected { .. }
+                    | link::LinkError::Timeout { .. }
+            ),
+            RoomsError::Skipped { .. } => true,
+            RoomsError::Unknown { .. } | RoomsError::BadAnswer { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod rooms_error_tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use proto::RoomId;
+
+    use super::RoomsError;
+
+    fn link(room: RoomId, source: link::LinkError) -> RoomsError {
+        RoomsError::Link { room, source }
+    }
+
+    #[test]
+    fn classification() {
+        let room = RoomId(7);
+        let addr = || "10.0.0.1:9".to_owned();
+        for source in [
+            link::LinkError::Unavailable {
+                service: "room",
+                addr: addr(),
+            },
+            link::LinkError::Disconnected {
+                service: "room",
+                addr: addr(),
+            },
+            link::LinkError::Timeout {
+                service: "room",
+                addr: addr(),
+                timeout: Duration::from_secs(2),
+            },
+        ] {
+            let e = link(room, source);
+            assert!(e.is_retryable(), "{e}");
+            assert_eq!(e.room(), room);
+        }
+        assert!(RoomsError::Skipped { room }.is_retryable());
+        let permanent = [
+            link(
+                room,
+                link::LinkError::Protocol {
+                    service: "room",
+                    reason: "bad".to_owned(),
+                },
+            ),
+            RoomsError::Unknown {
+                room,
+                detail: "not a live room",
+            },
+            RoomsError::BadAnswer {
+                room,
+                answer: "Done".to_owned(),
+            },
+        ];
+        for e in permanent {
+            assert!(!e.is_retryable(), "{e}");
+            assert_eq!(e.room(), room);
+        }
+    }
+
+    #[test]
+    fn link_error_is_the_source() {
+        let e = link(
+            RoomId(3),
+            link::LinkError::Unavailable {
+                service: "room",
+                addr: "10.0.0.1:9".to_owned(),
+            },
+        );
+        assert!(e.source().is_some());
+        let text = e.to_string();
+        assert!(text.starts_with("room "), "{text}");
+        assert!(text.contains("10.0.0.1:9"), "{text}");
+        assert!(RoomsError::Skipped { room: RoomId(3) }.source().is_none());
+    }
 }

@@ -49,6 +49,20 @@ impl LocalBackend {
 }
 
 /// See [`LocalBackend::on_dir_error`].
+/// Sorts a store failure into a transient or a permanent backend error,
+/// keeping it as the source.
+fn store_error(e: saver::StoreError) -> BackendError {
+    if e.is_retryable() {
+        BackendError::Unavailable {
+            source: Box::new(e),
+        }
+    } else {
+        BackendError::Failed {
+            source: Box::new(e),
+        }
+    }
+}
+
 pub(crate) type DirErrorHook = Arc<dyn Fn(&UserId) + Send + Sync>;
 
 /// Lets a log line through at most once per second and counts the rest.
@@ -121,10 +135,7 @@ impl Backend for LocalBackend {
     }
 
     async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, BackendError> {
-        self.store
-            .acked(user, device)
-            .await
-            .map_err(|e| BackendError(e.to_string()))
+        self.store.acked(user, device).await.map_err(store_error)
     }
 
     async fn replay(
@@ -137,15 +148,12 @@ impl Backend for LocalBackend {
             .store
             .read_user(user, after, now_ms(), limit)
             .await
-            .map_err(|e| BackendError(e.to_string()))?;
+            .map_err(store_error)?;
         Ok(msgs.into_iter().map(user_frame).collect())
     }
 
     async fn ack(&self, user: &UserId, device: &str, id: MsgId) -> Result<(), BackendError> {
-        self.store
-            .ack(user, device, id)
-            .await
-            .map_err(|e| BackendError(e.to_string()))
+        self.store.ack(user, device, id).await.map_err(store_error)
     }
 
     async fn channel_history(
@@ -158,7 +166,7 @@ impl Backend for LocalBackend {
             .store
             .read_channel(channel, after, now_ms(), limit)
             .await
-            .map_err(|e| BackendError(e.to_string()))?;
+            .map_err(store_error)?;
         Ok(msgs
             .into_iter()
             .map(|m| MsgFrame {
@@ -166,5 +174,24 @@ impl Backend for LocalBackend {
                 ..user_frame(m)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod store_error_tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use super::store_error;
+
+    #[test]
+    fn store_errors_keep_their_class_and_source() {
+        let e = store_error(saver::StoreError::Timeout(Duration::from_secs(5)));
+        assert!(e.is_retryable(), "{e}");
+        assert!(e.source().is_some());
+        let e = store_error(saver::StoreError::Closed);
+        assert!(!e.is_retryable(), "{e}");
+        let src = e.source().map(ToString::to_string);
+        assert_eq!(src.as_deref(), Some("store closed"));
     }
 }

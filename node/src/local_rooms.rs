@@ -19,9 +19,9 @@ impl LocalRooms {
         if room == self.id {
             Ok(&self.room)
         } else {
-            Err(RoomsError {
+            Err(RoomsError::Unknown {
                 room,
-                reason: "no such room in this process".into(),
+                detail: "no such room in this process",
             })
         }
     }

@@ -50,7 +50,7 @@ struct Membership {
 /// order.
 ///
 /// Failure of one register: calls for its users fail fast with
-/// [`DirError::Unavailable`] (the link reports it at once while the peer is
+/// [`DirError::Link`] (the link reports it at once while the peer is
 /// down), lookups answer empty lists for its users (they get no live
 /// delivery; stored messages are replayed when they reconnect), stats and
 /// membership come from the registers that answer.
@@ -138,10 +138,10 @@ impl ClusterDirectory {
             let call = self.call(p, RegisterReq::Lease(lease.clone()));
             let answer = tokio::time::timeout(LEASE_CALL_TIMEOUT, call)
                 .await
-                .map_err(|_| {
-                    DirError::Unavailable(format!(
-                        "register {p}: no lease answer within {LEASE_CALL_TIMEOUT:?}"
-                    ))
+                .map_err(|_| DirError::Timeout {
+                    partition: p,
+                    call: "lease",
+                    timeout: LEASE_CALL_TIMEOUT,
                 })??;
             match answer {
                 RegisterResp::Lease(o) => Ok(o),
@@ -159,8 +159,8 @@ impl ClusterDirectory {
     /// is both `first` and `last`.
     ///
     /// # Errors
-    /// [`DirError::Unavailable`] when the register is unreachable or refused
-    /// the sync (a connection of another room in `conns`).
+    /// [`DirError::Link`] when the register is unreachable, [`DirError::Remote`]
+    /// when it refused the sync (a connection of another room in `conns`).
     pub async fn sync(
         &self,
         partition: usize,
@@ -186,7 +186,7 @@ impl ClusterDirectory {
     /// this directory's cached membership at once.
     ///
     /// # Errors
-    /// [`DirError::Unavailable`] when a register could not be reached (the
+    /// [`DirError`] when a register could not be reached (the
     /// others released it; the unreachable one drops it when the lease expires).
     pub async fn release(&self, room: RoomId, instance: u64) -> Result<(), DirError> {
         self.release_any(room, Some(instance)).await
@@ -253,7 +253,7 @@ impl ClusterDirectory {
     /// Fetches membership now (instead of waiting for the next refresh).
     ///
     /// # Errors
-    /// [`DirError::Unavailable`] when no register answered (the cached
+    /// [`DirError`] when no register answered (the cached
     /// membership is kept as it was).
     pub async fn refresh(&self) -> Result<(), DirError> {
         let started = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
@@ -284,8 +284,7 @@ impl ClusterDirectory {
             }
         }
         if answered == 0 {
-            return Err(last_err
-                .unwrap_or_else(|| DirError::Unavailable("no register configured".to_owned())));
+            return Err(last_err.unwrap_or(DirError::NoRegister));
         }
         let mut rooms: HashMap<RoomId, RoomLease> = votes
             .into_iter()
@@ -308,18 +307,19 @@ impl ClusterDirectory {
 
     async fn call(&self, partition: usize, req: RegisterReq) -> Result<RegisterResp, DirError> {
         let Some(client) = self.clients.get(partition) else {
-            return Err(DirError::Unavailable(format!(
-                "no register partition {partition} ({} configured)",
-                self.clients.len()
-            )));
+            return Err(DirError::NoPartition {
+                partition,
+                configured: self.clients.len(),
+            });
         };
         match client.call(req).await {
-            Ok(RegisterResp::Err(reason)) => Err(DirError::Unavailable(format!(
-                "register at {}: {reason}",
-                client.addr()
-            ))),
+            Ok(RegisterResp::Err(message)) => Err(DirError::Remote {
+                partition,
+                addr: client.addr().to_owned(),
+                message,
+            }),
             Ok(resp) => Ok(resp),
-            Err(e) => Err(DirError::Unavailable(e.to_string())),
+            Err(source) => Err(DirError::Link { partition, source }),
         }
     }
 
@@ -331,10 +331,11 @@ impl ClusterDirectory {
     }
 
     fn unexpected(&self, partition: usize, resp: &RegisterResp) -> DirError {
-        DirError::Unavailable(format!(
-            "register at {}: unexpected answer {resp:?}",
-            self.addr(partition).unwrap_or("?")
-        ))
+        DirError::BadAnswer {
+            partition,
+            addr: self.addr(partition).unwrap_or("?").to_owned(),
+            answer: format!("{resp:?}"),
+        }
     }
 }
 
@@ -479,7 +480,7 @@ impl Directory for ClusterDirectory {
     /// the sums are exact when all do).
     ///
     /// # Errors
-    /// [`DirError::Unavailable`] only when no register answers.
+    /// [`DirError`] only when no register answers.
     async fn stats(&self) -> Result<DirStats, DirError> {
         let calls = (0..self.clients.len()).map(|p| async move {
             match self.call(p, RegisterReq::Stats).await? {
@@ -504,8 +505,7 @@ impl Directory for ClusterDirectory {
             }
         }
         if answered == 0 {
-            return Err(last_err
-                .unwrap_or_else(|| DirError::Unavailable("no register configured".to_owned())));
+            return Err(last_err.unwrap_or(DirError::NoRegister));
         }
         Ok(total)
     }

@@ -57,11 +57,83 @@ pub struct DirStats {
 }
 
 /// Errors from the directory.
+///
+/// [`DirError::is_retryable`] tells a register that is down, slow or
+/// disconnected (transient) from one that refused the call or answered
+/// wrongly, and from a misconfiguration (permanent).
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
-    /// The directory could not be reached.
-    #[error("directory unavailable: {0}")]
-    Unavailable(String),
+    /// No register is configured.
+    #[error("directory unavailable: no register configured")]
+    NoRegister,
+    /// A call named a register partition that does not exist.
+    #[error("directory unavailable: no register partition {partition} ({configured} configured)")]
+    NoPartition {
+        /// The partition asked for.
+        partition: usize,
+        /// How many partitions there are.
+        configured: usize,
+    },
+    /// The link to a register failed (down, disconnected, timed out, bad frame).
+    #[error("directory unavailable: register {partition}: {source}")]
+    Link {
+        /// The register partition.
+        partition: usize,
+        /// The link error.
+        #[source]
+        source: link::LinkError,
+    },
+    /// A register did not answer within the caller's own time limit.
+    #[error("directory unavailable: register {partition}: no {call} answer within {timeout:?}")]
+    Timeout {
+        /// The register partition.
+        partition: usize,
+        /// The call.
+        call: &'static str,
+        /// The time limit.
+        timeout: std::time::Duration,
+    },
+    /// A register refused the call (its message, as sent on the wire).
+    #[error("directory unavailable: register at {addr}: {message}")]
+    Remote {
+        /// The register partition.
+        partition: usize,
+        /// The register's address.
+        addr: String,
+        /// The register's error message.
+        message: String,
+    },
+    /// A register answered with something that does not fit the call.
+    #[error("directory unavailable: register at {addr}: unexpected answer {answer}")]
+    BadAnswer {
+        /// The register partition.
+        partition: usize,
+        /// The register's address.
+        addr: String,
+        /// The answer, debug-formatted.
+        answer: String,
+    },
+}
+
+impl DirError {
+    /// Whether the same call may succeed later: the register was down,
+    /// disconnected or slow. Refusals, bad answers and bad configuration are
+    /// permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DirError::Link { source, .. } => matches!(
+                source,
+                link::LinkError::Unavailable { .. }
+                    | link::LinkError::Disconnected { .. }
+                    | link::LinkError::Timeout { .. }
+            ),
+            DirError::Timeout { .. } => true,
+            DirError::NoRegister
+            | DirError::NoPartition { .. }
+            | DirError::Remote { .. }
+            | DirError::BadAnswer { .. } => false,
+        }
+    }
 }
 
 /// The directory service.
@@ -127,4 +199,82 @@ pub trait Directory: Send + Sync + 'static {
     /// # Errors
     /// [`DirError`] when the directory is unreachable.
     async fn stats(&self) -> Result<DirStats, DirError>;
+}
+
+#[cfg(test)]
+mod dir_error_tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use super::DirError;
+
+    fn link(source: link::LinkError) -> DirError {
+        DirError::Link {
+            partition: 1,
+            source,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        let addr = || "10.0.0.2:7".to_owned();
+        for e in [
+            link(link::LinkError::Unavailable {
+                service: "register",
+                addr: addr(),
+            }),
+            link(link::LinkError::Disconnected {
+                service: "register",
+                addr: addr(),
+            }),
+            link(link::LinkError::Timeout {
+                service: "register",
+                addr: addr(),
+                timeout: Duration::from_secs(1),
+            }),
+            DirError::Timeout {
+                partition: 0,
+                call: "lease",
+                timeout: Duration::from_secs(1),
+            },
+        ] {
+            assert!(e.is_retryable(), "{e}");
+        }
+        for e in [
+            link(link::LinkError::Protocol {
+                service: "register",
+                reason: "bad".to_owned(),
+            }),
+            DirError::NoRegister,
+            DirError::NoPartition {
+                partition: 3,
+                configured: 2,
+            },
+            DirError::Remote {
+                partition: 0,
+                addr: addr(),
+                message: "connection of another room".to_owned(),
+            },
+            DirError::BadAnswer {
+                partition: 0,
+                addr: addr(),
+                answer: "Done".to_owned(),
+            },
+        ] {
+            assert!(!e.is_retryable(), "{e}");
+        }
+    }
+
+    #[test]
+    fn link_error_is_the_source() {
+        let e = link(link::LinkError::Unavailable {
+            service: "register",
+            addr: "10.0.0.2:7".to_owned(),
+        });
+        assert!(e.source().is_some());
+        let text = e.to_string();
+        assert!(text.contains("register 1"), "{text}");
+        assert!(text.contains("10.0.0.2:7"), "{text}");
+        assert!(DirError::NoRegister.source().is_none());
+    }
 }

@@ -88,9 +88,85 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// Backend failure (reported to the client as `internal`).
+///
+/// The room does not know the store's error type: the backend sorts its
+/// failures into [`BackendError::Unavailable`] (transient) and
+/// [`BackendError::Failed`] (permanent) and keeps them as the source.
 #[derive(Debug, thiserror::Error)]
-#[error("backend: {0}")]
-pub struct BackendError(pub String);
+pub enum BackendError {
+    /// The backend did not answer within the room's time limit.
+    #[error("backend: timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The store behind the backend is unreachable, slow or disconnected;
+    /// the same call may succeed later.
+    #[error("backend: store unavailable: {source}")]
+    Unavailable {
+        /// The store's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The store failed for good (bad data, bad answer, closed).
+    #[error("backend: store failed: {source}")]
+    Failed {
+        /// The store's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl BackendError {
+    /// Whether the same call may succeed later (timeout, store unavailable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::Timeout(_) | BackendError::Unavailable { .. } => true,
+            BackendError::Failed { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use std::error::Error as _;
+
+    use super::BackendError;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cause")]
+    struct Cause;
+
+    #[test]
+    fn retryable_classification() {
+        assert!(BackendError::Timeout(std::time::Duration::from_secs(1)).is_retryable());
+        assert!(BackendError::Unavailable {
+            source: Box::new(Cause)
+        }
+        .is_retryable());
+        assert!(!BackendError::Failed {
+            source: Box::new(Cause)
+        }
+        .is_retryable());
+    }
+
+    #[test]
+    fn source_is_kept() {
+        let e = BackendError::Unavailable {
+            source: Box::new(Cause),
+        };
+        assert_eq!(
+            e.source().map(ToString::to_string).as_deref(),
+            Some("cause")
+        );
+        assert!(e.to_string().contains("cause"), "{e}");
+        assert!(BackendError::Failed {
+            source: Box::new(Cause)
+        }
+        .source()
+        .is_some());
+        assert!(BackendError::Timeout(std::time::Duration::from_secs(1))
+            .source()
+            .is_none());
+    }
+}
 
 /// Who an authenticated connection is.
 #[derive(Clone, Debug)]

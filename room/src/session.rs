@@ -825,7 +825,7 @@ where
 {
     let r = match timeout(BACKEND_TIMEOUT, fut).await {
         Ok(r) => r,
-        Err(_) => Err(BackendError("timed out".to_owned())),
+        Err(_) => Err(BackendError::Timeout(BACKEND_TIMEOUT)),
     };
     if r.is_err() {
         metrics::inc(&shared.metrics.backend_errors);

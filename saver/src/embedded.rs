@@ -108,8 +108,19 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A redb failure during `op`.
+fn embedded<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Embedded {
+        op,
+        source: e.into(),
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+fn task(_: tokio::task::JoinError) -> StoreError {
+    StoreError::Task {
+        what: "blocking store task failed",
+    }
 }
 
 impl EmbeddedStore {
@@ -119,25 +130,31 @@ impl EmbeddedStore {
     /// Must be called inside a tokio runtime. Does blocking file I/O.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the file cannot be opened or created
+    /// [`StoreError::Embedded`] or [`StoreError::Io`] when the file cannot be opened or created
     /// (including when this process or another has it open already).
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
         let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Backend("EmbeddedStore::open needs a tokio runtime".into()))?;
+            .map_err(|_| StoreError::Setup("EmbeddedStore::open needs a tokio runtime"))?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(backend)?;
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+                op: "creating the store directory",
+                source,
+            })?;
         }
-        let db = Database::create(path).map_err(backend)?;
-        create_tables(&db).map_err(backend)?;
+        let db = Database::create(path).map_err(embedded("open"))?;
+        create_tables(&db).map_err(embedded("create tables"))?;
         let newest = NewestIds::new();
-        load_newest(&db, &newest).map_err(backend)?;
+        load_newest(&db, &newest).map_err(embedded("load newest ids"))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("saver-writer".into())
             .spawn(move || run_writer(&writer_db, rx))
-            .map_err(backend)?;
+            .map_err(|source| StoreError::Io {
+                op: "spawning the writer thread",
+                source,
+            })?;
         let sweeper = runtime.spawn(sweep_loop(tx.downgrade()));
         Ok(EmbeddedStore {
             db,
@@ -185,8 +202,8 @@ impl EmbeddedStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
-            .map_err(backend)?
-            .map_err(backend)
+            .map_err(task)?
+            .map_err(embedded("read"))
     }
 
     /// [`read_range`] of `key` in the data table `table` (queue or history).
@@ -233,7 +250,7 @@ impl Store for EmbeddedStore {
         if users.is_empty() {
             return Ok(());
         }
-        let bytes = postcard::to_stdvec(msg).map_err(backend)?;
+        let bytes = postcard::to_stdvec(msg).map_err(|source| StoreError::Encode { source })?;
         // Raised before the write: an acknowledged append is never hidden.
         for user in users {
             self.newest.raise(user.as_str(), msg.id.0);
@@ -289,7 +306,7 @@ impl Store for EmbeddedStore {
         msg: &StoredMsg,
         bounds: Bounds,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_stdvec(msg).map_err(backend)?;
+        let bytes = postcard::to_stdvec(msg).map_err(|source| StoreError::Encode { source })?;
         self.write(WriteOp::Channel {
             channel: channel.to_owned(),
             id: msg.id.0,
@@ -326,8 +343,10 @@ impl Store for EmbeddedStore {
         if let Some(writer) = writer {
             tokio::task::spawn_blocking(move || writer.join())
                 .await
-                .map_err(backend)?
-                .map_err(|_| StoreError::Backend("writer thread panicked".into()))?;
+                .map_err(task)?
+                .map_err(|_| StoreError::Task {
+                    what: "writer thread panicked",
+                })?;
         }
         Ok(())
     }
@@ -598,7 +617,7 @@ fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
         let result = if ops.is_empty() {
             Ok(())
         } else {
-            commit_batch(db, &ops).map_err(|e| e.to_string())
+            commit_batch(db, &ops).map_err(Arc::new)
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = ops.len(), "store commit failed");
@@ -607,10 +626,14 @@ fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
         for job in batch.drain(..) {
             match job {
                 Job::Write { reply, .. } => {
-                    let _ = reply.send(result.clone().map_err(StoreError::Backend));
+                    let _ = reply.send(
+                        result
+                            .clone()
+                            .map_err(|source| StoreError::Commit { source }),
+                    );
                 }
                 Job::Sweep { now_ms, reply } => {
-                    let swept = sweep(db, &mut cursors, now_ms).map_err(backend);
+                    let swept = sweep(db, &mut cursors, now_ms).map_err(embedded("sweep"));
                     if let Err(e) = &swept {
                         tracing::warn!(error = %e, "store sweep failed");
                     }

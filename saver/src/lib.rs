@@ -15,6 +15,8 @@ pub use embedded::{EmbeddedStore, MAX_BATCH, SWEEP_LIMIT};
 pub use redis_backend::{acks_key, history_key, queue_key, RedisStore};
 pub use remote::{RemoteStore, SaverService};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use proto::{MsgId, UserId};
@@ -41,14 +43,153 @@ pub struct Bounds {
 }
 
 /// Errors from a store.
+///
+/// [`StoreError::is_retryable`] tells transient failures (a backend that is
+/// unreachable, slow or disconnected) from permanent ones (bad data, a bad
+/// answer, a closed store).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed (I/O, Redis unreachable, …).
+    /// A Redis command or connection failed.
+    #[error("store backend: redis {op}: {source}")]
+    Redis {
+        /// What was being done (`connect`, `command`, …).
+        op: &'static str,
+        /// The Redis error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis failed on some keys of a multi-key write (cluster).
+    #[error("store backend: not written to {failed} of {total} keys: {source}")]
+    PartialWrite {
+        /// Keys not written.
+        failed: usize,
+        /// Keys in the write.
+        total: usize,
+        /// The first failure (a Redis error or the push deadline).
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The embedded (redb) database failed.
+    #[error("store backend: embedded {op}: {source}")]
+    Embedded {
+        /// What was being done (`open`, `read`, `commit`, …).
+        op: &'static str,
+        /// The redb error.
+        #[source]
+        source: redb::Error,
+    },
+    /// A group commit failed; every write of the batch gets this error.
+    #[error("store backend: commit failed: {source}")]
+    Commit {
+        /// The commit error, shared by the writes of the batch.
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    /// File or thread I/O failed.
+    #[error("store backend: {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A message could not be encoded for storage.
+    #[error("store backend: encoding a message: {source}")]
+    Encode {
+        /// The encoder's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// Stored data could not be decoded.
+    #[error("store backend: bad data: {what}")]
+    Corrupt {
+        /// What was wrong, and where.
+        what: String,
+    },
+    /// A saver could not be reached over its link (or answered a bad frame).
+    #[error("store backend: saver call failed: {source}")]
+    Link {
+        /// The link error.
+        #[source]
+        source: link::LinkError,
+    },
+    /// No saver answered: every one was unavailable or shutting down.
+    #[error("store backend: no saver answered (last: {last})")]
+    NoSaver {
+        /// Why the last saver tried did not answer.
+        last: String,
+    },
+    /// The store behind a saver failed (the saver's message, as sent on the wire).
+    #[error("saver at {addr}: {message}")]
+    Remote {
+        /// The saver's address.
+        addr: String,
+        /// The saver's error message.
+        message: String,
+    },
+    /// A saver answered with a response that does not fit the call.
+    #[error("store backend: saver answered {call} with {answer}")]
+    BadAnswer {
+        /// The call.
+        call: &'static str,
+        /// The answer, debug-formatted.
+        answer: String,
+    },
+    /// The store was misused or misconfigured (no saver address, no runtime).
     #[error("store backend: {0}")]
-    Backend(String),
+    Setup(&'static str),
+    /// A store task or thread failed (panicked or was cancelled).
+    #[error("store backend: {what}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+    },
+    /// The store did not answer in time.
+    #[error("store backend: timed out after {0:?}")]
+    Timeout(std::time::Duration),
     /// The store is closed.
     #[error("store closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later: the backend was unreachable,
+    /// slow or dropped the connection. Bad data, bad answers, setup errors and
+    /// a closed store are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Redis { source, .. } => redis_retryable(source),
+            StoreError::PartialWrite { source, .. } => source.is_retryable(),
+            StoreError::Link { source } => link_retryable(source),
+            StoreError::NoSaver { .. } | StoreError::Timeout(_) => true,
+            StoreError::Embedded { .. }
+            | StoreError::Commit { .. }
+            | StoreError::Io { .. }
+            | StoreError::Encode { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Remote { .. }
+            | StoreError::BadAnswer { .. }
+            | StoreError::Setup(_)
+            | StoreError::Task { .. }
+            | StoreError::Closed => false,
+        }
+    }
+}
+
+/// Whether a Redis error is transient (I/O, timeout, dropped or refused connection).
+fn redis_retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// Whether a link error is transient (peer down, connection lost, timeout).
+fn link_retryable(e: &link::LinkError) -> bool {
+    matches!(
+        e,
+        link::LinkError::Unavailable { .. }
+            | link::LinkError::Disconnected { .. }
+            | link::LinkError::Timeout { .. }
+    )
 }
 
 /// Offline queues and channel history.
@@ -134,4 +275,129 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the final flush fails.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod error_tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use super::StoreError;
+
+    fn link_err(kind: &str) -> link::LinkError {
+        let addr = "127.0.0.1:1".to_owned();
+        match kind {
+            "unavailable" => link::LinkError::Unavailable {
+                service: "saver",
+                addr,
+            },
+            "disconnected" => link::LinkError::Disconnected {
+                service: "saver",
+                addr,
+            },
+            "timeout" => link::LinkError::Timeout {
+                service: "saver",
+                addr,
+                timeout: Duration::from_secs(1),
+            },
+            _ => link::LinkError::Protocol {
+                service: "saver",
+                reason: "bad frame".to_owned(),
+            },
+        }
+    }
+
+    fn redis_io() -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ))
+    }
+
+    #[test]
+    fn transient_failures_are_retryable() {
+        for kind in ["unavailable", "disconnected", "timeout"] {
+            let e = StoreError::Link {
+                source: link_err(kind),
+            };
+            assert!(e.is_retryable(), "{e}");
+        }
+        assert!(StoreError::Timeout(Duration::from_secs(5)).is_retryable());
+        assert!(StoreError::NoSaver {
+            last: "down".to_owned()
+        }
+        .is_retryable());
+        let e = StoreError::Redis {
+            op: "command",
+            source: redis_io(),
+        };
+        assert!(e.is_retryable(), "{e}");
+        let e = StoreError::PartialWrite {
+            failed: 1,
+            total: 2,
+            source: Box::new(StoreError::Timeout(Duration::from_secs(1))),
+        };
+        assert!(e.is_retryable(), "{e}");
+    }
+
+    #[test]
+    fn permanent_failures_are_not_retryable() {
+        let permanent = [
+            StoreError::Link {
+                source: link_err("protocol"),
+            },
+            StoreError::Corrupt {
+                what: "bad ack".to_owned(),
+            },
+            StoreError::Remote {
+                addr: "a".to_owned(),
+                message: "m".to_owned(),
+            },
+            StoreError::BadAnswer {
+                call: "ack",
+                answer: "Done".to_owned(),
+            },
+            StoreError::Setup("no saver addresses"),
+            StoreError::Task { what: "panicked" },
+            StoreError::Closed,
+            StoreError::Redis {
+                op: "command",
+                source: redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "wrong type",
+                )),
+            },
+        ];
+        for e in permanent {
+            assert!(!e.is_retryable(), "{e}");
+        }
+    }
+
+    #[test]
+    fn causes_are_kept_as_sources() {
+        let e = StoreError::Link {
+            source: link_err("unavailable"),
+        };
+        assert!(e.source().is_some());
+        assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+        let e = StoreError::Redis {
+            op: "connect",
+            source: redis_io(),
+        };
+        assert!(e.source().is_some());
+        let e = StoreError::Io {
+            op: "creating the store directory",
+            source: std::io::Error::other("disk"),
+        };
+        assert!(e.source().is_some());
+        let inner = StoreError::Timeout(Duration::from_secs(1));
+        let e = StoreError::PartialWrite {
+            failed: 1,
+            total: 3,
+            source: Box::new(inner),
+        };
+        assert!(e.to_string().contains("1 of 3 keys"), "{e}");
+        assert!(e.source().is_some());
+        assert!(StoreError::Closed.source().is_none());
+    }
 }

@@ -109,8 +109,20 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn backend(e: redis::RedisError) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A failed Redis command.
+fn backend(source: redis::RedisError) -> StoreError {
+    StoreError::Redis {
+        op: "command",
+        source,
+    }
+}
+
+/// A failed Redis connection.
+fn connecting(source: redis::RedisError) -> StoreError {
+    StoreError::Redis {
+        op: "connect",
+        source,
+    }
 }
 
 impl RedisStore {
@@ -118,10 +130,10 @@ impl RedisStore {
     /// connection reconnects by itself after failures.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the url is invalid or Redis is unreachable.
+    /// [`StoreError::Redis`] when the url is invalid or Redis is unreachable.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(backend)?;
-        let manager = client.get_connection_manager().await.map_err(backend)?;
+        let client = redis::Client::open(url).map_err(connecting)?;
+        let manager = client.get_connection_manager().await.map_err(connecting)?;
         Ok(RedisStore::with(Conn::Single(manager)))
     }
 
@@ -130,11 +142,11 @@ impl RedisStore {
     /// discovered); each command is routed to the node owning its key's slot.
     ///
     /// A command for a slot whose master is unreachable fails with
-    /// [`StoreError::Backend`] within 5 s (retries included) instead of
+    /// [`StoreError::Redis`] within 5 s (retries included) instead of
     /// waiting for the node to come back.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when no node is reachable or the urls are invalid.
+    /// [`StoreError::Redis`] when no node is reachable or the urls are invalid.
     pub async fn connect_cluster(urls: &[String]) -> Result<RedisStore, StoreError> {
         let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
             .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
@@ -144,8 +156,8 @@ impl RedisStore {
             .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
             .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
             .build()
-            .map_err(backend)?;
-        let conn = client.get_async_connection().await.map_err(backend)?;
+            .map_err(connecting)?;
+        let conn = client.get_async_connection().await.map_err(connecting)?;
         Ok(RedisStore::with(Conn::Cluster(conn)))
     }
 
@@ -212,12 +224,12 @@ impl RedisStore {
                         let member = &member;
                         async move {
                             if tokio::time::Instant::now() >= deadline {
-                                return Err(format!("not sent within {CLUSTER_PUSH_DEADLINE:?}"));
+                                return Err(StoreError::Timeout(CLUSTER_PUSH_DEADLINE));
                             }
                             let mut pipe = redis::pipe();
                             pipe.atomic();
                             add_append(&mut pipe, &key, member, expires_at, max);
-                            self.run_pipe(&pipe).await.map_err(|e| e.to_string())
+                            self.run_pipe(&pipe).await.map_err(backend)
                         }
                     })
                     .buffer_unordered(CLUSTER_FANOUT)
@@ -230,9 +242,11 @@ impl RedisStore {
                     .await;
                 match first {
                     None => Ok(()),
-                    Some(e) => Err(StoreError::Backend(format!(
-                        "not written to {failed} of {total} keys: {e}"
-                    ))),
+                    Some(first) => Err(StoreError::PartialWrite {
+                        failed,
+                        total,
+                        source: Box::new(first),
+                    }),
                 }
             }
         }
@@ -320,7 +334,7 @@ fn id_prefix(id: i64) -> [u8; 8] {
 fn encode_member(msg: &StoredMsg) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(16 + msg.data.len());
     out.extend_from_slice(&id_prefix(msg.id.0));
-    postcard::to_io(msg, &mut out).map_err(|e| StoreError::Backend(e.to_string()))?;
+    postcard::to_io(msg, &mut out).map_err(|source| StoreError::Encode { source })?;
     Ok(out)
 }
 
@@ -328,7 +342,9 @@ fn decode_member(member: &[u8]) -> Result<StoredMsg, StoreError> {
     member
         .get(8..)
         .and_then(|body| postcard::from_bytes(body).ok())
-        .ok_or_else(|| StoreError::Backend("undecodable stored message in redis".into()))
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "undecodable stored message in redis".into(),
+        })
 }
 
 /// `s` with `%`, `{` and `}` percent-escaped.
@@ -415,7 +431,9 @@ impl Store for RedisStore {
         got.map(|s| {
             s.parse::<i64>()
                 .map(MsgId)
-                .map_err(|_| StoreError::Backend(format!("bad ack value {s:?} in redis")))
+                .map_err(|_| StoreError::Corrupt {
+                    what: format!("bad ack value {s:?} in redis"),
+                })
         })
         .transpose()
     }

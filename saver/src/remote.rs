@@ -97,7 +97,7 @@ pub enum SaverResp {
     Msgs(Vec<StoredMsg>),
     /// The answer to [`SaverReq::Acked`].
     Acked(Option<MsgId>),
-    /// The store failed ([`StoreError::Backend`]).
+    /// The store failed (any [`StoreError`] but [`StoreError::Closed`], as text).
     Backend(String),
     /// The saver's store is closed (the saver is shutting down).
     Closed,
@@ -180,9 +180,9 @@ impl SaverService {
         match r {
             Ok(resp) => resp,
             Err(StoreError::Closed) => SaverResp::Closed,
-            Err(StoreError::Backend(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, "saver store call failed");
-                SaverResp::Backend(e)
+                SaverResp::Backend(e.to_string())
             }
         }
     }
@@ -196,7 +196,7 @@ impl SaverService {
 /// unavailable, drops the connection, times out or is draining, the call
 /// goes to the next saver: that is safe for writes too, since appends and
 /// acks are idempotent (same id, same member). A failure of the store behind
-/// a saver ([`StoreError::Backend`]) is returned as it is: every saver shares
+/// a saver ([`StoreError::Remote`]) is returned as it is: every saver shares
 /// that store. [`Store::close`] closes nothing remote; later calls on this
 /// `RemoteStore` fail with [`StoreError::Closed`].
 pub struct RemoteStore {
@@ -249,7 +249,7 @@ impl RemoteStore {
         }
         let count = self.savers.len();
         if count == 0 {
-            return Err(StoreError::Backend("no saver addresses".to_owned()));
+            return Err(StoreError::Setup("no saver addresses"));
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut req = Some(req);
@@ -273,9 +273,7 @@ impl RemoteStore {
                 }
             }
         }
-        Err(StoreError::Backend(format!(
-            "no saver answered (last: {last})"
-        )))
+        Err(StoreError::NoSaver { last })
     }
 
     fn outcome(
@@ -283,7 +281,10 @@ impl RemoteStore {
         r: Result<SaverResp, LinkError>,
     ) -> Result<SaverResp, Miss> {
         match r {
-            Ok(SaverResp::Backend(e)) => Err(Miss::Stop(StoreError::Backend(e))),
+            Ok(SaverResp::Backend(message)) => Err(Miss::Stop(StoreError::Remote {
+                addr: saver.addr().to_owned(),
+                message,
+            })),
             Ok(SaverResp::Closed) => Err(Miss::Next(format!(
                 "saver at {} is shutting down",
                 saver.addr()
@@ -294,16 +295,19 @@ impl RemoteStore {
                 | LinkError::Disconnected { .. }
                 | LinkError::Timeout { .. }),
             ) => Err(Miss::Next(e.to_string())),
-            Err(e @ LinkError::Protocol { .. }) => {
-                Err(Miss::Stop(StoreError::Backend(e.to_string())))
+            Err(source @ LinkError::Protocol { .. }) => {
+                Err(Miss::Stop(StoreError::Link { source }))
             }
         }
     }
 }
 
 /// The answer did not fit the call: a saver of another version.
-fn unexpected(resp: &SaverResp, call: &str) -> StoreError {
-    StoreError::Backend(format!("saver answered {call} with {resp:?}"))
+fn unexpected(resp: &SaverResp, call: &'static str) -> StoreError {
+    StoreError::BadAnswer {
+        call,
+        answer: format!("{resp:?}"),
+    }
 }
 
 #[async_trait]

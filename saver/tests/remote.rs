@@ -224,7 +224,7 @@ async fn the_only_saver_down_is_an_error_and_back_is_used_again() {
     let down = tokio::time::timeout(Duration::from_secs(10), push(&*remote, "solo", 2))
         .await
         .unwrap();
-    assert!(matches!(down, Err(StoreError::Backend(_))), "{down:?}");
+    assert!(matches!(down, Err(StoreError::NoSaver { .. })), "{down:?}");
 
     // The saver restarts on its port; the client reconnects (backoff ≤ 2 s).
     let saver = Saver::start_on(&addr, store.clone()).await;
@@ -256,7 +256,7 @@ async fn a_backend_failure_comes_back_as_a_backend_error() {
     let r = tokio::time::timeout(Duration::from_secs(30), push(&*remote, "bf", 2))
         .await
         .unwrap();
-    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert!(matches!(r, Err(StoreError::Remote { .. })), "{r:?}");
     remote.close().await.unwrap();
     saver.stop().await;
     let _ = store.close().await;
@@ -267,6 +267,6 @@ async fn no_saver_addresses_is_an_error() {
     let remote = RemoteStore::new(Vec::new(), client_cfg());
     assert!(matches!(
         remote.acked(&u("x"), "d").await,
-        Err(StoreError::Backend(_))
+        Err(StoreError::Setup(_))
     ));
 }

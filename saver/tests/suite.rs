@@ -150,7 +150,7 @@ async fn embedded_open_twice_fails() {
     let store = EmbeddedStore::open(&path).unwrap();
     assert!(matches!(
         EmbeddedStore::open(&path),
-        Err(StoreError::Backend(_))
+        Err(StoreError::Embedded { .. })
     ));
     store.close().await.unwrap();
 }
@@ -241,7 +241,12 @@ async fn redis_key_layout_and_expiry() {
 async fn redis_unreachable_is_an_error() {
     let port = testkit::free_port();
     let r = RedisStore::connect(&format!("redis://127.0.0.1:{port}/")).await;
-    assert!(matches!(r, Err(StoreError::Backend(_))));
+    let Err(e) = r else {
+        panic!("connected to a closed port")
+    };
+    assert!(matches!(e, StoreError::Redis { .. }), "{e:?}");
+    assert!(e.is_retryable(), "{e:?}");
+    assert!(std::error::Error::source(&e).is_some());
 }
 
 /// The part of `key` Redis Cluster hashes: between the first `{` and the next `}`.
@@ -507,9 +512,10 @@ async fn redis_cluster_node_failure_fails_the_push_but_keeps_other_users() {
     let m2 = msg(2, t);
     let started = std::time::Instant::now();
     let r = store.append_users(&all, &m2, BIG).await;
-    let Err(StoreError::Backend(why)) = r else {
+    let Err(e @ StoreError::PartialWrite { .. }) = r else {
         panic!("push with a dead master: {r:?}")
     };
+    let why = e.to_string();
     let counts = format!("{} of {} keys", doomed.len(), all.len());
     assert!(why.contains(&counts), "{why}");
     assert!(
@@ -579,7 +585,13 @@ async fn redis_cluster_hung_node_fails_within_bound() {
     let started = std::time::Instant::now();
     let r = store.append_users(&on_victim[..1], &msg(2, t), BIG).await;
     let took = started.elapsed();
-    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(StoreError::Redis { .. } | StoreError::PartialWrite { .. })
+        ),
+        "{r:?}"
+    );
     assert!(
         took < std::time::Duration::from_secs(8),
         "one write to a hung master took {took:?}"
@@ -588,9 +600,10 @@ async fn redis_cluster_hung_node_fails_within_bound() {
     let started = std::time::Instant::now();
     let r = store.append_users(&users, &msg(3, t), BIG).await;
     let took = started.elapsed();
-    let Err(StoreError::Backend(why)) = r else {
+    let Err(e @ StoreError::PartialWrite { .. }) = r else {
         panic!("push with a hung master: {r:?}")
     };
+    let why = e.to_string();
     assert!(why.contains("of 600 keys"), "{why}");
     assert!(
         took < std::time::Duration::from_secs(20),

@@ -67,9 +67,12 @@ impl RecRooms {
     }
     fn check(&self, room: RoomId) -> Result<(), RoomsError> {
         if self.failing.lock().contains(&room.0) {
-            return Err(RoomsError {
+            return Err(RoomsError::Link {
                 room,
-                reason: "test failure".to_owned(),
+                source: link::LinkError::Unavailable {
+                    service: "room",
+                    addr: "test failure".to_owned(),
+                },
             });
         }
         Ok(())
@@ -176,7 +179,7 @@ impl Store for TestStore {
         if self.fail_prefix.load(Ordering::SeqCst)
             && users.iter().any(|u| u.as_str().starts_with("fail"))
         {
-            return Err(StoreError::Backend("injected failure".to_owned()));
+            return Err(StoreError::Setup("injected failure"));
         }
         self.inner.append_users(users, msg, bounds).await
     }

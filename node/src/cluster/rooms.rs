@@ -44,9 +44,9 @@ impl ClusterRooms {
 
     fn link(&self, room: RoomId) -> Result<RoomClient, RoomsError> {
         let Some((addr, instance)) = self.dir.room_endpoint(room) else {
-            return Err(RoomsError {
+            return Err(RoomsError::Unknown {
                 room,
-                reason: "not a live room".into(),
+                detail: "not a live room",
             });
         };
         if let Some(l) = self.links.get(&room) {
@@ -62,44 +62,47 @@ impl ClusterRooms {
 
     async fn count(&self, room: RoomId, req: RoomReq) -> Result<u64, RoomsError> {
         match self.try_count(room, &req).await {
-            Err(Retry::Now(why)) => {
+            Err(first) if after_refresh(&first) => {
                 // The membership may be a second old: the room may have just
                 // started, or restarted on another address. Read it now and
                 // try once more (a message sent twice is dropped by id).
                 if let Err(e) = self.dir.refresh().await {
                     tracing::debug!(error = %e, "membership refresh failed");
                 }
-                self.try_count(room, &req)
-                    .await
-                    .map_err(|e| match e {
-                        Retry::Now(reason) | Retry::No(reason) => RoomsError { room, reason },
-                    })
-                    .inspect_err(|_| tracing::debug!(%room, first = %why, "room call failed twice"))
+                self.try_count(room, &req).await.inspect_err(
+                    |_| tracing::debug!(%room, first = %first, "room call failed twice"),
+                )
             }
-            Err(Retry::No(reason)) => Err(RoomsError { room, reason }),
-            Ok(n) => Ok(n),
+            r => r,
         }
     }
 
-    async fn try_count(&self, room: RoomId, req: &RoomReq) -> Result<u64, Retry> {
-        let link = self.link(room).map_err(|e| Retry::Now(e.reason))?;
+    async fn try_count(&self, room: RoomId, req: &RoomReq) -> Result<u64, RoomsError> {
+        let link = self.link(room)?;
         match link.call(req.clone()).await {
             Ok(RoomResp::Count(n)) => Ok(n),
-            Ok(other) => Err(Retry::No(format!("unexpected answer {other:?}"))),
-            Err(e @ (LinkError::Unavailable { .. } | LinkError::Disconnected { .. })) => {
-                Err(Retry::Now(e.to_string()))
-            }
-            Err(e) => Err(Retry::No(e.to_string())),
+            Ok(other) => Err(RoomsError::BadAnswer {
+                room,
+                answer: format!("{other:?}"),
+            }),
+            Err(source) => Err(RoomsError::Link { room, source }),
         }
     }
 }
 
-/// Whether a failed room call is worth one more try after a membership refresh.
-enum Retry {
-    /// Unknown room, or its link is down: the membership may be stale.
-    Now(String),
-    /// It answered wrongly or too late: a retry would not help.
-    No(String),
+/// Whether a failed room call is worth one more try after a membership
+/// refresh: the room is unknown or its link is down, so the membership may be
+/// stale. A room that answered wrongly or too late is not retried (unlike
+/// [`RoomsError::is_retryable`], a timeout does not count: the room is there).
+fn after_refresh(e: &RoomsError) -> bool {
+    matches!(
+        e,
+        RoomsError::Unknown { .. }
+            | RoomsError::Link {
+                source: LinkError::Unavailable { .. } | LinkError::Disconnected { .. },
+                ..
+            }
+    )
 }
 
 /// Closes links of rooms that left the membership, every 5 s.
@@ -167,5 +170,54 @@ impl Rooms for ClusterRooms {
             after,
         };
         self.count(room, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use center::RoomsError;
+    use link::LinkError;
+    use proto::RoomId;
+
+    use super::after_refresh;
+
+    fn link(source: LinkError) -> RoomsError {
+        RoomsError::Link {
+            room: RoomId(1),
+            source,
+        }
+    }
+
+    /// Same decisions as the former `Retry::Now` / `Retry::No` split.
+    #[test]
+    fn only_unknown_or_down_rooms_are_retried_after_a_refresh() {
+        let addr = || "10.0.0.3:1".to_owned();
+        assert!(after_refresh(&RoomsError::Unknown {
+            room: RoomId(1),
+            detail: "not a live room",
+        }));
+        assert!(after_refresh(&link(LinkError::Unavailable {
+            service: "room",
+            addr: addr(),
+        })));
+        assert!(after_refresh(&link(LinkError::Disconnected {
+            service: "room",
+            addr: addr(),
+        })));
+        assert!(!after_refresh(&link(LinkError::Timeout {
+            service: "room",
+            addr: addr(),
+            timeout: Duration::from_secs(2),
+        })));
+        assert!(!after_refresh(&link(LinkError::Protocol {
+            service: "room",
+            reason: "bad".to_owned(),
+        })));
+        assert!(!after_refresh(&RoomsError::BadAnswer {
+            room: RoomId(1),
+            answer: "Done".to_owned(),
+        }));
     }
 }

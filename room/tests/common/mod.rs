@@ -102,7 +102,9 @@ impl Backend for MemBackend {
     ) -> Result<Vec<MsgFrame>, BackendError> {
         let st = self.state.lock();
         if st.failing_replay.iter().any(|u| u == user.as_str()) {
-            return Err(BackendError("store unreachable".into()));
+            return Err(BackendError::Unavailable {
+                source: "store unreachable".into(),
+            });
         }
         let msgs = st.user_msgs.get(user.as_str()).cloned().unwrap_or_default();
         Ok(msgs

@@ -54,7 +54,13 @@ impl InProcess {
 
     async fn call(&self, p: usize, req: RegisterReq) -> Result<RegisterResp, DirError> {
         if self.down[p].load(Ordering::SeqCst) {
-            return Err(DirError::Unavailable(format!("register {p} is down")));
+            return Err(DirError::Link {
+                partition: p,
+                source: link::LinkError::Unavailable {
+                    service: "register",
+                    addr: format!("register {p} (down)"),
+                },
+            });
         }
         let delay = *self.delay.lock();
         if !delay.is_zero() {
@@ -79,7 +85,11 @@ impl Registers for InProcess {
         let calls = (0..self.down.len()).map(|p| async move {
             match self.call(p, RegisterReq::Lease(lease.clone())).await? {
                 RegisterResp::Lease(o) => Ok(o),
-                other => Err(DirError::Unavailable(format!("unexpected {other:?}"))),
+                other => Err(DirError::BadAnswer {
+                    partition: p,
+                    addr: "test".to_owned(),
+                    answer: format!("{other:?}"),
+                }),
             }
         });
         futures_util::future::join_all(calls).await
