@@ -43,6 +43,7 @@ mod dedupe;
 mod driver;
 mod error;
 mod event;
+mod io;
 mod quic;
 mod tls;
 mod transport;

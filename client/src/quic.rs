@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::transport::Io;
+use crate::io::Io;
 use crate::url::ServerUrl;
 
 /// The client's QUIC endpoint (shared with the [`Client`](crate::Client)

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use proto::{ClientFrame, ServerFrame};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::io::Io;
 use crate::quic::QuicEndpoints;
 use crate::url::{Scheme, ServerUrl};
 use crate::Encoding;
@@ -28,10 +29,6 @@ use crate::Encoding;
 const SUBPROTOCOL_JSON: &str = "pushgate.v1.json";
 /// WebSocket subprotocol of the binary encoding.
 const SUBPROTOCOL_BIN: &str = "pushgate.v1.bin";
-
-/// A byte stream: TCP, TLS over TCP, or a QUIC bidirectional stream.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Everything a connection attempt needs besides the URL.
 pub(crate) struct Dialer {

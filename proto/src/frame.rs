@@ -268,65 +268,9 @@ impl CloseCode {
     }
 }
 
-/// A pushed message encoded once, in both encodings, for fan-out: every
-/// connection gets a cheap clone of the same bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncodedMsg {
-    /// Message id (for de-duplication against replayed messages).
-    pub id: MsgId,
-    /// Whether this is a channel message.
-    pub channel: bool,
-    /// Whether this message is in the user's stored queue, so that a replay
-    /// may already have sent it (only such messages are de-duplicated by a
-    /// session against its replay; broadcasts and `store: false` pushes never are).
-    pub stored: bool,
-    /// The JSON encoding (a WebSocket text frame's payload).
-    pub json: Bytes,
-    /// The binary encoding, without any length prefix.
-    pub bin: Bytes,
-}
-
-impl EncodedMsg {
-    /// Encodes `msg` in both encodings.
-    pub fn new(msg: &MsgFrame) -> EncodedMsg {
-        let frame = ServerFrame::Msg(msg.clone());
-        let mut json = Vec::with_capacity(msg.data.len() + 64);
-        crate::json::encode_server(&frame, &mut json);
-        let mut bin = Vec::with_capacity(msg.data.len() + 32);
-        crate::binary::encode_server(&frame, &mut bin);
-        EncodedMsg {
-            id: msg.id,
-            channel: msg.channel.is_some(),
-            stored: false,
-            json: Bytes::from(json),
-            bin: Bytes::from(bin),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encoded_msg_matches_both_encoders() {
-        let m = MsgFrame {
-            id: MsgId(7),
-            ts: 1_700_000_000_000,
-            channel: Some("news".into()),
-            data: Bytes::from_static(br#"{"k":[1,"two"]}"#),
-        };
-        let e = EncodedMsg::new(&m);
-        assert_eq!(e.id, MsgId(7));
-        assert!(e.channel);
-        assert_eq!(
-            &e.json[..],
-            br#"{"op":"msg","id":7,"channel":"news","data":{"k":[1,"two"]},"ts":1700000000000}"#
-        );
-        let frame = ServerFrame::Msg(m);
-        assert_eq!(crate::json::decode_server(&e.json), Ok(frame.clone()));
-        assert_eq!(crate::binary::decode_server(&e.bin), Ok(frame));
-    }
 
     #[test]
     fn codes_convert_both_ways() {

@@ -9,14 +9,16 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod binary;
+pub mod encoded;
 pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod json;
 pub mod token;
 
+pub use encoded::EncodedMsg;
 pub use error::DecodeError;
-pub use frame::{ClientFrame, CloseCode, EncodedMsg, ErrorCode, MsgFrame, ServerFrame};
+pub use frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, ServerFrame};
 pub use ids::{unix_ms, ConnId, MsgId, RoomId, UserId};
 pub use token::{valid_channel, Claims, TokenError};
 

@@ -57,8 +57,6 @@ const MAX_BATCH: usize = 32;
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the final error and close frames may take to write.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// The device id of connections that name none.
-pub(crate) const DEFAULT_DEVICE: &str = "default";
 /// Longest accepted device id, in bytes.
 const MAX_DEVICE_LEN: usize = 128;
 /// Transport keepalives tolerated before the auth frame.
@@ -255,7 +253,7 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
         }
         // The default device is one shared string, not one per connection.
         let device = match device {
-            Some(d) if d != DEFAULT_DEVICE => Arc::from(d),
+            Some(d) if d != crate::shared::DEFAULT_DEVICE => Arc::from(d),
             _ => Arc::clone(&shared.default_device),
         };
         let user = UserId::from(std::mem::take(&mut claims.sub));

@@ -14,6 +14,9 @@ use crate::metrics::Metrics;
 use crate::per_ip::PerIp;
 use crate::{Backend, RoomConfig};
 
+/// The device id of connections that name none.
+pub(crate) const DEFAULT_DEVICE: &str = "default";
+
 /// Refused connections being answered (HTTP 503 / error frame) at once, at most.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
@@ -62,7 +65,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             next_serial: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
-            default_device: Arc::from(crate::session::DEFAULT_DEVICE),
+            default_device: Arc::from(DEFAULT_DEVICE),
         }
     }
 
