@@ -204,6 +204,45 @@ async fn get_user_lists_connections() {
     assert_eq!(v["connections"], json!([]), "{v}");
 }
 
+/// Online time counts live connections and keeps the time of those that
+/// ended (standalone answers from the room's own index plus a record of
+/// ended connections: both halves must add up).
+#[tokio::test]
+async fn online_time_survives_the_connection() {
+    let s = Server::start(&[]).await;
+    let (a, _) = s.login(Transport::WsJson, "ot", "phone").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let live = s.user("ot").await;
+    assert_eq!(live["online"], true, "{live}");
+    let live_ms = live["online_ms"].as_u64().unwrap_or(0);
+    assert!(live_ms >= 1000, "a live connection's time counts: {live}");
+    a.close().await;
+    common::eventually("ot offline", Duration::from_secs(5), || async {
+        s.user("ot").await["online"] == false
+    })
+    .await;
+    let off = s.user("ot").await;
+    let off_ms = off["online_ms"].as_u64().unwrap_or(0);
+    assert!(off_ms >= live_ms, "ended time is kept: {off} after {live}");
+    assert_eq!(off["connections"], json!([]), "{off}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.user("ot").await["online_ms"].as_u64(),
+        Some(off_ms),
+        "an offline user's time does not grow"
+    );
+    let (_b, _) = s.login(Transport::Tcp, "ot", "laptop").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let back = s.user("ot").await;
+    let back_ms = back["online_ms"].as_u64().unwrap_or(0);
+    assert!(
+        back_ms >= off_ms + 400,
+        "ended plus live: {back} after {off}"
+    );
+    let st = s.stats().await;
+    assert_eq!(st["connections"], 1, "{st}");
+}
+
 /// DELETE /users/{u}/connections closes all of them with 4005, and nobody else.
 #[tokio::test]
 async fn kick_closes_with_4005() {

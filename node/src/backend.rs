@@ -10,45 +10,64 @@ use register::{ConnInfo, Directory};
 use room::{Backend, BackendError, SessionInfo};
 use saver::{Store, StoredMsg};
 
+use crate::room_directory::OnlineTimes;
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     proto::unix_ms(std::time::SystemTime::now())
 }
 
-/// [`Backend`] for a room: in process with register and saver (standalone),
-/// or over links to them (cluster mode, where `dir` and `store` are remote).
+/// [`Backend`] for a room: in process with the store (standalone), or over
+/// links to registers and savers (cluster mode, where the directory and
+/// `store` are remote).
 pub(crate) struct LocalBackend {
-    pub(crate) room: RoomId,
-    pub(crate) dir: Arc<dyn Directory>,
-    pub(crate) store: Arc<dyn Store>,
-    /// Directory failures are logged at most once a second (a register
-    /// outage would otherwise log once per connection).
-    pub(crate) dir_errors: Throttle,
-    /// Called with the user whose connect or disconnect report failed
-    /// (cluster mode: marks that user's register for a refill).
-    pub(crate) on_dir_error: Option<DirErrorHook>,
+    room: RoomId,
+    presence: Presence,
+    store: Arc<dyn Store>,
 }
 
-impl LocalBackend {
-    /// The backend of room `room` over `dir` and `store`; `on_dir_error`
-    /// is told of every connect or disconnect report that failed.
-    pub(crate) fn new(
-        room: RoomId,
+/// Where a room reports its connections.
+pub(crate) enum Presence {
+    /// A directory (the registers) is told of every connect and disconnect.
+    Directory {
+        /// The directory.
         dir: Arc<dyn Directory>,
-        store: Arc<dyn Store>,
-        on_dir_error: Option<DirErrorHook>,
-    ) -> LocalBackend {
-        LocalBackend {
-            room,
+        /// Failures are logged at most once a second (a register outage
+        /// would otherwise log once per connection).
+        errors: Throttle,
+        /// Called with the user whose connect or disconnect report failed
+        /// (cluster mode: marks that user's register for a refill).
+        on_error: Option<DirErrorHook>,
+    },
+    /// Standalone: the room's own index is the directory
+    /// ([`crate::room_directory`]); only the online time of connections
+    /// that end is recorded.
+    Local(Arc<OnlineTimes>),
+}
+
+impl Presence {
+    /// Reports to `dir`; `on_error` is told of every report that failed.
+    pub(crate) fn directory(dir: Arc<dyn Directory>, on_error: Option<DirErrorHook>) -> Presence {
+        Presence::Directory {
             dir,
-            store,
-            dir_errors: Throttle::default(),
-            on_dir_error,
+            errors: Throttle::default(),
+            on_error,
         }
     }
 }
 
-/// See [`LocalBackend::on_dir_error`].
+impl LocalBackend {
+    /// The backend of room `room`, reporting its connections to `presence`
+    /// and keeping messages in `store`.
+    pub(crate) fn new(room: RoomId, presence: Presence, store: Arc<dyn Store>) -> LocalBackend {
+        LocalBackend {
+            room,
+            presence,
+            store,
+        }
+    }
+}
+
 /// Sorts a store failure into a transient or a permanent backend error,
 /// keeping it as the source.
 fn store_error(e: saver::StoreError) -> BackendError {
@@ -63,6 +82,7 @@ fn store_error(e: saver::StoreError) -> BackendError {
     }
 }
 
+/// See [`Presence::Directory`].
 pub(crate) type DirErrorHook = Arc<dyn Fn(&UserId) + Send + Sync>;
 
 /// Lets a log line through at most once per second and counts the rest.
@@ -102,6 +122,14 @@ fn user_frame(m: StoredMsg) -> MsgFrame {
 #[async_trait]
 impl Backend for LocalBackend {
     async fn connected(&self, s: &SessionInfo) {
+        let Presence::Directory {
+            dir,
+            errors,
+            on_error,
+        } = &self.presence
+        else {
+            return;
+        };
         let info = ConnInfo {
             user: s.user.clone(),
             conn: s.conn,
@@ -109,22 +137,33 @@ impl Backend for LocalBackend {
             device: Some(s.device.to_string()),
             since: s.since,
         };
-        if let Err(e) = self.dir.connected(info).await {
-            if let Some(hook) = &self.on_dir_error {
+        if let Err(e) = dir.connected(info).await {
+            if let Some(hook) = on_error {
                 hook(&s.user);
             }
-            if let Some(more) = self.dir_errors.allow() {
+            if let Some(more) = errors.allow() {
                 tracing::warn!(user = %s.user, error = %e, suppressed = more, "directory: connect not recorded");
             }
         }
     }
 
     async fn disconnected(&self, s: &SessionInfo, now_ms: i64) {
-        if let Err(e) = self.dir.disconnected(&s.user, s.conn, now_ms).await {
-            if let Some(hook) = &self.on_dir_error {
+        let (dir, errors, on_error) = match &self.presence {
+            Presence::Local(times) => {
+                times.ended(&s.user, s.since, now_ms);
+                return;
+            }
+            Presence::Directory {
+                dir,
+                errors,
+                on_error,
+            } => (dir, errors, on_error),
+        };
+        if let Err(e) = dir.disconnected(&s.user, s.conn, now_ms).await {
+            if let Some(hook) = on_error {
                 hook(&s.user);
             }
-            if let Some(more) = self.dir_errors.allow() {
+            if let Some(more) = errors.allow() {
                 tracing::warn!(user = %s.user, error = %e, suppressed = more, "directory: disconnect not recorded");
             }
         }

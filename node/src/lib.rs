@@ -8,8 +8,8 @@
 //! - `room_node::RoomNode` (a room with its client listeners),
 //!   `api::ApiNode` (the REST API's HTTP server), `health::Health`,
 //!   `cluster::membership` (the room's half of the lease protocol);
-//! - `settings` (every flag, declared once per component), `backend` and
-//!   `local_rooms` (in-process glue), `net`, `tls`, `secrets`, `signal`.
+//! - `settings` (every flag, declared once per component), `backend`,
+//!   `local_rooms` and `room_directory` (in-process glue), `net`, `tls`, `secrets`, `signal`.
 
 mod api;
 mod backend;
@@ -18,6 +18,7 @@ mod dev;
 mod health;
 mod local_rooms;
 mod net;
+mod room_directory;
 mod room_node;
 mod secrets;
 mod settings;

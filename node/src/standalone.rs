@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proto::RoomId;
-use register::{Directory, LocalDirectory};
+use register::Directory;
 use room::Room;
 use saver::{EmbeddedStore, Store};
 use tracing::{info, warn};
 
 use crate::api::ApiNode;
-use crate::backend::LocalBackend;
+use crate::backend::{LocalBackend, Presence};
 use crate::local_rooms::LocalRooms;
+use crate::room_directory::{OnlineTimes, RoomDirectory};
 use crate::room_node::{Listen, RoomNode};
 use crate::secrets::{self, Origin};
 use crate::settings::room::RoomRole;
@@ -111,7 +112,7 @@ struct Parts {
     room_id: RoomId,
     store: Arc<dyn Store>,
     ids: Arc<idgen::FileIdGen>,
-    local_dir: Arc<LocalDirectory>,
+    local_dir: Arc<RoomDirectory>,
     dir: Arc<dyn Directory>,
     room: Room,
     center: center::Center,
@@ -133,8 +134,7 @@ impl Parts {
             ),
         };
         let ids = Arc::new(idgen::FileIdGen::open(data, args.node_id).context("open idgen")?);
-        let local_dir = Arc::new(LocalDirectory::new());
-        let dir: Arc<dyn Directory> = local_dir.clone();
+        let times = OnlineTimes::new();
         let role = RoomRole {
             id: RoomId(u32::from(args.node_id)),
             reconnect_delay: RECONNECT_DELAY,
@@ -142,8 +142,16 @@ impl Parts {
         };
         let room = Room::new(
             args.room.room_config(role, token_secret),
-            Arc::new(LocalBackend::new(role.id, dir.clone(), store.clone(), None)),
+            Arc::new(LocalBackend::new(
+                role.id,
+                Presence::Local(times.clone()),
+                store.clone(),
+            )),
         );
+        // The room's own index is the directory: no second copy of every
+        // connection (see `crate::room_directory`).
+        let local_dir = Arc::new(RoomDirectory::new(role.id, room.clone(), times));
+        let dir: Arc<dyn Directory> = local_dir.clone();
         let center = center::Center::new(
             args.center.center_config(api_key.to_owned()),
             center::CenterDeps {
@@ -188,8 +196,8 @@ impl Parts {
     }
 }
 
-/// Forgets long-offline users once a minute (see [`LocalDirectory::prune_offline`]).
-async fn prune_directory(dir: Arc<LocalDirectory>) {
+/// Forgets long-offline users once a minute (see [`RoomDirectory::prune_offline`]).
+async fn prune_directory(dir: Arc<RoomDirectory>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

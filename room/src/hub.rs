@@ -386,6 +386,27 @@ impl Hub {
         self.channels.len() as u64
     }
 
+    /// The connections of `user`, as the directory records them.
+    pub(crate) fn sessions_of(&self, user: &UserId) -> Vec<crate::SessionInfo> {
+        let Some(conns) = self.users.get(user) else {
+            return Vec::new();
+        };
+        conns
+            .iter()
+            .map(|c| crate::SessionInfo {
+                conn: c.id,
+                user: user.clone(),
+                device: c.device.clone().unwrap_or_else(|| Arc::from("")),
+                since: c.since,
+            })
+            .collect()
+    }
+
+    /// Whether `user` has a connection here.
+    pub(crate) fn is_online(&self, user: &UserId) -> bool {
+        self.users.get(user).is_some_and(|c| !c.is_empty())
+    }
+
     /// Every connection whose user passes `keep`, as the directory records it.
     pub(crate) fn snapshot(
         &self,

@@ -149,6 +149,20 @@ impl Room {
         self.shared.hub.snapshot(keep)
     }
 
+    /// The authenticated connections of each of `users`, in order (a
+    /// standalone process answers directory lookups with it).
+    pub fn sessions_of(&self, users: &[UserId]) -> Vec<Vec<crate::SessionInfo>> {
+        users
+            .iter()
+            .map(|u| self.shared.hub.sessions_of(u))
+            .collect()
+    }
+
+    /// Whether `user` has an authenticated connection here now.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.shared.hub.is_online(user)
+    }
+
     /// Distinct users with at least one authenticated connection now.
     pub fn users(&self) -> u64 {
         self.shared.hub.users()

@@ -22,7 +22,7 @@ use tracing::{error, info};
 
 use super::membership::{dir_error_hook, Membership, Refills, Registers};
 use super::{addrs, announce, bind, client_config, connect_store, STEP_TIMEOUT};
-use crate::backend::LocalBackend;
+use crate::backend::{LocalBackend, Presence};
 use crate::health::Health;
 use crate::room_node::{Listen, RoomNode};
 use crate::settings::room::RoomRole;
@@ -42,12 +42,8 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let store = connect_store(&args.store, link_cfg).await?;
     let role = role(&args);
     let refills = Refills::new(regs.partitions());
-    let backend = LocalBackend::new(
-        role.id,
-        dir.clone(),
-        store,
-        Some(dir_error_hook(regs.clone(), refills.clone())),
-    );
+    let hook = dir_error_hook(regs.clone(), refills.clone());
+    let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store);
     let room = Room::new(
         args.room.room_config(role, &args.token_secret),
         Arc::new(backend),

@@ -142,7 +142,11 @@ impl Registers for InProcess {
 fn room(id: u32, data: &tempfile::TempDir) -> Room {
     let store = saver::EmbeddedStore::open(&data.path().join("s.redb")).expect("store");
     let dir = Arc::new(register::LocalDirectory::new());
-    let backend = crate::backend::LocalBackend::new(RoomId(id), dir, Arc::new(store), None);
+    let backend = crate::backend::LocalBackend::new(
+        RoomId(id),
+        crate::backend::Presence::directory(dir, None),
+        Arc::new(store),
+    );
     Room::new(
         RoomConfig::new(RoomId(id), Arc::from(&b"0123456789abcdef"[..])),
         Arc::new(backend),
