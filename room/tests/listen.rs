@@ -28,7 +28,7 @@ async fn json_is_the_default_and_unknown_subprotocols_get_400() {
     let t = start(config()).await;
     let (ws, chosen) = ws_connect(t.ws, "/ws", None).await.unwrap();
     assert_eq!(chosen, None);
-    let mut c = Client::Ws { ws, bin: false };
+    let mut c = Client::from_ws(ws, false);
     c.send(&auth(token("j"))).await;
     assert!(matches!(c.frame().await, ServerFrame::AuthOk { .. }));
     match ws_connect(t.ws, "/ws", Some("chat.v9, mqtt")).await {
@@ -49,14 +49,7 @@ async fn text_frames_are_json_even_on_the_binary_subprotocol() {
     let mut c = t.client(Transport::WsBin).await;
     let mut json = Vec::new();
     proto::json::encode_client(&auth(token("mixed")), &mut json);
-    if let Client::Ws { ws, .. } = &mut c {
-        use futures_util::SinkExt;
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(
-            String::from_utf8(json).unwrap().into(),
-        ))
-        .await
-        .unwrap();
-    }
+    c.send_text(&String::from_utf8(json).unwrap()).await;
     // The reply is binary (the negotiated encoding); the client decodes it as such.
     assert!(matches!(c.frame().await, ServerFrame::AuthOk { .. }));
 }

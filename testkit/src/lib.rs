@@ -1,6 +1,7 @@
 //! Test harness for pushgate: a real `redis-server` on a free loopback port,
-//! a real three-master Redis Cluster, free ports for servers under test, and
-//! a TCP proxy that cuts and heals links ([`Proxy`]) for fault tests.
+//! a real three-master Redis Cluster, free ports for servers under test, a
+//! TCP proxy that cuts and heals links ([`Proxy`]) for fault tests, and a
+//! WebSocket/TCP wire client speaking proto ([`wire`]).
 //!
 //! Dev-only: used by the saver tests and the root end-to-end tests. Nothing
 //! here is mocked; a missing `redis-server` or `redis-cli` is a test failure,
@@ -18,6 +19,7 @@
 
 mod proxy;
 pub use proxy::Proxy;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

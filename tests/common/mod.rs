@@ -13,17 +13,16 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use proto::{ClientFrame, MsgId, ServerFrame};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use testkit::wire::{self, BytesMut, Unit};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Path of the binary under test.
@@ -673,18 +672,8 @@ pub fn check_api_error(what: &str, status: u16, body: &Value, want: &[u16]) -> R
 // Clients
 // ---------------------------------------------------------------------------
 
-/// How a client connects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// WebSocket, subprotocol `pushgate.v1.json`.
-    WsJson,
-    /// WebSocket, subprotocol `pushgate.v1.bin`.
-    WsBin,
-    /// WebSocket with no subprotocol asked (JSON is the default).
-    WsDefault,
-    /// TCP, length-prefixed binary frames.
-    Tcp,
-}
+/// How a client connects (WsJson, WsBin, WsDefault, Tcp).
+pub use testkit::wire::Transport;
 
 /// The three transports every protocol test runs on.
 pub const TRANSPORTS: [Transport; 3] = [Transport::WsJson, Transport::WsBin, Transport::Tcp];
@@ -699,20 +688,9 @@ pub enum Event {
     Closed { code: Option<u16>, reason: String },
 }
 
-enum Conn {
-    Ws {
-        ws: Box<WebSocketStream<TcpStream>>,
-        bin: bool,
-    },
-    Tcp {
-        stream: TcpStream,
-        buf: Vec<u8>,
-    },
-}
-
 /// A protocol client over any transport.
 pub struct Client {
-    conn: Conn,
+    conn: wire::Client,
     pub transport: Transport,
     /// Close code from a TCP error frame seen before EOF.
     tcp_close: Option<(u16, String)>,
@@ -721,7 +699,7 @@ pub struct Client {
 }
 
 /// Max frame the test client accepts from the server.
-const CLIENT_MAX: usize = 64 * 1024 * 1024;
+const CLIENT_MAX: usize = wire::MAX_FRAME;
 
 /// Encodes a client frame in the JSON encoding of DESIGN.md (independently of proto::json).
 pub fn client_json(f: &ClientFrame) -> Value {
@@ -822,15 +800,7 @@ pub async fn ws_handshake(
     addr: SocketAddr,
     subprotocol: Option<&str>,
 ) -> Result<WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
-    if let Some(p) = subprotocol {
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
-    }
-    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(CLIENT_MAX))
-        .max_frame_size(Some(CLIENT_MAX));
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg)).await?;
+    let (ws, _chosen) = wire::ws_handshake(stream, addr, "/ws", subprotocol).await?;
     Ok(ws)
 }
 
@@ -838,10 +808,7 @@ impl Client {
     /// Connects to the server's listener for `t`.
     pub async fn connect(s: &Server, t: Transport) -> Client {
         let addr = if t == Transport::Tcp { s.tcp } else { s.ws };
-        let stream = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect {t:?} {addr}: {e}"));
-        Client::on_stream(stream, addr, t).await
+        Client::connect_addr(addr, t).await
     }
 
     /// Connects with a tiny socket receive buffer (for slow-consumer tests).
@@ -850,40 +817,24 @@ impl Client {
         let sock = TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(rcvbuf).unwrap();
         let stream = sock.connect(addr).await.unwrap();
-        Client::on_stream(stream, addr, t).await
+        stream.set_nodelay(true).unwrap();
+        Client::wrap(wire::Client::on_stream(stream, addr, t).await)
     }
 
     /// Wraps an open TCP stream to the TCP listener.
     pub fn from_tcp(stream: TcpStream) -> Client {
-        Client::wrap(
-            Conn::Tcp {
-                stream,
-                buf: Vec::new(),
-            },
-            Transport::Tcp,
-        )
+        Client::wrap(wire::Client::from_tcp(stream))
     }
 
     /// Wraps an open WebSocket.
     pub fn from_ws(ws: WebSocketStream<TcpStream>, bin: bool) -> Client {
-        let t = if bin {
-            Transport::WsBin
-        } else {
-            Transport::WsJson
-        };
-        Client::wrap(
-            Conn::Ws {
-                ws: Box::new(ws),
-                bin,
-            },
-            t,
-        )
+        Client::wrap(wire::Client::from_ws(ws, bin))
     }
 
-    fn wrap(conn: Conn, transport: Transport) -> Client {
+    fn wrap(conn: wire::Client) -> Client {
         Client {
+            transport: conn.transport(),
             conn,
-            transport,
             tcp_close: None,
             closed: None,
             pending: VecDeque::new(),
@@ -892,94 +843,32 @@ impl Client {
 
     /// Connects to `addr` (a room's WebSocket or TCP listener, as `t` says).
     pub async fn connect_addr(addr: SocketAddr, t: Transport) -> Client {
-        let stream = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect {t:?} {addr}: {e}"));
-        Client::on_stream(stream, addr, t).await
+        Client::wrap(wire::Client::connect(addr, t).await)
     }
 
-    async fn on_stream(stream: TcpStream, addr: SocketAddr, t: Transport) -> Client {
-        stream.set_nodelay(true).unwrap();
-        let conn = match t {
-            Transport::Tcp => Conn::Tcp {
-                stream,
-                buf: Vec::new(),
-            },
-            Transport::WsJson | Transport::WsBin | Transport::WsDefault => {
-                let proto = match t {
-                    Transport::WsJson => Some("pushgate.v1.json"),
-                    Transport::WsBin => Some("pushgate.v1.bin"),
-                    _ => None,
-                };
-                let ws = ws_handshake(stream, addr, proto).await.unwrap_or_else(|e| {
-                    panic!("websocket handshake ({t:?}, subprotocol {proto:?}): {e}")
-                });
-                Conn::Ws {
-                    ws: Box::new(ws),
-                    bin: t == Transport::WsBin,
-                }
-            }
-        };
-        Client {
-            conn,
-            transport: t,
-            tcp_close: None,
-            closed: None,
-            pending: VecDeque::new(),
-        }
-    }
-
-    /// Sends a frame in this transport's encoding.
+    /// Sends a frame in this transport's encoding (JSON by [`client_json`]).
     pub async fn send(&mut self, f: &ClientFrame) {
-        match &mut self.conn {
-            Conn::Ws { ws, bin: false } => {
-                let text = client_json(f).to_string();
-                let _ = ws.send(Message::text(text)).await;
+        let _ = match self.transport {
+            Transport::WsJson | Transport::WsDefault => {
+                self.conn.send_text(&client_json(f).to_string()).await
             }
-            Conn::Ws { ws, bin: true } => {
-                let mut out = Vec::new();
-                proto::binary::encode_client(f, &mut out);
-                let _ = ws.send(Message::binary(out)).await;
-            }
-            Conn::Tcp { stream, .. } => {
-                let mut body = Vec::new();
-                proto::binary::encode_client(f, &mut body);
-                let mut out = Vec::new();
-                proto::binary::write_len(body.len(), &mut out);
-                out.extend_from_slice(&body);
-                let _ = stream.write_all(&out).await;
-            }
-        }
+            Transport::WsBin | Transport::Tcp => self.conn.send(f).await,
+        };
     }
 
     /// Sends a raw WebSocket text frame (panics on TCP).
     pub async fn send_text(&mut self, text: &str) {
-        match &mut self.conn {
-            Conn::Ws { ws, .. } => {
-                let _ = ws.send(Message::text(text.to_string())).await;
-            }
-            Conn::Tcp { .. } => panic!("send_text on TCP"),
-        }
+        let _ = self.conn.send_text(text).await;
     }
 
     /// Sends raw bytes: a WebSocket binary frame, or bytes on the TCP stream as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        match &mut self.conn {
-            Conn::Ws { ws, .. } => {
-                let _ = ws.send(Message::binary(bytes.to_vec())).await;
-            }
-            Conn::Tcp { stream, .. } => {
-                let _ = stream.write_all(bytes).await;
-            }
-        }
+        let _ = self.conn.send_raw(bytes).await;
     }
 
     /// Sends a TCP frame with a correct length prefix around `body`.
     pub async fn send_tcp_body(&mut self, body: &[u8]) {
-        let mut out = Vec::new();
-        proto::binary::write_len(body.len(), &mut out);
-        out.extend_from_slice(body);
-        self.send_raw(&out).await;
+        let _ = self.conn.send_tcp_body(body).await;
     }
 
     /// Sends the auth frame (seq 1) and expects auth_ok.
@@ -1057,80 +946,57 @@ impl Client {
                 reason: reason.clone(),
             });
         }
-        let deadline = Instant::now() + limit;
-        loop {
-            let ev = match tokio::time::timeout_at(deadline, self.read_one()).await {
-                Err(_) => return None,
-                Ok(None) => continue,
-                Ok(Some(ev)) => ev,
-            };
-            if let Event::Closed { code, reason } = &ev {
-                self.closed = Some((*code, reason.clone()));
-            }
-            return Some(ev);
+        let ev = timeout(limit, self.read_one()).await.ok()?;
+        if let Event::Closed { code, reason } = &ev {
+            self.closed = Some((*code, reason.clone()));
         }
+        Some(ev)
     }
 
-    /// Reads one transport unit; None when it was not a protocol frame (WS ping/pong).
-    async fn read_one(&mut self) -> Option<Event> {
-        match &mut self.conn {
-            Conn::Ws { ws, bin } => match ws.next().await {
-                None => Some(Event::Closed {
-                    code: None,
-                    reason: "stream ended".into(),
-                }),
-                Some(Err(e)) => Some(Event::Closed {
-                    code: None,
-                    reason: format!("ws error: {e}"),
-                }),
-                Some(Ok(Message::Text(t))) => {
-                    assert!(!*bin, "pushgate.v1.bin connection got a text frame: {t}");
-                    let v: Value = serde_json::from_str(&t)
-                        .unwrap_or_else(|e| panic!("server text frame is not JSON ({e}): {t}"));
-                    Some(Event::Frame(v))
-                }
-                Some(Ok(Message::Binary(b))) => {
-                    assert!(*bin, "json connection got a binary frame: {b:?}");
-                    let f = proto::binary::decode_server(&b).unwrap_or_else(|e| {
-                        panic!("server binary frame does not decode ({e}): {b:?}")
-                    });
-                    Some(Event::Frame(server_frame_json(&f)))
-                }
-                Some(Ok(Message::Close(cf))) => Some(Event::Closed {
-                    code: cf.as_ref().map(|c| u16::from(c.code)),
-                    reason: cf.map(|c| c.reason.to_string()).unwrap_or_default(),
-                }),
-                Some(Ok(_)) => None,
+    /// Reads one transport unit as an event.
+    async fn read_one(&mut self) -> Event {
+        let unit = self.conn.next_unit().await;
+        let tcp = self.transport == Transport::Tcp;
+        let bin = self.transport == Transport::WsBin;
+        match unit {
+            Unit::Eof | Unit::Error(_) if tcp => {
+                let (code, reason) = match self.tcp_close.take() {
+                    Some((c, r)) => (Some(c), r),
+                    None => (None, "eof without error frame".into()),
+                };
+                Event::Closed { code, reason }
+            }
+            Unit::Eof => Event::Closed {
+                code: None,
+                reason: "stream ended".into(),
             },
-            Conn::Tcp { stream, buf } => loop {
-                if let Some((h, n)) = proto::binary::frame_len(buf, CLIENT_MAX)
-                    .unwrap_or_else(|e| panic!("server sent a bad length prefix: {e}"))
-                {
-                    if buf.len() >= h + n {
-                        let body: Vec<u8> = buf[h..h + n].to_vec();
-                        buf.drain(..h + n);
-                        let f = proto::binary::decode_server(&body).unwrap_or_else(|e| {
-                            panic!("server TCP frame does not decode ({e}): {body:?}")
-                        });
-                        let v = server_frame_json(&f);
-                        if let (Some(c), Some(m)) = (v["close"].as_u64(), v["message"].as_str()) {
-                            self.tcp_close = Some((c as u16, m.to_string()));
-                        }
-                        return Some(Event::Frame(v));
-                    }
-                }
-                let mut chunk = [0u8; 16 * 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => {
-                        let (code, reason) = match self.tcp_close.take() {
-                            Some((c, r)) => (Some(c), r),
-                            None => (None, "eof without error frame".into()),
-                        };
-                        return Some(Event::Closed { code, reason });
-                    }
-                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                }
+            Unit::Error(e) => Event::Closed {
+                code: None,
+                reason: format!("ws error: {e}"),
             },
+            Unit::Text(t) => {
+                assert!(!bin, "pushgate.v1.bin connection got a text frame: {t}");
+                let v: Value = serde_json::from_str(&t)
+                    .unwrap_or_else(|e| panic!("server text frame is not JSON ({e}): {t}"));
+                Event::Frame(v)
+            }
+            Unit::Binary(b) if tcp => {
+                let f = wire::decode_binary(&b).unwrap_or_else(|e| {
+                    panic!("server TCP frame does not decode ({e}): {:?}", b.to_vec())
+                });
+                let v = server_frame_json(&f);
+                if let (Some(c), Some(m)) = (v["close"].as_u64(), v["message"].as_str()) {
+                    self.tcp_close = Some((c as u16, m.to_string()));
+                }
+                Event::Frame(v)
+            }
+            Unit::Binary(b) => {
+                assert!(bin, "json connection got a binary frame: {b:?}");
+                let f = wire::decode_binary(&b)
+                    .unwrap_or_else(|e| panic!("server binary frame does not decode ({e}): {b:?}"));
+                Event::Frame(server_frame_json(&f))
+            }
+            Unit::Close { code, reason } => Event::Closed { code, reason },
         }
     }
 
@@ -1214,14 +1080,7 @@ impl Client {
 
     /// Closes politely (WebSocket close / TCP shutdown).
     pub async fn close(mut self) {
-        match &mut self.conn {
-            Conn::Ws { ws, .. } => {
-                let _ = (**ws).close(None).await;
-            }
-            Conn::Tcp { stream, .. } => {
-                let _ = stream.shutdown().await;
-            }
-        }
+        self.conn.close().await;
     }
 }
 
@@ -1556,26 +1415,20 @@ pub async fn wss_handshake(
 /// TCP, a QUIC stream): what TCP clients speak, frame by frame.
 pub struct FrameClient<S> {
     pub io: S,
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> FrameClient<S> {
     pub fn new(io: S) -> FrameClient<S> {
         FrameClient {
             io,
-            buf: Vec::new(),
+            buf: BytesMut::new(),
         }
     }
 
     /// Sends one frame with its length prefix.
     pub async fn send(&mut self, f: &ClientFrame) {
-        let mut body = Vec::new();
-        proto::binary::encode_client(f, &mut body);
-        let mut out = Vec::new();
-        proto::binary::write_len(body.len(), &mut out);
-        out.extend_from_slice(&body);
-        self.io.write_all(&out).await.unwrap();
-        self.io.flush().await.unwrap();
+        self.send_raw(&wire::tcp_frame(f)).await;
     }
 
     /// Sends raw bytes.
@@ -1587,25 +1440,12 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> FrameClient<S> {
     /// The next server frame in JSON shape, or `None` at EOF / on an error /
     /// after `limit`.
     pub async fn recv(&mut self, limit: Duration) -> Option<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some((h, n)) = proto::binary::frame_len(&self.buf, CLIENT_MAX)
-                .unwrap_or_else(|e| panic!("server sent a bad length prefix: {e}"))
-            {
-                if self.buf.len() >= h + n {
-                    let body: Vec<u8> = self.buf[h..h + n].to_vec();
-                    self.buf.drain(..h + n);
-                    let f = proto::binary::decode_server(&body)
-                        .unwrap_or_else(|e| panic!("server frame does not decode ({e}): {body:?}"));
-                    return Some(server_frame_json(&f));
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.io.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        let body = timeout(limit, wire::read_frame(&mut self.io, &mut self.buf))
+            .await
+            .ok()??;
+        let f = wire::decode_binary(&body)
+            .unwrap_or_else(|e| panic!("server frame does not decode ({e}): {:?}", body.to_vec()));
+        Some(server_frame_json(&f))
     }
 
     /// The next server frame; panics after [`FRAME_WAIT`].

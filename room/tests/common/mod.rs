@@ -1,6 +1,6 @@
 //! Test harness: a room on 127.0.0.1 ports with an in-memory backend, and
-//! real clients (tokio-tungstenite with either subprotocol, raw TCP with
-//! proto::binary).
+//! real clients (the shared `testkit::wire` client: tokio-tungstenite with
+//! either subprotocol, raw TCP with proto::binary).
 #![allow(
     dead_code,
     unreachable_pub,
@@ -15,18 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use proto::token::Claims;
 use proto::{ClientFrame, EncodedMsg, ErrorCode, MsgFrame, MsgId, RoomId, ServerFrame, UserId};
 use room::{Backend, BackendError, Listener, Room, RoomConfig, SessionInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::wire::{self, Unit, WsError};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &[u8] = b"test-secret";
@@ -252,6 +248,16 @@ pub enum Transport {
     Tcp,
 }
 
+impl Transport {
+    fn wire(self) -> wire::Transport {
+        match self {
+            Transport::WsJson => wire::Transport::WsJson,
+            Transport::WsBin => wire::Transport::WsBin,
+            Transport::Tcp => wire::Transport::Tcp,
+        }
+    }
+}
+
 pub const ALL: [Transport; 3] = [Transport::WsJson, Transport::WsBin, Transport::Tcp];
 
 /// What a client saw.
@@ -267,12 +273,10 @@ pub enum Event {
     Eof,
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<TcpStream>;
 
-pub enum Client {
-    Ws { ws: Ws, bin: bool },
-    Tcp { sock: TcpStream, buf: BytesMut },
-}
+/// A client over the shared test wire client ([`testkit::wire`]).
+pub struct Client(wire::Client);
 
 /// Opens a WebSocket to `path` asking for `protocol`; returns the stream and
 /// the protocol the server chose.
@@ -280,42 +284,22 @@ pub async fn ws_connect(
     addr: SocketAddr,
     path: &str,
     protocol: Option<&str>,
-) -> Result<(Ws, Option<String>), tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
-    if let Some(p) = protocol {
-        req.headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_str(p).unwrap());
-    }
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
-    let chosen = resp
-        .headers()
-        .get("sec-websocket-protocol")
-        .map(|v| v.to_str().unwrap().to_owned());
-    Ok((ws, chosen))
+) -> Result<(Ws, Option<String>), WsError> {
+    let stream = TcpStream::connect(addr).await?;
+    wire::ws_handshake(stream, addr, path, protocol).await
 }
 
 impl TestRoom {
     pub async fn client(&self, t: Transport) -> Client {
-        match t {
-            Transport::WsJson => {
-                let (ws, p) = ws_connect(self.ws, "/ws", Some("pushgate.v1.json"))
-                    .await
-                    .unwrap();
-                assert_eq!(p.as_deref(), Some("pushgate.v1.json"));
-                Client::Ws { ws, bin: false }
-            }
-            Transport::WsBin => {
-                let (ws, p) = ws_connect(self.ws, "/ws", Some("pushgate.v1.bin"))
-                    .await
-                    .unwrap();
-                assert_eq!(p.as_deref(), Some("pushgate.v1.bin"));
-                Client::Ws { ws, bin: true }
-            }
-            Transport::Tcp => Client::Tcp {
-                sock: TcpStream::connect(self.tcp).await.unwrap(),
-                buf: BytesMut::new(),
-            },
-        }
+        let addr = if t == Transport::Tcp {
+            self.tcp
+        } else {
+            self.ws
+        };
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let c = wire::Client::on_stream(stream, addr, t.wire()).await;
+        assert_eq!(c.protocol(), t.wire().subprotocol());
+        Client(c)
     }
 
     /// A client authenticated as `user` (device from the token or `device`).
@@ -361,93 +345,48 @@ impl TestRoom {
 }
 
 impl Client {
+    /// Wraps an open WebSocket speaking JSON, or binary when `bin`.
+    pub fn from_ws(ws: Ws, bin: bool) -> Client {
+        Client(wire::Client::from_ws(ws, bin))
+    }
+
+    fn is_tcp(&self) -> bool {
+        self.0.transport() == wire::Transport::Tcp
+    }
+
     pub async fn send(&mut self, f: &ClientFrame) {
-        match self {
-            Client::Ws { ws, bin: false } => {
-                let mut out = Vec::new();
-                proto::json::encode_client(f, &mut out);
-                ws.send(Message::Text(String::from_utf8(out).unwrap().into()))
-                    .await
-                    .unwrap();
-            }
-            Client::Ws { ws, bin: true } => {
-                let mut out = Vec::new();
-                proto::binary::encode_client(f, &mut out);
-                ws.send(Message::Binary(out.into())).await.unwrap();
-            }
-            Client::Tcp { sock, .. } => {
-                let mut body = Vec::new();
-                proto::binary::encode_client(f, &mut body);
-                let mut out = Vec::new();
-                proto::binary::write_len(body.len(), &mut out);
-                out.extend_from_slice(&body);
-                sock.write_all(&out).await.unwrap();
-            }
-        }
+        self.0.send(f).await.unwrap();
+    }
+
+    /// Sends a WebSocket text frame (panics on TCP).
+    pub async fn send_text(&mut self, text: &str) {
+        self.0.send_text(text).await.unwrap();
     }
 
     /// Sends raw bytes: a text frame on WebSocket-JSON, a binary frame on
     /// WebSocket-bin, the bytes as they are on TCP. Errors are ignored (the
     /// server may already have closed).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        match self {
-            Client::Ws { ws, bin: false } => {
-                let text = String::from_utf8_lossy(bytes).into_owned();
-                let _ = ws.send(Message::Text(text.into())).await;
-            }
-            Client::Ws { ws, bin: true } => {
-                let _ = ws
-                    .send(Message::Binary(Bytes::copy_from_slice(bytes)))
-                    .await;
-            }
-            Client::Tcp { sock, .. } => {
-                let _ = sock.write_all(bytes).await;
-            }
+        if self.0.transport().is_binary() {
+            let _ = self.0.send_raw(bytes).await;
+        } else {
+            let _ = self.0.send_text(&String::from_utf8_lossy(bytes)).await;
         }
     }
 
     /// The next event, within [`RECV_LIMIT`].
     pub async fn recv(&mut self) -> Event {
-        tokio::time::timeout(RECV_LIMIT, self.recv_inner())
+        tokio::time::timeout(RECV_LIMIT, self.0.next_unit())
             .await
+            .map(|u| match u {
+                Unit::Text(_) | Unit::Binary(_) => Event::Frame(u.frame().unwrap().unwrap()),
+                Unit::Close {
+                    code: Some(code),
+                    reason,
+                } => Event::Close { code, reason },
+                Unit::Close { code: None, .. } | Unit::Eof | Unit::Error(_) => Event::Eof,
+            })
             .expect("no event within the receive limit")
-    }
-
-    async fn recv_inner(&mut self) -> Event {
-        match self {
-            Client::Ws { ws, .. } => loop {
-                match ws.next().await {
-                    None | Some(Err(_)) => return Event::Eof,
-                    Some(Ok(Message::Text(t))) => {
-                        return Event::Frame(proto::json::decode_server(t.as_bytes()).unwrap())
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        return Event::Frame(proto::binary::decode_server(&b).unwrap())
-                    }
-                    Some(Ok(Message::Close(Some(f)))) => {
-                        return Event::Close {
-                            code: u16::from(f.code),
-                            reason: f.reason.to_string(),
-                        }
-                    }
-                    Some(Ok(Message::Close(None))) => return Event::Eof,
-                    Some(Ok(_)) => continue,
-                }
-            },
-            Client::Tcp { sock, buf } => loop {
-                if let Some((h, n)) = proto::binary::frame_len(buf, usize::MAX).unwrap() {
-                    if buf.len() >= h + n {
-                        let f = proto::binary::decode_server(&buf[h..h + n]).unwrap();
-                        buf.advance(h + n);
-                        return Event::Frame(f);
-                    }
-                }
-                match sock.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Event::Eof,
-                    Ok(_) => {}
-                }
-            },
-        }
     }
 
     /// The next frame; panics on close/EOF.
@@ -479,19 +418,17 @@ impl Client {
                     close: Some(close),
                     ..
                 }) => {
-                    return match self {
-                        Client::Tcp { .. } => {
-                            assert!(matches!(self.recv().await, Event::Eof), "eof after close");
-                            (code, close.as_u16(), message)
+                    if self.is_tcp() {
+                        assert!(matches!(self.recv().await, Event::Eof), "eof after close");
+                        return (code, close.as_u16(), message);
+                    }
+                    return match self.recv().await {
+                        Event::Close { code: c, reason } => {
+                            assert_eq!(c, close.as_u16(), "close frame code");
+                            assert_eq!(reason, message, "close reason = error message");
+                            (code, c, reason)
                         }
-                        Client::Ws { .. } => match self.recv().await {
-                            Event::Close { code: c, reason } => {
-                                assert_eq!(c, close.as_u16(), "close frame code");
-                                assert_eq!(reason, message, "close reason = error message");
-                                (code, c, reason)
-                            }
-                            other => panic!("expected close frame, got {other:?}"),
-                        },
+                        other => panic!("expected close frame, got {other:?}"),
                     };
                 }
                 Event::Frame(_) => continue,
