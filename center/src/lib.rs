@@ -226,12 +226,7 @@ impl RoomsError {
     /// answer or a bad frame are permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RoomsError::Link { source, .. } => matches!(
-                source,
-                link::LinkError::Unavailable { .. }
-                    | link::LinkError::Disconnected { .. }
-                    | link::LinkError::Timeout { .. }
-            ),
+            RoomsError::Link { source, .. } => source.is_retryable(),
             RoomsError::Skipped { .. } => true,
             RoomsError::Unknown { .. } | RoomsError::BadAnswer { .. } => false,
         }

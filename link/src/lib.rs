@@ -100,6 +100,19 @@ pub enum LinkError {
     },
 }
 
+impl LinkError {
+    /// Whether the same call may succeed later: the peer was down, the
+    /// connection dropped, or the answer was late. A bad frame is permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LinkError::Unavailable { .. }
+            | LinkError::Disconnected { .. }
+            | LinkError::Timeout { .. } => true,
+            LinkError::Protocol { .. } => false,
+        }
+    }
+}
+
 /// Parses a comma-separated list of addresses (`host:port,host:port`),
 /// trimming blanks and dropping empty items.
 pub fn split_addrs(list: &str) -> Vec<String> {

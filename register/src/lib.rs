@@ -121,12 +121,7 @@ impl DirError {
     /// permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DirError::Link { source, .. } => matches!(
-                source,
-                link::LinkError::Unavailable { .. }
-                    | link::LinkError::Disconnected { .. }
-                    | link::LinkError::Timeout { .. }
-            ),
+            DirError::Link { source, .. } => source.is_retryable(),
             DirError::Timeout { .. } => true,
             DirError::NoRegister
             | DirError::NoPartition { .. }

@@ -161,7 +161,7 @@ impl StoreError {
         match self {
             StoreError::Redis { source, .. } => redis_retryable(source),
             StoreError::PartialWrite { source, .. } => source.is_retryable(),
-            StoreError::Link { source } => link_retryable(source),
+            StoreError::Link { source } => source.is_retryable(),
             StoreError::NoSaver { .. } | StoreError::Timeout(_) => true,
             StoreError::Embedded { .. }
             | StoreError::Commit { .. }
@@ -180,16 +180,6 @@ impl StoreError {
 /// Whether a Redis error is transient (I/O, timeout, dropped or refused connection).
 fn redis_retryable(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
-}
-
-/// Whether a link error is transient (peer down, connection lost, timeout).
-fn link_retryable(e: &link::LinkError) -> bool {
-    matches!(
-        e,
-        link::LinkError::Unavailable { .. }
-            | link::LinkError::Disconnected { .. }
-            | link::LinkError::Timeout { .. }
-    )
 }
 
 /// Offline queues and channel history.

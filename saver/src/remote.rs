@@ -290,14 +290,9 @@ impl RemoteStore {
                 saver.addr()
             ))),
             Ok(resp) => Ok(resp),
-            Err(
-                e @ (LinkError::Unavailable { .. }
-                | LinkError::Disconnected { .. }
-                | LinkError::Timeout { .. }),
-            ) => Err(Miss::Next(e.to_string())),
-            Err(source @ LinkError::Protocol { .. }) => {
-                Err(Miss::Stop(StoreError::Link { source }))
-            }
+            // Down, dropped or late: the next saver may answer.
+            Err(e) if e.is_retryable() => Err(Miss::Next(e.to_string())),
+            Err(source) => Err(Miss::Stop(StoreError::Link { source })),
         }
     }
 }
