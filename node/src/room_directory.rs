@@ -122,22 +122,20 @@ impl Directory for RoomDirectory {
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<ConnInfo>>, DirError> {
-        Ok(self
-            .room
-            .sessions_of(users)
-            .into_iter()
-            .map(|v| v.into_iter().map(|s| self.info(s)).collect())
+        Ok(users
+            .iter()
+            .map(|u| {
+                let mut conns = Vec::new();
+                self.room.each_session(u, |s| conns.push(self.info(s)));
+                conns
+            })
             .collect())
     }
 
     async fn online_ms(&self, user: &UserId, now_ms: i64) -> Result<u64, DirError> {
-        let live: u64 = self
-            .room
-            .sessions_of(std::slice::from_ref(user))
-            .into_iter()
-            .flatten()
-            .map(|s| span(s.since, now_ms))
-            .sum();
+        let mut live = 0u64;
+        self.room
+            .each_session(user, |s| live = live.saturating_add(span(s.since, now_ms)));
         Ok(self.times.closed_ms(user).saturating_add(live))
     }
 

@@ -386,20 +386,14 @@ impl Hub {
         self.channels.len() as u64
     }
 
-    /// The connections of `user`, as the directory records them.
-    pub(crate) fn sessions_of(&self, user: &UserId) -> Vec<crate::SessionInfo> {
-        let Some(conns) = self.users.get(user) else {
-            return Vec::new();
-        };
-        conns
-            .iter()
-            .map(|c| crate::SessionInfo {
-                conn: c.id,
-                user: user.clone(),
-                device: c.device.clone().unwrap_or_else(|| Arc::from("")),
-                since: c.since,
-            })
-            .collect()
+    /// Calls `f` with each connection of `user`, as the directory records
+    /// it. `f` runs under the user's entry lock: it must not block.
+    pub(crate) fn each_session(&self, user: &UserId, mut f: impl FnMut(crate::SessionInfo)) {
+        if let Some(conns) = self.users.get(user) {
+            for c in conns.iter() {
+                f(session_info(user, c));
+            }
+        }
     }
 
     /// Whether `user` has a connection here.
@@ -417,14 +411,7 @@ impl Hub {
             if !keep(entry.key()) {
                 continue;
             }
-            for c in entry.value() {
-                out.push(crate::SessionInfo {
-                    conn: c.id,
-                    user: entry.key().clone(),
-                    device: c.device.clone().unwrap_or_else(|| Arc::from("")),
-                    since: c.since,
-                });
-            }
+            out.extend(entry.value().iter().map(|c| session_info(entry.key(), c)));
         }
         out
     }
@@ -830,6 +817,16 @@ async fn sweep(wheel: Weak<IdleWheel>) {
 fn short(t: u64) -> u32 {
     // Masked to 31 bits first, so the cast keeps every bit.
     (t & u64::from(!EXPIRED)) as u32
+}
+
+/// A registered connection of `user` as the directory records it.
+fn session_info(user: &UserId, c: &Conn) -> crate::SessionInfo {
+    crate::SessionInfo {
+        conn: c.id,
+        user: user.clone(),
+        device: c.device.clone().unwrap_or_else(|| Arc::from("")),
+        since: c.since,
+    }
 }
 
 #[cfg(test)]

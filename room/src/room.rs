@@ -149,13 +149,11 @@ impl Room {
         self.shared.hub.snapshot(keep)
     }
 
-    /// The authenticated connections of each of `users`, in order (a
-    /// standalone process answers directory lookups with it).
-    pub fn sessions_of(&self, users: &[UserId]) -> Vec<Vec<crate::SessionInfo>> {
-        users
-            .iter()
-            .map(|u| self.shared.hub.sessions_of(u))
-            .collect()
+    /// Calls `f` with each authenticated connection of `user` (a
+    /// standalone process answers directory lookups with it). `f` runs
+    /// under a lock of the room's index: it must not block.
+    pub fn each_session(&self, user: &UserId, f: impl FnMut(crate::SessionInfo)) {
+        self.shared.hub.each_session(user, f);
     }
 
     /// Whether `user` has an authenticated connection here now.
