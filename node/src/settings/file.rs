@@ -40,10 +40,14 @@ impl FileValues {
         })
     }
 
-    /// A string value, checked like `--KEY` of `cmd`.
+    /// The string value of `key`, after checking that every key of the file
+    /// is a flag of `cmd` (the value itself is not run through the flag's
+    /// parser: `pushgate token` reads a server's secret and data directory
+    /// this way, without parsing that server's command line).
     ///
     /// # Errors
-    /// [`ConfigError`] for a key `cmd` does not have, or a bad value.
+    /// [`ConfigError`] for a key `cmd` does not have, or a value that is no
+    /// setting (a table).
     pub(crate) fn get(&self, cmd: &Command, key: &str) -> Result<Option<String>, ConfigError> {
         self.check_keys(cmd)?;
         Ok(self
@@ -104,9 +108,9 @@ impl FileValues {
                     }
                 }
                 _ => {
+                    // `--key=value`: a value that starts with `-` stays a value.
                     for v in vals {
-                        out.push(flag.clone().into());
-                        out.push(v.into());
+                        out.push(format!("{flag}={v}").into());
                     }
                 }
             }

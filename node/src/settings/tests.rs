@@ -108,6 +108,15 @@ fn flags_win_over_file() {
     assert_eq!(c.store.redis.as_deref(), Some("redis://127.0.0.1:1/0"));
 }
 
+/// A file value that starts with `-` is a value, not a flag.
+#[test]
+fn file_values_may_start_with_a_dash() {
+    let (_d, p) = file("token_secret = \"--not-a-flag-0123456789\"\napi_key = \"-k-0123456789\"\n");
+    let c = standalone(&["--config", &p]);
+    assert_eq!(c.token_secret.as_deref(), Some("--not-a-flag-0123456789"));
+    assert_eq!(c.api_key.as_deref(), Some("-k-0123456789"));
+}
+
 #[test]
 fn unknown_file_keys_and_bad_values_are_refused() {
     let (_d, p) = file("hartbeat = 5\n");
