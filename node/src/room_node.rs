@@ -117,17 +117,15 @@ impl RoomNode {
         if let Some(r) = self.reload {
             r.abort();
         }
-        let all = futures_join(self.serving);
+        // A listener task's panic was logged by tokio; its result is `()`.
+        let all = async {
+            for t in self.serving {
+                let _ = t.await;
+            }
+        };
         if tokio::time::timeout(STOP_WAIT, all).await.is_err() {
             tracing::warn!("client listeners did not stop in time");
         }
         drained
-    }
-}
-
-/// Waits for every task (their results are `()`; a panic was logged by tokio).
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
     }
 }
