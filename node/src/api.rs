@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use center::Center;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::net::HttpServer;
 
 /// Upper bound of each shutdown step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,9 +16,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A center serving the REST API (and health and metrics) on HTTP.
 pub(crate) struct ApiNode {
     center: Center,
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<std::io::Result<()>>,
+    http: HttpServer,
 }
 
 impl ApiNode {
@@ -31,21 +29,14 @@ impl ApiNode {
         let net = crate::net::settings();
         let listener = crate::net::bind(addr, net.backlog)
             .with_context(|| format!("bind http listener {addr}"))?;
-        let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let task = crate::net::spawn_http(listener, center.router(), net.http, stop.clone());
+        let http = HttpServer::start(listener, center.router())?;
         center.set_ready(true);
-        Ok(ApiNode {
-            center,
-            addr,
-            stop,
-            task,
-        })
+        Ok(ApiNode { center, http })
     }
 
     /// The bound address.
     pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+        self.http.addr()
     }
 
     /// `/readyz` answers 503 from now on (load balancers move away).
@@ -57,16 +48,7 @@ impl ApiNode {
     /// every push already accepted; each step bounded.
     pub(crate) async fn stop(self) {
         self.not_ready();
-        self.stop.cancel();
-        let abort = self.task.abort_handle();
-        match tokio::time::timeout(STEP_TIMEOUT, self.task).await {
-            Ok(Ok(Err(e))) => warn!(error = %e, "http server"),
-            Ok(_) => {}
-            Err(_) => {
-                warn!("http server did not stop in time");
-                abort.abort();
-            }
-        }
+        self.http.stop(STEP_TIMEOUT).await;
         if tokio::time::timeout(STEP_TIMEOUT, self.center.shutdown())
             .await
             .is_err()

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Readiness and metrics of a process without the REST API.
 #[derive(Clone)]
@@ -26,16 +24,12 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `stop`,
-    /// with the process's HTTP limits (`--http-*`, see [`crate::net`]).
-    pub(crate) fn serve(
-        &self,
-        listener: TcpListener,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    /// `/healthz`, `/readyz` and `/metrics`, to serve with
+    /// [`crate::net::HttpServer`].
+    pub(crate) fn router(&self) -> axum::Router {
         let ready = self.ready.clone();
         let metrics = self.metrics.clone();
-        let app = axum::Router::new()
+        axum::Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route(
                 "/readyz",
@@ -65,7 +59,6 @@ impl Health {
                         )
                     }
                 }),
-            );
-        crate::net::spawn_http(listener, app, crate::net::settings().http, stop)
+            )
     }
 }

@@ -364,14 +364,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// [`serve_http`] on a task of its own.
-pub(crate) fn spawn_http(
-    listener: TcpListener,
-    app: axum::Router,
-    limits: HttpLimits,
+/// An HTTP server on a task of its own ([`serve_http`] with the process's
+/// HTTP limits), until [`HttpServer::stop`].
+pub(crate) struct HttpServer {
+    addr: SocketAddr,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(serve_http(listener, app, limits, stop))
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// Serves `app` on `listener` with the process's `--http-*` limits.
+    ///
+    /// # Errors
+    /// When the listener's address cannot be read.
+    pub(crate) fn start(listener: TcpListener, app: axum::Router) -> std::io::Result<HttpServer> {
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_http(listener, app, settings().http, stop.clone()));
+        Ok(HttpServer { addr, stop, task })
+    }
+
+    /// The bound address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in progress finish, and waits up to
+    /// `within` for the server to end (then aborts it).
+    pub(crate) async fn stop(self, within: Duration) {
+        self.stop.cancel();
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(within, self.task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("http server did not stop in time");
+                abort.abort();
+            }
+        }
+    }
 }
 
 /// Files kept for everything that is not a client connection (listeners,

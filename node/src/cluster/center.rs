@@ -9,7 +9,7 @@ use register::ClusterDirectory;
 use tracing::{info, warn};
 
 use super::rooms::ClusterRooms;
-use super::{addrs, announce, client_config, connect_store};
+use super::{announce, client_config, connect_store};
 use crate::api::ApiNode;
 use crate::settings::CenterArgs;
 
@@ -27,9 +27,9 @@ pub(crate) async fn run(args: CenterArgs) -> anyhow::Result<()> {
     let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
     let key = &args.common.cluster_key;
     let cfg = client_config(key);
-    let dir = ClusterDirectory::new(addrs(&args.registers, "--registers")?, cfg.clone());
+    let dir = ClusterDirectory::new(link::split_addrs(&args.registers), cfg.clone());
     let ids = LeasedIds::new(
-        addrs(&args.idgens, "--idgens")?,
+        link::split_addrs(&args.idgens),
         cfg.clone(),
         ID_BLOCK,
         ID_BLOCK_AGE,

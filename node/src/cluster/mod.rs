@@ -29,13 +29,6 @@ pub(crate) fn client_config(key: &str) -> link::ClientConfig {
     cfg
 }
 
-/// Parses a comma-separated address list; at least one is required.
-pub(crate) fn addrs(list: &str, what: &str) -> anyhow::Result<Vec<String>> {
-    let v = link::split_addrs(list);
-    anyhow::ensure!(!v.is_empty(), "{what}: at least one address is required");
-    Ok(v)
-}
-
 /// Redis, when `args` names a server or a cluster.
 ///
 /// # Errors
@@ -48,7 +41,8 @@ pub(crate) async fn connect_redis(args: &RedisArgs) -> anyhow::Result<Option<Arc
         return Ok(Some(Arc::new(s)));
     }
     if let Some(list) = &args.redis_cluster {
-        let urls = addrs(list, "--redis-cluster")?;
+        // At least one: the value parser has checked it.
+        let urls = link::split_addrs(list);
         let s = RedisStore::connect_cluster(&urls)
             .await
             .with_context(|| format!("connect to redis cluster {list}"))?;
@@ -63,7 +57,7 @@ pub(crate) async fn connect_store(
     cfg: link::ClientConfig,
 ) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(list) = &args.saver {
-        return Ok(RemoteStore::new(addrs(list, "--saver")?, cfg));
+        return Ok(RemoteStore::new(link::split_addrs(list), cfg));
     }
     match connect_redis(&args.direct).await? {
         Some(s) => Ok(s),

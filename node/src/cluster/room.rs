@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::membership::{dir_error_hook, Membership, Refills, Registers};
-use super::{addrs, announce, bind, client_config, connect_store, STEP_TIMEOUT};
+use super::{announce, bind, client_config, connect_store, STEP_TIMEOUT};
 use crate::backend::{LocalBackend, Presence};
 use crate::health::Health;
+use crate::net::HttpServer;
 use crate::room_node::{Listen, RoomNode};
 use crate::settings::room::RoomRole;
 use crate::settings::RoomArgs;
@@ -37,7 +38,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let shutdown = crate::signal::Shutdown::install().context("install signal handlers")?;
     let key = args.common.cluster_key.clone();
     let link_cfg = client_config(&key);
-    let dir = ClusterDirectory::new(addrs(&args.registers, "--registers")?, link_cfg.clone());
+    let dir = ClusterDirectory::new(link::split_addrs(&args.registers), link_cfg.clone());
     let regs: Arc<dyn Registers> = dir.clone();
     let store = connect_store(&args.store, link_cfg).await?;
     let role = role(&args);
@@ -66,14 +67,14 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let membership = Membership::join(regs, room.clone(), lease, refills).await?;
 
     let node = client_listeners(&args, room.clone())?;
-    let (health, http_addr, http_stop, http_task) = health_server(&args, &room)?;
+    let (health, http) = health_server(&args, &room)?;
     health.set_ready(true);
 
     let mut lines = vec![format!("room {} instance {instance:016x}", role.id)];
     lines.extend(node.lines().iter().cloned());
     lines.extend([
         format!("internal listening on {internal_addr} (advertised as {advertise})"),
-        format!("http listening on {http_addr}"),
+        format!("http listening on {}", http.addr()),
     ]);
     lines.extend(node.fingerprint().map(|f| format!("tls fingerprint: {f}")));
     announce(&lines)?;
@@ -94,11 +95,10 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     // must fail here (and re-read it) rather than deliver to nobody.
     link_stop.cancel();
     membership.leave(STEP_TIMEOUT).await;
-    http_stop.cancel();
-    let _ = tokio::time::timeout(STEP_TIMEOUT, async {
-        let _ = tokio::join!(link_task, http_task);
-    })
-    .await;
+    let _ = tokio::join!(
+        http.stop(STEP_TIMEOUT),
+        tokio::time::timeout(STEP_TIMEOUT, link_task)
+    );
     info!("stopped");
     anyhow::ensure!(
         !lost_id,
@@ -148,26 +148,15 @@ fn client_listeners(args: &RoomArgs, room: Room) -> anyhow::Result<RoomNode> {
     RoomNode::start(room, listen, RoomTls::new(given, fallback)?)
 }
 
-/// `/healthz`, `/readyz` and `/metrics` of this room on `--http`: the
-/// server, its address, what stops it and its task.
-fn health_server(
-    args: &RoomArgs,
-    room: &Room,
-) -> anyhow::Result<(
-    Health,
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-)> {
-    let http = bind(args.http, "http")?;
-    let addr = http.local_addr()?;
+/// `/healthz`, `/readyz` and `/metrics` of this room on `--http`.
+fn health_server(args: &RoomArgs, room: &Room) -> anyhow::Result<(Health, HttpServer)> {
+    let listener = bind(args.http, "http")?;
     let metrics_room = room.clone();
     let health = Health::new(Arc::new(move |out: &mut String| {
         metrics_room.write_metrics(out)
     }));
-    let stop = CancellationToken::new();
-    let task = health.serve(http, stop.clone());
-    Ok((health, addr, stop, task))
+    let http = HttpServer::start(listener, health.router())?;
+    Ok((health, http))
 }
 
 /// Serves centers on the internal link until the token is cancelled.
