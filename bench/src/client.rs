@@ -516,11 +516,8 @@ fn decoded(r: Result<ServerFrame, proto::DecodeError>) -> Event {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TcpIo<S> {
     async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
-        let mut body = Vec::with_capacity(64);
-        proto::binary::encode_client(frame, &mut body);
-        let mut out = Vec::with_capacity(body.len() + 8);
-        proto::binary::write_len(body.len(), &mut out);
-        out.extend_from_slice(&body);
+        let mut out = Vec::with_capacity(64);
+        proto::binary::encode_client_framed(frame, &mut out);
         self.stream
             .write_all(&out)
             .await
@@ -559,34 +556,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpIo<S> {
     /// One complete frame from the buffer, if there is one; reserves room
     /// for the rest otherwise.
     fn take_frame(&mut self) -> Option<Event> {
-        match proto::binary::frame_len(&self.buf, MAX_FRAME) {
-            Err(e) => Some(Event::Closed(Closed::Io(format!("bad frame length: {e}")))),
+        let body = match proto::binary::split_frame(&mut self.buf, MAX_FRAME) {
+            Err(e) => return Some(Event::Closed(Closed::Io(format!("bad frame length: {e}")))),
             Ok(None) => {
                 self.buf.reserve(64);
-                None
+                return None;
             }
-            Ok(Some((header, body))) => {
-                let total = header + body;
-                if self.buf.len() < total {
-                    self.buf.reserve(total - self.buf.len());
-                    return None;
-                }
-                let frame = self.buf.split_to(total);
-                Some(match proto::binary::decode_server(&frame[header..]) {
-                    // On TCP the close code rides on the final error frame.
-                    Ok(ServerFrame::Error {
-                        close: Some(code),
-                        code: err,
-                        message,
-                        ..
-                    }) => Event::Closed(Closed::Code(
-                        code.as_u16(),
-                        format!("{}: {message}", err.as_str()),
-                    )),
-                    other => decoded(other),
-                })
-            }
-        }
+            Ok(Some(body)) => body,
+        };
+        Some(match proto::binary::decode_server(&body) {
+            // On TCP the close code rides on the final error frame.
+            Ok(ServerFrame::Error {
+                close: Some(code),
+                code: err,
+                message,
+                ..
+            }) => Event::Closed(Closed::Code(
+                code.as_u16(),
+                format!("{}: {message}", err.as_str()),
+            )),
+            other => decoded(other),
+        })
     }
 }
 

@@ -232,11 +232,8 @@ async fn serve_ws(fake: Arc<Fake>, s: TcpStream) {
 }
 
 fn bin(frame: &ServerFrame) -> Vec<u8> {
-    let mut body = Vec::new();
-    proto::binary::encode_server(frame, &mut body);
     let mut out = Vec::new();
-    proto::binary::write_len(body.len(), &mut out);
-    out.extend_from_slice(&body);
+    proto::binary::encode_server_framed(frame, &mut out);
     out
 }
 
@@ -246,12 +243,8 @@ async fn serve_tcp(fake: Arc<Fake>, mut s: TcpStream) {
     let kick = sleep_or_never(None);
     tokio::pin!(kick);
     loop {
-        while let Ok(Some((h, n))) = proto::binary::frame_len(&buf, 65536) {
-            if buf.len() < h + n {
-                break;
-            }
-            let f = buf.split_to(h + n);
-            let frame = proto::binary::decode_client(&f[h..]).unwrap();
+        while let Ok(Some(body)) = proto::binary::split_frame(&mut buf, 65536) {
+            let frame = proto::binary::decode_client(&body).unwrap();
             let authed = matches!(frame, ClientFrame::Auth { .. });
             match answer(&fake, frame, &mut rx) {
                 Ok(Some(reply)) => {

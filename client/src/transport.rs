@@ -176,11 +176,8 @@ impl Conn {
                 ws.send(msg).await.map_err(|e| Closed::io("send", e))
             }
             Conn::Stream { io, .. } => {
-                let mut body = Vec::with_capacity(64);
-                proto::binary::encode_client(frame, &mut body);
-                let mut out = Vec::with_capacity(body.len() + 5);
-                proto::binary::write_len(body.len(), &mut out);
-                out.extend_from_slice(&body);
+                let mut out = Vec::with_capacity(64);
+                proto::binary::encode_client_framed(frame, &mut out);
                 io.write_all(&out)
                     .await
                     .map_err(|e| Closed::io("send", e))?;
@@ -230,18 +227,13 @@ impl Conn {
                 max_frame,
                 quic,
             } => loop {
-                if let Some((head, len)) = proto::binary::frame_len(buf, *max_frame)
+                if let Some(body) = proto::binary::split_frame(buf, *max_frame)
                     .map_err(|e| Closed::io("bad frame from server", e))?
                 {
-                    if buf.len() >= head + len {
-                        let frame = buf.split_to(head + len);
-                        return proto::binary::decode_server(&frame[head..])
-                            .map_err(|e| Closed::io("bad frame from server", e));
-                    }
-                    buf.reserve(head + len - buf.len());
-                } else {
-                    buf.reserve(512);
+                    return proto::binary::decode_server(&body)
+                        .map_err(|e| Closed::io("bad frame from server", e));
                 }
+                buf.reserve(512);
                 match io.read_buf(buf).await {
                     Ok(0) => return Err(stream_end(quic.as_ref(), None)),
                     Ok(_) => {}

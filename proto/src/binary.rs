@@ -114,6 +114,46 @@ pub fn len_prefix(len: usize) -> ([u8; MAX_VARINT], usize) {
     varint(len as u64)
 }
 
+/// Appends `body_of(out)`'s bytes to `out` behind their length prefix.
+fn framed(out: &mut Vec<u8>, body_of: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    body_of(out);
+    let (prefix, n) = len_prefix(out.len() - start);
+    out.splice(start..start, prefix[..n].iter().copied());
+}
+
+/// Appends `frame` in the binary encoding with its length prefix: one frame
+/// of a byte stream (TCP, TLS over TCP, a QUIC stream).
+pub fn encode_client_framed(frame: &ClientFrame, out: &mut Vec<u8>) {
+    framed(out, |out| encode_client(frame, out));
+}
+
+/// Appends `frame` in the binary encoding with its length prefix (see
+/// [`encode_client_framed`]).
+pub fn encode_server_framed(frame: &ServerFrame, out: &mut Vec<u8>) {
+    framed(out, |out| encode_server(frame, out));
+}
+
+/// Takes one complete length-prefixed frame off the front of `buf` and
+/// returns its body; `Ok(None)` while `buf` holds no complete frame. Once
+/// the prefix is in, room for the rest of the frame is reserved in `buf`;
+/// before that, the caller chooses how much to read.
+///
+/// # Errors
+/// A prefix over `max` or malformed (see [`frame_len`]); `buf` is left as
+/// it was, and the stream cannot be read further.
+pub fn split_frame(buf: &mut bytes::BytesMut, max: usize) -> Result<Option<Bytes>, DecodeError> {
+    let Some((head, len)) = frame_len(buf, max)? else {
+        return Ok(None);
+    };
+    if buf.len() < head + len {
+        buf.reserve(head + len - buf.len());
+        return Ok(None);
+    }
+    let _ = buf.split_to(head);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
 /// Decodes one client frame body (without its length prefix).
 ///
 /// # Errors
@@ -507,6 +547,63 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framed_frames_split_back() {
+        let frames = client_frames();
+        let mut stream = Vec::new();
+        for f in &frames {
+            encode_client_framed(f, &mut stream);
+        }
+        // Fed a byte at a time, every frame comes out whole, in order.
+        let mut buf = bytes::BytesMut::new();
+        let mut out = Vec::new();
+        for b in &stream {
+            buf.extend_from_slice(&[*b]);
+            while let Some(body) = split_frame(&mut buf, crate::DEFAULT_MAX_FRAME).expect("valid") {
+                out.push(decode_client(&body).expect("decodes"));
+            }
+        }
+        assert_eq!(out, frames);
+        assert!(buf.is_empty());
+        // A body of 200 bytes needs a two-byte prefix.
+        let big = ClientFrame::Auth {
+            seq: None,
+            token: "t".repeat(200),
+            last_id: None,
+            device: None,
+        };
+        let mut one = vec![0xAA];
+        encode_client_framed(&big, &mut one);
+        let mut body = Vec::new();
+        encode_client(&big, &mut body);
+        let mut want = vec![0xAA];
+        write_len(body.len(), &mut want);
+        want.extend_from_slice(&body);
+        assert_eq!(one, want, "appends after what `out` held");
+        let mut server = Vec::new();
+        encode_server_framed(&ServerFrame::Pong { seq: Some(3) }, &mut server);
+        let mut buf = bytes::BytesMut::from(&server[..]);
+        let body = split_frame(&mut buf, 16).expect("valid").expect("whole");
+        assert_eq!(
+            decode_server(&body).expect("decodes"),
+            ServerFrame::Pong { seq: Some(3) }
+        );
+    }
+
+    #[test]
+    fn split_frame_refuses_an_oversized_prefix() {
+        let mut buf = bytes::BytesMut::new();
+        let mut prefix = Vec::new();
+        write_len(1000, &mut prefix);
+        buf.extend_from_slice(&prefix);
+        assert!(matches!(
+            split_frame(&mut buf, 999),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert_eq!(&buf[..], &prefix[..], "left as it was");
+        assert!(split_frame(&mut buf, 1000).expect("valid").is_none());
+    }
 
     fn client_frames() -> Vec<ClientFrame> {
         vec![

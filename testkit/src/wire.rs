@@ -24,7 +24,6 @@
 
 use std::net::SocketAddr;
 
-use bytes::Buf;
 use futures_util::{SinkExt, StreamExt};
 use proto::{ClientFrame, ServerFrame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -141,9 +140,9 @@ pub fn decode_binary(body: &[u8]) -> Result<ServerFrame, String> {
 /// `f` in the binary encoding with its length prefix: one TCP frame.
 #[must_use]
 pub fn tcp_frame(f: &ClientFrame) -> Vec<u8> {
-    let mut body = Vec::new();
-    proto::binary::encode_client(f, &mut body);
-    tcp_body(&body)
+    let mut out = Vec::new();
+    proto::binary::encode_client_framed(f, &mut out);
+    out
 }
 
 /// `body` with its length prefix: one TCP frame.
@@ -161,13 +160,8 @@ pub fn tcp_body(body: &[u8]) -> Vec<u8> {
 /// # Panics
 /// On a bad length prefix (over [`MAX_FRAME`], or malformed).
 pub fn take_frame(buf: &mut BytesMut) -> Option<Bytes> {
-    let (h, n) = proto::binary::frame_len(buf, MAX_FRAME)
-        .unwrap_or_else(|e| panic!("server sent a bad length prefix: {e}"))?;
-    if buf.len() < h + n {
-        return None;
-    }
-    buf.advance(h);
-    Some(buf.split_to(n).freeze())
+    proto::binary::split_frame(buf, MAX_FRAME)
+        .unwrap_or_else(|e| panic!("server sent a bad length prefix: {e}"))
 }
 
 /// Reads the next length-prefixed frame body from `io` into `buf`: None at
