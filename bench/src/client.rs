@@ -131,6 +131,15 @@ impl Endpoint {
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The same server with `suffix` appended to the WebSocket URL's path
+    /// (a per-user subscriber location, e.g. Nchan's `/sub/<user>`).
+    pub(crate) fn with_url_suffix(&self, suffix: &str) -> Endpoint {
+        Endpoint {
+            url: format!("{}{suffix}", self.url).into(),
+            ..self.clone()
+        }
+    }
 }
 
 /// How a connection ended.

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{parse_duration, Transport};
-use crate::client::{connect_and_auth, mint_token, AuthOk, Closed, Conn, Endpoint, Event};
+use crate::client::{
+    connect_and_auth, mint_token, AuthOk, ClientError, Closed, Conn, Endpoint, Event,
+};
 use crate::pace::{Heartbeat, Schedule};
 use crate::quic::QuicArgs;
 use crate::runctl::{close_and_wait, spawn_ctrl_c};
@@ -83,6 +85,16 @@ pub(crate) struct LatencyArgs {
     /// Time allowed for each of connect and auth, and for one HTTP request.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     step_timeout: Duration,
+    /// Nchan side by side (bench/scripts/nchan-unicast.sh): each user's
+    /// client subscribes without auth at `<ws><user>` (`--ws
+    /// ws://127.0.0.1:7900/sub/`), and each push is `POST <http>/pub/<user>`
+    /// whose body is the `msg` frame itself, numbered by the bench (Nchan
+    /// relays it verbatim); a 2xx answer is the acknowledgement.
+    #[arg(long)]
+    nchan: bool,
+    /// Heartbeat interval in seconds with `--nchan` (there is no `auth_ok`).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    nchan_heartbeat: u32,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -166,7 +178,11 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     }
     proc::check_nofile(args.users + args.inflight + 64)?;
     let ep = Endpoint::resolve(args.transport, &args.ws, &args.tcp, &args.quic).await?;
-    let url: Arc<str> = format!("{}/api/v1/push/users", args.http.trim_end_matches('/')).into();
+    let url: Arc<str> = if args.nchan {
+        format!("{}/pub/", args.http.trim_end_matches('/')).into()
+    } else {
+        format!("{}/api/v1/push/users", args.http.trim_end_matches('/')).into()
+    };
     let inflight = u32::try_from(args.inflight).context("--inflight too large")?;
     let mut http = reqwest::Client::builder()
         .pool_max_idle_per_host(inflight as usize)
@@ -184,11 +200,18 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     let exp = now_unix_ns() / 1_000_000_000
         + (args.duration + args.grace + args.step_timeout * 4).as_secs()
         + 3600;
+    let how = if args.nchan {
+        Subscribe::Nchan {
+            heartbeat: args.nchan_heartbeat,
+        }
+    } else {
+        Subscribe::Auth { exp }
+    };
     let conns = connect_users(
         &ep,
         args.token_secret.as_bytes(),
         args.users,
-        exp,
+        how,
         args.step_timeout,
         &cancel,
     )
@@ -210,7 +233,13 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     let stop_clients = cancel.child_token();
     let clients = TaskTracker::new();
     for (conn, ok) in conns {
-        clients.spawn(receiver(shared.clone(), conn, ok, stop_clients.clone()));
+        clients.spawn(receiver(
+            shared.clone(),
+            conn,
+            ok,
+            !args.nchan,
+            stop_clients.clone(),
+        ));
     }
 
     // Push on schedule.
@@ -244,13 +273,21 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
             .max_lag_ns
             .fetch_max(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         let user = format!("bench-lat-{}", i % args.users);
+        let push = if args.nchan {
+            // Nchan relays the body: the msg frame itself, id i + 1.
+            Push::Nchan {
+                id: i64::try_from(i + 1).unwrap_or(i64::MAX),
+            }
+        } else {
+            Push::Api { store: args.store }
+        };
         pushes.spawn(push_one(
             shared.clone(),
             http.clone(),
             url.clone(),
             args.api_key.clone(),
             user,
-            args.store,
+            push,
             permit,
         ));
         if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -373,13 +410,23 @@ fn report(args: &LatencyArgs, s: &Shared, push_seconds: f64, interrupted: bool) 
     }
 }
 
+/// How a user's client subscribes.
+#[derive(Clone, Copy)]
+enum Subscribe {
+    /// pushgate: authenticate with a token minted for the user, expiring at
+    /// `exp` (seconds since the epoch).
+    Auth { exp: u64 },
+    /// Nchan: open the user's subscriber location, no auth.
+    Nchan { heartbeat: u32 },
+}
+
 /// Opens and authenticates `bench-lat-0 .. bench-lat-<users-1>`. Fails (after
 /// closing what opened) if any client fails.
 async fn connect_users(
     ep: &Endpoint,
     secret: &[u8],
     users: u64,
-    exp: u64,
+    how: Subscribe,
     step_timeout: Duration,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<(Conn, AuthOk)>> {
@@ -390,10 +437,29 @@ async fn connect_users(
     let mut next = 0u64;
     loop {
         while next < users && set.len() < CONNECT_CONCURRENCY && !cancel.is_cancelled() {
-            let token = mint_token(secret, format!("bench-lat-{next}"), exp)
-                .context("minting a client token")?;
-            let ep = ep.clone();
-            set.spawn(async move { connect_and_auth(&ep, None, &token, step_timeout).await });
+            let user = format!("bench-lat-{next}");
+            match how {
+                Subscribe::Auth { exp } => {
+                    let token = mint_token(secret, user, exp).context("minting a client token")?;
+                    let ep = ep.clone();
+                    set.spawn(
+                        async move { connect_and_auth(&ep, None, &token, step_timeout).await },
+                    );
+                }
+                Subscribe::Nchan { heartbeat } => {
+                    let ep = ep.with_url_suffix(&user);
+                    set.spawn(async move {
+                        let conn = tokio::time::timeout(step_timeout, Conn::connect(&ep, None))
+                            .await
+                            .map_err(|_| ClientError::Timeout("connect"))??;
+                        let ok = AuthOk {
+                            conn: proto::ConnId(0),
+                            heartbeat,
+                        };
+                        Ok((conn, ok))
+                    });
+                }
+            }
             next += 1;
         }
         let Some(joined) = set.join_next().await else {
@@ -431,8 +497,9 @@ async fn connect_users(
 }
 
 /// One user's client: records each message's latency, keeps the heartbeat,
-/// and on stop acks the highest id (so a later run gets no replay) and closes.
-async fn receiver(s: Arc<Shared>, mut conn: Conn, ok: AuthOk, stop: CancellationToken) {
+/// and on stop acks the highest id when `ack` (so a later run gets no
+/// replay; Nchan would publish the frame) and closes.
+async fn receiver(s: Arc<Shared>, mut conn: Conn, ok: AuthOk, ack: bool, stop: CancellationToken) {
     let mut heartbeat = Heartbeat::start(ok.heartbeat);
     let mut max_id: Option<MsgId> = None;
     let ended = loop {
@@ -460,7 +527,7 @@ async fn receiver(s: Arc<Shared>, mut conn: Conn, ok: AuthOk, stop: Cancellation
     };
     match ended {
         None => {
-            if let Some(id) = max_id {
+            if let Some(id) = max_id.filter(|_| ack) {
                 let _ = conn.send(&ClientFrame::Ack { seq: None, id }).await;
             }
             conn.close(Duration::from_secs(5)).await;
@@ -501,6 +568,15 @@ fn payload_t(data: &[u8]) -> Option<u64> {
         .or_else(|| p.t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
+/// What one push is.
+#[derive(Clone, Copy)]
+enum Push {
+    /// `POST /api/v1/push/users` for the user; the answer carries the id.
+    Api { store: bool },
+    /// `POST <url><user>` with the msg frame `id` as the body (Nchan).
+    Nchan { id: i64 },
+}
+
 /// One push: POST, time the answer, remember the acknowledged id.
 async fn push_one(
     s: Arc<Shared>,
@@ -508,20 +584,24 @@ async fn push_one(
     url: Arc<str>,
     api_key: String,
     user: String,
-    store: bool,
+    push: Push,
     permit: OwnedSemaphorePermit,
 ) {
     let t = now_unix_ns();
-    let body = serde_json::json!({ "users": [user], "data": { "t": t }, "store": store });
+    let request = match push {
+        Push::Api { store } => http
+            .post(&*url)
+            .bearer_auth(&api_key)
+            .json(&serde_json::json!({ "users": [user], "data": { "t": t }, "store": store })),
+        Push::Nchan { id } => http.post(format!("{url}{user}")).body(
+            serde_json::json!({ "op": "msg", "id": id, "ts": t / 1_000_000, "data": { "t": t } })
+                .to_string(),
+        ),
+    };
     s.sent.fetch_add(1, Relaxed);
     let started = Instant::now();
     let result = async {
-        let resp = http
-            .post(&*url)
-            .bearer_auth(&api_key)
-            .json(&body)
-            .send()
-            .await?;
+        let resp = request.send().await?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, bytes))
@@ -534,14 +614,19 @@ async fn push_one(
             s.http
                 .lock()
                 .record_ns(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-            match serde_json::from_slice::<PushAnswer>(&bytes) {
-                Ok(a) => {
+            let answer = match push {
+                Push::Api { .. } => serde_json::from_slice::<PushAnswer>(&bytes).ok(),
+                // Nchan answers with the channel's state, not an id.
+                Push::Nchan { id } => Some(PushAnswer { id, delivered: 1 }),
+            };
+            match answer {
+                Some(a) => {
                     s.acked.lock().push(a.id);
                     if a.delivered == 0 {
                         s.not_delivered.fetch_add(1, Relaxed);
                     }
                 }
-                Err(_) => {
+                None => {
                     s.http_errors.fetch_add(1, Relaxed);
                     s.http_failures.add("bad answer body");
                 }
