@@ -10,7 +10,9 @@
 # `cargo build --release -p pushgate -p pushgate-bench`.
 # usage: bench/scripts/nchan-unicast.sh [RUNS] [DURATION] [PUBLISHERS] [RATE] [USERS]
 # BIN=path overrides target/release/pushgate, BENCH=path target/release/bench,
-# NGINX=path /usr/sbin/nginx, PORT=n the Nchan port (default 7900).
+# NGINX=path /usr/sbin/nginx, PORT=n the Nchan port (default 7900);
+# STORE=false sends pushgate's pushes with "store":false (in memory, as
+# Nchan keeps them); ONLY=pushgate or ONLY=nchan runs one server.
 set -euo pipefail
 RUNS=${1:-2}; DUR=${2:-15s}; PUBS=${3:-4}; RATE=${4:-40000}; U=${5:-200}
 B=${BENCH:-target/release/bench}
@@ -57,7 +59,7 @@ pushgate_run() {
   K=$(grep -o 'api key: [^ ]*' $D/out | awk '{print $3}')
   c0=$(ticks $PID)
   "$B" latency --ws "ws://$WS/ws" --http "http://$H" --api-key "$K" --token-secret "$S" \
-      --users $U --rate $RATE --duration $DUR --inflight $PUBS > $D/bench.out 2>$D/bench.err || true
+      --users $U --rate $RATE --duration $DUR --inflight $PUBS --store ${STORE:-true} > $D/bench.out 2>$D/bench.err || true
   c1=$(ticks $PID)
   echo "pushgate: $(grep -E '^latency: sent' $D/bench.out)"
   echo "pushgate: server cpu per push $(per_push $((c1-c0)) $(sent_of $D/bench.out)) us"
@@ -66,7 +68,7 @@ pushgate_run() {
 }
 
 for r in $(seq 1 $RUNS); do
-  echo "== run $r of $RUNS: $U users, $PUBS publishers, asked $RATE/s for $DUR"
-  nchan_run
-  pushgate_run
+  echo "== run $r of $RUNS: $U users, $PUBS publishers, asked $RATE/s for $DUR (pushgate store=${STORE:-true})"
+  [ "${ONLY:-nchan}" = nchan ] && nchan_run
+  [ "${ONLY:-pushgate}" = pushgate ] && pushgate_run
 done
