@@ -161,16 +161,13 @@ impl Metrics {
 
     /// Renders everything as Prometheus text (format 0.0.4).
     pub(crate) fn render(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let mut om = String::with_capacity(8 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &self.registry) {
             tracing::warn!(%e, "metrics encoding failed");
         }
-        // The encoder writes OpenMetrics and ends with `# EOF`; we serve the
-        // Prometheus text format so that appended sources may follow.
-        if let Some(stripped) = out.strip_suffix("# EOF\n") {
-            let n = stripped.len();
-            out.truncate(n);
-        }
+        // The encoder writes OpenMetrics; we serve the Prometheus text
+        // format (so that appended sources may follow).
+        let mut out = openmetrics_to_text(&om);
         let sources: Vec<MetricsSource> = self.sources.read().clone();
         for s in sources {
             s(&mut out);
@@ -179,5 +176,103 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// OpenMetrics text (prometheus-client's encoding) as Prometheus text
+/// format 0.0.4: a counter family `x` is named by its sample `x_total` in
+/// its `# HELP` and `# TYPE` lines (so that strict 0.0.4 parsers, such as
+/// `promtool check metrics` and Python's prometheus_client, type the
+/// samples), `# UNIT` lines and the final `# EOF` are dropped.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 16 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((kind, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) && !name.ends_with("_total") {
+                out.push_str(kind);
+                out.push_str(name);
+                out.push_str("_total");
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_by_their_samples() {
+        let m = Metrics::new();
+        m.pushes.get_or_create(&KindLabel { kind: "users" }).inc();
+        m.deliveries.inc();
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE pushgate_center_pushes_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP pushgate_center_pushes_total Pushes accepted"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pushgate_center_pushes_total{kind=\"users\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE pushgate_center_deliveries_total counter\n"));
+        // Gauges and histograms keep their names; no OpenMetrics-only lines.
+        assert!(text.contains("# TYPE pushgate_center_dispatch_queue_depth gauge\n"));
+        assert!(text.contains("# TYPE pushgate_center_push_latency_seconds histogram\n"));
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample line belongs to a family declared by a # TYPE line.
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|r| r.split(' ').next())
+            .collect();
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap_or_default();
+            assert!(
+                families.iter().any(|f| name == *f
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(*f))),
+                "{name} has no # TYPE line:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn openmetrics_units_and_eof_are_dropped() {
+        let om = "# HELP a_seconds A.\n# TYPE a_seconds gauge\n# UNIT a_seconds seconds\na_seconds 1\n# HELP b B.\n# TYPE b counter\nb_total 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP a_seconds A.\n# TYPE a_seconds gauge\na_seconds 1\n# HELP b_total B.\n# TYPE b_total counter\nb_total 2\n"
+        );
     }
 }
