@@ -308,6 +308,8 @@ pub(crate) async fn push_users(
         (status = 200, description = "delivered", body = PushChannelResp),
         (status = 400, description = "bad input", body = ErrorBody),
         (status = 401, description = "bad api key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not json", body = ErrorBody),
         (status = 503, description = "overloaded or store unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -344,6 +346,8 @@ pub(crate) async fn push_channel(
         (status = 202, description = "accepted; runs as a task", body = BroadcastResp),
         (status = 400, description = "bad input", body = ErrorBody),
         (status = 401, description = "bad api key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not json", body = ErrorBody),
         (status = 503, description = "overloaded", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -382,6 +386,7 @@ pub(crate) async fn push_broadcast(
     params(("task" = String, Path, description = "task id")),
     responses(
         (status = 200, description = "the task", body = TaskView),
+        (status = 401, description = "bad api key", body = ErrorBody),
         (status = 404, description = "unknown or expired task", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -405,6 +410,7 @@ pub(crate) async fn get_task(
     responses(
         (status = 200, description = "the user", body = UserView),
         (status = 400, description = "invalid user id", body = ErrorBody),
+        (status = 401, description = "bad api key", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -450,6 +456,7 @@ pub(crate) async fn get_user(
     responses(
         (status = 200, description = "connections closed", body = KickResp),
         (status = 400, description = "invalid user id", body = ErrorBody),
+        (status = 401, description = "bad api key", body = ErrorBody),
         (status = 503, description = "a room could not be reached", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -492,7 +499,10 @@ pub(crate) async fn kick_user(
 /// Totals and live rooms.
 #[utoipa::path(
     get, path = "/api/v1/stats", tag = "stats",
-    responses((status = 200, description = "totals", body = StatsView)),
+    responses(
+        (status = 200, description = "totals", body = StatsView),
+        (status = 401, description = "bad api key", body = ErrorBody),
+    ),
     security(("api_key" = []))
 )]
 pub(crate) async fn stats(State(c): State<Center>) -> Result<ApiJson<StatsView>, ApiError> {
@@ -521,7 +531,10 @@ pub(crate) async fn stats(State(c): State<Center>) -> Result<ApiJson<StatsView>,
 /// The OpenAPI 3 document of this API.
 #[utoipa::path(
     get, path = "/api/v1/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")),
+    responses(
+        (status = 200, description = "OpenAPI 3 document", content_type = "application/json"),
+        (status = 401, description = "bad api key", body = ErrorBody),
+    ),
     security(("api_key" = []))
 )]
 pub(crate) async fn openapi() -> Response {

@@ -556,6 +556,32 @@ async fn bad_input_is_4xx_and_changes_nothing() {
             400,
             "invalid_request",
         ),
+        // Bodies are objects: a struct's fields given as an array (which
+        // serde would take in order) are refused.
+        (
+            "/api/v1/push/users",
+            r#"[["a"],1,true,60]"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/api/v1/push/channel",
+            r#"["news",1,true]"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/api/v1/push/broadcast",
+            r#"[null]"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/api/v1/push/broadcast",
+            r#""data""#.into(),
+            400,
+            "invalid_request",
+        ),
         (
             "/api/v1/push/users",
             r#"{"users":[],"data":1}"#.into(),
@@ -816,6 +842,28 @@ async fn openapi_document_lists_every_endpoint() {
     }
     assert!(v["components"]["schemas"]["PushUsersReq"].is_object());
     assert!(v["components"]["securitySchemes"]["api_key"].is_object());
+    // Every status the API returns is documented: 401 wherever the key is
+    // needed, 400/413/415 wherever a body is read.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let has = |code: &str| responses.contains_key(code);
+            if path.starts_with("/api/v1/") {
+                assert!(has("401"), "{method} {path}: no 401 in {responses:?}");
+            }
+            if method == "post" {
+                for code in ["400", "413", "415"] {
+                    assert!(has(code), "{method} {path}: no {code}");
+                }
+                let body = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+                let name = body.as_str().unwrap().rsplit('/').next().unwrap();
+                assert_eq!(
+                    v["components"]["schemas"][name]["type"], "object",
+                    "{path}: request bodies are objects"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
