@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""A pushgate client in Python (asyncio, `pip install 'websockets>=13'`).
+
+It follows the rules every pushgate client follows (docs/CLIENTS.md):
+
+- authenticate with a token, resume with `last_id` = the highest id of a user
+  message received, and subscribe channels again with their own last ids;
+- send `ping` every `heartbeat` seconds from `auth_ok`;
+- reconnect with jittered exponential backoff, and after a 4007 close
+  (server draining) wait exactly the `reconnect_after_ms` it names;
+- drop duplicates by id (a bounded set of recent ids); ack user messages
+  once the caller has taken them.
+
+Python's json keeps 64-bit ids exact (ints have no 2^53 limit).
+
+As a program it prints each message as one JSON line:
+
+    python3 pushgate_client.py --url ws://127.0.0.1:7700/ws --token "$TOKEN" \\
+        --channel news --count 10
+
+and exits after `--count` messages (0: never); every other frame (auth_ok,
+sub_ok, errors) goes to stderr, one JSON line each. As a library:
+
+    client = Client(url, token, channels=["news"])
+    async for msg in client.messages():
+        print(msg["id"], msg.get("channel"), msg["data"])
+"""
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import re
+import sys
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+SUBPROTOCOL = "pushgate.v1.json"
+DRAINING = 4007
+# Closes after which reconnecting with the same token cannot help.
+FATAL = {4001: "auth failed", 4008: "token expired"}
+
+
+class Client:
+    """One logical connection: reconnects, resumes and de-duplicates."""
+
+    def __init__(self, url, token, channels=(), device=None,
+                 backoff_initial=0.5, backoff_max=30.0, recent=4096,
+                 on_event=None):
+        self.url = url
+        # Called with every frame that is not a message (auth_ok, sub_ok,
+        # error, ...), e.g. to log them.
+        self.on_event = on_event or (lambda frame: None)
+        self.token = token
+        self.device = device
+        self.channels = {c: None for c in channels}  # channel -> last id
+        self.last_id = None  # highest user-message id received
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._recent = collections.OrderedDict()
+        self._recent_max = recent
+
+    def _seen(self, msg_id):
+        if msg_id in self._recent:
+            return True
+        self._recent[msg_id] = None
+        if len(self._recent) > self._recent_max:
+            self._recent.popitem(last=False)
+        return False
+
+    async def messages(self):
+        """Yields every message (a dict) once, across reconnects."""
+        attempt = 0
+        while True:
+            delay = None
+            try:
+                async with connect(self.url, subprotocols=[SUBPROTOCOL]) as ws:
+                    auth = {"op": "auth", "token": self.token}
+                    if self.last_id is not None:
+                        auth["last_id"] = self.last_id
+                    if self.device:
+                        auth["device"] = self.device
+                    await ws.send(json.dumps(auth))
+                    ok = json.loads(await ws.recv())
+                    if ok.get("op") != "auth_ok":
+                        raise RuntimeError(f"auth refused: {ok}")
+                    self.on_event(ok)
+                    attempt = 0
+                    for ch, last in self.channels.items():
+                        sub = {"op": "sub", "channel": ch}
+                        if last is not None:
+                            sub["last_id"] = last
+                        await ws.send(json.dumps(sub))
+                    pinger = asyncio.create_task(
+                        self._ping(ws, ok.get("heartbeat", 30)))
+                    try:
+                        async for text in ws:
+                            frame = json.loads(text)
+                            op = frame.get("op")
+                            if op == "msg":
+                                msg = self._on_msg(frame)
+                                if msg is None:
+                                    continue
+                                yield msg
+                                # Acks are for the user's queue (channel
+                                # messages are not queued): acked after the
+                                # caller took it.
+                                if "channel" not in frame:
+                                    await ws.send(json.dumps(
+                                        {"op": "ack", "id": frame["id"]}))
+                            else:
+                                self.on_event(frame)
+                                if op == "error" and frame.get("code") in (
+                                        "channel_forbidden", "too_many_channels"):
+                                    self.channels.pop(frame.get("channel"), None)
+                    finally:
+                        pinger.cancel()
+            except ConnectionClosed as e:
+                code = e.rcvd.code if e.rcvd else None
+                reason = e.rcvd.reason if e.rcvd else ""
+                if code in FATAL:
+                    raise RuntimeError(f"closed {code}: {FATAL[code]}") from e
+                m = re.search(r"reconnect_after_ms=(\d+)", reason or "")
+                if code == DRAINING and m:
+                    delay = min(int(m.group(1)), 600_000) / 1000
+            except (OSError, asyncio.TimeoutError):
+                pass
+            if delay is None:
+                cap = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
+                delay = random.uniform(cap / 2, cap)
+                attempt += 1
+            await asyncio.sleep(delay)
+
+    def _on_msg(self, frame):
+        msg_id = frame["id"]
+        channel = frame.get("channel")
+        if self._seen((channel, msg_id)):
+            return None
+        if channel is None:
+            self.last_id = max(self.last_id or msg_id, msg_id)
+        elif channel in self.channels:
+            last = self.channels[channel]
+            self.channels[channel] = max(last or msg_id, msg_id)
+        return frame
+
+    @staticmethod
+    async def _ping(ws, heartbeat):
+        while True:
+            await asyncio.sleep(heartbeat)
+            await ws.send(json.dumps({"op": "ping"}))
+
+
+async def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", required=True, help="ws://HOST:PORT/ws")
+    p.add_argument("--token", required=True)
+    p.add_argument("--channel", action="append", default=[])
+    p.add_argument("--device")
+    p.add_argument("--count", type=int, default=0,
+                   help="exit after this many messages (0: never)")
+    a = p.parse_args()
+    client = Client(a.url, a.token, channels=a.channel, device=a.device,
+                    on_event=lambda f: print(json.dumps(f), file=sys.stderr,
+                                             flush=True))
+    n = 0
+    async for msg in client.messages():
+        print(json.dumps(msg), flush=True)
+        n += 1
+        if a.count and n >= a.count:
+            return
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
