@@ -50,6 +50,24 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     assert_eq!(u["online"], true, "{u}");
     assert_eq!(u["connections"][0]["room"], "3", "{u}");
     assert!(u["online_ms"].as_u64().unwrap() > 0, "{u}");
+    // POST /users/online asks the registers for users of every room at once.
+    let v = c
+        .api_ok(
+            0,
+            "POST",
+            "/users/online",
+            Some(json!({"users": ["u0", "u1", "u2", "nobody"]})),
+        )
+        .await;
+    assert_eq!(
+        v,
+        json!({"online": {"u0": true, "u1": true, "u2": true, "nobody": false}})
+    );
+    // GET /users/{user}/messages reads the queue in the shared store: the
+    // multicast above was stored for `nobody`, through the other center.
+    let v = c.api_ok(1, "GET", "/users/nobody/messages", None).await;
+    assert_eq!(v["messages"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["messages"][0]["data"], "all", "{v}");
 
     // Channel: subscribers in two rooms.
     clients[0].sub("news").await;

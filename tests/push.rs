@@ -204,6 +204,64 @@ async fn get_user_lists_connections() {
     assert_eq!(v["connections"], json!([]), "{v}");
 }
 
+/// `POST /users/online` answers from the room's own index (standalone), and
+/// `GET /users/{user}/messages` reads the offline queue in pages.
+#[tokio::test]
+async fn users_online_and_stored_messages() {
+    let s = Server::start(&[]).await;
+    let (_a, _) = s.login(Transport::WsJson, "on-a", "phone").await;
+    let (b, _) = s.login(Transport::Tcp, "on-b", "laptop").await;
+    common::eventually("on-b online", Duration::from_secs(2), || async {
+        s.user("on-b").await["online"] == true
+    })
+    .await;
+    let v = s
+        .api_ok(
+            "POST",
+            "/users/online",
+            Some(json!({"users": ["on-a", "on-b", "on-c"]})),
+            200,
+        )
+        .await;
+    assert_eq!(
+        v,
+        json!({"online": {"on-a": true, "on-b": true, "on-c": false}})
+    );
+    b.close().await;
+    common::eventually("on-b offline", Duration::from_secs(5), || async {
+        s.api_ok(
+            "POST",
+            "/users/online",
+            Some(json!({"users": ["on-b"]})),
+            200,
+        )
+        .await["online"]["on-b"]
+            == false
+    })
+    .await;
+
+    // Stored for an offline user, then read back in pages.
+    let first = s.push_id(&["on-c"], json!({"n": 1})).await;
+    let second = s.push_id(&["on-c"], json!({"n": 2})).await;
+    let v = s
+        .api_ok("GET", "/users/on-c/messages?limit=1", None, 200)
+        .await;
+    assert_eq!(v["messages"][0]["id"], first, "{v}");
+    assert_eq!(v["messages"][0]["data"], json!({"n": 1}), "{v}");
+    assert_eq!(v["next_after"], first, "{v}");
+    let v = s
+        .api_ok(
+            "GET",
+            &format!("/users/on-c/messages?after={first}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(v["messages"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["messages"][0]["id"], second, "{v}");
+    assert_eq!(v["next_after"], Value::Null, "{v}");
+}
+
 /// Online time counts live connections and keeps the time of those that
 /// ended (standalone answers from the room's own index plus a record of
 /// ended connections: both halves must add up).

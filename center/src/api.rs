@@ -163,11 +163,11 @@ fn yes() -> bool {
     true
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     proto::unix_ms(std::time::SystemTime::now())
 }
 
-fn check_user(u: &str) -> Result<(), ApiError> {
+pub(crate) fn check_user(u: &str) -> Result<(), ApiError> {
     if u.is_empty() {
         return Err(ApiError::InvalidUser("empty".to_owned()));
     }
@@ -419,6 +419,18 @@ pub(crate) async fn get_user(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<ApiJson<UserView>, ApiError> {
     let Path(user) = path.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    user_view(&c, user).await
+}
+
+/// `GET /users/online`: the user named `online` (the path is also
+/// `POST /users/online`'s).
+pub(crate) async fn get_user_named_online(
+    State(c): State<Center>,
+) -> Result<ApiJson<UserView>, ApiError> {
+    user_view(&c, "online".to_owned()).await
+}
+
+async fn user_view(c: &Center, user: String) -> Result<ApiJson<UserView>, ApiError> {
     check_user(&user)?;
     let id = UserId::new(&user);
     let dir = &c.inner.deps.dir;
@@ -694,7 +706,7 @@ impl Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "pushgate", description = "pushgate REST API: push to users, channels and everyone; tasks; users; stats."),
-    paths(push_users, push_channel, push_broadcast, get_task, get_user, kick_user, stats, openapi, healthz, readyz, metrics),
+    paths(push_users, push_channel, push_broadcast, get_task, get_user, kick_user, crate::users::users_online, crate::users::user_messages, stats, openapi, healthz, readyz, metrics),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecurityAddon)
 )]
@@ -708,7 +720,15 @@ pub(crate) fn router(c: &Center) -> Router {
         .route("/api/v1/push/channel", post(push_channel))
         .route("/api/v1/push/broadcast", post(push_broadcast))
         .route("/api/v1/tasks/{task}", get(get_task))
+        .route(
+            "/api/v1/users/online",
+            post(crate::users::users_online).get(get_user_named_online),
+        )
         .route("/api/v1/users/{user}", get(get_user))
+        .route(
+            "/api/v1/users/{user}/messages",
+            get(crate::users::user_messages),
+        )
         .route("/api/v1/users/{user}/connections", delete(kick_user))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/openapi.json", get(openapi))

@@ -25,6 +25,7 @@ pub mod dispatch;
 mod error;
 mod metrics;
 pub mod tasks;
+pub mod users;
 
 pub use api::ApiDoc;
 pub use config::{CenterConfig, MAX_TTL};

@@ -420,6 +420,112 @@ async fn user_view_and_kick() {
 }
 
 #[tokio::test]
+async fn users_online_in_bulk() {
+    let h = harness().await;
+    h.connect("alice", 1, 1).await;
+    h.connect("online", 2, 3).await;
+    let (s, v) = h
+        .call(
+            "POST",
+            "/api/v1/users/online",
+            Some(r#"{"users":["alice","bob","alice","online"]}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"online": {"alice": true, "bob": false, "online": true}})
+    );
+    // 10,000 users in one call; one more is refused.
+    let mut users: Vec<String> = (0..10_000).map(|i| format!("u{i}")).collect();
+    users[9_999] = "alice".into();
+    let body = json!({ "users": users }).to_string();
+    let (s, v) = h.call("POST", "/api/v1/users/online", Some(&body)).await;
+    assert_eq!(s, StatusCode::OK);
+    let online = v["online"].as_object().unwrap();
+    assert_eq!(online.len(), 10_000);
+    assert_eq!(online.values().filter(|b| b == &&json!(true)).count(), 1);
+    users.push("one-more".into());
+    let body = json!({ "users": users }).to_string();
+    let (s, v) = h.call("POST", "/api/v1/users/online", Some(&body)).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "too_many_users"));
+    for bad in [r#"{"users":[""]}"#, r#"{"users":"alice"}"#, r#"["alice"]"#] {
+        let (s, _) = h.call("POST", "/api/v1/users/online", Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // The user named `online` can still be looked up by GET.
+    let (s, v) = h.call("GET", "/api/v1/users/online", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["user"].as_str(), v["online"].as_bool()),
+        (Some("online"), Some(true))
+    );
+}
+
+#[tokio::test]
+async fn user_messages_are_paged_by_id() {
+    let h = harness().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let body = format!(r#"{{"users":["carol"],"data":{{"n":{n}}}}}"#);
+        let (s, v) = h.call("POST", "/api/v1/push/users", Some(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    let (s, v) = h
+        .call("GET", "/api/v1/users/carol/messages?limit=2", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["user"], "carol");
+    let page: Vec<i64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(page, ids[..2]);
+    assert_eq!(v["messages"][1]["data"], json!({"n": 1}));
+    assert!(v["messages"][0]["ts"].as_i64().unwrap() > 0);
+    assert_eq!(v["next_after"], ids[1]);
+    let (_, v) = h
+        .call(
+            "GET",
+            &format!("/api/v1/users/carol/messages?after={}&limit=3", ids[1]),
+            None,
+        )
+        .await;
+    let page: Vec<i64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(page, ids[2..]);
+    assert_eq!(v["next_after"], Value::Null, "the last page: {v}");
+    let (s, v) = h.call("GET", "/api/v1/users/nobody/messages", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"user": "nobody", "messages": [], "next_after": null})
+    );
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?after=-1",
+        "?after=x",
+        "?page=2",
+    ] {
+        let (s, v) = h
+            .call("GET", &format!("/api/v1/users/carol/messages{bad}"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(code(&v), "invalid_request", "{bad}: {v}");
+    }
+    // Reading changes nothing.
+    assert_eq!(h.stored("carol").await.len(), 5);
+}
+
+#[tokio::test]
 async fn stats() {
     let h = harness().await;
     let (s, v) = h.call("GET", "/api/v1/stats", None).await;
@@ -453,6 +559,8 @@ async fn auth_is_required_under_the_base_only() {
         ("GET", "/api/v1/tasks/x", None),
         ("GET", "/api/v1/users/a", None),
         ("DELETE", "/api/v1/users/a/connections", None),
+        ("POST", "/api/v1/users/online", Some(r#"{"users":["a"]}"#)),
+        ("GET", "/api/v1/users/a/messages", None),
         ("GET", "/api/v1/stats", None),
         ("GET", "/api/v1/openapi.json", None),
     ];
@@ -833,6 +941,8 @@ async fn openapi_document_lists_every_endpoint() {
         "/api/v1/tasks/{task}",
         "/api/v1/users/{user}",
         "/api/v1/users/{user}/connections",
+        "/api/v1/users/online",
+        "/api/v1/users/{user}/messages",
         "/api/v1/stats",
         "/healthz",
         "/readyz",
