@@ -530,6 +530,7 @@ async fn health_ready_metrics_openapi() {
         "/metrics must have # TYPE lines for pushgate_ metrics:\n{body}"
     );
     promtool_accepts(&body);
+    dashboard_uses_served_metrics(&body);
 
     let (st, v) = s.api("GET", "/openapi.json", None).await;
     assert_eq!(st, 200, "{v}");
@@ -623,4 +624,51 @@ fn promtool_accepts(body: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// docs/grafana/pushgate-dashboard.json is a dashboard Grafana's file
+/// provisioning loads (uid, title, panels with positions and Prometheus
+/// targets), and every metric its queries name is one `/metrics` serves.
+fn dashboard_uses_served_metrics(body: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/grafana/pushgate-dashboard.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let d: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(d["uid"], "pushgate");
+    assert!(
+        d["title"].is_string() && d["schemaVersion"].is_u64(),
+        "{path:?}"
+    );
+    let families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|r| r.split(' ').next())
+        .collect();
+    // Families that appear only after the event they count.
+    let after_event = ["pushgate_center_push_errors_total"];
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        assert!(p["gridPos"]["w"].as_u64().is_some(), "{title}: no gridPos");
+        assert_eq!(p["datasource"]["type"], "prometheus", "{title}");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("pushgate_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let family = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(
+                    families.contains(&family) || after_event.contains(&family),
+                    "{title}: {family} is not served by /metrics"
+                );
+            }
+        }
+    }
 }
