@@ -300,10 +300,17 @@ async fn lease_is_fresh_then_renewed_and_conflicts_until_it_expires() {
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        if out.iter().all(|o| *o == conflict) {
+        // Each register times the lease out on its own clock, a few ms
+        // apart: wait until no register holds it for a. Where b asked
+        // before, it already holds the lease (renewed).
+        if out.contains(&conflict) {
             return false;
         }
-        assert_eq!(out, vec![LeaseOutcome::Fresh; 3], "all at once");
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, LeaseOutcome::Fresh | LeaseOutcome::Renewed)),
+            "{out:?}"
+        );
         true
     })
     .await;
