@@ -114,24 +114,35 @@ pub fn len_prefix(len: usize) -> ([u8; MAX_VARINT], usize) {
     varint(len as u64)
 }
 
-/// Appends `body_of(out)`'s bytes to `out` behind their length prefix.
-fn framed(out: &mut Vec<u8>, body_of: impl FnOnce(&mut Vec<u8>)) {
+/// Appends a frame whose header depends on its body's length, in one
+/// buffer: `body` encodes behind room for the longest header
+/// ([`MAX_VARINT`] bytes), then the header `head(body length)` is written
+/// right against it and the gap removed. Used for the length prefix here
+/// and for WebSocket frame headers in the room.
+pub fn append_with_head(
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>),
+    head: impl FnOnce(usize) -> ([u8; MAX_VARINT], usize),
+) {
     let start = out.len();
-    body_of(out);
-    let (prefix, n) = len_prefix(out.len() - start);
-    out.splice(start..start, prefix[..n].iter().copied());
+    out.resize(start + MAX_VARINT, 0);
+    body(out);
+    let (h, n) = head(out.len() - start - MAX_VARINT);
+    let at = start + MAX_VARINT - n;
+    out[at..start + MAX_VARINT].copy_from_slice(&h[..n]);
+    out.drain(start..at);
 }
 
 /// Appends `frame` in the binary encoding with its length prefix: one frame
 /// of a byte stream (TCP, TLS over TCP, a QUIC stream).
 pub fn encode_client_framed(frame: &ClientFrame, out: &mut Vec<u8>) {
-    framed(out, |out| encode_client(frame, out));
+    append_with_head(out, |out| encode_client(frame, out), len_prefix);
 }
 
 /// Appends `frame` in the binary encoding with its length prefix (see
 /// [`encode_client_framed`]).
 pub fn encode_server_framed(frame: &ServerFrame, out: &mut Vec<u8>) {
-    framed(out, |out| encode_server(frame, out));
+    append_with_head(out, |out| encode_server(frame, out), len_prefix);
 }
 
 /// Takes one complete length-prefixed frame off the front of `buf` and

@@ -55,7 +55,7 @@ impl BinCodec {
 impl BinCodec {
     /// Appends `f` with its length prefix to `dst`.
     pub(crate) fn encode_frame(&self, f: &ServerFrame, dst: &mut Vec<u8>) {
-        crate::io::append_with_head(dst, |out| binary::encode_server(f, out), binary::len_prefix);
+        binary::encode_server_framed(f, dst);
     }
 }
 

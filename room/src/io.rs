@@ -116,26 +116,9 @@ pub(crate) fn poll_write_out<S: AsyncWrite + Unpin + ?Sized>(
     std::pin::Pin::new(sock).poll_flush(cx)
 }
 
-/// Appends a frame whose header depends on its body's length, in one
-/// buffer: `body` encodes behind room for the longest header, then the
-/// header `head(body length)` is written right against it and the gap
-/// removed (both transports' headers are at most 10 bytes).
-pub(crate) fn append_with_head(
-    out: &mut Vec<u8>,
-    body: impl FnOnce(&mut Vec<u8>),
-    head: impl FnOnce(usize) -> ([u8; MAX_HEAD], usize),
-) {
-    let start = out.len();
-    out.resize(start + MAX_HEAD, 0);
-    body(out);
-    let (h, n) = head(out.len() - start - MAX_HEAD);
-    let at = start + MAX_HEAD - n;
-    out[at..start + MAX_HEAD].copy_from_slice(&h[..n]);
-    out.drain(start..at);
-}
-
-/// Room [`append_with_head`] leaves for a header.
-pub(crate) const MAX_HEAD: usize = 10;
+/// Body first, header after (a WebSocket header is at most 10 bytes, as
+/// the longest varint is).
+pub(crate) use proto::binary::append_with_head;
 
 /// Longest a closing connection lingers.
 pub(crate) const LINGER_MAX: Duration = Duration::from_secs(1);

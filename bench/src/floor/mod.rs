@@ -256,11 +256,8 @@ fn encode(frame: &ServerFrame, kind: Kind) -> Vec<u8> {
     let mut body = Vec::with_capacity(96);
     match kind {
         Kind::Tcp => {
-            proto::binary::encode_server(frame, &mut body);
-            let mut out = Vec::with_capacity(body.len() + 5);
-            proto::binary::write_len(body.len(), &mut out);
-            out.extend_from_slice(&body);
-            out
+            proto::binary::encode_server_framed(frame, &mut body);
+            body
         }
         Kind::Ws | Kind::Http => {
             proto::json::encode_server(frame, &mut body);

@@ -61,11 +61,8 @@ pub(crate) async fn refuse<S: ByteStream>(mut sock: S, why: super::Refusal) {
         message: why.text().to_owned(),
         close: Some(CloseCode::Draining),
     };
-    let mut body = Vec::with_capacity(64);
-    proto::binary::encode_server(&frame, &mut body);
-    let mut out = Vec::with_capacity(body.len() + 8);
-    proto::binary::write_len(body.len(), &mut out);
-    out.extend_from_slice(&body);
+    let mut out = Vec::with_capacity(64);
+    proto::binary::encode_server_framed(&frame, &mut out);
     sock.closing(CloseCode::Draining, why.text());
     let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&out)).await;
     sock.linger().await;
