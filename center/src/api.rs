@@ -179,6 +179,26 @@ pub(crate) fn check_user(u: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The users of a request, each checked, duplicates dropped (first
+/// occurrence kept, in order); at most `max` given.
+pub(crate) fn distinct_users(users: &[String], max: usize) -> Result<Vec<UserId>, ApiError> {
+    if users.len() > max {
+        return Err(ApiError::TooManyUsers {
+            n: users.len(),
+            max,
+        });
+    }
+    let mut seen = HashSet::with_capacity(users.len());
+    let mut out = Vec::with_capacity(users.len());
+    for u in users {
+        check_user(u)?;
+        if seen.insert(u.as_str()) {
+            out.push(UserId::new(u));
+        }
+    }
+    Ok(out)
+}
+
 /// Deepest nesting of arrays and objects accepted in `data`: deeper values
 /// are valid JSON but break common client parsers (serde_json stops at 128).
 pub const MAX_DATA_DEPTH: usize = 64;
@@ -259,20 +279,7 @@ pub(crate) async fn push_users(
     if req.users.is_empty() {
         return Err(ApiError::EmptyUsers);
     }
-    if req.users.len() > cfg.max_users {
-        return Err(ApiError::TooManyUsers {
-            n: req.users.len(),
-            max: cfg.max_users,
-        });
-    }
-    let mut seen = HashSet::with_capacity(req.users.len());
-    let mut users = Vec::with_capacity(req.users.len());
-    for u in &req.users {
-        check_user(u)?;
-        if seen.insert(u.as_str()) {
-            users.push(UserId::new(u));
-        }
-    }
+    let users = distinct_users(&req.users, cfg.max_users)?;
     let ttl = match req.ttl {
         None => cfg.queue_ttl,
         Some(t) if t >= 1 && t <= MAX_TTL.as_secs() => std::time::Duration::from_secs(t),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{check_user, now_ms};
+use crate::api::{check_user, distinct_users, now_ms};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::Center;
 
@@ -58,17 +58,7 @@ pub(crate) async fn users_online(
     State(c): State<Center>,
     ApiJson(req): ApiJson<OnlineReq>,
 ) -> Result<ApiJson<OnlineResp>, ApiError> {
-    if req.users.len() > MAX_ONLINE_USERS {
-        return Err(ApiError::TooManyUsers {
-            n: req.users.len(),
-            max: MAX_ONLINE_USERS,
-        });
-    }
-    for u in &req.users {
-        check_user(u)?;
-    }
-    let mut online: BTreeMap<String, bool> = req.users.into_iter().map(|u| (u, false)).collect();
-    let ids: Vec<UserId> = online.keys().map(|u| UserId::new(u)).collect();
+    let ids = distinct_users(&req.users, MAX_ONLINE_USERS)?;
     let conns = c
         .inner
         .deps
@@ -76,9 +66,11 @@ pub(crate) async fn users_online(
         .lookup(&ids)
         .await
         .map_err(|_| ApiError::Unavailable("directory"))?;
-    for ((_, on), conns) in online.iter_mut().zip(conns) {
-        *on = !conns.is_empty();
-    }
+    let online = ids
+        .iter()
+        .zip(conns)
+        .map(|(u, conns)| (u.as_str().to_owned(), !conns.is_empty()))
+        .collect();
     Ok(ApiJson(OnlineResp { online }))
 }
 
@@ -161,9 +153,7 @@ pub(crate) async fn user_messages(
     let mut messages = Vec::with_capacity(stored.len());
     for m in stored {
         // Stored payloads were checked as JSON when pushed.
-        let text = String::from_utf8(m.data.to_vec())
-            .map_err(|_| ApiError::Unavailable("store (a stored payload is not text)"))?;
-        let data = RawValue::from_string(text)
+        let data = serde_json::from_slice::<Box<RawValue>>(&m.data)
             .map_err(|_| ApiError::Unavailable("store (a stored payload is not JSON)"))?;
         messages.push(StoredView {
             id: m.id.0,
