@@ -13,17 +13,11 @@ B=${BENCH:-target/release/bench}
 NGINX=${NGINX:-/usr/sbin/nginx}
 PORT=${PORT:-7900}
 ulimit -n $(ulimit -Hn)
+. "$(dirname "$0")/nchan-start.sh"
 D=$(mktemp -d)
-sed -e "s|@DIR@|$D|g" -e "s|@PORT@|$PORT|g" "$(dirname "$0")/nchan.conf" > "$D/nginx.conf"
-"$NGINX" -p "$D" -c "$D/nginx.conf" & MASTER=$!
-trap 'kill $MASTER 2>/dev/null; wait $MASTER 2>/dev/null; rm -rf "$D"' EXIT
-WORKER=
-for _ in $(seq 1 50); do
-  WORKER=$(pgrep -P $MASTER | head -1 || true)
-  [ -n "$WORKER" ] && break
-  sleep 0.1
-done
-[ -n "$WORKER" ] || { echo "nginx did not start:"; cat "$D/error.log"; exit 2; }
+MASTER=
+trap '[ -n "$MASTER" ] && kill $MASTER 2>/dev/null; wait $MASTER 2>/dev/null; rm -rf "$D"' EXIT
+nchan_start "$D"
 echo "nginx master $MASTER, worker $WORKER"
 "$B" idle --no-auth --ws "ws://127.0.0.1:$PORT/ws" --http "http://127.0.0.1:$PORT" \
     --broadcast-as-frame --connections "$N" --heartbeat "$HB" \

@@ -19,7 +19,7 @@ B=${BENCH:-target/release/bench}
 BIN=${BIN:-target/release/pushgate}
 NGINX=${NGINX:-/usr/sbin/nginx}
 PORT=${PORT:-7900}
-HERE=$(dirname "$0")
+. "$(dirname "$0")/nchan-start.sh"
 ulimit -n $(ulimit -Hn)
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 per_push() { # cpu ticks (1/100 s), pushes -> microseconds per push
@@ -29,15 +29,7 @@ sent_of() { grep -o 'sent [0-9]*' "$1" | head -1 | awk '{print $2}'; }
 
 nchan_run() {
   D=$(mktemp -d)
-  sed -e "s|@DIR@|$D|g" -e "s|@PORT@|$PORT|g" "$HERE/nchan.conf" > "$D/nginx.conf"
-  "$NGINX" -p "$D" -c "$D/nginx.conf" & MASTER=$!
-  WORKER=
-  for _ in $(seq 1 50); do
-    WORKER=$(pgrep -P $MASTER | head -1 || true)
-    [ -n "$WORKER" ] && break
-    sleep 0.1
-  done
-  [ -n "$WORKER" ] || { echo "nginx did not start:"; cat "$D/error.log"; exit 2; }
+  nchan_start "$D"
   c0=$(ticks $WORKER)
   "$B" latency --nchan --ws "ws://127.0.0.1:$PORT/sub/" --http "http://127.0.0.1:$PORT" \
       --api-key unused --token-secret unused --users $U --rate $RATE --duration $DUR \
