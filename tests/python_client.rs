@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::Server;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::ChildStderr;
+use tokio::process::{ChildStderr, ChildStdout};
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -43,6 +43,16 @@ async fn wait_event(lines: &mut Lines<BufReader<ChildStderr>>, op: &str) -> Valu
     .unwrap_or_else(|_| panic!("no {op} from the python client within 20 s"))
 }
 
+/// The next message the client printed on stdout, within 20 s.
+async fn next_message(out: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+        .await
+        .expect("a message within 20 s")
+        .unwrap()
+        .expect("the client printed a message");
+    serde_json::from_str(&line).unwrap()
+}
+
 #[tokio::test]
 async fn python_client_receives_resumes_and_keeps_ids_exact() {
     let py = common::python_with("websockets.asyncio.client", "websockets>=13");
@@ -69,24 +79,11 @@ async fn python_client_receives_resumes_and_keeps_ids_exact() {
     // was stored while it was away, and u1 not again.
     let stdout = child.stdout.take().unwrap();
     let mut out = BufReader::new(stdout).lines();
-    let mut got: Vec<Value> = Vec::new();
-    for _ in 0..2 {
-        let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-            .await
-            .expect("a message within 20 s")
-            .unwrap()
-            .expect("the client printed a message");
-        got.push(serde_json::from_str(&line).unwrap());
-    }
+    let mut got = vec![next_message(&mut out).await, next_message(&mut out).await];
     s.api_ok("DELETE", "/users/py/connections", None, 200).await;
     let u2 = s.push_id(&["py"], json!({"n": 3})).await;
     wait_event(&mut events, "auth_ok").await;
-    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-        .await
-        .expect("the missed message within 20 s")
-        .unwrap()
-        .expect("the client printed it");
-    got.push(serde_json::from_str(&line).unwrap());
+    got.push(next_message(&mut out).await);
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("the client exits after --count 3")
