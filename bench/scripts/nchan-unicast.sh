@@ -43,6 +43,8 @@ nchan_run() {
 
 pushgate_run() {
   D=$(mktemp -d)
+  # The floor under a stored push on the same file system: write + fdatasync.
+  [ "${STORE:-true}" = true ] && echo "floor:    $("$B" durable --dir $D --writes 10000)"
   $BIN --data $D --ws 127.0.0.1:0 --http 127.0.0.1:0 > $D/out 2>$D/err & PID=$!
   for _ in $(seq 1 100); do grep -q ready $D/out && break; sleep 0.1; done
   WS=$(grep -o 'ws listening on [^ ]*' $D/out | awk '{print $4}')

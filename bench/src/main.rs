@@ -13,6 +13,8 @@
 //! - `bench compare`: the same `bench idle` workload against `bench floor`
 //!   and against pushgate; server CPU per connect, heartbeat and broadcast
 //!   delivery side by side.
+//! - `bench durable`: one write + `fdatasync` per acknowledgement on a
+//!   directory's file system; the floor under a stored push.
 //!
 //! Progress goes to stderr, results to stdout (and `--json-out`). Exit codes:
 //! 0 all good, 1 the run completed but something failed (connections refused
@@ -26,6 +28,7 @@ mod client;
 mod cmd_compare;
 mod cmd_idle;
 mod cmd_latency;
+mod durable;
 mod floor;
 mod pace;
 mod proc;
@@ -68,6 +71,9 @@ enum Cmd {
     /// The same `idle` workload against `bench floor` and against pushgate:
     /// server CPU per connect, heartbeat and broadcast delivery, and ratios.
     Compare(cmd_compare::CompareArgs),
+    /// The floor under a stored push: one write + fdatasync per
+    /// acknowledgement on the data directory's file system; CPU and latency.
+    Durable(durable::DurableArgs),
     /// One load-generator process of a `c1m` run (started by `c1m`).
     #[command(hide = true)]
     C1mWorker(c1m::worker::WorkerArgs),
@@ -85,6 +91,16 @@ fn main() -> ExitCode {
     // The floor server runs without any async runtime.
     if let Cmd::Floor(a) = cli.cmd {
         return floor::main(a);
+    }
+    // So does the durable-write floor: one thread, blocking file I/O.
+    if let Cmd::Durable(a) = &cli.cmd {
+        return match durable::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     // A c1m worker is one of many processes sharing the cores: one thread.
     let rt = if matches!(cli.cmd, Cmd::C1mWorker(_)) {
@@ -110,7 +126,7 @@ fn main() -> ExitCode {
             Cmd::C1m(a) => c1m::run(a).await,
             Cmd::Compare(a) => cmd_compare::run(a).await,
             Cmd::C1mWorker(a) => c1m::worker::run(a).await.map(|()| Outcome::Ok),
-            Cmd::Floor(_) => Ok(Outcome::Ok),
+            Cmd::Floor(_) | Cmd::Durable(_) => Ok(Outcome::Ok),
         }
     });
     // Do not wait for stray tasks (e.g. a socket still closing).
