@@ -50,9 +50,11 @@ pub(crate) enum Transport {
     Tcp = 1,
     /// QUIC listener.
     Quic = 2,
+    /// Server-sent events (`GET /sse` on the WebSocket listener).
+    Sse = 3,
 }
 
-const TRANSPORT_LABELS: [&str; 3] = ["ws", "tcp", "quic"];
+const TRANSPORT_LABELS: [&str; 4] = ["ws", "tcp", "quic", "sse"];
 
 impl Transport {
     /// The transport's name, as in the metrics' labels.
@@ -65,8 +67,8 @@ impl Transport {
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {
     pub(crate) sockets: AtomicU64,
-    pub(crate) accepted: [AtomicU64; 3],
-    pub(crate) refused: [AtomicU64; 3],
+    pub(crate) accepted: [AtomicU64; 4],
+    pub(crate) refused: [AtomicU64; 4],
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) quic_retries: AtomicU64,
     pub(crate) frames_in: AtomicU64,
@@ -156,7 +158,7 @@ impl Metrics {
         labelled(
             out,
             "pushgate_room_accepted_total",
-            "Sockets accepted, by transport.",
+            "Sockets accepted, by transport (an SSE stream's socket counts under ws when accepted and under sse once its stream opens).",
             "transport",
             &TRANSPORT_LABELS,
             &self.accepted,

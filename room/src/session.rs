@@ -862,7 +862,8 @@ pub(crate) fn now_ms() -> i64 {
     proto::unix_ms(SystemTime::now())
 }
 
-fn now_secs() -> u64 {
+/// Unix time in seconds (token expiry).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

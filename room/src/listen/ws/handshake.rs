@@ -21,6 +21,15 @@ const MAX_HEADERS: usize = 32;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 1024;
 
+/// An accepted request: a WebSocket upgrade, or an SSE stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// `GET /ws` with a valid upgrade.
+    Ws(Upgrade),
+    /// `GET /sse`: the stream's parameters (see [`super::sse`]).
+    Sse(Box<super::sse::SseStart>),
+}
+
 /// An accepted upgrade.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Upgrade {
@@ -48,6 +57,7 @@ impl Reject {
     pub(crate) fn response(self) -> Vec<u8> {
         let reason = match self.status {
             400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
             426 => "Upgrade Required",
@@ -99,10 +109,14 @@ impl From<std::io::Error> for HandshakeError {
     }
 }
 
-const NOT_FOUND: Reject = Reject::new(404, "not found: the WebSocket endpoint is /ws");
+const NOT_FOUND: Reject = Reject::new(
+    404,
+    "not found: the WebSocket endpoint is /ws, the server-sent events endpoint /sse",
+);
 const MALFORMED: Reject = Reject::new(400, "malformed HTTP request");
 const TOO_LARGE: Reject = Reject::new(431, "request head larger than 8 KiB");
 const NOT_GET: Reject = Reject::new(405, "a WebSocket upgrade is a GET request");
+const SSE_NOT_GET: Reject = Reject::new(405, "an event stream is opened with GET /sse");
 const NOT_UPGRADE: Reject = Reject::new(
     426,
     "this endpoint speaks WebSocket only: send an upgrade request (Upgrade: websocket)",
@@ -144,7 +158,7 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Decides on a complete request head.
-pub(crate) fn decide(head: &[u8]) -> Result<Upgrade, Reject> {
+pub(crate) fn decide(head: &[u8]) -> Result<Accepted, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -153,7 +167,14 @@ pub(crate) fn decide(head: &[u8]) -> Result<Upgrade, Reject> {
         Ok(httparse::Status::Partial) | Err(_) => return Err(MALFORMED),
     }
     let path = req.path.unwrap_or("");
-    if path.split('?').next() != Some(PATH) {
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    if route == super::sse::PATH {
+        if req.method != Some("GET") {
+            return Err(SSE_NOT_GET);
+        }
+        return super::sse::decide(query, req.headers).map(|s| Accepted::Sse(Box::new(s)));
+    }
+    if route != PATH {
         return Err(NOT_FOUND);
     }
     if req.method != Some("GET") {
@@ -210,24 +231,43 @@ pub(crate) fn decide(head: &[u8]) -> Result<Upgrade, Reject> {
         response.extend_from_slice(b"\r\n");
     }
     response.extend_from_slice(b"\r\n");
-    Ok(Upgrade {
+    Ok(Accepted::Ws(Upgrade {
         bin: protocol == Some(PROTO_BIN),
         response,
-    })
+    }))
 }
 
-/// Runs the server side: reads the request, answers it. On success,
-/// whether the client chose binary and the bytes it sent after the head.
+/// What a successful [`accept`] leads to.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// A WebSocket: whether the client chose binary, and the bytes it sent
+    /// after the head.
+    Ws(bool, Vec<u8>),
+    /// An SSE stream (its response head already sent).
+    Sse(Box<super::sse::SseStart>),
+}
+
+/// Runs the server side: reads the request, answers it. An SSE request is
+/// answered 200 only when `check_sse` lets it through, else with its error.
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     sock: &mut S,
-) -> Result<(bool, Vec<u8>), HandshakeError> {
+    check_sse: impl FnOnce(&super::sse::SseStart) -> Result<(), Reject>,
+) -> Result<Opened, HandshakeError> {
     let (mut buf, end) = match read_head(sock).await {
         Ok(x) => x,
         Err(HandshakeError::Rejected(r)) => return Err(reject(sock, r).await),
         Err(e) => return Err(e),
     };
     match decide(&buf[..end]) {
-        Ok(up) => {
+        Ok(Accepted::Sse(start)) => {
+            if let Err(r) = check_sse(&start) {
+                return Err(reject(sock, r).await);
+            }
+            sock.write_all(super::sse::RESPONSE).await?;
+            sock.flush().await?;
+            Ok(Opened::Sse(start))
+        }
+        Ok(Accepted::Ws(up)) => {
             sock.write_all(&up.response).await?;
             sock.flush().await?;
             let rest = if end == buf.len() {
@@ -237,7 +277,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 buf.shrink_to_fit();
                 buf
             };
-            Ok((up.bin, rest))
+            Ok(Opened::Ws(up.bin, rest))
         }
         Err(r) => Err(reject(sock, r).await),
     }
@@ -273,9 +313,17 @@ mod tests {
         )
     }
 
+    /// The upgrade `decide` accepted.
+    fn upgrade(head: &str) -> Upgrade {
+        match decide(head.as_bytes()) {
+            Ok(Accepted::Ws(up)) => up,
+            other => panic!("not an upgrade: {other:?}"),
+        }
+    }
+
     #[test]
     fn rfc_example_gets_its_accept_key() {
-        let up = decide(request("/ws", "").as_bytes()).unwrap();
+        let up = upgrade(&request("/ws", ""));
         let text = String::from_utf8(up.response).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         // RFC 6455 §1.3.
@@ -288,7 +336,7 @@ mod tests {
     #[test]
     fn subprotocol_is_the_first_of_ours_in_the_clients_order() {
         let pick = |offer: &str| {
-            let up = decide(request("/ws?x=1", offer).as_bytes()).unwrap();
+            let up = upgrade(&request("/ws?x=1", offer));
             (up.bin, String::from_utf8(up.response).unwrap())
         };
         let (bin, text) =
@@ -364,7 +412,9 @@ mod tests {
             }
             String::from_utf8(reply).unwrap()
         });
-        let (bin, rest) = accept(&mut server).await.unwrap();
+        let Opened::Ws(bin, rest) = accept(&mut server, |_| Ok(())).await.unwrap() else {
+            panic!("not a WebSocket");
+        };
         assert!(bin);
         // Whatever followed the head in the last read is kept for the framing.
         assert!([0x82, 0x80, 1, 2, 3, 4].starts_with(&rest), "{rest:?}");
@@ -381,7 +431,7 @@ mod tests {
             let _ = client.read_to_string(&mut reply).await;
             reply
         });
-        match accept(&mut server).await {
+        match accept(&mut server, |_| Ok(())).await {
             Err(HandshakeError::Rejected(r)) => assert_eq!(r, TOO_LARGE),
             other => panic!("{other:?}"),
         }

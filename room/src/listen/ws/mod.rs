@@ -24,10 +24,13 @@
 //!   flushes the reply before it ends), then the server closes TCP. After the server's own Close, [`WsIo::linger`] waits
 //!   up to [`LINGER_MAX`] for the client's Close before closing TCP, so
 //!   that clients see a clean close (browsers: `wasClean`).
+//! - `GET /sse` on the same listener opens a server-sent event stream
+//!   instead ([`sse`]): one more framing of the same session.
 
 mod frame;
 mod handshake;
 mod io;
+mod sse;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +47,7 @@ use crate::metrics::Transport;
 use crate::session;
 use crate::shared::Shared;
 pub(crate) use io::WsIo;
+use sse::{SseIo, SseStart};
 
 /// The only path served.
 pub(crate) const PATH: &str = "/ws";
@@ -86,14 +90,29 @@ pub(crate) fn serve_tls(
     handshake.then(move |r| session_after(r, peer))
 }
 
+/// A connection after its handshake: a WebSocket or an event stream.
+enum Opened<S> {
+    Ws(WsIo<S>),
+    Sse(SseIo<S>),
+}
+
 /// The session after a successful handshake; nothing after a failed one.
-fn session_after<S: ByteStream>(
-    handshake: Option<(Arc<Shared>, WsIo<S>)>,
+/// An event stream's session is boxed, so the rare SSE framing does not
+/// size every WebSocket task.
+fn session_after<S: ByteStream + 'static>(
+    handshake: Option<(Arc<Shared>, Opened<S>)>,
     peer: SocketAddr,
-) -> Either<impl Future<Output = ()> + Send, std::future::Ready<()>> {
+) -> impl Future<Output = ()> + Send {
     match handshake {
-        Some((shared, io)) => Either::Left(session::run(shared, io, peer, Transport::Ws)),
-        None => Either::Right(std::future::ready(())),
+        Some((shared, Opened::Ws(io))) => {
+            Either::Left(session::run(shared, io, peer, Transport::Ws))
+        }
+        Some((shared, Opened::Sse(io))) => {
+            shared.metrics.accepted(Transport::Sse);
+            let session = session::run(shared, io, peer, Transport::Sse);
+            Either::Right(Either::Left(Box::pin(session)))
+        }
+        None => Either::Right(Either::Right(std::future::ready(()))),
     }
 }
 
@@ -102,23 +121,33 @@ async fn handshake(
     shared: Arc<Shared>,
     sock: TcpStream,
     peer: SocketAddr,
-) -> Option<(Arc<Shared>, WsIo)> {
+) -> Option<(Arc<Shared>, Opened<TcpStream>)> {
     let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
     handshake_until(shared, sock, peer, deadline).await
 }
 
-/// The WebSocket handshake on `sock`, until `deadline`.
+/// The WebSocket (or SSE) handshake on `sock`, until `deadline`.
 async fn handshake_until<S: ByteStream>(
     shared: Arc<Shared>,
     mut sock: S,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
-) -> Option<(Arc<Shared>, WsIo<S>)> {
-    let step = handshake::accept(&mut sock);
-    let (bin, rest) = shared
+) -> Option<(Arc<Shared>, Opened<S>)> {
+    let cfg = &shared.cfg;
+    let check =
+        |start: &SseStart| start.check(&cfg.token_secret, session::now_secs(), cfg.max_channels);
+    let step = handshake::accept(&mut sock, check);
+    let opened = shared
         .handshake_step(peer, "websocket", deadline, step)
         .await?;
-    let io = WsIo::new(sock, shared.cfg.max_frame, bin, rest);
+    let io = match opened {
+        handshake::Opened::Ws(bin, rest) => {
+            Opened::Ws(WsIo::new(sock, shared.cfg.max_frame, bin, rest))
+        }
+        handshake::Opened::Sse(start) => {
+            Opened::Sse(SseIo::new(sock, *start, shared.cfg.heartbeat))
+        }
+    };
     Some((shared, io))
 }
 

@@ -1,0 +1,344 @@
+//! Server-sent events (`GET /sse` on the WebSocket listener), end to end on
+//! real sockets against a standalone server: the request as auth + subs,
+//! user and channel messages as events with ids, resume with Last-Event-ID,
+//! heartbeat comments keeping a silent client alive, refusals with an HTTP
+//! status, and a kick ending the stream with `event: close`.
+#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE: not on request paths)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{mint, now_secs, Server};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// One event of the stream: its fields (`id`, `event`, `data` joined by
+/// `\n`), or a comment.
+#[derive(Debug, Default, Clone)]
+struct Event {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+    comment: bool,
+}
+
+impl Event {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{self:?}: {e}"))
+    }
+}
+
+/// A raw SSE client: the HTTP response head, then events as an
+/// `EventSource` parses them (fields per line, a blank line ends an event).
+struct Sse {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    status: u16,
+    head: String,
+}
+
+impl Sse {
+    async fn open(s: &Server, target: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut sock = TcpStream::connect(s.ws).await.unwrap();
+        let mut req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
+            s.ws
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = timeout(Duration::from_secs(5), sock.read(&mut chunk))
+                .await
+                .expect("response head within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed before the response head: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+        let status = head[9..12].parse().unwrap();
+        buf.drain(..end);
+        Sse {
+            sock,
+            buf,
+            status,
+            head,
+        }
+    }
+
+    /// The response body until the server closes (for refusals).
+    async fn body(mut self) -> String {
+        let mut rest = Vec::new();
+        let _ = timeout(Duration::from_secs(5), self.sock.read_to_end(&mut rest)).await;
+        self.buf.extend_from_slice(&rest);
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    /// The next event or comment; `None` at the end of the stream.
+    async fn next(&mut self, limit: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.buf[..i].to_vec()).unwrap();
+                self.buf.drain(..i + 2);
+                let mut ev = Event::default();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        ev.comment = true;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push(v.to_owned());
+                    } else if line.starts_with("retry: ") {
+                        ev.event = Some("retry".into());
+                    } else {
+                        panic!("not an SSE line: {line:?}");
+                    }
+                }
+                ev.data = data.join("\n");
+                return Some(ev);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no event within {limit:?}; buffered {:?}", self.buf))
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next event that is not a comment.
+    async fn event(&mut self) -> Event {
+        loop {
+            let ev = self
+                .next(Duration::from_secs(5))
+                .await
+                .expect("stream ended");
+            if !ev.comment {
+                return ev;
+            }
+        }
+    }
+
+    /// Skips `retry`, `auth_ok` and `sub_ok`; returns the `auth_ok` frame.
+    async fn opened(&mut self, subs: usize) -> Value {
+        assert_eq!(self.event().await.event.as_deref(), Some("retry"));
+        let ok = self.event().await;
+        assert_eq!(ok.event.as_deref(), Some("auth_ok"), "{ok:?}");
+        for _ in 0..subs {
+            let sub = self.event().await;
+            assert_eq!(sub.event.as_deref(), Some("sub_ok"), "{sub:?}");
+        }
+        ok.json()
+    }
+}
+
+fn url_token(s: &Server, user: &str, channels: &[&str]) -> String {
+    mint(&s.secret, user, None, Some(channels), now_secs() + 3600)
+}
+
+#[tokio::test]
+async fn user_and_channel_messages_arrive_as_events_and_resume_by_last_event_id() {
+    let s = Server::start(&[]).await;
+    let token = url_token(&s, "sse-alice", &["news"]);
+    let mut sse = Sse::open(&s, &format!("/sse?token={token}&channels=news"), &[]).await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    let head = sse.head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    let ok = sse.opened(1).await;
+    assert_eq!(ok["user"], "sse-alice");
+    s.wait_visible("sse-alice", &ok).await;
+
+    // A user message: an unnamed event, id = the message id, data = the msg frame.
+    let id1 = s
+        .push_id(&["sse-alice"], json!({"n": 1, "text": "a\nb"}))
+        .await;
+    let ev = sse.event().await;
+    assert_eq!(ev.event, None, "{ev:?}");
+    assert_eq!(ev.id.as_deref(), Some(id1.to_string().as_str()));
+    let msg = ev.json();
+    assert_eq!(
+        (msg["op"].as_str(), msg["data"]["n"].as_i64()),
+        (Some("msg"), Some(1))
+    );
+    assert_eq!(
+        msg["data"]["text"], "a\nb",
+        "a line break inside data survives"
+    );
+
+    // A channel message: the same, with the channel in the frame.
+    let r = s
+        .api_ok(
+            "POST",
+            "/push/channel",
+            Some(json!({"channel": "news", "data": {"n": 2}})),
+            200,
+        )
+        .await;
+    let ev = sse.event().await;
+    assert_eq!(
+        ev.id.as_deref(),
+        Some(r["id"].to_string().as_str()),
+        "{ev:?}"
+    );
+    assert_eq!(ev.json()["channel"], "news");
+    drop(sse);
+    s.wait_online("sse-alice", false).await;
+
+    // Offline: two stored messages. A browser coming back sends the last id
+    // it saw as Last-Event-ID and gets exactly what followed it, once.
+    let id3 = s.push_id(&["sse-alice"], json!({"n": 3})).await;
+    let id4 = s.push_id(&["sse-alice"], json!({"n": 4})).await;
+    let mut sse = Sse::open(
+        &s,
+        &format!("/sse?token={token}"),
+        &[("Last-Event-ID", &id1.to_string())],
+    )
+    .await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    sse.opened(0).await;
+    let got: Vec<String> = vec![sse.event().await, sse.event().await]
+        .into_iter()
+        .map(|e| e.id.unwrap())
+        .collect();
+    assert_eq!(got, [id3.to_string(), id4.to_string()]);
+    // Nothing else is replayed: the next event is a new push.
+    let id5 = s.push_id(&["sse-alice"], json!({"n": 5})).await;
+    assert_eq!(sse.event().await.id, Some(id5.to_string()));
+
+    // The token may come in an Authorization header, the resume point as ?last_id=.
+    let mut sse = Sse::open(
+        &s,
+        &format!("/sse?last_id={id4}"),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    sse.opened(0).await;
+    assert_eq!(sse.event().await.id, Some(id5.to_string()));
+}
+
+#[tokio::test]
+async fn bad_requests_get_an_http_error_and_no_stream() {
+    let s = Server::start(&["--max-channels", "2"]).await;
+    let good = url_token(&s, "sse-bob", &["a", "b", "c"]);
+    let expired = mint(&s.secret, "sse-bob", None, None, now_secs() - 10);
+    let other = mint("not-the-secret", "sse-bob", None, None, now_secs() + 60);
+    for (target, headers, want, says) in [
+        ("/sse".to_string(), vec![], 401, "missing token"),
+        (
+            format!("/sse?token={expired}"),
+            vec![],
+            401,
+            "invalid or expired token",
+        ),
+        (
+            format!("/sse?token={other}"),
+            vec![],
+            401,
+            "invalid or expired token",
+        ),
+        (
+            format!("/sse?token={good}&channels=a,b,c"),
+            vec![],
+            400,
+            "too many channels",
+        ),
+        (
+            format!("/sse?token={good}&channels=a,,b"),
+            vec![],
+            400,
+            "comma-separated",
+        ),
+        (
+            format!("/sse?token={good}&page=2"),
+            vec![],
+            400,
+            "unknown or repeated",
+        ),
+        (
+            format!("/sse?token={good}"),
+            vec![("Last-Event-ID", "x")],
+            400,
+            "non-negative integer",
+        ),
+    ] {
+        let sse = Sse::open(&s, &target, &headers).await;
+        let (status, head) = (sse.status, sse.head.clone());
+        let body = sse.body().await;
+        assert_eq!(status, want, "{target}: {head}{body}");
+        assert!(body.contains(says), "{target}: {body}");
+        assert!(!head.contains("event-stream"), "{target}: {head}");
+    }
+    // POST is not how a stream opens.
+    let mut sock = TcpStream::connect(s.ws).await.unwrap();
+    sock.write_all(b"POST /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    let _ = timeout(Duration::from_secs(5), sock.read_to_string(&mut reply)).await;
+    assert!(reply.starts_with("HTTP/1.1 405 "), "{reply}");
+    // The server still serves a good request after all of them.
+    let mut sse = Sse::open(&s, &format!("/sse?token={good}&channels=a,b"), &[]).await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    sse.opened(2).await;
+}
+
+#[tokio::test]
+async fn heartbeat_comments_keep_a_silent_client_alive_and_a_kick_ends_with_close() {
+    // Silence for twice the heartbeat closes a WebSocket client (4003); an
+    // SSE client never speaks, and the server's comments count as life.
+    let s = Server::start(&["--heartbeat", "1"]).await;
+    let token = url_token(&s, "sse-carol", &[]);
+    let mut sse = Sse::open(&s, &format!("/sse?token={token}"), &[]).await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    let ok = sse.opened(0).await;
+    assert_eq!(ok["heartbeat"], 1);
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let mut comments = 0;
+    while tokio::time::Instant::now() < until {
+        let ev = sse
+            .next(Duration::from_secs(2))
+            .await
+            .expect("stream ended");
+        assert!(ev.comment, "only comments while nothing is pushed: {ev:?}");
+        comments += 1;
+    }
+    assert!(
+        comments >= 3,
+        "{comments} comments in 3.5 s at a 1 s heartbeat"
+    );
+    let id = s.push_id(&["sse-carol"], json!({"still": "here"})).await;
+    assert_eq!(sse.event().await.id, Some(id.to_string()));
+
+    // A kick: the error frame, then `event: close` with the code, then the end.
+    s.api_ok("DELETE", "/users/sse-carol/connections", None, 200)
+        .await;
+    let err = sse.event().await;
+    assert_eq!(err.event.as_deref(), Some("error"), "{err:?}");
+    assert_eq!(err.json()["code"], "kicked");
+    let close = sse.event().await;
+    assert_eq!(close.event.as_deref(), Some("close"), "{close:?}");
+    assert_eq!(close.json()["code"], 4005);
+    assert!(
+        sse.next(Duration::from_secs(3)).await.is_none(),
+        "the stream ends after close"
+    );
+}
