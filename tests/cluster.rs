@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{local, s, wait_ids, Cluster, Node, Resilient};
+use common::sse::Sse;
 use common::{eventually, mint, now_secs, spawn_raw, Client, Event, Transport};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -68,6 +69,23 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     let v = c.api_ok(1, "GET", "/users/nobody/messages", None).await;
     assert_eq!(v["messages"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["messages"][0]["data"], "all", "{v}");
+    // The same user over server-sent events on room 2: the stored message
+    // replayed from the shared store, then a live push found through the
+    // registers, each an event whose id is the message id.
+    let token = c.token("nobody");
+    let mut sse = Sse::open(c.ws(1), &format!("/sse?token={token}&last_id=0"), &[]).await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    let ok = sse.opened(0).await;
+    let replayed = sse.event().await;
+    assert_eq!(replayed.json()["data"], "all", "{replayed:?}");
+    assert_eq!(replayed.id, Some(v["messages"][0]["id"].to_string()));
+    c.wait_listed("nobody", &ok).await;
+    let v = c.push(0, &["nobody"], json!("live over sse")).await;
+    assert_eq!(v["delivered"], 1, "{v}");
+    let live = sse.event().await;
+    assert_eq!(live.json()["data"], "live over sse", "{live:?}");
+    assert_eq!(live.id, Some(v["id"].to_string()));
+    drop(sse);
 
     // Channel: subscribers in two rooms.
     clients[0].sub("news").await;

@@ -9,145 +9,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::sse::Sse;
 use common::{mint, now_secs, Server};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-/// One event of the stream: its fields (`id`, `event`, `data` joined by
-/// `\n`), or a comment.
-#[derive(Debug, Default, Clone)]
-struct Event {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
-    comment: bool,
-}
-
-impl Event {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{self:?}: {e}"))
-    }
-}
-
-/// A raw SSE client: the HTTP response head, then events as an
-/// `EventSource` parses them (fields per line, a blank line ends an event).
-struct Sse {
-    sock: TcpStream,
-    buf: Vec<u8>,
-    status: u16,
-    head: String,
-}
-
-impl Sse {
-    async fn open(s: &Server, target: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut sock = TcpStream::connect(s.ws).await.unwrap();
-        let mut req = format!(
-            "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
-            s.ws
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        sock.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = timeout(Duration::from_secs(5), sock.read(&mut chunk))
-                .await
-                .expect("response head within 5 s")
-                .unwrap();
-            assert!(n > 0, "closed before the response head: {buf:?}");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-        let status = head[9..12].parse().unwrap();
-        buf.drain(..end);
-        Sse {
-            sock,
-            buf,
-            status,
-            head,
-        }
-    }
-
-    /// The response body until the server closes (for refusals).
-    async fn body(mut self) -> String {
-        let mut rest = Vec::new();
-        let _ = timeout(Duration::from_secs(5), self.sock.read_to_end(&mut rest)).await;
-        self.buf.extend_from_slice(&rest);
-        String::from_utf8_lossy(&self.buf).into_owned()
-    }
-
-    /// The next event or comment; `None` at the end of the stream.
-    async fn next(&mut self, limit: Duration) -> Option<Event> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block = String::from_utf8(self.buf[..i].to_vec()).unwrap();
-                self.buf.drain(..i + 2);
-                let mut ev = Event::default();
-                let mut data = Vec::new();
-                for line in block.lines() {
-                    if line.starts_with(':') {
-                        ev.comment = true;
-                    } else if let Some(v) = line.strip_prefix("id: ") {
-                        ev.id = Some(v.to_owned());
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        ev.event = Some(v.to_owned());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data.push(v.to_owned());
-                    } else if line.starts_with("retry: ") {
-                        ev.event = Some("retry".into());
-                    } else {
-                        panic!("not an SSE line: {line:?}");
-                    }
-                }
-                ev.data = data.join("\n");
-                return Some(ev);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut chunk))
-                .await
-                .unwrap_or_else(|_| panic!("no event within {limit:?}; buffered {:?}", self.buf))
-                .unwrap();
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The next event that is not a comment.
-    async fn event(&mut self) -> Event {
-        loop {
-            let ev = self
-                .next(Duration::from_secs(5))
-                .await
-                .expect("stream ended");
-            if !ev.comment {
-                return ev;
-            }
-        }
-    }
-
-    /// Skips `retry`, `auth_ok` and `sub_ok`; returns the `auth_ok` frame.
-    async fn opened(&mut self, subs: usize) -> Value {
-        assert_eq!(self.event().await.event.as_deref(), Some("retry"));
-        let ok = self.event().await;
-        assert_eq!(ok.event.as_deref(), Some("auth_ok"), "{ok:?}");
-        for _ in 0..subs {
-            let sub = self.event().await;
-            assert_eq!(sub.event.as_deref(), Some("sub_ok"), "{sub:?}");
-        }
-        ok.json()
-    }
-}
 
 fn url_token(s: &Server, user: &str, channels: &[&str]) -> String {
     mint(&s.secret, user, None, Some(channels), now_secs() + 3600)
@@ -157,7 +24,7 @@ fn url_token(s: &Server, user: &str, channels: &[&str]) -> String {
 async fn user_and_channel_messages_arrive_as_events_and_resume_by_last_event_id() {
     let s = Server::start(&[]).await;
     let token = url_token(&s, "sse-alice", &["news"]);
-    let mut sse = Sse::open(&s, &format!("/sse?token={token}&channels=news"), &[]).await;
+    let mut sse = Sse::open(s.ws, &format!("/sse?token={token}&channels=news"), &[]).await;
     assert_eq!(sse.status, 200, "{}", sse.head);
     let head = sse.head.to_ascii_lowercase();
     assert!(head.contains("content-type: text/event-stream"), "{head}");
@@ -207,7 +74,7 @@ async fn user_and_channel_messages_arrive_as_events_and_resume_by_last_event_id(
     let id3 = s.push_id(&["sse-alice"], json!({"n": 3})).await;
     let id4 = s.push_id(&["sse-alice"], json!({"n": 4})).await;
     let mut sse = Sse::open(
-        &s,
+        s.ws,
         &format!("/sse?token={token}"),
         &[("Last-Event-ID", &id1.to_string())],
     )
@@ -225,7 +92,7 @@ async fn user_and_channel_messages_arrive_as_events_and_resume_by_last_event_id(
 
     // The token may come in an Authorization header, the resume point as ?last_id=.
     let mut sse = Sse::open(
-        &s,
+        s.ws,
         &format!("/sse?last_id={id4}"),
         &[("Authorization", &format!("Bearer {token}"))],
     )
@@ -280,7 +147,7 @@ async fn bad_requests_get_an_http_error_and_no_stream() {
             "non-negative integer",
         ),
     ] {
-        let sse = Sse::open(&s, &target, &headers).await;
+        let sse = Sse::open(s.ws, &target, &headers).await;
         let (status, head) = (sse.status, sse.head.clone());
         let body = sse.body().await;
         assert_eq!(status, want, "{target}: {head}{body}");
@@ -296,7 +163,7 @@ async fn bad_requests_get_an_http_error_and_no_stream() {
     let _ = timeout(Duration::from_secs(5), sock.read_to_string(&mut reply)).await;
     assert!(reply.starts_with("HTTP/1.1 405 "), "{reply}");
     // The server still serves a good request after all of them.
-    let mut sse = Sse::open(&s, &format!("/sse?token={good}&channels=a,b"), &[]).await;
+    let mut sse = Sse::open(s.ws, &format!("/sse?token={good}&channels=a,b"), &[]).await;
     assert_eq!(sse.status, 200, "{}", sse.head);
     sse.opened(2).await;
 }
@@ -307,7 +174,7 @@ async fn heartbeat_comments_keep_a_silent_client_alive_and_a_kick_ends_with_clos
     // SSE client never speaks, and the server's comments count as life.
     let s = Server::start(&["--heartbeat", "1"]).await;
     let token = url_token(&s, "sse-carol", &[]);
-    let mut sse = Sse::open(&s, &format!("/sse?token={token}"), &[]).await;
+    let mut sse = Sse::open(s.ws, &format!("/sse?token={token}"), &[]).await;
     assert_eq!(sse.status, 200, "{}", sse.head);
     let ok = sse.opened(0).await;
     assert_eq!(ok["heartbeat"], 1);

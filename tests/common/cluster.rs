@@ -398,7 +398,13 @@ impl Cluster {
     pub async fn login(&self, room: usize, user: &str, last_id: Option<i64>) -> Client {
         let mut c = Client::connect_addr(self.ws(room), Transport::WsJson).await;
         let ok = c.auth(&self.token(user), last_id, Some("d1")).await;
-        let conn = super::id_text(&ok["conn"]);
+        self.wait_listed(user, &ok).await;
+        c
+    }
+
+    /// Waits until center 0 lists the connection of `auth_ok` as `user`'s.
+    pub async fn wait_listed(&self, user: &str, auth_ok: &Value) {
+        let conn = super::id_text(&auth_ok["conn"]);
         eventually(
             &format!("{user} listed online"),
             Duration::from_secs(5),
@@ -413,7 +419,6 @@ impl Cluster {
             },
         )
         .await;
-        c
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod cluster;
+pub mod sse;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
