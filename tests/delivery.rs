@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{datas, ids, Server, Transport};
 use serde_json::json;
 
@@ -219,6 +221,35 @@ async fn sigterm_restart_keeps_stored_messages() {
 #[tokio::test]
 async fn kill9_keeps_acknowledged_messages_and_ids_grow() {
     common::kill9_scenario(&[]).await;
+}
+
+/// The embedded store acknowledges a push once it is in its write-ahead log,
+/// and makes redb durable at checkpoints (about once a second): pushes from
+/// before a checkpoint and pushes only in the log both survive kill -9, and
+/// the restart says it applied the log.
+#[tokio::test]
+async fn kill9_keeps_what_was_checkpointed_and_what_was_only_logged() {
+    let mut s = Server::start(&[]).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(s.push_id(&["wal"], json!({"before": i})).await);
+    }
+    // Two sweeps, so at least one checkpoint, then more pushes into the log.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for i in 0..20 {
+        sent.push(s.push_id(&["wal"], json!({"after": i})).await);
+    }
+    s.kill9().await;
+    s.restart().await;
+    let log = s.stderr();
+    assert!(
+        log.contains("applied the write-ahead log"),
+        "the restart replayed no log, so this run did not test it: {log}"
+    );
+    let (mut c, _) = s.login(Transport::WsJson, "wal", "d").await;
+    let got = c.msgs(40).await;
+    assert_eq!(ids(&got), sent, "every acknowledged push survives kill -9");
+    assert_eq!(got[39]["data"], json!({"after": 19}));
 }
 
 /// A second kill -9 right after restart (no time for a checkpoint) still never repeats an id.

@@ -9,10 +9,19 @@
 //!
 //! Writes go through one writer thread (redb has one writer at a time and is
 //! synchronous) fed by a bounded queue. The thread takes everything pending,
-//! up to [`MAX_BATCH`] jobs, applies it in ONE write transaction, commits it
-//! durably (fsync) and only then answers each caller: many concurrent
-//! appends share one fsync (group commit). Reads run on the blocking pool
-//! with their own read transactions and never wait for the writer.
+//! up to [`MAX_BATCH`] jobs, appends them as ONE record to the write-ahead
+//! log (`pushgate.wal` beside the redb file, [`crate::wal`]) with one
+//! `fdatasync`, applies them in one redb write transaction committed without
+//! a flush, and only then answers each caller: many concurrent appends share
+//! one flush (group commit), and a flush is one sequential write instead of
+//! a durable redb commit. A *checkpoint* (a durable redb commit, after
+//! which the log starts over) runs with the once-a-second sweep, when the
+//! log passes [`CHECKPOINT_BYTES`], and at close. Opening the store applies
+//! what the log holds first (every write is idempotent: queue entries are
+//! keyed by `(user, id)`, acks only move forward), so a crash loses nothing
+//! that was answered. Reads run on the blocking pool with their own read
+//! transactions (which see the unflushed commits) and never wait for the
+//! writer.
 //!
 //! Expired messages are filtered on read and removed by a background sweep
 //! once a second that looks at no more than [`SWEEP_LIMIT`] entries per table
@@ -26,11 +35,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use proto::{MsgId, UserId};
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::live::{is_live, LiveMsgs};
 use crate::newest::NewestIds;
+use crate::wal::Wal;
 use crate::{Bounds, Store, StoreError, StoredMsg};
 
 const QUEUE: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("user_queue");
@@ -49,13 +60,17 @@ const QUEUE_CAPACITY: usize = 4096;
 /// Entries one sweep pass looks at, per table.
 pub const SWEEP_LIMIT: usize = 10_000;
 
-/// How often the background sweep runs.
+/// How often the background sweep (and with it a checkpoint) runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Log bytes after which the writer checkpoints without waiting for the sweep.
+pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 type DataTable<'t> = Table<'t, (&'static str, i64), &'static [u8]>;
 type MetaTable<'t> = Table<'t, &'static str, (u64, i64)>;
 
-/// One write, as the writer thread applies it.
+/// One write, as the writer thread logs and applies it.
+#[derive(Debug, Serialize, Deserialize)]
 enum WriteOp {
     Users {
         users: Vec<UserId>,
@@ -143,6 +158,8 @@ impl EmbeddedStore {
         }
         let db = Database::create(path).map_err(embedded("open"))?;
         create_tables(&db).map_err(embedded("create tables"))?;
+        // After redb: its file lock keeps a second process off the log too.
+        let wal = recover(&db, &path.with_extension("wal"))?;
         let newest = NewestIds::new();
         load_newest(&db, &newest).map_err(embedded("load newest ids"))?;
         let db = Arc::new(db);
@@ -150,7 +167,7 @@ impl EmbeddedStore {
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("saver-writer".into())
-            .spawn(move || run_writer(&writer_db, rx))
+            .spawn(move || run_writer(&writer_db, wal, rx))
             .map_err(|source| StoreError::Io {
                 op: "spawning the writer thread",
                 source,
@@ -365,6 +382,35 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Opens the log at `path` and applies what it holds to `db` (the writes
+/// answered before a crash that redb had not flushed), then checkpoints.
+fn recover(db: &Database, path: &Path) -> Result<Wal, StoreError> {
+    let io = |op| move |source| StoreError::Io { op, source };
+    let (mut wal, records) = Wal::open(path).map_err(io("opening the write-ahead log"))?;
+    if records.is_empty() {
+        return Ok(wal);
+    }
+    let mut ops = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let batch: Vec<WriteOp> =
+            postcard::from_bytes(record).map_err(|e| StoreError::Corrupt {
+                what: format!("write-ahead log record {i} of {}: {e}", records.len()),
+            })?;
+        ops.extend(batch);
+    }
+    let refs: Vec<&WriteOp> = ops.iter().collect();
+    commit_batch(db, &refs, Durability::Immediate)
+        .map_err(embedded("replay the write-ahead log"))?;
+    wal.checkpoint()
+        .map_err(io("checkpointing the write-ahead log"))?;
+    tracing::info!(
+        records = records.len(),
+        writes = ops.len(),
+        "store: applied the write-ahead log"
+    );
+    Ok(wal)
+}
+
 /// Fills `newest` from the queues on disk: one seek per user that has a
 /// queue (the newest key of its range).
 fn load_newest(db: &Database, newest: &NewestIds) -> Result<(), redb::Error> {
@@ -513,9 +559,15 @@ fn apply(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// Applies `ops` in one transaction and commits it durably.
-fn commit_batch(db: &Database, ops: &[&WriteOp]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+/// Applies `ops` in one transaction and commits it with `durability`.
+fn commit_batch(
+    db: &Database,
+    ops: &[&WriteOp],
+    durability: Durability,
+) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)
+        .map_err(|e| redb::Error::Corrupted(format!("set durability: {e}")))?;
     {
         let mut tables = Tables {
             queue: txn.open_table(QUEUE)?,
@@ -528,9 +580,30 @@ fn commit_batch(db: &Database, ops: &[&WriteOp]) -> Result<(), redb::Error> {
             apply(&mut tables, op)?;
         }
     }
-    // The default durability is Immediate: commit returns after fsync.
     txn.commit()?;
     Ok(())
+}
+
+/// Makes a batch durable: one log record and a redb commit without a
+/// flush; a batch too large for the log is committed durably instead.
+fn write_batch(db: &Database, wal: &mut Wal, ops: &[&WriteOp]) -> Result<(), redb::Error> {
+    let record = postcard::to_stdvec(ops)
+        .map_err(|e| redb::Error::Corrupted(format!("encoding a log record: {e}")))?;
+    if !Wal::could_fit(record.len()) {
+        return commit_batch(db, ops, Durability::Immediate);
+    }
+    if !wal.fits(record.len()) {
+        checkpoint(db, wal)?;
+    }
+    wal.append(&record).map_err(redb::Error::Io)?;
+    commit_batch(db, ops, Durability::None)
+}
+
+/// A durable redb commit of everything applied so far; the log starts over.
+fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.commit()?;
+    wal.checkpoint().map_err(redb::Error::Io)
 }
 
 /// Where the previous sweep pass of one table stopped.
@@ -602,8 +675,9 @@ fn sweep(
     Ok(removed)
 }
 
-/// The writer thread: group commit until Close or until every sender is gone.
-fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+/// The writer thread: group commit until Close or until every sender is
+/// gone, then a last checkpoint.
+fn run_writer(db: &Database, mut wal: Wal, mut rx: mpsc::Receiver<Job>) {
     let mut cursors = (SweepCursor::default(), SweepCursor::default());
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
@@ -617,10 +691,13 @@ fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
         let result = if ops.is_empty() {
             Ok(())
         } else {
-            commit_batch(db, &ops).map_err(Arc::new)
+            write_batch(db, &mut wal, &ops).map_err(Arc::new)
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = ops.len(), "store commit failed");
+        }
+        if wal.used() >= CHECKPOINT_BYTES {
+            checkpoint_or_warn(db, &mut wal);
         }
         let mut close = None;
         for job in batch.drain(..) {
@@ -637,6 +714,10 @@ fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
                     if let Err(e) = &swept {
                         tracing::warn!(error = %e, "store sweep failed");
                     }
+                    // Once a second at most: bounds what a crash leaves to replay.
+                    if wal.used() > 0 {
+                        checkpoint_or_warn(db, &mut wal);
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(swept);
                     }
@@ -645,9 +726,18 @@ fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
             }
         }
         if let Some(reply) = close {
+            checkpoint_or_warn(db, &mut wal);
             let _ = reply.send(());
             return;
         }
+    }
+    checkpoint_or_warn(db, &mut wal);
+}
+
+/// A checkpoint whose failure leaves the log as it was (the next one retries).
+fn checkpoint_or_warn(db: &Database, wal: &mut Wal) {
+    if let Err(e) = checkpoint(db, wal) {
+        tracing::warn!(error = %e, "store checkpoint failed; the write-ahead log keeps the writes");
     }
 }
 
@@ -669,4 +759,113 @@ async fn sweep_loop(tx: mpsc::WeakSender<Job>) {
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> i64 {
     proto::unix_ms(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn msg(id: i64) -> StoredMsg {
+        StoredMsg {
+            id: MsgId(id),
+            ts: 1,
+            expires_at: i64::MAX,
+            data: bytes::Bytes::from(format!("{{\"n\":{id}}}")),
+        }
+    }
+
+    fn users_op(user: &str, id: i64) -> WriteOp {
+        WriteOp::Users {
+            users: vec![UserId::from(user.to_owned())],
+            id,
+            bytes: postcard::to_stdvec(&msg(id)).unwrap(),
+            max: 100,
+        }
+    }
+
+    /// What a crash leaves: writes answered from the log that redb never
+    /// flushed. Opening the store applies them, once, and empties the log.
+    #[tokio::test]
+    async fn writes_only_in_the_log_are_applied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pushgate.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let alice = UserId::from("alice".to_owned());
+        store
+            .append_users(std::slice::from_ref(&alice), &msg(1), Bounds { max: 100 })
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        // Two batches in the log that redb does not have; the second one
+        // repeats id 2 (a replay applies each write once) and acks it.
+        {
+            let (mut wal, pending) = Wal::open(&path.with_extension("wal")).unwrap();
+            assert!(pending.is_empty(), "a closed store leaves an empty log");
+            let first = [&users_op("alice", 2), &users_op("bob", 3)];
+            wal.append(&postcard::to_stdvec(&first[..]).unwrap())
+                .unwrap();
+            let ack = WriteOp::Ack {
+                user: alice.clone(),
+                device: "d".into(),
+                id: 2,
+            };
+            let second = [&users_op("alice", 2), &ack];
+            wal.append(&postcard::to_stdvec(&second[..]).unwrap())
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let got = store.read_user(&alice, MsgId(0), 0, 100).await.unwrap();
+        let ids: Vec<i64> = got.iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, [1, 2]);
+        let bob = UserId::from("bob".to_owned());
+        assert_eq!(
+            store.read_user(&bob, MsgId(0), 0, 100).await.unwrap().len(),
+            1
+        );
+        assert_eq!(store.acked(&alice, "d").await.unwrap(), Some(MsgId(2)));
+        // The newest-id index was built after the replay.
+        assert!(!store.nothing_after(&bob, MsgId(0)));
+        store.close().await.unwrap();
+        drop(store);
+        let (_, pending) = Wal::open(&path.with_extension("wal")).unwrap();
+        assert!(pending.is_empty(), "the replayed log was checkpointed");
+    }
+
+    /// Many batches, then a checkpoint every time the log passes its bound:
+    /// the log never holds more than one bound's worth, and nothing is lost.
+    #[tokio::test]
+    async fn the_log_is_checkpointed_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pushgate.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let big = bytes::Bytes::from(vec![b'x'; 60_000]);
+        let user = UserId::from("big".to_owned());
+        // 400 writes of 60 kB: 24 MB through a log checkpointed at 16 MiB.
+        for id in 1..=400 {
+            let m = StoredMsg {
+                data: big.clone(),
+                ..msg(id)
+            };
+            store
+                .append_users(std::slice::from_ref(&user), &m, Bounds { max: 1000 })
+                .await
+                .unwrap();
+        }
+        let wal_len = std::fs::metadata(path.with_extension("wal")).unwrap().len();
+        assert!(
+            wal_len <= CHECKPOINT_BYTES + 2 * crate::wal::GROW_STEP,
+            "log file {wal_len} B"
+        );
+        assert_eq!(
+            store
+                .read_user(&user, MsgId(0), 0, 1000)
+                .await
+                .unwrap()
+                .len(),
+            400
+        );
+        store.close().await.unwrap();
+    }
 }

@@ -10,8 +10,9 @@ mod live;
 mod newest;
 mod redis_backend;
 pub mod remote;
+mod wal;
 
-pub use embedded::{EmbeddedStore, MAX_BATCH, SWEEP_LIMIT};
+pub use embedded::{EmbeddedStore, CHECKPOINT_BYTES, MAX_BATCH, SWEEP_LIMIT};
 pub use redis_backend::{acks_key, history_key, queue_key, RedisStore};
 pub use remote::{RemoteStore, SaverService};
 
