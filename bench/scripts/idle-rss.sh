@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run from the repository root after `cargo build --release -p pushgate -p pushgate-bench`.
 # Starts a fresh server on a temp data dir and port 0, measures, then stops it by its PID.
-# usage: bench/scripts/idle-rss.sh BIN ws|tcp|quic [CONNECTIONS] [ENV=VAL...]
+# usage: bench/scripts/idle-rss.sh BIN ws|tcp|quic|sse [CONNECTIONS] [ENV=VAL...]
 # BENCH=path/to/bench overrides the bench binary (default target/release/bench).
 BIN=$1; T=$2; N=${3:-15000}; shift $(( $# < 3 ? $# : 3 )); ENVS="$@"
 B=${BENCH:-target/release/bench}
@@ -16,9 +16,10 @@ S=$(grep -o 'token secret: [^ ]*' $D/out | awk '{print $3}')
 case $T in
   tcp) A="--transport tcp --tcp $TCP";;
   quic) A="--transport quic --quic $QUIC --tls-fingerprint $FP";;
+  sse) A="--transport sse --ws ws://$WS/ws";;
   *) A="--transport ws --ws ws://$WS/ws";;
 esac
 $B idle $A --connections $N --token-secret $S --sources 127.0.0.2-127.0.0.5 --rate 5000 --hold 2s --room-pid $PID > $D/bench.out 2>$D/bench.err
-grep -E "^(ramp|rss per|hold)" $D/bench.out
+grep -E "^(ramp|rss per|slab per|bench rss per|hold)" $D/bench.out
 kill $PID; wait $PID 2>/dev/null
 rm -rf $D

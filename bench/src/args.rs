@@ -19,15 +19,20 @@ pub(crate) enum Transport {
     /// QUIC (TLS 1.3, ALPN `pushgate/1`): one bidirectional stream carrying
     /// the TCP framing.
     Quic,
+    /// Server-sent events: `GET /sse?token=…` on the WebSocket listener
+    /// (`--ws`), then JSON frames as events, server to client only.
+    Sse,
 }
 
 impl Transport {
-    /// The name on the command line and in reports (`ws`, `tcp`, `quic`).
+    /// The name on the command line and in reports (`ws`, `tcp`, `quic`,
+    /// `sse`).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Tcp => "tcp",
             Transport::Quic => "quic",
+            Transport::Sse => "sse",
         }
     }
 }

@@ -2,8 +2,10 @@
 //! from a chosen source address), authenticate, send frames, receive frames,
 //! close. WebSocket connections carry JSON text frames; TCP connections carry
 //! length-prefixed binary frames, and so does the one stream of a QUIC
-//! connection (see [`crate::quic`]). All are kept small: a few KiB of buffers
-//! each, so one bench process can hold tens of thousands.
+//! connection (see [`crate::quic`]); server-sent events connections carry a
+//! request and then events one way (see [`crate::sse`]). All are kept small:
+//! a few KiB of buffers each, so one bench process can hold tens of
+//! thousands.
 
 use std::fmt;
 use std::io;
@@ -26,6 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::args::Transport;
 use crate::quic::{DialError, Dialer, QuicArgs};
+use crate::sse::{SseIo, SseTarget};
 
 /// Largest frame accepted from the server.
 const MAX_FRAME: usize = proto::DEFAULT_MAX_FRAME;
@@ -52,12 +55,15 @@ pub(crate) struct Endpoint {
     url: Arc<str>,
     /// The QUIC dialer (shared endpoints), with `--transport quic` only.
     quic: Option<Arc<Dialer>>,
+    /// Where the event stream is requested, with `--transport sse` only.
+    sse: Option<Arc<SseTarget>>,
 }
 
 impl Endpoint {
     /// Resolves the server address: `ws_url` (`ws://host:port/path`) for
     /// WebSocket, `tcp_addr` (`host:port`) for TCP, `quic.quic` (`host:port`)
-    /// and the trusted certificate for QUIC.
+    /// and the trusted certificate for QUIC; for SSE, `ws_url`'s host and
+    /// port, and its path with a final `/ws` replaced by `/sse`.
     pub(crate) async fn resolve(
         transport: Transport,
         ws_url: &str,
@@ -65,7 +71,7 @@ impl Endpoint {
         quic: &QuicArgs,
     ) -> anyhow::Result<Endpoint> {
         match transport {
-            Transport::Ws => {
+            Transport::Ws | Transport::Sse => {
                 let uri: Uri = ws_url
                     .parse()
                     .with_context(|| format!("invalid websocket url {ws_url:?}"))?;
@@ -84,11 +90,16 @@ impl Endpoint {
                     .with_context(|| format!("resolving {host}"))?
                     .next()
                     .with_context(|| format!("{host} resolves to no address"))?;
+                let sse = match transport {
+                    Transport::Sse => Some(Arc::new(SseTarget::from_ws_url(&uri)?)),
+                    _ => None,
+                };
                 Ok(Endpoint {
                     transport,
                     addr,
                     url: Arc::from(ws_url),
                     quic: None,
+                    sse,
                 })
             }
             Transport::Tcp => {
@@ -102,6 +113,7 @@ impl Endpoint {
                     addr,
                     url: Arc::from(""),
                     quic: None,
+                    sse: None,
                 })
             }
             Transport::Quic => {
@@ -122,6 +134,7 @@ impl Endpoint {
                     addr,
                     url: Arc::from(""),
                     quic: Some(Arc::new(Dialer::new(quic, host)?)),
+                    sse: None,
                 })
             }
         }
@@ -276,6 +289,7 @@ enum Io {
     Ws(Box<WebSocketStream<TcpStream>>),
     Tcp(TcpIo),
     Quic(Box<QuicIo>),
+    Sse(SseIo),
 }
 
 /// A byte stream carrying length-prefixed binary frames (TCP, or the QUIC
@@ -325,7 +339,9 @@ pub(crate) async fn connect_and_auth(
 }
 
 impl Conn {
-    /// Opens the socket and, for WebSocket, performs the upgrade.
+    /// Opens the socket and, for WebSocket, performs the upgrade (for SSE
+    /// the request is sent by [`auth_from`](Conn::auth_from): it carries the
+    /// token).
     pub(crate) async fn connect(
         ep: &Endpoint,
         source: Option<IpAddr>,
@@ -369,6 +385,12 @@ impl Conn {
                 .map_err(|e| ClientError::Handshake(e.to_string()))?;
                 Io::Ws(Box::new(ws))
             }
+            Transport::Sse => {
+                let target = ep.sse.clone().ok_or_else(|| {
+                    ClientError::Handshake("sse endpoint without a target".to_string())
+                })?;
+                Io::Sse(SseIo::new(stream, target))
+            }
             Transport::Tcp | Transport::Quic => Io::Tcp(TcpIo {
                 stream,
                 buf: BytesMut::with_capacity(TCP_READ_BUF),
@@ -383,19 +405,27 @@ impl Conn {
     }
 
     /// Sends the auth frame, resuming after `last_id` when given (the server
-    /// replays stored messages after it), and waits for `auth_ok`.
+    /// replays stored messages after it), and waits for `auth_ok`. On SSE the
+    /// request is the auth frame: it is sent now, with the token and
+    /// `last_id` in its query, and a refusal before the stream is mapped as
+    /// [`crate::sse`] says (401: [`ClientError::AuthRefused`]).
     pub(crate) async fn auth_from(
         &mut self,
         token: &str,
         last_id: Option<MsgId>,
     ) -> Result<AuthOk, ClientError> {
-        self.send(&ClientFrame::Auth {
-            seq: Some(1),
-            token: token.to_string(),
-            last_id,
-            device: None,
-        })
-        .await?;
+        if let Io::Sse(s) = &mut self.io {
+            // Boxed: it runs once, and must not size every connection's task.
+            Box::pin(s.open(token, last_id)).await?;
+        } else {
+            self.send(&ClientFrame::Auth {
+                seq: Some(1),
+                token: token.to_string(),
+                last_id,
+                device: None,
+            })
+            .await?;
+        }
         for _ in 0..MAX_FRAMES_BEFORE_AUTH_OK {
             match self.recv().await {
                 Event::Frame(ServerFrame::AuthOk {
@@ -418,9 +448,26 @@ impl Conn {
         Err(ClientError::Protocol("no auth_ok".to_string()))
     }
 
-    /// Sends one frame (JSON text on WebSocket, length-prefixed binary on TCP).
+    /// Whether the transport carries the client's `ping`s. An SSE client
+    /// cannot send after its request: the server's comments keep the stream
+    /// alive, and a `ping` sent there is a no-op.
+    pub(crate) fn sends_pings(&self) -> bool {
+        !matches!(self.io, Io::Sse(_))
+    }
+
+    /// Sends one frame (JSON text on WebSocket, length-prefixed binary on
+    /// TCP). On SSE nothing can be sent: a `ping` succeeds without sending
+    /// (the server keeps the stream alive), any other frame is an error.
     pub(crate) async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
         match &mut self.io {
+            Io::Sse(_) => match frame {
+                ClientFrame::Ping { .. } => Ok(()),
+                other => Err(ClientError::Send(format!(
+                    "server-sent events carry nothing from the client after its request: \
+                     cannot send {} (the token, channels and last_id go in the request)",
+                    client_op(other)
+                ))),
+            },
             Io::Ws(ws) => {
                 let mut out = Vec::with_capacity(64);
                 proto::json::encode_client(frame, &mut out);
@@ -445,12 +492,13 @@ impl Conn {
                 Event::Closed(Closed::Io(e)) => Event::Closed(quic_closed(&q.conn, e)),
                 ev => ev,
             },
+            Io::Sse(s) => s.recv().await,
         }
     }
 
-    /// Closes cleanly (WebSocket close 1000 / TCP or QUIC stream shutdown,
-    /// then a QUIC close 0) and waits up to
-    /// `wait` for the server's side of the close.
+    /// Closes cleanly (WebSocket close 1000 / TCP, SSE or QUIC stream
+    /// shutdown, then a QUIC close 0) and waits up to `wait` for the
+    /// server's side of the close.
     pub(crate) async fn close(self, wait: Duration) {
         match self.io {
             Io::Ws(mut ws) => {
@@ -467,6 +515,7 @@ impl Conn {
                 .await;
             }
             Io::Tcp(mut t) => t.close(wait).await,
+            Io::Sse(mut s) => s.close(wait).await,
             Io::Quic(mut q) => {
                 q.framed.close(wait).await;
                 q.conn.close(0u32.into(), b"bench done");
@@ -516,7 +565,19 @@ async fn recv_ws(ws: &mut WebSocketStream<TcpStream>) -> Event {
     }
 }
 
-fn decoded(r: Result<ServerFrame, proto::DecodeError>) -> Event {
+/// A client frame's `op`, for messages.
+fn client_op(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Ping { .. } => "ping",
+        ClientFrame::Sub { .. } => "sub",
+        ClientFrame::Unsub { .. } => "unsub",
+        ClientFrame::Ack { .. } => "ack",
+    }
+}
+
+/// A decoded frame, or why it did not decode.
+pub(crate) fn decoded(r: Result<ServerFrame, proto::DecodeError>) -> Event {
     match r {
         Ok(f) => Event::Frame(f),
         Err(e) => Event::Undecodable(e.to_string()),
@@ -675,23 +736,100 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sse_bad_token() {
+        // 401 before the stream: the same failure as a refused `auth`.
+        bad_token_is_auth_failure(Transport::Sse).await;
+    }
+
+    #[tokio::test]
+    async fn sse_auth_events_close() {
+        let fake = testsrv::start(Behavior::default()).await;
+        let ep = endpoint(&fake, Transport::Sse).await;
+        let (mut conn, ok) =
+            connect_and_auth(&ep, None, &token("u1", SECRET), Duration::from_secs(5))
+                .await
+                .unwrap();
+        assert_eq!((ok.conn, ok.heartbeat), (ConnId(7), 1));
+        assert!(!conn.sends_pings());
+        // A ping is a no-op; anything else cannot be sent.
+        conn.send(&ClientFrame::Ping { seq: Some(1) })
+            .await
+            .unwrap();
+        let err = conn
+            .send(&ClientFrame::Ack {
+                seq: None,
+                id: MsgId(1),
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("cannot send ack"), "{err}");
+        assert_eq!(fake.pings.load(Relaxed), 0);
+        // The server's comment arrives as a pong.
+        match conn.recv().await {
+            Event::Frame(ServerFrame::Pong { seq: None }) => {}
+            other => panic!("expected the comment, got {other:?}"),
+        }
+        let msg = ServerFrame::Msg(proto::MsgFrame {
+            id: MsgId(41),
+            ts: 5,
+            channel: None,
+            data: bytes::Bytes::from_static(b"{\n\"k\": [1,\n2]}"),
+        });
+        assert_eq!(fake.deliver("u1", &msg), 1);
+        let got = loop {
+            match conn.recv().await {
+                Event::Frame(ServerFrame::Pong { .. }) => continue,
+                Event::Frame(ServerFrame::Msg(m)) => break m,
+                other => panic!("expected the message, got {other:?}"),
+            }
+        };
+        assert_eq!((got.id, got.ts), (MsgId(41), 5));
+        assert_eq!(&got.data[..], b"{\n\"k\": [1,\n2]}");
+        conn.close(Duration::from_secs(5)).await;
+        assert!(eventually(|| fake.clean_closes.load(Relaxed) == 1).await);
+    }
+
+    #[tokio::test]
+    async fn sse_refusals_are_handshake_failures() {
+        for status in [503, 429] {
+            let fake = testsrv::start(Behavior {
+                sse_refuse: Some(status),
+                ..Behavior::default()
+            })
+            .await;
+            let ep = endpoint(&fake, Transport::Sse).await;
+            let err = connect_and_auth(&ep, None, &token("u1", SECRET), Duration::from_secs(5))
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(err, ClientError::Handshake(_)), "{err}");
+            assert!(!err.is_auth());
+            let text = err.to_string();
+            assert!(text.contains(&status.to_string()), "{text}");
+            assert!(text.contains("refused by the test"), "{text}");
+        }
+    }
+
+    #[tokio::test]
     async fn server_close_code_is_reported() {
         let fake = testsrv::start(Behavior {
             kick_after: Some(Duration::from_millis(50)),
             ..Behavior::default()
         })
         .await;
-        for t in [Transport::Ws, Transport::Tcp] {
+        for t in [Transport::Ws, Transport::Tcp, Transport::Sse] {
             let ep = endpoint(&fake, t).await;
             let (mut conn, _) =
                 connect_and_auth(&ep, None, &token("u1", SECRET), Duration::from_secs(5))
                     .await
                     .unwrap();
             // WebSocket: the error frame, then the close frame. TCP: the
-            // error frame carries the close code.
+            // error frame carries the close code. SSE: an error event, then
+            // a close event (comments may come before).
             let closed = loop {
                 match conn.recv().await {
-                    Event::Frame(ServerFrame::Error { .. }) => continue,
+                    Event::Frame(ServerFrame::Error { .. } | ServerFrame::Pong { .. }) => continue,
                     Event::Closed(c) => break c,
                     other => panic!("unexpected {other:?}"),
                 }
@@ -761,6 +899,15 @@ mod tests {
                 .await
                 .is_err()
         );
+        // SSE takes the --ws url, whose path must end in /ws.
+        for bad in ["http://127.0.0.1:1/ws", "ws://127.0.0.1:1/sub/x"] {
+            assert!(
+                Endpoint::resolve(Transport::Sse, bad, "", &QuicArgs::default())
+                    .await
+                    .is_err(),
+                "{bad}"
+            );
+        }
         let ep = Endpoint::resolve(Transport::Ws, "ws://127.0.0.1/ws", "", &QuicArgs::default())
             .await
             .unwrap();

@@ -227,7 +227,7 @@ fn idle_argv(args: &CompareArgs, srv: &Server, hb: u32, secret: &str, key: &str)
 /// Runs `bench compare`.
 pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
-        args.transport != Transport::Quic,
+        matches!(args.transport, Transport::Ws | Transport::Tcp),
         "the floor speaks WebSocket and TCP only"
     );
     proc::check_nofile(args.connections + 64)?;

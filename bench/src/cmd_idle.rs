@@ -303,6 +303,10 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
 /// Runs `bench idle` and returns its report too.
 pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleReport)> {
     let n = args.connections;
+    anyhow::ensure!(
+        !(args.no_auth && args.transport == Transport::Sse),
+        "--no-auth does not apply to --transport sse: its request carries the token"
+    );
     proc::check_nofile(n + FD_RESERVE)?;
     let sources: Arc<[IpAddr]> = args.sources.clone().map(|s| s.0).unwrap_or_default().into();
     check_ports(n, sources.len())?;
@@ -747,11 +751,14 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
     c.last_auth_ns.fetch_max(since, Relaxed);
 
     let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(server_heartbeat));
+    // SSE: the client sends nothing; the server's comments (received as
+    // pongs) keep the stream alive.
+    let pinging = conn.sends_pings();
     let ended = loop {
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => break None,
-            _ = tokio::time::sleep_until(heartbeat.due()) => {
+            _ = tokio::time::sleep_until(heartbeat.due()), if pinging => {
                 if let Err(e) = conn.send(&ClientFrame::Ping { seq: None }).await {
                     break Some(Closed::Io(e.to_string()));
                 }
@@ -1015,6 +1022,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_run_over_sse_holds_receives_broadcasts_and_closes() {
+        let fake = crate::testsrv::start(crate::testsrv::Behavior::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("idle.json");
+        let http = fake.http_url.clone();
+        let args = idle_args(
+            &fake,
+            &[
+                "--connections",
+                "40",
+                "--hold",
+                "1500ms",
+                "--transport",
+                "sse",
+                "--sources",
+                "127.0.0.2-127.0.0.3",
+                "--broadcasts",
+                "2",
+                "--http",
+                &http,
+                "--api-key",
+                crate::testsrv::API_KEY,
+                "--json-out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run(args).await.unwrap(), Outcome::Ok);
+        let r = crate::testsrv::read_report(&out);
+        assert_eq!(r["transport"], "sse", "{r}");
+        assert_eq!(r["authenticated"], 40, "{r}");
+        assert_eq!(r["unexpected_closes"], 0, "{r}");
+        assert_eq!(r["live_at_end"], 40, "{r}");
+        assert_eq!(r["undecodable"], 0, "{r}");
+        // No pings go out; the server's comments (every 250 ms) come in as pongs.
+        assert_eq!(r["pings_sent"], 0, "{r}");
+        assert!(r["pongs"].as_u64().unwrap() >= 40 * 4, "{r}");
+        assert_eq!(r["broadcast_expected"], 80, "{r}");
+        assert_eq!(r["broadcast_received"], 80, "{r}");
+        assert_eq!(r["unexpected_msgs"], 0, "{r}");
+        assert_eq!(fake.pings.load(Relaxed), 0);
+        assert!(eventually_eq(|| fake.clean_closes.load(Relaxed), 40).await);
+        assert_eq!(fake.peers.lock().len(), 40);
+        // --no-auth cannot apply: the request carries the token.
+        let mut args = idle_args(
+            &fake,
+            &[
+                "--transport",
+                "sse",
+                "--no-auth",
+                "--heartbeat",
+                "1",
+                "--hold",
+                "0s",
+            ],
+        );
+        args.token_secret = String::new();
+        assert!(run(args).await.is_err());
+    }
+
+    /// Waits (bounded) until `f` gives `want`.
+    async fn eventually_eq(f: impl Fn() -> u64, want: u64) -> bool {
+        for _ in 0..250 {
+            if f() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
     async fn idle_run_reports_drops_with_close_codes() {
         let fake = crate::testsrv::start(crate::testsrv::Behavior {
             kick_after: Some(Duration::from_millis(200)),
@@ -1023,23 +1101,27 @@ mod tests {
         .await;
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("idle.json");
-        let args = idle_args(
-            &fake,
-            &[
-                "--connections",
-                "10",
-                "--hold",
-                "3s",
-                "--json-out",
-                out.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(run(args).await.unwrap(), Outcome::Failed);
-        let r = crate::testsrv::read_report(&out);
-        assert_eq!(r["authenticated"], 10);
-        assert_eq!(r["unexpected_closes"], 10);
-        assert_eq!(r["close_reasons"]["4003"], 10, "{r}");
-        assert_eq!(r["live_at_end"], 0);
+        for transport in ["ws", "sse"] {
+            let args = idle_args(
+                &fake,
+                &[
+                    "--connections",
+                    "10",
+                    "--hold",
+                    "3s",
+                    "--transport",
+                    transport,
+                    "--json-out",
+                    out.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(run(args).await.unwrap(), Outcome::Failed);
+            let r = crate::testsrv::read_report(&out);
+            assert_eq!(r["authenticated"], 10, "{transport}: {r}");
+            assert_eq!(r["unexpected_closes"], 10, "{transport}: {r}");
+            assert_eq!(r["close_reasons"]["4003"], 10, "{transport}: {r}");
+            assert_eq!(r["live_at_end"], 0, "{transport}: {r}");
+        }
     }
 
     #[tokio::test]

@@ -164,6 +164,12 @@ struct LatencyReport {
 
 /// Runs `bench latency`.
 pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
+    // Its clients ack on the way out so that a later run gets no replay; an
+    // SSE client cannot send an ack.
+    anyhow::ensure!(
+        args.transport != Transport::Sse,
+        "bench latency speaks ws, tcp or quic (--transport sse: bench idle only)"
+    );
     let sched = Schedule::new(args.rate);
     let total = sched.count_in(args.duration);
     if total > MAX_PUSHES {

@@ -34,6 +34,7 @@ mod pace;
 mod proc;
 mod quic;
 mod runctl;
+mod sse;
 mod stats;
 #[cfg(test)]
 mod testsrv;

@@ -1,8 +1,9 @@
 //! Test-only stand-in for a pushgate server, on real 127.0.0.1 sockets: a
-//! room (WebSocket with JSON frames, TCP with length-prefixed binary frames)
-//! that checks tokens, answers pings and delivers pushes, and a minimal
-//! HTTP/1.1 `POST /api/v1/push/users`. Just enough protocol to exercise
-//! bench's clients and commands end to end.
+//! room (WebSocket with JSON frames, TCP with length-prefixed binary frames,
+//! and server-sent events on `GET /sse` of the WebSocket listener) that
+//! checks tokens, answers pings and delivers pushes, and a minimal HTTP/1.1
+//! `POST /api/v1/push/users` and `/api/v1/push/broadcast`. Just enough
+//! protocol to exercise bench's clients and commands end to end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +33,12 @@ pub(crate) struct Behavior {
     pub(crate) kick_after: Option<Duration>,
     /// Deliver only every n-th push (to make losses).
     pub(crate) drop_every: Option<u64>,
+    /// Answer every `GET /sse` with this HTTP status (e.g. 503, room full).
+    pub(crate) sse_refuse: Option<u16>,
 }
+
+/// How often the fake writes an SSE comment.
+const SSE_BEAT: Duration = Duration::from_millis(250);
 
 /// A running fake server.
 pub(crate) struct Fake {
@@ -80,7 +86,14 @@ pub(crate) async fn start(behavior: Behavior) -> Arc<Fake> {
     tokio::spawn(async move {
         while let Ok((s, peer)) = ws.accept().await {
             f.peers.lock().push(peer);
-            tokio::spawn(serve_ws(f.clone(), s));
+            let f = f.clone();
+            tokio::spawn(async move {
+                if is_sse(&s).await {
+                    serve_sse(f, s).await;
+                } else {
+                    serve_ws(f, s).await;
+                }
+            });
         }
     });
     let f = fake.clone();
@@ -231,6 +244,131 @@ async fn serve_ws(fake: Arc<Fake>, s: TcpStream) {
     }
 }
 
+impl Fake {
+    /// Hands `frame` to every connection of `user`; how many took it.
+    pub(crate) fn deliver(&self, user: &str, frame: &ServerFrame) -> usize {
+        let users = self.users.lock();
+        users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|tx| tx.try_send(frame.clone()).is_ok())
+            .count()
+    }
+}
+
+/// Whether the request on `s` is `GET /sse` (peeked, not consumed).
+async fn is_sse(s: &TcpStream) -> bool {
+    let mut first = [0u8; 8];
+    for _ in 0..1000 {
+        match s.peek(&mut first).await {
+            Ok(n) if n == first.len() => return &first == b"GET /sse",
+            Ok(0) | Err(_) => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    false
+}
+
+/// One frame as an event, as the room writes it: messages unnamed with
+/// `id:`, other frames named after their op; a line break in the JSON
+/// starts another `data:` line.
+fn sse_event(frame: &ServerFrame) -> Vec<u8> {
+    let mut json = Vec::new();
+    proto::json::encode_server(frame, &mut json);
+    let mut out = Vec::new();
+    match frame {
+        ServerFrame::Msg(m) => out.extend_from_slice(format!("id: {}\n", m.id.0).as_bytes()),
+        ServerFrame::AuthOk { .. } => out.extend_from_slice(b"event: auth_ok\n"),
+        ServerFrame::Error { .. } => out.extend_from_slice(b"event: error\n"),
+        _ => out.extend_from_slice(b"event: other\n"),
+    }
+    for line in json.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// An HTTP refusal with a plain-text body, then the end of the stream.
+async fn refuse_http(s: &mut TcpStream, status: u16, text: &str) {
+    let resp = format!(
+        "HTTP/1.1 {status} Refused\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+async fn serve_sse(fake: Arc<Fake>, mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    if let Some(status) = fake.behavior.sse_refuse {
+        return refuse_http(&mut s, status, "refused by the test").await;
+    }
+    let target = head.split(' ').nth(1).unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let token = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .unwrap_or("");
+    let mut rx = None;
+    let auth = ClientFrame::Auth {
+        seq: None,
+        token: token.to_string(),
+        last_id: None,
+        device: None,
+    };
+    let Ok(Some(ok)) = answer(&fake, auth, &mut rx) else {
+        return refuse_http(&mut s, 401, "invalid or expired token").await;
+    };
+    let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+        Connection: close\r\n\r\nretry: 1000\n\n"
+        .to_vec();
+    out.extend_from_slice(&sse_event(&ok));
+    if s.write_all(&out).await.is_err() {
+        return;
+    }
+    let kick = sleep_or_never(fake.behavior.kick_after);
+    tokio::pin!(kick);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + SSE_BEAT, SSE_BEAT);
+    loop {
+        let mut scratch = [0u8; 256];
+        tokio::select! {
+            r = s.read(&mut scratch) => match r {
+                Ok(0) => { fake.clean_closes.fetch_add(1, Relaxed); return }
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            Some(f) = recv_or_never(&mut rx) => {
+                if s.write_all(&sse_event(&f)).await.is_err() { return }
+            }
+            _ = beat.tick() => {
+                if s.write_all(b": ping\n\n").await.is_err() { return }
+            }
+            _ = &mut kick => {
+                let mut out = sse_event(&kick_frame());
+                out.extend_from_slice(b"event: close\ndata: {\"code\":4003,\"reason\":\"heartbeat_timeout\"}\n\n");
+                let _ = s.write_all(&out).await;
+                return;
+            }
+        }
+    }
+}
+
 fn bin(frame: &ServerFrame) -> Vec<u8> {
     let mut out = Vec::new();
     proto::binary::encode_server_framed(frame, &mut out);
@@ -279,7 +417,8 @@ async fn serve_tcp(fake: Arc<Fake>, mut s: TcpStream) {
     }
 }
 
-/// HTTP/1.1 keep-alive: `POST /api/v1/push/users` only.
+/// HTTP/1.1 keep-alive: `POST /api/v1/push/users` and
+/// `/api/v1/push/broadcast` only.
 async fn serve_http(fake: Arc<Fake>, mut s: TcpStream) {
     let mut buf = Vec::new();
     loop {
@@ -307,7 +446,8 @@ async fn serve_http(fake: Arc<Fake>, mut s: TcpStream) {
         }
         let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
         let authorized = head.contains(&format!("authorization: bearer {API_KEY}"));
-        let (status, answer) = if !head.starts_with("post /api/v1/push/users ") {
+        let broadcast = head.starts_with("post /api/v1/push/broadcast ");
+        let (status, answer) = if !broadcast && !head.starts_with("post /api/v1/push/users ") {
             (
                 "404 Not Found",
                 r#"{"error":{"code":"not_found","message":"no"}}"#.to_string(),
@@ -331,11 +471,19 @@ async fn serve_http(fake: Arc<Fake>, mut s: TcpStream) {
                     data: bytes::Bytes::from(v["data"].to_string()),
                 });
                 let users = fake.users.lock();
-                for u in v["users"].as_array().unwrap() {
-                    for tx in users.get(u.as_str().unwrap()).into_iter().flatten() {
-                        if tx.try_send(msg.clone()).is_ok() {
-                            delivered += 1;
-                        }
+                let txs: Vec<&mpsc::Sender<ServerFrame>> = if broadcast {
+                    users.values().flatten().collect()
+                } else {
+                    v["users"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|u| users.get(u.as_str().unwrap()).into_iter().flatten())
+                        .collect()
+                };
+                for tx in txs {
+                    if tx.try_send(msg.clone()).is_ok() {
+                        delivered += 1;
                     }
                 }
             }

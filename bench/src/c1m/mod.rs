@@ -153,6 +153,12 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("bench/results/c1m-{date}-{}", args.connections)));
     let n = args.connections;
+    // Its clients subscribe to channels after auth, which an SSE client
+    // cannot do (bench idle measures SSE).
+    anyhow::ensure!(
+        args.transport != Transport::Sse,
+        "c1m speaks ws or tcp (--transport sse: bench idle only)"
+    );
     let workers_n = n.div_ceil(args.per_worker.max(1)) as usize;
     anyhow::ensure!(
         workers_n <= 250,

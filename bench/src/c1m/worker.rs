@@ -103,7 +103,7 @@ struct Shared {
 /// Runs a worker until told to stop or until stdin closes.
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !matches!(args.transport, Transport::Quic),
+        matches!(args.transport, Transport::Ws | Transport::Tcp),
         "c1m workers speak ws or tcp"
     );
     let mut endpoints = Vec::with_capacity(args.rooms.len());
