@@ -76,6 +76,14 @@ async fn wss_tls_tcp_and_quic_with_a_ca_signed_certificate() {
     assert_eq!(ok["op"], "auth_ok", "{ok}");
     s.wait_visible("tls-ws", &ok).await;
 
+    // Server-sent events over the same wss:// listener (https://…/sse).
+    let tls = tls_connect(s.ws, &[&ca.pem]).await.unwrap();
+    let target = format!("/sse?token={}", s.token("tls-sse"));
+    let mut sse = common::sse::Sse::open_on(Box::new(tls), s.ws, &target, &[]).await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    let ok = sse.opened(0).await;
+    s.wait_visible("tls-sse", &ok).await;
+
     // TLS over TCP
     let tls = tls_connect(s.tcp, &[&ca.pem]).await.unwrap();
     assert_eq!(common::fingerprint(&peer_leaf(&tls)), fp);
@@ -96,9 +104,15 @@ async fn wss_tls_tcp_and_quic_with_a_ca_signed_certificate() {
     assert_eq!(common::fingerprint(&certs[0]), fp);
 
     let r = s
-        .push_users(&["tls-ws", "tls-tcp", "tls-quic"], json!({"x": 1}))
+        .push_users(
+            &["tls-ws", "tls-tcp", "tls-quic", "tls-sse"],
+            json!({"x": 1}),
+        )
         .await;
-    assert_eq!(r["delivered"], 3, "{r}");
+    assert_eq!(r["delivered"], 4, "{r}");
+    let ev = sse.event().await;
+    assert_eq!(ev.id, Some(r["id"].to_string()), "{ev:?}");
+    assert_eq!(ev.json()["data"], json!({"x": 1}));
     let m = ws_next(&mut ws).await;
     assert_eq!(
         (m["id"].clone(), m["data"].clone()),

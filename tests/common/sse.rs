@@ -9,6 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+/// A byte stream an SSE request can run on: TCP, or TLS over it.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
 /// One event of the stream: its fields (`id`, `event`, `data` joined by
 /// `\n`), or a comment.
 #[derive(Debug, Default, Clone)]
@@ -28,7 +32,7 @@ impl Event {
 /// A raw SSE client: the HTTP response head, then events as an
 /// `EventSource` parses them (fields per line, a blank line ends an event).
 pub struct Sse {
-    sock: TcpStream,
+    sock: Box<dyn Stream>,
     buf: Vec<u8>,
     pub status: u16,
     pub head: String,
@@ -38,7 +42,17 @@ impl Sse {
     /// Sends `GET target` with `headers` to the WebSocket listener at `ws`
     /// and reads the response head.
     pub async fn open(ws: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut sock = TcpStream::connect(ws).await.unwrap();
+        let sock = TcpStream::connect(ws).await.unwrap();
+        Sse::open_on(Box::new(sock), ws, target, headers).await
+    }
+
+    /// The same over an established stream (e.g. TLS) to `ws`.
+    pub async fn open_on(
+        mut sock: Box<dyn Stream>,
+        ws: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Sse {
         let mut req =
             format!("GET {target} HTTP/1.1\r\nHost: {ws}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
