@@ -49,7 +49,8 @@ pub(crate) struct Reject {
 }
 
 impl Reject {
-    const fn new(status: u16, text: &'static str) -> Reject {
+    /// An answer with `status` and the plain-text body `text`.
+    pub(crate) const fn new(status: u16, text: &'static str) -> Reject {
         Reject { status, text }
     }
 

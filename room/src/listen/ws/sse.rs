@@ -59,30 +59,27 @@ retry: 1000\n\n";
 /// lower: [`SseStart::check`]).
 const MAX_CHANNELS: usize = 256;
 
-const NO_TOKEN: Reject = Reject {
-    status: 401,
-    text: "missing token: GET /sse?token=JWT (or an Authorization: Bearer header)",
-};
-const BAD_TOKEN: Reject = Reject {
-    status: 401,
-    text: "invalid or expired token",
-};
-const BAD_LAST_ID: Reject = Reject {
-    status: 400,
-    text: "last_id (or Last-Event-ID) must be a non-negative integer",
-};
-const BAD_QUERY: Reject = Reject {
-    status: 400,
-    text: "unknown or repeated query parameter: use token, channels (comma-separated), last_id, device",
-};
-const TOO_MANY_CHANNELS: Reject = Reject {
-    status: 400,
-    text: "too many channels for one connection (the room's max_channels)",
-};
-const BAD_CHANNEL: Reject = Reject {
-    status: 400,
-    text: "channels must be a comma-separated list of non-empty names",
-};
+const NO_TOKEN: Reject = Reject::new(
+    401,
+    "missing token: GET /sse?token=JWT (or an Authorization: Bearer header)",
+);
+const BAD_TOKEN: Reject = Reject::new(401, "invalid or expired token");
+const BAD_LAST_ID: Reject = Reject::new(
+    400,
+    "last_id (or Last-Event-ID) must be a non-negative integer",
+);
+const BAD_QUERY: Reject = Reject::new(
+    400,
+    "unknown or repeated query parameter: use token, channels (comma-separated), last_id, device",
+);
+const TOO_MANY_CHANNELS: Reject = Reject::new(
+    400,
+    "too many channels for one connection (the room's max_channels)",
+);
+const BAD_CHANNEL: Reject = Reject::new(
+    400,
+    "channels must be a comma-separated list of non-empty names",
+);
 
 /// What an SSE request asks for.
 #[derive(Debug, PartialEq, Eq)]
