@@ -661,7 +661,7 @@ fn sweep(
     cursors: &mut (SweepCursor, SweepCursor),
     now_ms: i64,
 ) -> Result<u64, redb::Error> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
     let mut removed = 0;
     {
         let mut data = txn.open_table(QUEUE)?;
@@ -671,6 +671,14 @@ fn sweep(
         let mut meta = txn.open_table(HISTORY_META)?;
         removed += sweep_table(&mut data, &mut meta, &mut cursors.1, now_ms)?;
     }
+    if removed == 0 {
+        txn.abort()?;
+        return Ok(0);
+    }
+    // Flushed by the checkpoint that follows; lost in a crash before it,
+    // which only means sweeping the same expired entries again.
+    txn.set_durability(Durability::None)
+        .map_err(|e| redb::Error::Corrupted(format!("set durability: {e}")))?;
     txn.commit()?;
     Ok(removed)
 }
@@ -714,8 +722,10 @@ fn run_writer(db: &Database, mut wal: Wal, mut rx: mpsc::Receiver<Job>) {
                     if let Err(e) = &swept {
                         tracing::warn!(error = %e, "store sweep failed");
                     }
-                    // Once a second at most: bounds what a crash leaves to replay.
-                    if wal.used() > 0 {
+                    // Once a second at most: bounds what a crash leaves to
+                    // replay, and makes the sweep's removals durable. An
+                    // idle store with nothing to remove flushes nothing.
+                    if wal.used() > 0 || swept.as_ref().is_ok_and(|n| *n > 0) {
                         checkpoint_or_warn(db, &mut wal);
                     }
                     if let Some(reply) = reply {
