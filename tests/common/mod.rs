@@ -302,6 +302,10 @@ impl Server {
             stderr: sp.stderr,
             http_client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                // Below the shortest --http-header-timeout a test sets (2 s):
+                // the server closes an idle keep-alive connection at that
+                // timeout, and a request sent on it just then fails.
+                .pool_idle_timeout(Duration::from_secs(1))
                 .build()
                 .unwrap(),
         };
