@@ -116,15 +116,35 @@ fn run_node(
 ) -> ExitCode {
     net::init(process.net.settings());
     init_tracing(process.log_format);
-    run_runtime(main)
+    run_runtime_on(process.worker_threads, main)
 }
 
-/// Runs `main` to its end on a multi-threaded runtime.
+/// Runs `main` to its end on a runtime with one worker per core.
 fn run_runtime(main: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_runtime_on(0, main)
+}
+
+/// Runs `main` to its end on a runtime with `workers` worker threads: 0 is
+/// one per core, 1 is a current-thread runtime (every task, timer and
+/// socket of the process on the thread that runs `main`, so no wake-up is
+/// handed from one worker to another).
+fn run_runtime_on(
+    workers: usize,
+    main: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let built = match workers {
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pushgate: cannot start the runtime: {e}");

@@ -72,18 +72,28 @@ pub(super) struct Spec {
     pub(super) ready: Ready,
 }
 
+/// The variable behind `--worker-threads`.
+const WORKER_THREADS_ENV: &str = "PUSHGATE_WORKER_THREADS";
+
 impl Spec {
     /// `exe args…` (this binary) as child `name`; it stops by itself when
-    /// this process is gone.
+    /// this process is gone. It runs on one thread (`--worker-threads 1`)
+    /// unless `PUSHGATE_WORKER_THREADS` is set here or a flag in `args`
+    /// says otherwise: a dev-cluster puts many processes on few cores,
+    /// where hand-offs between worker threads cost more than they give.
     pub(super) fn pushgate(exe: &Path, name: &str, args: Vec<String>) -> Spec {
+        let mut env = vec![(
+            crate::signal::PARENT_PID_ENV.to_owned(),
+            std::process::id().to_string(),
+        )];
+        if std::env::var_os(WORKER_THREADS_ENV).is_none() {
+            env.push((WORKER_THREADS_ENV.to_owned(), "1".to_owned()));
+        }
         Spec {
             name: name.to_owned(),
             program: exe.to_owned(),
             args,
-            env: vec![(
-                crate::signal::PARENT_PID_ENV.to_owned(),
-                std::process::id().to_string(),
-            )],
+            env,
             data_dir: None,
             region: None,
             endpoints: BTreeMap::new(),

@@ -35,6 +35,9 @@ pub(crate) struct ProcessArgs {
         default_value = "human"
     )]
     pub(crate) log_format: LogFormat,
+    /// Runtime worker threads: 0 = one per core; 1 runs the whole process on one thread (no hand-offs between workers, the cheapest choice when many processes share few cores).
+    #[arg(long, env = "PUSHGATE_WORKER_THREADS", value_name = "N", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
+    pub(crate) worker_threads: usize,
     /// Listen backlog and HTTP server limits.
     #[command(flatten)]
     pub(crate) net: NetArgs,
