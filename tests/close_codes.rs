@@ -1,4 +1,4 @@
-//! Close codes 4001–4007 on every transport (TCP: the final error frame).
+//! Close codes 4001–4008 on every transport (TCP: the final error frame).
 #![allow(clippy::unwrap_used)] // tests may unwrap (STYLE: not on request paths)
 
 mod common;
@@ -191,6 +191,44 @@ async fn malformed_frame_4004(t: Transport) {
     assert!(bystander.ping_sync(1).await.is_empty());
 }
 
+/// A token that lapses closes its connection with 4008 once the grace is
+/// over; one refreshed in time keeps its connection (`--token-grace 1`).
+async fn token_expired_4008(t: Transport) {
+    let s = Server::start(&["--token-grace", "1"]).await;
+    let soon = now_secs() + 2;
+    let mut lapsing = s.connect(t).await;
+    lapsing
+        .auth(&mint(&s.secret, "lapse", None, None, soon), None, None)
+        .await;
+    let mut kept = s.connect(t).await;
+    kept.auth(&mint(&s.secret, "keep", None, None, soon), None, None)
+        .await;
+    let exp = now_secs() + 3600;
+    kept.send(&ClientFrame::Refresh {
+        seq: Some(9),
+        token: mint(&s.secret, "keep", None, None, exp),
+    })
+    .await;
+    let ok = kept.next().await;
+    assert_eq!(
+        ok,
+        json!({"op": "refresh_ok", "seq": 9, "exp": exp}),
+        "{t:?}"
+    );
+    // Served until exp + grace (2 + 1 s, whole seconds: up to 4 s from now).
+    assert!(lapsing.ping_sync(1).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    lapsing.send(&ClientFrame::Ping { seq: Some(2) }).await;
+    let (reason, frames) = lapsing.expect_close(4008, Duration::from_secs(5)).await;
+    check_error_frame(t, &frames, "token_expired");
+    assert_eq!(reason, "token expired", "{t:?}");
+    assert!(
+        kept.ping_sync(3).await.is_empty(),
+        "{t:?}: refreshed connection closed"
+    );
+    s.wait_online("lapse", false).await;
+}
+
 macro_rules! per_transport {
     ($($name:ident),* $(,)?) => {
         mod ws_json {
@@ -213,7 +251,8 @@ per_transport!(
     auth_timeout_4002,
     heartbeat_timeout_4003,
     oversize_frame_4004,
-    malformed_frame_4004
+    malformed_frame_4004,
+    token_expired_4008
 );
 
 /// DELETE /users/{u}/connections: 4005 (also covered in push.rs across transports).

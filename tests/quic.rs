@@ -84,6 +84,34 @@ async fn quic_oversized_frame_closes_4004() {
 }
 
 #[tokio::test]
+async fn quic_refresh_and_token_expiry_4008() {
+    let s = Server::start(&["--token-grace", "0"]).await;
+    let ca = data_dir_cert(&s);
+    let ep = quic_endpoint(&[&ca], &[QUIC_ALPN]);
+    let (conn, mut c) = quic_client(&ep, s.quic_addr()).await;
+    let soon = common::now_secs() + 2;
+    c.auth(&common::mint(&s.secret, "qexp", None, None, soon))
+        .await;
+    // Another user's token is refused, not fatal, and changes nothing.
+    c.send(&ClientFrame::Refresh {
+        seq: Some(2),
+        token: s.token("mallory"),
+    })
+    .await;
+    let v = c.next().await;
+    assert_eq!(v["code"], "forbidden", "{v}");
+    assert_eq!(v["seq"], 2, "{v}");
+    assert!(v.get("close").is_none(), "{v}");
+    assert!(c.ping_sync(3).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    c.send(&ClientFrame::Ping { seq: Some(4) }).await;
+    let v = c.next().await;
+    assert_eq!(v["code"], "token_expired", "{v}");
+    assert_eq!(v["close"], 4008, "{v}");
+    assert_eq!(app_close(&conn).await.map(|c| c.0), Some(4008));
+}
+
+#[tokio::test]
 async fn quic_bad_token_closes_4001() {
     let s = Server::start(&[]).await;
     let ca = data_dir_cert(&s);

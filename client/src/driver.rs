@@ -503,7 +503,9 @@ impl Driver {
                 };
                 *pending = Some((event, None));
             }
-            ServerFrame::Pong { .. } | ServerFrame::AuthOk { .. } => {}
+            ServerFrame::Pong { .. }
+            | ServerFrame::AuthOk { .. }
+            | ServerFrame::RefreshOk { .. } => {}
         }
         Step::Continue
     }

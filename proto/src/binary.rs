@@ -31,6 +31,8 @@ pub const OP_SUB: u8 = 0x03;
 pub const OP_UNSUB: u8 = 0x04;
 /// Op byte of the client `ack` frame.
 pub const OP_ACK: u8 = 0x05;
+/// Op byte of the client `refresh` frame.
+pub const OP_REFRESH: u8 = 0x06;
 /// Op byte of the server `auth_ok` frame.
 pub const OP_AUTH_OK: u8 = 0x81;
 /// Op byte of the server `pong` frame.
@@ -43,6 +45,8 @@ pub const OP_UNSUB_OK: u8 = 0x84;
 pub const OP_MSG: u8 = 0x85;
 /// Op byte of the server `error` frame.
 pub const OP_ERROR: u8 = 0x86;
+/// Op byte of the server `refresh_ok` frame.
+pub const OP_REFRESH_OK: u8 = 0x87;
 
 /// Flag bit 0, on every frame: a `seq` varint follows the flags byte.
 const F_SEQ: u8 = 0x01;
@@ -209,6 +213,11 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             let id = MsgId(r.i64()?);
             ClientFrame::Ack { seq, id }
         }
+        OP_REFRESH => {
+            let (_, seq) = r.head(F_SEQ)?;
+            let token = r.string("token")?;
+            ClientFrame::Refresh { seq, token }
+        }
         other => return Err(bad_op(other)),
     };
     r.finish()?;
@@ -239,6 +248,10 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         ServerFrame::UnsubOk { seq, channel } => {
             head(OP_UNSUB_OK, 0, *seq, out);
             put_bytes(channel.as_bytes(), out);
+        }
+        ServerFrame::RefreshOk { seq, exp } => {
+            head(OP_REFRESH_OK, 0, *seq, out);
+            put_varint(*exp, out);
         }
         ServerFrame::Msg(m) => {
             let flags = flag_if(m.channel.is_some(), F_OPT1);
@@ -306,6 +319,10 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
         ClientFrame::Ack { seq, id } => {
             head(OP_ACK, 0, *seq, out);
             put_varint(id.0 as u64, out);
+        }
+        ClientFrame::Refresh { seq, token } => {
+            head(OP_REFRESH, 0, *seq, out);
+            put_bytes(token.as_bytes(), out);
         }
     }
 }
@@ -386,6 +403,11 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
                 message,
                 close,
             }
+        }
+        OP_REFRESH_OK => {
+            let (_, seq) = r.head(F_SEQ)?;
+            let exp = r.varint()?;
+            ServerFrame::RefreshOk { seq, exp }
         }
         other => return Err(bad_op(other)),
     };

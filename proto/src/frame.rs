@@ -47,6 +47,14 @@ pub enum ClientFrame {
         /// Highest id received.
         id: MsgId,
     },
+    /// A new token for this connection, before the current one expires;
+    /// answered with [`ServerFrame::RefreshOk`].
+    Refresh {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// The new JWT: same user, later `exp`.
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -57,7 +65,8 @@ impl ClientFrame {
             | ClientFrame::Ping { seq }
             | ClientFrame::Sub { seq, .. }
             | ClientFrame::Unsub { seq, .. }
-            | ClientFrame::Ack { seq, .. } => *seq,
+            | ClientFrame::Ack { seq, .. }
+            | ClientFrame::Refresh { seq, .. } => *seq,
         }
     }
 }
@@ -111,6 +120,13 @@ pub enum ServerFrame {
         /// Channel name.
         channel: String,
     },
+    /// The connection's token was replaced.
+    RefreshOk {
+        /// Echo of the refresh frame's seq.
+        seq: Option<u32>,
+        /// The new token's `exp` (seconds since the Unix epoch).
+        exp: u64,
+    },
     /// A pushed message.
     Msg(MsgFrame),
     /// An error; when `close` is set the server closes the connection after it.
@@ -161,11 +177,16 @@ pub enum ErrorCode {
     Internal,
     /// The user already holds the most connections a room allows per user.
     TooManyConnections,
+    /// The frame is not allowed (e.g. a refresh with another user's or an
+    /// expired token); not fatal.
+    Forbidden,
+    /// The token expired and was not refreshed within the grace period.
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// All codes, for tests and docs.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::AuthFailed,
         ErrorCode::AuthTimeout,
         ErrorCode::NotAuthenticated,
@@ -183,6 +204,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         // New codes go last: the binary number is the index plus one.
         ErrorCode::TooManyConnections,
+        ErrorCode::Forbidden,
+        ErrorCode::TokenExpired,
     ];
 
     /// The wire name, e.g. `"auth_failed"`.
@@ -204,6 +227,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Internal => "internal",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 
@@ -245,6 +270,8 @@ pub enum CloseCode {
     SlowConsumer = 4006,
     /// 4007: the server is draining; reconnect elsewhere after the suggested delay.
     Draining = 4007,
+    /// 4008: the token expired and was not refreshed in time.
+    TokenExpired = 4008,
 }
 
 impl CloseCode {
@@ -263,6 +290,7 @@ impl CloseCode {
             4005 => CloseCode::Kicked,
             4006 => CloseCode::SlowConsumer,
             4007 => CloseCode::Draining,
+            4008 => CloseCode::TokenExpired,
             _ => return None,
         })
     }
@@ -280,11 +308,11 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(17), None);
-        for n in 4001..=4007 {
+        assert_eq!(ErrorCode::from_u8(19), None);
+        for n in 4001..=4008 {
             assert_eq!(CloseCode::from_u16(n).map(CloseCode::as_u16), Some(n));
         }
         assert_eq!(CloseCode::from_u16(4000), None);
-        assert_eq!(CloseCode::from_u16(4008), None);
+        assert_eq!(CloseCode::from_u16(4009), None);
     }
 }

@@ -41,6 +41,7 @@ struct RawServer {
     channel: Option<String>,
     id: Option<i64>,
     ts: Option<i64>,
+    exp: Option<u64>,
     // `Option<Box<RawValue>>` alone would read `"data":null` as absent.
     #[serde(default, deserialize_with = "present_raw")]
     data: Option<Box<RawValue>>,
@@ -98,6 +99,10 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             seq,
             id: MsgId(need(raw.id, "id")?),
         },
+        "refresh" => ClientFrame::Refresh {
+            seq,
+            token: need(raw.token, "token")?,
+        },
         _ => return Err(DecodeError::BadOp(op)),
     })
 }
@@ -132,6 +137,10 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         ServerFrame::UnsubOk { seq, channel } => {
             head("unsub_ok", *seq, out);
             put_key_str("channel", channel, out);
+        }
+        ServerFrame::RefreshOk { seq, exp } => {
+            head("refresh_ok", *seq, out);
+            put_key_int("exp", *exp, out);
         }
         ServerFrame::Msg(m) => {
             out.reserve(m.data.len() + 48 + m.channel.as_ref().map_or(0, |c| c.len() + 12));
@@ -201,6 +210,10 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head("ack", *seq, out);
             put_key_int("id", id.0, out);
         }
+        ClientFrame::Refresh { seq, token } => {
+            head("refresh", *seq, out);
+            put_key_str("token", token, out);
+        }
     }
     out.push(b'}');
 }
@@ -235,6 +248,10 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
         "unsub_ok" => ServerFrame::UnsubOk {
             seq,
             channel: need(raw.channel, "channel")?,
+        },
+        "refresh_ok" => ServerFrame::RefreshOk {
+            seq,
+            exp: need(raw.exp, "exp")?,
         },
         "msg" => {
             let data = need(raw.data, "data")?;

@@ -95,6 +95,7 @@ fn client_op(f: &ClientFrame) -> &'static str {
         ClientFrame::Sub { .. } => "sub",
         ClientFrame::Unsub { .. } => "unsub",
         ClientFrame::Ack { .. } => "ack",
+        ClientFrame::Refresh { .. } => "refresh",
     }
 }
 
@@ -104,6 +105,7 @@ fn server_op(f: &ServerFrame) -> &'static str {
         ServerFrame::Pong { .. } => "pong",
         ServerFrame::SubOk { .. } => "sub_ok",
         ServerFrame::UnsubOk { .. } => "unsub_ok",
+        ServerFrame::RefreshOk { .. } => "refresh_ok",
         ServerFrame::Msg(m) if m.channel.is_some() => "msg(channel)",
         ServerFrame::Msg(_) => "msg(user)",
         ServerFrame::Error { close: Some(_), .. } => "error(fatal)",
@@ -174,10 +176,12 @@ fn doc_vectors_match_the_codecs() {
         "client sub",
         "client unsub",
         "client ack",
+        "client refresh",
         "server auth_ok",
         "server pong",
         "server sub_ok",
         "server unsub_ok",
+        "server refresh_ok",
         "server msg(user)",
         "server msg(channel)",
         "server error",

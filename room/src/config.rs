@@ -15,6 +15,9 @@ pub struct RoomConfig {
     pub room: RoomId,
     /// HS256 secret for client tokens.
     pub token_secret: Arc<[u8]>,
+    /// How long a connection outlives its token's `exp` without a
+    /// `refresh`; after it the connection is closed with 4008.
+    pub token_grace: Duration,
     /// Heartbeat interval told to clients; a connection silent for twice this long is closed (4003).
     pub heartbeat: Duration,
     /// Time allowed for the WebSocket handshake, and then again for the first (auth) frame.
@@ -61,11 +64,13 @@ impl RoomConfig {
     /// Settings with the defaults of DESIGN.md for room `room` and token secret `token_secret`:
     /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages
     /// and at most 1 MiB queued, 64 channels, 100 000 connections, 50 frames/s,
-    /// reconnect spread over 5 s, no QUIC Retry, no per-address or per-user limit.
+    /// reconnect spread over 5 s, no QUIC Retry, no per-address or per-user limit,
+    /// 60 s of grace after a token expires.
     pub fn new(room: RoomId, token_secret: Arc<[u8]>) -> RoomConfig {
         RoomConfig {
             room,
             token_secret,
+            token_grace: Duration::from_secs(60),
             heartbeat: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
             max_frame: proto::DEFAULT_MAX_FRAME,
@@ -100,6 +105,14 @@ impl RoomConfig {
         } else {
             s as u32
         }
+    }
+
+    /// The unix second from which a connection whose token expires at
+    /// `exp` is closed (4008): `exp` plus the grace, capped at `u32::MAX`
+    /// (the year 2106) so that sessions keep it in 4 bytes.
+    pub(crate) fn token_deadline(&self, exp: u64) -> u32 {
+        let at = exp.saturating_add(self.token_grace.as_secs());
+        u32::try_from(at).unwrap_or(u32::MAX)
     }
 
     /// A connection silent for this long is closed (4003).

@@ -107,6 +107,9 @@ pub(crate) enum CloseReason {
     /// The outbound queue overflowed, or a write stalled past the idle limit (4006).
     #[error("slow consumer")]
     SlowConsumer,
+    /// The token expired and no `refresh` replaced it within the grace period (4008).
+    #[error("token expired")]
+    TokenExpired,
     /// The room is draining (4007); the client should reconnect after `reconnect_after_ms`.
     #[error("draining")]
     Draining {
@@ -140,6 +143,7 @@ impl CloseReason {
             }
             CloseReason::Kicked => CloseCode::Kicked,
             CloseReason::SlowConsumer => CloseCode::SlowConsumer,
+            CloseReason::TokenExpired => CloseCode::TokenExpired,
             CloseReason::Draining { .. } | CloseReason::ReplayUnavailable { .. } => {
                 CloseCode::Draining
             }
@@ -162,6 +166,7 @@ impl CloseReason {
             CloseReason::RateLimited => ErrorCode::RateLimited,
             CloseReason::Kicked => ErrorCode::Kicked,
             CloseReason::SlowConsumer => ErrorCode::SlowConsumer,
+            CloseReason::TokenExpired => ErrorCode::TokenExpired,
             CloseReason::Draining { .. } => ErrorCode::Draining,
             CloseReason::ReplayUnavailable { .. } => ErrorCode::Internal,
         }
@@ -195,6 +200,7 @@ impl CloseReason {
             Some(CloseCode::Kicked) => "4005",
             Some(CloseCode::SlowConsumer) => "4006",
             Some(CloseCode::Draining) => "4007",
+            Some(CloseCode::TokenExpired) => "4008",
         }
     }
 
@@ -208,6 +214,7 @@ impl CloseReason {
                 | CloseReason::AuthTimeout
                 | CloseReason::HeartbeatTimeout
                 | CloseReason::Kicked
+                | CloseReason::TokenExpired
                 | CloseReason::Draining { .. }
         )
     }

@@ -21,9 +21,12 @@ pub(crate) enum Drop {
 const DROP_LABELS: [&str; 3] = ["queue_full", "closed", "duplicate"];
 
 /// Close labels, see `CloseReason::label`.
-const CLOSE_LABELS: [&str; 9] = [
-    "peer", "io", "4001", "4002", "4003", "4004", "4005", "4006", "4007",
+const CLOSE_LABELS: [&str; 10] = [
+    "peer", "io", "4001", "4002", "4003", "4004", "4005", "4006", "4007", "4008",
 ];
+
+/// Token refresh outcomes.
+const REFRESH_LABELS: [&str; 2] = ["ok", "refused"];
 
 /// Auth failure reasons.
 const AUTH_LABELS: [&str; 4] = ["token", "not_authenticated", "timeout", "device"];
@@ -80,7 +83,8 @@ pub(crate) struct Metrics {
     pub(crate) resyncs: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
     drops: [AtomicU64; 3],
-    closes: [AtomicU64; 9],
+    closes: [AtomicU64; 10],
+    refreshes: [AtomicU64; 2],
     auth_failures: [AtomicU64; 4],
 }
 
@@ -110,6 +114,11 @@ impl Metrics {
         if let Some(i) = CLOSE_LABELS.iter().position(|l| *l == label) {
             inc(&self.closes[i]);
         }
+    }
+
+    /// Counts a `refresh` frame: accepted or refused.
+    pub(crate) fn refreshed(&self, ok: bool) {
+        inc(&self.refreshes[usize::from(!ok)]);
     }
 
     /// Counts an auth failure.
@@ -224,6 +233,14 @@ impl Metrics {
             "reason",
             &AUTH_LABELS,
             &self.auth_failures,
+        );
+        labelled(
+            out,
+            "pushgate_room_token_refreshes_total",
+            "Token refresh frames, by outcome (refused: invalid, expired or another user's token).",
+            "outcome",
+            &REFRESH_LABELS,
+            &self.refreshes,
         );
         counter(
             out,

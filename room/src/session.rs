@@ -34,9 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use proto::token::{self, Claims};
 use proto::{ClientFrame, ErrorCode, MsgFrame, MsgId, ServerFrame, UserId};
+use sync_wrapper::SyncWrapper;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
@@ -162,7 +162,7 @@ fn drive<'a, T: FrameIo>(
     async move {
         // Boxed: a one-time step that would otherwise size the whole session future.
         // In a block so that `auth` is not kept in the future beside `info`.
-        let (info, claims, seq, last_id) = {
+        let (info, claims, seq, last_id, expires) = {
             let auth = match Box::pin(authenticate(shared, io)).await {
                 Ok(a) => a,
                 Err(r) => return (r, None),
@@ -173,6 +173,7 @@ fn drive<'a, T: FrameIo>(
                 last_id,
                 device,
                 seq,
+                expires,
             } = auth;
             let info = SessionInfo {
                 // Taken here, not passed in: an argument would stay in the future.
@@ -181,12 +182,13 @@ fn drive<'a, T: FrameIo>(
                 device,
                 since: now_ms(),
             };
-            (info, claims, seq, last_id)
+            (info, claims, seq, last_id, expires)
         };
         let start = Box::new(Start {
             claims,
             seq,
             last_id,
+            expires,
         });
         let reason = match live(shared, io, &info, start).await {
             Err(r) => r,
@@ -209,6 +211,8 @@ struct Authed {
     device: Arc<str>,
     /// The auth frame's seq, echoed in `auth_ok`.
     seq: Option<u32>,
+    /// When the connection closes unless refreshed (see [`Live::expires`]).
+    expires: u32,
 }
 
 async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed, CloseReason> {
@@ -257,6 +261,7 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
             _ => Arc::clone(&shared.default_device),
         };
         let user = UserId::from(std::mem::take(&mut claims.sub));
+        let expires = shared.cfg.token_deadline(claims.exp);
         let claims = claims.channels.is_some().then(|| Box::new(claims));
         return Ok(Authed {
             user,
@@ -264,6 +269,7 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
             last_id,
             device,
             seq,
+            expires,
         });
     }
     m.auth_failed(AuthFailure::NotAuthenticated);
@@ -323,6 +329,11 @@ struct Live<'s> {
     /// point its first replay started from): where a resync replays from.
     high: MsgId,
     bucket: Bucket,
+    /// Unix second from which the connection is closed with 4008: the
+    /// token's `exp` plus the grace period, moved by each `refresh`.
+    /// Checked on every inbound item (O(1), no timer): a live client sends
+    /// one at least every heartbeat.
+    expires: u32,
     /// Acks are recorded off the main loop, one at a time per connection,
     /// the newest waiting one replacing older ones: a client that acks every
     /// message must not stall its own deliveries on the store's fsync, and a
@@ -330,9 +341,10 @@ struct Live<'s> {
     ///
     /// Boxed and present only while an ack is being recorded: most
     /// connections never ack, and none of them should carry the state.
-    /// In a `Mutex` only to make `Live` `Sync` (the future is `Send` but not
-    /// `Sync`); it is reached through `get_mut`, never locked.
-    acks: Mutex<Option<Box<Acks<'s>>>>,
+    /// In a `SyncWrapper` only to make `Live` `Sync` (the future is `Send`
+    /// but not `Sync`): it is reached through `get_mut`, and costs no byte
+    /// (a `Mutex` here cost every session 8).
+    acks: SyncWrapper<Option<Box<Acks<'s>>>>,
 }
 
 /// Acks being recorded (see [`Live::acks`]).
@@ -352,6 +364,8 @@ struct Start {
     seq: Option<u32>,
     /// Resume point asked by the client.
     last_id: Option<MsgId>,
+    /// See [`Live::expires`].
+    expires: u32,
 }
 
 /// Registers the connection, then runs `setup` and the main loop. Not an
@@ -379,6 +393,7 @@ fn live<'a, T: FrameIo>(
             claims,
             seq,
             last_id,
+            expires,
         } = *start;
         let mut s = Live {
             shared,
@@ -388,7 +403,8 @@ fn live<'a, T: FrameIo>(
             replayed: MsgId(0),
             high: MsgId(0),
             bucket: Bucket::new(shared.cfg.rate_limit, shared.clock_ms()),
-            acks: Mutex::new(None),
+            expires,
+            acks: SyncWrapper::new(None),
         };
         // One-time steps are boxed so they do not size the long-lived future.
         Box::pin(s.setup(io, seq, last_id)).await?;
@@ -486,6 +502,9 @@ impl<'s> Live<'s> {
                         Some(Ok(f)) => f,
                     };
                     conn.touch(self.shared.hub.idle_now());
+                    if now_secs() >= u64::from(self.expires) {
+                        return Err(CloseReason::TokenExpired);
+                    }
                     if !self.bucket.allow(self.shared.cfg.rate_limit, self.shared.clock_ms()) {
                         return Err(CloseReason::RateLimited);
                     }
@@ -741,7 +760,41 @@ impl<'s> Live<'s> {
             // Handled by the main loop (see `run`); kept here so the match
             // stays exhaustive.
             ClientFrame::Ack { .. } => Ok(()),
+            ClientFrame::Refresh { seq, token } => self.refresh(io, seq, &token).await,
         }
+    }
+
+    /// Replaces the connection's token with `token` when it is valid and
+    /// names the same user: its `exp` and channel grants apply from now on.
+    /// Anything else is refused with a non-fatal `forbidden` and changes
+    /// nothing.
+    async fn refresh<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        seq: Option<u32>,
+        token: &str,
+    ) -> Result<(), CloseReason> {
+        let shared = self.shared;
+        let mut claims = match token::verify(token, &shared.cfg.token_secret, now_secs()) {
+            Ok(c) if c.sub == self.info.user.as_str() => c,
+            Ok(_) => {
+                shared.metrics.refreshed(false);
+                let text = "refresh refused: the token names another user";
+                return self.error(io, seq, ErrorCode::Forbidden, text).await;
+            }
+            Err(e) => {
+                shared.metrics.refreshed(false);
+                let text = format!("refresh refused: {e}");
+                return self.error(io, seq, ErrorCode::Forbidden, &text).await;
+            }
+        };
+        shared.metrics.refreshed(true);
+        let exp = claims.exp;
+        self.expires = shared.cfg.token_deadline(exp);
+        claims.sub = String::new();
+        claims.dev = None;
+        self.claims = claims.channels.is_some().then(|| Box::new(claims));
+        self.reply(io, ServerFrame::RefreshOk { seq, exp }).await
     }
 
     async fn subscribe<T: FrameIo>(

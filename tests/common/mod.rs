@@ -736,6 +736,7 @@ pub fn client_json(f: &ClientFrame) -> Value {
         }
         ClientFrame::Unsub { channel, .. } => json!({ "op": "unsub", "channel": channel }),
         ClientFrame::Ack { id, .. } => json!({ "op": "ack", "id": id.0 }),
+        ClientFrame::Refresh { token, .. } => json!({ "op": "refresh", "token": token }),
     };
     if let Some(s) = f.seq() {
         v["seq"] = json!(s);
@@ -759,6 +760,7 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
         ServerFrame::Pong { .. } => json!({ "op": "pong" }),
         ServerFrame::SubOk { channel, .. } => json!({ "op": "sub_ok", "channel": channel }),
         ServerFrame::UnsubOk { channel, .. } => json!({ "op": "unsub_ok", "channel": channel }),
+        ServerFrame::RefreshOk { exp, .. } => json!({ "op": "refresh_ok", "exp": exp }),
         ServerFrame::Msg(m) => {
             let data: Value = serde_json::from_slice(&m.data).unwrap_or_else(|e| {
                 panic!(
@@ -790,6 +792,7 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
         | ServerFrame::Pong { seq }
         | ServerFrame::SubOk { seq, .. }
         | ServerFrame::UnsubOk { seq, .. }
+        | ServerFrame::RefreshOk { seq, .. }
         | ServerFrame::Error { seq, .. } => *seq,
         ServerFrame::Msg(_) => None,
     };

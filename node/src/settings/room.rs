@@ -37,6 +37,9 @@ pub(crate) struct RoomSettings {
     /// Heartbeat interval told to clients, seconds; silence for twice as long closes (4003).
     #[arg(long, env = "PUSHGATE_HEARTBEAT", value_name = "SECONDS", default_value_t = 30, value_parser = seconds(86_400))]
     pub(crate) heartbeat: u64,
+    /// Seconds a connection stays open after its token's `exp` without a `refresh` (then 4008 token expired).
+    #[arg(long, env = "PUSHGATE_TOKEN_GRACE", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
+    pub(crate) token_grace: u64,
     /// Seconds a new connection has to authenticate (4002 after).
     #[arg(long, env = "PUSHGATE_AUTH_TIMEOUT", value_name = "SECONDS", default_value_t = 10, value_parser = seconds(300))]
     pub(crate) auth_timeout: u64,
@@ -110,6 +113,7 @@ impl RoomSettings {
         room::RoomConfig {
             room: role.id,
             token_secret: std::sync::Arc::from(token_secret.as_bytes()),
+            token_grace: Duration::from_secs(self.token_grace),
             heartbeat: Duration::from_secs(self.heartbeat),
             auth_timeout: Duration::from_secs(self.auth_timeout),
             max_frame: self.max_frame,

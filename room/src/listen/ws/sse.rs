@@ -250,6 +250,8 @@ impl<S: ByteStream> SseIo<S> {
                     ServerFrame::Pong { .. } => (None, Some("pong")),
                     ServerFrame::SubOk { .. } => (None, Some("sub_ok")),
                     ServerFrame::UnsubOk { .. } => (None, Some("unsub_ok")),
+                    // SSE clients send nothing, so never a refresh.
+                    ServerFrame::RefreshOk { .. } => (None, Some("refresh_ok")),
                     ServerFrame::Error { .. } => (None, Some("error")),
                 };
                 let mut json = Vec::with_capacity(96);
