@@ -319,6 +319,67 @@ async fn pings_keep_the_session_alive() {
     }
 }
 
+/// Tokens that live 4 s: the client asks its provider for a new one before
+/// each expires and sends it with `refresh`, so with no grace the connection
+/// outlives several tokens; a provider that keeps handing out the same token
+/// gets no refresh, and the connection ends with 4008.
+#[tokio::test]
+async fn tokens_are_refreshed_before_they_expire() {
+    let s = Server::start(&["--heartbeat", "1", "--token-grace", "0"]).await;
+    for t in [Transport::Tcp, Transport::WsBin] {
+        let user = uniq("cl-refresh");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (secret, u, n) = (s.secret.clone(), user.clone(), calls.clone());
+        let (client, mut events) = Client::builder([url(&s, t)])
+            .token_provider(move || {
+                n.fetch_add(1, Ordering::Relaxed);
+                std::future::ready(Ok(mint(&secret, &u, None, None, now_secs() + 4)))
+            })
+            .encoding(encoding(t))
+            .start()
+            .unwrap();
+        connected(&mut events).await;
+        let mut msgs = Vec::new();
+        let mut last = now_secs();
+        for _ in 0..3 {
+            let exp = until(&mut events, &mut msgs, "a token refresh", |e| match e {
+                Event::TokenRefreshed { exp } => Some(*exp),
+                _ => None,
+            })
+            .await;
+            assert!(exp > last, "{t:?}: exp {exp} not after {last}");
+            last = exp;
+        }
+        // Three tokens of 4 s later, the first connection still serves.
+        let id = s.push_id(&[&user], json!("refreshed")).await;
+        collect(&mut events, &mut msgs, 1).await;
+        assert_eq!(ids(&msgs), vec![id], "{t:?}");
+        assert!(calls.load(Ordering::Relaxed) >= 4, "{t:?}");
+        client.close().await;
+    }
+
+    // The same token every time: nothing to refresh with, 4008 at expiry.
+    let user = uniq("cl-static");
+    let token = mint(&s.secret, &user, None, None, now_secs() + 3);
+    let (client, mut events) = Client::builder([url(&s, Transport::WsJson)])
+        .token(token)
+        .start()
+        .unwrap();
+    connected(&mut events).await;
+    let code = until(
+        &mut events,
+        &mut Vec::new(),
+        "the 4008 close",
+        |e| match e {
+            Event::Disconnected(d) => Some(d.code),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(code, Some(4008));
+    client.close().await;
+}
+
 /// Subscriptions: sub_ok, channel messages, refusal of a forbidden channel,
 /// re-subscription after a reconnect, unsub.
 #[tokio::test]

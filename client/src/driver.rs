@@ -18,14 +18,14 @@ use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::backoff::{server_delay, Backoff};
 use crate::dedupe::RecentIds;
 use crate::event::{Connected, Disconnected, Event, Message};
 use crate::transport::{Closed, Conn, Dialer};
 use crate::url::ServerUrl;
-use crate::{Command, Shared, TokenProvider};
+use crate::{Command, Shared, TokenFuture, TokenProvider};
 
 /// The close code of a draining (or overloaded) server.
 const DRAINING: u16 = 4007;
@@ -276,6 +276,7 @@ impl Driver {
             Ok(Err(e)) => return End::ConnectFailed(format!("token provider: {e}")),
             Ok(Ok(t)) => t,
         };
+        let exp = proto::token::unverified_exp(&token);
         let conn = match self.bounded("connect", self.dialer.connect(url)).await {
             Err(end) => return end,
             Ok(Err(e)) => return End::ConnectFailed(e),
@@ -326,11 +327,12 @@ impl Driver {
             live.conn.close(CLOSE_LIMIT).await;
             return End::Stop;
         }
-        self.session(live, heartbeat).await
+        self.session(live, heartbeat, exp).await
     }
 
-    /// The authenticated session, until it ends.
-    async fn session(&mut self, mut live: Live, heartbeat: u32) -> End {
+    /// The authenticated session, until it ends. `exp` is the token's:
+    /// a new token is asked for and sent with `refresh` before it.
+    async fn session(&mut self, mut live: Live, heartbeat: u32, mut exp: Option<u64>) -> End {
         let hb = Duration::from_secs(u64::from(heartbeat.max(1)));
         // Channels first: subscribe again, resuming after the last id seen.
         let subs: Vec<(String, Option<i64>)> =
@@ -348,6 +350,9 @@ impl Driver {
         let mut ping_at = Instant::now() + hb;
         let mut dead_at = Instant::now() + 2 * hb;
         let mut ack_at: Option<Instant> = None;
+        let mut refresh_at = exp.map(refresh_time);
+        // The token provider's answer, while a refresh is being prepared.
+        let mut fetching: Option<TokenFuture> = None;
         // An event waiting for room in the channel, with the id to ack once delivered.
         let mut pending: Option<(Event, Option<i64>)> = None;
         let end = loop {
@@ -402,6 +407,45 @@ impl Driver {
                             Ok(()) => Step::Continue,
                             Err(c) => Step::End(End::Closed(c)),
                         },
+                    }
+                }
+                _ = sleep_until(refresh_at.unwrap_or(ping_at)), if refresh_at.is_some() && fetching.is_none() => {
+                    refresh_at = None;
+                    fetching = Some((self.token)());
+                    Step::Continue
+                }
+                got = async {
+                    match fetching.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if fetching.is_some() => {
+                    fetching = None;
+                    match got {
+                        Ok(token) => match proto::token::unverified_exp(&token) {
+                            Some(new) if exp.is_none_or(|old| new > old) => {
+                                exp = Some(new);
+                                refresh_at = Some(refresh_time(new));
+                                let seq = Some(live.next_seq());
+                                match send_timed(&mut live.conn, &ClientFrame::Refresh { seq, token }, hb).await {
+                                    Ok(()) => Step::Continue,
+                                    Err(c) => Step::End(End::Closed(c)),
+                                }
+                            }
+                            // The same token (or an older one): nothing to
+                            // send; the connection ends at its expiry and the
+                            // next connection asks the provider again.
+                            _ => {
+                                debug!("the token provider gave no token expiring later: not refreshing");
+                                Step::Continue
+                            }
+                        },
+                        Err(e) => {
+                            // Asked again after 90 % of what is left.
+                            warn!(error = %e, "token provider failed; the token will be asked for again");
+                            refresh_at = exp.map(refresh_time);
+                            Step::Continue
+                        }
                     }
                 }
                 _ = sleep_until(dead_at), if pending.is_none() => Step::End(End::Closed(Closed {
@@ -503,9 +547,10 @@ impl Driver {
                 };
                 *pending = Some((event, None));
             }
-            ServerFrame::Pong { .. }
-            | ServerFrame::AuthOk { .. }
-            | ServerFrame::RefreshOk { .. } => {}
+            ServerFrame::RefreshOk { exp, .. } => {
+                *pending = Some((Event::TokenRefreshed { exp }, None));
+            }
+            ServerFrame::Pong { .. } | ServerFrame::AuthOk { .. } => {}
         }
         Step::Continue
     }
@@ -620,4 +665,16 @@ async fn send_timed(conn: &mut Conn, frame: &ClientFrame, limit: Duration) -> Re
             reason: format!("send timed out after {limit:?}"),
         }),
     }
+}
+
+/// When to ask for a new token that replaces one expiring at `exp` (Unix
+/// seconds): after 90 % of the time left, and not sooner than 0.5 s from
+/// now (a provider that keeps failing is not called in a loop).
+fn refresh_time(exp: u64) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let left_ms = u128::from(exp).saturating_mul(1000).saturating_sub(now_ms);
+    let wait = u64::try_from(left_ms * 9 / 10).unwrap_or(u64::MAX).max(500);
+    Instant::now() + Duration::from_millis(wait)
 }

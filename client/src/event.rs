@@ -48,6 +48,14 @@ pub enum Event {
         /// The server's explanation.
         message: String,
     },
+    /// The server accepted a new token for the live connection
+    /// (`refresh_ok`): the client asks its token provider for one when 90 %
+    /// of the current token's lifetime has passed and sends it with
+    /// `refresh`, so the connection is not closed with 4008.
+    TokenRefreshed {
+        /// The new token's expiry, seconds since the Unix epoch.
+        exp: u64,
+    },
     /// A connection ended (after it was established, whether or not the
     /// `auth` succeeded). The client reconnects by itself after `retry_in`.
     Disconnected(Disconnected),

@@ -4,7 +4,8 @@
 //! It speaks every transport — WebSocket (`ws://`, `wss://`; JSON or binary
 //! subprotocol), TCP (`tcp://`, `tls://`) and QUIC (`quic://`) — and keeps a
 //! session alive by itself: it authenticates with a token from a provider
-//! (called again before every reconnect, so tokens can be refreshed), pings
+//! (called again before every reconnect, and before the token in force
+//! expires, to send the new one with `refresh`), pings
 //! at the heartbeat the server announces, reconnects with jittered
 //! exponential backoff (or after the delay a draining server asks for),
 //! rotating through a list of servers, resumes with `last_id`, drops
@@ -78,7 +79,7 @@ pub enum Encoding {
 }
 
 /// A boxed future returning a token.
-type TokenFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
+pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
 
 /// Where the client gets its token before each connection.
 pub(crate) type TokenProvider = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
@@ -125,10 +126,14 @@ impl ClientBuilder {
         })
     }
 
-    /// Calls `provider` for a token before every connection attempt, so an
-    /// expired token can be replaced (tokens are checked only at `auth`). An
+    /// Calls `provider` for a token before every connection attempt, and
+    /// on a live connection when 90 % of the current token's lifetime has
+    /// passed: a token that expires later is sent with `refresh`
+    /// ([`Event::TokenRefreshed`] when the server takes it), so the server
+    /// does not close the connection with 4008. Before a connection, an
     /// error counts as a failed attempt ([`Event::ConnectFailed`]) and is
-    /// retried with backoff.
+    /// retried with backoff; on a live connection it is logged and the
+    /// provider is asked again later.
     pub fn token_provider<F, Fut>(mut self, provider: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,

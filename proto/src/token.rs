@@ -90,6 +90,20 @@ pub fn mint(claims: &Claims, secret: &[u8]) -> Result<String, TokenError> {
     .map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
+/// The `exp` claim of `token`, read without checking the signature: for a
+/// client, which has no secret, to know when to refresh its token. `None`
+/// when the token is not a JWT or has no numeric `exp`. Never use it to
+/// trust a token.
+pub fn unverified_exp(token: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: u64,
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Exp>(token)
+        .ok()
+        .map(|c| c.exp)
+}
+
 /// Verifies an HS256 token against `secret` at time `now` (seconds since the epoch).
 ///
 /// The token is valid while `now < exp`. `sub` must be 1 to
@@ -229,6 +243,19 @@ mod tests {
         let c = claims("alice");
         let t = mint(&c, SECRET).unwrap();
         assert_eq!(verify(&t, SECRET, NOW), Ok(c));
+    }
+
+    #[test]
+    fn unverified_exp_reads_any_jwt_and_nothing_else() {
+        let t = mint(&claims("alice"), b"a secret this side does not know").unwrap();
+        assert_eq!(unverified_exp(&t), Some(NOW + 60));
+        let h = b64(r#"{"alg":"HS256"}"#);
+        let no_exp = format!("{h}.{}.sig", b64(r#"{"sub":"a"}"#));
+        assert_eq!(unverified_exp(&no_exp), None);
+        let text_exp = format!("{h}.{}.sig", b64(r#"{"sub":"a","exp":"soon"}"#));
+        assert_eq!(unverified_exp(&text_exp), None);
+        assert_eq!(unverified_exp("not a jwt"), None);
+        assert_eq!(unverified_exp(""), None);
     }
 
     #[test]
