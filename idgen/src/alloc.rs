@@ -81,33 +81,17 @@ impl RangeAllocator {
         self.reserved = self.reserved.max(mark);
     }
 
-    /// Moves the counter up to `now_us` (never back), so that ids of
-    /// different regions stay close to time order. Called before each take;
-    /// a take that finds the counter past the reserved mark then asks for a
-    /// checkpoint.
-    pub fn advance_to(&mut self, now_us: i64) {
-        self.next = self.next.max(now_us.min(MAX_COUNTER));
-    }
-
-    /// Once a second: adapts the block to the recent rate and, when values
-    /// were taken since the last tick, moves the counter up to `now_us` and
-    /// returns a mark to checkpoint ahead of time if the remaining block is
-    /// short. An idle tick moves nothing and asks for nothing, so an idle
-    /// process writes no checkpoint (the clock alone would otherwise pass
-    /// the reserved mark every second); the next take moves to the clock
-    /// ([`RangeAllocator::advance_to`]) and checkpoints then.
+    /// Once a second: moves the counter up to `now_us` (so regions stay
+    /// close to time order), adapts the block to the recent rate and returns
+    /// a mark to checkpoint ahead of time, if the remaining block is short.
     pub fn tick(&mut self, now_us: i64) -> Option<i64> {
-        let busy = self.taken_since_tick > 0;
+        self.next = self.next.max(now_us.min(MAX_COUNTER));
         // Reserve about two seconds of the recent rate ahead.
         self.block = self
             .taken_since_tick
             .saturating_mul(2)
             .clamp(MIN_BLOCK, MAX_BLOCK);
         self.taken_since_tick = 0;
-        if !busy {
-            return None;
-        }
-        self.advance_to(now_us);
         let headroom = self.reserved - self.next;
         if headroom < self.block / 2 {
             Some(self.next.saturating_add(self.block).min(MAX_COUNTER))
@@ -215,11 +199,9 @@ mod tests {
         let mut a = RangeAllocator::new(0, NOW);
         a.reserved_to(NOW + MIN_BLOCK);
         // Plenty of headroom: no checkpoint asked.
-        assert_eq!(a.try_take(1), Ok(NOW));
         assert_eq!(a.tick(NOW), None);
         // The clock moved past the reserved mark: ask for a block ahead of now.
         let later = NOW + 2 * MIN_BLOCK;
-        assert_eq!(a.try_take(1), Ok(NOW + 1));
         assert_eq!(a.tick(later), Some(later + MIN_BLOCK));
         assert_eq!(a.next(), later);
         // Until it is durable, takes still ask for a checkpoint.
@@ -241,33 +223,8 @@ mod tests {
     #[test]
     fn tick_does_not_move_back() {
         let mut a = RangeAllocator::new(0, NOW);
-        a.reserved_to(NOW + MIN_BLOCK);
-        take(&mut a, 1);
         let _ = a.tick(NOW - 1_000);
-        assert_eq!(a.next(), NOW + 1);
-        a.advance_to(NOW - 1_000);
-        assert_eq!(a.next(), NOW + 1);
-    }
-
-    #[test]
-    fn an_idle_tick_writes_nothing_and_the_next_take_follows_the_clock() {
-        let mut a = RangeAllocator::new(0, NOW);
-        a.reserved_to(NOW + MIN_BLOCK);
-        // A minute of idle ticks: the clock passes the reserved mark, but
-        // nothing was taken, so nothing moves and nothing is written.
-        for s in 1..=60 {
-            assert_eq!(a.tick(NOW + s * 1_000_000), None);
-        }
         assert_eq!(a.next(), NOW);
-        // The next take moves to the clock and needs a checkpoint above it.
-        let later = NOW + 61_000_000;
-        a.advance_to(later);
-        assert_eq!(
-            a.try_take(1),
-            Err(TakeError::NeedCheckpoint(later + 1 + MIN_BLOCK))
-        );
-        a.reserved_to(later + 1 + MIN_BLOCK);
-        assert_eq!(a.try_take(1), Ok(later));
     }
 
     #[test]
