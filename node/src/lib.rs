@@ -77,6 +77,11 @@ pub fn main() -> ExitCode {
                 eprintln!("pushgate room: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
+            // So do token keys that do not load.
+            if let Err(e) = a.room.token_keys() {
+                eprintln!("pushgate room: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
             let process = a.common.process.clone();
             return run_node(&process, cluster::room::run(*a));
         }
@@ -102,6 +107,10 @@ pub fn main() -> ExitCode {
         }
     };
     if let Err(e) = tls::given(args.room.tls_cert.clone(), args.room.tls_key.clone()) {
+        eprintln!("pushgate: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = args.room.token_keys() {
         eprintln!("pushgate: {e}");
         return ExitCode::from(EXIT_USAGE);
     }

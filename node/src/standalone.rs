@@ -141,7 +141,11 @@ impl Parts {
             replay_overlap: 0,
         };
         let room = Room::new(
-            args.room.room_config(role, token_secret),
+            args.room.room_config(
+                role,
+                token_secret,
+                args.room.token_keys().map_err(anyhow::Error::msg)?,
+            ),
             Arc::new(LocalBackend::new(
                 role.id,
                 Presence::Local(times.clone()),

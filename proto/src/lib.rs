@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod json;
+pub mod keys;
 pub mod token;
 
 pub use encoded::EncodedMsg;

@@ -1,13 +1,17 @@
-//! Token claims (JWT, HS256) and their checks. The clock is the caller's.
+//! Token claims (JWT) and their checks. The clock is the caller's.
 //!
-//! Only HS256 is accepted: tokens with `alg` `none` or any other algorithm are
-//! refused before their signature is looked at. `exp` is checked against the
-//! `now` the caller passes, never against the library's own clock.
+//! HS256 with the shared secret is always accepted; RS256 and ES256 when
+//! public keys are configured ([`crate::keys`], [`verify_any`]). Tokens with
+//! `alg` `none` or any other algorithm are refused before their signature is
+//! looked at. `exp` is checked against the `now` the caller passes, never
+//! against the library's own clock.
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::keys::{alg_name, PublicKey};
 
 /// Longest accepted `sub` claim (user id), in bytes.
 pub const MAX_SUB_LEN: usize = 256;
@@ -116,16 +120,88 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
 /// [`TokenError::Expired`] when `exp <= now`; [`TokenError::BadSubject`] for
 /// an empty or too long `sub`.
 pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Claims, TokenError> {
+    verify_any(token, secret, &[], now)
+}
+
+/// Verifies a token signed with the HS256 `secret` or, for RS256 and
+/// ES256 tokens, with one of the `public` keys of that algorithm (the one
+/// whose `kid` the token names, when it names one), at time `now`. The
+/// claims are checked as by [`verify`].
+///
+/// # Errors
+/// As [`verify`]; an algorithm for which no key is configured, or a `kid`
+/// that no key of the token's algorithm has, is [`TokenError::Invalid`].
+pub fn verify_any(
+    token: &str,
+    secret: &[u8],
+    public: &[PublicKey],
+    now: u64,
+) -> Result<Claims, TokenError> {
     // The header first, so that a refused algorithm is named as such (its
     // JSON fails to decode when the algorithm is one the library lacks).
     let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e, Part::Header))?;
-    if header.alg != Algorithm::HS256 {
-        return Err(TokenError::Invalid(format!(
-            "algorithm {:?} is not accepted, only HS256",
-            header.alg
-        )));
+    let claims = match header.alg {
+        Algorithm::HS256 => decode(token, Algorithm::HS256, &DecodingKey::from_secret(secret))?,
+        alg @ (Algorithm::RS256 | Algorithm::ES256) if public.iter().any(|k| k.alg == alg) => {
+            let kid = header.kid.as_deref();
+            let mut keys = public
+                .iter()
+                .filter(|k| {
+                    k.alg == alg && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+                })
+                .peekable();
+            if keys.peek().is_none() {
+                return Err(TokenError::Invalid(format!(
+                    "no {} key with kid {:?}",
+                    alg_name(alg),
+                    kid.unwrap_or_default()
+                )));
+            }
+            // The first key that verifies the signature (a key rotation
+            // keeps old and new side by side); else the last key's error.
+            let mut last = None;
+            let mut found = None;
+            for k in keys {
+                match decode(token, alg, &k.key) {
+                    Ok(c) => {
+                        found = Some(c);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match (found, last) {
+                (Some(c), _) => c,
+                (None, Some(e)) => return Err(e),
+                (None, None) => return Err(TokenError::Invalid("no key".to_owned())),
+            }
+        }
+        other => {
+            let mut accepted = vec!["HS256"];
+            for k in public {
+                let name = alg_name(k.alg);
+                if !accepted.contains(&name) {
+                    accepted.push(name);
+                }
+            }
+            return Err(TokenError::Invalid(format!(
+                "algorithm {other:?} is not accepted, only {}",
+                accepted.join(" and ")
+            )));
+        }
+    };
+    if claims.exp <= now {
+        return Err(TokenError::Expired);
     }
-    let mut validation = Validation::new(Algorithm::HS256);
+    if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_LEN {
+        return Err(TokenError::BadSubject);
+    }
+    Ok(claims)
+}
+
+/// Checks the signature of `token` with `key` and types its claims.
+fn decode(token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, TokenError> {
+    let mut validation = Validation::new(alg);
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
@@ -134,20 +210,9 @@ pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Claims, TokenError
     // texts than the library's, which calls an `exp` of the wrong type missing).
     validation.set_required_spec_claims::<&str>(&[]);
     // Claims as JSON first, so that a wrong type is named by claim.
-    let data = jsonwebtoken::decode::<serde_json::Value>(
-        token,
-        &DecodingKey::from_secret(secret),
-        &validation,
-    )
-    .map_err(|e| invalid(&e, Part::Claims))?;
-    let claims = typed_claims(data.claims)?;
-    if claims.exp <= now {
-        return Err(TokenError::Expired);
-    }
-    if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_LEN {
-        return Err(TokenError::BadSubject);
-    }
-    Ok(claims)
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
+        .map_err(|e| invalid(&e, Part::Claims))?;
+    typed_claims(data.claims)
 }
 
 /// [`Claims`] from the payload's JSON, naming the first claim of a wrong type.

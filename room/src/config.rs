@@ -15,6 +15,9 @@ pub struct RoomConfig {
     pub room: RoomId,
     /// HS256 secret for client tokens.
     pub token_secret: Arc<[u8]>,
+    /// Public keys for RS256 and ES256 client tokens (none by default:
+    /// HS256 only).
+    pub token_keys: Arc<[proto::keys::PublicKey]>,
     /// How long a connection outlives its token's `exp` without a
     /// `refresh`; after it the connection is closed with 4008.
     pub token_grace: Duration,
@@ -70,6 +73,7 @@ impl RoomConfig {
         RoomConfig {
             room,
             token_secret,
+            token_keys: Arc::from(Vec::new()),
             token_grace: Duration::from_secs(60),
             heartbeat: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
@@ -105,6 +109,16 @@ impl RoomConfig {
         } else {
             s as u32
         }
+    }
+
+    /// Checks a client token with the secret and the public keys at `now`
+    /// (unix seconds).
+    pub(crate) fn verify_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<proto::token::Claims, proto::token::TokenError> {
+        proto::token::verify_any(token, &self.token_secret, &self.token_keys, now)
     }
 
     /// The unix second from which a connection whose token expires at

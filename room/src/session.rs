@@ -245,11 +245,10 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
             m.auth_failed(AuthFailure::NotAuthenticated);
             return Err(CloseReason::NotAuthenticated);
         };
-        let mut claims =
-            token::verify(&token, &shared.cfg.token_secret, now_secs()).map_err(|e| {
-                m.auth_failed(AuthFailure::Token);
-                CloseReason::AuthFailed(e)
-            })?;
+        let mut claims = shared.cfg.verify_token(&token, now_secs()).map_err(|e| {
+            m.auth_failed(AuthFailure::Token);
+            CloseReason::AuthFailed(e)
+        })?;
         let device = claims.dev.take().or(device).filter(|d| !d.is_empty());
         if device.as_ref().is_some_and(|d| d.len() > MAX_DEVICE_LEN) {
             m.auth_failed(AuthFailure::Device);
@@ -775,7 +774,7 @@ impl<'s> Live<'s> {
         token: &str,
     ) -> Result<(), CloseReason> {
         let shared = self.shared;
-        let mut claims = match token::verify(token, &shared.cfg.token_secret, now_secs()) {
+        let mut claims = match shared.cfg.verify_token(token, now_secs()) {
             Ok(c) if c.sub == self.info.user.as_str() => c,
             Ok(_) => {
                 shared.metrics.refreshed(false);

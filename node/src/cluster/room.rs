@@ -46,7 +46,11 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let hook = dir_error_hook(regs.clone(), refills.clone());
     let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store);
     let room = Room::new(
-        args.room.room_config(role, &args.token_secret),
+        args.room.room_config(
+            role,
+            &args.token_secret,
+            args.room.token_keys().map_err(anyhow::Error::msg)?,
+        ),
         Arc::new(backend),
     );
 

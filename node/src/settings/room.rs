@@ -37,6 +37,12 @@ pub(crate) struct RoomSettings {
     /// Heartbeat interval told to clients, seconds; silence for twice as long closes (4003).
     #[arg(long, env = "PUSHGATE_HEARTBEAT", value_name = "SECONDS", default_value_t = 30, value_parser = seconds(86_400))]
     pub(crate) heartbeat: u64,
+    /// Public key (PEM, RSA or EC P-256) that RS256 or ES256 client tokens may be signed with, besides the HS256 secret.
+    #[arg(long, env = "PUSHGATE_TOKEN_PUBLIC_KEY", value_name = "FILE")]
+    pub(crate) token_public_key: Option<PathBuf>,
+    /// JWKS file (JSON) of public keys that RS256 and ES256 client tokens may be signed with, picked by the token's `kid`.
+    #[arg(long, env = "PUSHGATE_TOKEN_JWKS", value_name = "FILE")]
+    pub(crate) token_jwks: Option<PathBuf>,
     /// Seconds a connection stays open after its token's `exp` without a `refresh` (then 4008 token expired).
     #[arg(long, env = "PUSHGATE_TOKEN_GRACE", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
     pub(crate) token_grace: u64,
@@ -107,12 +113,44 @@ impl RoomSettings {
         Duration::from_secs(self.drain_timeout)
     }
 
+    /// The public keys of `--token-public-key` and `--token-jwks`, read
+    /// from their files.
+    ///
+    /// # Errors
+    /// A text naming the flag, the file and what is wrong with it.
+    pub(crate) fn token_keys(&self) -> Result<Vec<proto::keys::PublicKey>, String> {
+        use proto::keys::PublicKey;
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| format!("--{flag} {}: {e}", p.display()))
+        };
+        let mut keys = Vec::new();
+        if let Some(p) = &self.token_public_key {
+            let pem = read("token-public-key", p)?;
+            let key = PublicKey::from_pem(&pem)
+                .map_err(|e| format!("--token-public-key {}: {e}", p.display()))?;
+            keys.push(key);
+        }
+        if let Some(p) = &self.token_jwks {
+            let json = read("token-jwks", p)?;
+            let set = PublicKey::from_jwks(&json)
+                .map_err(|e| format!("--token-jwks {}: {e}", p.display()))?;
+            keys.extend(set);
+        }
+        Ok(keys)
+    }
+
     /// The room's configuration; connections are capped below the
     /// open-files limit (see [`crate::net::effective_max_connections`]).
-    pub(crate) fn room_config(&self, role: RoomRole, token_secret: &str) -> room::RoomConfig {
+    pub(crate) fn room_config(
+        &self,
+        role: RoomRole,
+        token_secret: &str,
+        token_keys: Vec<proto::keys::PublicKey>,
+    ) -> room::RoomConfig {
         room::RoomConfig {
             room: role.id,
             token_secret: std::sync::Arc::from(token_secret.as_bytes()),
+            token_keys: std::sync::Arc::from(token_keys),
             token_grace: Duration::from_secs(self.token_grace),
             heartbeat: Duration::from_secs(self.heartbeat),
             auth_timeout: Duration::from_secs(self.auth_timeout),

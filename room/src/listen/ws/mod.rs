@@ -134,8 +134,7 @@ async fn handshake_until<S: ByteStream>(
     deadline: tokio::time::Instant,
 ) -> Option<(Arc<Shared>, Opened<S>)> {
     let cfg = &shared.cfg;
-    let check =
-        |start: &SseStart| start.check(&cfg.token_secret, session::now_secs(), cfg.max_channels);
+    let check = |start: &SseStart| start.check(cfg, session::now_secs());
     let step = handshake::accept(&mut sock, check);
     let opened = shared
         .handshake_step(peer, "websocket", deadline, step)

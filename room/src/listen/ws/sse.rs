@@ -98,11 +98,11 @@ impl SseStart {
     /// Refuses a request the session would refuse anyway, while an HTTP
     /// status can still say so: a bad or expired token (checked with
     /// `secret` at `now`, seconds), more channels than `max_channels`.
-    pub(crate) fn check(&self, secret: &[u8], now: u64, max_channels: usize) -> Result<(), Reject> {
-        if self.channels.len() > max_channels {
+    pub(crate) fn check(&self, cfg: &crate::RoomConfig, now: u64) -> Result<(), Reject> {
+        if self.channels.len() > cfg.max_channels {
             return Err(TOO_MANY_CHANNELS);
         }
-        proto::token::verify(&self.token, secret, now).map_err(|_| BAD_TOKEN)?;
+        cfg.verify_token(&self.token, now).map_err(|_| BAD_TOKEN)?;
         Ok(())
     }
 
@@ -427,15 +427,21 @@ mod tests {
             device: None,
             channels: channels.iter().map(|c| (*c).to_owned()).collect(),
         };
-        assert_eq!(start(&good, &["a"]).check(secret, 50, 1), Ok(()));
+        let cfg = |secret: &[u8]| {
+            let mut c = crate::RoomConfig::new(proto::RoomId(1), std::sync::Arc::from(secret));
+            c.max_channels = 1;
+            c
+        };
+        let ours = cfg(secret);
+        assert_eq!(start(&good, &["a"]).check(&ours, 50), Ok(()));
         assert_eq!(
-            start(&good, &["a", "b"]).check(secret, 50, 1),
+            start(&good, &["a", "b"]).check(&ours, 50),
             Err(TOO_MANY_CHANNELS)
         );
         // Expired, signed with another secret, not a token at all.
-        assert_eq!(start(&good, &[]).check(secret, 100, 1), Err(BAD_TOKEN));
-        assert_eq!(start(&good, &[]).check(b"other", 50, 1), Err(BAD_TOKEN));
-        assert_eq!(start("x.y.z", &[]).check(secret, 50, 1), Err(BAD_TOKEN));
+        assert_eq!(start(&good, &[]).check(&ours, 100), Err(BAD_TOKEN));
+        assert_eq!(start(&good, &[]).check(&cfg(b"other"), 50), Err(BAD_TOKEN));
+        assert_eq!(start("x.y.z", &[]).check(&ours, 50), Err(BAD_TOKEN));
     }
 
     #[tokio::test]
