@@ -573,6 +573,7 @@ fn client_op(frame: &ClientFrame) -> &'static str {
         ClientFrame::Sub { .. } => "sub",
         ClientFrame::Unsub { .. } => "unsub",
         ClientFrame::Ack { .. } => "ack",
+        ClientFrame::Refresh { .. } => "refresh",
     }
 }
 
