@@ -24,6 +24,8 @@ pub(crate) struct LocalBackend {
     room: RoomId,
     presence: Presence,
     store: Arc<dyn Store>,
+    /// Where session events go (`--events-url`), if anywhere.
+    events: Option<Arc<crate::events::Events>>,
 }
 
 /// Where a room reports its connections.
@@ -64,7 +66,17 @@ impl LocalBackend {
             room,
             presence,
             store,
+            events: None,
         }
+    }
+
+    /// Hands session events to `events` (none when `None`).
+    pub(crate) fn with_events(
+        mut self,
+        events: Option<Arc<crate::events::Events>>,
+    ) -> LocalBackend {
+        self.events = events;
+        self
     }
 }
 
@@ -121,6 +133,16 @@ fn user_frame(m: StoredMsg) -> MsgFrame {
 
 #[async_trait]
 impl Backend for LocalBackend {
+    fn wants_events(&self) -> bool {
+        self.events.is_some()
+    }
+
+    fn event(&self, event: room::SessionEvent) {
+        if let Some(e) = &self.events {
+            e.push(event);
+        }
+    }
+
     async fn connected(&self, s: &SessionInfo) {
         let Presence::Directory {
             dir,

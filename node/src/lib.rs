@@ -15,6 +15,7 @@ mod api;
 mod backend;
 mod cluster;
 mod dev;
+mod events;
 mod health;
 mod local_rooms;
 mod net;

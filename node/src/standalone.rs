@@ -97,6 +97,10 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     info!("shutting down: draining connections");
     api.not_ready();
     node.drain(args.room.drain_timeout()).await;
+    // The drained sessions' disconnect events are queued: post them.
+    if let Some(e) = &parts.events {
+        e.close().await;
+    }
     // Pushes already accepted are stored and delivered before the store
     // closes; every step is bounded so a hung dependency cannot keep the
     // process from exiting.
@@ -116,6 +120,8 @@ struct Parts {
     dir: Arc<dyn Directory>,
     room: Room,
     center: center::Center,
+    /// Posts session events (`--events-url`).
+    events: Option<Arc<crate::events::Events>>,
 }
 
 impl Parts {
@@ -140,17 +146,17 @@ impl Parts {
             reconnect_delay: RECONNECT_DELAY,
             replay_overlap: 0,
         };
+        let events = args.room.events().context("start posting session events")?;
         let room = Room::new(
             args.room.room_config(
                 role,
                 token_secret,
                 args.room.token_keys().map_err(anyhow::Error::msg)?,
             ),
-            Arc::new(LocalBackend::new(
-                role.id,
-                Presence::Local(times.clone()),
-                store.clone(),
-            )),
+            Arc::new(
+                LocalBackend::new(role.id, Presence::Local(times.clone()), store.clone())
+                    .with_events(events.clone()),
+            ),
         );
         // The room's own index is the directory: no second copy of every
         // connection (see `crate::room_directory`).
@@ -169,8 +175,12 @@ impl Parts {
             },
         );
         let metrics_room = room.clone();
+        let metrics_events = events.clone();
         center.add_metrics_source(Arc::new(move |out: &mut String| {
-            metrics_room.write_metrics(out)
+            metrics_room.write_metrics(out);
+            if let Some(e) = &metrics_events {
+                e.write_metrics(out);
+            }
         }));
         Ok(Parts {
             room_id: role.id,
@@ -180,6 +190,7 @@ impl Parts {
             dir,
             room,
             center,
+            events,
         })
     }
 

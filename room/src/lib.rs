@@ -19,6 +19,7 @@
 mod codec;
 pub mod config;
 mod error;
+pub mod events;
 mod framed;
 mod hub;
 mod io;
@@ -37,6 +38,7 @@ use async_trait::async_trait;
 use proto::{ConnId, MsgFrame, MsgId, UserId};
 
 pub use config::RoomConfig;
+pub use events::{EventKind, SessionEvent};
 pub use listen::quic::QuicListener;
 pub use room::{Listener, Room};
 pub use tls::{TlsCerts, TlsError};
@@ -49,6 +51,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn connected(&self, session: &SessionInfo);
     /// A connection that had authenticated ended at `now_ms`.
     async fn disconnected(&self, session: &SessionInfo, now_ms: i64);
+    /// Whether [`Backend::event`] wants session events; asked once, when
+    /// the room is made (default: no, and none are built).
+    fn wants_events(&self) -> bool {
+        false
+    }
+    /// A session event for the application server. Must return at once
+    /// (queue it; never wait): it is called on the session's path.
+    fn event(&self, _event: SessionEvent) {}
     /// Whether `user` surely has no stored message with id above `after`,
     /// known without a round trip (`false`: unknown). A connect or resync
     /// with nothing to replay then skips the store.

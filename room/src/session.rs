@@ -45,7 +45,7 @@ use crate::hub::{Conn, Popped, Registration, Signal, Subscribed};
 use crate::io::{FrameIo, Inbound, OutFrame};
 use crate::metrics::{self, AuthFailure, Drop as DropWhy, Transport};
 use crate::shared::Shared;
-use crate::{BackendError, SessionInfo};
+use crate::{BackendError, EventKind, SessionInfo};
 
 /// Messages per backend replay or history page.
 const PAGE: u32 = 500;
@@ -106,6 +106,7 @@ async fn end<T: FrameIo>(
         info!(%peer, transport, ?conn, ?user, %reason, "session ended");
     }
     if let Some(info) = info {
+        shared.event(EventKind::Disconnect, &info, None, None);
         let gone = shared.backend.disconnected(&info, now_ms());
         if timeout(BACKEND_TIMEOUT, gone).await.is_err() {
             metrics::inc(&m.backend_errors);
@@ -441,6 +442,7 @@ impl<'s> Live<'s> {
             metrics::inc(&shared.metrics.backend_errors);
         }
         self.reply(io, ok).await?;
+        shared.event(EventKind::Connect, info, None, None);
         self.replay(io, last_id).await
     }
 
@@ -521,6 +523,7 @@ impl<'s> Live<'s> {
                         }
                         Inbound::Frame(ClientFrame::Ack { seq, id }) => {
                             metrics::inc(&self.shared.metrics.frames_in);
+                            self.shared.event(EventKind::Ack, self.info, None, Some(id));
                             if let Some(a) = self.acks.get_mut().as_mut() {
                                 if a.waiting.is_none_or(|(_, w)| id > w) {
                                     a.waiting = Some((seq, id));
@@ -754,6 +757,8 @@ impl<'s> Live<'s> {
             } => self.subscribe(io, reg, seq, channel, last_id).await,
             ClientFrame::Unsub { seq, channel } => {
                 reg.unsubscribe(&channel);
+                self.shared
+                    .event(EventKind::Unsub, self.info, Some(&channel), None);
                 self.reply(io, ServerFrame::UnsubOk { seq, channel }).await
             }
             // Handled by the main loop (see `run`); kept here so the match
@@ -828,6 +833,8 @@ impl<'s> Live<'s> {
             }
             None => None,
         };
+        self.shared
+            .event(EventKind::Sub, self.info, Some(&channel), None);
         self.reply(io, ServerFrame::SubOk { seq, channel }).await?;
         match history {
             Some(Ok(msgs)) if !msgs.is_empty() => self.send_msgs(io, msgs).await,

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     started: tokio::time::Instant,
     /// `"default"`, shared by every connection without a device id.
     pub(crate) default_device: Arc<str>,
+    /// Whether the backend wants session events (asked once).
+    events: bool,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
             per_ip: PerIp::new(cfg.max_conns_per_ip),
             cfg,
+            events: backend.wants_events(),
             backend,
             metrics: Metrics::default(),
             tracker: TaskTracker::new(),
@@ -85,6 +88,30 @@ impl Shared {
     pub(crate) fn clock_ms(&self) -> u32 {
         // Truncation is the point: the clock wraps.
         self.started.elapsed().as_millis() as u32
+    }
+
+    /// Reports a session event of `info`'s connection, when the backend
+    /// wants them (else builds nothing).
+    pub(crate) fn event(
+        &self,
+        kind: crate::EventKind,
+        info: &crate::SessionInfo,
+        channel: Option<&str>,
+        id: Option<proto::MsgId>,
+    ) {
+        if !self.events {
+            return;
+        }
+        self.backend.event(crate::SessionEvent {
+            event: kind,
+            user: info.user.clone(),
+            device: Arc::clone(&info.device),
+            conn: info.conn,
+            room: self.cfg.room,
+            channel: channel.map(str::to_owned),
+            id,
+            ts: crate::session::now_ms(),
+        });
     }
 
     /// The next connection serial number.

@@ -44,7 +44,9 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let role = role(&args);
     let refills = Refills::new(regs.partitions());
     let hook = dir_error_hook(regs.clone(), refills.clone());
-    let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store);
+    let events = args.room.events().context("start posting session events")?;
+    let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store)
+        .with_events(events.clone());
     let room = Room::new(
         args.room.room_config(
             role,
@@ -71,7 +73,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let membership = Membership::join(regs, room.clone(), lease, refills).await?;
 
     let node = client_listeners(&args, room.clone())?;
-    let (health, http) = health_server(&args, &room)?;
+    let (health, http) = health_server(&args, &room, events.clone())?;
     health.set_ready(true);
 
     let mut lines = vec![format!("room {} instance {instance:016x}", role.id)];
@@ -94,6 +96,10 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     }
     health.set_ready(false);
     node.drain(args.room.drain_timeout()).await;
+    // The drained sessions' disconnect events are queued: post them.
+    if let Some(e) = &events {
+        e.close().await;
+    }
     // Stop answering centers before the lease is released: once released,
     // a new instance may take this id, and a center with an old membership
     // must fail here (and re-read it) rather than deliver to nobody.
@@ -153,11 +159,18 @@ fn client_listeners(args: &RoomArgs, room: Room) -> anyhow::Result<RoomNode> {
 }
 
 /// `/healthz`, `/readyz` and `/metrics` of this room on `--http`.
-fn health_server(args: &RoomArgs, room: &Room) -> anyhow::Result<(Health, HttpServer)> {
+fn health_server(
+    args: &RoomArgs,
+    room: &Room,
+    events: Option<Arc<crate::events::Events>>,
+) -> anyhow::Result<(Health, HttpServer)> {
     let listener = bind(args.http, "http")?;
     let metrics_room = room.clone();
     let health = Health::new(Arc::new(move |out: &mut String| {
-        metrics_room.write_metrics(out)
+        metrics_room.write_metrics(out);
+        if let Some(e) = &events {
+            e.write_metrics(out);
+        }
     }));
     let http = HttpServer::start(listener, health.router())?;
     Ok((health, http))

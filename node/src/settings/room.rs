@@ -43,6 +43,15 @@ pub(crate) struct RoomSettings {
     /// JWKS file (JSON) of public keys that RS256 and ES256 client tokens may be signed with, picked by the token's `kid`.
     #[arg(long, env = "PUSHGATE_TOKEN_JWKS", value_name = "FILE")]
     pub(crate) token_jwks: Option<PathBuf>,
+    /// URL to POST session events to (connect, disconnect, sub, unsub, ack), in batches, at least once (docs/API.md, "Session events").
+    #[arg(long, env = "PUSHGATE_EVENTS_URL", value_name = "URL")]
+    pub(crate) events_url: Option<reqwest::Url>,
+    /// Session events queued for --events-url at most; more are dropped and counted.
+    #[arg(long, env = "PUSHGATE_EVENTS_QUEUE", value_name = "N", default_value_t = 100_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub(crate) events_queue: usize,
+    /// Secret sent to the application server's endpoints (--events-url) as `Authorization: Bearer <secret>`.
+    #[arg(long, env = "PUSHGATE_HOOK_SECRET", value_name = "SECRET")]
+    pub(crate) hook_secret: Option<String>,
     /// Seconds a connection stays open after its token's `exp` without a `refresh` (then 4008 token expired).
     #[arg(long, env = "PUSHGATE_TOKEN_GRACE", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
     pub(crate) token_grace: u64,
@@ -111,6 +120,22 @@ impl RoomSettings {
     /// The drain timeout.
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout)
+    }
+
+    /// Starts posting session events when `--events-url` is set.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub(crate) fn events(&self) -> anyhow::Result<Option<std::sync::Arc<crate::events::Events>>> {
+        let Some(url) = self.events_url.clone() else {
+            return Ok(None);
+        };
+        let cfg = crate::events::EventsConfig {
+            url,
+            secret: self.hook_secret.clone(),
+            queue: self.events_queue,
+        };
+        crate::events::Events::start(cfg).map(Some)
     }
 
     /// The public keys of `--token-public-key` and `--token-jwks`, read
