@@ -162,6 +162,26 @@ async fn bad_requests_get_an_http_error_and_no_stream() {
     let mut reply = String::new();
     let _ = timeout(Duration::from_secs(5), sock.read_to_string(&mut reply)).await;
     assert!(reply.starts_with("HTTP/1.1 405 "), "{reply}");
+    // The CORS preflight of a cross-origin fetch with a token header.
+    let mut sock = TcpStream::connect(s.ws).await.unwrap();
+    sock.write_all(
+        b"OPTIONS /sse?channels=a HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\
+          Access-Control-Request-Method: GET\r\n\
+          Access-Control-Request-Headers: authorization, last-event-id\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    let _ = timeout(Duration::from_secs(5), sock.read_to_string(&mut reply)).await;
+    assert!(reply.starts_with("HTTP/1.1 204 "), "{reply}");
+    for h in [
+        "Access-Control-Allow-Origin: *",
+        "Access-Control-Allow-Methods: GET",
+        "Access-Control-Allow-Headers: Authorization, Last-Event-ID",
+    ] {
+        assert!(reply.contains(h), "{h}: {reply}");
+    }
+    assert!(reply.ends_with("\r\n\r\n"), "a 204 has no body: {reply:?}");
     // The server still serves a good request after all of them.
     let mut sse = Sse::open(s.ws, &format!("/sse?token={good}&channels=a,b"), &[]).await;
     assert_eq!(sse.status, 200, "{}", sse.head);

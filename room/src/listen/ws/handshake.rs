@@ -56,6 +56,15 @@ impl Reject {
 
     /// The whole HTTP response.
     pub(crate) fn response(self) -> Vec<u8> {
+        if self.status == 204 {
+            // The CORS preflight of `GET /sse` (see [`SSE_PREFLIGHT`]).
+            return b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\
+                Access-Control-Allow-Origin: *\r\n\
+                Access-Control-Allow-Methods: GET\r\n\
+                Access-Control-Allow-Headers: Authorization, Last-Event-ID, Accept, Cache-Control\r\n\
+                Access-Control-Max-Age: 86400\r\n\r\n"
+                .to_vec();
+        }
         let reason = match self.status {
             400 => "Bad Request",
             401 => "Unauthorized",
@@ -118,6 +127,12 @@ const MALFORMED: Reject = Reject::new(400, "malformed HTTP request");
 const TOO_LARGE: Reject = Reject::new(431, "request head larger than 8 KiB");
 const NOT_GET: Reject = Reject::new(405, "a WebSocket upgrade is a GET request");
 const SSE_NOT_GET: Reject = Reject::new(405, "an event stream is opened with GET /sse");
+/// The answer to `OPTIONS /sse`, the CORS preflight a browser sends before a
+/// cross-origin `fetch` of the stream with an `Authorization` or
+/// `Last-Event-ID` header (an `EventSource` with the token in the URL needs
+/// none): 204 allowing GET with those headers from any origin, then the
+/// connection closes like any answer that is not a stream.
+const SSE_PREFLIGHT: Reject = Reject::new(204, "");
 const NOT_UPGRADE: Reject = Reject::new(
     426,
     "this endpoint speaks WebSocket only: send an upgrade request (Upgrade: websocket)",
@@ -170,6 +185,9 @@ pub(crate) fn decide(head: &[u8]) -> Result<Accepted, Reject> {
     let path = req.path.unwrap_or("");
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     if route == super::sse::PATH {
+        if req.method == Some("OPTIONS") {
+            return Err(SSE_PREFLIGHT);
+        }
         if req.method != Some("GET") {
             return Err(SSE_NOT_GET);
         }
