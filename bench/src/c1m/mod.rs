@@ -154,10 +154,12 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
         .unwrap_or_else(|| PathBuf::from(format!("bench/results/c1m-{date}-{}", args.connections)));
     let n = args.connections;
     // Its clients subscribe to channels after auth, which an SSE client
-    // cannot do (bench idle measures SSE).
+    // cannot do, and its workers dial WebSocket or TCP only (bench idle
+    // measures SSE and QUIC). A transport it does not speak is refused, not
+    // run as WebSocket.
     anyhow::ensure!(
-        args.transport != Transport::Sse,
-        "c1m speaks ws or tcp (--transport sse: bench idle only)"
+        matches!(args.transport, Transport::Ws | Transport::Tcp),
+        "c1m speaks ws or tcp (--transport sse and quic: bench idle only)"
     );
     let workers_n = n.div_ceil(args.per_worker.max(1)) as usize;
     anyhow::ensure!(
