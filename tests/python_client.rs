@@ -104,3 +104,53 @@ async fn python_client_receives_resumes_and_keeps_ids_exact() {
         "ids above 2^53 ({u1}) make exactness matter"
     );
 }
+
+/// With `--token-cmd`, the client asks for a new token before each one
+/// expires and sends it with `refresh`: 4 s tokens and no grace, and the
+/// first connection outlives two of them without reconnecting (pongs aside,
+/// the client reports nothing but the two refresh_ok).
+#[tokio::test]
+async fn python_client_refreshes_its_token_before_it_expires() {
+    let py = common::python_with("websockets.asyncio.client", "websockets>=13");
+    let s = Server::start(&["--heartbeat", "1", "--token-grace", "0"]).await;
+    let cmd = format!(
+        "{} token --token-secret {} --user py-refresh --ttl 4",
+        common::BIN,
+        s.secret
+    );
+    let mut child = tokio::process::Command::new(py)
+        .arg(script())
+        .args(["--url", &format!("ws://{}/ws", s.ws)])
+        .args(["--token-cmd", &cmd, "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut events = BufReader::new(child.stderr.take().unwrap()).lines();
+    wait_event(&mut events, "auth_ok").await;
+    // Two refreshes, and nothing else in between: no error, no reconnect.
+    let mut refreshed = 0;
+    let mut last_exp = 0;
+    while refreshed < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), events.next_line())
+            .await
+            .expect("a frame within 20 s")
+            .unwrap()
+            .expect("the python client is running");
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["op"] == "pong" {
+            continue;
+        }
+        assert_eq!(v["op"], "refresh_ok", "{line}");
+        let exp = v["exp"].as_u64().unwrap();
+        assert!(exp > last_exp, "{line}");
+        last_exp = exp;
+        refreshed += 1;
+    }
+    let id = s
+        .push_id(&["py-refresh"], json!("after two refreshes"))
+        .await;
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_message(&mut out).await["id"], id);
+}
