@@ -215,3 +215,42 @@ async fn a_cluster_room_posts_its_sessions_events() {
     );
     assert_eq!(got[1].1["id"], id);
 }
+
+/// A connection refused after auth (the user's connection limit) reports
+/// nothing: no disconnect without a connect.
+#[tokio::test]
+async fn a_connection_refused_at_registration_reports_nothing() {
+    let r = Arc::new(Receiver::default());
+    let url = receiver(r.clone()).await;
+    let s = Server::start(&["--events-url", &url, "--max-user-connections", "1"]).await;
+    let (first, ok) = s.login(Transport::Tcp, "ev-limit", "d").await;
+    let mut second = s.connect(Transport::WsJson).await;
+    second
+        .send(&proto::ClientFrame::Auth {
+            seq: Some(1),
+            token: s.token("ev-limit"),
+            last_id: None,
+            device: None,
+        })
+        .await;
+    second.expect_close(4001, Duration::from_secs(5)).await;
+    first.close().await;
+    eventually(
+        "the first connection's two events",
+        Duration::from_secs(15),
+        || {
+            let r = r.clone();
+            async move { of(&r, "ev-limit").len() >= 2 }
+        },
+    )
+    .await;
+    // Another second for a stray event to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = of(&r, "ev-limit");
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|(_, e)| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["connect", "disconnect"], "{got:?}");
+    assert!(got.iter().all(|(_, e)| e["conn"] == ok["conn"]), "{got:?}");
+}

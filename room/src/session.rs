@@ -106,7 +106,10 @@ async fn end<T: FrameIo>(
         info!(%peer, transport, ?conn, ?user, %reason, "session ended");
     }
     if let Some(info) = info {
-        shared.event(EventKind::Disconnect, &info, None, None);
+        // A session refused at registration never reported a connect.
+        if !matches!(reason, CloseReason::TooManyConnections(_)) {
+            shared.event(EventKind::Disconnect, &info, None, None);
+        }
         let gone = shared.backend.disconnected(&info, now_ms());
         if timeout(BACKEND_TIMEOUT, gone).await.is_err() {
             metrics::inc(&m.backend_errors);
@@ -441,8 +444,10 @@ impl<'s> Live<'s> {
         {
             metrics::inc(&shared.metrics.backend_errors);
         }
-        self.reply(io, ok).await?;
+        // Before the reply, so that every session that reaches `end` past
+        // this point has reported its connect (a failed write included).
         shared.event(EventKind::Connect, info, None, None);
+        self.reply(io, ok).await?;
         self.replay(io, last_id).await
     }
 
