@@ -106,7 +106,7 @@ async fn python_client_receives_resumes_and_keeps_ids_exact() {
 }
 
 /// With `--token-cmd`, the client asks for a new token before each one
-/// expires and sends it with `refresh`: 4 s tokens and no grace, and the
+/// expires and sends it with `refresh`: 6 s tokens and no grace, and the
 /// first connection outlives two of them without reconnecting (pongs aside,
 /// the client reports nothing but the two refresh_ok).
 #[tokio::test]
@@ -114,7 +114,7 @@ async fn python_client_refreshes_its_token_before_it_expires() {
     let py = common::python_with("websockets.asyncio.client", "websockets>=13");
     let s = Server::start(&["--heartbeat", "1", "--token-grace", "0"]).await;
     let cmd = format!(
-        "{} token --token-secret {} --user py-refresh --ttl 4",
+        "{} token --token-secret {} --user py-refresh --ttl 6",
         common::BIN,
         s.secret
     );

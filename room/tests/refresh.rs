@@ -115,23 +115,24 @@ async fn refused_refreshes_are_not_fatal_and_change_nothing() {
 #[tokio::test]
 async fn an_expired_token_closes_with_4008_after_the_grace_and_a_refresh_keeps_it_open() {
     let mut cfg = config();
-    cfg.token_grace = Duration::from_secs(1);
+    cfg.token_grace = Duration::from_secs(2);
     let t = start(cfg).await;
-    // Expires in 1 s, closes from 2 s (1 s of grace).
+    // exp is in whole seconds: 2 s from now is 1 to 2 s of real time, and
+    // with 2 s of grace the connection closes 3 to 4 s from here.
     let mut lapsing = t.client(Transport::Tcp).await;
-    lapsing.send(&auth(token_for("bob", 1))).await;
+    lapsing.send(&auth(token_for("bob", 2))).await;
     assert!(matches!(lapsing.frame().await, ServerFrame::AuthOk { .. }));
     let mut kept = t.client(Transport::WsJson).await;
-    kept.send(&auth(token_for("carol", 1))).await;
+    kept.send(&auth(token_for("carol", 2))).await;
     assert!(matches!(kept.frame().await, ServerFrame::AuthOk { .. }));
     kept.send(&refresh(2, token_for("carol", 3600))).await;
     assert!(matches!(kept.frame().await, ServerFrame::RefreshOk { .. }));
 
-    // Within the grace, past exp: still served.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Within the grace (past exp at the latest by now): still served.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     lapsing.roundtrip(3).await;
     // Past exp + grace: the next frame closes it.
-    tokio::time::sleep(Duration::from_millis(1900)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     lapsing.send(&ping(4)).await;
     lapsing.expect_close(ErrorCode::TokenExpired, 4008).await;
     // The refreshed one lives on under its new token.
