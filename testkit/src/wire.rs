@@ -245,6 +245,31 @@ impl Client {
         Client::on_stream(stream, addr, t).await
     }
 
+    /// [`Client::connect`] that returns the failure instead of panicking:
+    /// for a client that reconnects, to whom a refused or reset connection
+    /// (a room draining, restarting) is an ordinary event.
+    ///
+    /// # Errors
+    /// The connect's or the handshake's error, as text.
+    pub async fn try_connect(addr: SocketAddr, t: Transport) -> Result<Client, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {t:?} {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("set_nodelay: {e}"))?;
+        if t == Transport::Tcp {
+            return Ok(Client::from_tcp(stream));
+        }
+        let proto = t.subprotocol();
+        let (ws, chosen) = ws_handshake(stream, addr, "/ws", proto)
+            .await
+            .map_err(|e| format!("websocket handshake ({t:?}): {e}"))?;
+        let mut c = Client::from_ws_transport(ws, t);
+        c.protocol = chosen;
+        Ok(c)
+    }
+
     /// Wraps an open TCP stream to `addr` (socket options as they are),
     /// doing the WebSocket handshake on path `/ws` for a WebSocket transport.
     ///

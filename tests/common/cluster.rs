@@ -458,11 +458,11 @@ impl Resilient {
                         tokio::time::sleep(Duration::from_millis(50 + jitter)).await;
                     }
                     first = false;
-                    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                    // A room that is draining or restarting may refuse or
+                    // reset the connection, even mid-handshake: try the next.
+                    let Ok(mut c) = Client::try_connect_addr(addr, Transport::WsJson).await else {
                         continue;
                     };
-                    drop(stream);
-                    let mut c = Client::connect_addr(addr, Transport::WsJson).await;
                     let last = ids.lock().last().copied();
                     c.send(&proto::ClientFrame::Auth {
                         seq: Some(1),

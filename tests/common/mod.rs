@@ -854,6 +854,12 @@ impl Client {
         Client::wrap(wire::Client::connect(addr, t).await)
     }
 
+    /// [`Client::connect_addr`] that returns a failed connect or handshake
+    /// instead of panicking (for clients that reconnect).
+    pub async fn try_connect_addr(addr: SocketAddr, t: Transport) -> Result<Client, String> {
+        wire::Client::try_connect(addr, t).await.map(Client::wrap)
+    }
+
     /// Sends a frame in this transport's encoding (JSON by [`client_json`]).
     pub async fn send(&mut self, f: &ClientFrame) {
         let _ = match self.transport {
