@@ -317,6 +317,8 @@ pub(crate) fn mint_token(
         exp,
         dev: None,
         channels: None,
+        send: None,
+        publish: None,
     };
     proto::token::mint(&claims, secret)
 }
@@ -574,6 +576,8 @@ fn client_op(frame: &ClientFrame) -> &'static str {
         ClientFrame::Unsub { .. } => "unsub",
         ClientFrame::Ack { .. } => "ack",
         ClientFrame::Refresh { .. } => "refresh",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::Pub { .. } => "pub",
     }
 }
 
@@ -663,6 +667,8 @@ mod tests {
             exp: crate::now_unix_ns() / 1_000_000_000 + 600,
             dev: None,
             channels: None,
+            send: None,
+            publish: None,
         };
         proto::token::mint(&claims, secret.as_bytes()).unwrap()
     }
@@ -776,6 +782,7 @@ mod tests {
             ts: 5,
             channel: None,
             data: bytes::Bytes::from_static(b"{\n\"k\": [1,\n2]}"),
+            sender: None,
         });
         assert_eq!(fake.deliver("u1", &msg), 1);
         let got = loop {

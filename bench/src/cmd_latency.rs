@@ -708,6 +708,7 @@ mod tests {
             ts: 0,
             channel: None,
             data: bytes::Bytes::copy_from_slice(data.as_bytes()),
+            sender: None,
         }
     }
 

@@ -469,6 +469,7 @@ async fn serve_http(fake: Arc<Fake>, mut s: TcpStream) {
                     ts: 0,
                     channel: None,
                     data: bytes::Bytes::from(v["data"].to_string()),
+                    sender: None,
                 });
                 let users = fake.users.lock();
                 let txs: Vec<&mpsc::Sender<ServerFrame>> = if broadcast {

@@ -242,7 +242,7 @@ fn raw_bytes(v: &RawValue) -> Result<Bytes, ApiError> {
 
 impl Center {
     /// Queues `job` and waits for the dispatcher's answer.
-    async fn dispatch(
+    pub(crate) async fn dispatch(
         &self,
         job: Job,
         rx: oneshot::Receiver<Result<PushOutcome, ApiError>>,
@@ -298,6 +298,7 @@ pub(crate) async fn push_users(
         ts: now_ms(),
         accepted,
         reply,
+        from: None,
     };
     let out = c.dispatch(job, rx).await?;
     Ok(ApiJson(PushUsersResp {
@@ -337,6 +338,7 @@ pub(crate) async fn push_channel(
         ts: now_ms(),
         accepted,
         reply,
+        from: None,
     };
     let out = c.dispatch(job, rx).await?;
     Ok(ApiJson(PushChannelResp {
@@ -369,7 +371,7 @@ pub(crate) async fn push_broadcast(
     let out = c.dispatch(Job::Broadcast { reply }, rx).await?;
     let task_id = format!("b-{}", out.id.0);
     let task = c.inner.tasks.create(task_id.clone());
-    let msg = encode(out.id, ts, None, &data, false);
+    let msg = encode(out.id, ts, None, &data, false, None);
     let i = &c.inner;
     i.tracker.spawn(run_broadcast(
         task,

@@ -137,6 +137,9 @@ pub(crate) enum Job {
         ts: i64,
         accepted: Instant,
         reply: Reply,
+        /// Who sent it and the connection that must not get it (client
+        /// messages only).
+        from: Option<From>,
     },
     /// A push to a channel.
     Channel {
@@ -146,9 +149,19 @@ pub(crate) enum Job {
         ts: i64,
         accepted: Instant,
         reply: Reply,
+        /// As for [`Job::Users`].
+        from: Option<From>,
     },
     /// A broadcast: only takes its id here.
     Broadcast { reply: Reply },
+}
+
+/// The client behind a message sent with `send` or `pub`.
+#[derive(Debug, Clone)]
+pub(crate) struct From {
+    pub(crate) sender: proto::Sender,
+    /// The sending connection, which gets `send_ok`/`pub_ok` instead.
+    pub(crate) conn: proto::ConnId,
 }
 
 impl Job {
@@ -249,11 +262,19 @@ impl Dispatcher {
         for ((job, id), ok) in batch.iter().zip(&ids).zip(&stored) {
             msgs.push(match job {
                 Job::Users {
-                    data, ts, store, ..
-                } if *ok => Some(encode(*id, *ts, None, data, *store)),
+                    data,
+                    ts,
+                    store,
+                    from,
+                    ..
+                } if *ok => Some(encode(*id, *ts, None, data, *store, from.as_ref())),
                 Job::Channel {
-                    channel, data, ts, ..
-                } if *ok => Some(encode(*id, *ts, Some(channel), data, false)),
+                    channel,
+                    data,
+                    ts,
+                    from,
+                    ..
+                } if *ok => Some(encode(*id, *ts, Some(channel), data, false, from.as_ref())),
                 _ => None,
             });
         }
@@ -346,6 +367,7 @@ impl Dispatcher {
                 store: true,
                 ttl,
                 ts,
+                from,
                 ..
             } => {
                 let msg = StoredMsg {
@@ -353,6 +375,7 @@ impl Dispatcher {
                     ts: *ts,
                     expires_at: ts.saturating_add(millis(*ttl)),
                     data: data.clone(),
+                    sender: from.as_ref().map(|f| f.sender.clone()),
                 };
                 let bounds = Bounds {
                     max: self.cfg.queue_max,
@@ -364,6 +387,7 @@ impl Dispatcher {
                 data,
                 history: true,
                 ts,
+                from,
                 ..
             } => {
                 let msg = StoredMsg {
@@ -371,6 +395,7 @@ impl Dispatcher {
                     ts: *ts,
                     expires_at: ts.saturating_add(millis(self.cfg.channel_history_ttl)),
                     data: data.clone(),
+                    sender: from.as_ref().map(|f| f.sender.clone()),
                 };
                 let bounds = Bounds {
                     max: self.cfg.channel_history_max,
@@ -622,14 +647,17 @@ pub(crate) fn encode(
     channel: Option<&str>,
     data: &Bytes,
     stored: bool,
+    from: Option<&From>,
 ) -> Arc<EncodedMsg> {
     let mut msg = EncodedMsg::new(&MsgFrame {
         id,
         ts,
         channel: channel.map(str::to_owned),
         data: data.clone(),
+        sender: from.map(|f| f.sender.clone()),
     });
     msg.stored = stored;
+    msg.except = from.map(|f| f.conn);
     Arc::new(msg)
 }
 

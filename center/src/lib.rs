@@ -23,6 +23,7 @@ pub mod api;
 mod config;
 pub mod dispatch;
 mod error;
+mod messages;
 mod metrics;
 pub mod tasks;
 pub mod users;
@@ -30,6 +31,7 @@ pub mod users;
 pub use api::ApiDoc;
 pub use config::{CenterConfig, MAX_TTL};
 pub use error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
+pub use messages::{ClientMsg, ClientTarget};
 pub use metrics::MetricsSource;
 
 /// Pushes waiting for the dispatcher at most; beyond, pushes get 503 `overloaded`.
@@ -56,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: tasks::Tasks,
     pub(crate) ready: AtomicBool,
     pub(crate) tracker: TaskTracker,
+    /// Client message ids being dispatched (see [`messages`]).
+    pub(crate) in_flight: messages::InFlight,
     stop: CancellationToken,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -88,6 +92,7 @@ impl Center {
                 tasks: tasks::Tasks::default(),
                 ready: AtomicBool::new(true),
                 tracker: TaskTracker::new(),
+                in_flight: messages::InFlight::default(),
                 stop,
                 dispatcher: Mutex::new(Some(handle)),
             }),

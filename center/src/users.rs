@@ -94,6 +94,12 @@ pub struct StoredView {
     pub data: Box<RawValue>,
     /// Milliseconds since the epoch when it was accepted.
     pub ts: i64,
+    /// The sending user, for messages a client sent with `send`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The sender's client message id, with `from`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
 }
 
 /// Answer of `GET /users/{user}/messages`.
@@ -155,10 +161,16 @@ pub(crate) async fn user_messages(
         // Stored payloads were checked as JSON when pushed.
         let data = serde_json::from_slice::<Box<RawValue>>(&m.data)
             .map_err(|_| ApiError::Unavailable("store (a stored payload is not JSON)"))?;
+        let (from, cid) = match m.sender {
+            Some(s) => (Some(s.user.as_str().to_owned()), Some(s.cid)),
+            None => (None, None),
+        };
         messages.push(StoredView {
             id: m.id.0,
             data,
             ts: m.ts,
+            from,
+            cid,
         });
     }
     let next_after = if more {

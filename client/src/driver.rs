@@ -550,7 +550,12 @@ impl Driver {
             ServerFrame::RefreshOk { exp, .. } => {
                 *pending = Some((Event::TokenRefreshed { exp }, None));
             }
-            ServerFrame::Pong { .. } | ServerFrame::AuthOk { .. } => {}
+            // This client sends no `send` or `pub` yet, so their answers
+            // never come; a server that sent one anyway is ignored.
+            ServerFrame::Pong { .. }
+            | ServerFrame::AuthOk { .. }
+            | ServerFrame::SendOk { .. }
+            | ServerFrame::PubOk { .. } => {}
         }
         Step::Continue
     }

@@ -26,6 +26,8 @@ pub(crate) struct LocalBackend {
     store: Arc<dyn Store>,
     /// Where session events go (`--events-url`), if anywhere.
     events: Option<Arc<crate::events::Events>>,
+    /// Where clients' `send` and `pub` go (none: refused as unavailable).
+    messages: Option<Arc<crate::messages::Messages>>,
 }
 
 /// Where a room reports its connections.
@@ -67,7 +69,17 @@ impl LocalBackend {
             presence,
             store,
             events: None,
+            messages: None,
         }
+    }
+
+    /// Takes clients' `send` and `pub` through `messages`.
+    pub(crate) fn with_messages(
+        mut self,
+        messages: Arc<crate::messages::Messages>,
+    ) -> LocalBackend {
+        self.messages = Some(messages);
+        self
     }
 
     /// Hands session events to `events` (none when `None`).
@@ -128,6 +140,7 @@ fn user_frame(m: StoredMsg) -> MsgFrame {
         ts: m.ts,
         channel: None,
         data: m.data,
+        sender: m.sender,
     }
 }
 
@@ -235,6 +248,19 @@ impl Backend for LocalBackend {
                 ..user_frame(m)
             })
             .collect())
+    }
+
+    async fn message(
+        &self,
+        from: &SessionInfo,
+        msg: room::ClientMessage,
+    ) -> Result<MsgId, room::MessageError> {
+        match &self.messages {
+            Some(m) => m.send(from, msg).await,
+            None => Err(room::MessageError::Unavailable(
+                "this server does not take messages from clients".into(),
+            )),
+        }
     }
 }
 

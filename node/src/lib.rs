@@ -18,6 +18,7 @@ mod dev;
 mod events;
 mod health;
 mod local_rooms;
+mod messages;
 mod net;
 mod room_directory;
 mod room_node;

@@ -147,6 +147,7 @@ impl Parts {
             replay_overlap: 0,
         };
         let events = args.room.events().context("start posting session events")?;
+        let messages = args.room.messages().context("set up the hook")?;
         let room = Room::new(
             args.room.room_config(
                 role,
@@ -155,7 +156,8 @@ impl Parts {
             ),
             Arc::new(
                 LocalBackend::new(role.id, Presence::Local(times.clone()), store.clone())
-                    .with_events(events.clone()),
+                    .with_events(events.clone())
+                    .with_messages(messages.clone()),
             ),
         );
         // The room's own index is the directory: no second copy of every
@@ -174,6 +176,7 @@ impl Parts {
                 }),
             },
         );
+        messages.set_center(center.clone());
         let metrics_room = room.clone();
         let metrics_events = events.clone();
         center.add_metrics_source(Arc::new(move |out: &mut String| {
@@ -181,6 +184,7 @@ impl Parts {
             if let Some(e) = &metrics_events {
                 e.write_metrics(out);
             }
+            messages.write_metrics(out);
         }));
         Ok(Parts {
             room_id: role.id,

@@ -46,6 +46,8 @@ pub(crate) fn run(args: TokenArgs) -> ExitCode {
         exp: now + args.ttl,
         dev: args.device,
         channels: args.channels,
+        send: args.no_send.then_some(false),
+        publish: args.publish,
     };
     match proto::token::mint(&claims, secret.as_bytes()) {
         Ok(t) => {

@@ -18,7 +18,7 @@
 use bytes::Bytes;
 
 use crate::error::DecodeError;
-use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, ServerFrame};
+use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, Sender, ServerFrame};
 use crate::ids::{ConnId, MsgId, RoomId, UserId};
 
 /// Op byte of the client `auth` frame.
@@ -33,6 +33,10 @@ pub const OP_UNSUB: u8 = 0x04;
 pub const OP_ACK: u8 = 0x05;
 /// Op byte of the client `refresh` frame.
 pub const OP_REFRESH: u8 = 0x06;
+/// Op byte of the client `send` frame.
+pub const OP_SEND: u8 = 0x07;
+/// Op byte of the client `pub` frame.
+pub const OP_PUB: u8 = 0x08;
 /// Op byte of the server `auth_ok` frame.
 pub const OP_AUTH_OK: u8 = 0x81;
 /// Op byte of the server `pong` frame.
@@ -47,13 +51,18 @@ pub const OP_MSG: u8 = 0x85;
 pub const OP_ERROR: u8 = 0x86;
 /// Op byte of the server `refresh_ok` frame.
 pub const OP_REFRESH_OK: u8 = 0x87;
+/// Op byte of the server `send_ok` frame.
+pub const OP_SEND_OK: u8 = 0x88;
+/// Op byte of the server `pub_ok` frame.
+pub const OP_PUB_OK: u8 = 0x89;
 
 /// Flag bit 0, on every frame: a `seq` varint follows the flags byte.
 const F_SEQ: u8 = 0x01;
 /// Flag bit 1: the op's first optional field is present (`last_id` on auth and
 /// sub, `channel` on msg, `close` on error).
 const F_OPT1: u8 = 0x02;
-/// Flag bit 2: the op's second optional field is present (`device` on auth).
+/// Flag bit 2: the op's second optional field is present (`device` on auth,
+/// the sender on msg).
 const F_OPT2: u8 = 0x04;
 
 /// Longest varint length prefix: 5 bytes hold any `u32`.
@@ -169,6 +178,18 @@ pub fn split_frame(buf: &mut bytes::BytesMut, max: usize) -> Result<Option<Bytes
     Ok(Some(buf.split_to(len).freeze()))
 }
 
+/// `data` checked to be one JSON value in UTF-8, copied out.
+fn json_data(data: &[u8]) -> Result<Bytes, DecodeError> {
+    // UTF-8 first: serde_json skips the bytes of an ignored string without
+    // checking them, so `from_slice` alone would take a string of invalid
+    // UTF-8, which no JSON text may hold.
+    let json = std::str::from_utf8(data).map_err(|_| DecodeError::BadField("data"))?;
+    if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
+        return Err(DecodeError::BadField("data"));
+    }
+    Ok(Bytes::copy_from_slice(data))
+}
+
 /// Decodes one client frame body (without its length prefix).
 ///
 /// # Errors
@@ -218,6 +239,25 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             let token = r.string("token")?;
             ClientFrame::Refresh { seq, token }
         }
+        OP_SEND => {
+            let (_, seq) = r.head(F_SEQ)?;
+            let to = UserId::new(r.str("to")?);
+            let cid = r.string("cid")?;
+            let data = json_data(r.bytes()?)?;
+            ClientFrame::Send { seq, to, data, cid }
+        }
+        OP_PUB => {
+            let (_, seq) = r.head(F_SEQ)?;
+            let channel = r.string("channel")?;
+            let cid = r.string("cid")?;
+            let data = json_data(r.bytes()?)?;
+            ClientFrame::Pub {
+                seq,
+                channel,
+                data,
+                cid,
+            }
+        }
         other => return Err(bad_op(other)),
     };
     r.finish()?;
@@ -253,13 +293,27 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             head(OP_REFRESH_OK, 0, *seq, out);
             put_varint(*exp, out);
         }
+        ServerFrame::SendOk { seq, cid, id } => {
+            head(OP_SEND_OK, 0, *seq, out);
+            put_bytes(cid.as_bytes(), out);
+            put_varint(id.0 as u64, out);
+        }
+        ServerFrame::PubOk { seq, cid, id } => {
+            head(OP_PUB_OK, 0, *seq, out);
+            put_bytes(cid.as_bytes(), out);
+            put_varint(id.0 as u64, out);
+        }
         ServerFrame::Msg(m) => {
-            let flags = flag_if(m.channel.is_some(), F_OPT1);
+            let flags = flag_if(m.channel.is_some(), F_OPT1) | flag_if(m.sender.is_some(), F_OPT2);
             head(OP_MSG, flags, None, out);
             put_varint(m.id.0 as u64, out);
             put_varint(m.ts as u64, out);
             if let Some(ch) = &m.channel {
                 put_bytes(ch.as_bytes(), out);
+            }
+            if let Some(from) = &m.sender {
+                put_bytes(from.user.as_str().as_bytes(), out);
+                put_bytes(from.cid.as_bytes(), out);
             }
             put_bytes(&m.data, out);
         }
@@ -324,6 +378,23 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head(OP_REFRESH, 0, *seq, out);
             put_bytes(token.as_bytes(), out);
         }
+        ClientFrame::Send { seq, to, data, cid } => {
+            head(OP_SEND, 0, *seq, out);
+            put_bytes(to.as_str().as_bytes(), out);
+            put_bytes(cid.as_bytes(), out);
+            put_bytes(data, out);
+        }
+        ClientFrame::Pub {
+            seq,
+            channel,
+            data,
+            cid,
+        } => {
+            head(OP_PUB, 0, *seq, out);
+            put_bytes(channel.as_bytes(), out);
+            put_bytes(cid.as_bytes(), out);
+            put_bytes(data, out);
+        }
     }
 }
 
@@ -371,24 +442,33 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
         }
         OP_MSG => {
             // A msg answers no request, so it never carries a seq.
-            let flags = r.flags(F_OPT1)?;
+            let flags = r.flags(F_OPT1 | F_OPT2)?;
             let id = MsgId(r.i64()?);
             let ts = r.i64()?;
             let channel = r.opt(flags, F_OPT1, |r| r.string("channel"))?;
-            let data = r.bytes()?;
-            // UTF-8 first: serde_json skips the bytes of an ignored string
-            // without checking them, so `from_slice` alone would take a
-            // string of invalid UTF-8, which no JSON text may hold.
-            let json = std::str::from_utf8(data).map_err(|_| DecodeError::BadField("data"))?;
-            if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-                return Err(DecodeError::BadField("data"));
-            }
+            let sender = r.opt(flags, F_OPT2, |r| {
+                let user = UserId::new(r.str("from")?);
+                let cid = r.string("cid")?;
+                Ok(Sender { user, cid })
+            })?;
+            let data = json_data(r.bytes()?)?;
             ServerFrame::Msg(MsgFrame {
                 id,
                 ts,
                 channel,
-                data: Bytes::copy_from_slice(data),
+                data,
+                sender,
             })
+        }
+        OP_SEND_OK | OP_PUB_OK => {
+            let (_, seq) = r.head(F_SEQ)?;
+            let cid = r.string("cid")?;
+            let id = MsgId(r.i64()?);
+            if op == OP_SEND_OK {
+                ServerFrame::SendOk { seq, cid, id }
+            } else {
+                ServerFrame::PubOk { seq, cid, id }
+            }
         }
         OP_ERROR => {
             let (flags, seq) = r.head(F_SEQ | F_OPT1)?;
@@ -711,12 +791,14 @@ mod tests {
                 ts: 1_700_000_000_000,
                 channel: None,
                 data: Bytes::from_static(br#"{"a":[1,2]}"#),
+                sender: None,
             }),
             ServerFrame::Msg(MsgFrame {
                 id: MsgId(43),
                 ts: -5,
                 channel: Some("news".into()),
                 data: Bytes::from_static(b"null"),
+                sender: None,
             }),
             ServerFrame::Error {
                 seq: Some(7),

@@ -24,6 +24,9 @@ pub struct EncodedMsg {
     pub json: Bytes,
     /// The binary encoding, without any length prefix.
     pub bin: Bytes,
+    /// A connection that must not get it: the one that sent it (`send`,
+    /// `pub`), which has its `send_ok`/`pub_ok` instead.
+    pub except: Option<crate::ids::ConnId>,
 }
 
 impl EncodedMsg {
@@ -40,6 +43,7 @@ impl EncodedMsg {
             stored: false,
             json: Bytes::from(json),
             bin: Bytes::from(bin),
+            except: None,
         }
     }
 }
@@ -55,6 +59,7 @@ mod tests {
             ts: 1_700_000_000_000,
             channel: Some("news".into()),
             data: Bytes::from_static(br#"{"k":[1,"two"]}"#),
+            sender: None,
         };
         let e = EncodedMsg::new(&m);
         assert_eq!(e.id, MsgId(7));

@@ -55,6 +55,39 @@ pub enum ClientFrame {
         /// The new JWT: same user, later `exp`.
         token: String,
     },
+    /// A 1:1 message to `to`, stored like a REST push with `store: true`;
+    /// answered with [`ServerFrame::SendOk`].
+    Send {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// The recipient.
+        to: UserId,
+        /// The payload: one JSON value, as UTF-8 JSON text.
+        data: Bytes,
+        /// The client's id for this message (1 to [`MAX_CID_LEN`] bytes):
+        /// the same cid from the same user is accepted once.
+        cid: String,
+    },
+    /// A group message to the subscribers of `channel`; answered with
+    /// [`ServerFrame::PubOk`].
+    Pub {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// The channel.
+        channel: String,
+        /// The payload: one JSON value, as UTF-8 JSON text.
+        data: Bytes,
+        /// The client's id for this message, as for [`ClientFrame::Send`].
+        cid: String,
+    },
+}
+
+/// Longest `cid` of a `send` or `pub`, in bytes.
+pub const MAX_CID_LEN: usize = 64;
+
+/// Whether `cid` is a valid client message id: 1 to [`MAX_CID_LEN`] bytes.
+pub fn valid_cid(cid: &str) -> bool {
+    (1..=MAX_CID_LEN).contains(&cid.len())
 }
 
 impl ClientFrame {
@@ -66,7 +99,9 @@ impl ClientFrame {
             | ClientFrame::Sub { seq, .. }
             | ClientFrame::Unsub { seq, .. }
             | ClientFrame::Ack { seq, .. }
-            | ClientFrame::Refresh { seq, .. } => *seq,
+            | ClientFrame::Refresh { seq, .. }
+            | ClientFrame::Send { seq, .. }
+            | ClientFrame::Pub { seq, .. } => *seq,
         }
     }
 }
@@ -83,6 +118,18 @@ pub struct MsgFrame {
     pub channel: Option<String>,
     /// The payload: one JSON value, as UTF-8 JSON text (already validated).
     pub data: Bytes,
+    /// Who sent it, for messages sent by a client (`send`, `pub`); `None`
+    /// for pushes from the REST API.
+    pub sender: Option<Sender>,
+}
+
+/// The client that sent a message, and its id for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sender {
+    /// The sending user.
+    pub user: UserId,
+    /// The client's message id (`cid`).
+    pub cid: String,
 }
 
 /// A frame sent by the server.
@@ -126,6 +173,24 @@ pub enum ServerFrame {
         seq: Option<u32>,
         /// The new token's `exp` (seconds since the Unix epoch).
         exp: u64,
+    },
+    /// A `send` was stored (or had been, under the same cid).
+    SendOk {
+        /// Echo of the send frame's seq.
+        seq: Option<u32>,
+        /// The send's cid.
+        cid: String,
+        /// The message's id.
+        id: MsgId,
+    },
+    /// A `pub` was accepted (or had been, under the same cid).
+    PubOk {
+        /// Echo of the pub frame's seq.
+        seq: Option<u32>,
+        /// The pub's cid.
+        cid: String,
+        /// The message's id.
+        id: MsgId,
     },
     /// A pushed message.
     Msg(MsgFrame),
@@ -182,11 +247,22 @@ pub enum ErrorCode {
     Forbidden,
     /// The token expired and was not refreshed within the grace period.
     TokenExpired,
+    /// The application server's hook refused a `send` or `pub` (the
+    /// message is the hook's); not fatal.
+    HookDenied,
+    /// The hook did not answer in time or answered badly; nothing was
+    /// delivered; not fatal.
+    HookUnavailable,
+    /// A `send`'s or `pub`'s data is larger than allowed; not fatal.
+    TooLarge,
+    /// A `send` or `pub` could not be accepted now (store, ids or
+    /// dispatcher unavailable); nothing was delivered; not fatal.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// All codes, for tests and docs.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::AuthFailed,
         ErrorCode::AuthTimeout,
         ErrorCode::NotAuthenticated,
@@ -206,6 +282,10 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::Forbidden,
         ErrorCode::TokenExpired,
+        ErrorCode::HookDenied,
+        ErrorCode::HookUnavailable,
+        ErrorCode::TooLarge,
+        ErrorCode::Unavailable,
     ];
 
     /// The wire name, e.g. `"auth_failed"`.
@@ -229,6 +309,10 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::HookDenied => "hook_denied",
+            ErrorCode::HookUnavailable => "hook_unavailable",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -308,7 +392,7 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(19), None);
+        assert_eq!(ErrorCode::from_u8(23), None);
         for n in 4001..=4008 {
             assert_eq!(CloseCode::from_u16(n).map(CloseCode::as_u16), Some(n));
         }

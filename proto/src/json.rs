@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::error::DecodeError;
-use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, ServerFrame};
+use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, Sender, ServerFrame};
 use crate::ids::{ConnId, MsgId, RoomId, UserId};
 
 /// The union of the fields of every client frame.
@@ -27,6 +27,11 @@ struct RawClient {
     device: Option<String>,
     channel: Option<String>,
     id: Option<i64>,
+    to: Option<String>,
+    cid: Option<String>,
+    // `Option<Box<RawValue>>` alone would read `"data":null` as absent.
+    #[serde(default, deserialize_with = "present_raw")]
+    data: Option<Box<RawValue>>,
 }
 
 /// The union of the fields of every server frame.
@@ -48,6 +53,8 @@ struct RawServer {
     code: Option<String>,
     message: Option<String>,
     close: Option<u16>,
+    from: Option<String>,
+    cid: Option<String>,
 }
 
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -103,6 +110,18 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             seq,
             token: need(raw.token, "token")?,
         },
+        "send" => ClientFrame::Send {
+            seq,
+            to: UserId::from(need(raw.to, "to")?),
+            data: raw_bytes(&need(raw.data, "data")?),
+            cid: need(raw.cid, "cid")?,
+        },
+        "pub" => ClientFrame::Pub {
+            seq,
+            channel: need(raw.channel, "channel")?,
+            data: raw_bytes(&need(raw.data, "data")?),
+            cid: need(raw.cid, "cid")?,
+        },
         _ => return Err(DecodeError::BadOp(op)),
     })
 }
@@ -152,6 +171,20 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(&m.data);
             put_key_int("ts", m.ts, out);
+            if let Some(from) = &m.sender {
+                put_key_str("from", from.user.as_str(), out);
+                put_key_str("cid", &from.cid, out);
+            }
+        }
+        ServerFrame::SendOk { seq, cid, id } => {
+            head("send_ok", *seq, out);
+            put_key_str("cid", cid, out);
+            put_key_int("id", id.0, out);
+        }
+        ServerFrame::PubOk { seq, cid, id } => {
+            head("pub_ok", *seq, out);
+            put_key_str("cid", cid, out);
+            put_key_int("id", id.0, out);
         }
         ServerFrame::Error {
             seq,
@@ -214,6 +247,25 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head("refresh", *seq, out);
             put_key_str("token", token, out);
         }
+        ClientFrame::Send { seq, to, data, cid } => {
+            head("send", *seq, out);
+            put_key_str("to", to.as_str(), out);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data);
+            put_key_str("cid", cid, out);
+        }
+        ClientFrame::Pub {
+            seq,
+            channel,
+            data,
+            cid,
+        } => {
+            head("pub", *seq, out);
+            put_key_str("channel", channel, out);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data);
+            put_key_str("cid", cid, out);
+        }
     }
     out.push(b'}');
 }
@@ -255,13 +307,33 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
         },
         "msg" => {
             let data = need(raw.data, "data")?;
+            let sender = match (raw.from, raw.cid) {
+                (Some(user), Some(cid)) => Some(Sender {
+                    user: UserId::from(user),
+                    cid,
+                }),
+                (None, None) => None,
+                (None, Some(_)) => return Err(DecodeError::BadField("from")),
+                (Some(_), None) => return Err(DecodeError::BadField("cid")),
+            };
             ServerFrame::Msg(MsgFrame {
                 id: MsgId(need(raw.id, "id")?),
                 ts: need(raw.ts, "ts")?,
                 channel: raw.channel,
-                data: Bytes::copy_from_slice(data.get().as_bytes()),
+                data: raw_bytes(&data),
+                sender,
             })
         }
+        "send_ok" => ServerFrame::SendOk {
+            seq,
+            cid: need(raw.cid, "cid")?,
+            id: MsgId(need(raw.id, "id")?),
+        },
+        "pub_ok" => ServerFrame::PubOk {
+            seq,
+            cid: need(raw.cid, "cid")?,
+            id: MsgId(need(raw.id, "id")?),
+        },
         "error" => ServerFrame::Error {
             seq,
             code: ErrorCode::parse(&need(raw.code, "code")?)
@@ -274,6 +346,11 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
         },
         _ => return Err(DecodeError::BadOp(op)),
     })
+}
+
+/// The JSON text of a raw value.
+fn raw_bytes(v: &RawValue) -> Bytes {
+    Bytes::copy_from_slice(v.get().as_bytes())
 }
 
 /// Parses a non-empty string of ASCII digits (no sign, no spaces).
@@ -456,6 +533,7 @@ mod tests {
                     ts: 1_700_000_000_000,
                     channel: None,
                     data: Bytes::from_static(br#"{"text":"hi"}"#),
+                    sender: None,
                 }),
                 r#"{"op":"msg","id":42,"data":{"text":"hi"},"ts":1700000000000}"#,
             ),
@@ -465,6 +543,7 @@ mod tests {
                     ts: 1,
                     channel: Some("news".into()),
                     data: Bytes::from_static(b"null"),
+                    sender: None,
                 }),
                 r#"{"op":"msg","id":43,"channel":"news","data":null,"ts":1}"#,
             ),

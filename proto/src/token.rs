@@ -33,6 +33,13 @@ pub struct Claims {
     /// Absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// Whether this connection may `send` 1:1 messages; absent means yes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<bool>,
+    /// Channels this connection may `pub` to: names, or prefixes ending in
+    /// `*` (as `channels`). Absent means none. The claim is named `pub`.
+    #[serde(default, rename = "pub", skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
 }
 
 impl Claims {
@@ -46,14 +53,29 @@ impl Claims {
         if !valid_channel(channel) {
             return false;
         }
-        let Some(entries) = &self.channels else {
-            return false;
-        };
+        grants(self.channels.as_deref(), channel)
+    }
+
+    /// Whether the token allows `pub` to `channel` (the `pub` claim, read
+    /// as [`Claims::allows_channel`] reads `channels`).
+    pub fn allows_pub(&self, channel: &str) -> bool {
+        valid_channel(channel) && grants(self.publish.as_deref(), channel)
+    }
+
+    /// Whether the token allows `send` (unless it says `"send": false`).
+    pub fn allows_send(&self) -> bool {
+        self.send != Some(false)
+    }
+}
+
+/// Whether `entries` (names, or prefixes ending in `*`) grant `channel`.
+fn grants(entries: Option<&[String]>, channel: &str) -> bool {
+    entries.is_some_and(|entries| {
         entries.iter().any(|e| match e.strip_suffix('*') {
             Some(prefix) => channel.starts_with(prefix),
             None => e == channel,
         })
-    }
+    })
 }
 
 /// Whether `name` is a valid channel name: 1 to 128 bytes of ASCII letters,
@@ -294,6 +316,8 @@ mod tests {
             exp: NOW + 60,
             dev: Some("phone".into()),
             channels: Some(vec!["news".into(), "chat:*".into()]),
+            send: None,
+            publish: None,
         }
     }
 

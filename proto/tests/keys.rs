@@ -19,6 +19,8 @@ fn claims(user: &str) -> Claims {
         exp: NOW + 60,
         dev: None,
         channels: Some(vec!["news".into()]),
+        send: None,
+        publish: None,
     }
 }
 

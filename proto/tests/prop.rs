@@ -7,8 +7,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proto::{binary, json};
 use proto::{
-    ClientFrame, CloseCode, ConnId, DecodeError, ErrorCode, MsgFrame, MsgId, RoomId, ServerFrame,
-    UserId,
+    ClientFrame, CloseCode, ConnId, DecodeError, ErrorCode, MsgFrame, MsgId, RoomId, Sender,
+    ServerFrame, UserId,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -66,7 +66,24 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             }
         ),
         (seq.clone(), text()).prop_map(|(seq, channel)| ClientFrame::Unsub { seq, channel }),
-        (seq, msg_id()).prop_map(|(seq, id)| ClientFrame::Ack { seq, id }),
+        (seq.clone(), msg_id()).prop_map(|(seq, id)| ClientFrame::Ack { seq, id }),
+        (seq.clone(), text()).prop_map(|(seq, token)| ClientFrame::Refresh { seq, token }),
+        (seq.clone(), text(), json_value(), text()).prop_map(|(seq, to, data, cid)| {
+            ClientFrame::Send {
+                seq,
+                to: UserId::from(to),
+                data: Bytes::from(serde_json::to_vec(&data).unwrap()),
+                cid,
+            }
+        }),
+        (seq, text(), json_value(), text()).prop_map(|(seq, channel, data, cid)| {
+            ClientFrame::Pub {
+                seq,
+                channel,
+                data: Bytes::from(serde_json::to_vec(&data).unwrap()),
+                cid,
+            }
+        }),
     ]
 }
 
@@ -100,14 +117,31 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             msg_id(),
             any::<i64>(),
             proptest::option::of(text()),
-            json_value()
+            json_value(),
+            proptest::option::of((text(), text()))
         )
-            .prop_map(|(id, ts, channel, data)| ServerFrame::Msg(MsgFrame {
-                id,
-                ts,
-                channel,
-                data: Bytes::from(serde_json::to_vec(&data).unwrap()),
-            })),
+            .prop_map(
+                |(id, ts, channel, data, sender)| ServerFrame::Msg(MsgFrame {
+                    id,
+                    ts,
+                    channel,
+                    data: Bytes::from(serde_json::to_vec(&data).unwrap()),
+                    sender: sender.map(|(user, cid)| Sender {
+                        user: UserId::from(user),
+                        cid
+                    }),
+                })
+            ),
+        (seq.clone(), text(), msg_id()).prop_map(|(seq, cid, id)| ServerFrame::SendOk {
+            seq,
+            cid,
+            id
+        }),
+        (seq.clone(), text(), msg_id()).prop_map(|(seq, cid, id)| ServerFrame::PubOk {
+            seq,
+            cid,
+            id
+        }),
         (seq, code, text(), close).prop_map(|(seq, code, message, close)| ServerFrame::Error {
             seq,
             code,

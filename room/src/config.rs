@@ -8,6 +8,12 @@ use proto::RoomId;
 /// Default bound of one connection's outbound queue in bytes (1 MiB).
 pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
 
+/// Default `send`/`pub` frames per second per connection.
+pub const DEFAULT_SEND_RATE: u32 = 20;
+
+/// Default largest `data` of a `send` or `pub` (16 KiB).
+pub const DEFAULT_MAX_SEND_BYTES: usize = 16 << 10;
+
 /// Room settings.
 #[derive(Clone, Debug)]
 pub struct RoomConfig {
@@ -41,6 +47,12 @@ pub struct RoomConfig {
     pub max_connections: usize,
     /// Inbound frames per second allowed per connection (burst = 2×); 0 = unlimited.
     pub rate_limit: u32,
+    /// `send` and `pub` frames per second allowed per connection (burst =
+    /// 2×; more get the non-fatal `rate_limited`); 0 = unlimited.
+    pub send_rate: u32,
+    /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger
+    /// gets the non-fatal `too_large`.
+    pub max_send_bytes: usize,
     /// Upper bound of the reconnect delay suggested with 4007 when draining; each
     /// connection gets its own value, uniformly spread over `[0, this]`.
     pub drain_reconnect_delay: Duration,
@@ -84,6 +96,8 @@ impl RoomConfig {
             max_user_connections: 0,
             max_connections: 100_000,
             rate_limit: 50,
+            send_rate: DEFAULT_SEND_RATE,
+            max_send_bytes: DEFAULT_MAX_SEND_BYTES,
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,
             quic_retry_above: None,

@@ -47,6 +47,8 @@ use crate::metrics::{self, Drop as DropWhy, Metrics};
 pub(crate) struct Push {
     /// Message id.
     pub(crate) id: MsgId,
+    /// The connection that sent it, which does not get it.
+    pub(crate) except: Option<ConnId>,
     /// Whether a session's replay may already have sent this message (a stored
     /// user message); only such pushes are de-duplicated against the replay.
     pub(crate) replayable: bool,
@@ -71,6 +73,7 @@ impl Push {
         let weight = text.len().max(msg.bin.len() + prefix.len());
         Some(Arc::new(Push {
             id: msg.id,
+            except: msg.except,
             replayable: msg.stored && !msg.channel,
             text,
             bin: msg.bin.clone(),
@@ -444,6 +447,9 @@ impl Hub {
     }
 
     fn push_to(&self, c: &Conn, msg: &Arc<Push>, m: &Metrics) -> u64 {
+        if msg.except == Some(c.id) {
+            return 0;
+        }
         match c.try_push(msg, self.queue_limit) {
             Queued::Yes => 1,
             Queued::Full => {
@@ -838,6 +844,7 @@ mod tests {
     fn push(id: i64) -> Arc<Push> {
         Arc::new(Push {
             id: MsgId(id),
+            except: None,
             replayable: true,
             text: Utf8Bytes::from("{}"),
             bin: Bytes::new(),
@@ -909,6 +916,7 @@ mod tests {
     fn sized(id: i64, len: usize) -> Arc<Push> {
         Arc::new(Push {
             id: MsgId(id),
+            except: None,
             replayable: true,
             text: Utf8Bytes::from("x".repeat(len)),
             bin: Bytes::new(),

@@ -95,6 +95,77 @@ pub trait Backend: Send + Sync + 'static {
         after: MsgId,
         limit: u32,
     ) -> Result<Vec<MsgFrame>, BackendError>;
+    /// A message sent by the client of `from` (`send` or `pub`), already
+    /// checked against its token and the room's limits: asks the hook (if
+    /// any), stores and delivers it to everyone but `from`'s connection;
+    /// returns its id. The same cid from the same user within the queue's
+    /// time to live returns the first id and delivers nothing again.
+    ///
+    /// # Errors
+    /// [`MessageError`]: nothing was stored or delivered. The default
+    /// refuses every message (a backend that cannot deliver).
+    async fn message(&self, from: &SessionInfo, msg: ClientMessage) -> Result<MsgId, MessageError> {
+        let _ = (from, msg);
+        Err(MessageError::Unavailable(
+            "this server does not take messages from clients".into(),
+        ))
+    }
+}
+
+/// A message a client sent: to a user (`send`) or a channel (`pub`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientMessage {
+    /// Where it goes.
+    pub to: Target,
+    /// The payload: one JSON value, as UTF-8 JSON text.
+    pub data: bytes::Bytes,
+    /// The client's id for it.
+    pub cid: String,
+}
+
+/// Where a client's message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One user (all their connections; `send`).
+    User(UserId),
+    /// A channel's subscribers (`pub`).
+    Channel(String),
+}
+
+/// Why a client's message was not accepted (nothing was stored or
+/// delivered). Each is a non-fatal error to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The hook refused it; `message` is the hook's.
+    #[error("{message}")]
+    Denied {
+        /// The hook's code (snake_case), or `hook_denied`.
+        code: String,
+        /// The hook's message.
+        message: String,
+    },
+    /// The hook did not answer in time, answered a non-2xx or garbage.
+    #[error("hook unavailable: {0}")]
+    HookUnavailable(String),
+    /// Not allowed here (e.g. an unknown recipient with
+    /// `--send-known-users-only`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The store, ids or dispatcher cannot take it now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl MessageError {
+    /// The error code the client gets.
+    pub fn code(&self) -> proto::ErrorCode {
+        match self {
+            MessageError::Denied { .. } => proto::ErrorCode::HookDenied,
+            MessageError::HookUnavailable(_) => proto::ErrorCode::HookUnavailable,
+            MessageError::Forbidden(_) => proto::ErrorCode::Forbidden,
+            MessageError::Unavailable(_) => proto::ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// Backend failure (reported to the client as `internal`).

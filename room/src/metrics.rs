@@ -27,6 +27,8 @@ const CLOSE_LABELS: [&str; 10] = [
 
 /// Token refresh outcomes.
 const REFRESH_LABELS: [&str; 2] = ["ok", "refused"];
+/// Outcomes of client `send` and `pub` frames.
+const MESSAGE_LABELS: [&str; 2] = ["accepted", "refused"];
 
 /// Auth failure reasons.
 const AUTH_LABELS: [&str; 4] = ["token", "not_authenticated", "timeout", "device"];
@@ -85,6 +87,7 @@ pub(crate) struct Metrics {
     drops: [AtomicU64; 3],
     closes: [AtomicU64; 10],
     refreshes: [AtomicU64; 2],
+    messages: [AtomicU64; 2],
     auth_failures: [AtomicU64; 4],
 }
 
@@ -119,6 +122,11 @@ impl Metrics {
     /// Counts a `refresh` frame: accepted or refused.
     pub(crate) fn refreshed(&self, ok: bool) {
         inc(&self.refreshes[usize::from(!ok)]);
+    }
+
+    /// Counts a `send` or `pub` frame: accepted or refused (any error).
+    pub(crate) fn message(&self, ok: bool) {
+        inc(&self.messages[usize::from(!ok)]);
     }
 
     /// Counts an auth failure.
@@ -241,6 +249,14 @@ impl Metrics {
             "outcome",
             &REFRESH_LABELS,
             &self.refreshes,
+        );
+        labelled(
+            out,
+            "pushgate_room_client_messages_total",
+            "send and pub frames from clients, by outcome (refused: any error answer).",
+            "outcome",
+            &MESSAGE_LABELS,
+            &self.messages,
         );
         counter(
             out,

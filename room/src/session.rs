@@ -45,7 +45,7 @@ use crate::hub::{Conn, Popped, Registration, Signal, Subscribed};
 use crate::io::{FrameIo, Inbound, OutFrame};
 use crate::metrics::{self, AuthFailure, Drop as DropWhy, Transport};
 use crate::shared::Shared;
-use crate::{BackendError, EventKind, SessionInfo};
+use crate::{BackendError, ClientMessage, EventKind, MessageError, SessionInfo, Target};
 
 /// Messages per backend replay or history page.
 const PAGE: u32 = 500;
@@ -55,6 +55,8 @@ const MAX_REPLAY_PAGES: usize = 200;
 const MAX_BATCH: usize = 32;
 /// Longest a backend call may take before it counts as failed.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a `send` or `pub` waits for the backend (hook, store, delivery).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the final error and close frames may take to write.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Longest accepted device id, in bytes.
@@ -265,7 +267,7 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
         };
         let user = UserId::from(std::mem::take(&mut claims.sub));
         let expires = shared.cfg.token_deadline(claims.exp);
-        let claims = claims.channels.is_some().then(|| Box::new(claims));
+        let claims = keeps_claims(&claims).then(|| Box::new(claims));
         return Ok(Authed {
             user,
             claims,
@@ -277,6 +279,17 @@ async fn authenticate<T: FrameIo>(shared: &Shared, io: &mut T) -> Result<Authed,
     }
     m.auth_failed(AuthFailure::NotAuthenticated);
     Err(CloseReason::NotAuthenticated)
+}
+
+/// Whether `u` is a user id a token could carry (1 to [`token::MAX_SUB_LEN`] bytes).
+fn valid_user(u: &UserId) -> bool {
+    (1..=token::MAX_SUB_LEN).contains(&u.as_str().len())
+}
+
+/// Whether a session must keep its token's claims: they grant channels or
+/// `pub`, or refuse `send` (a token with none of these keeps nothing).
+fn keeps_claims(c: &Claims) -> bool {
+    c.channels.is_some() || c.publish.is_some() || !c.allows_send()
 }
 
 /// Inbound token bucket: `rate` frames per second, burst `2 × rate`.
@@ -332,6 +345,8 @@ struct Live<'s> {
     /// point its first replay started from): where a resync replays from.
     high: MsgId,
     bucket: Bucket,
+    /// `send` and `pub` frames ([`crate::RoomConfig::send_rate`]).
+    send_bucket: Bucket,
     /// Unix second from which the connection is closed with 4008: the
     /// token's `exp` plus the grace period, moved by each `refresh`.
     /// Checked on every inbound item (O(1), no timer): a live client sends
@@ -406,6 +421,7 @@ fn live<'a, T: FrameIo>(
             replayed: MsgId(0),
             high: MsgId(0),
             bucket: Bucket::new(shared.cfg.rate_limit, shared.clock_ms()),
+            send_bucket: Bucket::new(shared.cfg.send_rate, shared.clock_ms()),
             expires,
             acks: SyncWrapper::new(None),
         };
@@ -770,6 +786,89 @@ impl<'s> Live<'s> {
             // stays exhaustive.
             ClientFrame::Ack { .. } => Ok(()),
             ClientFrame::Refresh { seq, token } => self.refresh(io, seq, &token).await,
+            ClientFrame::Send { seq, to, data, cid } => {
+                let msg = ClientMessage {
+                    to: Target::User(to),
+                    data,
+                    cid,
+                };
+                self.message(io, seq, msg).await
+            }
+            ClientFrame::Pub {
+                seq,
+                channel,
+                data,
+                cid,
+            } => {
+                let msg = ClientMessage {
+                    to: Target::Channel(channel),
+                    data,
+                    cid,
+                };
+                self.message(io, seq, msg).await
+            }
+        }
+    }
+
+    /// A `send` or `pub`: checked here (grants, cid, size, rate), then
+    /// handed to the backend, which stores and delivers it; answered with
+    /// `send_ok`/`pub_ok` or a non-fatal error. One at a time per
+    /// connection: the session waits for the backend's answer.
+    async fn message<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        seq: Option<u32>,
+        msg: ClientMessage,
+    ) -> Result<(), CloseReason> {
+        let shared = self.shared;
+        let claims = self.claims.as_deref();
+        let refused = match &msg.to {
+            Target::User(to) if !valid_user(to) => {
+                Some((ErrorCode::BadFrame, "to: a user id of 1 to 256 bytes"))
+            }
+            Target::User(_) if claims.is_some_and(|c| !c.allows_send()) => {
+                Some((ErrorCode::Forbidden, "the token does not allow send"))
+            }
+            Target::Channel(ch) if !token::valid_channel(ch) => {
+                Some((ErrorCode::BadChannel, "invalid channel name"))
+            }
+            Target::Channel(ch) if !claims.is_some_and(|c| c.allows_pub(ch)) => Some((
+                ErrorCode::Forbidden,
+                "the token does not allow pub to this channel",
+            )),
+            _ if !proto::valid_cid(&msg.cid) => Some((ErrorCode::BadFrame, "cid: 1 to 64 bytes")),
+            _ if msg.data.len() > shared.cfg.max_send_bytes => {
+                Some((ErrorCode::TooLarge, "data is larger than the server allows"))
+            }
+            _ if !self
+                .send_bucket
+                .allow(shared.cfg.send_rate, shared.clock_ms()) =>
+            {
+                Some((ErrorCode::RateLimited, "too many messages: slow down"))
+            }
+            _ => None,
+        };
+        if let Some((code, text)) = refused {
+            shared.metrics.message(false);
+            return self.error(io, seq, code, text).await;
+        }
+        let channel = matches!(msg.to, Target::Channel(_));
+        let cid = msg.cid.clone();
+        let answer = timeout(MESSAGE_TIMEOUT, shared.backend.message(self.info, msg)).await;
+        let answer = answer.unwrap_or_else(|_| {
+            Err(MessageError::Unavailable(
+                "timed out: the message may or may not have been accepted; retry with the same cid"
+                    .into(),
+            ))
+        });
+        shared.metrics.message(answer.is_ok());
+        match answer {
+            Ok(id) if channel => self.reply(io, ServerFrame::PubOk { seq, cid, id }).await,
+            Ok(id) => self.reply(io, ServerFrame::SendOk { seq, cid, id }).await,
+            Err(e) => {
+                let text = e.to_string();
+                self.error(io, seq, e.code(), &text).await
+            }
         }
     }
 
@@ -802,7 +901,7 @@ impl<'s> Live<'s> {
         self.expires = shared.cfg.token_deadline(exp);
         claims.sub = String::new();
         claims.dev = None;
-        self.claims = claims.channels.is_some().then(|| Box::new(claims));
+        self.claims = keeps_claims(&claims).then(|| Box::new(claims));
         self.reply(io, ServerFrame::RefreshOk { seq, exp }).await
     }
 

@@ -52,6 +52,7 @@ fn append(c: &mut Criterion) {
                                     ts: 0,
                                     expires_at: i64::MAX,
                                     data: data.clone(),
+                                    sender: None,
                                 };
                                 store
                                     .append_users(

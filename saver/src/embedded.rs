@@ -6,6 +6,8 @@
 //!   [`Bounds::max`] pops the oldest entries instead of counting a range
 //! - `acks`: `(user, device) -> id`, never moves back
 //! - `channel_history` and `channel_history_meta`: the same shape per channel
+//! - `cids`: `(user, cid) -> (id, expires_at)`: the id a client's `send` or
+//!   `pub` got, so that a retry with the same cid is answered with it
 //!
 //! Writes go through one writer thread (redb has one writer at a time and is
 //! synchronous) fed by a bounded queue. The thread takes everything pending,
@@ -47,6 +49,7 @@ use crate::{Bounds, Store, StoreError, StoredMsg};
 const QUEUE: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("user_queue");
 const QUEUE_META: TableDefinition<&str, (u64, i64)> = TableDefinition::new("user_queue_meta");
 const ACKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("acks");
+const CIDS: TableDefinition<(&str, &str), (i64, i64)> = TableDefinition::new("cids");
 const HISTORY: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("channel_history");
 const HISTORY_META: TableDefinition<&str, (u64, i64)> =
     TableDefinition::new("channel_history_meta");
@@ -88,6 +91,13 @@ enum WriteOp {
         user: UserId,
         device: String,
         id: i64,
+    },
+    // New variants go last: the log holds them by index.
+    Cid {
+        user: UserId,
+        cid: String,
+        id: i64,
+        expires_at: i64,
     },
 }
 
@@ -267,7 +277,7 @@ impl Store for EmbeddedStore {
         if users.is_empty() {
             return Ok(());
         }
-        let bytes = postcard::to_stdvec(msg).map_err(|source| StoreError::Encode { source })?;
+        let bytes = msg.encode_into(Vec::with_capacity(32 + msg.data.len()))?;
         // Raised before the write: an acknowledged append is never hidden.
         for user in users {
             self.newest.raise(user.as_str(), msg.id.0);
@@ -317,13 +327,49 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn cid_get(
+        &self,
+        user: &UserId,
+        cid: &str,
+        now_ms: i64,
+    ) -> Result<Option<MsgId>, StoreError> {
+        let user = user.clone();
+        let cid = cid.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(CIDS)?;
+            let got = table.get((user.as_str(), cid.as_str()))?;
+            Ok(got
+                .map(|g| g.value())
+                .filter(|(_, expires_at)| *expires_at > now_ms)
+                .map(|(id, _)| MsgId(id)))
+        })
+        .await
+    }
+
+    async fn cid_put(
+        &self,
+        user: &UserId,
+        cid: &str,
+        id: MsgId,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::Cid {
+            user: user.clone(),
+            cid: cid.to_owned(),
+            id: id.0,
+            expires_at,
+        })
+        .await
+    }
+
     async fn append_channel(
         &self,
         channel: &str,
         msg: &StoredMsg,
         bounds: Bounds,
     ) -> Result<(), StoreError> {
-        let bytes = postcard::to_stdvec(msg).map_err(|source| StoreError::Encode { source })?;
+        let bytes = msg.encode_into(Vec::with_capacity(32 + msg.data.len()))?;
         self.write(WriteOp::Channel {
             channel: channel.to_owned(),
             id: msg.id.0,
@@ -377,6 +423,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(ACKS)?;
         txn.open_table(HISTORY)?;
         txn.open_table(HISTORY_META)?;
+        txn.open_table(CIDS)?;
     }
     txn.commit()?;
     Ok(())
@@ -451,7 +498,7 @@ where
     ))?;
     for entry in range {
         let (_, value) = entry?;
-        let msg: StoredMsg = postcard::from_bytes(value.value())
+        let msg = StoredMsg::decode(value.value())
             .map_err(|e| redb::Error::Corrupted(format!("stored message: {e}")))?;
         if !live.offer(msg) {
             break;
@@ -512,6 +559,7 @@ struct Tables<'t> {
     history: DataTable<'t>,
     history_meta: MetaTable<'t>,
     acks: Table<'t, (&'static str, &'static str), i64>,
+    cids: Table<'t, (&'static str, &'static str), (i64, i64)>,
 }
 
 fn apply(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), redb::Error> {
@@ -555,6 +603,15 @@ fn apply(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), redb::Error> {
                 t.acks.insert(key, *id)?;
             }
         }
+        WriteOp::Cid {
+            user,
+            cid,
+            id,
+            expires_at,
+        } => {
+            t.cids
+                .insert((user.as_str(), cid.as_str()), (*id, *expires_at))?;
+        }
     }
     Ok(())
 }
@@ -575,6 +632,7 @@ fn commit_batch(
             history: txn.open_table(HISTORY)?,
             history_meta: txn.open_table(HISTORY_META)?,
             acks: txn.open_table(ACKS)?,
+            cids: txn.open_table(CIDS)?,
         };
         for op in ops {
             apply(&mut tables, op)?;
@@ -610,6 +668,44 @@ fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), redb::Error> {
 #[derive(Default)]
 struct SweepCursor(Option<(String, i64)>);
 
+/// Where the sweep of the `cids` table continues.
+#[derive(Default)]
+struct CidCursor(Option<(String, String)>);
+
+/// Removes expired cids, at most [`SWEEP_LIMIT`] looked at.
+fn sweep_cids(
+    cids: &mut Table<'_, (&'static str, &'static str), (i64, i64)>,
+    cursor: &mut CidCursor,
+    now_ms: i64,
+) -> Result<u64, redb::Error> {
+    let mut expired = Vec::new();
+    let mut seen = 0;
+    let mut last = None;
+    {
+        let range = match &cursor.0 {
+            Some((u, c)) => cids.range::<(&str, &str)>((
+                Bound::Excluded((u.as_str(), c.as_str())),
+                Bound::Unbounded,
+            ))?,
+            None => cids.range::<(&str, &str)>(..)?,
+        };
+        for entry in range.take(SWEEP_LIMIT) {
+            let (k, v) = entry?;
+            let (user, cid) = k.value();
+            seen += 1;
+            if v.value().1 <= now_ms {
+                expired.push((user.to_owned(), cid.to_owned()));
+            }
+            last = Some((user.to_owned(), cid.to_owned()));
+        }
+    }
+    cursor.0 = if seen < SWEEP_LIMIT { None } else { last };
+    for (user, cid) in &expired {
+        cids.remove((user.as_str(), cid.as_str()))?;
+    }
+    Ok(expired.len() as u64)
+}
+
 /// Removes expired entries of one table, at most [`SWEEP_LIMIT`] looked at.
 fn sweep_table(
     data: &mut DataTable<'_>,
@@ -632,7 +728,7 @@ fn sweep_table(
             let (key, id) = k.value();
             seen += 1;
             // An undecodable entry is left alone here; reads report it.
-            if let Ok(msg) = postcard::from_bytes::<StoredMsg>(v.value()) {
+            if let Ok(msg) = StoredMsg::decode(v.value()) {
                 if !is_live(&msg, now_ms) {
                     expired.push((key.to_owned(), id));
                 }
@@ -658,7 +754,7 @@ fn sweep_table(
 
 fn sweep(
     db: &Database,
-    cursors: &mut (SweepCursor, SweepCursor),
+    cursors: &mut (SweepCursor, SweepCursor, CidCursor),
     now_ms: i64,
 ) -> Result<u64, redb::Error> {
     let mut txn = db.begin_write()?;
@@ -670,6 +766,7 @@ fn sweep(
         let mut data = txn.open_table(HISTORY)?;
         let mut meta = txn.open_table(HISTORY_META)?;
         removed += sweep_table(&mut data, &mut meta, &mut cursors.1, now_ms)?;
+        removed += sweep_cids(&mut txn.open_table(CIDS)?, &mut cursors.2, now_ms)?;
     }
     if removed == 0 {
         txn.abort()?;
@@ -686,7 +783,11 @@ fn sweep(
 /// The writer thread: group commit until Close or until every sender is
 /// gone, then a last checkpoint.
 fn run_writer(db: &Database, mut wal: Wal, mut rx: mpsc::Receiver<Job>) {
-    let mut cursors = (SweepCursor::default(), SweepCursor::default());
+    let mut cursors = (
+        SweepCursor::default(),
+        SweepCursor::default(),
+        CidCursor::default(),
+    );
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let ops: Vec<&WriteOp> = batch
@@ -782,6 +883,7 @@ mod tests {
             ts: 1,
             expires_at: i64::MAX,
             data: bytes::Bytes::from(format!("{{\"n\":{id}}}")),
+            sender: None,
         }
     }
 

@@ -13,7 +13,7 @@ pub mod remote;
 mod wal;
 
 pub use embedded::{EmbeddedStore, CHECKPOINT_BYTES, MAX_BATCH, SWEEP_LIMIT};
-pub use redis_backend::{acks_key, history_key, queue_key, RedisStore};
+pub use redis_backend::{acks_key, cid_key, history_key, queue_key, RedisStore};
 pub use remote::{RemoteStore, SaverService};
 
 use std::sync::Arc;
@@ -34,6 +34,51 @@ pub struct StoredMsg {
     pub expires_at: i64,
     /// The JSON payload, as text.
     pub data: Bytes,
+    /// The client that sent it (`send`, `pub`); `None` for REST pushes.
+    /// Last, so that records written before it existed still decode
+    /// (see [`StoredMsg::decode`]).
+    pub sender: Option<proto::Sender>,
+}
+
+/// [`StoredMsg`] as it was stored before messages had a sender.
+#[derive(Deserialize)]
+struct StoredMsgV1 {
+    id: MsgId,
+    ts: i64,
+    expires_at: i64,
+    data: Bytes,
+}
+
+impl StoredMsg {
+    /// The stored form (postcard), appended to `out`.
+    ///
+    /// # Errors
+    /// [`StoreError::Encode`] (not expected for this type).
+    pub fn encode_into(&self, out: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        postcard::to_io(self, out).map_err(|source| StoreError::Encode { source })
+    }
+
+    /// Reads the stored form, written by this version or by one from before
+    /// the `sender` field (such a record ends where `sender` would start).
+    ///
+    /// # Errors
+    /// When `bytes` is neither form.
+    pub fn decode(bytes: &[u8]) -> Result<StoredMsg, postcard::Error> {
+        match postcard::from_bytes::<StoredMsg>(bytes) {
+            Ok(m) => Ok(m),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                let v1: StoredMsgV1 = postcard::from_bytes(bytes)?;
+                Ok(StoredMsg {
+                    id: v1.id,
+                    ts: v1.ts,
+                    expires_at: v1.expires_at,
+                    data: v1.data,
+                    sender: None,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Bounds of one queue or history.
@@ -238,6 +283,32 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError`] when the backend fails.
     async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, StoreError>;
 
+    /// The id that the `send` or `pub` with `cid` from `user` was given, if
+    /// [`Store::cid_put`] recorded one that has not expired at `now_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend fails.
+    async fn cid_get(
+        &self,
+        user: &UserId,
+        cid: &str,
+        now_ms: i64,
+    ) -> Result<Option<MsgId>, StoreError>;
+
+    /// Records that the `send` or `pub` with `cid` from `user` was given
+    /// `id`, until `expires_at` (ms since the epoch). Durable when it
+    /// returns; a later call for the same cid replaces it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write did not happen.
+    async fn cid_put(
+        &self,
+        user: &UserId,
+        cid: &str,
+        id: MsgId,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
     /// Appends `msg` to the history of `channel`, trimmed to `bounds`.
     ///
     /// # Errors
@@ -266,6 +337,43 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the final flush fails.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod stored_msg_tests {
+    use super::*;
+
+    /// Records written before `sender` existed still decode, and records
+    /// with a sender decode with it.
+    #[test]
+    fn both_record_forms_decode() {
+        #[derive(Serialize)]
+        struct V1 {
+            id: MsgId,
+            ts: i64,
+            expires_at: i64,
+            data: Bytes,
+        }
+        let old = postcard::to_stdvec(&V1 {
+            id: MsgId(7),
+            ts: 1,
+            expires_at: 2,
+            data: Bytes::from_static(b"{}"),
+        })
+        .unwrap_or_default();
+        let m = StoredMsg::decode(&old).expect("v1 record");
+        assert_eq!((m.id, m.ts, m.expires_at, m.sender), (MsgId(7), 1, 2, None));
+        let new = StoredMsg {
+            sender: Some(proto::Sender {
+                user: UserId::new("alice"),
+                cid: "c1".into(),
+            }),
+            ..m
+        };
+        let bytes = new.encode_into(Vec::new()).expect("encode");
+        assert_eq!(StoredMsg::decode(&bytes).ok(), Some(new));
+        assert!(StoredMsg::decode(&old[..old.len() - 1]).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ mod tests {
             ts: 0,
             expires_at,
             data: bytes::Bytes::from_static(b"1"),
+            sender: None,
         }
     }
 

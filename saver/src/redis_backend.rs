@@ -332,16 +332,15 @@ fn id_prefix(id: i64) -> [u8; 8] {
 }
 
 fn encode_member(msg: &StoredMsg) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(16 + msg.data.len());
+    let mut out = Vec::with_capacity(40 + msg.data.len());
     out.extend_from_slice(&id_prefix(msg.id.0));
-    postcard::to_io(msg, &mut out).map_err(|source| StoreError::Encode { source })?;
-    Ok(out)
+    msg.encode_into(out)
 }
 
 fn decode_member(member: &[u8]) -> Result<StoredMsg, StoreError> {
     member
         .get(8..)
-        .and_then(|body| postcard::from_bytes(body).ok())
+        .and_then(|body| StoredMsg::decode(body).ok())
         .ok_or_else(|| StoreError::Corrupt {
             what: "undecodable stored message in redis".into(),
         })
@@ -365,6 +364,13 @@ fn escape(s: &str) -> String {
 #[must_use]
 pub fn queue_key(user: &str) -> String {
     format!("pg:{{u:{}}}:q", escape(user))
+}
+
+/// The key of client message id `cid` of `user` (its value: the id the
+/// message got; it expires with the message).
+#[must_use]
+pub fn cid_key(user: &str, cid: &str) -> String {
+    format!("pg:{{u:{}}}:cid:{}", escape(user), escape(cid))
 }
 
 /// The acks key of `user`.
@@ -438,6 +444,49 @@ impl Store for RedisStore {
         .transpose()
     }
 
+    async fn cid_get(
+        &self,
+        user: &UserId,
+        cid: &str,
+        _now_ms: i64,
+    ) -> Result<Option<MsgId>, StoreError> {
+        self.check_open()?;
+        // Redis expires the key itself (PXAT at `cid_put`).
+        let got: Option<String> = self
+            .run_cmd(redis::cmd("GET").arg(cid_key(user.as_str(), cid)))
+            .await
+            .map_err(backend)?;
+        got.map(|s| {
+            s.parse::<i64>()
+                .map(MsgId)
+                .map_err(|_| StoreError::Corrupt {
+                    what: format!("bad cid value {s:?} in redis"),
+                })
+        })
+        .transpose()
+    }
+
+    async fn cid_put(
+        &self,
+        user: &UserId,
+        cid: &str,
+        id: MsgId,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        let () = self
+            .run_cmd(
+                redis::cmd("SET")
+                    .arg(cid_key(user.as_str(), cid))
+                    .arg(id.0.to_string())
+                    .arg("PXAT")
+                    .arg(expires_at.max(1)),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn append_channel(
         &self,
         channel: &str,
@@ -500,6 +549,7 @@ mod tests {
             ts: 1,
             expires_at: 2,
             data: bytes::Bytes::from_static(b"{\"a\":1}"),
+            sender: None,
         };
         let m = encode_member(&msg).unwrap();
         assert_eq!(decode_member(&m).unwrap(), msg);

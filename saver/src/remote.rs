@@ -66,6 +66,26 @@ pub enum SaverReq {
         /// The user's device.
         device: String,
     },
+    /// [`Store::cid_get`].
+    CidGet {
+        /// The user.
+        user: UserId,
+        /// The client message id.
+        cid: String,
+        /// Expired entries count as absent.
+        now_ms: i64,
+    },
+    /// [`Store::cid_put`].
+    CidPut {
+        /// The user.
+        user: UserId,
+        /// The client message id.
+        cid: String,
+        /// The id it got.
+        id: MsgId,
+        /// Until when it is kept (ms since the epoch).
+        expires_at: i64,
+    },
     /// [`Store::append_channel`].
     AppendChannel {
         /// The channel.
@@ -97,6 +117,8 @@ pub enum SaverResp {
     Msgs(Vec<StoredMsg>),
     /// The answer to [`SaverReq::Acked`].
     Acked(Option<MsgId>),
+    /// The answer to [`SaverReq::CidGet`].
+    Cid(Option<MsgId>),
     /// The store failed (any [`StoreError`] but [`StoreError::Closed`], as text).
     Backend(String),
     /// The saver's store is closed (the saver is shutting down).
@@ -159,6 +181,18 @@ impl SaverService {
                 s.ack(&user, &device, id).await.map(|()| SaverResp::Done)
             }
             SaverReq::Acked { user, device } => s.acked(&user, &device).await.map(SaverResp::Acked),
+            SaverReq::CidGet { user, cid, now_ms } => {
+                s.cid_get(&user, &cid, now_ms).await.map(SaverResp::Cid)
+            }
+            SaverReq::CidPut {
+                user,
+                cid,
+                id,
+                expires_at,
+            } => s
+                .cid_put(&user, &cid, id, expires_at)
+                .await
+                .map(|()| SaverResp::Done),
             SaverReq::AppendChannel {
                 channel,
                 msg,
@@ -363,6 +397,42 @@ impl Store for RemoteStore {
         match self.call(req).await? {
             SaverResp::Acked(id) => Ok(id),
             other => Err(unexpected(&other, "acked")),
+        }
+    }
+
+    async fn cid_get(
+        &self,
+        user: &UserId,
+        cid: &str,
+        now_ms: i64,
+    ) -> Result<Option<MsgId>, StoreError> {
+        let req = SaverReq::CidGet {
+            user: user.clone(),
+            cid: cid.to_owned(),
+            now_ms,
+        };
+        match self.call(req).await? {
+            SaverResp::Cid(id) => Ok(id),
+            other => Err(unexpected(&other, "cid_get")),
+        }
+    }
+
+    async fn cid_put(
+        &self,
+        user: &UserId,
+        cid: &str,
+        id: MsgId,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let req = SaverReq::CidPut {
+            user: user.clone(),
+            cid: cid.to_owned(),
+            id,
+            expires_at,
+        };
+        match self.call(req).await? {
+            SaverResp::Done => Ok(()),
+            other => Err(unexpected(&other, "cid_put")),
         }
     }
 

@@ -281,6 +281,8 @@ impl Cluster {
             &self.reg_list,
             "--saver",
             &self.saver_list,
+            "--idgens",
+            &self.idgen_list,
             "--token-secret",
             &self.secret,
             "--cluster-key",

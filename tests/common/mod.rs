@@ -737,6 +737,16 @@ pub fn client_json(f: &ClientFrame) -> Value {
         ClientFrame::Unsub { channel, .. } => json!({ "op": "unsub", "channel": channel }),
         ClientFrame::Ack { id, .. } => json!({ "op": "ack", "id": id.0 }),
         ClientFrame::Refresh { token, .. } => json!({ "op": "refresh", "token": token }),
+        ClientFrame::Send { to, data, cid, .. } => json!({
+            "op": "send", "to": to.as_str(), "cid": cid,
+            "data": serde_json::from_slice::<Value>(data).unwrap_or(Value::Null),
+        }),
+        ClientFrame::Pub {
+            channel, data, cid, ..
+        } => json!({
+            "op": "pub", "channel": channel, "cid": cid,
+            "data": serde_json::from_slice::<Value>(data).unwrap_or(Value::Null),
+        }),
     };
     if let Some(s) = f.seq() {
         v["seq"] = json!(s);
@@ -761,6 +771,8 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
         ServerFrame::SubOk { channel, .. } => json!({ "op": "sub_ok", "channel": channel }),
         ServerFrame::UnsubOk { channel, .. } => json!({ "op": "unsub_ok", "channel": channel }),
         ServerFrame::RefreshOk { exp, .. } => json!({ "op": "refresh_ok", "exp": exp }),
+        ServerFrame::SendOk { cid, id, .. } => json!({ "op": "send_ok", "cid": cid, "id": id.0 }),
+        ServerFrame::PubOk { cid, id, .. } => json!({ "op": "pub_ok", "cid": cid, "id": id.0 }),
         ServerFrame::Msg(m) => {
             let data: Value = serde_json::from_slice(&m.data).unwrap_or_else(|e| {
                 panic!(
@@ -771,6 +783,10 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
             let mut v = json!({ "op": "msg", "id": m.id.0, "ts": m.ts, "data": data });
             if let Some(c) = &m.channel {
                 v["channel"] = json!(c);
+            }
+            if let Some(from) = &m.sender {
+                v["from"] = json!(from.user.as_str());
+                v["cid"] = json!(from.cid);
             }
             v
         }
@@ -793,6 +809,8 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
         | ServerFrame::SubOk { seq, .. }
         | ServerFrame::UnsubOk { seq, .. }
         | ServerFrame::RefreshOk { seq, .. }
+        | ServerFrame::SendOk { seq, .. }
+        | ServerFrame::PubOk { seq, .. }
         | ServerFrame::Error { seq, .. } => *seq,
         ServerFrame::Msg(_) => None,
     };

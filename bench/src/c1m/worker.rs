@@ -329,6 +329,8 @@ async fn open(
         exp: crate::now_unix_ns() / 1_000_000_000 + 86_400,
         dev: None,
         channels: channel.map(|c| vec![c.to_string()]),
+        send: None,
+        publish: None,
     };
     let token = proto::token::mint(&claims, s.args.token_secret.as_bytes())
         .map_err(|e| format!("token: {e}"))?;

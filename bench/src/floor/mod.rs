@@ -877,6 +877,7 @@ impl Floor {
             ts,
             channel: None,
             data: bytes::Bytes::copy_from_slice(data.get().as_bytes()),
+            sender: None,
         });
         let ws_frame = encode(&msg, Kind::Ws);
         let tcp_frame = encode(&msg, Kind::Tcp);

@@ -198,6 +198,23 @@ impl Store for TestStore {
     async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, StoreError> {
         self.inner.acked(user, device).await
     }
+    async fn cid_get(
+        &self,
+        user: &UserId,
+        cid: &str,
+        now_ms: i64,
+    ) -> Result<Option<MsgId>, StoreError> {
+        self.inner.cid_get(user, cid, now_ms).await
+    }
+    async fn cid_put(
+        &self,
+        user: &UserId,
+        cid: &str,
+        id: MsgId,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.cid_put(user, cid, id, expires_at).await
+    }
     async fn append_channel(
         &self,
         channel: &str,

@@ -14,10 +14,10 @@ use crate::api::ApiNode;
 use crate::settings::CenterArgs;
 
 /// Ids leased from an idgen at a time.
-const ID_BLOCK: u32 = 4096;
+pub(super) const ID_BLOCK: u32 = 4096;
 /// A leased block older than this is dropped, so ids stay close to the
 /// clock (see `--replay-overlap-ms` of rooms).
-const ID_BLOCK_AGE: Duration = Duration::from_millis(250);
+pub(super) const ID_BLOCK_AGE: Duration = Duration::from_millis(250);
 
 /// Runs a center until SIGTERM or SIGINT.
 ///

@@ -40,13 +40,38 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let link_cfg = client_config(&key);
     let dir = ClusterDirectory::new(link::split_addrs(&args.registers), link_cfg.clone());
     let regs: Arc<dyn Registers> = dir.clone();
-    let store = connect_store(&args.store, link_cfg).await?;
+    let store = connect_store(&args.store, link_cfg.clone()).await?;
     let role = role(&args);
     let refills = Refills::new(regs.partitions());
     let hook = dir_error_hook(regs.clone(), refills.clone());
     let events = args.room.events().context("start posting session events")?;
+    let messages = args.room.messages().context("set up the hook")?;
+    // Clients' messages go through this room's own dispatcher (ids from
+    // the idgens, the shared store, delivery through the registers), as a
+    // center's pushes do; without --idgens they are refused.
+    let dispatcher = args.idgens.as_deref().map(|idgens| {
+        let ids = idgen::LeasedIds::new(
+            link::split_addrs(idgens),
+            link_cfg.clone(),
+            super::center::ID_BLOCK,
+            super::center::ID_BLOCK_AGE,
+        );
+        center::Center::new(
+            center::CenterConfig::default(),
+            center::CenterDeps {
+                dir: dir.clone(),
+                store: store.clone(),
+                ids,
+                rooms: super::rooms::ClusterRooms::new(dir.clone(), &key),
+            },
+        )
+    });
+    if let Some(c) = &dispatcher {
+        messages.set_center(c.clone());
+    }
     let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store)
-        .with_events(events.clone());
+        .with_events(events.clone())
+        .with_messages(messages.clone());
     let room = Room::new(
         args.room.room_config(
             role,
@@ -73,7 +98,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let membership = Membership::join(regs, room.clone(), lease, refills).await?;
 
     let node = client_listeners(&args, room.clone())?;
-    let (health, http) = health_server(&args, &room, events.clone())?;
+    let (health, http) = health_server(&args, &room, events.clone(), messages)?;
     health.set_ready(true);
 
     let mut lines = vec![format!("room {} instance {instance:016x}", role.id)];
@@ -96,6 +121,10 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     }
     health.set_ready(false);
     node.drain(args.room.drain_timeout()).await;
+    // Messages already accepted from clients are stored and delivered.
+    if let Some(c) = &dispatcher {
+        c.shutdown().await;
+    }
     // The drained sessions' disconnect events are queued: post them.
     if let Some(e) = &events {
         e.close().await;
@@ -163,6 +192,7 @@ fn health_server(
     args: &RoomArgs,
     room: &Room,
     events: Option<Arc<crate::events::Events>>,
+    messages: Arc<crate::messages::Messages>,
 ) -> anyhow::Result<(Health, HttpServer)> {
     let listener = bind(args.http, "http")?;
     let metrics_room = room.clone();
@@ -171,6 +201,7 @@ fn health_server(
         if let Some(e) = &events {
             e.write_metrics(out);
         }
+        messages.write_metrics(out);
     }));
     let http = HttpServer::start(listener, health.router())?;
     Ok((health, http))

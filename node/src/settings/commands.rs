@@ -95,6 +95,9 @@ pub(crate) struct RoomArgs {
     /// Register processes, in the same order on every process.
     #[arg(long, env = "PUSHGATE_REGISTERS", value_name = "ADDRS", value_parser = addr_list)]
     pub(crate) registers: String,
+    /// Idgen processes: with them the room takes clients' `send` and `pub` (ids for the messages); without, those get `unavailable`.
+    #[arg(long, env = "PUSHGATE_IDGENS", value_name = "ADDRS", value_parser = addr_list)]
+    pub(crate) idgens: Option<String>,
     /// HS256 secret of client tokens (the same on every room).
     #[arg(
         long,
@@ -253,6 +256,12 @@ pub(crate) struct TokenArgs {
     /// Channels the connection may subscribe to: names, or prefixes ending in `*`, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub(crate) channels: Option<Vec<String>>,
+    /// Channels the connection may `pub` to (the `pub` claim): names, or prefixes ending in `*`, comma-separated.
+    #[arg(long = "pub", value_delimiter = ',', value_name = "CHANNELS")]
+    pub(crate) publish: Option<Vec<String>>,
+    /// The connection may not `send` 1:1 messages (the claim `"send": false`).
+    #[arg(long)]
+    pub(crate) no_send: bool,
     /// The token secret [default: the one kept in DATA/token_secret].
     #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
     pub(crate) token_secret: Option<String>,

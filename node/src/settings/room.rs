@@ -52,6 +52,29 @@ pub(crate) struct RoomSettings {
     /// Secret sent to the application server's endpoints (--events-url) as `Authorization: Bearer <secret>`.
     #[arg(long, env = "PUSHGATE_HOOK_SECRET", value_name = "SECRET")]
     pub(crate) hook_secret: Option<String>,
+    /// URL of the application server's hook: POSTed every client `send` and `pub` before it is accepted; it answers allow or deny (docs/API.md, "Hook").
+    #[arg(long, env = "PUSHGATE_HOOK_URL", value_name = "URL")]
+    pub(crate) hook_url: Option<reqwest::Url>,
+    /// Milliseconds the hook has to answer; after it the client gets `hook_unavailable`.
+    #[arg(long, env = "PUSHGATE_HOOK_TIMEOUT_MS", value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub(crate) hook_timeout_ms: u64,
+    /// Hook calls in flight at most; a message waits for a slot within --hook-timeout-ms, then gets `hook_unavailable`.
+    #[arg(long, env = "PUSHGATE_HOOK_CONCURRENCY", value_name = "N", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub(crate) hook_concurrency: usize,
+    /// Channels whose `pub` messages are kept in the channel's history: names, or prefixes ending in `*`, comma-separated.
+    #[arg(
+        long,
+        env = "PUSHGATE_HISTORY_CHANNELS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub(crate) history_channels: Vec<String>,
+    /// `send` and `pub` frames per second per connection, bursts of twice that; more get the non-fatal `rate_limited` (0 = no limit).
+    #[arg(long, env = "PUSHGATE_SEND_RATE", value_name = "N", default_value_t = room::config::DEFAULT_SEND_RATE)]
+    pub(crate) send_rate: u32,
+    /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger gets the non-fatal `too_large`.
+    #[arg(long, env = "PUSHGATE_MAX_SEND_BYTES", value_name = "BYTES", default_value_t = room::config::DEFAULT_MAX_SEND_BYTES, value_parser = positive())]
+    pub(crate) max_send_bytes: usize,
     /// Seconds a connection stays open after its token's `exp` without a `refresh` (then 4008 token expired).
     #[arg(long, env = "PUSHGATE_TOKEN_GRACE", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
     pub(crate) token_grace: u64,
@@ -138,6 +161,29 @@ impl RoomSettings {
         crate::events::Events::start(cfg).map(Some)
     }
 
+    /// What a room needs to take messages from clients: the hook (when
+    /// `--hook-url` is set) and the channels with history. The center that
+    /// dispatches them is set later ([`crate::messages::Messages::set_center`]).
+    ///
+    /// # Errors
+    /// When the hook's HTTP client cannot be built.
+    pub(crate) fn messages(&self) -> anyhow::Result<std::sync::Arc<crate::messages::Messages>> {
+        let hook = match &self.hook_url {
+            Some(url) => Some(crate::messages::Hook::new(
+                url.clone(),
+                self.hook_secret.clone(),
+                Duration::from_millis(self.hook_timeout_ms),
+                self.hook_concurrency,
+                self.max_send_bytes,
+            )?),
+            None => None,
+        };
+        Ok(std::sync::Arc::new(crate::messages::Messages::new(
+            hook,
+            self.history_channels.clone(),
+        )))
+    }
+
     /// The public keys of `--token-public-key` and `--token-jwks`, read
     /// from their files.
     ///
@@ -186,6 +232,8 @@ impl RoomSettings {
             max_channels: self.max_channels,
             max_connections: crate::net::effective_max_connections(self.max_connections),
             rate_limit: self.rate_limit,
+            send_rate: self.send_rate,
+            max_send_bytes: self.max_send_bytes,
             drain_reconnect_delay: role.reconnect_delay,
             replay_overlap: role.replay_overlap,
             quic_retry_above: self.quic_retry_above,

@@ -402,12 +402,14 @@ pub(crate) fn server_frames() -> Vec<ServerFrame> {
             ts: 1_700_000_000_000,
             channel: Some("news".into()),
             data: Bytes::from_static(br#"{"a":[1,2.5,"x",null,true],"b":{}}"#),
+            sender: None,
         }),
         ServerFrame::Msg(MsgFrame {
             id: MsgId(-3),
             ts: -1,
             channel: None,
             data: Bytes::from_static(b"\"\\u00e9\""),
+            sender: None,
         }),
         ServerFrame::Error {
             seq: Some(4),
@@ -487,6 +489,8 @@ pub(crate) fn token_seeds() -> Vec<Vec<u8>> {
         exp: NOW + 60,
         dev: Some("phone".into()),
         channels: Some(vec!["news".into(), "chat:*".into(), "*".into()]),
+        send: None,
+        publish: None,
     };
     let tok = token::mint(&claims, SECRET).expect("mint");
     let payload = br#"{"sub":"alice","exp":1700000060,"dev":"phone","channels":["news","chat:*"]}"#;

@@ -65,6 +65,12 @@ impl Store for NoStore {
     async fn acked(&self, _: &UserId, _: &str) -> Result<Option<MsgId>, StoreError> {
         Ok(None)
     }
+    async fn cid_get(&self, _: &UserId, _: &str, _: i64) -> Result<Option<MsgId>, StoreError> {
+        Ok(None)
+    }
+    async fn cid_put(&self, _: &UserId, _: &str, _: MsgId, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn append_channel(&self, _: &str, _: &StoredMsg, _: Bounds) -> Result<(), StoreError> {
         Ok(())
     }

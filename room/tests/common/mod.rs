@@ -184,6 +184,8 @@ pub fn claims(user: &str) -> Claims {
         exp: now_secs() + 600,
         dev: None,
         channels: None,
+        send: None,
+        publish: None,
     }
 }
 
@@ -201,6 +203,7 @@ pub fn msg(id: i64, channel: Option<&str>) -> MsgFrame {
         ts: 1_700_000_000_000 + id,
         channel: channel.map(str::to_owned),
         data: Bytes::from(format!("{{\"n\":{id}}}")),
+        sender: None,
     }
 }
 
@@ -225,6 +228,7 @@ pub fn big(id: i64, size: usize) -> Arc<EncodedMsg> {
         ts: 1,
         channel: None,
         data: Bytes::from(data),
+        sender: None,
     }))
 }
 

@@ -23,6 +23,8 @@ macro_rules! every_case {
             concurrent_appends_all_durable,
             odd_names,
             closed_store_refuses,
+            cids_are_remembered_until_they_expire,
+            senders_are_kept,
         );
     };
 }
@@ -50,6 +52,7 @@ pub fn msg(id: i64, expires_at: i64) -> StoredMsg {
         ts: now(),
         expires_at,
         data: Bytes::from(format!("{{\"n\":{id}}}")),
+        sender: None,
     }
 }
 
@@ -351,4 +354,72 @@ impl CloneWithTs for StoredMsg {
     fn clone_with_ts(&self, ts: i64) -> StoredMsg {
         StoredMsg { ts, ..self.clone() }
     }
+}
+
+/// A cid's id is there after `cid_put`, per user, replaced by a later put,
+/// and gone once expired.
+pub async fn cids_are_remembered_until_they_expire(store: &dyn Store) {
+    let t = now();
+    assert_eq!(store.cid_get(&u("alice"), "c-1", t).await.unwrap(), None);
+    store
+        .cid_put(&u("alice"), "c-1", MsgId(10), t + HOUR)
+        .await
+        .unwrap();
+    store
+        .cid_put(&u("alice"), "c:{2}%", MsgId(11), t + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cid_get(&u("alice"), "c-1", t).await.unwrap(),
+        Some(MsgId(10))
+    );
+    assert_eq!(
+        store.cid_get(&u("alice"), "c:{2}%", t).await.unwrap(),
+        Some(MsgId(11))
+    );
+    // Per user.
+    assert_eq!(store.cid_get(&u("bob"), "c-1", t).await.unwrap(), None);
+    store
+        .cid_put(&u("alice"), "c-1", MsgId(12), t + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cid_get(&u("alice"), "c-1", t).await.unwrap(),
+        Some(MsgId(12))
+    );
+    // Expiry: 300 ms ahead, read after it passed.
+    store
+        .cid_put(&u("carol"), "c-1", MsgId(13), now() + 300)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cid_get(&u("carol"), "c-1", now()).await.unwrap(),
+        Some(MsgId(13))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        store.cid_get(&u("carol"), "c-1", now()).await.unwrap(),
+        None
+    );
+}
+
+/// A message's sender (user and cid) comes back from queues and history.
+pub async fn senders_are_kept(store: &dyn Store) {
+    let mut m = msg(20, now() + HOUR);
+    m.sender = Some(proto::Sender {
+        user: u("alice"),
+        cid: "c-20".into(),
+    });
+    store.append_users(&[u("bob")], &m, BIG).await.unwrap();
+    store.append_channel("room:1", &m, BIG).await.unwrap();
+    let got = store
+        .read_user(&u("bob"), MsgId(0), now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![m.clone()]);
+    let got = store
+        .read_channel("room:1", MsgId(0), now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![m]);
 }

@@ -252,6 +252,8 @@ impl<S: ByteStream> SseIo<S> {
                     ServerFrame::UnsubOk { .. } => (None, Some("unsub_ok")),
                     // SSE clients send nothing, so never a refresh.
                     ServerFrame::RefreshOk { .. } => (None, Some("refresh_ok")),
+                    ServerFrame::SendOk { .. } => (None, Some("send_ok")),
+                    ServerFrame::PubOk { .. } => (None, Some("pub_ok")),
                     ServerFrame::Error { .. } => (None, Some("error")),
                 };
                 let mut json = Vec::with_capacity(96);
@@ -419,6 +421,8 @@ mod tests {
             exp: 100,
             dev: None,
             channels: None,
+            send: None,
+            publish: None,
         };
         let good = proto::token::mint(&claims, secret).unwrap();
         let start = |token: &str, channels: &[&str]| SseStart {
@@ -454,6 +458,7 @@ mod tests {
             ts: 1,
             channel: None,
             data: bytes::Bytes::from_static(b"{\n\"a\":1}"),
+            sender: None,
         };
         io.encode(OutFrame::Frame(Box::new(ServerFrame::Msg(msg))));
         io.encode(OutFrame::Frame(Box::new(ServerFrame::SubOk {
