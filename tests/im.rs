@@ -331,6 +331,11 @@ async fn the_hook_decides_before_anything_is_stored() {
         }
     }
     b.assert_quiet(QUIET).await;
+    // A retry of an accepted message: its id, without asking the hook.
+    let asked = st.seen.lock().len();
+    let again = ask(&mut a, &send(20, "oli", json!({"do": "pass"}), "h-1")).await;
+    assert_eq!(again["op"], "send_ok", "{again}");
+    assert_eq!(st.seen.lock().len(), asked);
     let (_, v) = s.api("GET", "/users/oli/messages", None).await;
     assert_eq!(v["messages"].as_array().map(Vec::len), Some(2), "{v}");
     let seen = st.seen.lock().clone();

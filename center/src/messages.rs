@@ -91,6 +91,25 @@ impl InFlight {
 }
 
 impl Center {
+    /// The id that the message with `cid` from `user` was given, if it was
+    /// accepted and has not expired (for asking a hook only about new
+    /// messages).
+    ///
+    /// # Errors
+    /// [`ApiError::StoreUnavailable`] when the store cannot answer.
+    pub async fn accepted_cid(&self, user: &UserId, cid: &str) -> Result<Option<MsgId>, ApiError> {
+        let now = crate::api::now_ms();
+        self.inner
+            .deps
+            .store
+            .cid_get(user, cid, now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cid lookup failed");
+                ApiError::StoreUnavailable
+            })
+    }
+
     /// Stores and delivers a message sent by a client; returns its id (the
     /// first id, when the same cid was accepted before and has not
     /// expired).

@@ -79,7 +79,18 @@ impl Messages {
             ));
         };
         let data = match &self.hook {
-            Some(h) => h.ask(from, &msg).await?.unwrap_or(msg.data),
+            Some(h) => {
+                // A retry of an accepted message is answered without
+                // asking the hook again.
+                let known = center
+                    .accepted_cid(&from.user, &msg.cid)
+                    .await
+                    .map_err(|e| MessageError::Unavailable(format!("not accepted: {e}")))?;
+                if let Some(id) = known {
+                    return Ok(id);
+                }
+                h.ask(from, &msg).await?.unwrap_or(msg.data)
+            }
             None => msg.data,
         };
         let to = match msg.to {
