@@ -339,7 +339,7 @@
     const left = 52;
     const right = cssW - 10;
     const gap = 22;
-    const panelH = (cssH - 20 - gap) / 2;
+    const panelH = (cssH - 32 - gap) / 2; // room below for the time axis
     const x = (t) => right - ((now - t) / WINDOW_MS) * (right - left);
 
     const panels = [
@@ -391,7 +391,8 @@
     g.textBaseline = "bottom";
     g.textAlign = "center";
     for (const m of [5, 4, 3, 2, 1, 0]) {
-      g.fillText(m ? "−" + m + " min" : "now", Math.min(right - 12, x(now - m * 60000)), cssH);
+      const at = Math.max(left + 20, Math.min(right - 12, x(now - m * 60000)));
+      g.fillText(m ? "−" + m + " min" : "now", at, cssH);
     }
     canvas.dataset.samples = String(samples.length);
     const last = samples[samples.length - 1];
