@@ -120,7 +120,7 @@ mod tests {
             .unwrap()
     }
 
-    fn header_of<'a>(r: &'a Response, h: header::HeaderName) -> &'a str {
+    fn header_of(r: &Response, h: header::HeaderName) -> &str {
         r.headers()
             .get(h)
             .map_or("", |v| v.to_str().unwrap_or_default())
