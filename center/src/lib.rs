@@ -4,7 +4,8 @@
 //!
 //! [`Center::new`] starts the ordered dispatcher (see [`dispatch`] for why
 //! every push goes through one task); [`Center::router`] is the whole HTTP
-//! surface: `/api/v1/*` (bearer auth), `/healthz`, `/readyz`, `/metrics`.
+//! surface: `/api/v1/*` (bearer auth), `/healthz`, `/readyz`, `/metrics`,
+//! and the ops console at `/console` (static files; see `console.rs`).
 //! The API is documented for users in `docs/API.md` and as OpenAPI at
 //! `GET /api/v1/openapi.json`.
 
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod api;
 mod config;
+mod console;
 pub mod dispatch;
 mod error;
 mod messages;
@@ -99,7 +101,8 @@ impl Center {
         }
     }
 
-    /// Every route: `/api/v1/*`, `/healthz`, `/readyz`, `/metrics`.
+    /// Every route: `/api/v1/*`, `/healthz`, `/readyz`, `/metrics`, and the
+    /// ops console (`/console`, with `/` redirecting to it).
     pub fn router(&self) -> axum::Router {
         api::router(self)
     }
