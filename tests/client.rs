@@ -622,3 +622,101 @@ async fn drain_rotates_to_the_next_server() {
     assert!(s1.wait_exit(Duration::from_secs(15)).await.success());
     client.close().await;
 }
+
+/// A token provider with the IM claims: `pub` on `room:*`, channels `room:*`.
+fn im_tokens(
+    secret: &str,
+    user: &str,
+) -> impl Fn() -> std::future::Ready<Result<String, pushgate_client::BoxError>> + Send + Sync + 'static
+{
+    let (secret, user) = (secret.to_string(), user.to_string());
+    move || {
+        let claims = json!({
+            "sub": user, "exp": now_secs() + 3600,
+            "channels": ["room:*"], "pub": ["room:*"],
+        });
+        std::future::ready(Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()))
+    }
+}
+
+/// `send` and `publish` through the library: answers with ids, messages
+/// carry `from` and `cid`, a refusal is an error of the call, and a message
+/// sent while the connection is down goes out on the next one, once.
+#[tokio::test]
+async fn send_and_publish_through_the_client() {
+    let s = Server::start(&[]).await;
+    let start = |user: &str, t: Transport| {
+        Client::builder([url(&s, t)])
+            .token_provider(im_tokens(&s.secret, user))
+            .encoding(encoding(t))
+            .backoff(Duration::from_millis(300), Duration::from_millis(600))
+            .start()
+            .unwrap()
+    };
+    let (alice, mut a_ev) = start("cl-alice", Transport::WsBin);
+    let (bob, mut b_ev) = start("cl-bob", Transport::Tcp);
+    connected(&mut a_ev).await;
+    connected(&mut b_ev).await;
+    bob.subscribe("room:1").await.unwrap();
+    assert!(matches!(next(&mut b_ev).await, Event::Subscribed { .. }));
+
+    let sent = alice.send("cl-bob", &json!({"text": "hi"})).await.unwrap();
+    assert_eq!(sent.cid.len(), 32);
+    let m = until(&mut b_ev, &mut Vec::new(), "message", |e| match e {
+        Event::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.id, sent.id);
+    assert_eq!(m.from.as_deref(), Some("cl-alice"));
+    assert_eq!(m.cid.as_deref(), Some(sent.cid.as_str()));
+    assert_eq!(m.json::<Value>().unwrap(), json!({"text": "hi"}));
+
+    let p = alice.publish("room:1", &json!("all")).await.unwrap();
+    let m = until(&mut b_ev, &mut Vec::new(), "channel message", |e| match e {
+        Event::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((m.id, m.channel.as_deref()), (p.id, Some("room:1")));
+
+    match alice.publish("news", &json!(1)).await {
+        Err(pushgate_client::ClientError::Refused { code, .. }) => {
+            assert_eq!(code, ErrorCode::Forbidden);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Kick alice and send at once: the message waits for the reconnect,
+    // goes out with its cid, and bob gets it once.
+    s.api_ok("DELETE", "/users/cl-alice/connections", None, 200)
+        .await;
+    let sent = alice
+        .send_with_cid("cl-bob", &json!("after"), "fixed-cid".into())
+        .await
+        .unwrap();
+    let again = alice
+        .send_with_cid("cl-bob", &json!("after"), "fixed-cid".into())
+        .await
+        .unwrap();
+    assert_eq!(again.id, sent.id);
+    let m = until(
+        &mut b_ev,
+        &mut Vec::new(),
+        "message after reconnect",
+        |e| match e {
+            Event::Message(m) => Some(m.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(m.id, sent.id);
+    quiet(&mut b_ev, Duration::from_millis(500)).await;
+    close(alice, a_ev).await;
+    close(bob, b_ev).await;
+}

@@ -49,21 +49,21 @@ async fn login(s: &Server, t: Transport, user: &str, device: &str) -> Client {
 }
 
 fn send(seq: u32, to: &str, data: Value, cid: &str) -> ClientFrame {
-    ClientFrame::Send {
-        seq: Some(seq),
-        to: UserId::new(to),
-        data: Bytes::from(data.to_string()),
-        cid: cid.into(),
-    }
+    ClientFrame::send(
+        Some(seq),
+        UserId::new(to),
+        Bytes::from(data.to_string()),
+        cid.into(),
+    )
 }
 
 fn publish(seq: u32, channel: &str, data: Value, cid: &str) -> ClientFrame {
-    ClientFrame::Pub {
-        seq: Some(seq),
-        channel: channel.into(),
-        data: Bytes::from(data.to_string()),
-        cid: cid.into(),
-    }
+    ClientFrame::publish(
+        Some(seq),
+        channel.into(),
+        Bytes::from(data.to_string()),
+        cid.into(),
+    )
 }
 
 /// Sends `f` and returns the answer (send_ok, pub_ok or error).

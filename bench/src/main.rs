@@ -15,6 +15,8 @@
 //!   delivery side by side.
 //! - `bench durable`: one write + `fdatasync` per acknowledgement on a
 //!   directory's file system; the floor under a stored push.
+//! - `bench chat`: clients sending 1:1 (`send`) or group (`pub`) messages to
+//!   each other; answer and end-to-end latency, messages/s, CPU per message.
 //!
 //! Progress goes to stderr, results to stdout (and `--json-out`). Exit codes:
 //! 0 all good, 1 the run completed but something failed (connections refused
@@ -25,6 +27,7 @@
 mod args;
 mod c1m;
 mod client;
+mod cmd_chat;
 mod cmd_compare;
 mod cmd_idle;
 mod cmd_latency;
@@ -63,6 +66,9 @@ enum Cmd {
     Idle(cmd_idle::IdleArgs),
     /// Push at a fixed rate to connected users; measure end-to-end latency.
     Latency(cmd_latency::LatencyArgs),
+    /// Clients sending 1:1 (`send`) or group (`pub`) messages to each other
+    /// at a fixed rate; answer and end-to-end latency, CPU per message.
+    Chat(cmd_chat::ChatArgs),
     /// The one-million-connections benchmark: start a local cluster, open,
     /// hold and push to N connections, kill a room; write a report.
     C1m(c1m::C1mArgs),
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Idle(a) => cmd_idle::run(a).await,
             Cmd::Latency(a) => cmd_latency::run(a).await,
+            Cmd::Chat(a) => cmd_chat::run(a).await,
             Cmd::C1m(a) => c1m::run(a).await,
             Cmd::Compare(a) => cmd_compare::run(a).await,
             Cmd::C1mWorker(a) => c1m::worker::run(a).await.map(|()| Outcome::Ok),

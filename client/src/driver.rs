@@ -15,7 +15,7 @@ use std::time::Duration;
 use proto::{ClientFrame, MsgId, ServerFrame};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -32,6 +32,44 @@ const DRAINING: u16 = 4007;
 
 /// How long a polite close or a last ack may take when stopping.
 const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
+/// `send`/`pub` waiting for an answer at most (beyond: `ClientError::Busy`).
+const MAX_OUTGOING: usize = 1024;
+
+/// Where a client's message goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    User(String),
+    Channel(String),
+}
+
+/// A `send` or `pub` until the server answers it.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) to: Target,
+    pub(crate) data: bytes::Bytes,
+    pub(crate) cid: String,
+    pub(crate) reply: oneshot::Sender<Result<crate::Sent, crate::ClientError>>,
+}
+
+impl Outgoing {
+    fn frame(&self, seq: u32) -> ClientFrame {
+        match &self.to {
+            Target::User(to) => ClientFrame::send(
+                Some(seq),
+                proto::UserId::new(to),
+                self.data.clone(),
+                self.cid.clone(),
+            ),
+            Target::Channel(channel) => ClientFrame::publish(
+                Some(seq),
+                channel.clone(),
+                self.data.clone(),
+                self.cid.clone(),
+            ),
+        }
+    }
+}
 
 /// Everything the driver is made of.
 pub(crate) struct Settings {
@@ -77,6 +115,9 @@ pub(crate) struct Driver {
     /// Highest id to ack, and the highest id acked on the wire.
     ack_want: Option<i64>,
     ack_sent: Option<i64>,
+    /// `send`/`pub` not written on a live connection yet (offline, or
+    /// written on one that ended before the answer), oldest first.
+    outbox: std::collections::VecDeque<Outgoing>,
 }
 
 /// How a connection attempt or session ended.
@@ -96,6 +137,8 @@ struct Live {
     seq: u32,
     /// Subscriptions awaiting `sub_ok`, by seq.
     pending_subs: HashMap<u32, String>,
+    /// `send`/`pub` written and awaiting their answer, by seq.
+    sent: BTreeMap<u32, Outgoing>,
 }
 
 impl Live {
@@ -133,6 +176,7 @@ impl Driver {
             subs: s.subs.into_iter().collect(),
             ack_want: None,
             ack_sent: None,
+            outbox: std::collections::VecDeque::new(),
         }
     }
 
@@ -226,6 +270,41 @@ impl Driver {
             Command::Flush(reply) => {
                 let _ = reply.send(());
             }
+            Command::Send(out) => self.queue_outgoing(out),
+        }
+    }
+
+    /// Keeps `out` for the next connection, unless too many wait.
+    fn queue_outgoing(&mut self, out: Outgoing) {
+        if self.outbox.len() >= MAX_OUTGOING {
+            let _ = out.reply.send(Err(crate::ClientError::Busy(MAX_OUTGOING)));
+        } else {
+            self.outbox.push_back(out);
+        }
+    }
+
+    /// Writes `out` on the live connection and remembers it by seq.
+    async fn write_outgoing(
+        &mut self,
+        live: &mut Live,
+        out: Outgoing,
+        hb: Duration,
+    ) -> Result<(), Closed> {
+        if live.sent.len() >= MAX_OUTGOING {
+            let _ = out.reply.send(Err(crate::ClientError::Busy(MAX_OUTGOING)));
+            return Ok(());
+        }
+        let seq = live.next_seq();
+        let frame = out.frame(seq);
+        live.sent.insert(seq, out);
+        send_timed(&mut live.conn, &frame, hb).await
+    }
+
+    /// What a connection that ended had written without an answer goes
+    /// back to the front of the outbox, in order, for the next connection.
+    fn requeue_sent(&mut self, live: &mut Live) {
+        for (_, out) in std::mem::take(&mut live.sent).into_iter().rev() {
+            self.outbox.push_front(out);
         }
     }
 
@@ -286,6 +365,7 @@ impl Driver {
             conn,
             seq: 1,
             pending_subs: HashMap::new(),
+            sent: BTreeMap::new(),
         };
         let resumed_from = self.last_id;
         let auth = ClientFrame::Auth {
@@ -344,6 +424,13 @@ impl Driver {
         }
         if let Some(ack) = self.ack_frame() {
             if let Err(c) = send_timed(&mut live.conn, &ack, hb).await {
+                return End::Closed(c);
+            }
+        }
+        // Messages waiting from before (the same cids: delivered once).
+        while let Some(out) = self.outbox.pop_front() {
+            if let Err(c) = self.write_outgoing(&mut live, out, hb).await {
+                self.requeue_sent(&mut live);
                 return End::Closed(c);
             }
         }
@@ -461,6 +548,8 @@ impl Driver {
             live.conn.close(CLOSE_LIMIT).await;
             return End::Stop;
         }
+        // Unanswered messages go again, with their cids, on the next connection.
+        self.requeue_sent(&mut live);
         // An event already taken from the server is delivered before reconnecting.
         if let Some((event, ack)) = pending.take() {
             if !self.emit(event).await {
@@ -507,6 +596,8 @@ impl Driver {
                         ts: m.ts,
                         channel: m.channel,
                         data: m.data,
+                        from: m.sender.as_ref().map(|s| s.user.as_str().to_owned()),
+                        cid: m.sender.map(|s| s.cid),
                     }),
                     ack,
                 ));
@@ -531,6 +622,18 @@ impl Driver {
                 }))
             }
             ServerFrame::Error {
+                seq: Some(s),
+                code,
+                message,
+                ..
+            } if live.sent.contains_key(&s) => {
+                if let Some(out) = live.sent.remove(&s) {
+                    let _ = out
+                        .reply
+                        .send(Err(crate::ClientError::Refused { code, message }));
+                }
+            }
+            ServerFrame::Error {
                 seq, code, message, ..
             } => {
                 let failed = seq.and_then(|s| live.pending_subs.remove(&s));
@@ -550,12 +653,12 @@ impl Driver {
             ServerFrame::RefreshOk { exp, .. } => {
                 *pending = Some((Event::TokenRefreshed { exp }, None));
             }
-            // This client sends no `send` or `pub` yet, so their answers
-            // never come; a server that sent one anyway is ignored.
-            ServerFrame::Pong { .. }
-            | ServerFrame::AuthOk { .. }
-            | ServerFrame::SendOk { .. }
-            | ServerFrame::PubOk { .. } => {}
+            ServerFrame::SendOk { seq, cid, id } | ServerFrame::PubOk { seq, cid, id } => {
+                if let Some(out) = seq.and_then(|s| live.sent.remove(&s)) {
+                    let _ = out.reply.send(Ok(crate::Sent { id: id.0, cid }));
+                }
+            }
+            ServerFrame::Pong { .. } | ServerFrame::AuthOk { .. } => {}
         }
         Step::Continue
     }
@@ -597,6 +700,7 @@ impl Driver {
                 let _ = reply.send(());
                 r
             }
+            Command::Send(out) => self.write_outgoing(live, out, hb).await,
         }
     }
 

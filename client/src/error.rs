@@ -51,4 +51,23 @@ pub enum ClientError {
     /// Binding or rebinding a socket failed.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The server refused a `send` or `pub` (a non-fatal error frame):
+    /// nothing was stored or delivered. `rate_limited`, `unavailable` and
+    /// `hook_unavailable` are worth retrying later with the same cid.
+    #[error("refused: {}: {message}", code.as_str())]
+    Refused {
+        /// The error code.
+        code: proto::ErrorCode,
+        /// The server's (or the application hook's) text.
+        message: String,
+    },
+    /// A `send` or `pub` payload could not be serialized as JSON.
+    #[error("payload is not serializable as json: {0}")]
+    Json(String),
+    /// A cid is empty or longer than 64 bytes, or a recipient is empty.
+    #[error("invalid {0}")]
+    BadField(&'static str),
+    /// Too many `send`/`pub` are waiting for an answer already.
+    #[error("too many messages waiting for an answer ({0})")]
+    Busy(usize),
 }

@@ -101,6 +101,10 @@ pub struct Message {
     pub channel: Option<String>,
     /// The pushed JSON value, as UTF-8 JSON text.
     pub data: Bytes,
+    /// The sending user, for a message a client sent (`send`, `pub`).
+    pub from: Option<String>,
+    /// The sender's message id, with `from`.
+    pub cid: Option<String>,
 }
 
 impl Message {

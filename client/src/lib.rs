@@ -64,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{BoxError, ClientError};
 pub use event::{Connected, Disconnected, Event, Events, Message};
+
 pub use proto::ErrorCode;
 pub use tls::{pin_verifier, Fingerprint};
 pub use url::{Scheme, ServerUrl};
@@ -365,6 +366,22 @@ enum Command {
     /// Sends the pending ack now and replies when it is written (or there
     /// is no connection).
     Flush(oneshot::Sender<()>),
+    /// A `send` or `pub`, answered when the server answers it.
+    Send(driver::Outgoing),
+}
+
+/// A `send` or `pub` the server accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The message's id.
+    pub id: i64,
+    /// Its client message id.
+    pub cid: String,
+}
+
+/// A fresh client message id: 32 random hex digits.
+pub fn new_cid() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// A running client: the handle to subscribe, ack, migrate and stop. Its
@@ -452,6 +469,82 @@ impl Client {
             return Err(ClientError::BadChannel(channel));
         }
         self.command(Command::Sub { channel, last_id }).await
+    }
+
+    /// Sends a 1:1 message to user `to` (docs/PROTOCOL.md, "Sending") with
+    /// a fresh cid, and waits for the server's answer. Sent at once when
+    /// connected, else on the next connection; a message whose connection
+    /// ends before the answer is sent again, with the same cid, on the next
+    /// one (the server delivers it once).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] (nothing was delivered), [`ClientError::Json`],
+    /// [`ClientError::BadField`], [`ClientError::Busy`], or
+    /// [`ClientError::Stopped`].
+    pub async fn send<T: serde::Serialize + ?Sized>(
+        &self,
+        to: impl Into<String>,
+        data: &T,
+    ) -> Result<Sent, ClientError> {
+        self.send_with_cid(to, data, new_cid()).await
+    }
+
+    /// [`send`](Self::send) with the caller's cid (to retry a message
+    /// across restarts of the application: the same cid is delivered once).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_with_cid<T: serde::Serialize + ?Sized>(
+        &self,
+        to: impl Into<String>,
+        data: &T,
+        cid: String,
+    ) -> Result<Sent, ClientError> {
+        let to = to.into();
+        if to.is_empty() {
+            return Err(ClientError::BadField("recipient"));
+        }
+        self.message(driver::Target::User(to), data, cid).await
+    }
+
+    /// Publishes a group message to `channel` (the token's `pub` claim must
+    /// allow it) with a fresh cid, and waits for the answer; as
+    /// [`send`](Self::send) otherwise.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and [`ClientError::BadChannel`].
+    pub async fn publish<T: serde::Serialize + ?Sized>(
+        &self,
+        channel: impl Into<String>,
+        data: &T,
+    ) -> Result<Sent, ClientError> {
+        let channel = channel.into();
+        if !proto::valid_channel(&channel) {
+            return Err(ClientError::BadChannel(channel));
+        }
+        self.message(driver::Target::Channel(channel), data, new_cid())
+            .await
+    }
+
+    async fn message<T: serde::Serialize + ?Sized>(
+        &self,
+        to: driver::Target,
+        data: &T,
+        cid: String,
+    ) -> Result<Sent, ClientError> {
+        if !proto::valid_cid(&cid) {
+            return Err(ClientError::BadField("cid"));
+        }
+        let data = serde_json::to_vec(data).map_err(|e| ClientError::Json(e.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        let out = driver::Outgoing {
+            to,
+            data: bytes::Bytes::from(data),
+            cid,
+            reply,
+        };
+        self.command(Command::Send(out)).await?;
+        rx.await.map_err(|_| ClientError::Stopped)?
     }
 
     /// Unsubscribes from `channel`; it is not subscribed again after a

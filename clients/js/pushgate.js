@@ -17,6 +17,8 @@
  *     onMessage: (m) => console.log(m.id, m.channel, m.data),
  *   });
  *   client.subscribe("chat:42");
+ *   const sent = await client.send("bob", { text: "hi" });   // {id, cid} once stored
+ *   await client.publish("chat:42", { text: "hi all" });     // needs the token's `pub` claim
  *   client.close();
  *
  * What it does (docs/PROTOCOL.md, docs/CLIENTS.md):
@@ -28,7 +30,11 @@
  *   after a 4007 close (server draining) wait exactly `reconnect_after_ms`;
  * - resume with `last_id` = the highest id of a user message received;
  * - drop duplicates by id (a bounded set of recent ids, never "id <= last");
- * - re-subscribe channels after a reconnect, with each channel's last id.
+ * - re-subscribe channels after a reconnect, with each channel's last id;
+ * - `send` and `publish` return promises settled by `send_ok`/`pub_ok` (or
+ *   rejected with the server's {code, message}); a message whose connection
+ *   ends before its answer is sent again on the next one with the same cid,
+ *   so it is delivered once.
  *
  * Message ids are 64-bit and exceed 2^53, which JSON.parse cannot hold
  * exactly: this client reads them from the frame text and hands them to you
@@ -39,6 +45,20 @@
 
   var SUBPROTOCOL = "pushgate.v1.json";
   var DRAINING = 4007;
+  // send/pub waiting for an answer at most.
+  var MAX_OUTGOING = 1024;
+
+  // The id of a send_ok/pub_ok frame, exactly: the server writes it last.
+  var OK_ID = /"id"\s*:\s*(-?\d+)\s*\}\s*$/;
+
+  /** A fresh client message id: 32 random hex digits. */
+  function newCid() {
+    var b = new Uint8Array(16);
+    var c = root.crypto;
+    if (c && c.getRandomValues) c.getRandomValues(b);
+    else for (var i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+    return Array.prototype.map.call(b, function (x) { return (x < 16 ? "0" : "") + x.toString(16); }).join("");
+  }
 
   // The id of a msg frame, exactly, from its text. The server writes
   // {"op":"msg","id":<digits>,...}; any other layout falls back to JSON.parse.
@@ -122,7 +142,8 @@
    * @param {number} [opts.connectTimeoutMs=10000]  limit for open + auth_ok.
    * @param {number} [opts.dedupe=4096]  how many recent ids to remember.
    * @param {function} [opts.WebSocket]  WebSocket constructor (Node: require("ws")).
-   * @param {function({id: string, ts: number, channel: (string|undefined), data: *})} [opts.onMessage]
+   * @param {function({id: string, ts: number, channel: (string|undefined), data: *, from: (string|undefined), cid: (string|undefined)})} [opts.onMessage]
+   *   `from` and `cid` are set on messages another client sent (`send`, `publish`).
    * @param {function({conn: string, user: string, room: string, heartbeat: number, url: string, resumedFrom: (string|null)})} [opts.onConnect]
    * @param {function({code: (number|null), reason: string, url: string, retryInMs: number})} [opts.onDisconnect]
    * @param {function({channel: string})} [opts.onSubscribe]
@@ -130,6 +151,8 @@
    * @param {function({code: string, message: string})} [opts.onError]  non-fatal error frames
    * @returns {{subscribe: function(string, (string|number)=): void,
    *            unsubscribe: function(string): void, ack: function((string|number)): void,
+   *            send: function(string, *, string=): Promise<{id: string, cid: string}>,
+   *            publish: function(string, *, string=): Promise<{id: string, cid: string}>,
    *            close: function(): void, lastId: (string|null), connected: boolean}}
    */
   function connect(urls, tokenFn, opts) {
@@ -161,6 +184,9 @@
 
     var next = 0, attempt = 0, closed = false, connected = false;
     var ws = null, seq = 1, pendingSubs = new Map();
+    // send/pub not yet written on a live connection, oldest first, and
+    // those written awaiting their answer, by seq.
+    var outbox = [], inflight = new Map();
     var pingTimer = null, deadTimer = null, retryTimer = null, openTimer = null;
     var heartbeatMs = 30000;
     var ended = false; // the current attempt has been handled as ended
@@ -207,6 +233,30 @@
       if (ackTimer === null) ackTimer = setTimeout(flushAck, ackInterval);
     }
 
+    function writeOutgoing(o) {
+      var s = ++seq;
+      inflight.set(s, o);
+      var f = o.channel !== undefined
+        ? { op: "pub", seq: s, channel: o.channel, data: o.data, cid: o.cid }
+        : { op: "send", seq: s, to: o.to, data: o.data, cid: o.cid };
+      // Not through frameText, which leaves out null fields: data may be null.
+      if (ws && ws.readyState === 1) ws.send(JSON.stringify(f));
+    }
+
+    function message(o) {
+      return new Promise(function (resolve, reject) {
+        if (closed) { reject({ code: "closed", message: "client closed" }); return; }
+        if (typeof o.cid !== "string" || o.cid.length < 1 || o.cid.length > 64) {
+          reject({ code: "bad_frame", message: "cid: 1 to 64 characters" }); return;
+        }
+        if (outbox.length + inflight.size >= MAX_OUTGOING) {
+          reject({ code: "busy", message: "too many messages waiting for an answer" }); return;
+        }
+        o.resolve = resolve; o.reject = reject;
+        if (connected) writeOutgoing(o); else outbox.push(o);
+      });
+    }
+
     function sendSub(channel, from) {
       var s = ++seq;
       pendingSubs.set(s, channel);
@@ -226,7 +276,16 @@
         sock.onopen = sock.onmessage = sock.onclose = sock.onerror = null;
         try { sock.close(1000); } catch (e) { /* already closed */ }
       }
-      if (closed) return;
+      // Unanswered messages go again, with their cids, on the next connection.
+      var again = Array.from(inflight.keys()).sort(function (a, b) { return a - b; })
+        .map(function (k) { return inflight.get(k); });
+      inflight = new Map();
+      outbox = again.concat(outbox);
+      if (closed) {
+        outbox.forEach(function (o) { o.reject({ code: "closed", message: "client closed" }); });
+        outbox = [];
+        return;
+      }
       var asked = code === DRAINING ? delayFromReason(reason) : null;
       var retry = asked === null ? backoff() : asked;
       log(on.disconnect, { code: code, reason: reason || "", url: curUrl, retryInMs: retry });
@@ -251,6 +310,9 @@
           });
           subs.forEach(function (from, channel) { sendSub(channel, from); });
           if (ackWant !== null) flushAck();
+          var waiting = outbox;
+          outbox = [];
+          waiting.forEach(writeOutgoing);
           break;
         case "msg": {
           var m = MSG_ID.exec(text);
@@ -261,7 +323,7 @@
           } else if (subs.has(f.channel)) {
             subs.set(f.channel, maxId(subs.get(f.channel), id));
           }
-          log(on.message, { id: id, ts: f.ts, channel: f.channel, data: f.data });
+          log(on.message, { id: id, ts: f.ts, channel: f.channel, data: f.data, from: f.from, cid: f.cid });
           if (opts.autoAck && f.channel === undefined) wantAck(id);
           break;
         }
@@ -269,11 +331,27 @@
           pendingSubs.delete(f.seq);
           log(on.subscribe, { channel: f.channel });
           break;
+        case "send_ok":
+        case "pub_ok": {
+          var o = inflight.get(f.seq);
+          if (o) {
+            inflight.delete(f.seq);
+            var idm = OK_ID.exec(text);
+            o.resolve({ id: idm ? idm[1] : String(f.id), cid: f.cid });
+          }
+          break;
+        }
         case "unsub_ok":
         case "pong":
           break;
         case "error":
           if (f.close !== undefined) { end(f.close, f.message); return; }
+          if (f.seq !== undefined && inflight.has(f.seq)) {
+            var refused = inflight.get(f.seq);
+            inflight.delete(f.seq);
+            refused.reject({ code: f.code, message: f.message });
+            break;
+          }
           if (f.seq !== undefined && pendingSubs.has(f.seq)) {
             var ch = pendingSubs.get(f.seq);
             pendingSubs.delete(f.seq);
@@ -344,6 +422,18 @@
       },
       /** Acks every user message up to `id` (coalesced). */
       ack: function (id) { wantAck(id); },
+      /**
+       * Sends a 1:1 message to user `to`; resolves with {id, cid} once the
+       * server stored it, rejects with {code, message} when it refused it
+       * (nothing delivered). Pass `cid` to retry a message across page loads.
+       */
+      send: function (to, data, cid) {
+        return message({ to: String(to), data: data, cid: cid === undefined ? newCid() : cid });
+      },
+      /** Publishes a group message to `channel`; as `send` otherwise. */
+      publish: function (channel, data, cid) {
+        return message({ channel: String(channel), data: data, cid: cid === undefined ? newCid() : cid });
+      },
       /** Stops: sends the pending ack, closes, never reconnects. */
       close: function () {
         if (closed) return;
@@ -360,7 +450,7 @@
     };
   }
 
-  var api = { connect: connect, RecentIds: RecentIds, delayFromReason: delayFromReason };
+  var api = { connect: connect, RecentIds: RecentIds, delayFromReason: delayFromReason, newCid: newCid };
   root.pushgate = api;
   if (typeof module === "object" && module && module.exports) module.exports = api;
 })(typeof globalThis !== "undefined" ? globalThis : typeof self !== "undefined" ? self : this);

@@ -244,19 +244,14 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             let to = UserId::new(r.str("to")?);
             let cid = r.string("cid")?;
             let data = json_data(r.bytes()?)?;
-            ClientFrame::Send { seq, to, data, cid }
+            ClientFrame::send(seq, to, data, cid)
         }
         OP_PUB => {
             let (_, seq) = r.head(F_SEQ)?;
             let channel = r.string("channel")?;
             let cid = r.string("cid")?;
             let data = json_data(r.bytes()?)?;
-            ClientFrame::Pub {
-                seq,
-                channel,
-                data,
-                cid,
-            }
+            ClientFrame::publish(seq, channel, data, cid)
         }
         other => return Err(bad_op(other)),
     };
@@ -378,22 +373,17 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head(OP_REFRESH, 0, *seq, out);
             put_bytes(token.as_bytes(), out);
         }
-        ClientFrame::Send { seq, to, data, cid } => {
+        ClientFrame::Send { seq, msg } => {
             head(OP_SEND, 0, *seq, out);
-            put_bytes(to.as_str().as_bytes(), out);
-            put_bytes(cid.as_bytes(), out);
-            put_bytes(data, out);
+            put_bytes(msg.to.as_str().as_bytes(), out);
+            put_bytes(msg.cid.as_bytes(), out);
+            put_bytes(&msg.data, out);
         }
-        ClientFrame::Pub {
-            seq,
-            channel,
-            data,
-            cid,
-        } => {
+        ClientFrame::Pub { seq, msg } => {
             head(OP_PUB, 0, *seq, out);
-            put_bytes(channel.as_bytes(), out);
-            put_bytes(cid.as_bytes(), out);
-            put_bytes(data, out);
+            put_bytes(msg.channel.as_bytes(), out);
+            put_bytes(msg.cid.as_bytes(), out);
+            put_bytes(&msg.data, out);
         }
     }
 }

@@ -55,31 +55,64 @@ pub enum ClientFrame {
         /// The new JWT: same user, later `exp`.
         token: String,
     },
-    /// A 1:1 message to `to`, stored like a REST push with `store: true`;
-    /// answered with [`ServerFrame::SendOk`].
+    /// A 1:1 message, stored like a REST push with `store: true`;
+    /// answered with [`ServerFrame::SendOk`]. Boxed: the frame is rare and
+    /// every session holds a frame-sized slot.
     Send {
         /// Echoed in the reply.
         seq: Option<u32>,
-        /// The recipient.
-        to: UserId,
-        /// The payload: one JSON value, as UTF-8 JSON text.
-        data: Bytes,
-        /// The client's id for this message (1 to [`MAX_CID_LEN`] bytes):
-        /// the same cid from the same user is accepted once.
-        cid: String,
+        /// The message.
+        msg: Box<SendMsg>,
     },
-    /// A group message to the subscribers of `channel`; answered with
+    /// A group message to a channel's subscribers; answered with
     /// [`ServerFrame::PubOk`].
     Pub {
         /// Echoed in the reply.
         seq: Option<u32>,
-        /// The channel.
-        channel: String,
-        /// The payload: one JSON value, as UTF-8 JSON text.
-        data: Bytes,
-        /// The client's id for this message, as for [`ClientFrame::Send`].
-        cid: String,
+        /// The message.
+        msg: Box<PubMsg>,
     },
+}
+
+/// The body of a `send`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendMsg {
+    /// The recipient.
+    pub to: UserId,
+    /// The payload: one JSON value, as UTF-8 JSON text.
+    pub data: Bytes,
+    /// The client's id for this message (1 to [`MAX_CID_LEN`] bytes): the
+    /// same cid from the same user is accepted once.
+    pub cid: String,
+}
+
+/// The body of a `pub`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubMsg {
+    /// The channel.
+    pub channel: String,
+    /// The payload: one JSON value, as UTF-8 JSON text.
+    pub data: Bytes,
+    /// The client's id for this message, as for [`SendMsg::cid`].
+    pub cid: String,
+}
+
+impl ClientFrame {
+    /// A `send` frame.
+    pub fn send(seq: Option<u32>, to: UserId, data: Bytes, cid: String) -> ClientFrame {
+        ClientFrame::Send {
+            seq,
+            msg: Box::new(SendMsg { to, data, cid }),
+        }
+    }
+
+    /// A `pub` frame.
+    pub fn publish(seq: Option<u32>, channel: String, data: Bytes, cid: String) -> ClientFrame {
+        ClientFrame::Pub {
+            seq,
+            msg: Box::new(PubMsg { channel, data, cid }),
+        }
+    }
 }
 
 /// Longest `cid` of a `send` or `pub`, in bytes.

@@ -110,18 +110,18 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             seq,
             token: need(raw.token, "token")?,
         },
-        "send" => ClientFrame::Send {
+        "send" => ClientFrame::send(
             seq,
-            to: UserId::from(need(raw.to, "to")?),
-            data: raw_bytes(&need(raw.data, "data")?),
-            cid: need(raw.cid, "cid")?,
-        },
-        "pub" => ClientFrame::Pub {
+            UserId::from(need(raw.to, "to")?),
+            raw_bytes(&need(raw.data, "data")?),
+            need(raw.cid, "cid")?,
+        ),
+        "pub" => ClientFrame::publish(
             seq,
-            channel: need(raw.channel, "channel")?,
-            data: raw_bytes(&need(raw.data, "data")?),
-            cid: need(raw.cid, "cid")?,
-        },
+            need(raw.channel, "channel")?,
+            raw_bytes(&need(raw.data, "data")?),
+            need(raw.cid, "cid")?,
+        ),
         _ => return Err(DecodeError::BadOp(op)),
     })
 }
@@ -247,24 +247,19 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             head("refresh", *seq, out);
             put_key_str("token", token, out);
         }
-        ClientFrame::Send { seq, to, data, cid } => {
+        ClientFrame::Send { seq, msg } => {
             head("send", *seq, out);
-            put_key_str("to", to.as_str(), out);
+            put_key_str("to", msg.to.as_str(), out);
             out.extend_from_slice(b",\"data\":");
-            out.extend_from_slice(data);
-            put_key_str("cid", cid, out);
+            out.extend_from_slice(&msg.data);
+            put_key_str("cid", &msg.cid, out);
         }
-        ClientFrame::Pub {
-            seq,
-            channel,
-            data,
-            cid,
-        } => {
+        ClientFrame::Pub { seq, msg } => {
             head("pub", *seq, out);
-            put_key_str("channel", channel, out);
+            put_key_str("channel", &msg.channel, out);
             out.extend_from_slice(b",\"data\":");
-            out.extend_from_slice(data);
-            put_key_str("cid", cid, out);
+            out.extend_from_slice(&msg.data);
+            put_key_str("cid", &msg.cid, out);
         }
     }
     out.push(b'}');

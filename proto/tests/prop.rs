@@ -69,20 +69,20 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (seq.clone(), msg_id()).prop_map(|(seq, id)| ClientFrame::Ack { seq, id }),
         (seq.clone(), text()).prop_map(|(seq, token)| ClientFrame::Refresh { seq, token }),
         (seq.clone(), text(), json_value(), text()).prop_map(|(seq, to, data, cid)| {
-            ClientFrame::Send {
+            ClientFrame::send(
                 seq,
-                to: UserId::from(to),
-                data: Bytes::from(serde_json::to_vec(&data).unwrap()),
+                UserId::from(to),
+                Bytes::from(serde_json::to_vec(&data).unwrap()),
                 cid,
-            }
+            )
         }),
         (seq, text(), json_value(), text()).prop_map(|(seq, channel, data, cid)| {
-            ClientFrame::Pub {
+            ClientFrame::publish(
                 seq,
                 channel,
-                data: Bytes::from(serde_json::to_vec(&data).unwrap()),
+                Bytes::from(serde_json::to_vec(&data).unwrap()),
                 cid,
-            }
+            )
         }),
     ]
 }

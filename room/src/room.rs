@@ -288,7 +288,10 @@ mod tests {
         let push = size_of::<Push>();
         let ws_io = size_of::<ws::WsIo>();
         let tcp_io = size_of::<crate::framed::FramedIo>();
-        println!("sizes: WsIo {ws_io} B, FramedIo {tcp_io} B");
+        println!(
+            "sizes: WsIo {ws_io} B, FramedIo {tcp_io} B, ClientFrame {} B",
+            size_of::<proto::ClientFrame>()
+        );
         println!(
             "sizes: ws task future {ws_size} B, tcp task future {tcp_size} B, \
              Arc<Conn> {conn} B, conns entry {conns_entry} B, users entry {users_entry} B, \
@@ -310,6 +313,11 @@ mod tests {
         // 736 → 608 (its output buffer a `Vec`). Growing past these numbers may cost every connection
         // 128 B: check the release sizes
         // (`cargo +nightly rustc -p pushgate-room --lib --release -- -Zprint-type-sizes`).
+        // 2026-12-06: `send`/`pub` frames are boxed in `ClientFrame` (a frame
+        // slot is kept in the session) and the send-rate bucket lives in the
+        // lazily boxed grants: unchanged at 616 / 608.
+        let frame = size_of::<proto::ClientFrame>();
+        assert!(frame <= 72, "ClientFrame is {frame} bytes");
         assert!(ws_size <= 616, "ws session future is {ws_size} bytes");
         assert!(tcp_size <= 616, "tcp session future is {tcp_size} bytes");
         assert!(conn <= 128, "Arc<Conn> is {conn} bytes");

@@ -337,16 +337,15 @@ struct Live<'s> {
     shared: &'s Shared,
     conn: Arc<Conn>,
     info: &'s SessionInfo,
-    /// Channel grants (see [`Authed::claims`]).
-    claims: Option<Box<Claims>>,
+    /// The token's grants and the send rate's bucket; boxed and present
+    /// only when the token grants something or the connection has sent.
+    grants: Option<Box<Grants>>,
     /// Highest user message id sent by the replay; live duplicates are dropped.
     replayed: MsgId,
     /// Highest stored user message id this connection has been sent (or the
     /// point its first replay started from): where a resync replays from.
     high: MsgId,
     bucket: Bucket,
-    /// `send` and `pub` frames ([`crate::RoomConfig::send_rate`]).
-    send_bucket: Bucket,
     /// Unix second from which the connection is closed with 4008: the
     /// token's `exp` plus the grace period, moved by each `refresh`.
     /// Checked on every inbound item (O(1), no timer): a live client sends
@@ -363,6 +362,28 @@ struct Live<'s> {
     /// but not `Sync`): it is reached through `get_mut`, and costs no byte
     /// (a `Mutex` here cost every session 8).
     acks: SyncWrapper<Option<Box<Acks<'s>>>>,
+}
+
+/// See [`Live::grants`].
+#[derive(Default)]
+struct Grants {
+    /// Channel, `pub` and `send` grants (see [`Authed::claims`]).
+    claims: Option<Claims>,
+    /// `send` and `pub` frames ([`crate::RoomConfig::send_rate`]), from the
+    /// first one on.
+    send: Option<Bucket>,
+}
+
+impl Grants {
+    /// The box for `claims`, or none when they grant nothing.
+    fn of(claims: Option<Box<Claims>>) -> Option<Box<Grants>> {
+        claims.map(|c| {
+            Box::new(Grants {
+                claims: Some(*c),
+                send: None,
+            })
+        })
+    }
 }
 
 /// Acks being recorded (see [`Live::acks`]).
@@ -417,11 +438,10 @@ fn live<'a, T: FrameIo>(
             shared,
             conn,
             info,
-            claims,
+            grants: Grants::of(claims),
             replayed: MsgId(0),
             high: MsgId(0),
             bucket: Bucket::new(shared.cfg.rate_limit, shared.clock_ms()),
-            send_bucket: Bucket::new(shared.cfg.send_rate, shared.clock_ms()),
             expires,
             acks: SyncWrapper::new(None),
         };
@@ -786,7 +806,8 @@ impl<'s> Live<'s> {
             // stays exhaustive.
             ClientFrame::Ack { .. } => Ok(()),
             ClientFrame::Refresh { seq, token } => self.refresh(io, seq, &token).await,
-            ClientFrame::Send { seq, to, data, cid } => {
+            ClientFrame::Send { seq, msg } => {
+                let proto::SendMsg { to, data, cid } = *msg;
                 let msg = ClientMessage {
                     to: Target::User(to),
                     data,
@@ -794,12 +815,8 @@ impl<'s> Live<'s> {
                 };
                 self.message(io, seq, msg).await
             }
-            ClientFrame::Pub {
-                seq,
-                channel,
-                data,
-                cid,
-            } => {
+            ClientFrame::Pub { seq, msg } => {
+                let proto::PubMsg { channel, data, cid } = *msg;
                 let msg = ClientMessage {
                     to: Target::Channel(channel),
                     data,
@@ -821,7 +838,7 @@ impl<'s> Live<'s> {
         msg: ClientMessage,
     ) -> Result<(), CloseReason> {
         let shared = self.shared;
-        let claims = self.claims.as_deref();
+        let claims = self.grants.as_ref().and_then(|g| g.claims.as_ref());
         let refused = match &msg.to {
             Target::User(to) if !valid_user(to) => {
                 Some((ErrorCode::BadFrame, "to: a user id of 1 to 256 bytes"))
@@ -840,14 +857,15 @@ impl<'s> Live<'s> {
             _ if msg.data.len() > shared.cfg.max_send_bytes => {
                 Some((ErrorCode::TooLarge, "data is larger than the server allows"))
             }
-            _ if !self
-                .send_bucket
-                .allow(shared.cfg.send_rate, shared.clock_ms()) =>
-            {
-                Some((ErrorCode::RateLimited, "too many messages: slow down"))
-            }
             _ => None,
         };
+        let refused = refused.or_else(|| {
+            let (rate, now) = (shared.cfg.send_rate, shared.clock_ms());
+            let grants = self.grants.get_or_insert_with(Box::default);
+            let bucket = grants.send.get_or_insert_with(|| Bucket::new(rate, now));
+            (!bucket.allow(rate, now))
+                .then_some((ErrorCode::RateLimited, "too many messages: slow down"))
+        });
         if let Some((code, text)) = refused {
             shared.metrics.message(false);
             return self.error(io, seq, code, text).await;
@@ -901,7 +919,11 @@ impl<'s> Live<'s> {
         self.expires = shared.cfg.token_deadline(exp);
         claims.sub = String::new();
         claims.dev = None;
-        self.claims = keeps_claims(&claims).then(|| Box::new(claims));
+        let claims = keeps_claims(&claims).then_some(claims);
+        match self.grants.as_mut() {
+            Some(g) => g.claims = claims,
+            None => self.grants = Grants::of(claims.map(Box::new)),
+        }
         self.reply(io, ServerFrame::RefreshOk { seq, exp }).await
     }
 
@@ -918,8 +940,9 @@ impl<'s> Live<'s> {
             return self.error(io, seq, ErrorCode::BadChannel, text).await;
         }
         let allowed = self
-            .claims
+            .grants
             .as_ref()
+            .and_then(|g| g.claims.as_ref())
             .is_some_and(|c| c.allows_channel(&channel));
         if !allowed {
             let text = "token does not allow this channel";

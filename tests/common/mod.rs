@@ -737,15 +737,13 @@ pub fn client_json(f: &ClientFrame) -> Value {
         ClientFrame::Unsub { channel, .. } => json!({ "op": "unsub", "channel": channel }),
         ClientFrame::Ack { id, .. } => json!({ "op": "ack", "id": id.0 }),
         ClientFrame::Refresh { token, .. } => json!({ "op": "refresh", "token": token }),
-        ClientFrame::Send { to, data, cid, .. } => json!({
-            "op": "send", "to": to.as_str(), "cid": cid,
-            "data": serde_json::from_slice::<Value>(data).unwrap_or(Value::Null),
+        ClientFrame::Send { msg, .. } => json!({
+            "op": "send", "to": msg.to.as_str(), "cid": msg.cid,
+            "data": serde_json::from_slice::<Value>(&msg.data).unwrap_or(Value::Null),
         }),
-        ClientFrame::Pub {
-            channel, data, cid, ..
-        } => json!({
-            "op": "pub", "channel": channel, "cid": cid,
-            "data": serde_json::from_slice::<Value>(data).unwrap_or(Value::Null),
+        ClientFrame::Pub { msg, .. } => json!({
+            "op": "pub", "channel": msg.channel, "cid": msg.cid,
+            "data": serde_json::from_slice::<Value>(&msg.data).unwrap_or(Value::Null),
         }),
     };
     if let Some(s) = f.seq() {
