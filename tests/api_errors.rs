@@ -534,6 +534,16 @@ async fn health_ready_metrics_openapi() {
 
     let (st, v) = s.api("GET", "/openapi.json", None).await;
     assert_eq!(st, 200, "{v}");
+    // The same document without a key, outside the base.
+    let (st, open) = s.raw("GET", "/openapi.json", None, None, None).await;
+    assert_eq!(st, 200, "/openapi.json without a key: {open}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&open)
+            .ok()
+            .as_ref(),
+        Some(&v),
+        "the keyless document is the same"
+    );
     let ver = v["openapi"]
         .as_str()
         .unwrap_or_else(|| panic!("openapi.json must have an \"openapi\" string: {v}"));

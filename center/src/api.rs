@@ -746,6 +746,10 @@ pub(crate) fn router(c: &Center) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // The document holds no secret: readable without the key outside
+        // the base (tools such as schemathesis and API clients fetch it
+        // before they know a key); under the base it needs one, like every call.
+        .route("/openapi.json", get(openapi))
         .merge(crate::console::router())
         .merge(api)
         .fallback(not_found)
