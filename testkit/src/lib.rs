@@ -32,11 +32,19 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Number of fresh ports tried when a start loses a race for its port.
 const START_ATTEMPTS: u32 = 5;
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago and that the
+/// kernel will not hand out to anyone else for about a minute.
 ///
-/// The port is found by binding port 0 and closing the listener, so another
-/// process may take it before the caller binds it; callers that start a
-/// server should retry on `EADDRINUSE`.
+/// The port is reserved the way Yelp's `ephemeral-port-reserve` does it: a
+/// listener is bound on port 0, a connection is made to it and accepted, and
+/// the accepted side is closed first, so it sits in `TIME_WAIT` on that port.
+/// While it does, the kernel skips the port for every automatic choice (a
+/// `bind` to port 0 and the source port of an outbound `connect`), which is
+/// how a freshly picked port used to be lost to another test's outbound
+/// connection before the server bound it. A server that binds with
+/// `SO_REUSEADDR` (every pushgate listener does, as tokio and std do) binds it
+/// at once. Another explicit `bind` of the same port can still race, so
+/// callers that start a server should still retry on `EADDRINUSE`.
 ///
 /// # Panics
 /// When no loopback port can be bound at all.
@@ -44,10 +52,21 @@ const START_ATTEMPTS: u32 = 5;
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap_or_else(|e| panic!("cannot bind a port on 127.0.0.1: {e}"));
-    listener
+    let addr = listener
         .local_addr()
-        .unwrap_or_else(|e| panic!("cannot read the local address: {e}"))
-        .port()
+        .unwrap_or_else(|e| panic!("cannot read the local address: {e}"));
+    // Best effort: without the TIME_WAIT reservation the port is still free.
+    if let Ok(client) = TcpStream::connect(addr) {
+        if let Ok((accepted, _)) = listener.accept() {
+            drop(accepted);
+            // Wait for the peer's FIN so the accepted side reaches TIME_WAIT
+            // (not FIN_WAIT_2) before the client closes too.
+            let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = (&client).read(&mut [0u8; 1]);
+        }
+        drop(client);
+    }
+    addr.port()
 }
 
 /// A `redis-server` child process on 127.0.0.1 with persistence off, in its

@@ -180,11 +180,40 @@ struct Spawned {
 
 /// Spawns the binary with exactly `args` (in `cwd` if given) and reads stdout
 /// until `ready`. Panics with the captured stderr when it does not get there.
+///
+/// A start that fails only because a fixed port is taken (`Address already in
+/// use`: a restarted node's port still held for a moment, or another test's
+/// process that bound it first) is tried again with the same arguments, up to
+/// [`BIND_ATTEMPTS`] times, 300 ms apart.
 async fn spawn_until_ready(
     args: &[String],
     env: &[(String, String)],
     cwd: Option<&Path>,
 ) -> Spawned {
+    let mut last = String::new();
+    for _ in 0..BIND_ATTEMPTS {
+        match try_spawn_until_ready(args, env, cwd).await {
+            Ok(sp) => return sp,
+            Err(e) if e.contains("Address already in use") => {
+                last = e;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("{last}\n(still a port in use after {BIND_ATTEMPTS} attempts)")
+}
+
+/// Starts tried by [`spawn_until_ready`] while a fixed port is in use.
+const BIND_ATTEMPTS: u32 = 10;
+
+/// One try of [`spawn_until_ready`]: the error holds the reason, the exit
+/// status and the captured output.
+async fn try_spawn_until_ready(
+    args: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+) -> Result<Spawned, String> {
     let mut cmd = command();
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -227,22 +256,22 @@ async fn spawn_until_ready(
                 let _ = child.start_kill();
                 let status = timeout(Duration::from_secs(2), child.wait()).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!(
+                return Err(format!(
                     "pushgate {args:?}: {why}; exit: {status:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
                     startup.join("\n"),
                     stderr.lock()
-                );
+                ));
             }
         }
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Spawned {
+    Ok(Spawned {
         child,
         pid,
         startup,
         stderr,
-    }
+    })
 }
 
 /// Finds `prefix` among the startup lines and returns the rest of that line.
