@@ -371,6 +371,7 @@ async fn token_subcommand_mints_a_working_jwt() {
         seq: Some(3),
         channel: "c".into(),
         last_id: None,
+        presence: false,
     })
     .await;
     let v = cl.next().await;

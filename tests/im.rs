@@ -184,6 +184,7 @@ async fn pub_reaches_other_subscribers_and_keeps_history_where_asked() {
         seq: Some(9),
         channel: "room:kept".into(),
         last_id: Some(proto::MsgId(0)),
+        presence: false,
     })
     .await;
     assert_eq!(late.next().await["op"], "sub_ok");
@@ -193,6 +194,7 @@ async fn pub_reaches_other_subscribers_and_keeps_history_where_asked() {
         seq: Some(10),
         channel: "room:1".into(),
         last_id: Some(proto::MsgId(0)),
+        presence: false,
     })
     .await;
     assert_eq!(late.next().await["op"], "sub_ok");

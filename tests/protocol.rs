@@ -75,6 +75,7 @@ async fn sub_unsub_and_permissions(t: Transport) {
         seq: Some(9),
         channel: "weather".into(),
         last_id: None,
+        presence: false,
     })
     .await;
     let v = c.next().await;
@@ -90,6 +91,7 @@ async fn sub_unsub_and_permissions(t: Transport) {
         seq: Some(11),
         channel: "sportx".into(),
         last_id: None,
+        presence: false,
     })
     .await;
     let v = c.next().await;
@@ -144,6 +146,7 @@ async fn token_without_channels_allows_none(t: Transport) {
         seq: Some(3),
         channel: "news".into(),
         last_id: None,
+        presence: false,
     })
     .await;
     let v = c.next().await;

@@ -499,6 +499,7 @@ async fn channel_history_recovered_by_sub_last_id() {
             seq: Some(5),
             channel: "hist".into(),
             last_id: Some(proto::MsgId(h1)),
+            presence: false,
         })
         .await;
         let mut msgs = Vec::new();
@@ -524,6 +525,7 @@ async fn channel_history_recovered_by_sub_last_id() {
             seq: Some(6),
             channel: "nohist".into(),
             last_id: Some(proto::MsgId(0)),
+            presence: false,
         })
         .await;
         let v = c.next().await;

@@ -578,6 +578,7 @@ fn client_op(frame: &ClientFrame) -> &'static str {
         ClientFrame::Refresh { .. } => "refresh",
         ClientFrame::Send { .. } => "send",
         ClientFrame::Pub { .. } => "pub",
+        ClientFrame::Presence { .. } => "presence",
     }
 }
 

@@ -362,6 +362,7 @@ async fn subscribe(conn: &mut Conn, channel: &str, limit: Duration) -> anyhow::R
         seq: Some(2),
         channel: channel.to_owned(),
         last_id: None,
+        presence: false,
     };
     conn.send(&sub)
         .await

@@ -715,7 +715,7 @@ impl Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "pushgate", description = "pushgate REST API: push to users, channels and everyone; tasks; users; stats."),
-    paths(push_users, push_channel, push_broadcast, get_task, get_user, kick_user, crate::users::users_online, crate::users::user_messages, stats, openapi, healthz, readyz, metrics),
+    paths(push_users, push_channel, push_broadcast, get_task, get_user, kick_user, crate::users::users_online, crate::users::user_messages, crate::presence::channel_presence, stats, openapi, healthz, readyz, metrics),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecurityAddon)
 )]
@@ -739,6 +739,10 @@ pub(crate) fn router(c: &Center) -> Router {
             get(crate::users::user_messages),
         )
         .route("/api/v1/users/{user}/connections", delete(kick_user))
+        .route(
+            "/api/v1/channels/{channel}/presence",
+            get(crate::presence::channel_presence),
+        )
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(c.clone(), auth));

@@ -27,6 +27,7 @@ pub mod dispatch;
 mod error;
 mod messages;
 mod metrics;
+pub mod presence;
 pub mod tasks;
 pub mod users;
 
@@ -180,6 +181,29 @@ pub trait Rooms: Send + Sync + 'static {
     /// # Errors
     /// [`RoomsError`] when the room cannot be reached.
     async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError>;
+    /// Queues presence changes of another room (`true`: join) to the
+    /// connections of `room` watching their channels; returns connections
+    /// written.
+    ///
+    /// # Errors
+    /// [`RoomsError`] when the room cannot be reached.
+    async fn presence_changes(
+        &self,
+        room: RoomId,
+        changes: &[(bool, proto::PresenceChange)],
+    ) -> Result<u64, RoomsError>;
+    /// The members of `channel` held by `room` after user `after`, at most
+    /// `limit`, in user order.
+    ///
+    /// # Errors
+    /// [`RoomsError`] when the room cannot be reached.
+    async fn channel_members(
+        &self,
+        room: RoomId,
+        channel: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<proto::MembersPage, RoomsError>;
 }
 
 /// A room could not be reached.

@@ -1232,3 +1232,89 @@ async fn an_owed_resync_is_retried_without_new_pushes() {
         h.rooms.calls()
     );
 }
+
+#[tokio::test]
+async fn channel_presence_merges_the_rooms_pages_in_user_order() {
+    let h = harness().await;
+    // Two live rooms; "s" is on both.
+    h.connect("x1", 1, 1).await;
+    h.connect("x2", 2, 1).await;
+    {
+        let mut m = h.rooms.members.lock();
+        m.insert(
+            1,
+            [("a", 1), ("c", 2), ("s", 1)]
+                .map(|(u, n)| (u.to_owned(), n))
+                .into(),
+        );
+        m.insert(
+            2,
+            [("b", 1), ("d", 1), ("s", 2)]
+                .map(|(u, n)| (u.to_owned(), n))
+                .into(),
+        );
+    }
+    let mut pages = Vec::new();
+    let mut path = "/api/v1/channels/room:1/presence?limit=2".to_owned();
+    loop {
+        let (s, v) = h.call("GET", &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        pages.push(v["users"].clone());
+        match v["next"].as_str() {
+            Some(c) => path = format!("/api/v1/channels/room:1/presence?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let u = |user: &str, n: u32| json!({"user": user, "connections": n});
+    assert_eq!(
+        pages,
+        [
+            json!([u("a", 1), u("b", 1)]),
+            json!([u("c", 2), u("d", 1)]),
+            json!([u("s", 3)])
+        ]
+    );
+    // A room that cannot answer makes the page unavailable, not short.
+    h.rooms.failing.lock().insert(2);
+    let (s, v) = h
+        .call("GET", "/api/v1/channels/room:1/presence", None)
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn presence_changes_reach_every_room_but_their_own() {
+    let h = harness().await;
+    for room in 1..=3 {
+        h.connect(&format!("x{room}"), room, 1).await;
+    }
+    let change = proto::PresenceChange {
+        channel: "room:1".into(),
+        user: UserId::new("amy"),
+        device: "phone".into(),
+    };
+    let written = center::presence::relay(
+        &*h.dir,
+        &*h.rooms,
+        RoomId(2),
+        &[(true, change.clone()), (false, change)],
+    )
+    .await;
+    assert_eq!(written, 4);
+    let mut got = h.rooms.presence.lock().clone();
+    got.sort();
+    let amy = || "amy".to_owned();
+    assert_eq!(
+        got,
+        [
+            (1, false, amy()),
+            (1, true, amy()),
+            (3, false, amy()),
+            (3, true, amy())
+        ]
+    );
+}

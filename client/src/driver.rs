@@ -112,6 +112,8 @@ pub(crate) struct Driver {
     last_id: Option<i64>,
     /// Subscribed channels and the highest id received on each.
     subs: BTreeMap<String, Option<i64>>,
+    /// Subscribed channels whose presence events were asked for.
+    presence_subs: std::collections::HashSet<String>,
     /// Highest id to ack, and the highest id acked on the wire.
     ack_want: Option<i64>,
     ack_sent: Option<i64>,
@@ -139,7 +141,13 @@ struct Live {
     pending_subs: HashMap<u32, String>,
     /// `send`/`pub` written and awaiting their answer, by seq.
     sent: BTreeMap<u32, Outgoing>,
+    /// `presence` requests awaiting their answer, by seq (dropped with the
+    /// connection: the caller then gets `NotConnected`).
+    presence_asked: HashMap<u32, PresenceReply>,
 }
+
+/// Where the answer to a `presence` request goes.
+type PresenceReply = tokio::sync::oneshot::Sender<Result<proto::PresencePage, crate::ClientError>>;
 
 impl Live {
     fn next_seq(&mut self) -> u32 {
@@ -174,6 +182,7 @@ impl Driver {
             recent: RecentIds::new(s.dedupe_capacity),
             last_id: s.last_id,
             subs: s.subs.into_iter().collect(),
+            presence_subs: std::collections::HashSet::new(),
             ack_want: None,
             ack_sent: None,
             outbox: std::collections::VecDeque::new(),
@@ -262,8 +271,16 @@ impl Driver {
     /// Applies a command while there is no connection.
     fn command_offline(&mut self, cmd: Command) {
         match cmd {
-            Command::Sub { channel, last_id } => self.remember_sub(channel, last_id),
+            Command::Sub {
+                channel,
+                last_id,
+                presence,
+            } => self.remember_sub(channel, last_id, presence),
+            Command::Presence { reply, .. } => {
+                let _ = reply.send(Err(crate::ClientError::NotConnected));
+            }
             Command::Unsub { channel } => {
+                self.presence_subs.remove(&channel);
                 self.subs.remove(&channel);
             }
             Command::Ack(id) => self.want_ack(id),
@@ -308,7 +325,10 @@ impl Driver {
         }
     }
 
-    fn remember_sub(&mut self, channel: String, last_id: Option<i64>) {
+    fn remember_sub(&mut self, channel: String, last_id: Option<i64>, presence: bool) {
+        if presence {
+            self.presence_subs.insert(channel.clone());
+        }
         let slot = self.subs.entry(channel).or_insert(None);
         if last_id.is_some() {
             *slot = last_id;
@@ -365,6 +385,7 @@ impl Driver {
             conn,
             seq: 1,
             pending_subs: HashMap::new(),
+            presence_asked: HashMap::new(),
             sent: BTreeMap::new(),
         };
         let resumed_from = self.last_id;
@@ -626,6 +647,16 @@ impl Driver {
                 code,
                 message,
                 ..
+            } if live.presence_asked.contains_key(&s) => {
+                if let Some(reply) = live.presence_asked.remove(&s) {
+                    let _ = reply.send(Err(crate::ClientError::Refused { code, message }));
+                }
+            }
+            ServerFrame::Error {
+                seq: Some(s),
+                code,
+                message,
+                ..
             } if live.sent.contains_key(&s) => {
                 if let Some(out) = live.sent.remove(&s) {
                     let _ = out
@@ -658,6 +689,13 @@ impl Driver {
                     let _ = out.reply.send(Ok(crate::Sent { id: id.0, cid }));
                 }
             }
+            ServerFrame::PresenceOk { seq, page } => {
+                if let Some(reply) = seq.and_then(|s| live.presence_asked.remove(&s)) {
+                    let _ = reply.send(Ok(*page));
+                }
+            }
+            ServerFrame::Join(c) => *pending = Some((Event::Join(*c), None)),
+            ServerFrame::Leave(c) => *pending = Some((Event::Leave(*c), None)),
             ServerFrame::Pong { .. } | ServerFrame::AuthOk { .. } => {}
         }
         Step::Continue
@@ -672,12 +710,26 @@ impl Driver {
         ack_at: &mut Option<Instant>,
     ) -> Result<(), Closed> {
         match cmd {
-            Command::Sub { channel, last_id } => {
-                self.remember_sub(channel.clone(), last_id);
+            Command::Sub {
+                channel,
+                last_id,
+                presence,
+            } => {
+                self.remember_sub(channel.clone(), last_id, presence);
                 let last_id = self.subs.get(&channel).copied().flatten();
                 self.send_sub(live, channel, last_id, hb).await
             }
+            Command::Presence { channel, reply } => {
+                let seq = live.next_seq();
+                live.presence_asked.insert(seq, reply);
+                let f = ClientFrame::Presence {
+                    seq: Some(seq),
+                    channel,
+                };
+                send_timed(&mut live.conn, &f, hb).await
+            }
             Command::Unsub { channel } => {
+                self.presence_subs.remove(&channel);
                 self.subs.remove(&channel);
                 let seq = live.next_seq();
                 let f = ClientFrame::Unsub {
@@ -716,6 +768,7 @@ impl Driver {
             seq: Some(seq),
             channel: channel.clone(),
             last_id: last_id.map(MsgId),
+            presence: self.presence_subs.contains(&channel),
         };
         live.pending_subs.insert(seq, channel);
         send_timed(&mut live.conn, &f, hb).await

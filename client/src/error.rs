@@ -70,4 +70,8 @@ pub enum ClientError {
     /// Too many `send`/`pub` are waiting for an answer already.
     #[error("too many messages waiting for an answer ({0})")]
     Busy(usize),
+    /// A request that needs a live connection (`presence`) found none, or
+    /// its connection ended before the answer.
+    #[error("not connected")]
+    NotConnected,
 }

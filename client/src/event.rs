@@ -56,6 +56,11 @@ pub enum Event {
         /// The new token's expiry, seconds since the Unix epoch.
         exp: u64,
     },
+    /// Another member subscribed to a channel this client subscribed to
+    /// with [`Client::subscribe_with_presence`](crate::Client::subscribe_with_presence).
+    Join(proto::PresenceChange),
+    /// A member of such a channel unsubscribed or disconnected.
+    Leave(proto::PresenceChange),
     /// A connection ended (after it was established, whether or not the
     /// `auth` succeeded). The client reconnects by itself after `retry_in`.
     Disconnected(Disconnected),

@@ -65,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{BoxError, ClientError};
 pub use event::{Connected, Disconnected, Event, Events, Message};
 
-pub use proto::ErrorCode;
+pub use proto::{ErrorCode, PresencePage, PresentUser};
 pub use tls::{pin_verifier, Fingerprint};
 pub use url::{Scheme, ServerUrl};
 
@@ -358,6 +358,13 @@ enum Command {
     Sub {
         channel: String,
         last_id: Option<i64>,
+        /// Also ask for the channel's `join` and `leave` events.
+        presence: bool,
+    },
+    /// A `presence` request, answered when the server answers it.
+    Presence {
+        channel: String,
+        reply: oneshot::Sender<Result<proto::PresencePage, ClientError>>,
     },
     Unsub {
         channel: String,
@@ -444,7 +451,43 @@ impl Client {
     /// # Errors
     /// [`ClientError::BadChannel`], or [`ClientError::Stopped`].
     pub async fn subscribe(&self, channel: impl Into<String>) -> Result<(), ClientError> {
-        self.subscribe_inner(channel.into(), None).await
+        self.subscribe_inner(channel.into(), None, false).await
+    }
+
+    /// Like [`subscribe`](Self::subscribe), also asking for the channel's
+    /// presence events: [`Event::Join`] and [`Event::Leave`] of the other
+    /// members (channels the server lists in `--presence-channels`), on
+    /// every connection from now on.
+    ///
+    /// # Errors
+    /// [`ClientError::BadChannel`], or [`ClientError::Stopped`].
+    pub async fn subscribe_with_presence(
+        &self,
+        channel: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        self.subscribe_inner(channel.into(), None, true).await
+    }
+
+    /// Who is in `channel` now (a channel with presence this client is
+    /// subscribed to): the first 1,000 users with their connections, over
+    /// every room; `more` when more follow (the REST API pages through all).
+    ///
+    /// # Errors
+    /// [`ClientError::NotConnected`] when there is no connection now, or it
+    /// ended before the answer; [`ClientError::Refused`] (`forbidden`: no
+    /// presence on the channel, or not subscribed); [`ClientError::BadChannel`];
+    /// [`ClientError::Stopped`].
+    pub async fn presence(
+        &self,
+        channel: impl Into<String>,
+    ) -> Result<proto::PresencePage, ClientError> {
+        let channel = channel.into();
+        if !proto::valid_channel(&channel) {
+            return Err(ClientError::BadChannel(channel));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Presence { channel, reply }).await?;
+        rx.await.map_err(|_| ClientError::NotConnected)?
     }
 
     /// Like [`subscribe`](Self::subscribe), recovering the channel's history
@@ -457,18 +500,25 @@ impl Client {
         channel: impl Into<String>,
         last_id: i64,
     ) -> Result<(), ClientError> {
-        self.subscribe_inner(channel.into(), Some(last_id)).await
+        self.subscribe_inner(channel.into(), Some(last_id), false)
+            .await
     }
 
     async fn subscribe_inner(
         &self,
         channel: String,
         last_id: Option<i64>,
+        presence: bool,
     ) -> Result<(), ClientError> {
         if !proto::valid_channel(&channel) {
             return Err(ClientError::BadChannel(channel));
         }
-        self.command(Command::Sub { channel, last_id }).await
+        self.command(Command::Sub {
+            channel,
+            last_id,
+            presence,
+        })
+        .await
     }
 
     /// Sends a 1:1 message to user `to` (docs/PROTOCOL.md, "Sending") with

@@ -28,6 +28,8 @@ pub(crate) struct LocalBackend {
     events: Option<Arc<crate::events::Events>>,
     /// Where clients' `send` and `pub` go (none: refused as unavailable).
     messages: Option<Arc<crate::messages::Messages>>,
+    /// The other rooms of a cluster, for presence (none: one room).
+    cluster_presence: Option<Arc<crate::presence::ClusterPresence>>,
 }
 
 /// Where a room reports its connections.
@@ -70,7 +72,18 @@ impl LocalBackend {
             store,
             events: None,
             messages: None,
+            cluster_presence: None,
         }
+    }
+
+    /// Passes presence changes to the other rooms of a cluster, and counts
+    /// their members in a client's `presence`.
+    pub(crate) fn with_cluster_presence(
+        mut self,
+        p: Option<Arc<crate::presence::ClusterPresence>>,
+    ) -> LocalBackend {
+        self.cluster_presence = p;
+        self
     }
 
     /// Takes clients' `send` and `pub` through `messages`.
@@ -261,6 +274,28 @@ impl Backend for LocalBackend {
                 "this server does not take messages from clients".into(),
             )),
         }
+    }
+
+    fn presence_changed(&self, join: bool, change: &proto::PresenceChange) {
+        if let Some(p) = &self.cluster_presence {
+            p.changed(join, change);
+        }
+    }
+
+    async fn channel_members(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Option<Result<proto::MembersPage, BackendError>> {
+        let p = self.cluster_presence.as_ref()?;
+        Some(
+            p.members(channel, after, limit)
+                .await
+                .map_err(|e| BackendError::Unavailable {
+                    source: Box::new(e),
+                }),
+        )
     }
 }
 

@@ -20,6 +20,7 @@ mod health;
 mod local_rooms;
 mod messages;
 mod net;
+mod presence;
 mod room_directory;
 mod room_node;
 mod secrets;

@@ -63,4 +63,23 @@ impl Rooms for LocalRooms {
     ) -> Result<u64, RoomsError> {
         Ok(self.check(room)?.resync(users, after))
     }
+
+    async fn presence_changes(
+        &self,
+        room: RoomId,
+        changes: &[(bool, proto::PresenceChange)],
+    ) -> Result<u64, RoomsError> {
+        Ok(self.check(room)?.presence_changes(changes))
+    }
+
+    async fn channel_members(
+        &self,
+        room: RoomId,
+        channel: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<proto::MembersPage, RoomsError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(self.check(room)?.channel_members(channel, after, limit))
+    }
 }

@@ -18,7 +18,10 @@
 use bytes::Bytes;
 
 use crate::error::DecodeError;
-use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, Sender, ServerFrame};
+use crate::frame::{
+    ClientFrame, CloseCode, ErrorCode, MsgFrame, PresenceChange, PresencePage, PresentUser, Sender,
+    ServerFrame,
+};
 use crate::ids::{ConnId, MsgId, RoomId, UserId};
 
 /// Op byte of the client `auth` frame.
@@ -37,6 +40,8 @@ pub const OP_REFRESH: u8 = 0x06;
 pub const OP_SEND: u8 = 0x07;
 /// Op byte of the client `pub` frame.
 pub const OP_PUB: u8 = 0x08;
+/// Op byte of the client `presence` frame.
+pub const OP_PRESENCE: u8 = 0x09;
 /// Op byte of the server `auth_ok` frame.
 pub const OP_AUTH_OK: u8 = 0x81;
 /// Op byte of the server `pong` frame.
@@ -55,14 +60,21 @@ pub const OP_REFRESH_OK: u8 = 0x87;
 pub const OP_SEND_OK: u8 = 0x88;
 /// Op byte of the server `pub_ok` frame.
 pub const OP_PUB_OK: u8 = 0x89;
+/// Op byte of the server `join` frame.
+pub const OP_JOIN: u8 = 0x8a;
+/// Op byte of the server `leave` frame.
+pub const OP_LEAVE: u8 = 0x8b;
+/// Op byte of the server `presence_ok` frame.
+pub const OP_PRESENCE_OK: u8 = 0x8c;
 
 /// Flag bit 0, on every frame: a `seq` varint follows the flags byte.
 const F_SEQ: u8 = 0x01;
 /// Flag bit 1: the op's first optional field is present (`last_id` on auth and
-/// sub, `channel` on msg, `close` on error).
+/// sub, `channel` on msg, `close` on error), or its first flag is true
+/// (`more` on presence_ok).
 const F_OPT1: u8 = 0x02;
 /// Flag bit 2: the op's second optional field is present (`device` on auth,
-/// the sender on msg).
+/// the sender on msg), or its second flag is true (`presence` on sub).
 const F_OPT2: u8 = 0x04;
 
 /// Longest varint length prefix: 5 bytes hold any `u32`.
@@ -215,14 +227,20 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             ClientFrame::Ping { seq }
         }
         OP_SUB => {
-            let (flags, seq) = r.head(F_SEQ | F_OPT1)?;
+            let (flags, seq) = r.head(F_SEQ | F_OPT1 | F_OPT2)?;
             let channel = r.string("channel")?;
             let last_id = r.opt(flags, F_OPT1, |r| r.i64().map(MsgId))?;
             ClientFrame::Sub {
                 seq,
                 channel,
                 last_id,
+                presence: flags & F_OPT2 != 0,
             }
+        }
+        OP_PRESENCE => {
+            let (_, seq) = r.head(F_SEQ)?;
+            let channel = r.string("channel")?;
+            ClientFrame::Presence { seq, channel }
         }
         OP_UNSUB => {
             let (_, seq) = r.head(F_SEQ)?;
@@ -312,6 +330,17 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             }
             put_bytes(&m.data, out);
         }
+        ServerFrame::Join(c) => put_change(OP_JOIN, c, out),
+        ServerFrame::Leave(c) => put_change(OP_LEAVE, c, out),
+        ServerFrame::PresenceOk { seq, page } => {
+            head(OP_PRESENCE_OK, flag_if(page.more, F_OPT1), *seq, out);
+            put_bytes(page.channel.as_bytes(), out);
+            put_varint(page.users.len() as u64, out);
+            for u in &page.users {
+                put_bytes(u.user.as_str().as_bytes(), out);
+                put_varint(u64::from(u.connections), out);
+            }
+        }
         ServerFrame::Error {
             seq,
             code,
@@ -353,13 +382,18 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             seq,
             channel,
             last_id,
+            presence,
         } => {
-            let flags = flag_if(last_id.is_some(), F_OPT1);
+            let flags = flag_if(last_id.is_some(), F_OPT1) | flag_if(*presence, F_OPT2);
             head(OP_SUB, flags, *seq, out);
             put_bytes(channel.as_bytes(), out);
             if let Some(id) = last_id {
                 put_varint(id.0 as u64, out);
             }
+        }
+        ClientFrame::Presence { seq, channel } => {
+            head(OP_PRESENCE, 0, *seq, out);
+            put_bytes(channel.as_bytes(), out);
         }
         ClientFrame::Unsub { seq, channel } => {
             head(OP_UNSUB, 0, *seq, out);
@@ -479,10 +513,57 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
             let exp = r.varint()?;
             ServerFrame::RefreshOk { seq, exp }
         }
+        OP_JOIN | OP_LEAVE => {
+            // Like msg, they answer no request: no seq.
+            r.flags(0)?;
+            let change = Box::new(PresenceChange {
+                channel: r.string("channel")?,
+                user: UserId::new(r.str("user")?),
+                device: r.string("device")?,
+            });
+            if op == OP_JOIN {
+                ServerFrame::Join(change)
+            } else {
+                ServerFrame::Leave(change)
+            }
+        }
+        OP_PRESENCE_OK => {
+            let (flags, seq) = r.head(F_SEQ | F_OPT1)?;
+            let channel = r.string("channel")?;
+            let n = r.varint()?;
+            // Each entry takes at least 2 bytes: a count beyond that is a
+            // lie, and must not size an allocation.
+            if n > (r.buf.len() / 2) as u64 {
+                return Err(DecodeError::Truncated);
+            }
+            let mut users = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let user = UserId::new(r.str("user")?);
+                let connections = r.u32("connections")?;
+                users.push(PresentUser { user, connections });
+            }
+            let more = flags & F_OPT1 != 0;
+            ServerFrame::PresenceOk {
+                seq,
+                page: Box::new(PresencePage {
+                    channel,
+                    users,
+                    more,
+                }),
+            }
+        }
         other => return Err(bad_op(other)),
     };
     r.finish()?;
     Ok(frame)
+}
+
+/// Writes a `join` or `leave` (no seq: they answer no request).
+fn put_change(op: u8, c: &PresenceChange, out: &mut Vec<u8>) {
+    head(op, 0, None, out);
+    put_bytes(c.channel.as_bytes(), out);
+    put_bytes(c.user.as_str().as_bytes(), out);
+    put_bytes(c.device.as_bytes(), out);
 }
 
 fn bad_op(op: u8) -> DecodeError {
@@ -736,11 +817,23 @@ mod tests {
                 seq: Some(3),
                 channel: "news".into(),
                 last_id: Some(MsgId(-1)),
+                presence: false,
             },
             ClientFrame::Sub {
                 seq: None,
                 channel: "ü".into(),
                 last_id: None,
+                presence: false,
+            },
+            ClientFrame::Sub {
+                seq: Some(4),
+                channel: "room:1".into(),
+                last_id: Some(MsgId(5)),
+                presence: true,
+            },
+            ClientFrame::Presence {
+                seq: Some(5),
+                channel: "room:1".into(),
             },
             ClientFrame::Unsub {
                 seq: Some(0),
@@ -801,6 +894,41 @@ mod tests {
                 code: ErrorCode::ChannelForbidden,
                 message: String::new(),
                 close: None,
+            },
+            ServerFrame::Join(Box::new(PresenceChange {
+                channel: "room:1".into(),
+                user: UserId::new("bob"),
+                device: "phone".into(),
+            })),
+            ServerFrame::Leave(Box::new(PresenceChange {
+                channel: "room:1".into(),
+                user: UserId::new("bob"),
+                device: "default".into(),
+            })),
+            ServerFrame::PresenceOk {
+                seq: Some(6),
+                page: Box::new(PresencePage {
+                    channel: "room:1".into(),
+                    users: vec![
+                        PresentUser {
+                            user: UserId::new("alice"),
+                            connections: 1,
+                        },
+                        PresentUser {
+                            user: UserId::new("bob"),
+                            connections: 300,
+                        },
+                    ],
+                    more: true,
+                }),
+            },
+            ServerFrame::PresenceOk {
+                seq: None,
+                page: Box::new(PresencePage {
+                    channel: "room:2".into(),
+                    users: Vec::new(),
+                    more: false,
+                }),
             },
         ]
     }

@@ -32,6 +32,9 @@ pub enum ClientFrame {
         channel: String,
         /// Recover channel history with a greater id (channels with history only).
         last_id: Option<MsgId>,
+        /// Receive `join`/`leave` events of the channel's other members
+        /// (channels with presence only).
+        presence: bool,
     },
     /// Unsubscribe from a channel.
     Unsub {
@@ -71,6 +74,14 @@ pub enum ClientFrame {
         seq: Option<u32>,
         /// The message.
         msg: Box<PubMsg>,
+    },
+    /// Who is in a channel with presence (the connection must be
+    /// subscribed to it); answered with [`ServerFrame::PresenceOk`].
+    Presence {
+        /// Echoed in the reply.
+        seq: Option<u32>,
+        /// Channel name.
+        channel: String,
     },
 }
 
@@ -134,7 +145,8 @@ impl ClientFrame {
             | ClientFrame::Ack { seq, .. }
             | ClientFrame::Refresh { seq, .. }
             | ClientFrame::Send { seq, .. }
-            | ClientFrame::Pub { seq, .. } => *seq,
+            | ClientFrame::Pub { seq, .. }
+            | ClientFrame::Presence { seq, .. } => *seq,
         }
     }
 }
@@ -163,6 +175,47 @@ pub struct Sender {
     pub user: UserId,
     /// The client's message id (`cid`).
     pub cid: String,
+}
+
+/// A member joining or leaving a channel with presence: one connection
+/// (a user's device) subscribing or unsubscribing (or going away).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PresenceChange {
+    /// The channel.
+    pub channel: String,
+    /// The member's user.
+    pub user: UserId,
+    /// The member connection's device id.
+    pub device: String,
+}
+
+/// One user present in a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PresentUser {
+    /// The user.
+    pub user: UserId,
+    /// Their connections subscribed to the channel.
+    pub connections: u32,
+}
+
+/// A page of a channel's members (one room's, or the whole cluster's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersPage {
+    /// Members in byte order of the user id, with their subscribed connections.
+    pub users: Vec<PresentUser>,
+    /// Whether more members follow the last one.
+    pub more: bool,
+}
+
+/// The answer to a `presence` frame: the channel's members in user order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresencePage {
+    /// The channel.
+    pub channel: String,
+    /// The first members, in byte order of the user id.
+    pub users: Vec<PresentUser>,
+    /// Whether more members follow (the REST API pages through them).
+    pub more: bool,
 }
 
 /// A frame sent by the server.
@@ -227,6 +280,19 @@ pub enum ServerFrame {
     },
     /// A pushed message.
     Msg(MsgFrame),
+    /// Another member subscribed to a channel this connection watches
+    /// with `presence`. Boxed, as every presence frame: rare, and a frame
+    /// slot is kept per session.
+    Join(Box<PresenceChange>),
+    /// A member of a watched channel unsubscribed or disconnected.
+    Leave(Box<PresenceChange>),
+    /// The answer to a `presence` frame.
+    PresenceOk {
+        /// Echo of the presence frame's seq.
+        seq: Option<u32>,
+        /// The members.
+        page: Box<PresencePage>,
+    },
     /// An error; when `close` is set the server closes the connection after it.
     Error {
         /// Echo of the offending frame's seq, when known.

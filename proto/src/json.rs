@@ -14,7 +14,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::error::DecodeError;
-use crate::frame::{ClientFrame, CloseCode, ErrorCode, MsgFrame, Sender, ServerFrame};
+use crate::frame::{
+    ClientFrame, CloseCode, ErrorCode, MsgFrame, PresenceChange, PresencePage, PresentUser, Sender,
+    ServerFrame,
+};
 use crate::ids::{ConnId, MsgId, RoomId, UserId};
 
 /// The union of the fields of every client frame.
@@ -29,9 +32,17 @@ struct RawClient {
     id: Option<i64>,
     to: Option<String>,
     cid: Option<String>,
+    presence: Option<bool>,
     // `Option<Box<RawValue>>` alone would read `"data":null` as absent.
     #[serde(default, deserialize_with = "present_raw")]
     data: Option<Box<RawValue>>,
+}
+
+/// One entry of a `presence_ok`'s `users`.
+#[derive(Deserialize)]
+struct RawPresent {
+    user: String,
+    connections: u32,
 }
 
 /// The union of the fields of every server frame.
@@ -55,6 +66,9 @@ struct RawServer {
     close: Option<u16>,
     from: Option<String>,
     cid: Option<String>,
+    device: Option<String>,
+    users: Option<Vec<RawPresent>>,
+    more: Option<bool>,
 }
 
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -97,6 +111,11 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, DecodeError> {
             seq,
             channel: need(raw.channel, "channel")?,
             last_id: raw.last_id.map(MsgId),
+            presence: raw.presence.unwrap_or(false),
+        },
+        "presence" => ClientFrame::Presence {
+            seq,
+            channel: need(raw.channel, "channel")?,
         },
         "unsub" => ClientFrame::Unsub {
             seq,
@@ -176,6 +195,24 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 put_key_str("cid", &from.cid, out);
             }
         }
+        ServerFrame::Join(c) => put_change("join", c, out),
+        ServerFrame::Leave(c) => put_change("leave", c, out),
+        ServerFrame::PresenceOk { seq, page } => {
+            head("presence_ok", *seq, out);
+            put_key_str("channel", &page.channel, out);
+            out.extend_from_slice(b",\"users\":[");
+            for (i, u) in page.users.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"user\":");
+                put_str(u.user.as_str(), out);
+                put_key_int("connections", u.connections, out);
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"],\"more\":");
+            out.extend_from_slice(if page.more { b"true" } else { b"false" });
+        }
         ServerFrame::SendOk { seq, cid, id } => {
             head("send_ok", *seq, out);
             put_key_str("cid", cid, out);
@@ -228,12 +265,20 @@ pub fn encode_client(frame: &ClientFrame, out: &mut Vec<u8>) {
             seq,
             channel,
             last_id,
+            presence,
         } => {
             head("sub", *seq, out);
             put_key_str("channel", channel, out);
             if let Some(id) = last_id {
                 put_key_int("last_id", id.0, out);
             }
+            if *presence {
+                out.extend_from_slice(b",\"presence\":true");
+            }
+        }
+        ClientFrame::Presence { seq, channel } => {
+            head("presence", *seq, out);
+            put_key_str("channel", channel, out);
         }
         ClientFrame::Unsub { seq, channel } => {
             head("unsub", *seq, out);
@@ -329,6 +374,32 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
             cid: need(raw.cid, "cid")?,
             id: MsgId(need(raw.id, "id")?),
         },
+        "join" | "leave" => {
+            let change = Box::new(PresenceChange {
+                channel: need(raw.channel, "channel")?,
+                user: UserId::from(need(raw.user, "user")?),
+                device: need(raw.device, "device")?,
+            });
+            if op == "join" {
+                ServerFrame::Join(change)
+            } else {
+                ServerFrame::Leave(change)
+            }
+        }
+        "presence_ok" => ServerFrame::PresenceOk {
+            seq,
+            page: Box::new(PresencePage {
+                channel: need(raw.channel, "channel")?,
+                users: need(raw.users, "users")?
+                    .into_iter()
+                    .map(|u| PresentUser {
+                        user: UserId::from(u.user),
+                        connections: u.connections,
+                    })
+                    .collect(),
+                more: need(raw.more, "more")?,
+            }),
+        },
         "error" => ServerFrame::Error {
             seq,
             code: ErrorCode::parse(&need(raw.code, "code")?)
@@ -341,6 +412,14 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, DecodeError> {
         },
         _ => return Err(DecodeError::BadOp(op)),
     })
+}
+
+/// Writes a `join` or `leave` (they answer no request: no seq).
+fn put_change(op: &str, c: &PresenceChange, out: &mut Vec<u8>) {
+    head(op, None, out);
+    put_key_str("channel", &c.channel, out);
+    put_key_str("user", c.user.as_str(), out);
+    put_key_str("device", &c.device, out);
 }
 
 /// The JSON text of a raw value.
@@ -470,8 +549,25 @@ mod tests {
                     seq: Some(2),
                     channel: "news".into(),
                     last_id: Some(MsgId(-3)),
+                    presence: false,
                 },
                 r#"{"op":"sub","seq":2,"channel":"news","last_id":-3}"#,
+            ),
+            (
+                ClientFrame::Sub {
+                    seq: Some(3),
+                    channel: "room:1".into(),
+                    last_id: None,
+                    presence: true,
+                },
+                r#"{"op":"sub","seq":3,"channel":"room:1","presence":true}"#,
+            ),
+            (
+                ClientFrame::Presence {
+                    seq: Some(4),
+                    channel: "room:1".into(),
+                },
+                r#"{"op":"presence","seq":4,"channel":"room:1"}"#,
             ),
             (
                 ClientFrame::Unsub {
@@ -552,6 +648,42 @@ mod tests {
                 r#"{"op":"error","seq":4,"code":"draining","message":"draining reconnect_after_ms=500","close":4007}"#,
             ),
             (
+                ServerFrame::Join(Box::new(PresenceChange {
+                    channel: "room:1".into(),
+                    user: UserId::new("bob"),
+                    device: "phone".into(),
+                })),
+                r#"{"op":"join","channel":"room:1","user":"bob","device":"phone"}"#,
+            ),
+            (
+                ServerFrame::Leave(Box::new(PresenceChange {
+                    channel: "room:1".into(),
+                    user: UserId::new("bob"),
+                    device: "phone".into(),
+                })),
+                r#"{"op":"leave","channel":"room:1","user":"bob","device":"phone"}"#,
+            ),
+            (
+                ServerFrame::PresenceOk {
+                    seq: Some(4),
+                    page: Box::new(PresencePage {
+                        channel: "room:1".into(),
+                        users: vec![
+                            PresentUser {
+                                user: UserId::new("alice"),
+                                connections: 2,
+                            },
+                            PresentUser {
+                                user: UserId::new("bob"),
+                                connections: 1,
+                            },
+                        ],
+                        more: false,
+                    }),
+                },
+                r#"{"op":"presence_ok","seq":4,"channel":"room:1","users":[{"user":"alice","connections":2},{"user":"bob","connections":1}],"more":false}"#,
+            ),
+            (
                 ServerFrame::Error {
                     seq: None,
                     code: ErrorCode::BadChannel,
@@ -595,7 +727,8 @@ mod tests {
             Ok(ClientFrame::Sub {
                 seq: None,
                 channel: "a/b".into(),
-                last_id: None
+                last_id: None,
+                presence: false,
             })
         );
     }

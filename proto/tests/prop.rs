@@ -7,8 +7,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proto::{binary, json};
 use proto::{
-    ClientFrame, CloseCode, ConnId, DecodeError, ErrorCode, MsgFrame, MsgId, RoomId, Sender,
-    ServerFrame, UserId,
+    ClientFrame, CloseCode, ConnId, DecodeError, ErrorCode, MsgFrame, MsgId, PresenceChange,
+    PresencePage, PresentUser, RoomId, Sender, ServerFrame, UserId,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -58,13 +58,19 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 device
             }),
         seq.clone().prop_map(|seq| ClientFrame::Ping { seq }),
-        (seq.clone(), text(), proptest::option::of(msg_id())).prop_map(
-            |(seq, channel, last_id)| ClientFrame::Sub {
+        (
+            seq.clone(),
+            text(),
+            proptest::option::of(msg_id()),
+            any::<bool>()
+        )
+            .prop_map(|(seq, channel, last_id, presence)| ClientFrame::Sub {
                 seq,
                 channel,
-                last_id
-            }
-        ),
+                last_id,
+                presence
+            }),
+        (seq.clone(), text()).prop_map(|(seq, channel)| ClientFrame::Presence { seq, channel }),
         (seq.clone(), text()).prop_map(|(seq, channel)| ClientFrame::Unsub { seq, channel }),
         (seq.clone(), msg_id()).prop_map(|(seq, id)| ClientFrame::Ack { seq, id }),
         (seq.clone(), text()).prop_map(|(seq, token)| ClientFrame::Refresh { seq, token }),
@@ -142,12 +148,46 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             cid,
             id
         }),
-        (seq, code, text(), close).prop_map(|(seq, code, message, close)| ServerFrame::Error {
-            seq,
-            code,
-            message,
-            close
+        (seq.clone(), code, text(), close).prop_map(|(seq, code, message, close)| {
+            ServerFrame::Error {
+                seq,
+                code,
+                message,
+                close,
+            }
         }),
+        (any::<bool>(), text(), text(), text()).prop_map(|(join, channel, user, device)| {
+            let c = Box::new(PresenceChange {
+                channel,
+                user: UserId::from(user),
+                device,
+            });
+            if join {
+                ServerFrame::Join(c)
+            } else {
+                ServerFrame::Leave(c)
+            }
+        }),
+        (
+            seq,
+            text(),
+            prop::collection::vec((text(), any::<u32>()), 0..5),
+            any::<bool>()
+        )
+            .prop_map(|(seq, channel, users, more)| ServerFrame::PresenceOk {
+                seq,
+                page: Box::new(PresencePage {
+                    channel,
+                    users: users
+                        .into_iter()
+                        .map(|(user, connections)| PresentUser {
+                            user: UserId::from(user),
+                            connections,
+                        })
+                        .collect(),
+                    more,
+                }),
+            }),
     ]
 }
 

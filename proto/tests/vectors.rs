@@ -98,6 +98,7 @@ fn client_op(f: &ClientFrame) -> &'static str {
         ClientFrame::Refresh { .. } => "refresh",
         ClientFrame::Send { .. } => "send",
         ClientFrame::Pub { .. } => "pub",
+        ClientFrame::Presence { .. } => "presence",
     }
 }
 
@@ -116,6 +117,9 @@ fn server_op(f: &ServerFrame) -> &'static str {
         ServerFrame::Msg(_) => "msg(user)",
         ServerFrame::Error { close: Some(_), .. } => "error(fatal)",
         ServerFrame::Error { .. } => "error",
+        ServerFrame::Join(_) => "join",
+        ServerFrame::Leave(_) => "leave",
+        ServerFrame::PresenceOk { .. } => "presence_ok",
     }
 }
 
@@ -185,6 +189,7 @@ fn doc_vectors_match_the_codecs() {
         "client refresh",
         "client send",
         "client pub",
+        "client presence",
         "server auth_ok",
         "server pong",
         "server sub_ok",
@@ -198,6 +203,9 @@ fn doc_vectors_match_the_codecs() {
         "server msg(channel)",
         "server error",
         "server error(fatal)",
+        "server join",
+        "server leave",
+        "server presence_ok",
     ];
     for w in want {
         assert!(seen.contains(w), "docs/PROTOCOL.md has no vector for {w}");

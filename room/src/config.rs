@@ -73,6 +73,10 @@ pub struct RoomConfig {
     /// room, over all its client listeners (WebSocket, TCP, QUIC together);
     /// more are refused like a full room. 0: no limit.
     pub max_conns_per_ip: usize,
+    /// Channels with presence (names, or prefixes ending in `*`): the room
+    /// keeps their members and sends `join`/`leave` to subscribers that
+    /// asked with `presence`. Empty: none.
+    pub presence_channels: Arc<[String]>,
 }
 
 impl RoomConfig {
@@ -102,7 +106,13 @@ impl RoomConfig {
             replay_overlap: 0,
             quic_retry_above: None,
             max_conns_per_ip: 0,
+            presence_channels: Arc::from(Vec::new()),
         }
+    }
+
+    /// Whether `channel` has presence (see [`RoomConfig::presence_channels`]).
+    pub fn has_presence(&self, channel: &str) -> bool {
+        matches_any(&self.presence_channels, channel)
     }
 
     /// `after` moved back by [`RoomConfig::replay_overlap`] (never below 0).
@@ -147,4 +157,13 @@ impl RoomConfig {
     pub(crate) fn idle_limit(&self) -> Duration {
         self.heartbeat.saturating_mul(2)
     }
+}
+
+/// Whether `channel` is one of `patterns`: exact names, or prefixes ending
+/// in `*` (`*` alone: every channel).
+pub fn matches_any(patterns: &[String], channel: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => p == channel,
+    })
 }

@@ -23,7 +23,7 @@
 //! ever waits, so a flag and an `AtomicWaker` do (24 B less per connection
 //! than a `Notify` and its `Notified`), and the wait holds only a reference.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -34,7 +34,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use proto::{ConnId, EncodedMsg, MsgId, UserId};
+use proto::{
+    ConnId, EncodedMsg, MembersPage, MsgId, PresenceChange, PresentUser, ServerFrame, UserId,
+};
 use smallvec::SmallVec;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -80,6 +82,24 @@ impl Push {
             bin_prefix: prefix,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }))
+    }
+
+    /// A frame that is not a message (`join`, `leave`), encoded once for
+    /// every connection it goes to, except `except`. It carries no id.
+    pub(crate) fn frame(frame: &ServerFrame, except: Option<ConnId>) -> Option<Arc<Push>> {
+        let (mut json, mut bin) = (Vec::with_capacity(96), Vec::with_capacity(64));
+        proto::json::encode_server(frame, &mut json);
+        proto::binary::encode_server(frame, &mut bin);
+        let mut msg = EncodedMsg {
+            id: MsgId(0),
+            channel: true,
+            stored: false,
+            json: Bytes::from(json),
+            bin: Bytes::from(bin),
+            except,
+        };
+        msg.except = except;
+        Push::new(&msg)
     }
 }
 
@@ -328,6 +348,21 @@ pub(crate) struct QueueLimit {
 /// Subscribers of one channel.
 type Subscribers = HashMap<ConnId, Arc<Conn>>;
 
+/// A channel with presence, as this room sees it: its members here and
+/// the connections here that asked for `join`/`leave`.
+#[derive(Debug, Default)]
+struct Presence {
+    /// Subscribed connections per user, in user order (pages by cursor in
+    /// O(log n + page)).
+    members: BTreeMap<UserId, u32>,
+    /// Subscribers that asked for join/leave events.
+    watchers: Subscribers,
+}
+
+/// Where a room's presence changes go besides its own watchers (the other
+/// rooms of a cluster). Must not block.
+pub(crate) type PresenceRelay = Arc<dyn Fn(bool, &PresenceChange) + Send + Sync>;
+
 /// The room's indexes.
 #[derive(Debug)]
 pub(crate) struct Hub {
@@ -341,6 +376,25 @@ pub(crate) struct Hub {
     resync_from: DashMap<ConnId, MsgId>,
     /// The connections' idle deadlines, started with the first session.
     idle: OnceLock<Arc<IdleWheel>>,
+    /// Channels with presence that have members here.
+    presence: DashMap<Arc<str>, Presence>,
+    /// Which channels have presence (`--presence-channels`).
+    presence_channels: Arc<[String]>,
+    /// Where changes go besides this room's watchers.
+    relay: Option<RelayFn>,
+    /// The room's counters, for presence events sent from a connection's
+    /// registration (which keeps no reference to them: it lives in every
+    /// session).
+    metrics: Arc<Metrics>,
+}
+
+/// [`PresenceRelay`] with a `Debug` for [`Hub`].
+struct RelayFn(PresenceRelay);
+
+impl std::fmt::Debug for RelayFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresenceRelay")
+    }
 }
 
 impl Hub {
@@ -357,6 +411,138 @@ impl Hub {
             },
             resync_from: DashMap::new(),
             idle: OnceLock::new(),
+            presence: DashMap::new(),
+            presence_channels: Arc::from(Vec::new()),
+            relay: None,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Keeps members of `channels` (names or `prefix*`) and tells `relay`
+    /// of every join and leave here.
+    pub(crate) fn with_presence(
+        mut self,
+        channels: Arc<[String]>,
+        relay: Option<PresenceRelay>,
+        metrics: Arc<Metrics>,
+    ) -> Hub {
+        self.presence_channels = channels;
+        self.relay = relay.map(RelayFn);
+        self.metrics = metrics;
+        self
+    }
+
+    /// Whether `channel` has presence.
+    pub(crate) fn has_presence(&self, channel: &str) -> bool {
+        !self.presence_channels.is_empty()
+            && crate::config::matches_any(&self.presence_channels, channel)
+    }
+
+    /// Members of `channel` here after user `after` (all when `None`), at
+    /// most `limit`, in user order.
+    pub(crate) fn members(&self, channel: &str, after: Option<&str>, limit: usize) -> MembersPage {
+        use std::ops::Bound;
+        let Some(p) = self.presence.get(channel) else {
+            return MembersPage::default();
+        };
+        let start = match after {
+            Some(a) => Bound::Excluded(UserId::new(a)),
+            None => Bound::Unbounded,
+        };
+        let mut range = p.members.range((start, Bound::Unbounded));
+        let users: Vec<PresentUser> = range
+            .by_ref()
+            .take(limit)
+            .map(|(user, n)| PresentUser {
+                user: user.clone(),
+                connections: *n,
+            })
+            .collect();
+        let more = range.next().is_some();
+        MembersPage { users, more }
+    }
+
+    /// Queues a `join` (or `leave`) to the watchers of its channel here,
+    /// except `except`; returns how many got it.
+    pub(crate) fn presence_event(
+        &self,
+        join: bool,
+        change: &PresenceChange,
+        except: Option<ConnId>,
+    ) -> u64 {
+        let m = &*self.metrics;
+        let Some(p) = self.presence.get(change.channel.as_str()) else {
+            return 0;
+        };
+        if p.watchers.keys().all(|id| Some(*id) == except) {
+            return 0;
+        }
+        let change = Box::new(change.clone());
+        let frame = if join {
+            ServerFrame::Join(change)
+        } else {
+            ServerFrame::Leave(change)
+        };
+        let Some(push) = Push::frame(&frame, except) else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in p.watchers.values() {
+            n += self.push_to(c, &push, m);
+        }
+        metrics::add(&m.presence_events, n);
+        n
+    }
+
+    /// `conn` of `user` became a member of `channel` (a presence channel);
+    /// `watch`: it wants the events. Tells the others.
+    fn join(&self, channel: &Arc<str>, user: &UserId, conn: &Arc<Conn>, watch: bool) {
+        {
+            let mut p = self.presence.entry(Arc::clone(channel)).or_default();
+            *p.members.entry(user.clone()).or_insert(0) += 1;
+            if watch {
+                p.watchers.insert(conn.id, Arc::clone(conn));
+            }
+        }
+        self.announce(true, channel, user, conn);
+    }
+
+    /// `conn` of `user` left `channel`; tells the others when the channel
+    /// has presence.
+    fn leave(&self, channel: &str, user: &UserId, conn: &Arc<Conn>) {
+        let empty = match self.presence.get_mut(channel) {
+            Some(mut p) => {
+                if let Some(n) = p.members.get_mut(user) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        p.members.remove(user);
+                    }
+                }
+                p.watchers.remove(&conn.id);
+                p.members.is_empty()
+            }
+            None => return,
+        };
+        if empty {
+            self.presence
+                .remove_if(channel, |_, p| p.members.is_empty());
+        }
+        self.announce(false, channel, user, conn);
+    }
+
+    fn announce(&self, join: bool, channel: &str, user: &UserId, conn: &Conn) {
+        let change = PresenceChange {
+            channel: channel.to_owned(),
+            user: user.clone(),
+            device: conn
+                .device
+                .as_deref()
+                .unwrap_or(crate::shared::DEFAULT_DEVICE)
+                .to_owned(),
+        };
+        self.presence_event(join, &change, Some(conn.id));
+        if let Some(relay) = &self.relay {
+            (relay.0)(join, &change);
         }
     }
 
@@ -599,9 +785,18 @@ pub(crate) struct Registration<'h> {
 
 impl Registration<'_> {
     /// Subscribes the connection to `channel`, at most `max` channels in all.
-    pub(crate) fn subscribe(&mut self, channel: &str, max: usize) -> Subscribed {
+    /// On a channel with presence the connection becomes a member (the
+    /// others get a `join`), and with `watch` it gets their joins and
+    /// leaves from now on.
+    pub(crate) fn subscribe(&mut self, channel: &str, max: usize, watch: bool) -> Subscribed {
         let list = self.channels.get_or_insert_default();
         if list.iter().any(|c| &**c == channel) {
+            if watch {
+                // Asking for events on a channel already subscribed.
+                if let Some(mut p) = self.hub.presence.get_mut(channel) {
+                    p.watchers.insert(self.conn.id, Arc::clone(&self.conn));
+                }
+            }
             return Subscribed::Already;
         }
         if list.len() >= max {
@@ -613,8 +808,18 @@ impl Registration<'_> {
             .entry(Arc::clone(&name))
             .or_default()
             .insert(self.conn.id, Arc::clone(&self.conn));
+        if self.hub.has_presence(channel) {
+            self.hub.join(&name, self.user, &self.conn, watch);
+        }
         list.push(name);
         Subscribed::Added
+    }
+
+    /// Whether the connection is subscribed to `channel`.
+    pub(crate) fn is_subscribed(&self, channel: &str) -> bool {
+        self.channels
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|c| &**c == channel))
     }
 
     /// Unsubscribes; returns whether it was subscribed.
@@ -630,6 +835,7 @@ impl Registration<'_> {
             self.channels = None;
         }
         self.hub.remove_from_channel(&name, self.conn.id);
+        self.hub.leave(&name, self.user, &self.conn);
         true
     }
 }
@@ -657,6 +863,7 @@ impl Drop for Registration<'_> {
         let id = self.conn.id;
         for name in self.channels.take().into_iter().flat_map(|l| *l) {
             self.hub.remove_from_channel(&name, id);
+            self.hub.leave(&name, self.user, &self.conn);
         }
         let empty = match self.hub.users.get_mut(self.user) {
             Some(mut list) => {
@@ -862,10 +1069,10 @@ mod tests {
         let u = UserId::new("u");
         let mut r1 = hub.register(&u, Arc::clone(&c1), 0).unwrap();
         let r2 = hub.register(&u, Arc::clone(&c2), 0).unwrap();
-        assert_eq!(r1.subscribe("news", 2), Subscribed::Added);
-        assert_eq!(r1.subscribe("news", 2), Subscribed::Already);
-        assert_eq!(r1.subscribe("sport", 2), Subscribed::Added);
-        assert_eq!(r1.subscribe("x", 2), Subscribed::TooMany);
+        assert_eq!(r1.subscribe("news", 2, false), Subscribed::Added);
+        assert_eq!(r1.subscribe("news", 2, false), Subscribed::Already);
+        assert_eq!(r1.subscribe("sport", 2, false), Subscribed::Added);
+        assert_eq!(r1.subscribe("x", 2, false), Subscribed::TooMany);
         assert_eq!((hub.connections(), hub.users(), hub.channels()), (2, 1, 2));
         assert_eq!(hub.deliver_users(std::slice::from_ref(&u), &push(1), &m), 2);
         assert_eq!(hub.publish("news", &push(2), &m), 1);
@@ -1005,7 +1212,7 @@ mod tests {
         let c = Arc::new(Conn::new(ConnId(9)));
         let u = UserId::new("u");
         let mut r = hub.register(&u, c, 0).unwrap();
-        assert_eq!(r.subscribe("a", 4), Subscribed::Added);
+        assert_eq!(r.subscribe("a", 4, false), Subscribed::Added);
         assert!(r.unsubscribe("a"));
         assert!(!r.unsubscribe("a"));
         assert_eq!(hub.channels(), 0);

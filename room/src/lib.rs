@@ -40,6 +40,7 @@ use proto::{ConnId, MsgFrame, MsgId, UserId};
 pub use config::RoomConfig;
 pub use events::{EventKind, SessionEvent};
 pub use listen::quic::QuicListener;
+pub use proto::MembersPage;
 pub use room::{Listener, Room};
 pub use tls::{TlsCerts, TlsError};
 
@@ -109,6 +110,29 @@ pub trait Backend: Send + Sync + 'static {
         Err(MessageError::Unavailable(
             "this server does not take messages from clients".into(),
         ))
+    }
+    /// A connection here joined (`join`) or left a channel with presence;
+    /// this room's own watchers already have it. A cluster passes it on to
+    /// the other rooms. Must return at once (queue it; never wait): it is
+    /// called on the session's path and when a connection ends. Default:
+    /// nothing (one room).
+    fn presence_changed(&self, join: bool, change: &proto::PresenceChange) {
+        let _ = (join, change);
+    }
+    /// The members of `channel` over every room after user `after`, at most
+    /// `limit`, for a client's `presence` frame. `None` (the default): this
+    /// room's own members are all there are.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the other rooms cannot be asked.
+    async fn channel_members(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Option<Result<MembersPage, BackendError>> {
+        let _ = (channel, after, limit);
+        None
     }
 }
 

@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) deliveries: AtomicU64,
+    pub(crate) presence_events: AtomicU64,
     pub(crate) queue_full: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) replays_skipped: AtomicU64,
@@ -217,6 +218,12 @@ impl Metrics {
             "pushgate_room_deliveries_total",
             "Pushed messages queued to a connection.",
             get(&self.deliveries),
+        );
+        counter(
+            out,
+            "pushgate_room_presence_events_total",
+            "join and leave frames queued to connections watching a channel's presence.",
+            get(&self.presence_events),
         );
         labelled(
             out,

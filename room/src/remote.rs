@@ -9,13 +9,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use proto::{EncodedMsg, RoomId, UserId};
+use proto::{EncodedMsg, PresenceChange, PresentUser, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::Room;
 
 /// Service name in the link hello.
 pub const SERVICE: &str = "room";
+
+/// Most members a room answers in one [`RoomReq::Members`].
+pub const MAX_MEMBERS_PAGE: usize = 10_000;
 
 /// What a center asks a room.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +59,21 @@ pub enum RoomReq {
         /// The lowest id that may have been missed, minus one.
         after: proto::MsgId,
     },
+    /// Presence changes on another room (`true`: join), for the watchers
+    /// here (see [`Room::presence_changes`]).
+    Presence {
+        /// The changes, in the order they happened.
+        changes: Vec<(bool, PresenceChange)>,
+    },
+    /// The members of a channel here (see [`Room::channel_members`]).
+    Members {
+        /// The channel.
+        channel: String,
+        /// Members after this user; from the first when `None`.
+        after: Option<String>,
+        /// At most this many.
+        limit: u32,
+    },
 }
 
 /// A room's answer.
@@ -71,6 +89,13 @@ pub enum RoomResp {
         connections: u64,
         /// Distinct users.
         users: u64,
+    },
+    /// The answer to [`RoomReq::Members`].
+    Members {
+        /// Members in user order, with their subscribed connections here.
+        users: Vec<PresentUser>,
+        /// Whether more follow.
+        more: bool,
     },
 }
 
@@ -105,6 +130,21 @@ impl link::Service for RoomService {
             RoomReq::KickUser { user } => RoomResp::Count(self.room.kick_user(&user)),
             RoomReq::Resync { users, after } => {
                 RoomResp::Count(self.room.resync(users.as_deref(), after))
+            }
+            RoomReq::Presence { changes } => RoomResp::Count(self.room.presence_changes(&changes)),
+            RoomReq::Members {
+                channel,
+                after,
+                limit,
+            } => {
+                let limit = usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .min(MAX_MEMBERS_PAGE);
+                let page = self.room.channel_members(&channel, after.as_deref(), limit);
+                RoomResp::Members {
+                    users: page.users,
+                    more: page.more,
+                }
             }
             RoomReq::Info => RoomResp::Info {
                 room: self.room.config().room,

@@ -133,6 +133,28 @@ impl Room {
         n
     }
 
+    /// Queues presence changes that happened on another room (a `join`
+    /// when the flag is set, else a `leave`) to the connections here that
+    /// watch their channels; returns connections written.
+    pub fn presence_changes(&self, changes: &[(bool, proto::PresenceChange)]) -> u64 {
+        changes
+            .iter()
+            .map(|(join, c)| self.shared.hub.presence_event(*join, c, None))
+            .sum()
+    }
+
+    /// The members of `channel` (a channel with presence) held here, after
+    /// user `after` (from the first when `None`), at most `limit`, in byte
+    /// order of the user id.
+    pub fn channel_members(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> crate::MembersPage {
+        self.shared.hub.members(channel, after, limit)
+    }
+
     /// Closes every connection of `user` with 4005; returns how many.
     pub fn kick_user(&self, user: &UserId) -> u64 {
         self.shared.hub.signal_user(user, Signal::Kicked)

@@ -795,7 +795,12 @@ impl<'s> Live<'s> {
                 seq,
                 channel,
                 last_id,
-            } => self.subscribe(io, reg, seq, channel, last_id).await,
+                presence,
+            } => {
+                self.subscribe(io, reg, seq, channel, last_id, presence)
+                    .await
+            }
+            ClientFrame::Presence { seq, channel } => self.presence(io, reg, seq, channel).await,
             ClientFrame::Unsub { seq, channel } => {
                 reg.unsubscribe(&channel);
                 self.shared
@@ -934,6 +939,7 @@ impl<'s> Live<'s> {
         seq: Option<u32>,
         channel: String,
         last_id: Option<MsgId>,
+        presence: bool,
     ) -> Result<(), CloseReason> {
         if !token::valid_channel(&channel) {
             let text = "invalid channel name";
@@ -948,7 +954,8 @@ impl<'s> Live<'s> {
             let text = "token does not allow this channel";
             return self.error(io, seq, ErrorCode::ChannelForbidden, text).await;
         }
-        if reg.subscribe(&channel, self.shared.cfg.max_channels) == Subscribed::TooMany {
+        let max = self.shared.cfg.max_channels;
+        if reg.subscribe(&channel, max, presence) == Subscribed::TooMany {
             let text = "channel limit reached";
             return self.error(io, seq, ErrorCode::TooManyChannels, text).await;
         }
@@ -974,6 +981,55 @@ impl<'s> Live<'s> {
         }
     }
 }
+
+impl Live<'_> {
+    /// A `presence` frame: the first [`PRESENCE_PAGE`] members of a
+    /// channel with presence this connection is subscribed to, over every
+    /// room; anything else is a non-fatal `forbidden`.
+    async fn presence<T: FrameIo>(
+        &mut self,
+        io: &mut T,
+        reg: &Registration<'_>,
+        seq: Option<u32>,
+        channel: String,
+    ) -> Result<(), CloseReason> {
+        let shared = self.shared;
+        if !shared.hub.has_presence(&channel) {
+            let text = "this channel has no presence";
+            return self.error(io, seq, ErrorCode::Forbidden, text).await;
+        }
+        if !reg.is_subscribed(&channel) {
+            let text = "subscribe to the channel first";
+            return self.error(io, seq, ErrorCode::Forbidden, text).await;
+        }
+        let fut = shared
+            .backend
+            .channel_members(&channel, None, PRESENCE_PAGE as u32);
+        let page = match timeout(MESSAGE_TIMEOUT, fut).await {
+            Ok(None) => Ok(shared.hub.members(&channel, None, PRESENCE_PAGE)),
+            Ok(Some(r)) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        };
+        match page {
+            Ok(p) => {
+                let page = Box::new(proto::PresencePage {
+                    channel,
+                    users: p.users,
+                    more: p.more,
+                });
+                self.reply(io, ServerFrame::PresenceOk { seq, page }).await
+            }
+            Err(e) => {
+                debug!(error = %e, "channel_members() failed");
+                let text = "presence unavailable: try again";
+                self.error(io, seq, ErrorCode::Unavailable, text).await
+            }
+        }
+    }
+}
+
+/// Members a `presence` frame answers at most.
+const PRESENCE_PAGE: usize = 1_000;
 
 /// Runs a write, abandoning it when the connection is told to close or
 /// stalls past the idle deadline.

@@ -25,7 +25,7 @@ pub(crate) struct Shared {
     pub(crate) cfg: RoomConfig,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) hub: Hub,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     /// Every session (and refusal) task.
     pub(crate) tracker: TaskTracker,
     /// Cancelled by `drain`: accept loops stop, sessions still authenticating close with 4007.
@@ -52,8 +52,21 @@ pub(crate) struct Shared {
 impl Shared {
     /// The state of a new room, nothing listening yet.
     pub(crate) fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Shared {
+        let metrics = Arc::new(Metrics::default());
+        let relay: Option<crate::hub::PresenceRelay> = if cfg.presence_channels.is_empty() {
+            None
+        } else {
+            let b = Arc::clone(&backend);
+            Some(Arc::new(move |join, change: &proto::PresenceChange| {
+                b.presence_changed(join, change);
+            }))
+        };
         Shared {
-            hub: Hub::new(cfg.send_queue, cfg.send_queue_bytes),
+            hub: Hub::new(cfg.send_queue, cfg.send_queue_bytes).with_presence(
+                Arc::clone(&cfg.presence_channels),
+                relay,
+                Arc::clone(&metrics),
+            ),
             limit: Arc::new(Semaphore::new(
                 cfg.max_connections.min(Semaphore::MAX_PERMITS),
             )),
@@ -62,7 +75,7 @@ impl Shared {
             cfg,
             events: backend.wants_events(),
             backend,
-            metrics: Metrics::default(),
+            metrics,
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             draining: AtomicBool::new(false),

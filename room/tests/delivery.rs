@@ -150,6 +150,7 @@ async fn sub(c: &mut Client, seq: u32, channel: &str) -> ServerFrame {
         seq: Some(seq),
         channel: channel.to_owned(),
         last_id: None,
+        presence: false,
     })
     .await;
     c.frame().await
@@ -283,6 +284,7 @@ async fn sub_with_last_id_recovers_channel_history() {
         seq: None,
         channel: "hist".into(),
         last_id: Some(MsgId(2)),
+        presence: false,
     })
     .await;
     assert!(matches!(c.frame().await, ServerFrame::SubOk { .. }));

@@ -152,6 +152,7 @@ async fn a_refresh_replaces_the_channel_grants() {
         seq: Some(seq),
         channel: ch.into(),
         last_id: None,
+        presence: false,
     };
     c.send(&sub(1, "news")).await;
     assert!(matches!(c.frame().await, ServerFrame::SubOk { .. }));

@@ -291,6 +291,9 @@ impl Cluster {
             "200",
             "--drain-timeout",
             "5",
+            // tests/presence.rs; other tests use other channels.
+            "--presence-channels",
+            "presence:*",
         ])
     }
 

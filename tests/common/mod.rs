@@ -755,14 +755,21 @@ pub fn client_json(f: &ClientFrame) -> Value {
         }
         ClientFrame::Ping { .. } => json!({ "op": "ping" }),
         ClientFrame::Sub {
-            channel, last_id, ..
+            channel,
+            last_id,
+            presence,
+            ..
         } => {
             let mut v = json!({ "op": "sub", "channel": channel });
             if let Some(l) = last_id {
                 v["last_id"] = json!(l.0);
             }
+            if *presence {
+                v["presence"] = json!(true);
+            }
             v
         }
+        ClientFrame::Presence { channel, .. } => json!({ "op": "presence", "channel": channel }),
         ClientFrame::Unsub { channel, .. } => json!({ "op": "unsub", "channel": channel }),
         ClientFrame::Ack { id, .. } => json!({ "op": "ack", "id": id.0 }),
         ClientFrame::Refresh { token, .. } => json!({ "op": "refresh", "token": token }),
@@ -829,6 +836,16 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
             }
             v
         }
+        ServerFrame::Join(c) | ServerFrame::Leave(c) => json!({
+            "op": if matches!(f, ServerFrame::Join(_)) { "join" } else { "leave" },
+            "channel": c.channel, "user": c.user.as_str(), "device": c.device,
+        }),
+        ServerFrame::PresenceOk { page, .. } => json!({
+            "op": "presence_ok", "channel": page.channel, "more": page.more,
+            "users": page.users.iter()
+                .map(|u| json!({ "user": u.user.as_str(), "connections": u.connections }))
+                .collect::<Vec<_>>(),
+        }),
     };
     let seq = match f {
         ServerFrame::AuthOk { seq, .. }
@@ -838,8 +855,9 @@ pub fn server_frame_json(f: &ServerFrame) -> Value {
         | ServerFrame::RefreshOk { seq, .. }
         | ServerFrame::SendOk { seq, .. }
         | ServerFrame::PubOk { seq, .. }
+        | ServerFrame::PresenceOk { seq, .. }
         | ServerFrame::Error { seq, .. } => *seq,
-        ServerFrame::Msg(_) => None,
+        ServerFrame::Msg(_) | ServerFrame::Join(_) | ServerFrame::Leave(_) => None,
     };
     if let Some(s) = seq {
         v["seq"] = json!(s);
@@ -982,6 +1000,7 @@ impl Client {
             seq: Some(7),
             channel: channel.to_string(),
             last_id: None,
+            presence: false,
         })
         .await;
         let v = self.next().await;

@@ -343,6 +343,7 @@ async fn open(
             seq: None,
             channel: channel.to_string(),
             last_id: None,
+            presence: false,
         })
         .await
         .map_err(|e| e.key())?;

@@ -59,6 +59,10 @@ pub struct RecRooms {
     pub failing: Mutex<HashSet<u32>>,
     pub gated: AtomicBool,
     pub gate: Semaphore,
+    /// Members of every channel, per room: user → connections.
+    pub members: Mutex<std::collections::BTreeMap<u32, std::collections::BTreeMap<String, u32>>>,
+    /// Presence changes received, per room.
+    pub presence: Mutex<Vec<(u32, bool, String)>>,
 }
 
 impl RecRooms {
@@ -84,6 +88,45 @@ impl RecRooms {
 
 #[async_trait]
 impl Rooms for RecRooms {
+    async fn presence_changes(
+        &self,
+        room: RoomId,
+        changes: &[(bool, proto::PresenceChange)],
+    ) -> Result<u64, RoomsError> {
+        self.check(room)?;
+        let mut p = self.presence.lock();
+        for (join, c) in changes {
+            p.push((room.0, *join, c.user.to_string()));
+        }
+        Ok(changes.len() as u64)
+    }
+    async fn channel_members(
+        &self,
+        room: RoomId,
+        _channel: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<proto::MembersPage, RoomsError> {
+        self.check(room)?;
+        let members = self.members.lock();
+        let mut it = members
+            .get(&room.0)
+            .into_iter()
+            .flatten()
+            .filter(|(u, _)| after.is_none_or(|a| u.as_str() > a));
+        let users = it
+            .by_ref()
+            .take(limit as usize)
+            .map(|(u, n)| proto::PresentUser {
+                user: UserId::new(u),
+                connections: *n,
+            })
+            .collect();
+        Ok(proto::MembersPage {
+            users,
+            more: it.next().is_some(),
+        })
+    }
     async fn deliver_users(
         &self,
         room: RoomId,
@@ -268,6 +311,8 @@ pub async fn harness_with(mut cfg: CenterConfig) -> H {
         failing: Mutex::new(HashSet::new()),
         gated: AtomicBool::new(false),
         gate: Semaphore::new(0),
+        members: Mutex::default(),
+        presence: Mutex::default(),
     });
     let store = Arc::new(TestStore {
         inner: EmbeddedStore::open(&tmp.path().join("store.redb")).unwrap(),

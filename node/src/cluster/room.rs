@@ -25,6 +25,7 @@ use super::{announce, bind, client_config, connect_store, STEP_TIMEOUT};
 use crate::backend::{LocalBackend, Presence};
 use crate::health::Health;
 use crate::net::HttpServer;
+use crate::presence::ClusterPresence;
 use crate::room_node::{Listen, RoomNode};
 use crate::settings::room::RoomRole;
 use crate::settings::RoomArgs;
@@ -49,6 +50,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     // Clients' messages go through this room's own dispatcher (ids from
     // the idgens, the shared store, delivery through the registers), as a
     // center's pushes do; without --idgens they are refused.
+    let rooms = super::rooms::ClusterRooms::new(dir.clone(), &key);
     let dispatcher = args.idgens.as_deref().map(|idgens| {
         let ids = idgen::LeasedIds::new(
             link::split_addrs(idgens),
@@ -62,16 +64,21 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 store: store.clone(),
                 ids,
-                rooms: super::rooms::ClusterRooms::new(dir.clone(), &key),
+                rooms: rooms.clone(),
             },
         )
     });
     if let Some(c) = &dispatcher {
         messages.set_center(c.clone());
     }
+    // Presence of this room's channels goes to the other rooms, and their
+    // members count in a client's `presence`.
+    let cluster_presence = (!args.room.presence_channels.is_empty())
+        .then(|| ClusterPresence::start(role.id, dir.clone(), rooms.clone()));
     let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store)
         .with_events(events.clone())
-        .with_messages(messages.clone());
+        .with_messages(messages.clone())
+        .with_cluster_presence(cluster_presence.clone());
     let room = Room::new(
         args.room.room_config(
             role,
@@ -98,7 +105,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let membership = Membership::join(regs, room.clone(), lease, refills).await?;
 
     let node = client_listeners(&args, room.clone())?;
-    let (health, http) = health_server(&args, &room, events.clone(), messages)?;
+    let (health, http) = health_server(&args, &room, events.clone(), messages, cluster_presence)?;
     health.set_ready(true);
 
     let mut lines = vec![format!("room {} instance {instance:016x}", role.id)];
@@ -193,6 +200,7 @@ fn health_server(
     room: &Room,
     events: Option<Arc<crate::events::Events>>,
     messages: Arc<crate::messages::Messages>,
+    presence: Option<Arc<ClusterPresence>>,
 ) -> anyhow::Result<(Health, HttpServer)> {
     let listener = bind(args.http, "http")?;
     let metrics_room = room.clone();
@@ -202,6 +210,9 @@ fn health_server(
             e.write_metrics(out);
         }
         messages.write_metrics(out);
+        if let Some(p) = &presence {
+            p.write_metrics(out);
+        }
     }));
     let http = HttpServer::start(listener, health.router())?;
     Ok((health, http))

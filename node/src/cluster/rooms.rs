@@ -171,6 +171,40 @@ impl Rooms for ClusterRooms {
         };
         self.count(room, req).await
     }
+
+    async fn presence_changes(
+        &self,
+        room: RoomId,
+        changes: &[(bool, proto::PresenceChange)],
+    ) -> Result<u64, RoomsError> {
+        let req = RoomReq::Presence {
+            changes: changes.to_vec(),
+        };
+        self.count(room, req).await
+    }
+
+    async fn channel_members(
+        &self,
+        room: RoomId,
+        channel: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<proto::MembersPage, RoomsError> {
+        let req = RoomReq::Members {
+            channel: channel.to_owned(),
+            after: after.map(str::to_owned),
+            limit,
+        };
+        let link = self.link(room)?;
+        match link.call(req).await {
+            Ok(RoomResp::Members { users, more }) => Ok(proto::MembersPage { users, more }),
+            Ok(other) => Err(RoomsError::BadAnswer {
+                room,
+                answer: format!("{other:?}"),
+            }),
+            Err(source) => Err(RoomsError::Link { room, source }),
+        }
+    }
 }
 
 #[cfg(test)]

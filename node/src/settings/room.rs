@@ -69,6 +69,14 @@ pub(crate) struct RoomSettings {
         value_delimiter = ','
     )]
     pub(crate) history_channels: Vec<String>,
+    /// Channels with presence: names, or prefixes ending in `*`, comma-separated. Their members are kept, listed by `presence` and REST, and `sub` with `presence` gets their joins and leaves.
+    #[arg(
+        long,
+        env = "PUSHGATE_PRESENCE_CHANNELS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub(crate) presence_channels: Vec<String>,
     /// `send` and `pub` frames per second per connection, bursts of twice that; more get the non-fatal `rate_limited` (0 = no limit).
     #[arg(long, env = "PUSHGATE_SEND_RATE", value_name = "N", default_value_t = room::config::DEFAULT_SEND_RATE)]
     pub(crate) send_rate: u32,
@@ -238,6 +246,7 @@ impl RoomSettings {
             replay_overlap: role.replay_overlap,
             quic_retry_above: self.quic_retry_above,
             max_conns_per_ip: self.max_conns_per_ip,
+            presence_channels: std::sync::Arc::from(self.presence_channels.clone()),
         }
     }
 }

@@ -366,6 +366,11 @@ pub(crate) fn client_frames() -> Vec<ClientFrame> {
             seq: Some(300),
             channel: "chat:room-1".into(),
             last_id: Some(MsgId(-1)),
+            presence: true,
+        },
+        ClientFrame::Presence {
+            seq: Some(301),
+            channel: "chat:room-1".into(),
         },
         ClientFrame::Unsub {
             seq: None,

@@ -118,6 +118,22 @@ impl Rooms for NoRooms {
     async fn kick_user(&self, _: RoomId, _: &UserId) -> Result<u64, RoomsError> {
         Ok(0)
     }
+    async fn presence_changes(
+        &self,
+        _: RoomId,
+        _: &[(bool, proto::PresenceChange)],
+    ) -> Result<u64, RoomsError> {
+        Ok(0)
+    }
+    async fn channel_members(
+        &self,
+        _: RoomId,
+        _: &str,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<proto::MembersPage, RoomsError> {
+        Ok(proto::MembersPage::default())
+    }
 }
 
 /// A center over the doubles, with its own single-threaded runtime, built

@@ -121,6 +121,7 @@ impl SseStart {
             seq: None,
             channel,
             last_id,
+            presence: false,
         }));
         out
     }
@@ -255,6 +256,11 @@ impl<S: ByteStream> SseIo<S> {
                     ServerFrame::SendOk { .. } => (None, Some("send_ok")),
                     ServerFrame::PubOk { .. } => (None, Some("pub_ok")),
                     ServerFrame::Error { .. } => (None, Some("error")),
+                    // SSE subscribes without presence events and cannot
+                    // ask `presence`: named, should one ever come.
+                    ServerFrame::Join(_) => (None, Some("join")),
+                    ServerFrame::Leave(_) => (None, Some("leave")),
+                    ServerFrame::PresenceOk { .. } => (None, Some("presence_ok")),
                 };
                 let mut json = Vec::with_capacity(96);
                 proto::json::encode_server(&f, &mut json);
