@@ -2,7 +2,8 @@
 //! page (clients/js/chat.html) in two tabs of a real headless Chromium,
 //! driven through Python selenium (tests/py/chat.py): 1:1 messages both
 //! ways and a group message, each shown with its sender and with the id
-//! the server gave it, checked here against the users' stored queues.
+//! the server gave it (checked here against the users' stored queues),
+//! and on a channel with presence the members and a join shown.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` and `selenium` in the
 //! test venv (scripts/test installs them); without them it fails and says
@@ -50,7 +51,7 @@ async fn two_browser_tabs_talk_through_the_chat_page() {
          apt-get install -y chromium chromium-driver"
     );
     let py = common::python_with("selenium", "selenium");
-    let s = Server::start(&[]).await;
+    let s = Server::start(&["--presence-channels", "room:*"]).await;
     let artifacts = std::env::temp_dir().join(format!("pushgate-chat-{}", std::process::id()));
     let out = tokio::process::Command::new(py)
         .arg(root().join("tests").join("py").join("chat.py"))

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
-use crate::client::{connect_and_auth, mint_token, ClientError, Closed, Conn, Endpoint, Event};
+use crate::client::{connect_and_auth, ClientError, Closed, Conn, Endpoint, Event};
 use crate::pace::{Heartbeat, Schedule};
 use crate::quic::QuicArgs;
 use crate::runctl::{close_and_wait, spawn_ctrl_c};
@@ -114,6 +114,11 @@ pub(crate) struct IdleArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Subscribe every connection to this channel after auth (the token
+    /// allows it), e.g. to fill a channel with presence for
+    /// `GET /api/v1/channels/{channel}/presence` (bench/scripts/presence.sh).
+    #[arg(long, conflicts_with = "no_auth")]
+    channel: Option<String>,
 }
 
 /// Counters shared by every client task.
@@ -162,6 +167,7 @@ struct Ctx {
     ramp_start: Instant,
     cancel: CancellationToken,
     c: Counters,
+    channel: Option<String>,
 }
 
 /// The room's CPU time at one moment, by both clocks.
@@ -323,7 +329,7 @@ pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleR
             "--token-secret (or PUSHGATE_TOKEN_SECRET) is required unless --no-auth"
         );
         // Fail fast on a token problem rather than once per connection.
-        mint(&secret, 0, exp).context("minting a client token")?;
+        mint(&secret, 0, exp, None).context("minting a client token")?;
     }
 
     let cancel = CancellationToken::new();
@@ -355,6 +361,7 @@ pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleR
         ramp_start: Instant::now(),
         cancel: cancel.clone(),
         c: Counters::default(),
+        channel: args.channel.clone(),
     });
     let tracker = TaskTracker::new();
     let ramp = tokio::spawn(ramp(
@@ -721,7 +728,7 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
             },
         }
     } else {
-        let token = match mint(&ctx.secret, i, ctx.exp) {
+        let token = match mint(&ctx.secret, i, ctx.exp, ctx.channel.as_deref()) {
             Ok(t) => t,
             Err(e) => {
                 c.auth_failed.fetch_add(1, Relaxed);
@@ -750,6 +757,19 @@ async fn idle_client(ctx: Arc<Ctx>, i: u64, source: Option<IpAddr>, permit: Owne
     let since = u64::try_from(ctx.ramp_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     c.last_auth_ns.fetch_max(since, Relaxed);
 
+    if let Some(channel) = &ctx.channel {
+        let sub = ClientFrame::Sub {
+            seq: None,
+            channel: channel.clone(),
+            last_id: None,
+            presence: false,
+        };
+        if let Err(e) = conn.send(&sub).await {
+            record_failure(c, &e);
+            c.live.fetch_sub(1, Relaxed);
+            return;
+        }
+    }
     let mut heartbeat = Heartbeat::start(ctx.heartbeat.unwrap_or(server_heartbeat));
     // SSE: the client sends nothing; the server's comments (received as
     // pongs) keep the stream alive.
@@ -804,8 +824,21 @@ fn record_failure(c: &Counters, e: &ClientError) {
 }
 
 /// A token for user `bench-<i>`.
-fn mint(secret: &[u8], i: u64, exp: u64) -> Result<String, proto::token::TokenError> {
-    mint_token(secret, format!("bench-{i}"), exp)
+fn mint(
+    secret: &[u8],
+    i: u64,
+    exp: u64,
+    channel: Option<&str>,
+) -> Result<String, proto::token::TokenError> {
+    let claims = proto::token::Claims {
+        sub: format!("bench-{i}"),
+        exp,
+        dev: None,
+        channels: channel.map(|c| vec![c.to_owned()]),
+        send: None,
+        publish: None,
+    };
+    proto::token::mint(&claims, secret)
 }
 
 /// Refuses a run that needs more ephemeral ports per source address than

@@ -1,7 +1,9 @@
 /*
  * The chat example's logic (chat.html): one pushgate client per tab, 1:1
  * messages with client.send, group messages with client.publish, and what
- * arrives shown with its sender. Ids stay decimal strings (64-bit).
+ * arrives shown with its sender. Ids stay decimal strings (64-bit). On a
+ * channel with presence (server flag --presence-channels), who is in it
+ * and who comes and goes.
  */
 (function () {
   "use strict";
@@ -20,6 +22,15 @@
 
   function textOf(data) {
     return data && typeof data === "object" && typeof data.text === "string" ? data.text : JSON.stringify(data);
+  }
+
+  // Who is in `channel` now, shown above the log (nothing on a channel
+  // without presence: the server refuses the question).
+  function showMembers(channel) {
+    client.presence(channel).then(function (p) {
+      var names = p.users.map(function (u) { return u.user; });
+      $("members").textContent = "in " + channel + ": " + names.join(", ") + (p.more ? ", …" : "");
+    }, function () { /* no presence here */ });
   }
 
   function connect() {
@@ -46,7 +57,18 @@
         div.dataset.id = m.id;
         div.dataset.from = m.from || "";
       },
-      onSubscribe: function (s) { line("sys", "joined " + s.channel); },
+      onSubscribe: function (s) {
+        line("sys", "joined " + s.channel);
+        showMembers(s.channel);
+      },
+      onJoin: function (j) {
+        line("sys presence", j.user + " joined " + j.channel);
+        showMembers(j.channel);
+      },
+      onLeave: function (l) {
+        line("sys presence", l.user + " left " + l.channel);
+        showMembers(l.channel);
+      },
       onSubscribeError: function (e) { line("err", "cannot join " + e.channel + ": " + e.code); },
       onError: function (e) { line("err", e.code + ": " + e.message); },
     });
@@ -85,11 +107,11 @@
   $("text").addEventListener("keydown", function (e) { if (e.key === "Enter") send(); });
   $("join").addEventListener("click", function () {
     var ch = $("channel").value.trim();
-    if (client && ch) client.subscribe(ch);
+    if (client && ch) client.watchPresence(ch);
   });
   if (fromHash()) {
     connect();
     var ch = $("channel").value.trim();
-    if (ch) client.subscribe(ch);
+    if (ch) client.watchPresence(ch);
   }
 })();

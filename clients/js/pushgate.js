@@ -149,10 +149,16 @@
    * @param {function({channel: string})} [opts.onSubscribe]
    * @param {function({channel: string, code: string, message: string})} [opts.onSubscribeError]
    * @param {function({code: string, message: string})} [opts.onError]  non-fatal error frames
+   * @param {function({channel: string, user: string, device: string})} [opts.onJoin]
+   *   another member subscribed to a channel watched with `watchPresence`.
+   * @param {function({channel: string, user: string, device: string})} [opts.onLeave]
+   *   a member of a watched channel unsubscribed or went away.
    * @returns {{subscribe: function(string, (string|number)=): void,
    *            unsubscribe: function(string): void, ack: function((string|number)): void,
    *            send: function(string, *, string=): Promise<{id: string, cid: string}>,
    *            publish: function(string, *, string=): Promise<{id: string, cid: string}>,
+   *            watchPresence: function(string): void,
+   *            presence: function(string): Promise<{channel: string, users: Array<{user: string, connections: number}>, more: boolean}>,
    *            close: function(): void, lastId: (string|null), connected: boolean}}
    */
   function connect(urls, tokenFn, opts) {
@@ -170,6 +176,8 @@
       subscribe: opts.onSubscribe || noop,
       subscribeError: opts.onSubscribeError || noop,
       error: opts.onError || noop,
+      join: opts.onJoin || noop,
+      leave: opts.onLeave || noop,
     };
     var backoffInitial = opts.backoffInitialMs || 500;
     var backoffMax = Math.max(opts.backoffMaxMs || 30000, backoffInitial);
@@ -179,6 +187,8 @@
     var recent = new RecentIds(opts.dedupe || 4096);
     var lastId = opts.lastId === undefined || opts.lastId === null ? null : String(opts.lastId);
     var subs = new Map(); // channel -> last id seen on it (string) or null
+    var watched = new Set(); // channels subscribed with presence events
+    var presenceAsked = new Map(); // seq -> {resolve, reject} of presence()
     (opts.channels || []).forEach(function (c) { subs.set(c, null); });
     var ackWant = null, ackSent = null, ackTimer = null;
 
@@ -260,7 +270,9 @@
     function sendSub(channel, from) {
       var s = ++seq;
       pendingSubs.set(s, channel);
-      send({ op: "sub", seq: s, channel: channel, last_id: from }, ["last_id"]);
+      var f = { op: "sub", seq: s, channel: channel, last_id: from };
+      if (watched.has(channel)) f.presence = true;
+      send(f, ["last_id"]);
     }
 
     // The current socket ended (close event, fatal error, dead, timeout):
@@ -281,6 +293,8 @@
         .map(function (k) { return inflight.get(k); });
       inflight = new Map();
       outbox = again.concat(outbox);
+      presenceAsked.forEach(function (p) { p.reject({ code: "not_connected", message: "the connection ended" }); });
+      presenceAsked = new Map();
       if (closed) {
         outbox.forEach(function (o) { o.reject({ code: "closed", message: "client closed" }); });
         outbox = [];
@@ -341,11 +355,30 @@
           }
           break;
         }
+        case "join":
+          log(on.join, { channel: f.channel, user: f.user, device: f.device });
+          break;
+        case "leave":
+          log(on.leave, { channel: f.channel, user: f.user, device: f.device });
+          break;
+        case "presence_ok": {
+          var asked = presenceAsked.get(f.seq);
+          if (asked) {
+            presenceAsked.delete(f.seq);
+            asked.resolve({ channel: f.channel, users: f.users, more: f.more });
+          }
+          break;
+        }
         case "unsub_ok":
         case "pong":
           break;
         case "error":
           if (f.close !== undefined) { end(f.close, f.message); return; }
+          if (f.seq !== undefined && presenceAsked.has(f.seq)) {
+            presenceAsked.get(f.seq).reject({ code: f.code, message: f.message });
+            presenceAsked.delete(f.seq);
+            break;
+          }
           if (f.seq !== undefined && inflight.has(f.seq)) {
             var refused = inflight.get(f.seq);
             inflight.delete(f.seq);
@@ -415,8 +448,33 @@
         subs.set(channel, from);
         if (connected) sendSub(channel, from);
       },
+      /**
+       * Subscribes to `channel` (a channel with presence on the server) and
+       * asks for its `join`/`leave` events (opts.onJoin, opts.onLeave), now
+       * and after every reconnect.
+       */
+      watchPresence: function (channel) {
+        watched.add(channel);
+        if (!subs.has(channel)) subs.set(channel, null);
+        if (connected) sendSub(channel, subs.get(channel));
+      },
+      /**
+       * Who is in `channel` (subscribed, with presence): resolves with
+       * {channel, users: [{user, connections}], more} (the first 1,000
+       * users), rejects with {code, message} (`forbidden`, or
+       * `not_connected` when there is no connection or it ended).
+       */
+      presence: function (channel) {
+        return new Promise(function (resolve, reject) {
+          if (!connected) { reject({ code: "not_connected", message: "not connected" }); return; }
+          var s = ++seq;
+          presenceAsked.set(s, { resolve: resolve, reject: reject });
+          send({ op: "presence", seq: s, channel: String(channel) });
+        });
+      },
       /** Unsubscribes from `channel`. */
       unsubscribe: function (channel) {
+        watched.delete(channel);
         subs.delete(channel);
         if (connected) send({ op: "unsub", seq: ++seq, channel: channel });
       },

@@ -276,6 +276,10 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn relays_presence(&self) -> bool {
+        self.cluster_presence.is_some()
+    }
+
     fn presence_changed(&self, join: bool, change: &proto::PresenceChange) {
         if let Some(p) = &self.cluster_presence {
             p.changed(join, change);

@@ -531,6 +531,14 @@ impl Hub {
     }
 
     fn announce(&self, join: bool, channel: &str, user: &UserId, conn: &Conn) {
+        let watched = self
+            .presence
+            .get(channel)
+            .is_some_and(|p| p.watchers.keys().any(|id| *id != conn.id));
+        if !watched && self.relay.is_none() {
+            // No one to tell: build nothing.
+            return;
+        }
         let change = PresenceChange {
             channel: channel.to_owned(),
             user: user.clone(),
@@ -1151,6 +1159,80 @@ mod tests {
         assert!(matches!(c.pop(), Popped::Signal(Signal::SlowConsumer)));
         let o = c.outbox.lock();
         assert_eq!((o.queue.len(), o.queue.capacity(), o.bytes), (0, 0, 0));
+    }
+
+    /// The text of the next queued frame of `c`, if any.
+    fn next_text(c: &Conn) -> Option<String> {
+        match c.pop() {
+            Popped::Msg(p) => Some(p.text.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn presence_keeps_members_and_tells_watchers_of_the_others() {
+        let relayed = Arc::new(Mutex::new(Vec::new()));
+        let r = Arc::clone(&relayed);
+        let relay: PresenceRelay = Arc::new(move |join, c: &PresenceChange| {
+            r.lock().push((join, c.user.to_string()));
+        });
+        let hub = Hub::new(10, 1 << 20).with_presence(
+            Arc::from(vec!["room:*".to_owned()]),
+            Some(relay),
+            Arc::default(),
+        );
+        let dev: Arc<str> = Arc::from("phone");
+        let conn = |n| Arc::new(Conn::new(ConnId(n)).with_meta(&dev, 0));
+        let (a, b1, b2) = (conn(1), conn(2), conn(3));
+        let (ua, ub) = (UserId::new("a"), UserId::new("b"));
+        let mut ra = hub.register(&ua, Arc::clone(&a), 0).unwrap();
+        let mut rb1 = hub.register(&ub, Arc::clone(&b1), 0).unwrap();
+        let mut rb2 = hub.register(&ub, Arc::clone(&b2), 0).unwrap();
+        assert_eq!(ra.subscribe("room:1", 4, true), Subscribed::Added);
+        assert_eq!(next_text(&a), None, "no join of its own");
+        assert_eq!(rb1.subscribe("room:1", 4, false), Subscribed::Added);
+        assert_eq!(rb2.subscribe("room:1", 4, false), Subscribed::Added);
+        let join = r#"{"op":"join","channel":"room:1","user":"b","device":"phone"}"#;
+        assert_eq!(next_text(&a).as_deref(), Some(join));
+        assert_eq!(next_text(&a).as_deref(), Some(join));
+        assert_eq!(next_text(&b1), None, "not watching");
+        // Members in user order, paged.
+        let page = hub.members("room:1", None, 1);
+        assert_eq!((page.users.len(), page.more), (1, true));
+        assert_eq!(
+            (page.users[0].user.as_str(), page.users[0].connections),
+            ("a", 1)
+        );
+        let page = hub.members("room:1", Some("a"), 10);
+        assert_eq!(
+            (page.users[0].user.as_str(), page.users[0].connections),
+            ("b", 2)
+        );
+        assert!(!page.more);
+        // Channels without presence keep nothing.
+        assert_eq!(rb1.subscribe("news", 4, true), Subscribed::Added);
+        assert_eq!(hub.members("news", None, 10), MembersPage::default());
+        // Leaving: unsub, then the registration's end.
+        assert!(rb1.unsubscribe("room:1"));
+        let leave = r#"{"op":"leave","channel":"room:1","user":"b","device":"phone"}"#;
+        assert_eq!(next_text(&a).as_deref(), Some(leave));
+        drop(rb2);
+        assert_eq!(next_text(&a).as_deref(), Some(leave));
+        assert_eq!(hub.members("room:1", None, 10).users.len(), 1);
+        drop(ra);
+        assert!(hub.presence.is_empty(), "an empty channel is forgotten");
+        let want: Vec<(bool, String)> = [
+            (true, "a"),
+            (true, "b"),
+            (true, "b"),
+            (false, "b"),
+            (false, "b"),
+            (false, "a"),
+        ]
+        .map(|(j, u)| (j, u.to_owned()))
+        .into();
+        assert_eq!(*relayed.lock(), want);
+        drop(rb1);
     }
 
     #[test]

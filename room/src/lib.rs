@@ -119,6 +119,11 @@ pub trait Backend: Send + Sync + 'static {
     fn presence_changed(&self, join: bool, change: &proto::PresenceChange) {
         let _ = (join, change);
     }
+    /// Whether [`Backend::presence_changed`] wants the changes; asked
+    /// once, when the room is made (default: no, and none are built).
+    fn relays_presence(&self) -> bool {
+        false
+    }
     /// The members of `channel` over every room after user `after`, at most
     /// `limit`, for a client's `presence` frame. `None` (the default): this
     /// room's own members are all there are.

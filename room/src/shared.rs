@@ -53,7 +53,9 @@ impl Shared {
     /// The state of a new room, nothing listening yet.
     pub(crate) fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Shared {
         let metrics = Arc::new(Metrics::default());
-        let relay: Option<crate::hub::PresenceRelay> = if cfg.presence_channels.is_empty() {
+        let relay: Option<crate::hub::PresenceRelay> = if cfg.presence_channels.is_empty()
+            || !backend.relays_presence()
+        {
             None
         } else {
             let b = Arc::clone(&backend);

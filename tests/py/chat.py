@@ -9,8 +9,10 @@ Steps (each within its wait, or the script exits 1 with screenshots under
   2. alice sends "hello bob" to bob: her line turns "sent #<id>", and bob's
      tab shows it from alice with that id;
   3. bob answers; alice's tab shows it from bob;
-  4. both join --channel; alice publishes to it: bob's tab shows it from
-     alice in the channel, alice's tab does not show it as received;
+  4. both join --channel (a channel with presence): alice's tab shows bob
+     joining, and bob's tab lists both as in the channel; alice publishes to
+     it: bob's tab shows it from alice in the channel, alice's tab does not
+     show it as received;
   5. the browser logged no script error.
 
 Prints one JSON line: {"to_bob", "to_alice", "group"} (ids as decimal strings).
@@ -109,7 +111,9 @@ def run(a):
         for t in (alice, bob):
             t.fill("#channel", a.channel)
             t.click("#join")
-            t.wait("joined", lambda t=t: any(f"joined {a.channel}" in e.text for e in t.css("#log .sys")))
+            t.wait("joined", lambda t=t: any(f"joined {a.channel}" == e.text for e in t.css("#log .sys")))
+        alice.wait("bob's join", lambda: any(f"bob joined {a.channel}" == e.text for e in alice.css("#log .presence")))
+        bob.wait("the members", lambda: bob.css("#members")[0].text == f"in {a.channel}: alice, bob")
         alice.fill("#text", "hello room")
         alice.click("#send")
         group = alice.wait("the group message to be sent", lambda: alice.sent_id("hello room"))
