@@ -182,3 +182,111 @@ async fn key_files_that_do_not_load_are_usage_errors() {
         assert!(err.contains(&want), "{flags:?}: {err}");
     }
 }
+
+/// The JWKS of proto/tests/keys/jwks.json with only the key named `kid`.
+fn jwks_with(kid: &str) -> String {
+    let all: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(key_path("jwks.json")).unwrap()).unwrap();
+    let keys: Vec<_> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == kid)
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_and_refreshed_and_a_failed_fetch_keeps_the_keys() {
+    use std::sync::Arc;
+
+    use axum::http::StatusCode;
+    use parking_lot::Mutex;
+
+    // The identity provider: serves whatever `doc` holds (None: HTTP 500).
+    let doc: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(Some(jwks_with("ec-1"))));
+    let d = Arc::clone(&doc);
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let d = Arc::clone(&d);
+            async move {
+                match d.lock().clone() {
+                    Some(body) => (StatusCode::OK, body),
+                    None => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // A PEM key from a file stays beside the fetched ones.
+    let pem = key_path("rsa-public.pem");
+    let s = Server::start(&[
+        "--token-jwks-url",
+        &url,
+        "--token-jwks-refresh",
+        "1",
+        "--token-public-key",
+        &pem,
+    ])
+    .await;
+    let accepted = |private: &'static str, kid: Option<&'static str>| {
+        let s = &s;
+        async move {
+            let mut c = s.connect(Transport::WsJson).await;
+            let ok = c.auth(&sign(private, kid, "jw"), None, None).await;
+            assert_eq!(ok["op"], "auth_ok", "{private} {kid:?}: {ok}");
+        }
+    };
+    common::eventually("the first fetch", Duration::from_secs(10), || async {
+        let mut c = s.connect(Transport::Tcp).await;
+        c.send(&ClientFrame::Auth {
+            seq: Some(1),
+            token: sign("ec-private.pem", Some("ec-1"), "jw"),
+            last_id: None,
+            device: None,
+        })
+        .await;
+        c.next().await["op"] == "auth_ok"
+    })
+    .await;
+    accepted("rsa-private.pem", None).await;
+
+    // The provider rotates its key: the new one is taken, the old one refused.
+    *doc.lock() = Some(jwks_with("rsa-2"));
+    common::eventually("the rotated key", Duration::from_secs(10), || async {
+        let mut c = s.connect(Transport::WsBin).await;
+        c.send(&ClientFrame::Auth {
+            seq: Some(1),
+            token: sign("rsa2-private.pem", Some("rsa-2"), "jw"),
+            last_id: None,
+            device: None,
+        })
+        .await;
+        c.next().await["op"] == "auth_ok"
+    })
+    .await;
+    assert_eq!(
+        refused(
+            &s,
+            Transport::WsJson,
+            sign("ec-private.pem", Some("ec-1"), "x")
+        )
+        .await,
+        "auth failed: invalid token: algorithm ES256 is not accepted, only HS256 and RS256"
+    );
+
+    // The provider fails: the keys in force stay.
+    *doc.lock() = None;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    accepted("rsa2-private.pem", Some("rsa-2")).await;
+    accepted("rsa-private.pem", None).await;
+    assert!(
+        s.stderr().contains("token JWKS fetch failed"),
+        "the failure is logged"
+    );
+}

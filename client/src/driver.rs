@@ -671,6 +671,7 @@ impl Driver {
                 let event = match failed {
                     Some(channel) => {
                         self.subs.remove(&channel);
+                        self.presence_subs.remove(&channel);
                         Event::SubscribeFailed {
                             channel,
                             code,

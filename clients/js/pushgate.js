@@ -389,6 +389,7 @@
             var ch = pendingSubs.get(f.seq);
             pendingSubs.delete(f.seq);
             subs.delete(ch);
+            watched.delete(ch);
             log(on.subscribeError, { channel: ch, code: f.code, message: f.message });
           } else {
             log(on.error, { code: f.code, message: f.message });

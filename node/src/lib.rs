@@ -17,6 +17,7 @@ mod cluster;
 mod dev;
 mod events;
 mod health;
+mod jwks;
 mod local_rooms;
 mod messages;
 mod net;

@@ -160,6 +160,9 @@ impl Parts {
                     .with_messages(messages.clone()),
             ),
         );
+        args.room
+            .refresh_jwks(&room.config().token_keys)
+            .map_err(anyhow::Error::msg)?;
         // The room's own index is the directory: no second copy of every
         // connection (see `crate::room_directory`).
         let local_dir = Arc::new(RoomDirectory::new(role.id, room.clone(), times));

@@ -22,8 +22,8 @@ pub struct RoomConfig {
     /// HS256 secret for client tokens.
     pub token_secret: Arc<[u8]>,
     /// Public keys for RS256 and ES256 client tokens (none by default:
-    /// HS256 only).
-    pub token_keys: Arc<[proto::keys::PublicKey]>,
+    /// HS256 only); replaceable while the room runs.
+    pub token_keys: TokenKeys,
     /// How long a connection outlives its token's `exp` without a
     /// `refresh`; after it the connection is closed with 4008.
     pub token_grace: Duration,
@@ -89,7 +89,7 @@ impl RoomConfig {
         RoomConfig {
             room,
             token_secret,
-            token_keys: Arc::from(Vec::new()),
+            token_keys: TokenKeys::default(),
             token_grace: Duration::from_secs(60),
             heartbeat: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
@@ -142,7 +142,8 @@ impl RoomConfig {
         token: &str,
         now: u64,
     ) -> Result<proto::token::Claims, proto::token::TokenError> {
-        proto::token::verify_any(token, &self.token_secret, &self.token_keys, now)
+        let keys = self.token_keys.get();
+        proto::token::verify_any(token, &self.token_secret, &keys, now)
     }
 
     /// The unix second from which a connection whose token expires at
@@ -166,4 +167,28 @@ pub fn matches_any(patterns: &[String], channel: &str) -> bool {
         Some(prefix) => channel.starts_with(prefix),
         None => p == channel,
     })
+}
+
+/// The public keys client tokens may be signed with, shared by every clone
+/// and replaceable while the room runs (a JWKS fetched from a URL and
+/// refreshed in the background). A check takes a read lock just long
+/// enough to clone an `Arc`.
+#[derive(Clone, Debug, Default)]
+pub struct TokenKeys(Arc<parking_lot::RwLock<Arc<[proto::keys::PublicKey]>>>);
+
+impl TokenKeys {
+    /// These keys, until [`TokenKeys::replace`].
+    pub fn new(keys: Vec<proto::keys::PublicKey>) -> TokenKeys {
+        TokenKeys(Arc::new(parking_lot::RwLock::new(Arc::from(keys))))
+    }
+
+    /// The keys now.
+    pub fn get(&self) -> Arc<[proto::keys::PublicKey]> {
+        Arc::clone(&self.0.read())
+    }
+
+    /// From now on, `keys` (every clone sees them).
+    pub fn replace(&self, keys: Vec<proto::keys::PublicKey>) {
+        *self.0.write() = Arc::from(keys);
+    }
 }

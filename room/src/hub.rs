@@ -136,6 +136,9 @@ pub(crate) enum Queued {
     Full,
     /// The connection was already closing.
     Closed,
+    /// The queue was full and the message could be lost: dropped, the
+    /// connection kept ([`Conn::try_push_lossy`]).
+    Skipped,
 }
 
 /// The shared handle of one authenticated connection.
@@ -211,6 +214,17 @@ impl Conn {
     /// always taken, whatever its size: frames are bounded elsewhere). A full
     /// queue marks the connection slow (4006).
     pub(crate) fn try_push(&self, msg: &Arc<Push>, limit: QueueLimit) -> Queued {
+        self.push(msg, limit, true)
+    }
+
+    /// Like [`Conn::try_push`] for what may be lost (presence events): a
+    /// full queue drops `msg` ([`Queued::Skipped`]) and keeps the
+    /// connection, so a burst of joins never closes a watcher.
+    pub(crate) fn try_push_lossy(&self, msg: &Arc<Push>, limit: QueueLimit) -> Queued {
+        self.push(msg, limit, false)
+    }
+
+    fn push(&self, msg: &Arc<Push>, limit: QueueLimit, close_when_full: bool) -> Queued {
         let weight = msg.weight;
         let res = {
             let mut o = self.outbox.lock();
@@ -219,6 +233,9 @@ impl Conn {
             } else if o.queue.len() >= limit.count
                 || (!o.queue.is_empty() && o.bytes.saturating_add(weight) > limit.bytes)
             {
+                if !close_when_full {
+                    return Queued::Skipped;
+                }
                 o.close = Some(Signal::SlowConsumer);
                 // Nothing more will be written: let the memory go now.
                 o.queue = VecDeque::new();
@@ -488,7 +505,14 @@ impl Hub {
         };
         let mut n = 0;
         for c in p.watchers.values() {
-            n += self.push_to(c, &push, m);
+            if except == Some(c.id) {
+                continue;
+            }
+            match c.try_push_lossy(&push, self.queue_limit) {
+                Queued::Yes => n += 1,
+                Queued::Skipped => m.dropped(DropWhy::PresenceSkipped),
+                Queued::Closed | Queued::Full => m.dropped(DropWhy::Closed),
+            }
         }
         metrics::add(&m.presence_events, n);
         n
@@ -651,7 +675,8 @@ impl Hub {
                 m.dropped(DropWhy::QueueFull);
                 0
             }
-            Queued::Closed => {
+            // `try_push` never skips; counted as closed should it ever.
+            Queued::Closed | Queued::Skipped => {
                 m.dropped(DropWhy::Closed);
                 0
             }
@@ -1233,6 +1258,39 @@ mod tests {
         .into();
         assert_eq!(*relayed.lock(), want);
         drop(rb1);
+    }
+
+    #[test]
+    fn a_burst_of_joins_skips_a_full_watcher_instead_of_closing_it() {
+        let hub = Hub::new(2, 1 << 20).with_presence(
+            Arc::from(vec!["room:*".to_owned()]),
+            None,
+            Arc::default(),
+        );
+        let dev: Arc<str> = Arc::from("d");
+        let w = Arc::new(Conn::new(ConnId(1)).with_meta(&dev, 0));
+        let uw = UserId::new("w");
+        let mut rw = hub.register(&uw, Arc::clone(&w), 0).unwrap();
+        assert_eq!(rw.subscribe("room:1", 4, true), Subscribed::Added);
+        let users: Vec<UserId> = (0..5).map(|i| UserId::new(&format!("u{i}"))).collect();
+        let mut regs = Vec::new();
+        for (i, u) in users.iter().enumerate() {
+            let c = Arc::new(Conn::new(ConnId(10 + i as u64)).with_meta(&dev, 0));
+            let mut r = hub.register(u, c, 0).unwrap();
+            assert_eq!(r.subscribe("room:1", 4, false), Subscribed::Added);
+            regs.push(r);
+        }
+        // Two fit the queue; three are skipped; the watcher stays open.
+        assert!(next_text(&w).is_some_and(|t| t.contains("\"u0\"")));
+        assert!(next_text(&w).is_some_and(|t| t.contains("\"u1\"")));
+        assert!(matches!(w.pop(), Popped::Empty));
+        assert_eq!(w.closing(), None);
+        assert_eq!(
+            hub.members("room:1", None, 10).users.len(),
+            6,
+            "the list stays exact"
+        );
+        drop(regs);
     }
 
     #[test]

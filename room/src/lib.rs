@@ -37,7 +37,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use proto::{ConnId, MsgFrame, MsgId, UserId};
 
-pub use config::RoomConfig;
+pub use config::{RoomConfig, TokenKeys};
 pub use events::{EventKind, SessionEvent};
 pub use listen::quic::QuicListener;
 pub use proto::MembersPage;

@@ -16,9 +16,12 @@ pub(crate) enum Drop {
     Closed,
     /// A live user message already sent by the replay.
     Duplicate,
+    /// A presence event (`join`/`leave`) to a watcher whose queue was full:
+    /// dropped, and the watcher kept (events are best effort).
+    PresenceSkipped,
 }
 
-const DROP_LABELS: [&str; 3] = ["queue_full", "closed", "duplicate"];
+const DROP_LABELS: [&str; 4] = ["queue_full", "closed", "duplicate", "presence_skipped"];
 
 /// Close labels, see `CloseReason::label`.
 const CLOSE_LABELS: [&str; 10] = [
@@ -85,7 +88,7 @@ pub(crate) struct Metrics {
     pub(crate) replays_skipped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
-    drops: [AtomicU64; 3],
+    drops: [AtomicU64; 4],
     closes: [AtomicU64; 10],
     refreshes: [AtomicU64; 2],
     messages: [AtomicU64; 2],
@@ -109,6 +112,7 @@ impl Metrics {
             Drop::QueueFull => 0,
             Drop::Closed => 1,
             Drop::Duplicate => 2,
+            Drop::PresenceSkipped => 3,
         };
         inc(&self.drops[i]);
     }

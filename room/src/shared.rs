@@ -53,16 +53,15 @@ impl Shared {
     /// The state of a new room, nothing listening yet.
     pub(crate) fn new(cfg: RoomConfig, backend: Arc<dyn Backend>) -> Shared {
         let metrics = Arc::new(Metrics::default());
-        let relay: Option<crate::hub::PresenceRelay> = if cfg.presence_channels.is_empty()
-            || !backend.relays_presence()
-        {
-            None
-        } else {
-            let b = Arc::clone(&backend);
-            Some(Arc::new(move |join, change: &proto::PresenceChange| {
-                b.presence_changed(join, change);
-            }))
-        };
+        let relay: Option<crate::hub::PresenceRelay> =
+            if cfg.presence_channels.is_empty() || !backend.relays_presence() {
+                None
+            } else {
+                let b = Arc::clone(&backend);
+                Some(Arc::new(move |join, change: &proto::PresenceChange| {
+                    b.presence_changed(join, change);
+                }))
+            };
         Shared {
             hub: Hub::new(cfg.send_queue, cfg.send_queue_bytes).with_presence(
                 Arc::clone(&cfg.presence_channels),

@@ -87,6 +87,9 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
         ),
         Arc::new(backend),
     );
+    args.room
+        .refresh_jwks(&room.config().token_keys)
+        .map_err(anyhow::Error::msg)?;
 
     let internal = bind(args.internal, "internal")?;
     let internal_addr = internal.local_addr()?;

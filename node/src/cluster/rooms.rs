@@ -180,7 +180,9 @@ impl Rooms for ClusterRooms {
         let req = RoomReq::Presence {
             changes: changes.to_vec(),
         };
-        self.count(room, req).await
+        // Once: a batch retried after a lost answer could arrive twice
+        // (messages are dropped by id; presence events have none).
+        self.try_count(room, &req).await
     }
 
     async fn channel_members(

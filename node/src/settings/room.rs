@@ -43,6 +43,12 @@ pub(crate) struct RoomSettings {
     /// JWKS file (JSON) of public keys that RS256 and ES256 client tokens may be signed with, picked by the token's `kid`.
     #[arg(long, env = "PUSHGATE_TOKEN_JWKS", value_name = "FILE")]
     pub(crate) token_jwks: Option<PathBuf>,
+    /// JWKS URL (http or https) of public keys for RS256 and ES256 client tokens, fetched at start and every --token-jwks-refresh seconds; a failed fetch keeps the keys it had.
+    #[arg(long, env = "PUSHGATE_TOKEN_JWKS_URL", value_name = "URL")]
+    pub(crate) token_jwks_url: Option<reqwest::Url>,
+    /// Seconds between two fetches of --token-jwks-url.
+    #[arg(long, env = "PUSHGATE_TOKEN_JWKS_REFRESH", value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) token_jwks_refresh: u64,
     /// URL to POST session events to (connect, disconnect, sub, unsub, ack), in batches, at least once (docs/API.md, "Session events").
     #[arg(long, env = "PUSHGATE_EVENTS_URL", value_name = "URL")]
     pub(crate) events_url: Option<reqwest::Url>,
@@ -218,6 +224,19 @@ impl RoomSettings {
         Ok(keys)
     }
 
+    /// Starts refreshing `keys` from `--token-jwks-url`, when given (see
+    /// [`crate::jwks`]); the file keys stay beside the fetched ones.
+    ///
+    /// # Errors
+    /// As [`RoomSettings::token_keys`].
+    pub(crate) fn refresh_jwks(&self, keys: &room::TokenKeys) -> Result<(), String> {
+        if let Some(url) = &self.token_jwks_url {
+            let every = Duration::from_secs(self.token_jwks_refresh);
+            crate::jwks::spawn(url.clone(), every, self.token_keys()?, keys.clone());
+        }
+        Ok(())
+    }
+
     /// The room's configuration; connections are capped below the
     /// open-files limit (see [`crate::net::effective_max_connections`]).
     pub(crate) fn room_config(
@@ -229,7 +248,7 @@ impl RoomSettings {
         room::RoomConfig {
             room: role.id,
             token_secret: std::sync::Arc::from(token_secret.as_bytes()),
-            token_keys: std::sync::Arc::from(token_keys),
+            token_keys: room::TokenKeys::new(token_keys),
             token_grace: Duration::from_secs(self.token_grace),
             heartbeat: Duration::from_secs(self.heartbeat),
             auth_timeout: Duration::from_secs(self.auth_timeout),
