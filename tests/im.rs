@@ -389,3 +389,44 @@ async fn send_and_pub_cross_rooms_in_a_cluster() {
     a.assert_quiet(QUIET).await;
     b.assert_quiet(QUIET).await;
 }
+
+#[tokio::test]
+async fn a_user_over_its_send_rate_on_several_connections_is_rate_limited() {
+    // Each connection alone is far under --send-rate; together they pass
+    // --user-send-rate (2/s, burst 4).
+    let s = Server::start(&["--send-rate", "100", "--user-send-rate", "2"]).await;
+    let mut conns = Vec::new();
+    for d in ["a", "b", "c"] {
+        conns.push(login(&s, Transport::WsJson, "una", d).await);
+    }
+    let mut limited = 0;
+    let mut accepted = 0;
+    for i in 0..9u32 {
+        // The user's other connections get each accepted message (device
+        // sync): skip those on the way to the answer.
+        let c = &mut conns[i as usize % 3];
+        c.send(&send(i + 1, "vic", json!(i), &format!("u-{i}")))
+            .await;
+        let v = loop {
+            let v = c.next().await;
+            if v["op"] != "msg" {
+                break v;
+            }
+        };
+        assert_eq!(v["seq"], json!(i + 1), "{v}");
+        if v["code"] == "rate_limited" {
+            assert!(v["message"].as_str().unwrap().contains("this user"), "{v}");
+            assert!(v.get("close").is_none(), "{v}");
+            limited += 1;
+        } else {
+            assert_eq!(v["op"], "send_ok", "{v}");
+            accepted += 1;
+        }
+    }
+    assert!(limited >= 4, "{limited} of 9 limited");
+    assert!(accepted >= 4, "{accepted} of 9 accepted");
+    // Another user is not affected.
+    let mut other = login(&s, Transport::Tcp, "wes", "x").await;
+    let v = ask(&mut other, &send(1, "vic", json!(1), "w-1")).await;
+    assert_eq!(v["op"], "send_ok", "{v}");
+}

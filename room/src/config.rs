@@ -13,6 +13,9 @@ pub const DEFAULT_SEND_RATE: u32 = 20;
 
 /// Default largest `data` of a `send` or `pub` (16 KiB).
 pub const DEFAULT_MAX_SEND_BYTES: usize = 16 << 10;
+/// Default `send`/`pub` frames per second per user (over all their
+/// connections in a room): twice a connection's.
+pub const DEFAULT_USER_SEND_RATE: u32 = 2 * DEFAULT_SEND_RATE;
 
 /// Room settings.
 #[derive(Clone, Debug)]
@@ -50,6 +53,10 @@ pub struct RoomConfig {
     /// `send` and `pub` frames per second allowed per connection (burst =
     /// 2×; more get the non-fatal `rate_limited`); 0 = unlimited.
     pub send_rate: u32,
+    /// `send` and `pub` frames per second allowed per user over all their
+    /// connections in this room (burst = 2×; more get `rate_limited`);
+    /// 0 = unlimited.
+    pub user_send_rate: u32,
     /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger
     /// gets the non-fatal `too_large`.
     pub max_send_bytes: usize,
@@ -101,6 +108,7 @@ impl RoomConfig {
             max_connections: 100_000,
             rate_limit: 50,
             send_rate: DEFAULT_SEND_RATE,
+            user_send_rate: DEFAULT_USER_SEND_RATE,
             max_send_bytes: DEFAULT_MAX_SEND_BYTES,
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,

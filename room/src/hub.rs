@@ -399,6 +399,9 @@ pub(crate) struct Hub {
     presence_channels: Arc<[String]>,
     /// Where changes go besides this room's watchers.
     relay: Option<RelayFn>,
+    /// Per-user `send`/`pub` buckets (`user_send_rate`), only for users
+    /// here who sent; removed with the user's last connection.
+    user_send: DashMap<UserId, Bucket>,
     /// The room's counters, for presence events sent from a connection's
     /// registration (which keeps no reference to them: it lives in every
     /// session).
@@ -431,6 +434,7 @@ impl Hub {
             presence: DashMap::new(),
             presence_channels: Arc::from(Vec::new()),
             relay: None,
+            user_send: DashMap::new(),
             metrics: Arc::default(),
         }
     }
@@ -447,6 +451,19 @@ impl Hub {
         self.relay = relay.map(RelayFn);
         self.metrics = metrics;
         self
+    }
+
+    /// Takes one of `user`'s `send`/`pub` tokens (`rate` a second over all
+    /// their connections here, bursts of twice that; 0: no limit); `false`
+    /// when none is left.
+    pub(crate) fn allow_user_send(&self, user: &UserId, rate: u32, now_ms: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        self.user_send
+            .entry(user.clone())
+            .or_insert_with(|| Bucket::new(rate, now_ms))
+            .allow(rate, now_ms)
     }
 
     /// Whether `channel` has presence.
@@ -907,9 +924,46 @@ impl Drop for Registration<'_> {
         };
         if empty {
             self.hub.users.remove_if(self.user, |_, l| l.is_empty());
+            self.hub.user_send.remove(self.user);
         }
         self.hub.conns.remove(&id);
         self.hub.resync_from.remove(&id);
+    }
+}
+
+/// Inbound token bucket: `rate` frames per second, burst `2 × rate`.
+/// Eight bytes: times are the room's wrapping millisecond clock
+/// ([`crate::shared::Shared::clock_ms`]); a gap of more than 49 days between two frames
+/// (impossible under the heartbeat) would only refill less.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f32,
+    last_ms: u32,
+}
+
+impl Bucket {
+    pub(crate) fn new(rate: u32, now_ms: u32) -> Bucket {
+        Bucket {
+            tokens: 2.0 * rate as f32,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty. `rate == 0` is unlimited.
+    pub(crate) fn allow(&mut self, rate: u32, now_ms: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let rate = rate as f32;
+        let elapsed = now_ms.wrapping_sub(self.last_ms) as f32 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
+        self.last_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::error::{CloseReason, SendError};
-use crate::hub::{Conn, Popped, Registration, Signal, Subscribed};
+use crate::hub::{Bucket, Conn, Popped, Registration, Signal, Subscribed};
 use crate::io::{FrameIo, Inbound, OutFrame};
 use crate::metrics::{self, AuthFailure, Drop as DropWhy, Transport};
 use crate::shared::Shared;
@@ -290,42 +290,6 @@ fn valid_user(u: &UserId) -> bool {
 /// `pub`, or refuse `send` (a token with none of these keeps nothing).
 fn keeps_claims(c: &Claims) -> bool {
     c.channels.is_some() || c.publish.is_some() || !c.allows_send()
-}
-
-/// Inbound token bucket: `rate` frames per second, burst `2 × rate`.
-/// Eight bytes: times are the room's wrapping millisecond clock
-/// ([`Shared::clock_ms`]); a gap of more than 49 days between two frames
-/// (impossible under the heartbeat) would only refill less.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f32,
-    last_ms: u32,
-}
-
-impl Bucket {
-    fn new(rate: u32, now_ms: u32) -> Bucket {
-        Bucket {
-            tokens: 2.0 * rate as f32,
-            last_ms: now_ms,
-        }
-    }
-
-    /// Takes one token; `false` when the bucket is empty. `rate == 0` is unlimited.
-    fn allow(&mut self, rate: u32, now_ms: u32) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let rate = rate as f32;
-        let elapsed = now_ms.wrapping_sub(self.last_ms) as f32 / 1000.0;
-        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
-        self.last_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// The state of an authenticated session.
@@ -870,6 +834,13 @@ impl<'s> Live<'s> {
             let bucket = grants.send.get_or_insert_with(|| Bucket::new(rate, now));
             (!bucket.allow(rate, now))
                 .then_some((ErrorCode::RateLimited, "too many messages: slow down"))
+        });
+        let refused = refused.or_else(|| {
+            let (rate, now) = (shared.cfg.user_send_rate, shared.clock_ms());
+            (!shared.hub.allow_user_send(&self.info.user, rate, now)).then_some((
+                ErrorCode::RateLimited,
+                "too many messages from this user: slow down",
+            ))
         });
         if let Some((code, text)) = refused {
             shared.metrics.message(false);

@@ -86,6 +86,9 @@ pub(crate) struct RoomSettings {
     /// `send` and `pub` frames per second per connection, bursts of twice that; more get the non-fatal `rate_limited` (0 = no limit).
     #[arg(long, env = "PUSHGATE_SEND_RATE", value_name = "N", default_value_t = room::config::DEFAULT_SEND_RATE)]
     pub(crate) send_rate: u32,
+    /// `send` and `pub` frames per second per user, over all their connections in this room, bursts of twice that; more get the non-fatal `rate_limited` (0 = no limit).
+    #[arg(long, env = "PUSHGATE_USER_SEND_RATE", value_name = "N", default_value_t = room::config::DEFAULT_USER_SEND_RATE)]
+    pub(crate) user_send_rate: u32,
     /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger gets the non-fatal `too_large`.
     #[arg(long, env = "PUSHGATE_MAX_SEND_BYTES", value_name = "BYTES", default_value_t = room::config::DEFAULT_MAX_SEND_BYTES, value_parser = positive())]
     pub(crate) max_send_bytes: usize,
@@ -260,6 +263,7 @@ impl RoomSettings {
             max_connections: crate::net::effective_max_connections(self.max_connections),
             rate_limit: self.rate_limit,
             send_rate: self.send_rate,
+            user_send_rate: self.user_send_rate,
             max_send_bytes: self.max_send_bytes,
             drain_reconnect_delay: role.reconnect_delay,
             replay_overlap: role.replay_overlap,

@@ -276,3 +276,22 @@ fn mentions(doc: &str, long: &str) -> bool {
             .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'))
     })
 }
+
+#[test]
+fn presence_channels_and_jwks_url_from_file_and_flags() {
+    let (_d, p) = file(
+        "presence_channels = \"room:*,lobby\"\ntoken_jwks_url = \"https://idp.example.com/jwks\"\n",
+    );
+    let c = standalone(&["--config", &p]);
+    assert_eq!(c.room.presence_channels, ["room:*", "lobby"]);
+    assert_eq!(
+        c.room.token_jwks_url.as_ref().map(reqwest::Url::as_str),
+        Some("https://idp.example.com/jwks")
+    );
+    assert_eq!(c.room.token_jwks_refresh, 300);
+    let c = standalone(&["--presence-channels", "a:*", "--token-jwks-refresh", "5"]);
+    assert_eq!(c.room.presence_channels, ["a:*"]);
+    assert_eq!(c.room.token_jwks_refresh, 5);
+    assert!(parse(&["--token-jwks-refresh", "0"]).is_err());
+    assert!(parse(&["--token-jwks-url", "not a url"]).is_err());
+}
