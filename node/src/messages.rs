@@ -174,6 +174,7 @@ impl Hook {
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(concurrency.min(256))
+            .tcp_nodelay(true)
             .build()?;
         Ok(Hook {
             client,
