@@ -234,6 +234,37 @@ async fn dev_cluster_restarts_killed_children_and_keeps_the_manifest_current() {
         }
     })
     .await;
+    // Clients send too: the room dispatches with ids from the idgens (the
+    // first try may find the restarted idgen still reconnecting: the same
+    // cid is sent again, as a client would).
+    let secret = after["token_secret"].as_str().unwrap();
+    let ws: std::net::SocketAddr = after["rooms"][0]["ws"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let mut c = common::Client::connect_addr(ws, common::Transport::WsJson).await;
+    let token = common::mint(secret, "dev-a", None, None, common::now_secs() + 600);
+    assert_eq!(c.auth(&token, None, None).await["op"], "auth_ok");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let sent = loop {
+        c.send(&proto::ClientFrame::send(
+            Some(5),
+            proto::UserId::new("dev-b"),
+            bytes::Bytes::from_static(b"\"hi\""),
+            "dc-1".into(),
+        ))
+        .await;
+        let v = c.next().await;
+        if v["op"] == "send_ok" || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sent["op"], "send_ok", "{sent}");
+    c.close().await;
     let r = http
         .get(format!("{center}/stats"))
         .bearer_auth(&key)

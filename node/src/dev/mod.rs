@@ -324,6 +324,10 @@ impl Launcher<'_> {
                 internal.registers.clone(),
                 "--saver".into(),
                 internal.saver.to_string(),
+                // Clients' `send` and `pub` go through the room's own
+                // dispatcher, which takes its ids from the idgens.
+                "--idgens".into(),
+                internal.idgens.clone(),
                 "--token-secret".into(),
                 token_secret.into(),
                 "--heartbeat".into(),
