@@ -551,7 +551,33 @@ async fn health_ready_metrics_openapi() {
     let paths = v["paths"]
         .as_object()
         .unwrap_or_else(|| panic!("openapi.json without paths: {v}"));
-    for p in ["/push/users", "/push/channel", "/push/broadcast", "/stats"] {
+    // What the server refuses, the schema refuses too (an empty channel or
+    // user list, a ttl out of range).
+    let schemas = &v["components"]["schemas"];
+    let channel = &schemas["PushChannelReq"]["properties"]["channel"];
+    assert_eq!(
+        (&channel["minLength"], &channel["maxLength"]),
+        (&json!(1), &json!(128)),
+        "{channel}"
+    );
+    assert!(channel["pattern"].is_string(), "{channel}");
+    assert_eq!(
+        schemas["PushUsersReq"]["properties"]["users"]["minItems"],
+        1
+    );
+    let ttl = &schemas["PushUsersReq"]["properties"]["ttl"];
+    assert_eq!(
+        (&ttl["minimum"], &ttl["maximum"]),
+        (&json!(1), &json!(2592000)),
+        "{ttl}"
+    );
+    for p in [
+        "/push/users",
+        "/push/channel",
+        "/push/broadcast",
+        "/stats",
+        "/channels/{channel}/presence",
+    ] {
         assert!(
             paths.keys().any(|k| k.ends_with(p)),
             "openapi.json lacks {p}: {:?}",

@@ -33,7 +33,7 @@ use crate::Center;
 #[serde(deny_unknown_fields)]
 pub struct PushUsersReq {
     /// Recipients (1 to `max_users`, each 1 to 256 bytes; duplicates count once).
-    #[schema(example = json!(["alice", "bob"]))]
+    #[schema(example = json!(["alice", "bob"]), min_items = 1)]
     pub users: Vec<String>,
     /// The payload: any JSON value, delivered as is.
     #[schema(value_type = serde_json::Value, example = json!({"text": "hi"}))]
@@ -42,7 +42,7 @@ pub struct PushUsersReq {
     #[serde(default = "yes")]
     pub store: bool,
     /// How long the stored message is kept, in seconds (1 to 2592000; default 86400).
-    #[schema(example = 86400)]
+    #[schema(example = 86400, minimum = 1, maximum = 2592000)]
     pub ttl: Option<u64>,
 }
 
@@ -62,7 +62,12 @@ pub struct PushUsersResp {
 #[serde(deny_unknown_fields)]
 pub struct PushChannelReq {
     /// Channel name: 1 to 128 bytes of ASCII letters, digits and `_ . : @ / -`.
-    #[schema(example = "news")]
+    #[schema(
+        example = "news",
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9_.:@/-]+$"
+    )]
     pub channel: String,
     /// The payload: any JSON value.
     #[schema(value_type = serde_json::Value)]
