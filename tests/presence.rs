@@ -325,6 +325,23 @@ async fn presence_spans_the_rooms_of_a_cluster() {
     // Bo's join crosses to amy's room; bo (room 1) never hears amy's
     // subscription, which happened before his.
     assert_eq!(amy.next().await, change("join", ch, "bo", "b"));
+    // Each room learns of the other through the registers within a
+    // membership refresh; events before that reach only the rooms already
+    // known (best effort). Wait until amy's room counts bo's.
+    let mut seq = 10;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        seq += 1;
+        let v = ask(&mut amy, presence(seq, ch)).await;
+        if v["users"].as_array().is_some_and(|u| u.len() == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "amy's room never counted bo: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut cy = login_at(c.ws(0), Transport::WsDefault, &secret, "cy", "c").await;
     assert_eq!(ask(&mut cy, sub(1, ch, false)).await["op"], "sub_ok");
     assert_eq!(amy.next().await, change("join", ch, "cy", "c"));

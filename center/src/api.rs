@@ -28,12 +28,29 @@ use crate::metrics::HttpLabels;
 use crate::tasks::{run_broadcast, TaskView};
 use crate::Center;
 
+/// A user id in the OpenAPI document: 1 to 256 bytes (the schema counts
+/// characters; ids are limited in bytes). Only its schema is used.
+pub(crate) struct UserIdSchema;
+
+impl utoipa::PartialSchema for UserIdSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(256))
+            .description(Some("user id: 1 to 256 bytes"))
+            .into()
+    }
+}
+
+impl ToSchema for UserIdSchema {}
+
 /// Body of `POST /push/users`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushUsersReq {
     /// Recipients (1 to `max_users`, each 1 to 256 bytes; duplicates count once).
-    #[schema(example = json!(["alice", "bob"]), min_items = 1)]
+    #[schema(example = json!(["alice", "bob"]), min_items = 1, value_type = Vec<UserIdSchema>)]
     pub users: Vec<String>,
     /// The payload: any JSON value, delivered as is.
     #[schema(value_type = serde_json::Value, example = json!({"text": "hi"}))]
@@ -43,7 +60,26 @@ pub struct PushUsersReq {
     pub store: bool,
     /// How long the stored message is kept, in seconds (1 to 2592000; default 86400).
     #[schema(example = 86400, minimum = 1, maximum = 2592000)]
+    #[serde(default, deserialize_with = "integral_seconds")]
     pub ttl: Option<u64>,
+}
+
+/// A whole number of seconds, as JSON Schema's `integer` allows it: `60`
+/// or `60.0` (an integral value), never `60.5` or negative; null is absent.
+fn integral_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected a whole number of seconds"
+        ))),
+    }
 }
 
 /// Answer of `POST /push/users`.
@@ -420,7 +456,7 @@ pub(crate) async fn get_task(
 /// A user's live connections and online time.
 #[utoipa::path(
     get, path = "/api/v1/users/{user}", tag = "users",
-    params(("user" = String, Path, description = "user id")),
+    params(("user" = String, Path, description = "user id: 1 to 256 bytes", min_length = 1, max_length = 256)),
     responses(
         (status = 200, description = "the user", body = UserView),
         (status = 400, description = "invalid user id", body = ErrorBody),
@@ -436,8 +472,16 @@ pub(crate) async fn get_user(
     user_view(&c, user).await
 }
 
-/// `GET /users/online`: the user named `online` (the path is also
-/// `POST /users/online`'s).
+/// The user named `online` (`GET /users/{user}` for that name: the path
+/// is also `POST /users/online`'s).
+#[utoipa::path(
+    get, path = "/api/v1/users/online", tag = "users",
+    responses(
+        (status = 200, description = "the user named online", body = UserView),
+        (status = 401, description = "bad api key", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn get_user_named_online(
     State(c): State<Center>,
 ) -> Result<ApiJson<UserView>, ApiError> {
@@ -478,7 +522,7 @@ async fn user_view(c: &Center, user: String) -> Result<ApiJson<UserView>, ApiErr
 /// Close every connection of a user (close code 4005).
 #[utoipa::path(
     delete, path = "/api/v1/users/{user}/connections", tag = "users",
-    params(("user" = String, Path, description = "user id")),
+    params(("user" = String, Path, description = "user id: 1 to 256 bytes", min_length = 1, max_length = 256)),
     responses(
         (status = 200, description = "connections closed", body = KickResp),
         (status = 400, description = "invalid user id", body = ErrorBody),
@@ -720,7 +764,7 @@ impl Modify for SecurityAddon {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "pushgate", description = "pushgate REST API: push to users, channels and everyone; tasks; users; stats."),
-    paths(push_users, push_channel, push_broadcast, get_task, get_user, kick_user, crate::users::users_online, crate::users::user_messages, crate::presence::channel_presence, stats, openapi, healthz, readyz, metrics),
+    paths(push_users, push_channel, push_broadcast, get_task, get_user, get_user_named_online, kick_user, crate::users::users_online, crate::users::user_messages, crate::presence::channel_presence, stats, openapi, healthz, readyz, metrics),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecurityAddon)
 )]

@@ -51,16 +51,36 @@ pub async fn members(
     after: Option<&str>,
     limit: u32,
 ) -> Result<MembersPage, PresenceError> {
+    members_with(dir, rooms, channel, after, limit, None).await
+}
+
+/// [`members`] for a room that has its own page already (`local`: its id
+/// and page, read with the same cursor and limit): that room is not asked
+/// over its link, and counts even before the room list shows it.
+///
+/// # Errors
+/// As [`members`].
+pub async fn members_with(
+    dir: &dyn Directory,
+    rooms: &dyn Rooms,
+    channel: &str,
+    after: Option<&str>,
+    limit: u32,
+    local: Option<(RoomId, MembersPage)>,
+) -> Result<MembersPage, PresenceError> {
     let limit = limit.clamp(1, MAX_PAGE);
+    let me = local.as_ref().map(|(id, _)| *id);
     let live = dir.rooms().await?;
     let pages = join_all(
         live.iter()
+            .filter(|r| Some(r.room) != me)
             .map(|r| rooms.channel_members(r.room, channel, after, limit)),
     )
     .await;
     let mut merged: BTreeMap<UserId, u32> = BTreeMap::new();
     let mut more = false;
-    for page in pages {
+    let local = local.map(|(_, page)| Ok(page));
+    for page in pages.into_iter().chain(local) {
         let page = page?;
         more |= page.more;
         for u in page.users {
@@ -114,11 +134,14 @@ pub const DEFAULT_PAGE: u32 = 100;
 
 /// Query of `GET /channels/{channel}/presence`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceQuery {
     /// Where the previous page ended: its `next`. Absent: from the first member.
+    #[param(pattern = r"^([0-9a-f]{2}){1,256}$")]
     pub cursor: Option<String>,
     /// Most users to return (1 to 10,000, default 100).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
@@ -147,7 +170,10 @@ pub struct PresenceResp {
 /// without subscribers) has no members.
 #[utoipa::path(
     get, path = "/api/v1/channels/{channel}/presence", tag = "channels",
-    params(("channel" = String, Path, description = "channel name"), PresenceQuery),
+    params(
+        ("channel" = String, Path, description = "channel name", min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9_.:@/-]+$"),
+        PresenceQuery
+    ),
     responses(
         (status = 200, description = "a page of members", body = PresenceResp),
         (status = 400, description = "invalid channel name, cursor or limit", body = ErrorBody),
@@ -216,7 +242,10 @@ fn encode_cursor(user: &str) -> String {
     out
 }
 
-/// Inverse of [`encode_cursor`]; `None` for anything it did not make.
+/// Inverse of [`encode_cursor`]; `None` for what is not pairs of
+/// lowercase hex digits. A cursor the server did not make (bytes that are
+/// not UTF-8) still names a position: the page starts after its lossy
+/// reading.
 fn decode_cursor(c: &str) -> Option<String> {
     if c.is_empty() || c.len() % 2 != 0 || c.len() > 2 * proto::token::MAX_SUB_LEN {
         return None;
@@ -231,7 +260,7 @@ fn decode_cursor(c: &str) -> Option<String> {
         .chunks(2)
         .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
         .collect();
-    String::from_utf8(bytes?).ok()
+    Some(String::from_utf8_lossy(&bytes?).into_owned())
 }
 
 #[cfg(test)]
@@ -245,8 +274,10 @@ mod tests {
             assert!(c.bytes().all(|b| b.is_ascii_hexdigit()), "{c}");
             assert_eq!(decode_cursor(&c).as_deref(), Some(u));
         }
-        for bad in ["", "a", "zz", "ABCD", "ff", &"61".repeat(257)] {
+        for bad in ["", "a", "zz", "ABCD", &"61".repeat(257)] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
+        // Not made by the server, still a position.
+        assert_eq!(decode_cursor("ff").as_deref(), Some("\u{fffd}"));
     }
 }

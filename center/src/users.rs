@@ -28,7 +28,7 @@ pub const MAX_MESSAGES: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct OnlineReq {
     /// Users to look up (at most 10,000; each 1 to 256 bytes).
-    #[schema(example = json!(["alice", "bob"]))]
+    #[schema(example = json!(["alice", "bob"]), value_type = Vec<crate::api::UserIdSchema>)]
     pub users: Vec<String>,
 }
 
@@ -76,11 +76,14 @@ pub(crate) async fn users_online(
 
 /// Query of `GET /users/{user}/messages`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MessagesQuery {
     /// Only messages with a greater id (default 0: from the oldest kept).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// Most messages to return (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -117,7 +120,7 @@ pub struct MessagesResp {
 /// A user's stored messages (its offline queue), oldest first.
 #[utoipa::path(
     get, path = "/api/v1/users/{user}/messages", tag = "users",
-    params(("user" = String, Path, description = "user id"), MessagesQuery),
+    params(("user" = String, Path, description = "user id: 1 to 256 bytes", min_length = 1, max_length = 256), MessagesQuery),
     responses(
         (status = 200, description = "a page of messages", body = MessagesResp),
         (status = 400, description = "invalid user id, after or limit", body = ErrorBody),

@@ -30,6 +30,9 @@ pub(crate) struct ClusterPresence {
     dropped: AtomicU64,
     /// Changes handed to the sender task.
     queued: AtomicU64,
+    /// This room, once made: its own members are read here, not over its
+    /// link (and count before the room list shows this room).
+    local: std::sync::OnceLock<(RoomId, room::Room)>,
 }
 
 impl ClusterPresence {
@@ -48,7 +51,13 @@ impl ClusterPresence {
             tx,
             dropped: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            local: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The room this backend serves (set once, after it is made).
+    pub(crate) fn set_room(&self, id: RoomId, room: room::Room) {
+        let _ = self.local.set((id, room));
     }
 
     /// Queues a change of this room for the others; never waits.
@@ -69,7 +78,11 @@ impl ClusterPresence {
         after: Option<&str>,
         limit: u32,
     ) -> Result<MembersPage, center::presence::PresenceError> {
-        center::presence::members(&*self.dir, &*self.rooms, channel, after, limit).await
+        let local = self.local.get().map(|(id, room)| {
+            let n = usize::try_from(limit).unwrap_or(usize::MAX);
+            (*id, room.channel_members(channel, after, n))
+        });
+        center::presence::members_with(&*self.dir, &*self.rooms, channel, after, limit, local).await
     }
 
     /// Writes the relay's counters (Prometheus text).

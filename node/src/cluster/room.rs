@@ -90,6 +90,9 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     args.room
         .refresh_jwks(&room.config().token_keys)
         .map_err(anyhow::Error::msg)?;
+    if let Some(p) = &cluster_presence {
+        p.set_room(role.id, room.clone());
+    }
 
     let internal = bind(args.internal, "internal")?;
     let internal_addr = internal.local_addr()?;
