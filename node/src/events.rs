@@ -114,7 +114,6 @@ impl Events {
 
     /// Appends the Prometheus text of the counters.
     pub(crate) fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let c = &self.counters;
         let queued = self.tx.max_capacity() - self.tx.capacity();
         let rows = [
@@ -143,12 +142,19 @@ impl Events {
                 queued as u64,
             ),
         ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
+        write_rows(out, &rows);
+    }
+}
+
+/// Writes unlabelled series in the Prometheus text format: (name, type,
+/// help, value) each.
+pub(crate) fn write_rows(out: &mut String, rows: &[(&str, &str, &str, u64)]) {
+    use std::fmt::Write as _;
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
 }
 

@@ -61,10 +61,7 @@ impl Messages {
     }
 
     fn keeps_history(&self, channel: &str) -> bool {
-        self.history.iter().any(|e| match e.strip_suffix('*') {
-            Some(prefix) => channel.starts_with(prefix),
-            None => e == channel,
-        })
+        room::config::matches_any(&self.history, channel)
     }
 
     /// See [`room::Backend::message`].

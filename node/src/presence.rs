@@ -87,17 +87,22 @@ impl ClusterPresence {
 
     /// Writes the relay's counters (Prometheus text).
     pub(crate) fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = write!(
+        crate::events::write_rows(
             out,
-            "# HELP pushgate_room_presence_relayed_total Presence changes of this room queued for the other rooms.\n\
-             # TYPE pushgate_room_presence_relayed_total counter\n\
-             pushgate_room_presence_relayed_total {}\n\
-             # HELP pushgate_room_presence_relay_dropped_total Presence changes not relayed: the queue to the other rooms was full.\n\
-             # TYPE pushgate_room_presence_relay_dropped_total counter\n\
-             pushgate_room_presence_relay_dropped_total {}\n",
-            self.queued.load(Ordering::Relaxed),
-            self.dropped.load(Ordering::Relaxed),
+            &[
+                (
+                    "pushgate_room_presence_relayed_total",
+                    "counter",
+                    "Presence changes of this room queued for the other rooms.",
+                    self.queued.load(Ordering::Relaxed),
+                ),
+                (
+                    "pushgate_room_presence_relay_dropped_total",
+                    "counter",
+                    "Presence changes not relayed: the queue to the other rooms was full.",
+                    self.dropped.load(Ordering::Relaxed),
+                ),
+            ],
         );
     }
 }

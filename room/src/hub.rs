@@ -90,16 +90,14 @@ impl Push {
         let (mut json, mut bin) = (Vec::with_capacity(96), Vec::with_capacity(64));
         proto::json::encode_server(frame, &mut json);
         proto::binary::encode_server(frame, &mut bin);
-        let mut msg = EncodedMsg {
+        Push::new(&EncodedMsg {
             id: MsgId(0),
             channel: true,
             stored: false,
             json: Bytes::from(json),
             bin: Bytes::from(bin),
             except,
-        };
-        msg.except = except;
-        Push::new(&msg)
+        })
     }
 }
 
@@ -460,6 +458,10 @@ impl Hub {
         if rate == 0 {
             return true;
         }
+        // The user's bucket, once made, is found without cloning the id.
+        if let Some(mut b) = self.user_send.get_mut(user) {
+            return b.allow(rate, now_ms);
+        }
         self.user_send
             .entry(user.clone())
             .or_insert_with(|| Bucket::new(rate, now_ms))
@@ -468,8 +470,7 @@ impl Hub {
 
     /// Whether `channel` has presence.
     pub(crate) fn has_presence(&self, channel: &str) -> bool {
-        !self.presence_channels.is_empty()
-            && crate::config::matches_any(&self.presence_channels, channel)
+        crate::config::matches_any(&self.presence_channels, channel)
     }
 
     /// Members of `channel` here after user `after` (all when `None`), at

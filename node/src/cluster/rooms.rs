@@ -78,15 +78,25 @@ impl ClusterRooms {
     }
 
     async fn try_count(&self, room: RoomId, req: &RoomReq) -> Result<u64, RoomsError> {
-        let link = self.link(room)?;
-        match link.call(req.clone()).await {
-            Ok(RoomResp::Count(n)) => Ok(n),
-            Ok(other) => Err(RoomsError::BadAnswer {
-                room,
-                answer: format!("{other:?}"),
-            }),
-            Err(source) => Err(RoomsError::Link { room, source }),
+        match self.try_call(room, req.clone()).await? {
+            RoomResp::Count(n) => Ok(n),
+            other => Err(bad_answer(room, &other)),
         }
+    }
+
+    /// One call to `room`, once.
+    async fn try_call(&self, room: RoomId, req: RoomReq) -> Result<RoomResp, RoomsError> {
+        let link = self.link(room)?;
+        link.call(req)
+            .await
+            .map_err(|source| RoomsError::Link { room, source })
+    }
+}
+
+fn bad_answer(room: RoomId, answer: &RoomResp) -> RoomsError {
+    RoomsError::BadAnswer {
+        room,
+        answer: format!("{answer:?}"),
     }
 }
 
@@ -197,14 +207,9 @@ impl Rooms for ClusterRooms {
             after: after.map(str::to_owned),
             limit,
         };
-        let link = self.link(room)?;
-        match link.call(req).await {
-            Ok(RoomResp::Members { users, more }) => Ok(proto::MembersPage { users, more }),
-            Ok(other) => Err(RoomsError::BadAnswer {
-                room,
-                answer: format!("{other:?}"),
-            }),
-            Err(source) => Err(RoomsError::Link { room, source }),
+        match self.try_call(room, req).await? {
+            RoomResp::Members { users, more } => Ok(proto::MembersPage { users, more }),
+            other => Err(bad_answer(room, &other)),
         }
     }
 }
