@@ -112,6 +112,16 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     assert_eq!(done["rooms_done"], 3, "{done}");
     assert_eq!(done["rooms_failed"], 0, "{done}");
     assert_eq!(done["delivered"], 3, "{done}");
+    assert_eq!(done["skipped"], 0, "{done}");
+    assert_eq!(done["pending"], 0, "{done}");
+    let rooms = done["rooms"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rooms.len(), 3, "one entry per room: {done}");
+    assert!(
+        rooms
+            .iter()
+            .all(|r| r["state"] == "done" && r["delivered"] == 1),
+        "each room wrote it to its one client: {done}"
+    );
     for cl in &mut clients {
         assert_eq!(cl.next_msg().await["data"], "bc");
     }

@@ -141,8 +141,14 @@ async fn broadcast_reaches_everyone() {
     assert_eq!(t["kind"], "broadcast", "{t}");
     assert_eq!(t["task"], task, "{t}");
     assert_eq!(t["delivered"], 3, "3 authenticated connections: {t}");
+    assert_eq!(t["skipped"], 0, "{t}");
+    assert_eq!(t["pending"], 0, "{t}");
     assert!(t["rooms_total"].as_u64().unwrap_or(0) >= 1, "{t}");
     assert_eq!(t["rooms_done"], t["rooms_total"], "{t}");
+    let rooms = t["rooms"].as_array().cloned().unwrap_or_default();
+    let per_room: u64 = rooms.iter().filter_map(|r| r["delivered"].as_u64()).sum();
+    assert_eq!(per_room, 3, "{t}");
+    assert!(rooms.iter().all(|r| r["state"] == "done"), "{t}");
     // Broadcast is not stored per user: a new connection does not get it.
     let (mut late, _) = s.login(Transport::WsJson, "b0", "new-device").await;
     assert!(

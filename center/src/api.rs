@@ -25,7 +25,8 @@ use crate::config::MAX_TTL;
 use crate::dispatch::{encode, Job, PushOutcome};
 use crate::error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
 use crate::metrics::HttpLabels;
-use crate::tasks::{run_broadcast, TaskView};
+use crate::metrics::KindLabel;
+use crate::tasks::TaskView;
 use crate::Center;
 
 /// A user id in the OpenAPI document: 1 to 256 bytes (the schema counts
@@ -288,10 +289,23 @@ impl Center {
         job: Job,
         rx: oneshot::Receiver<Result<PushOutcome, ApiError>>,
     ) -> Result<PushOutcome, ApiError> {
-        match self.inner.tx.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(ApiError::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ApiError::ShuttingDown),
+        let i = &self.inner;
+        let kind = job.kind();
+        let queued = i.tx.max_capacity() - i.tx.capacity();
+        let admitted = i
+            .admission
+            .check(queued, i.cfg.request_timeout)
+            .and_then(|()| {
+                i.tx.try_send(job).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => i.admission.shed(queued),
+                    mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
+                })
+            });
+        if let Err(e) = admitted {
+            if matches!(e, ApiError::Overloaded { .. }) {
+                i.metrics.shed.get_or_create(&KindLabel { kind }).inc();
+            }
+            return Err(e);
         }
         rx.await.map_err(|_| ApiError::Unavailable("dispatcher"))?
     }
@@ -307,7 +321,9 @@ impl Center {
         (status = 401, description = "bad api key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not json", body = ErrorBody),
-        (status = 503, description = "overloaded or store unavailable", body = ErrorBody),
+        (status = 429, description = "too busy to serve it in time: refused at once, nothing done; retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
+        (status = 503, description = "store, ids, directory or a room unavailable, or timed out", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -359,7 +375,9 @@ pub(crate) async fn push_users(
         (status = 401, description = "bad api key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not json", body = ErrorBody),
-        (status = 503, description = "overloaded or store unavailable", body = ErrorBody),
+        (status = 429, description = "too busy to serve it in time: refused at once, nothing done; retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
+        (status = 503, description = "store, ids, directory or a room unavailable, or timed out", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -398,7 +416,9 @@ pub(crate) async fn push_channel(
         (status = 401, description = "bad api key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not json", body = ErrorBody),
-        (status = 503, description = "overloaded", body = ErrorBody),
+        (status = 429, description = "too many broadcasts waiting for their turn, or the center too busy: refused at once, nothing done; retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
+        (status = 503, description = "the id generator unavailable, or shutting down", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -408,19 +428,19 @@ pub(crate) async fn push_broadcast(
 ) -> Result<(StatusCode, ApiJson<BroadcastResp>), ApiError> {
     let data = raw_bytes(&req.data)?;
     let ts = now_ms();
+    let i = &c.inner;
+    // A place in the lane first: a broadcast refused takes no id.
+    let place = i.lane.reserve().inspect_err(|_| {
+        i.metrics
+            .shed
+            .get_or_create(&KindLabel { kind: "broadcast" })
+            .inc();
+    })?;
     let (reply, rx) = oneshot::channel();
     let out = c.dispatch(Job::Broadcast { reply }, rx).await?;
     let task_id = format!("b-{}", out.id.0);
-    let task = c.inner.tasks.create(task_id.clone());
-    let msg = encode(out.id, ts, None, &data, false, None);
-    let i = &c.inner;
-    i.tracker.spawn(run_broadcast(
-        task,
-        msg,
-        i.deps.dir.clone(),
-        i.deps.rooms.clone(),
-        i.metrics.clone(),
-    ));
+    let task = i.tasks.create(task_id.clone());
+    place.send(task, encode(out.id, ts, None, &data, false, None));
     Ok((
         StatusCode::ACCEPTED,
         ApiJson(BroadcastResp {
@@ -673,6 +693,9 @@ pub(crate) async fn metrics(State(c): State<Center>) -> Response {
     i.metrics
         .queue_depth
         .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    i.metrics
+        .broadcast_waiting
+        .set(i64::try_from(i.lane.waiting()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -23,7 +23,19 @@ pub struct CenterConfig {
     /// How long channel history is kept (default 1 hour).
     pub channel_history_ttl: Duration,
     /// A request that takes longer is answered 503 `timeout` (default 10 s).
+    /// A push that would wait more than half of it behind the pushes
+    /// already queued is refused at once with 429 `overloaded`.
     pub request_timeout: Duration,
+    /// Broadcasts waiting for their turn at most; beyond, 429 `overloaded`
+    /// (default 64).
+    pub broadcast_queue: usize,
+    /// Broadcasts running at once (default 1); the next one starts when a
+    /// running one is written to all but 0.1 % of its connections.
+    pub broadcasts_at_once: usize,
+    /// How long a broadcast follows connections that still have it queued
+    /// before it is reported done with them as `pending`, and gives up its
+    /// turn whatever is left (default 60 s).
+    pub broadcast_wait: Duration,
 }
 
 impl Default for CenterConfig {
@@ -37,6 +49,9 @@ impl Default for CenterConfig {
             channel_history_max: 100,
             channel_history_ttl: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(10),
+            broadcast_queue: 64,
+            broadcasts_at_once: 1,
+            broadcast_wait: Duration::from_secs(60),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! stored message. If two concurrent pushes to one user could reach the room
 //! out of id order, a client could receive id 2, drop, resume with
 //! `last_id = 2` and never see id 1. So the HTTP handlers only validate and
-//! enqueue a job on a bounded queue (a full queue answers 503
-//! `overloaded`; nothing is ever queued without bound), and one dispatcher
+//! enqueue a job on a bounded queue (a full queue, or one that would keep
+//! the push waiting past half the request timeout, answers 429
+//! `overloaded` at once, see `admission`; nothing is ever queued without
+//! bound), and one dispatcher
 //! task does, for everything pending at once (at most [`MAX_BATCH`]):
 //!
 //! 1. allocate ids for the whole batch with one `next_ids(n)` call, in queue
@@ -165,7 +167,8 @@ pub(crate) struct From {
 }
 
 impl Job {
-    fn kind(&self) -> &'static str {
+    /// `users`, `channel` or `broadcast` (a metrics label).
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Job::Users { .. } => "users",
             Job::Channel { .. } => "channel",
@@ -182,6 +185,8 @@ pub(crate) struct Dispatcher {
     pub(crate) ids: Arc<dyn idgen::IdGen>,
     pub(crate) rooms: Arc<dyn Rooms>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Told how long each batch took.
+    admission: Arc<crate::admission::Admission>,
     /// Resyncs owed to rooms whose calls failed (see the module docs).
     /// Touched only between awaits, never held across one.
     pending: Mutex<HashMap<RoomId, Pending>>,
@@ -194,9 +199,15 @@ enum RoomOp {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(cfg: Arc<CenterConfig>, deps: &CenterDeps, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        cfg: Arc<CenterConfig>,
+        deps: &CenterDeps,
+        metrics: Arc<Metrics>,
+        admission: Arc<crate::admission::Admission>,
+    ) -> Self {
         Dispatcher {
             cfg,
+            admission,
             dir: deps.dir.clone(),
             store: deps.store.clone(),
             ids: deps.ids.clone(),
@@ -228,7 +239,9 @@ impl Dispatcher {
                     }
                     self.metrics.queue_depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                     self.metrics.batch_size.observe(n as f64);
+                    let began = Instant::now();
                     self.process(std::mem::take(&mut batch)).await;
+                    self.admission.observe(n, began.elapsed());
                 }
             }
         }

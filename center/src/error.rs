@@ -60,9 +60,14 @@ pub enum ApiError {
     /// 405: the route exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// 503: the push queue is full; retry later.
-    #[error("too many pushes in flight, retry later")]
-    Overloaded,
+    /// 429: the center cannot serve the push within its request timeout
+    /// (its queue is full, or what is queued ahead would take too long);
+    /// nothing was done. Answered at once with `Retry-After`.
+    #[error("too many pushes in flight, retry after {retry_after_s} s")]
+    Overloaded {
+        /// Seconds the caller should wait (the `Retry-After` header).
+        retry_after_s: u64,
+    },
     /// 503: the store failed; the push was not accepted.
     #[error("store unavailable, the push was not accepted")]
     StoreUnavailable,
@@ -93,8 +98,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded
-            | ApiError::StoreUnavailable
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::StoreUnavailable
             | ApiError::Unavailable(_)
             | ApiError::Timeout
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,7 +121,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Overloaded => "overloaded",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Timeout => "timeout",
@@ -163,7 +168,12 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut r = (self.status(), axum::Json(body)).into_response();
+        if let ApiError::Overloaded { retry_after_s } = self {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after_s.into());
+        }
+        r
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod admission;
 pub mod api;
 mod config;
 mod console;
@@ -37,7 +38,7 @@ pub use error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
 pub use messages::{ClientMsg, ClientTarget};
 pub use metrics::MetricsSource;
 
-/// Pushes waiting for the dispatcher at most; beyond, pushes get 503 `overloaded`.
+/// Pushes waiting for the dispatcher at most; beyond, pushes get 429 `overloaded`.
 pub const QUEUE_CAPACITY: usize = 4096;
 
 /// What a center talks to.
@@ -59,6 +60,10 @@ pub(crate) struct Inner {
     pub(crate) tx: mpsc::Sender<dispatch::Job>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) tasks: tasks::Tasks,
+    /// Where broadcasts wait for their turn.
+    pub(crate) lane: tasks::Lane,
+    /// The dispatcher's pace, for shedding pushes it cannot serve in time.
+    pub(crate) admission: Arc<admission::Admission>,
     pub(crate) ready: AtomicBool,
     pub(crate) tracker: TaskTracker,
     /// Client message ids being dispatched (see [`messages`]).
@@ -84,8 +89,20 @@ impl Center {
         let metrics = Arc::new(metrics::Metrics::new());
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stop = CancellationToken::new();
-        let d = dispatch::Dispatcher::new(cfg.clone(), &deps, metrics.clone());
+        let admission = Arc::new(admission::Admission::default());
+        let d = dispatch::Dispatcher::new(cfg.clone(), &deps, metrics.clone(), admission.clone());
         let handle = tokio::spawn(d.run(rx, stop.clone()));
+        let tracker = TaskTracker::new();
+        let lane = tasks::Lane::start(
+            tasks::BroadcastDeps {
+                cfg: cfg.clone(),
+                dir: deps.dir.clone(),
+                rooms: deps.rooms.clone(),
+                metrics: metrics.clone(),
+            },
+            stop.clone(),
+            &tracker,
+        );
         Center {
             inner: Arc::new(Inner {
                 cfg,
@@ -93,8 +110,10 @@ impl Center {
                 tx,
                 metrics,
                 tasks: tasks::Tasks::default(),
+                lane,
+                admission,
                 ready: AtomicBool::new(true),
-                tracker: TaskTracker::new(),
+                tracker,
                 in_flight: messages::InFlight::default(),
                 stop,
                 dispatcher: Mutex::new(Some(handle)),
@@ -157,11 +176,31 @@ pub trait Rooms: Send + Sync + 'static {
         channel: &str,
         msg: &Arc<EncodedMsg>,
     ) -> Result<u64, RoomsError>;
-    /// Queues `msg` to every connection of `room`.
+    /// Queues `msg` to every connection of `room`; returns the counts right
+    /// after the fan-out (see [`proto::BroadcastProgress`]). A room that
+    /// already fanned out this message id does not send it again.
     ///
     /// # Errors
     /// [`RoomsError`] when the room cannot be reached.
-    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError>;
+    async fn broadcast(
+        &self,
+        room: RoomId,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<proto::BroadcastProgress, RoomsError>;
+    /// How far broadcast `id` got in `room`; `None` when the room does not
+    /// follow it (never fanned out there, forgotten, or a room that does
+    /// not follow broadcasts: the default).
+    ///
+    /// # Errors
+    /// [`RoomsError`] when the room cannot be reached.
+    async fn broadcast_progress(
+        &self,
+        room: RoomId,
+        id: MsgId,
+    ) -> Result<Option<proto::BroadcastProgress>, RoomsError> {
+        let _ = (room, id);
+        Ok(None)
+    }
     /// Asks the connections of `users` in `room` (every connection when
     /// `None`) to replay their stored messages after `after` before anything
     /// delivered later: live delivery of stored messages to `room` failed,

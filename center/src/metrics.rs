@@ -45,6 +45,10 @@ pub(crate) struct Metrics {
     pub(crate) http: Family<HttpLabels, Counter>,
     pub(crate) dir_connections: Gauge,
     pub(crate) dir_users: Gauge,
+    pub(crate) shed: Family<KindLabel, Counter>,
+    pub(crate) broadcast_skipped: Counter,
+    pub(crate) broadcast_seconds: Histogram,
+    pub(crate) broadcast_waiting: Gauge,
     sources: RwLock<Vec<MetricsSource>>,
 }
 
@@ -65,6 +69,30 @@ impl Metrics {
         let http = Family::<HttpLabels, Counter>::default();
         let dir_connections = Gauge::default();
         let dir_users = Gauge::default();
+        let shed = Family::<KindLabel, Counter>::default();
+        let broadcast_skipped = Counter::default();
+        let broadcast_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let broadcast_waiting = Gauge::default();
+        registry.register(
+            "shed",
+            "Pushes refused at admission with 429 (the center could not serve them within the request timeout), by kind",
+            shed.clone(),
+        );
+        registry.register(
+            "broadcast_skipped",
+            "Connections a broadcast did not reach although they were live when it reached their room (slow consumer, closed first)",
+            broadcast_skipped.clone(),
+        );
+        registry.register(
+            "broadcast_seconds",
+            "From a broadcast's start until every connection wrote it or dropped it",
+            broadcast_seconds.clone(),
+        );
+        registry.register(
+            "broadcast_waiting",
+            "Broadcasts waiting for their turn in the lane",
+            broadcast_waiting.clone(),
+        );
         registry.register(
             "pushes",
             "Pushes accepted, by kind (users, channel, broadcast)",
@@ -151,6 +179,10 @@ impl Metrics {
             http,
             dir_connections,
             dir_users,
+            shed,
+            broadcast_skipped,
+            broadcast_seconds,
+            broadcast_waiting,
             sources: RwLock::new(Vec::new()),
         }
     }

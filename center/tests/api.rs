@@ -324,7 +324,8 @@ async fn broadcast_runs_as_a_task_with_progress_and_a_failing_room() {
     assert_eq!(view["task"], task.as_str());
     assert_eq!(view["rooms_total"], 3);
     assert_eq!(view["rooms_done"], 1);
-    assert_eq!(view["delivered"], 2);
+    assert_eq!(view["delivered"], 1);
+    assert_eq!(view["skipped"], 1);
     h.rooms.gate.add_permits(2);
     for _ in 0..500 {
         let (_, v) = h.call("GET", &path, None).await;
@@ -337,7 +338,22 @@ async fn broadcast_runs_as_a_task_with_progress_and_a_failing_room() {
     assert_eq!(view["state"], "done", "{view}");
     assert_eq!(view["rooms_done"], 3);
     assert_eq!(view["rooms_failed"], 1);
-    assert_eq!(view["delivered"], 3);
+    // Room 1's two connections: one written, one skipped (the double's
+    // slow consumer); room 2's one written.
+    assert_eq!(view["delivered"], 2);
+    assert_eq!(view["skipped"], 1);
+    assert_eq!(view["pending"], 0);
+    assert!(view["queued_ms"].is_u64(), "{view}");
+    assert!(view["duration_ms"].is_u64(), "{view}");
+    assert_eq!(
+        view["rooms"],
+        json!([
+            {"room": 1, "state": "done", "delivered": 1, "skipped": 1, "pending": 0},
+            {"room": 2, "state": "done", "delivered": 1, "skipped": 0, "pending": 0},
+            {"room": 3, "state": "failed", "delivered": 0, "skipped": 0, "pending": 0},
+        ]),
+        "{view}"
+    );
     let mut b: Vec<(u32, i64)> = h
         .rooms
         .calls()
@@ -977,7 +993,7 @@ async fn openapi_document_lists_every_endpoint() {
 }
 
 #[tokio::test]
-async fn full_queue_is_503_overloaded() {
+async fn full_queue_is_429_overloaded_with_retry_after() {
     let h = harness().await;
     h.store.gated.store(true, Ordering::SeqCst);
     let n = center::QUEUE_CAPACITY + center::dispatch::MAX_BATCH + 200;
@@ -1020,7 +1036,7 @@ async fn full_queue_is_503_overloaded() {
         let (s, v) = t.await.unwrap();
         match s {
             StatusCode::OK => ok += 1,
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::TOO_MANY_REQUESTS => {
                 assert_eq!(code(&v), "overloaded");
                 overloaded += 1;
             }
@@ -1317,4 +1333,95 @@ async fn presence_changes_reach_every_room_but_their_own() {
             (3, true, amy())
         ]
     );
+}
+
+#[tokio::test]
+async fn broadcasts_wait_their_turn_and_a_full_lane_is_429() {
+    use idgen::IdGen;
+    use tower::ServiceExt;
+    let cfg = CenterConfig {
+        broadcast_queue: 1,
+        broadcasts_at_once: 1,
+        ..CenterConfig::default()
+    };
+    let h = harness_with(cfg).await;
+    h.connect("a", 2, 1).await;
+    // Room 2's fan-out waits for the gate: the first broadcast holds the
+    // one slot, the second waits in the lane, the third finds it full.
+    h.rooms.gated.store(true, Ordering::SeqCst);
+    let body = Some(r#"{"data":1}"#);
+    let (s1, v1) = h.call("POST", "/api/v1/push/broadcast", body).await;
+    assert_eq!(s1, StatusCode::ACCEPTED, "{v1}");
+    let first = format!("/api/v1/tasks/{}", v1["task"].as_str().unwrap());
+    let mut view = Value::Null;
+    for _ in 0..500 {
+        view = h.call("GET", &first, None).await.1;
+        if view["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(view["state"], "running", "{view}");
+    let (s2, v2) = h.call("POST", "/api/v1/push/broadcast", body).await;
+    assert_eq!(s2, StatusCode::ACCEPTED, "{v2}");
+    let second = format!("/api/v1/tasks/{}", v2["task"].as_str().unwrap());
+    let ids_before = h.ids.next_ids(1).await.unwrap();
+    let r = send(
+        &h.app,
+        req(
+            "POST",
+            "/api/v1/push/broadcast",
+            body,
+            Some(KEY),
+            Some("application/json"),
+        ),
+    );
+    let (s3, v3) = r.await;
+    assert_eq!(s3, StatusCode::TOO_MANY_REQUESTS, "{v3}");
+    assert_eq!(code(&v3), "overloaded");
+    let resp = h
+        .app
+        .clone()
+        .oneshot(req(
+            "POST",
+            "/api/v1/push/broadcast",
+            body,
+            Some(KEY),
+            Some("application/json"),
+        ))
+        .await
+        .unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    // A refused broadcast took no id.
+    let ids_after = h.ids.next_ids(1).await.unwrap();
+    assert_eq!(ids_after, idgen::nth_id(ids_before, 1));
+    let v = h.call("GET", &second, None).await.1;
+    assert_eq!(v["state"], "queued", "{v}");
+    assert!(v["queued_ms"].is_null(), "{v}");
+    let m = text(&h.app, "/metrics").await.2;
+    assert!(m.contains("pushgate_center_broadcast_waiting 1"), "{m}");
+    assert!(
+        m.contains(r#"pushgate_center_shed_total{kind="broadcast"} 2"#),
+        "{m}"
+    );
+    // Let both through: they finish in order.
+    h.rooms.gate.add_permits(2);
+    for path in [&first, &second] {
+        for _ in 0..1000 {
+            view = h.call("GET", path, None).await.1;
+            if view["state"] == "done" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(view["state"], "done", "{view}");
+        assert_eq!(view["delivered"], 1, "{view}");
+        assert_eq!(view["pending"], 0, "{view}");
+    }
+    assert!(view["queued_ms"].as_u64().unwrap() > 0, "{view}");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use center::{Rooms, RoomsError};
-use proto::{EncodedMsg, MsgId, RoomId, UserId};
+use proto::{BroadcastProgress, EncodedMsg, MsgId, RoomId, UserId};
 use room::Room;
 
 /// [`Rooms`] served by the one room of this process.
@@ -47,8 +47,20 @@ impl Rooms for LocalRooms {
         Ok(self.check(room)?.publish_channel(channel, msg))
     }
 
-    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
+    async fn broadcast(
+        &self,
+        room: RoomId,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<BroadcastProgress, RoomsError> {
         Ok(self.check(room)?.broadcast(msg))
+    }
+
+    async fn broadcast_progress(
+        &self,
+        room: RoomId,
+        id: MsgId,
+    ) -> Result<Option<BroadcastProgress>, RoomsError> {
+        Ok(self.check(room)?.broadcast_progress(id))
     }
 
     async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {

@@ -207,6 +207,34 @@ pub struct MembersPage {
     pub more: bool,
 }
 
+/// How far one room got with one broadcast: every connection that was live
+/// when the broadcast reached the room is counted once, in exactly one of
+/// the three.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastProgress {
+    /// Connections the message was written to (handed to the socket).
+    pub delivered: u64,
+    /// Connections that did not get it: their queue was full (closed as a
+    /// slow consumer, 4006), or they closed before it was written.
+    pub skipped: u64,
+    /// Connections that still have it queued.
+    pub pending: u64,
+}
+
+impl BroadcastProgress {
+    /// Connections the broadcast reached in the room (all three counts).
+    pub fn total(&self) -> u64 {
+        self.delivered + self.skipped + self.pending
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &BroadcastProgress) {
+        self.delivered += other.delivered;
+        self.skipped += other.skipped;
+        self.pending += other.pending;
+    }
+}
+
 /// The answer to a `presence` frame: the channel's members in user order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresencePage {

@@ -20,8 +20,8 @@ pub mod token;
 pub use encoded::EncodedMsg;
 pub use error::DecodeError;
 pub use frame::{
-    valid_cid, ClientFrame, CloseCode, ErrorCode, MembersPage, MsgFrame, PresenceChange,
-    PresencePage, PresentUser, PubMsg, SendMsg, Sender, ServerFrame, MAX_CID_LEN,
+    valid_cid, BroadcastProgress, ClientFrame, CloseCode, ErrorCode, MembersPage, MsgFrame,
+    PresenceChange, PresencePage, PresentUser, PubMsg, SendMsg, Sender, ServerFrame, MAX_CID_LEN,
 };
 pub use ids::{unix_ms, ConnId, MsgId, RoomId, UserId};
 pub use token::{valid_channel, Claims, TokenError};

@@ -64,6 +64,9 @@ pub(crate) struct Push {
     /// of its two encodings (a connection writes one of them), computed
     /// once per push rather than per connection.
     pub(crate) weight: u32,
+    /// Counts the queues that dropped this push unwritten (a tracked
+    /// broadcast only; see [`Tracked`]).
+    gone: Option<Arc<AtomicU64>>,
 }
 
 impl Push {
@@ -81,7 +84,24 @@ impl Push {
             bin: msg.bin.clone(),
             bin_prefix: prefix,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            gone: None,
         }))
+    }
+
+    /// Like [`Push::new`], counting the queues that drop it unwritten in
+    /// the returned counter (a broadcast whose progress is tracked).
+    pub(crate) fn tracked(msg: &EncodedMsg) -> Option<(Arc<Push>, Arc<AtomicU64>)> {
+        let mut p = Arc::into_inner(Push::new(msg)?)?;
+        let gone = Arc::new(AtomicU64::new(0));
+        p.gone = Some(Arc::clone(&gone));
+        Some((Arc::new(p), gone))
+    }
+
+    /// Counts this push as dropped from a queue without being written.
+    fn discarded(&self) {
+        if let Some(g) = &self.gone {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A frame that is not a message (`join`, `leave`), encoded once for
@@ -123,6 +143,25 @@ struct Outbox {
     /// kept by the hub (see [`Hub::resync_users`]), not here: a resync is
     /// rare and every connection would pay for the id.
     resync: bool,
+}
+
+impl Outbox {
+    /// Empties the queue, counting what it held as never written.
+    fn discard(&mut self) {
+        for p in std::mem::take(&mut self.queue) {
+            p.discarded();
+        }
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A connection that ends with messages queued did not get them.
+        for p in &self.queue {
+            p.discarded();
+        }
+    }
 }
 
 /// What happened to one push to one connection.
@@ -236,8 +275,7 @@ impl Conn {
                 }
                 o.close = Some(Signal::SlowConsumer);
                 // Nothing more will be written: let the memory go now.
-                o.queue = VecDeque::new();
-                o.bytes = 0;
+                o.discard();
                 Queued::Full
             } else {
                 o.queue.push_back(Arc::clone(msg));
@@ -727,14 +765,19 @@ impl Hub {
         n
     }
 
-    /// Queues `msg` to every authenticated connection; returns connections written.
-    pub(crate) fn broadcast(&self, msg: &Arc<Push>, m: &Metrics) -> u64 {
-        let mut n = 0;
+    /// Queues `msg` to every authenticated connection; returns how many
+    /// queued it and how many did not (full queue, closing).
+    pub(crate) fn broadcast(&self, msg: &Arc<Push>, m: &Metrics) -> (u64, u64) {
+        let (mut n, mut skipped) = (0, 0);
         for e in self.conns.iter() {
-            n += self.push_to(e.value(), msg, m);
+            if self.push_to(e.value(), msg, m) == 1 {
+                n += 1;
+            } else {
+                skipped += 1;
+            }
         }
         metrics::add(&m.deliveries, n);
-        n
+        (n, skipped)
     }
 
     /// Signals every connection of `user`; returns how many were newly told.
@@ -1145,6 +1188,7 @@ mod tests {
             bin: Bytes::new(),
             bin_prefix: SmallVec::new(),
             weight: 2,
+            gone: None,
         })
     }
 
@@ -1214,6 +1258,7 @@ mod tests {
             except: None,
             replayable: true,
             text: Utf8Bytes::from("x".repeat(len)),
+            gone: None,
             bin: Bytes::new(),
             bin_prefix: SmallVec::new(),
             weight: u32::try_from(len).unwrap(),

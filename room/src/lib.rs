@@ -16,6 +16,7 @@
 //! session; WebSocket framing in `listen::ws`, QUIC in `listen::quic`),
 //! `room` ([`Room`], the handle).
 
+mod broadcasts;
 mod codec;
 pub mod config;
 mod error;

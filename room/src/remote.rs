@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use proto::{EncodedMsg, PresenceChange, PresentUser, RoomId, UserId};
+use proto::{BroadcastProgress, EncodedMsg, MsgId, PresenceChange, PresentUser, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::Room;
@@ -74,6 +74,18 @@ pub enum RoomReq {
         /// At most this many.
         limit: u32,
     },
+    /// Queue `msg` to every connection here and follow it (answered with
+    /// [`RoomResp::Progress`] right after the fan-out; see
+    /// [`Room::broadcast`]).
+    BroadcastTracked {
+        /// The message.
+        msg: EncodedMsg,
+    },
+    /// How far broadcast `id` got here ([`RoomResp::Progress`]).
+    BroadcastProgress {
+        /// The broadcast's message id.
+        id: MsgId,
+    },
 }
 
 /// A room's answer.
@@ -97,6 +109,10 @@ pub enum RoomResp {
         /// Whether more follow.
         more: bool,
     },
+    /// The answer to [`RoomReq::BroadcastTracked`] and
+    /// [`RoomReq::BroadcastProgress`]; `None`: this room does not know the
+    /// broadcast (never fanned out here, or forgotten).
+    Progress(Option<BroadcastProgress>),
 }
 
 /// Serves a [`Room`] to centers.
@@ -126,7 +142,16 @@ impl link::Service for RoomService {
             RoomReq::PublishChannel { channel, msg } => {
                 RoomResp::Count(self.room.publish_channel(&channel, &Arc::new(msg)))
             }
-            RoomReq::Broadcast { msg } => RoomResp::Count(self.room.broadcast(&Arc::new(msg))),
+            // Older centers: the connections that queued it.
+            RoomReq::Broadcast { msg } => {
+                RoomResp::Count(self.room.broadcast(&Arc::new(msg)).pending)
+            }
+            RoomReq::BroadcastTracked { msg } => {
+                RoomResp::Progress(Some(self.room.broadcast(&Arc::new(msg))))
+            }
+            RoomReq::BroadcastProgress { id } => {
+                RoomResp::Progress(self.room.broadcast_progress(id))
+            }
             RoomReq::KickUser { user } => RoomResp::Count(self.room.kick_user(&user)),
             RoomReq::Resync { users, after } => {
                 RoomResp::Count(self.room.resync(users.as_deref(), after))

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{EncodedMsg, UserId};
+use proto::{BroadcastProgress, EncodedMsg, MsgId, UserId};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -101,12 +101,37 @@ impl Room {
         self.shared.hub.publish(channel, &p, &self.shared.metrics)
     }
 
-    /// Queues `msg` to every authenticated connection; returns connections written.
-    pub fn broadcast(&self, msg: &Arc<EncodedMsg>) -> u64 {
-        let Some(p) = Self::prepare(msg) else {
-            return 0;
+    /// Queues `msg` to every authenticated connection and follows it until
+    /// every one of them wrote it or dropped it (see
+    /// [`Room::broadcast_progress`]); returns the counts right after the
+    /// fan-out (`delivered` is 0 then, `pending` is what was queued). A
+    /// broadcast this room already fanned out (a retried call) is not sent
+    /// again: its progress is returned.
+    pub fn broadcast(&self, msg: &Arc<EncodedMsg>) -> BroadcastProgress {
+        let tracked = &self.shared.broadcasts;
+        if let Some(p) = tracked.progress(msg.id) {
+            return p;
+        }
+        let Some((p, gone)) = Push::tracked(msg) else {
+            error!(id = msg.id.0, "broadcast json is not utf-8; dropped");
+            return BroadcastProgress::default();
         };
-        self.shared.hub.broadcast(&p, &self.shared.metrics)
+        let (queued, skipped) = self.shared.hub.broadcast(&p, &self.shared.metrics);
+        tracked.start(msg.id, &p, gone, queued, skipped);
+        drop(p);
+        tracked.progress(msg.id).unwrap_or(BroadcastProgress {
+            delivered: 0,
+            skipped,
+            pending: queued,
+        })
+    }
+
+    /// How far broadcast `id` got here: connections that were written,
+    /// skipped (slow consumer, closed first) and that still have it
+    /// queued. `None` when this room never fanned it out, or forgot it (it
+    /// keeps the last 256 broadcasts, for 10 minutes).
+    pub fn broadcast_progress(&self, id: MsgId) -> Option<BroadcastProgress> {
+        self.shared.broadcasts.progress(id)
     }
 
     /// Asks every connection of `users` held here (every connection when

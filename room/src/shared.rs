@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: RoomConfig,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) hub: Hub,
+    /// Recent broadcasts, for their progress.
+    pub(crate) broadcasts: crate::broadcasts::Broadcasts,
     pub(crate) metrics: Arc<Metrics>,
     /// Every session (and refusal) task.
     pub(crate) tracker: TaskTracker,
@@ -68,6 +70,7 @@ impl Shared {
                 relay,
                 Arc::clone(&metrics),
             ),
+            broadcasts: crate::broadcasts::Broadcasts::default(),
             limit: Arc::new(Semaphore::new(
                 cfg.max_connections.min(Semaphore::MAX_PERMITS),
             )),

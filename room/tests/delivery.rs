@@ -301,10 +301,26 @@ async fn broadcast_reaches_every_authenticated_connection() {
     let mut b = t.authed(Transport::WsBin, "b1", Some("x")).await;
     let mut c = t.authed(Transport::Tcp, "b2", None).await;
     let _unauthenticated = t.client(Transport::Tcp).await;
-    assert_eq!(t.room.broadcast(&encoded(100, None)), 3);
+    let fanned = t.room.broadcast(&encoded(100, None));
+    assert_eq!((fanned.total(), fanned.skipped), (3, 0), "{fanned:?}");
     for cl in [&mut a, &mut b, &mut c] {
         assert_eq!(cl.msg().await.id.0, 100);
     }
+    // Once read by all three, every session has written it.
+    let written = proto::BroadcastProgress {
+        delivered: 3,
+        skipped: 0,
+        pending: 0,
+    };
+    t.wait_until("written by all three", |t| {
+        t.room.broadcast_progress(proto::MsgId(100)) == Some(written)
+    })
+    .await;
+    // The same broadcast again (a retried call) is not sent twice: the
+    // next frame is the pong.
+    assert_eq!(t.room.broadcast(&encoded(100, None)), written);
+    a.send(&ping(7)).await;
+    assert_eq!(a.frame().await, ServerFrame::Pong { seq: Some(7) });
     assert_eq!(t.room.connections(), 3);
     assert_eq!(t.room.users(), 2);
 }

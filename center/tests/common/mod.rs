@@ -14,7 +14,7 @@ use axum::Router;
 use center::{Center, CenterConfig, CenterDeps, Rooms, RoomsError};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use proto::{ConnId, EncodedMsg, MsgId, RoomId, UserId};
+use proto::{BroadcastProgress, ConnId, EncodedMsg, MsgId, RoomId, UserId};
 use register::{ConnInfo, Directory, LocalDirectory};
 use saver::{Bounds, EmbeddedStore, Store, StoreError, StoredMsg};
 use tokio::sync::Semaphore;
@@ -63,6 +63,8 @@ pub struct RecRooms {
     pub members: Mutex<std::collections::BTreeMap<u32, std::collections::BTreeMap<String, u32>>>,
     /// Presence changes received, per room.
     pub presence: Mutex<Vec<(u32, bool, String)>>,
+    /// Broadcast progress per (room, id), and how often it was asked.
+    pub progress: Mutex<std::collections::HashMap<(u32, i64), (BroadcastProgress, u32)>>,
 }
 
 impl RecRooms {
@@ -155,7 +157,14 @@ impl Rooms for RecRooms {
         });
         Ok(1)
     }
-    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
+    /// Every connection of the room queues it; the first progress question
+    /// finds all but the last written and that one skipped (when the room
+    /// has two or more), the second finds the room done.
+    async fn broadcast(
+        &self,
+        room: RoomId,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<BroadcastProgress, RoomsError> {
         if self.gated.load(Ordering::SeqCst) && room.0 != 1 {
             self.gate.acquire().await.unwrap().forget();
         }
@@ -164,12 +173,47 @@ impl Rooms for RecRooms {
             room: room.0,
             id: msg.id.0,
         });
-        Ok(self
+        let n = self
             .dir
             .room_list()
             .iter()
             .find(|r| r.room == room)
-            .map_or(0, |r| r.connections))
+            .map_or(0, |r| r.connections);
+        let p = BroadcastProgress {
+            delivered: 0,
+            skipped: 0,
+            pending: n,
+        };
+        self.progress.lock().insert((room.0, msg.id.0), (p, 0));
+        Ok(p)
+    }
+    async fn broadcast_progress(
+        &self,
+        room: RoomId,
+        id: MsgId,
+    ) -> Result<Option<BroadcastProgress>, RoomsError> {
+        self.check(room)?;
+        let mut all = self.progress.lock();
+        let Some((p, asked)) = all.get_mut(&(room.0, id.0)) else {
+            return Ok(None);
+        };
+        *asked += 1;
+        let n = p.total();
+        *p = if *asked == 1 && n >= 2 {
+            BroadcastProgress {
+                delivered: n - 2,
+                skipped: 1,
+                pending: 1,
+            }
+        } else {
+            let skipped = u64::from(n >= 2);
+            BroadcastProgress {
+                delivered: n - skipped,
+                skipped,
+                pending: 0,
+            }
+        };
+        Ok(Some(*p))
     }
     async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {
         self.check(room)?;
@@ -313,6 +357,7 @@ pub async fn harness_with(mut cfg: CenterConfig) -> H {
         gate: Semaphore::new(0),
         members: Mutex::default(),
         presence: Mutex::default(),
+        progress: Mutex::default(),
     });
     let store = Arc::new(TestStore {
         inner: EmbeddedStore::open(&tmp.path().join("store.redb")).unwrap(),

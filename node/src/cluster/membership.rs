@@ -122,9 +122,29 @@ pub(crate) fn dir_error_hook(
     })
 }
 
+/// Builds, on the lease thread, the registers client that renews the lease
+/// (see [`RenewOn::Thread`]).
+pub(crate) type RegistersFactory = Box<dyn FnOnce() -> Arc<dyn Registers> + Send>;
+
+/// Where the lease renewals run.
+pub(crate) enum RenewOn {
+    /// On the caller's runtime, over the same registers client (tests, with
+    /// tokio's paused time).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Runtime,
+    /// On a thread of its own, with a runtime and registers links of its
+    /// own: a room busy writing a broadcast to thousands of connections
+    /// queues thousands of session tasks on its runtime, and a renewal
+    /// queued behind them (on a machine shared by dozens of rooms) could
+    /// wait past the lease. A thread that sleeps between renewals is woken
+    /// at once by the kernel's scheduler instead.
+    Thread(RegistersFactory),
+}
+
 impl Membership {
     /// Takes `lease` at every register (waiting while another live
-    /// instance holds the id, see [`acquire`]), then renews and refills.
+    /// instance holds the id, see [`acquire`]), then renews (where
+    /// `renew_on` says) and refills.
     ///
     /// # Errors
     /// When another instance still holds the id after [`CONFLICT_WAIT`].
@@ -133,6 +153,7 @@ impl Membership {
         room: Room,
         lease: RoomLease,
         refills: Arc<Refills>,
+        renew_on: RenewOn,
     ) -> anyhow::Result<Membership> {
         let pending = acquire(regs.as_ref(), &lease).await?;
         for (p, due) in pending.into_iter().enumerate() {
@@ -141,15 +162,40 @@ impl Membership {
             }
         }
         let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
-        let tasks = vec![
-            tokio::spawn(renew(
-                regs.clone(),
+        let renewals = {
+            let (room, lease, refills, lost, stop) = (
                 room.clone(),
                 lease.clone(),
                 refills.clone(),
                 lost.clone(),
                 stop.clone(),
-            )),
+            );
+            match renew_on {
+                RenewOn::Runtime => {
+                    tokio::spawn(renew(regs.clone(), room, lease, refills, lost, stop))
+                }
+                RenewOn::Thread(make) => tokio::task::spawn_blocking(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name("pushgate-lease")
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            error!(error = %e, "cannot start the lease thread's runtime");
+                            lost.cancel();
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let regs = make();
+                        renew(regs, room, lease, refills, lost, stop).await;
+                    });
+                }),
+            }
+        };
+        let tasks = vec![
+            renewals,
             tokio::spawn(refill(
                 regs.clone(),
                 room,

@@ -20,7 +20,9 @@ use room::Room;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::membership::{dir_error_hook, Membership, Refills, Registers};
+use super::membership::{
+    dir_error_hook, Membership, Refills, Registers, RegistersFactory, RenewOn,
+};
 use super::{announce, bind, client_config, connect_store, STEP_TIMEOUT};
 use crate::backend::{LocalBackend, Presence};
 use crate::health::Health;
@@ -108,7 +110,12 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
 
     // Serve centers before taking the lease: once listed, the room must answer.
     let (link_stop, link_task) = serve_centers(internal, &room, key);
-    let membership = Membership::join(regs, room.clone(), lease, refills).await?;
+    let lease_regs: RegistersFactory = {
+        let (addrs, cfg) = (link::split_addrs(&args.registers), link_cfg.clone());
+        Box::new(move || -> Arc<dyn Registers> { ClusterDirectory::new(addrs, cfg) })
+    };
+    let renew_on = RenewOn::Thread(lease_regs);
+    let membership = Membership::join(regs, room.clone(), lease, refills, renew_on).await?;
 
     let node = client_listeners(&args, room.clone())?;
     let (health, http) = health_server(&args, &room, events.clone(), messages, cluster_presence)?;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use center::{Rooms, RoomsError};
 use dashmap::DashMap;
 use link::{Client, LinkError};
-use proto::{EncodedMsg, MsgId, RoomId, UserId};
+use proto::{BroadcastProgress, EncodedMsg, MsgId, RoomId, UserId};
 use register::ClusterDirectory;
 use room::remote::{RoomReq, RoomResp, SERVICE};
 
@@ -61,7 +61,16 @@ impl ClusterRooms {
     }
 
     async fn count(&self, room: RoomId, req: RoomReq) -> Result<u64, RoomsError> {
-        match self.try_count(room, &req).await {
+        match self.call_again(room, req).await? {
+            RoomResp::Count(n) => Ok(n),
+            other => Err(bad_answer(room, &other)),
+        }
+    }
+
+    /// One call to `room`, tried once more after a membership refresh when
+    /// the room was unknown or its link down.
+    async fn call_again(&self, room: RoomId, req: RoomReq) -> Result<RoomResp, RoomsError> {
+        match self.try_call(room, req.clone()).await {
             Err(first) if after_refresh(&first) => {
                 // The membership may be a second old: the room may have just
                 // started, or restarted on another address. Read it now and
@@ -69,7 +78,7 @@ impl ClusterRooms {
                 if let Err(e) = self.dir.refresh().await {
                     tracing::debug!(error = %e, "membership refresh failed");
                 }
-                self.try_count(room, &req).await.inspect_err(
+                self.try_call(room, req).await.inspect_err(
                     |_| tracing::debug!(%room, first = %first, "room call failed twice"),
                 )
             }
@@ -157,11 +166,34 @@ impl Rooms for ClusterRooms {
         self.count(room, req).await
     }
 
-    async fn broadcast(&self, room: RoomId, msg: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
-        let req = RoomReq::Broadcast {
+    async fn broadcast(
+        &self,
+        room: RoomId,
+        msg: &Arc<EncodedMsg>,
+    ) -> Result<BroadcastProgress, RoomsError> {
+        let req = RoomReq::BroadcastTracked {
             msg: EncodedMsg::clone(msg),
         };
-        self.count(room, req).await
+        // Retried like the other calls: a room that already fanned it out
+        // answers its progress instead of sending it twice.
+        match self.call_again(room, req).await? {
+            RoomResp::Progress(Some(p)) => Ok(p),
+            other => Err(bad_answer(room, &other)),
+        }
+    }
+
+    async fn broadcast_progress(
+        &self,
+        room: RoomId,
+        id: MsgId,
+    ) -> Result<Option<BroadcastProgress>, RoomsError> {
+        match self
+            .try_call(room, RoomReq::BroadcastProgress { id })
+            .await?
+        {
+            RoomResp::Progress(p) => Ok(p),
+            other => Err(bad_answer(room, &other)),
+        }
     }
 
     async fn kick_user(&self, room: RoomId, user: &UserId) -> Result<u64, RoomsError> {

@@ -25,6 +25,17 @@ pub(crate) struct CenterSettings {
     /// Maximum users in one push.
     #[arg(long, env = "PUSHGATE_MAX_USERS", value_name = "N", default_value_t = 10_000, value_parser = positive())]
     pub(crate) max_users: usize,
+    /// Broadcasts that may wait for their turn (429 `overloaded` beyond).
+    #[arg(long, env = "PUSHGATE_BROADCAST_QUEUE", value_name = "N", default_value_t = 64, value_parser = positive())]
+    pub(crate) broadcast_queue: usize,
+    /// Broadcasts that run at once; the next starts when one is written to
+    /// all but 0.1 % of its connections.
+    #[arg(long, env = "PUSHGATE_BROADCASTS_AT_ONCE", value_name = "N", default_value_t = 1, value_parser = positive())]
+    pub(crate) broadcasts_at_once: usize,
+    /// How long a broadcast follows connections that still have it queued
+    /// before it is reported done (with them as `pending`), seconds.
+    #[arg(long, env = "PUSHGATE_BROADCAST_WAIT", value_name = "SECONDS", default_value_t = 60, value_parser = super::values::seconds(3600))]
+    pub(crate) broadcast_wait: u64,
 }
 
 impl CenterSettings {
@@ -36,6 +47,9 @@ impl CenterSettings {
             max_users: self.max_users,
             queue_max: self.queue_max,
             queue_ttl: Duration::from_secs(self.queue_ttl),
+            broadcast_queue: self.broadcast_queue,
+            broadcasts_at_once: self.broadcasts_at_once,
+            broadcast_wait: Duration::from_secs(self.broadcast_wait),
             ..center::CenterConfig::default()
         }
     }

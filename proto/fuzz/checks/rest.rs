@@ -109,8 +109,12 @@ impl Rooms for NoRooms {
     ) -> Result<u64, RoomsError> {
         Ok(0)
     }
-    async fn broadcast(&self, _: RoomId, _: &Arc<EncodedMsg>) -> Result<u64, RoomsError> {
-        Ok(0)
+    async fn broadcast(
+        &self,
+        _: RoomId,
+        _: &Arc<EncodedMsg>,
+    ) -> Result<proto::BroadcastProgress, RoomsError> {
+        Ok(proto::BroadcastProgress::default())
     }
     async fn resync(&self, _: RoomId, _: Option<&[UserId]>, _: MsgId) -> Result<u64, RoomsError> {
         Ok(0)

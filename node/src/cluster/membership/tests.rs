@@ -16,7 +16,7 @@ use register::{
 };
 use room::{Room, RoomConfig};
 
-use super::{Membership, Refills, Registers};
+use super::{Membership, Refills, Registers, RenewOn};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -172,7 +172,14 @@ async fn join(regs: &Arc<InProcess>, id: u32, instance: u64) -> anyhow::Result<J
     let data = tempfile::tempdir()?;
     let r: Arc<dyn Registers> = regs.clone();
     let refills = Refills::new(r.partitions());
-    let m = Membership::join(r, room(id, &data), lease(id, instance), refills).await?;
+    let m = Membership::join(
+        r,
+        room(id, &data),
+        lease(id, instance),
+        refills,
+        RenewOn::Runtime,
+    )
+    .await?;
     Ok(Joined { m, _data: data })
 }
 
@@ -363,9 +370,15 @@ async fn a_failed_refill_waits_a_second_before_the_next_try() {
     let refills = Refills::new(1);
     // The start-up lease fails (unreachable), so nothing is due yet; a
     // fault reported now makes a refill due while the register is down.
-    let m = Membership::join(r, room(5, &data), lease(5, 11), refills.clone())
-        .await
-        .expect("an unreachable register does not block the start");
+    let m = Membership::join(
+        r,
+        room(5, &data),
+        lease(5, 11),
+        refills.clone(),
+        RenewOn::Runtime,
+    )
+    .await
+    .expect("an unreachable register does not block the start");
     refills.mark_fault(0, 0);
     settle(Duration::from_secs(5)).await;
     assert_eq!(regs.syncs_of(0), 0, "nothing reached a down register");
