@@ -529,7 +529,7 @@ async fn health_ready_metrics_openapi() {
         body.contains("# TYPE pushgate_"),
         "/metrics must have # TYPE lines for pushgate_ metrics:\n{body}"
     );
-    promtool_accepts(&body);
+    common::promtool_accepts(&body);
     dashboard_uses_served_metrics(&body);
 
     let (st, v) = s.api("GET", "/openapi.json", None).await;
@@ -630,36 +630,6 @@ async fn deeply_nested_data_is_not_a_5xx() {
     );
     let (st, _) = s.raw("GET", "/healthz", None, None, None).await;
     assert_eq!(st, 200);
-}
-
-/// `promtool check metrics` (Debian: `apt-get install prometheus`) reads
-/// `body` as Prometheus text and finds nothing to complain about: every
-/// family typed, every counter named `_total`, help on every family.
-fn promtool_accepts(body: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool is required ({e}): apt-get install prometheus (scripts/test does)")
-        });
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool ran");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}\n{}{}\n--- /metrics:\n{body}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// docs/grafana/pushgate-dashboard.json is a dashboard Grafana's file

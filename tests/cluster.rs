@@ -125,6 +125,50 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     for cl in &mut clients {
         assert_eq!(cl.next_msg().await["data"], "bc");
     }
+    // Rooms and centers time their calls to the other processes.
+    let room_metrics = c
+        .http
+        .get(format!(
+            "http://{}/metrics",
+            c.rooms[0].addr("http listening on ")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let center_metrics = c
+        .http
+        .get(format!(
+            "http://{}/metrics",
+            c.centers[1].addr("http listening on ")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (who, body, services) in [
+        ("room", &room_metrics, &["register", "saver"][..]),
+        (
+            "center",
+            &center_metrics,
+            &["register", "room", "idgen"][..],
+        ),
+    ] {
+        for service in services {
+            let count = format!("pushgate_link_call_seconds_count{{service=\"{service}\"}} ");
+            let n: u64 = body
+                .lines()
+                .find_map(|l| l.strip_prefix(&count))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{who}: no {count} in\n{body}"));
+            assert!(n > 0, "{who} made no {service} call: {body}");
+        }
+        common::promtool_accepts(body);
+    }
 
     // A room added while running is discovered without any list.
     let r4 = c.add_room(4).await;

@@ -71,6 +71,8 @@ struct Shared<R> {
     state: watch::Sender<Option<u64>>,
     ever_connected: AtomicBool,
     created: std::time::Instant,
+    /// This process's figures for calls to `service`.
+    stats: Arc<crate::stats::ServiceStats>,
 }
 
 struct Handle<R> {
@@ -116,6 +118,7 @@ where
             state,
             ever_connected: AtomicBool::new(false),
             created: std::time::Instant::now(),
+            stats: crate::stats::of(service),
         });
         let stop = CancellationToken::new();
         tokio::spawn(drive(shared.clone(), stop.clone()));
@@ -165,6 +168,13 @@ where
     /// [`LinkError::Timeout`] when the request was sent but not answered;
     /// [`LinkError::Protocol`] on an undecodable frame.
     pub async fn call(&self, req: Req) -> Result<Resp, LinkError> {
+        let began = std::time::Instant::now();
+        let r = self.call_once(req).await;
+        self.inner.shared.stats.observe(began.elapsed(), r.is_ok());
+        r
+    }
+
+    async fn call_once(&self, req: Req) -> Result<Resp, LinkError> {
         let s = &self.inner.shared;
         if !s.ever_connected.load(Ordering::Acquire) {
             // Only right after creation: a peer that was never reached must

@@ -25,6 +25,7 @@
 
 mod client;
 mod server;
+pub mod stats;
 mod wire;
 
 use std::time::Duration;

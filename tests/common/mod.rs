@@ -1638,3 +1638,33 @@ pub async fn quic_client(
 pub fn data_dir_cert(s: &Server) -> String {
     std::fs::read_to_string(s.data_dir().join("tls_cert.pem")).expect("DATA/tls_cert.pem")
 }
+
+/// `promtool check metrics` (Debian: `apt-get install prometheus`) reads
+/// `body` as Prometheus text and finds nothing to complain about: every
+/// family typed, every counter named `_total`, help on every family.
+pub fn promtool_accepts(body: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is required ({e}): apt-get install prometheus (scripts/test does)")
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}\n--- /metrics:\n{body}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

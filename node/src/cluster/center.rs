@@ -45,6 +45,8 @@ pub(crate) async fn run(args: CenterArgs) -> anyhow::Result<()> {
             rooms,
         },
     );
+    // How long this center's calls to registers, idgens, savers and rooms take.
+    center.add_metrics_source(std::sync::Arc::new(link::stats::render));
     if let Err(e) = dir.refresh().await {
         warn!(error = %e, "no register answered yet; rooms appear once one does");
     }

@@ -226,6 +226,8 @@ fn health_server(
         if let Some(p) = &presence {
             p.write_metrics(out);
         }
+        // Calls to registers, the store and idgens (and other rooms).
+        link::stats::render(out);
     }));
     let http = HttpServer::start(listener, health.router())?;
     Ok((health, http))
