@@ -63,10 +63,10 @@ pub(crate) fn render(r: &Report) -> String {
         memory(&mut s, x);
     }
     if let Some(x) = &r.hold {
-        hold(&mut s, x);
+        hold(&mut s, x, r.config.floor_ping_us);
     }
     if let Some(x) = &r.broadcasts {
-        broadcasts(&mut s, x);
+        broadcasts(&mut s, x, r.config.floor_delivery_us);
     }
     if let Some(x) = &r.channels {
         channels(&mut s, x);
@@ -79,6 +79,9 @@ pub(crate) fn render(r: &Report) -> String {
     }
     if let Some(x) = &r.kill {
         kill(&mut s, x);
+    }
+    if r.rest.calls > 0 {
+        rest(&mut s, r);
     }
     if !r.notes.is_empty() {
         section(&mut s, "Notes");
@@ -142,8 +145,32 @@ fn machine(r: &Report) -> String {
     )
 }
 
-/// What was asked for, in one line.
+/// What was asked for, in one line (and where the workers ran, how the
+/// broadcasts were paced, the floor figures given).
 fn config(r: &Report) -> String {
+    let c = &r.config;
+    let mut line = config_base(r);
+    if !c.remote_workers.is_empty() {
+        line.push_str(&format!(
+            " Workers listening elsewhere (`--workers-file`): {}.",
+            one_line(&c.remote_workers.join(", "))
+        ));
+    }
+    line.push_str(&match c.broadcast_gap_s {
+        Some(g) => format!(" Broadcasts every {} (`--broadcast-gap`).", secs(g)),
+        None => " Each broadcast waits for the previous one.".to_string(),
+    });
+    let floor = |v: Option<f64>| v.map_or_else(|| "not given".to_string(), |f| format!("{f} µs"));
+    line.push_str(&format!(
+        " Floor: {} per delivery, {} per heartbeat.",
+        floor(c.floor_delivery_us),
+        floor(c.floor_ping_us)
+    ));
+    line
+}
+
+/// The asked-for figures of [`config`].
+fn config_base(r: &Report) -> String {
     let c = &r.config;
     let transport = if c.transport.is_empty() {
         "?"
@@ -313,8 +340,8 @@ fn spread(rooms: &[RoomMemory], f: impl Fn(&RoomMemory) -> f64) -> [f64; 3] {
     [v[0], median, v[n - 1]]
 }
 
-/// The hold section.
-fn hold(s: &mut String, x: &Hold) {
+/// The hold section (`floor_us`: the floor's CPU per heartbeat).
+fn hold(s: &mut String, x: &Hold, floor_us: Option<f64>) {
     section(s, "Hold");
     ln(s, format!("- Duration: {}", secs(x.seconds)));
     ln(
@@ -347,11 +374,39 @@ fn hold(s: &mut String, x: &Hold) {
         String::new()
     };
     ln(s, format!("- Rooms CPU: {:.1} s{cores}", x.rooms_cpu_s));
+    ln(
+        s,
+        format!(
+            "- Heartbeats answered: {}, rooms' CPU ÷ (heartbeats × floor CPU per heartbeat): {}",
+            rate(x.pings_per_s),
+            match (x.cpu_to_floor, floor_us) {
+                (Some(r), Some(f)) => format!("**{r:.2}×** (floor {f} µs)"),
+                _ => format!("n/a ({NO_FLOOR}: `--floor-ping-us`)"),
+            }
+        ),
+    );
 }
 
-/// The broadcast section, with a row per broadcast.
-fn broadcasts(s: &mut String, x: &Broadcasts) {
+/// Why a floor ratio is missing, and how to get it.
+const NO_FLOOR: &str = "no floor figure given; measure it with `bench compare --floor-only` \
+    and pass it";
+
+/// The broadcast section, with a row per broadcast (`floor_us`: the floor's
+/// CPU per delivery).
+fn broadcasts(s: &mut String, x: &Broadcasts, floor_us: Option<f64>) {
     section(s, "Broadcasts");
+    ln(
+        s,
+        match x.gap_ms {
+            Some(g) => format!(
+                "- Sent every {} (`--broadcast-gap`), without waiting for the previous one",
+                ms(g)
+            ),
+            None => "- One at a time: each sent once every live connection had the previous \
+                     one and its task was done (each wait bounded)"
+                .to_string(),
+        },
+    );
     ln(
         s,
         format!(
@@ -364,18 +419,37 @@ fn broadcasts(s: &mut String, x: &Broadcasts) {
     ln(
         s,
         format!(
-            "- Deliveries: {} received, {} missed",
+            "- Deliveries: {} received, {} missed; lowest share of live connections {}",
             int(x.deliveries),
-            int(x.missed)
+            int(x.missed),
+            share(x.min_share_pct)
         ),
     );
     ln(
         s,
         format!(
-            "- Server CPU: {:.1} s, {:.2} s per million deliveries",
-            x.server_cpu_s, x.cpu_s_per_million
+            "- Server CPU (rooms + centers): {:.1} s, {:.2} s per million deliveries; \
+             {:.2} µs per delivery with the {} heartbeats answered meanwhile taken out",
+            x.server_cpu_s,
+            x.cpu_s_per_million,
+            x.cpu_us_per_delivery,
+            int(x.pongs)
         ),
     );
+    match (floor_us, x.cpu_per_delivery_to_floor) {
+        (Some(f), Some(r)) => ln(
+            s,
+            format!(
+                "- Floor: {f} µs per delivery; CPU per delivery **{r:.2}×** the floor; \
+                 floor bound = live connections × {f} µs ÷ {} cores",
+                x.cores
+            ),
+        ),
+        _ => ln(
+            s,
+            format!("- Floor ratios: n/a ({NO_FLOOR}: `--floor-delivery-us`)"),
+        ),
+    }
     ln(s, "");
     latency_table(s, &[("every delivery", &x.latency)]);
     if x.each.is_empty() {
@@ -384,24 +458,61 @@ fn broadcasts(s: &mut String, x: &Broadcasts) {
     ln(s, "");
     ln(
         s,
-        "| # | expected | received | last | p50 | p99 | REST call |",
+        "| # | expected | received | share | last | floor bound | last ÷ bound | p50 | p99 | \
+         task: delivered / skipped / pending | REST call |",
     );
-    ln(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    ln(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for b in &x.each {
+        let opt = |v: Option<u64>| v.map_or_else(|| "n/a".to_string(), int);
+        let task = match &b.task_view {
+            Some(v) => format!(
+                "{} / {} / {} ({})",
+                int(v.delivered),
+                opt(v.skipped),
+                opt(v.pending),
+                one_line(&v.state)
+            ),
+            None if b.task.is_some() => "not read".to_string(),
+            None => "—".to_string(),
+        };
         ln(
             s,
             format!(
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 b.index,
                 int(b.expected),
                 int(b.received),
+                share(b.share_pct),
                 ms(b.last_ms),
+                b.floor_bound_ms.map_or_else(|| "n/a".to_string(), ms),
+                b.last_to_floor
+                    .map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}×")),
                 ms(b.p50_ms),
                 ms(b.p99_ms),
+                cell(&task),
                 ms(b.http_ms)
             ),
         );
     }
+}
+
+/// What the bench's REST calls got over the run.
+fn rest(s: &mut String, r: &Report) {
+    section(s, "REST answers");
+    let x = &r.rest;
+    ln(s, format!("- Calls: {}", int(x.calls)));
+    ln(
+        s,
+        format!(
+            "- Answers other than 2xx, by status: {} (429 is load shed on purpose; 503 is the \
+             server unable to serve)",
+            by_reason(&x.non_2xx)
+        ),
+    );
+    ln(
+        s,
+        format!("- No answer at all: {}", by_reason(&x.no_answer)),
+    );
 }
 
 /// The channel section.
@@ -642,6 +753,15 @@ fn pct(part: u64, whole: u64) -> String {
     format!("{p:.2} %")
 }
 
+/// A percentage rounded down to two decimals, so that short of 100 % never
+/// reads as `100.00 %`.
+fn share(p: f64) -> String {
+    if !p.is_finite() {
+        return "—".to_string();
+    }
+    format!("{:.2} %", (p * 100.0).floor() / 100.0)
+}
+
 /// Bytes: exact below 64 KiB (`2,933 B`), else KiB, MiB or GiB with one decimal.
 pub(super) fn bytes(n: u64) -> String {
     bytes_f(n as f64)
@@ -738,6 +858,10 @@ mod tests {
                 unicast_s: 30.0,
                 store: true,
                 started_cluster: true,
+                broadcast_gap_s: None,
+                floor_delivery_us: Some(4.5),
+                floor_ping_us: None,
+                remote_workers: vec!["10.0.0.2:7901".into()],
             },
             ramp: Some(Ramp {
                 target: 1_000_000,
@@ -769,6 +893,8 @@ mod tests {
                 pings: 2_000_000,
                 pongs: 1_999_998,
                 rooms_cpu_s: 12.0,
+                pings_per_s: 33_333.3,
+                cpu_to_floor: None,
             }),
             broadcasts: Some(Broadcasts {
                 each: vec![
@@ -780,6 +906,18 @@ mod tests {
                         p50_ms: 300.0,
                         p99_ms: 700.0,
                         http_ms: 2.5,
+                        share_pct: 100.0,
+                        task: Some("b-1".into()),
+                        task_view: Some(super::super::rest::TaskView {
+                            task: "b-1".into(),
+                            state: "done".into(),
+                            delivered: 999_988,
+                            skipped: Some(0),
+                            pending: Some(0),
+                            ..Default::default()
+                        }),
+                        floor_bound_ms: Some(2249.97),
+                        last_to_floor: Some(0.361),
                     },
                     Broadcast {
                         index: 2,
@@ -789,6 +927,11 @@ mod tests {
                         p50_ms: 290.0,
                         p99_ms: 690.0,
                         http_ms: 2.25,
+                        share_pct: 99.999,
+                        task: Some("b-2".into()),
+                        task_view: None,
+                        floor_bound_ms: Some(2249.97),
+                        last_to_floor: Some(0.351),
                     },
                 ],
                 last_p50_ms: 801.17,
@@ -798,6 +941,13 @@ mod tests {
                 server_cpu_s: 4.5,
                 cpu_s_per_million: 2.25,
                 latency: latency(10.0),
+                gap_ms: None,
+                cores: 2,
+                pongs: 70_000,
+                cpu_us_per_delivery: 2.0,
+                cpu_per_delivery_to_floor: Some(0.444),
+                worst_last_to_floor: Some(0.361),
+                min_share_pct: 99.999,
             }),
             channels: Some(Channels {
                 channels: 100,
@@ -872,6 +1022,11 @@ mod tests {
                 "ramp limited by\nthe workers".into(),
                 "slab counts both ends".into(),
             ],
+            rest: super::super::report::RestAnswers {
+                calls: 1_800_000,
+                non_2xx: [("429".to_string(), 3)].into(),
+                no_answer: BTreeMap::new(),
+            },
         }
     }
 
@@ -897,6 +1052,8 @@ mod tests {
         assert_eq!(pct(999_999, 1_000_000), "100.00 %");
         assert_eq!(pct(1, 0), "—");
         assert_eq!(rate(19_120.3), "19,120/s");
+        assert_eq!(share(99.999), "99.99 %");
+        assert_eq!(share(100.0), "100.00 %");
     }
 
     #[test]
@@ -923,6 +1080,7 @@ mod tests {
             "## Unicast, fixed rate",
             "## Unicast, highest sustained rate",
             "## Room kill",
+            "## REST answers",
             "## Notes",
             "## Plots",
         ] {
@@ -935,9 +1093,21 @@ mod tests {
         assert!(md.contains("| 3 | 333,336 |"));
         assert!(!md.contains("| median |"));
         assert!(md.contains("**2,933 B per connection**"));
-        assert!(
-            md.contains("| 2 | 999,988 | 999,980 | 790.00 ms | 290.00 ms | 690.00 ms | 2.25 ms |")
-        );
+        assert!(md.contains(
+            "| 1 | 999,988 | 999,988 | 100.00 % | 812.35 ms | 2,249.97 ms | 0.36× | 300.00 ms | \
+             700.00 ms | 999,988 / 0 / 0 (done) | 2.50 ms |"
+        ));
+        assert!(md.contains(
+            "| 2 | 999,988 | 999,980 | 99.99 % | 790.00 ms | 2,249.97 ms | 0.35× | 290.00 ms | \
+             690.00 ms | not read | 2.25 ms |"
+        ));
+        assert!(md.contains("CPU per delivery **0.44×** the floor"));
+        assert!(md.contains("Each broadcast waits for the previous one."));
+        assert!(md.contains("Floor: 4.5 µs per delivery, not given per heartbeat."));
+        assert!(md.contains("`--workers-file`): 10.0.0.2:7901."));
+        assert!(md.contains("rooms' CPU ÷ (heartbeats × floor CPU per heartbeat): n/a"));
+        assert!(md.contains("## REST answers"));
+        assert!(md.contains("by status: 429: 3"));
         assert!(md.contains("| every delivery | 1,000,000 | 15.00 ms | 32.50 ms |"));
         assert!(md.contains("closed loop"));
         assert!(md.contains("timeout: 1,000"));

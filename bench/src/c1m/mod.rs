@@ -109,6 +109,27 @@ pub(crate) struct C1mArgs {
     /// Wait after the ramp before measuring memory.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) settle: Duration,
+    /// Send each broadcast this long after the previous one, without
+    /// waiting for it to finish (default: each waits until the previous
+    /// one's clients all have it and its task is done).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) broadcast_gap: Option<Duration>,
+    /// The floor's server CPU per broadcast delivery, µs (`bench compare
+    /// --floor-only`: "server CPU per broadcast delivery (µs)"); gives the
+    /// time-to-last bound and the CPU-per-delivery ratio.
+    #[arg(long, value_name = "US")]
+    pub(crate) floor_delivery_us: Option<f64>,
+    /// The floor's server CPU per heartbeat, µs (`bench compare
+    /// --floor-only`: "server CPU per heartbeat (µs)"); gives the ratio of
+    /// the rooms' CPU to hold the connections.
+    #[arg(long, value_name = "US")]
+    pub(crate) floor_ping_us: Option<f64>,
+    /// Use the workers listening at these addresses (`bench c1m-worker
+    /// --listen ADDR`, on this machine or others) instead of spawning them:
+    /// one `host:port` (or `host:P1-P2`) per line, `#` comments. The
+    /// connections are shared evenly among them.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) workers_file: Option<PathBuf>,
 }
 
 /// Everything the phases share.
@@ -161,12 +182,26 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
         matches!(args.transport, Transport::Ws | Transport::Tcp),
         "c1m speaks ws or tcp (--transport sse and quic: bench idle only)"
     );
-    let workers_n = n.div_ceil(args.per_worker.max(1)) as usize;
+    let remote = match &args.workers_file {
+        Some(path) => workers::read_workers_file(path)?,
+        None => Vec::new(),
+    };
+    let workers_n = if remote.is_empty() {
+        n.div_ceil(args.per_worker.max(1)) as usize
+    } else {
+        remote.len()
+    };
     anyhow::ensure!(
         workers_n <= 250,
         "{workers_n} workers: more than the 250 source-address blocks (raise --per-worker)"
     );
-    preflight(&args)?;
+    anyhow::ensure!(
+        args.floor_delivery_us
+            .is_none_or(|f| f > 0.0 && f.is_finite())
+            && args.floor_ping_us.is_none_or(|f| f > 0.0 && f.is_finite()),
+        "--floor-delivery-us and --floor-ping-us take a positive number of microseconds"
+    );
+    preflight(&args, !remote.is_empty())?;
     let cancel = CancellationToken::new();
     let interrupted = crate::runctl::spawn_ctrl_c(cancel.clone(), "stopping the c1m run");
 
@@ -198,7 +233,15 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
             (Some(s), m)
         }
     };
-    let result = run_with_cluster(&args, manifest, cancel.clone(), started_unix_s, &date).await;
+    let result = run_with_cluster(
+        &args,
+        manifest,
+        &remote,
+        cancel.clone(),
+        started_unix_s,
+        &date,
+    )
+    .await;
     let stop_result = match started {
         Some(s) => {
             eprintln!("stopping the cluster");
@@ -255,9 +298,12 @@ fn tempdir_for_cluster() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Refuses a run this machine cannot hold, with advice.
-fn preflight(args: &C1mArgs) -> anyhow::Result<()> {
-    proc::check_nofile(args.per_worker + FD_HEADROOM)?;
+/// Refuses a run this machine cannot hold, with advice (`remote`: the
+/// workers run elsewhere, so this machine needs no sockets for them).
+fn preflight(args: &C1mArgs, remote: bool) -> anyhow::Result<()> {
+    if !remote {
+        proc::check_nofile(args.per_worker + FD_HEADROOM)?;
+    }
     if args.attach.is_none() {
         let limit = room_limit();
         // With the spare room, each room holds at most `per_room` even
@@ -269,7 +315,7 @@ fn preflight(args: &C1mArgs) -> anyhow::Result<()> {
             args.per_room
         );
     }
-    if let Some((lo, hi)) = proc::port_range() {
+    if let Some((lo, hi)) = proc::port_range().filter(|_| !remote) {
         let ports = u64::from(hi - lo);
         anyhow::ensure!(
             args.per_worker < ports,
@@ -295,6 +341,7 @@ fn preflight(args: &C1mArgs) -> anyhow::Result<()> {
 async fn run_with_cluster(
     args: &C1mArgs,
     manifest: Manifest,
+    remote: &[String],
     cancel: CancellationToken,
     started_unix_s: u64,
     date: &str,
@@ -314,22 +361,33 @@ async fn run_with_cluster(
     };
     let rest = Rest::new(&manifest.centers[0], &manifest.api_key)?;
     // Workers: contiguous user ranges, two source addresses each.
-    let workers_n = n.div_ceil(args.per_worker.max(1));
+    let workers_n = if remote.is_empty() {
+        n.div_ceil(args.per_worker.max(1))
+    } else {
+        remote.len() as u64
+    };
     let per = n.div_ceil(workers_n);
     let mut workers = Vec::new();
     let transport = match args.transport {
         Transport::Tcp => "tcp",
         _ => "ws",
     };
-    eprintln!(
-        "starting {workers_n} load-generator workers ({} rooms)",
-        rooms.len()
-    );
+    if remote.is_empty() {
+        eprintln!(
+            "starting {workers_n} load-generator workers ({} rooms)",
+            rooms.len()
+        );
+    } else {
+        eprintln!(
+            "connecting to {workers_n} load-generator workers ({} rooms)",
+            rooms.len()
+        );
+    }
     for k in 0..workers_n {
-        let first = k * per;
+        let first = (k * per).min(n);
         let count = per.min(n - first);
         let sources = format!("127.0.{}.1,127.0.{}.2", k + 1, k + 1);
-        let w = Worker::spawn(&Spawn {
+        let spawn = Spawn {
             id: u32::try_from(k)?,
             first,
             count,
@@ -339,9 +397,23 @@ async fn run_with_cluster(
             token_secret: &manifest.token_secret,
             rate: args.ramp_rate.div_ceil(workers_n).max(1),
             channels: u64::from(args.channels),
-        })
-        .await?;
-        workers.push(w);
+        };
+        let w = match remote.get(k as usize) {
+            Some(addr) => Worker::connect(addr, &spawn).await,
+            None => Worker::spawn(&spawn).await,
+        };
+        match w {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                // Those already up are told to stop (a spawned one also exits
+                // when its stdin closes; a listening one when we disconnect).
+                let stops = workers
+                    .iter()
+                    .map(|w: &Worker| w.stop(Duration::from_secs(5)));
+                futures_util::future::join_all(stops).await;
+                return Err(e);
+            }
+        }
     }
     let mem_total = proc::mem_total().unwrap_or(0);
     let ctx = Arc::new(Ctx {
@@ -387,6 +459,10 @@ async fn run_with_cluster(
             unicast_s: args.unicast_for.as_secs_f64(),
             store: args.store,
             started_cluster: args.attach.is_none(),
+            broadcast_gap_s: args.broadcast_gap.map(|g| g.as_secs_f64()),
+            floor_delivery_us: args.floor_delivery_us,
+            floor_ping_us: args.floor_ping_us,
+            remote_workers: remote.to_vec(),
         },
         ..Report::default()
     };
@@ -408,6 +484,7 @@ async fn run_with_cluster(
             Outcome::Failed
         }
     };
+    report.rest = ctx.rest.answers();
     phases::judge(&mut report);
     eprintln!("stopping the workers");
     let stops = ctx

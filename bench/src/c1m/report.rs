@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use super::rest::RestAnswers;
+
 /// A whole run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Report {
@@ -46,6 +48,9 @@ pub(crate) struct Report {
     pub(crate) targets: Vec<Target>,
     /// Free-form observations (what limited a figure, warnings).
     pub(crate) notes: Vec<String>,
+    /// What the bench's REST calls got over the whole run.
+    #[serde(default)]
+    pub(crate) rest: RestAnswers,
 }
 
 /// The machine the run was made on.
@@ -90,6 +95,20 @@ pub(crate) struct RunConfig {
     pub(crate) store: bool,
     /// Whether the cluster was started by the bench (else attached).
     pub(crate) started_cluster: bool,
+    /// `--broadcast-gap` (each broadcast sent that long after the previous
+    /// one, without waiting), seconds; `None`: each waits for the previous.
+    #[serde(default)]
+    pub(crate) broadcast_gap_s: Option<f64>,
+    /// `--floor-delivery-us`: the floor's server CPU per broadcast delivery, µs.
+    #[serde(default)]
+    pub(crate) floor_delivery_us: Option<f64>,
+    /// `--floor-ping-us`: the floor's server CPU per heartbeat, µs.
+    #[serde(default)]
+    pub(crate) floor_ping_us: Option<f64>,
+    /// Workers on other machines (`--workers-file`), `host:port`; empty:
+    /// spawned here.
+    #[serde(default)]
+    pub(crate) remote_workers: Vec<String>,
 }
 
 /// Opening the connections.
@@ -173,6 +192,13 @@ pub(crate) struct Hold {
     pub(crate) pongs: u64,
     /// CPU seconds of all rooms during the hold.
     pub(crate) rooms_cpu_s: f64,
+    /// Heartbeats per second the rooms answered (`pongs / seconds`).
+    #[serde(default)]
+    pub(crate) pings_per_s: f64,
+    /// Rooms' CPU ÷ (heartbeats × the floor's CPU per heartbeat); `None`
+    /// without `--floor-ping-us`.
+    #[serde(default)]
+    pub(crate) cpu_to_floor: Option<f64>,
 }
 
 /// Percentiles of a latency distribution, milliseconds.
@@ -211,6 +237,22 @@ pub(crate) struct Broadcast {
     pub(crate) p99_ms: f64,
     /// REST call time (until the task was accepted), ms.
     pub(crate) http_ms: f64,
+    /// `received / expected`, percent.
+    #[serde(default)]
+    pub(crate) share_pct: f64,
+    /// The server's task (`b-…`), when it named one.
+    #[serde(default)]
+    pub(crate) task: Option<String>,
+    /// The task as last seen (`GET /tasks/{task}`).
+    #[serde(default)]
+    pub(crate) task_view: Option<super::rest::TaskView>,
+    /// Live connections × the floor's CPU per delivery ÷ cores, ms: the
+    /// shortest time-to-last the cores allow.
+    #[serde(default)]
+    pub(crate) floor_bound_ms: Option<f64>,
+    /// `last_ms / floor_bound_ms`.
+    #[serde(default)]
+    pub(crate) last_to_floor: Option<f64>,
 }
 
 /// The broadcast phase.
@@ -233,6 +275,29 @@ pub(crate) struct Broadcasts {
     pub(crate) cpu_s_per_million: f64,
     /// Every delivery of every broadcast together.
     pub(crate) latency: Latency,
+    /// `--broadcast-gap`, ms (`None`: each broadcast waited for the previous).
+    #[serde(default)]
+    pub(crate) gap_ms: Option<f64>,
+    /// Cores the floor bound divides by (this machine's).
+    #[serde(default)]
+    pub(crate) cores: usize,
+    /// Heartbeats answered during the measured windows.
+    #[serde(default)]
+    pub(crate) pongs: u64,
+    /// Server CPU per delivery, µs, with the heartbeats answered in the same
+    /// windows taken out (at the hold's CPU per heartbeat), as `bench
+    /// floor` figures are.
+    #[serde(default)]
+    pub(crate) cpu_us_per_delivery: f64,
+    /// `cpu_us_per_delivery` ÷ the floor's; `None` without `--floor-delivery-us`.
+    #[serde(default)]
+    pub(crate) cpu_per_delivery_to_floor: Option<f64>,
+    /// The largest `last_to_floor` of the broadcasts.
+    #[serde(default)]
+    pub(crate) worst_last_to_floor: Option<f64>,
+    /// The smallest share of live connections a broadcast reached, percent.
+    #[serde(default)]
+    pub(crate) min_share_pct: f64,
 }
 
 /// The channel phase.

@@ -1,6 +1,8 @@
 //! Pushes through the REST API, as an application server would: unicast
 //! (`POST /push/users`), channel (`/push/channel`) and broadcast
-//! (`/push/broadcast`), each carrying the send time in its payload.
+//! (`/push/broadcast`), each carrying the send time in its payload; and a
+//! broadcast's progress (`GET /tasks/{task}`). Every answer other than 2xx
+//! is counted by status for the whole run.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::LatencyHist;
 
@@ -17,6 +20,108 @@ pub(crate) struct Rest {
     http: reqwest::Client,
     base: Arc<str>,
     api_key: Arc<str>,
+    answers: Arc<Answers>,
+}
+
+/// Every REST call of the run, by outcome.
+#[derive(Default)]
+struct Answers {
+    calls: AtomicU64,
+    /// Answers other than 2xx, by status code.
+    statuses: Mutex<BTreeMap<u16, u64>>,
+    /// Calls that got no answer, by reason (`timeout`, `connect`, ...).
+    failed: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What the REST calls of a run got, for the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RestAnswers {
+    /// Calls made.
+    pub(crate) calls: u64,
+    /// Answers other than 2xx, by status code (`"503"`, `"429"`, ...).
+    pub(crate) non_2xx: BTreeMap<String, u64>,
+    /// Calls that got no answer at all, by reason.
+    pub(crate) no_answer: BTreeMap<String, u64>,
+}
+
+impl RestAnswers {
+    /// Answers with status `code`.
+    pub(crate) fn status(&self, code: u16) -> u64 {
+        self.non_2xx.get(&code.to_string()).copied().unwrap_or(0)
+    }
+}
+
+/// What `POST /push/broadcast` answers (202).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+struct BroadcastAccepted {
+    /// The broadcast's task (`b-…`); absent from servers without tasks.
+    task: Option<String>,
+}
+
+/// A broadcast sent.
+#[derive(Clone, Debug)]
+pub(crate) struct BroadcastSent {
+    /// REST call time.
+    pub(crate) http: Duration,
+    /// Its task, when the server named one.
+    pub(crate) task: Option<String>,
+}
+
+/// A broadcast task as `GET /tasks/{task}` shows it. Every field is
+/// optional, so that servers that report less still parse: `skipped` and
+/// `pending` are `None` when the server does not report them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct TaskView {
+    /// Task id.
+    pub(crate) task: String,
+    /// `broadcast`.
+    pub(crate) kind: String,
+    /// `queued`, `running`, `done` or `failed`.
+    pub(crate) state: String,
+    /// Live rooms when it started.
+    pub(crate) rooms_total: u64,
+    /// Rooms finished (failed ones included).
+    pub(crate) rooms_done: u64,
+    /// Rooms that could not be reached.
+    pub(crate) rooms_failed: u64,
+    /// Connections written.
+    pub(crate) delivered: u64,
+    /// Live when the broadcast reached the room but not written (slow
+    /// consumer, or gone first).
+    pub(crate) skipped: Option<u64>,
+    /// Still queued.
+    pub(crate) pending: Option<u64>,
+    /// Time queued before it ran, ms.
+    pub(crate) queued_ms: Option<f64>,
+    /// Time it ran, ms (`None` until done).
+    pub(crate) duration_ms: Option<f64>,
+    /// Each room.
+    pub(crate) rooms: Vec<TaskRoom>,
+}
+
+impl TaskView {
+    /// Done or failed: nothing more will change.
+    pub(crate) fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "done" | "failed")
+    }
+}
+
+/// One room of a broadcast task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct TaskRoom {
+    /// Room number.
+    pub(crate) room: u64,
+    /// `running`, `done` or `failed`.
+    pub(crate) state: String,
+    /// Connections written.
+    pub(crate) delivered: u64,
+    /// Live but not written.
+    pub(crate) skipped: u64,
+    /// Still queued.
+    pub(crate) pending: u64,
 }
 
 /// What a run of unicast pushes did.
@@ -49,27 +154,51 @@ impl Rest {
             http,
             base: Arc::from(base.trim_end_matches('/')),
             api_key: Arc::from(api_key),
+            answers: Arc::default(),
         })
     }
 
     async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, String> {
-        let resp = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&*self.api_key)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    "timeout".to_string()
+            .json(body);
+        self.call(req).await
+    }
+
+    /// Sends a request; the body of a 2xx answer, else why not (and counts
+    /// the outcome).
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, String> {
+        self.answers.calls.fetch_add(1, Relaxed);
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = if e.is_timeout() {
+                    "timeout"
                 } else if e.is_connect() {
-                    "connect".to_string()
+                    "connect"
                 } else {
-                    "request".to_string()
-                }
-            })?;
+                    "request"
+                };
+                *self
+                    .answers
+                    .failed
+                    .lock()
+                    .entry(why.to_string())
+                    .or_insert(0) += 1;
+                return Err(why.to_string());
+            }
+        };
         let status = resp.status();
+        if !status.is_success() {
+            *self
+                .answers
+                .statuses
+                .lock()
+                .entry(status.as_u16())
+                .or_insert(0) += 1;
+        }
         let bytes = resp.bytes().await.map_err(|_| "body".to_string())?;
         if status.is_success() {
             Ok(bytes.to_vec())
@@ -78,14 +207,45 @@ impl Rest {
         }
     }
 
-    /// A broadcast; returns the REST call time.
-    pub(crate) async fn broadcast(&self, n: u32) -> anyhow::Result<Duration> {
+    /// What every call so far got.
+    pub(crate) fn answers(&self) -> RestAnswers {
+        RestAnswers {
+            calls: self.answers.calls.load(Relaxed),
+            non_2xx: self
+                .answers
+                .statuses
+                .lock()
+                .iter()
+                .map(|(code, n)| (code.to_string(), *n))
+                .collect(),
+            no_answer: self.answers.failed.lock().clone(),
+        }
+    }
+
+    /// A broadcast: the REST call time and the task the server named.
+    pub(crate) async fn broadcast(&self, n: u32) -> anyhow::Result<BroadcastSent> {
         let started = Instant::now();
         let body = serde_json::json!({ "data": payload("b", n) });
-        self.post("/push/broadcast", &body)
+        let answer = self
+            .post("/push/broadcast", &body)
             .await
             .map_err(|e| anyhow::anyhow!("broadcast {n}: {e}"))?;
-        Ok(started.elapsed())
+        let http = started.elapsed();
+        let accepted: BroadcastAccepted = serde_json::from_slice(&answer).unwrap_or_default();
+        Ok(BroadcastSent {
+            http,
+            task: accepted.task.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// A broadcast task's progress.
+    pub(crate) async fn task(&self, task: &str) -> Result<TaskView, String> {
+        let req = self
+            .http
+            .get(format!("{}/tasks/{task}", self.base))
+            .bearer_auth(&*self.api_key);
+        let body = self.call(req).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("task {task}: {e}"))
     }
 
     /// A push to `channel`.
@@ -140,5 +300,33 @@ mod tests {
         assert_eq!(parsed.k, "u");
         assert_eq!(parsed.n, 2);
         assert!(parsed.t > 0);
+    }
+
+    #[test]
+    fn task_views_parse_leniently() {
+        // Today's server: no skipped, pending, times or rooms.
+        let old: TaskView = serde_json::from_str(
+            r#"{"task":"b-1","kind":"broadcast","state":"running","rooms_total":3,
+                "rooms_done":1,"rooms_failed":0,"delivered":10}"#,
+        )
+        .unwrap();
+        assert_eq!(old.delivered, 10);
+        assert_eq!(old.skipped, None);
+        assert!(!old.finished());
+        let new: TaskView = serde_json::from_str(
+            r#"{"task":"b-2","kind":"broadcast","state":"done","rooms_total":2,"rooms_done":2,
+                "rooms_failed":0,"delivered":5,"skipped":1,"pending":0,"queued_ms":3,
+                "duration_ms":12.5,"rooms":[{"room":1,"state":"done","delivered":5,
+                "skipped":1,"pending":0,"extra":true}]}"#,
+        )
+        .unwrap();
+        assert!(new.finished());
+        assert_eq!((new.skipped, new.pending), (Some(1), Some(0)));
+        assert_eq!(new.queued_ms, Some(3.0));
+        assert_eq!(new.rooms[0].skipped, 1);
+        let a: BroadcastAccepted = serde_json::from_str(r#"{"id":7,"task":"b-7"}"#).unwrap();
+        assert_eq!(a.task.as_deref(), Some("b-7"));
+        let a: BroadcastAccepted = serde_json::from_str(r#"{"id":7}"#).unwrap();
+        assert_eq!(a.task, None);
     }
 }

@@ -1,6 +1,9 @@
 //! What the `c1m` runner and its worker processes say to each other: one
 //! JSON object per line, commands on the worker's stdin, answers on its
-//! stdout (one answer per command, in order).
+//! stdout (one answer per command, in order). A worker started with
+//! `--listen ADDR` speaks the same lines over a TCP connection from the
+//! runner, which first sends [`Command::Setup`] (what a spawned worker gets
+//! on its command line).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub(crate) enum Command {
+    /// What to do (a listening worker only; answered with `Ready`, or
+    /// `Error` when the rooms cannot be resolved).
+    Setup(Setup),
     /// Start opening the connections (answered at once with `Ack`).
     Start,
     /// Counters now (answered with `Stats`).
@@ -18,6 +24,32 @@ pub(crate) enum Command {
     Hists,
     /// Close everything and exit (answered with `Ack` first).
     Stop,
+}
+
+/// What a worker listening on TCP is told to do: the arguments a spawned
+/// worker gets on its command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Setup {
+    /// Worker number.
+    pub(crate) id: u32,
+    /// First user number.
+    pub(crate) first: u64,
+    /// Connections.
+    pub(crate) count: u64,
+    /// `ws` or `tcp`.
+    pub(crate) transport: String,
+    /// Room addresses, in room order.
+    pub(crate) rooms: Vec<String>,
+    /// Source addresses the runner suggests (comma-separated); the worker's
+    /// own `--bind` wins.
+    #[serde(default)]
+    pub(crate) sources: Option<String>,
+    /// The rooms' token secret.
+    pub(crate) token_secret: String,
+    /// Connect rate of this worker, per second.
+    pub(crate) rate: u64,
+    /// Channels.
+    pub(crate) channels: u64,
 }
 
 /// A worker's answer.
@@ -88,6 +120,12 @@ mod tests {
     #[test]
     fn lines_round_trip() {
         for c in [
+            Command::Setup(Setup {
+                id: 2,
+                rooms: vec!["ws://127.0.0.1:1/ws".into()],
+                sources: Some("127.0.3.1".into()),
+                ..Setup::default()
+            }),
             Command::Start,
             Command::Stats,
             Command::Hists,

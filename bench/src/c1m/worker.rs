@@ -5,7 +5,8 @@
 //! arrives (the send time is in the payload), and reconnects a dropped
 //! connection to the next room with jittered backoff, resuming after the
 //! last unicast id it had. It is driven by the runner over stdin/stdout
-//! ([`super::wire`]) and exits when told to or when stdin closes.
+//! ([`super::wire`]) and exits when told to or when stdin closes; or, with
+//! `--listen ADDR`, by a runner on another machine over TCP.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,11 +19,14 @@ use parking_lot::Mutex;
 use proto::{ClientFrame, MsgId, ServerFrame};
 use pushgate_client::backoff::{server_delay, Backoff};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, Lines,
+};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{Answer, Command, WorkerStats};
+use super::wire::{Answer, Command, Setup, WorkerStats};
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
 use crate::client::{Closed, Conn, Endpoint, Event};
 use crate::pace::{Heartbeat, Schedule};
@@ -32,30 +36,32 @@ use crate::stats::{LatencyHist, Tally};
 /// Scheduling priority of a worker (`nice`): below the servers.
 const WORKER_NICE: i32 = 10;
 
-/// Arguments of `bench c1m-worker` (set by the runner, not by hand).
+/// Arguments of `bench c1m-worker`: set by the runner when it spawns the
+/// worker, or, with `--listen`, only the listen address (and `--bind`,
+/// `--keep`): the runner then connects and sends the rest.
 #[derive(Clone, Debug, clap::Args)]
 pub(crate) struct WorkerArgs {
     /// Worker number (for messages).
-    #[arg(long)]
-    id: u32,
+    #[arg(long, required_unless_present = "listen")]
+    id: Option<u32>,
     /// First user number.
-    #[arg(long)]
-    first: u64,
+    #[arg(long, required_unless_present = "listen")]
+    first: Option<u64>,
     /// Connections (users) of this worker.
-    #[arg(long)]
-    count: u64,
+    #[arg(long, required_unless_present = "listen")]
+    count: Option<u64>,
     /// Client transport (`ws` or `tcp`).
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
     /// The rooms' addresses in room order: WebSocket URLs, or TCP `host:port`.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "listen")]
     rooms: Vec<String>,
     /// Source addresses, round-robin.
     #[arg(long, value_parser = sources_arg)]
     sources: Option<Sources>,
     /// The rooms' token secret.
     #[arg(long, env = "PUSHGATE_TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    token_secret: Option<String>,
     /// Connection attempts started per second (this worker).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -69,6 +75,87 @@ pub(crate) struct WorkerArgs {
     /// Time allowed for each of connect and auth.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     step_timeout: Duration,
+    /// Serve the runner's commands over TCP on this address instead of
+    /// stdin/stdout (`bench c1m --workers-file`): prints `listening on
+    /// ADDR` as its first line on stdout, takes one runner at a time (the
+    /// runner sends the rooms, user range, rate and token secret), and exits
+    /// when that runner disconnects unless `--keep`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// With `--listen`: source addresses for the connections, overriding
+    /// what the runner suggests (by default the runner's `127.0.K.1`,
+    /// `127.0.K.2` when the rooms are on loopback, else none: the kernel
+    /// picks).
+    #[arg(long, value_parser = sources_arg, requires = "listen")]
+    bind: Option<Sources>,
+    /// With `--listen`: wait for the next runner after one disconnects.
+    #[arg(long, requires = "listen")]
+    keep: bool,
+    /// With `--listen`: exit when no runner connects for this long.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    wait: Duration,
+}
+
+/// What one worker session does: from the command line of a spawned
+/// worker, or from the runner's [`Setup`] for a listening one.
+#[derive(Clone, Debug)]
+struct Plan {
+    first: u64,
+    count: u64,
+    transport: Transport,
+    rooms: Vec<String>,
+    sources: Option<Sources>,
+    token_secret: String,
+    rate: u64,
+    concurrency: usize,
+    channels: u64,
+    step_timeout: Duration,
+}
+
+impl Plan {
+    /// A spawned worker's plan: its command line.
+    fn from_args(a: &WorkerArgs) -> anyhow::Result<Plan> {
+        Ok(Plan {
+            first: a.first.context("--first is required")?,
+            count: a.count.context("--count is required")?,
+            transport: a.transport,
+            rooms: a.rooms.clone(),
+            sources: a.sources.clone(),
+            token_secret: a
+                .token_secret
+                .clone()
+                .context("--token-secret (or PUSHGATE_TOKEN_SECRET) is required")?,
+            rate: a.rate,
+            concurrency: a.concurrency,
+            channels: a.channels,
+            step_timeout: a.step_timeout,
+        })
+    }
+
+    /// A listening worker's plan: what the runner sent, with this worker's
+    /// own `--bind`, `--concurrency` and `--step-timeout`.
+    fn from_setup(s: Setup, a: &WorkerArgs) -> anyhow::Result<Plan> {
+        let transport = <Transport as clap::ValueEnum>::from_str(&s.transport, true)
+            .map_err(|e| anyhow::anyhow!("transport {:?}: {e}", s.transport))?;
+        let sources = match (&a.bind, &s.sources) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(list)) => Some(sources_arg(list).map_err(|e| anyhow::anyhow!(e))?),
+            (None, None) => None,
+        };
+        anyhow::ensure!(!s.rooms.is_empty(), "no rooms");
+        Ok(Plan {
+            first: s.first,
+            count: s.count,
+            transport,
+            rooms: s.rooms,
+            sources,
+            token_secret: s.token_secret,
+            rate: s.rate.max(1),
+            concurrency: a.concurrency,
+            channels: s.channels,
+            step_timeout: a.step_timeout,
+        })
+    }
 }
 
 /// Counters of this worker.
@@ -89,7 +176,7 @@ struct Counters {
 
 /// Everything the connection tasks share.
 struct Shared {
-    args: WorkerArgs,
+    args: Plan,
     endpoints: Vec<Endpoint>,
     live_per_room: Vec<AtomicU64>,
     c: Counters,
@@ -100,59 +187,202 @@ struct Shared {
     cancel: CancellationToken,
 }
 
-/// Runs a worker until told to stop or until stdin closes.
-pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(args.transport, Transport::Ws | Transport::Tcp),
-        "c1m workers speak ws or tcp"
-    );
-    let mut endpoints = Vec::with_capacity(args.rooms.len());
-    for r in &args.rooms {
-        endpoints.push(
-            Endpoint::resolve(args.transport, r, r, &QuicArgs::default())
-                .await
-                .with_context(|| format!("room address {r}"))?,
+impl Shared {
+    /// Resolves the rooms. Suggested loopback source addresses are dropped
+    /// when `drop_loopback_sources` and a room is not on loopback (a
+    /// loopback source cannot reach it).
+    async fn new(mut plan: Plan, drop_loopback_sources: bool) -> anyhow::Result<Arc<Shared>> {
+        anyhow::ensure!(
+            matches!(plan.transport, Transport::Ws | Transport::Tcp),
+            "c1m workers speak ws or tcp"
         );
+        let mut endpoints = Vec::with_capacity(plan.rooms.len());
+        for r in &plan.rooms {
+            endpoints.push(
+                Endpoint::resolve(plan.transport, r, r, &QuicArgs::default())
+                    .await
+                    .with_context(|| format!("room address {r}"))?,
+            );
+        }
+        let remote_room = endpoints.iter().any(|e| !e.addr().ip().is_loopback());
+        let loopback_sources = plan
+            .sources
+            .as_ref()
+            .is_some_and(|s| s.0.iter().all(IpAddr::is_loopback));
+        if drop_loopback_sources && remote_room && loopback_sources {
+            eprintln!(
+                "c1m-worker: the rooms are not on loopback; connecting without the suggested \
+                 loopback source addresses (--bind sets others)"
+            );
+            plan.sources = None;
+        }
+        Ok(Arc::new(Shared {
+            live_per_room: (0..endpoints.len()).map(|_| AtomicU64::new(0)).collect(),
+            endpoints,
+            c: Counters::default(),
+            hists: Mutex::new(BTreeMap::new()),
+            connecting: Semaphore::new(plan.concurrency.max(1)),
+            cancel: CancellationToken::new(),
+            args: plan,
+        }))
     }
-    let shared = Arc::new(Shared {
-        live_per_room: (0..endpoints.len()).map(|_| AtomicU64::new(0)).collect(),
-        endpoints,
-        c: Counters::default(),
-        hists: Mutex::new(BTreeMap::new()),
-        connecting: Semaphore::new(args.concurrency.max(1)),
-        cancel: CancellationToken::new(),
-        args,
-    });
+}
+
+/// Longest a listening worker waits for the runner's `setup`.
+const SETUP_WAIT: Duration = Duration::from_secs(60);
+/// A runner connected over TCP that says nothing for this long is gone
+/// (the runner asks for counters every second).
+const CONTROL_IDLE: Duration = Duration::from_secs(600);
+
+/// Runs a worker: driven over stdin/stdout until told to stop or until stdin
+/// closes, or with `--listen`, over TCP.
+pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     // The load generator yields the CPU to the servers it measures (they
     // share the machine); lowering one's own priority needs no privilege.
     let _ = rustix::process::setpriority_process(None, WORKER_NICE);
+    if let Some(addr) = args.listen.clone() {
+        return listen(&args, &addr).await;
+    }
+    let shared = Shared::new(Plan::from_args(&args)?, false).await?;
+    let _stop = shared.cancel.clone().drop_guard();
     let mut out = tokio::io::stdout();
     answer(&mut out, &Answer::Ready).await?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let lines = BufReader::new(tokio::io::stdin()).lines();
+    // Sockets close with the process; a graceful close of thousands of
+    // connections would only slow the end of the run.
+    session(&shared, lines, &mut out, None).await
+}
+
+/// Serves runners on TCP, one at a time.
+async fn listen(args: &WorkerArgs, addr: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    // The first line on stdout, for scripts and tests.
+    println!("listening on {local}");
+    loop {
+        let (stream, peer) = match tokio::time::timeout(args.wait, listener.accept()).await {
+            Ok(r) => r.context("accepting a runner")?,
+            Err(_) => {
+                eprintln!(
+                    "c1m-worker {local}: no runner within {:?}; exiting",
+                    args.wait
+                );
+                return Ok(());
+            }
+        };
+        eprintln!("c1m-worker {local}: runner {peer} connected");
+        let _ = stream.set_nodelay(true);
+        let result = tokio::select! {
+            r = remote_session(args, stream) => r,
+            () = turn_away(&listener) => Ok(()),
+        };
+        match &result {
+            Ok(()) => eprintln!("c1m-worker {local}: runner {peer} done"),
+            Err(e) => eprintln!("c1m-worker {local}: runner {peer}: {e:#}"),
+        }
+        if !args.keep {
+            return result;
+        }
+    }
+}
+
+/// Answers every other runner that connects while one is served: busy.
+async fn turn_away(listener: &TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                let busy = Answer::Error {
+                    message: "busy: another runner is connected".to_string(),
+                };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), answer(&mut stream, &busy)).await;
+            }
+            // Out of file descriptors, say: try again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// One runner on TCP: `setup` first, then the same commands as on stdin.
+/// Everything this session opened closes when it ends.
+async fn remote_session(args: &WorkerArgs, stream: TcpStream) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let Some(line) = tokio::time::timeout(SETUP_WAIT, lines.next_line())
+        .await
+        .context("no setup from the runner in time")?
+        .context("reading the runner's setup")?
+    else {
+        return Ok(());
+    };
+    let plan = match serde_json::from_str::<Command>(&line) {
+        Ok(Command::Setup(s)) => Plan::from_setup(s, args),
+        Ok(other) => Err(anyhow::anyhow!("expected setup first, got {other:?}")),
+        Err(e) => Err(anyhow::anyhow!("bad command {line:?}: {e}")),
+    };
+    let shared = match plan {
+        Ok(p) => Shared::new(p, args.bind.is_none()).await,
+        Err(e) => Err(e),
+    };
+    let shared = match shared {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("{e:#}");
+            answer(&mut write, &Answer::Error { message }).await?;
+            return Err(e);
+        }
+    };
+    let _stop = shared.cancel.clone().drop_guard();
+    answer(&mut write, &Answer::Ready).await?;
+    session(&shared, lines, &mut write, Some(CONTROL_IDLE)).await
+}
+
+/// Answers the runner's commands until `stop` or the end of its input
+/// (`idle`: also after that long without a command).
+async fn session<R, W>(
+    shared: &Arc<Shared>,
+    mut lines: Lines<R>,
+    out: &mut W,
+    idle: Option<Duration>,
+) -> anyhow::Result<()>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut started = false;
-    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+    loop {
+        let next = match idle {
+            Some(d) => tokio::time::timeout(d, lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("no command from the runner for {d:?}"))?,
+            None => lines.next_line().await,
+        };
+        let Some(line) = next.context("reading a command")? else {
+            return Ok(());
+        };
         let cmd: Command = match serde_json::from_str(&line) {
             Ok(c) => c,
             Err(e) => {
-                answer(
-                    &mut out,
-                    &Answer::Error {
-                        message: format!("bad command {line:?}: {e}"),
-                    },
-                )
-                .await?;
+                let message = format!("bad command {line:?}: {e}");
+                answer(out, &Answer::Error { message }).await?;
                 continue;
             }
         };
         match cmd {
+            Command::Setup(_) => {
+                let message = "already set up".to_string();
+                answer(out, &Answer::Error { message }).await?;
+            }
             Command::Start => {
                 if !started {
                     started = true;
                     tokio::spawn(ramp(shared.clone()));
                 }
-                answer(&mut out, &Answer::Ack).await?;
+                answer(out, &Answer::Ack).await?;
             }
-            Command::Stats => answer(&mut out, &Answer::Stats(stats(&shared))).await?,
+            Command::Stats => answer(out, &Answer::Stats(stats(shared))).await?,
             Command::Hists => {
                 let hists = shared
                     .hists
@@ -160,21 +390,17 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|(k, h)| (key_name(*k), h.buckets()))
                     .collect();
-                answer(&mut out, &Answer::Hists { hists }).await?;
+                answer(out, &Answer::Hists { hists }).await?;
             }
             Command::Stop => {
-                answer(&mut out, &Answer::Ack).await?;
-                break;
+                answer(out, &Answer::Ack).await?;
+                return Ok(());
             }
         }
     }
-    // Sockets close with the process; a graceful close of thousands of
-    // connections would only slow the end of the run.
-    shared.cancel.cancel();
-    Ok(())
 }
 
-async fn answer(out: &mut tokio::io::Stdout, a: &Answer) -> anyhow::Result<()> {
+async fn answer<W: AsyncWrite + Unpin>(out: &mut W, a: &Answer) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(a)?;
     line.push(b'\n');
     out.write_all(&line).await?;
@@ -456,9 +682,7 @@ mod tests {
     /// its size is the load generator's memory (the handshake is boxed).
     #[test]
     fn connection_task_stays_small() {
-        let cmd = <WorkerArgs as clap::Args>::augment_args(clap::Command::new("w"));
-        let m = cmd.get_matches_from([
-            "w",
+        let args = Plan::from_args(&parse(&[
             "--id",
             "0",
             "--first",
@@ -469,8 +693,8 @@ mod tests {
             "ws://127.0.0.1:1/ws",
             "--token-secret",
             "s",
-        ]);
-        let args = <WorkerArgs as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
+        ]))
+        .unwrap();
         let s = Arc::new(Shared {
             endpoints: vec![],
             live_per_room: vec![],
@@ -483,6 +707,73 @@ mod tests {
         let f = connection(s, 0, 0);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 1024, "connection future is {size} B");
+    }
+
+    fn parse(args: &[&str]) -> WorkerArgs {
+        let cmd = <WorkerArgs as clap::Args>::augment_args(clap::Command::new("w"));
+        let m = cmd
+            .try_get_matches_from(std::iter::once("w").chain(args.iter().copied()))
+            .unwrap();
+        <WorkerArgs as clap::FromArgMatches>::from_arg_matches(&m).unwrap()
+    }
+
+    #[test]
+    fn listening_needs_no_plan_and_bind_wins() {
+        let a = parse(&["--listen", "127.0.0.1:0", "--bind", "127.0.0.9", "--keep"]);
+        assert!(a.keep);
+        let setup = Setup {
+            id: 1,
+            first: 10,
+            count: 5,
+            transport: "tcp".into(),
+            rooms: vec!["127.0.0.1:1".into()],
+            sources: Some("127.0.2.1,127.0.2.2".into()),
+            token_secret: "s".into(),
+            rate: 0,
+            channels: 3,
+        };
+        let p = Plan::from_setup(setup.clone(), &a).unwrap();
+        assert_eq!(p.transport, Transport::Tcp);
+        assert_eq!(
+            p.sources.unwrap().0,
+            vec!["127.0.0.9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!((p.first, p.count, p.rate, p.channels), (10, 5, 1, 3));
+        let a = parse(&["--listen", "127.0.0.1:0"]);
+        let p = Plan::from_setup(setup.clone(), &a).unwrap();
+        assert_eq!(p.sources.unwrap().0.len(), 2);
+        let bad = Setup {
+            transport: "carrier-pigeon".into(),
+            ..setup
+        };
+        assert!(Plan::from_setup(bad, &a).is_err());
+        // Without --listen the plan is required.
+        let cmd = <WorkerArgs as clap::Args>::augment_args(clap::Command::new("w"));
+        assert!(cmd.try_get_matches_from(["w", "--keep"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn loopback_sources_are_dropped_for_remote_rooms() {
+        let a = parse(&["--listen", "127.0.0.1:0"]);
+        let setup = Setup {
+            transport: "tcp".into(),
+            rooms: vec!["192.0.2.1:7801".into()],
+            sources: Some("127.0.2.1".into()),
+            token_secret: "s".into(),
+            ..Setup::default()
+        };
+        let s = Shared::new(Plan::from_setup(setup.clone(), &a).unwrap(), true)
+            .await
+            .unwrap();
+        assert!(s.args.sources.is_none());
+        let local = Setup {
+            rooms: vec!["127.0.0.1:7801".into()],
+            ..setup
+        };
+        let s = Shared::new(Plan::from_setup(local, &a).unwrap(), true)
+            .await
+            .unwrap();
+        assert!(s.args.sources.is_some());
     }
 
     #[test]

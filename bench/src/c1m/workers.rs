@@ -1,26 +1,39 @@
 //! The runner's side of the worker processes: spawning them (this same
-//! binary, `bench c1m-worker`) and asking them things over stdin/stdout.
+//! binary, `bench c1m-worker`) and asking them things over stdin/stdout, or
+//! connecting to workers listening on other machines
+//! (`bench c1m-worker --listen ADDR`, listed in `--workers-file`) and asking
+//! them the same things over TCP.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command as Proc};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader, Lines,
+};
+use tokio::process::{Child, Command as Proc};
 use tokio::sync::Mutex;
 
-use super::wire::{Answer, Buckets, Command, WorkerStats};
+use super::wire::{Answer, Buckets, Command, Setup, WorkerStats};
 
 /// Longest a worker may take to answer one command.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a connect to a listening worker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One worker process.
+/// Where the runner writes commands.
+type Tx = Box<dyn AsyncWrite + Send + Unpin>;
+/// Where the runner reads answers.
+type Rx = Lines<BufReader<Box<dyn AsyncRead + Send + Unpin>>>;
+
+/// One worker: a child process, or a listening worker elsewhere.
 pub(crate) struct Worker {
     /// Worker number.
     pub(crate) id: u32,
-    child: Mutex<Child>,
-    io: Mutex<(ChildStdin, Lines<BufReader<ChildStdout>>)>,
+    /// The child process (`None`: a worker on TCP).
+    child: Option<Mutex<Child>>,
+    io: Mutex<(Tx, Rx)>,
 }
 
 /// What a worker is started with.
@@ -76,8 +89,9 @@ impl Worker {
             .kill_on_drop(true)
             .spawn()
             .context("starting a worker")?;
-        let stdin = child.stdin.take().context("worker stdin")?;
-        let stdout = child.stdout.take().context("worker stdout")?;
+        let stdin: Tx = Box::new(child.stdin.take().context("worker stdin")?);
+        let stdout: Box<dyn AsyncRead + Send + Unpin> =
+            Box::new(child.stdout.take().context("worker stdout")?);
         let mut lines = BufReader::new(stdout).lines();
         match read_answer(&mut lines).await? {
             Answer::Ready => {}
@@ -85,9 +99,46 @@ impl Worker {
         }
         Ok(Worker {
             id: s.id,
-            child: Mutex::new(child),
+            child: Some(Mutex::new(child)),
             io: Mutex::new((stdin, lines)),
         })
+    }
+
+    /// Connects to a worker listening at `addr` (`bench c1m-worker
+    /// --listen`), sends it what a spawned worker gets on its command line
+    /// and waits for it to be ready.
+    pub(crate) async fn connect(addr: &str, s: &Spawn<'_>) -> anyhow::Result<Worker> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("worker {} at {addr}: no connection in time", s.id))?
+            .with_context(|| format!("worker {} at {addr}", s.id))?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let read: Box<dyn AsyncRead + Send + Unpin> = Box::new(read);
+        let w = Worker {
+            id: s.id,
+            child: None,
+            io: Mutex::new((Box::new(write), BufReader::new(read).lines())),
+        };
+        let setup = Setup {
+            id: s.id,
+            first: s.first,
+            count: s.count,
+            transport: s.transport.to_string(),
+            rooms: s.rooms.to_vec(),
+            sources: Some(s.sources.to_string()),
+            token_secret: s.token_secret.to_string(),
+            rate: s.rate,
+            channels: s.channels,
+        };
+        match w
+            .ask(&Command::Setup(setup))
+            .await
+            .with_context(|| format!("worker at {addr}"))?
+        {
+            Answer::Ready => Ok(w),
+            other => anyhow::bail!("worker {} at {addr} answered setup with {other:?}", s.id),
+        }
     }
 
     async fn ask(&self, cmd: &Command) -> anyhow::Result<Answer> {
@@ -128,21 +179,93 @@ impl Worker {
     }
 
     /// Tells it to stop and waits (up to `within`) for it to exit; kills it
-    /// otherwise.
+    /// otherwise. A worker on TCP is told to stop and disconnected (it
+    /// exits, or with `--keep` waits for the next runner).
     pub(crate) async fn stop(&self, within: Duration) {
         let _ = tokio::time::timeout(within, self.ask(&Command::Stop)).await;
-        let mut child = self.child.lock().await;
+        let Some(child) = &self.child else {
+            let mut io = self.io.lock().await;
+            let _ = tokio::time::timeout(within, io.0.shutdown()).await;
+            return;
+        };
+        let mut child = child.lock().await;
         if tokio::time::timeout(within, child.wait()).await.is_err() {
             let _ = child.kill().await;
         }
     }
 }
 
-async fn read_answer(lines: &mut Lines<BufReader<ChildStdout>>) -> anyhow::Result<Answer> {
+/// Reads a `--workers-file`: one `host:port` per line (or `host:P1-P2`, every
+/// port from P1 to P2), `#` starts a comment, blank lines are skipped.
+pub(crate) fn read_workers_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading workers file {}", path.display()))?;
+    parse_workers(&text).with_context(|| format!("workers file {}", path.display()))
+}
+
+/// The addresses of a workers file's text (see [`read_workers_file`]).
+fn parse_workers(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (host, ports) = line
+            .rsplit_once(':')
+            .with_context(|| format!("line {}: {line:?} is not host:port", i + 1))?;
+        anyhow::ensure!(!host.is_empty(), "line {}: no host in {line:?}", i + 1);
+        let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .with_context(|| format!("line {}: bad port in {line:?}", i + 1))
+        };
+        let (lo, hi) = (port(lo)?, port(hi)?);
+        anyhow::ensure!(
+            lo <= hi && lo > 0,
+            "line {}: bad port range in {line:?}",
+            i + 1
+        );
+        anyhow::ensure!(
+            out.len() + usize::from(hi - lo) < 10_000,
+            "more than 10,000 workers"
+        );
+        out.extend((lo..=hi).map(|p| format!("{host}:{p}")));
+    }
+    anyhow::ensure!(!out.is_empty(), "no worker addresses");
+    Ok(out)
+}
+
+async fn read_answer(lines: &mut Rx) -> anyhow::Result<Answer> {
     let line = tokio::time::timeout(ANSWER_TIMEOUT, lines.next_line())
         .await
         .context("a worker did not answer in time")?
         .context("reading a worker's answer")?
         .context("a worker exited")?;
     serde_json::from_str(&line).with_context(|| format!("a worker said {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_files() {
+        let text = "# box B\n10.0.0.2:7901\n\n10.0.0.2:7910-7912  # three more\n[::1]:7000\n";
+        assert_eq!(
+            parse_workers(text).unwrap(),
+            [
+                "10.0.0.2:7901",
+                "10.0.0.2:7910",
+                "10.0.0.2:7911",
+                "10.0.0.2:7912",
+                "[::1]:7000"
+            ]
+        );
+        assert!(parse_workers("# nothing\n").is_err());
+        assert!(parse_workers("10.0.0.2\n").is_err());
+        assert!(parse_workers("10.0.0.2:9-8\n").is_err());
+        assert!(parse_workers(":80\n").is_err());
+    }
 }
