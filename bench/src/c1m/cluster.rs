@@ -38,6 +38,9 @@ pub(crate) struct ManifestRoom {
     pub(crate) ws: String,
     /// TCP address.
     pub(crate) tcp: String,
+    /// Health and metrics base URL (`http://addr`).
+    #[serde(default)]
+    pub(crate) health: Option<String>,
 }
 
 /// One process.

@@ -83,6 +83,9 @@ pub(crate) fn render(r: &Report) -> String {
     if r.rest.calls > 0 {
         rest(&mut s, r);
     }
+    if let Some(i) = &r.internal {
+        internal(&mut s, i);
+    }
     if !r.notes.is_empty() {
         section(&mut s, "Notes");
         for n in &r.notes {
@@ -512,6 +515,54 @@ fn rest(s: &mut String, r: &Report) {
     ln(
         s,
         format!("- No answer at all: {}", by_reason(&x.no_answer)),
+    );
+}
+
+/// What rooms and centers said about their calls and leases.
+fn internal(s: &mut String, i: &super::scrape::Internal) {
+    section(s, "Calls between the cluster's processes");
+    ln(
+        s,
+        "From before the ramp to the end of the unicast phases, as rooms and centers timed them \
+         (`pushgate_link_call_seconds{service}`; figures are bucket upper bounds).",
+    );
+    ln(s, "");
+    ln(s, "| service | calls | failed | p50 | p99 | slowest |");
+    ln(s, "|---|---:|---:|---:|---:|---:|");
+    let b = |ms: f64| {
+        if ms.is_finite() {
+            format!("≤ {ms} ms")
+        } else {
+            "> 10 s".to_string()
+        }
+    };
+    for c in &i.services {
+        ln(
+            s,
+            format!(
+                "| {} | {} | {} | {} | {} | {} |",
+                c.service,
+                int(c.calls),
+                int(c.errors),
+                b(c.p50_ms),
+                b(c.p99_ms),
+                b(c.max_ms)
+            ),
+        );
+    }
+    ln(s, "");
+    ln(
+        s,
+        format!(
+            "- Leases: {} failed renewals, {} granted afresh (a register had lost the room), \
+             {} refills after a fault, {} refills in all (start-up and every 5 minutes included); \
+             {} processes scraped",
+            int(i.lease_failures),
+            int(i.lease_fresh),
+            int(i.fault_refills),
+            int(i.refills),
+            i.scraped
+        ),
     );
 }
 

@@ -14,6 +14,7 @@ mod phases;
 pub(crate) mod plot;
 pub(crate) mod report;
 mod rest;
+mod scrape;
 pub(crate) mod wire;
 pub(crate) mod worker;
 mod workers;
@@ -140,6 +141,8 @@ pub(crate) struct Ctx {
     /// Every process of the cluster (name, PID).
     pub(crate) manifest_processes: Vec<(String, Option<u32>)>,
     pub(crate) rest: Rest,
+    /// Where the rooms and centers serve `/metrics` (base URLs).
+    pub(crate) metrics_bases: Vec<String>,
     pub(crate) cancel: CancellationToken,
     /// The phase the timeline sampler labels samples with.
     pub(crate) phase: Mutex<String>,
@@ -426,6 +429,17 @@ async fn run_with_cluster(
             .map(|p| (p.name.clone(), p.pid))
             .collect(),
         rest,
+        metrics_bases: manifest
+            .rooms
+            .iter()
+            .filter_map(|r| r.health.clone())
+            .chain(
+                manifest
+                    .centers
+                    .iter()
+                    .map(|c| c.trim_end_matches("/api/v1").to_owned()),
+            )
+            .collect(),
         cancel: cancel.clone(),
         phase: Mutex::new("start".to_string()),
         timeline: Mutex::new(Vec::new()),

@@ -68,6 +68,8 @@ pub(crate) async fn sample_timeline(ctx: Arc<Ctx>) {
 pub(crate) async fn run_all(ctx: &Ctx, report: &mut Report) -> anyhow::Result<Outcome> {
     let rss_before = ctx.servers.room_rss();
     let slab_before = proc::slab().unwrap_or(0);
+    let http = reqwest::Client::new();
+    let internal_before = super::scrape::snapshot(&http, &ctx.metrics_bases).await;
     report.ramp = Some(ramp(ctx).await?);
     if ctx.cancel.is_cancelled() {
         return Ok(Outcome::Interrupted);
@@ -103,6 +105,9 @@ pub(crate) async fn run_all(ctx: &Ctx, report: &mut Report) -> anyhow::Result<Ou
     if !ctx.cancel.is_cancelled() {
         report.unicast_max = Some(unicast(ctx, PHASE_MAX, None).await?);
     }
+    // Before the killed room, which fails leases and refills on purpose.
+    let internal_after = super::scrape::snapshot(&http, &ctx.metrics_bases).await;
+    report.internal = Some(internal_after.since(&internal_before));
     if !ctx.args.no_kill && !ctx.cancel.is_cancelled() {
         report.kill = Some(kill(ctx).await?);
     }
@@ -1007,6 +1012,37 @@ pub(crate) fn judge(r: &mut Report) {
             } else {
                 format!("other failures: {}", others.join(", "))
             },
+        });
+    }
+    if let Some(i) = &r.internal {
+        let p99 = |svc: &str| i.service(svc).map(|c| c.p99_ms);
+        let shown = |v: Option<f64>| match v {
+            Some(ms) if ms.is_finite() => format!("≤ {ms} ms"),
+            Some(_) => "> 10 s".to_string(),
+            None => "no calls".to_string(),
+        };
+        let (reg, sav) = (p99("register"), p99("saver"));
+        targets.push(Target {
+            name: "registers and saver answer, p99 as rooms and centers see it".into(),
+            target: "≤ 100 ms throughout".into(),
+            measured: format!("register {}, saver {}", shown(reg), shown(sav)),
+            met: Some(reg.unwrap_or(0.0) <= 100.0 && sav.unwrap_or(0.0) <= 100.0),
+            note: format!(
+                "bucket bounds of pushgate_link_call_seconds, from before the ramp to the end of the unicast phases ({} processes scraped)",
+                i.scraped
+            ),
+        });
+        targets.push(Target {
+            name: "lease failures, registers refilled after a fault".into(),
+            target: "0, 0".into(),
+            measured: format!(
+                "{}, {} (registers that had lost a room: {})",
+                thousands(i.lease_failures),
+                thousands(i.fault_refills),
+                thousands(i.lease_fresh)
+            ),
+            met: Some(i.lease_failures == 0 && i.fault_refills == 0 && i.lease_fresh == 0),
+            note: String::new(),
         });
     }
     if let Some(k) = &r.kill {

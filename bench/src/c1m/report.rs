@@ -51,6 +51,11 @@ pub(crate) struct Report {
     /// What the bench's REST calls got over the whole run.
     #[serde(default)]
     pub(crate) rest: RestAnswers,
+    /// What rooms and centers said about their calls to registers, savers
+    /// and idgens, and about their leases, from before the ramp until
+    /// after the unicast phases.
+    #[serde(default)]
+    pub(crate) internal: Option<super::scrape::Internal>,
 }
 
 /// The machine the run was made on.

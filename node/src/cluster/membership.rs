@@ -288,6 +288,64 @@ struct Due {
 pub(crate) struct Refills {
     due: parking_lot::Mutex<Vec<Due>>,
     wake: tokio::sync::Notify,
+    /// What the lease and refill tasks did, for `/metrics`.
+    pub(crate) stats: MembershipStats,
+}
+
+/// Counters of the membership protocol (see [`MembershipStats::write_metrics`]).
+#[derive(Debug, Default)]
+pub(crate) struct MembershipStats {
+    renewals: std::sync::atomic::AtomicU64,
+    renewal_failures: std::sync::atomic::AtomicU64,
+    fresh: std::sync::atomic::AtomicU64,
+    refills: std::sync::atomic::AtomicU64,
+    fault_refills: std::sync::atomic::AtomicU64,
+}
+
+impl MembershipStats {
+    fn inc(c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Appends the counters in the Prometheus text format.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        crate::events::write_rows(
+            out,
+            &[
+                (
+                    "pushgate_room_lease_renewals_total",
+                    "counter",
+                    "Lease renewals a register granted (one per register per second).",
+                    get(&self.renewals),
+                ),
+                (
+                    "pushgate_room_lease_failures_total",
+                    "counter",
+                    "Lease renewals that failed or timed out at a register.",
+                    get(&self.renewal_failures),
+                ),
+                (
+                    "pushgate_room_lease_fresh_total",
+                    "counter",
+                    "Renewals a register granted as new: it had lost this room (restart, or the lease expired), so it is refilled.",
+                    get(&self.fresh),
+                ),
+                (
+                    "pushgate_room_refills_total",
+                    "counter",
+                    "Registers sent this room's connections (start-up, anti-entropy every 5 minutes, after a fault).",
+                    get(&self.refills),
+                ),
+                (
+                    "pushgate_room_fault_refills_total",
+                    "counter",
+                    "Refills after a fault (a lost lease, a failed connect or disconnect report), followed by a resync.",
+                    get(&self.fault_refills),
+                ),
+            ],
+        );
+    }
 }
 
 impl Refills {
@@ -296,6 +354,7 @@ impl Refills {
         Arc::new(Refills {
             due: parking_lot::Mutex::new(vec![Due::default(); partitions]),
             wake: tokio::sync::Notify::new(),
+            stats: MembershipStats::default(),
         })
     }
 
@@ -383,6 +442,7 @@ async fn renew(
         for (p, o) in outcomes.into_iter().enumerate().take(n) {
             match o {
                 Ok(LeaseOutcome::Renewed) => {
+                    MembershipStats::inc(&refills.stats.renewals);
                     if failing[p] {
                         // A renewal whose answer was lost may have reached
                         // the register after the lease expired and been
@@ -394,6 +454,7 @@ async fn renew(
                     known_at[p] = asked_at;
                 }
                 Ok(LeaseOutcome::Fresh) => {
+                    MembershipStats::inc(&refills.stats.fresh);
                     info!(register = p, "register did not know this room (restarted or lease expired): refilling it and resyncing its users' connections");
                     refills.mark_fault(p, known_at[p]);
                     known_at[p] = asked_at;
@@ -404,6 +465,7 @@ async fn renew(
                     return;
                 }
                 Err(e) => {
+                    MembershipStats::inc(&refills.stats.renewal_failures);
                     if !failing[p] {
                         warn!(register = p, error = %e, "lease renewal failed; retrying every second");
                     }
@@ -441,7 +503,9 @@ async fn refill(
                 refills.keep_due(p, fault_since_us);
                 continue;
             }
+            MembershipStats::inc(&refills.stats.refills);
             if let Some(since) = fault_since_us {
+                MembershipStats::inc(&refills.stats.fault_refills);
                 // The register knows every connection again: from now on
                 // nothing is skipped, so a replay from before the fault
                 // (started now, ahead of anything newer) closes the gap.

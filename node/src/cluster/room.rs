@@ -115,10 +115,17 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
         Box::new(move || -> Arc<dyn Registers> { ClusterDirectory::new(addrs, cfg) })
     };
     let renew_on = RenewOn::Thread(lease_regs);
-    let membership = Membership::join(regs, room.clone(), lease, refills, renew_on).await?;
+    let membership = Membership::join(regs, room.clone(), lease, refills.clone(), renew_on).await?;
 
     let node = client_listeners(&args, room.clone())?;
-    let (health, http) = health_server(&args, &room, events.clone(), messages, cluster_presence)?;
+    let (health, http) = health_server(
+        &args,
+        &room,
+        events.clone(),
+        messages,
+        cluster_presence,
+        refills,
+    )?;
     health.set_ready(true);
 
     let mut lines = vec![format!("room {} instance {instance:016x}", role.id)];
@@ -214,6 +221,7 @@ fn health_server(
     events: Option<Arc<crate::events::Events>>,
     messages: Arc<crate::messages::Messages>,
     presence: Option<Arc<ClusterPresence>>,
+    membership_stats: Arc<Refills>,
 ) -> anyhow::Result<(Health, HttpServer)> {
     let listener = bind(args.http, "http")?;
     let metrics_room = room.clone();
@@ -226,6 +234,7 @@ fn health_server(
         if let Some(p) = &presence {
             p.write_metrics(out);
         }
+        membership_stats.stats.write_metrics(out);
         // Calls to registers, the store and idgens (and other rooms).
         link::stats::render(out);
     }));
