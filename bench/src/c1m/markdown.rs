@@ -1078,6 +1078,19 @@ mod tests {
                 non_2xx: [("429".to_string(), 3)].into(),
                 no_answer: BTreeMap::new(),
             },
+            internal: Some(super::super::scrape::Internal {
+                services: vec![super::super::scrape::ServiceCalls {
+                    service: "register".into(),
+                    calls: 12_000,
+                    errors: 0,
+                    p50_ms: 1.0,
+                    p99_ms: 25.0,
+                    max_ms: 250.0,
+                }],
+                refills: 6,
+                scraped: "4 of 4".into(),
+                ..Default::default()
+            }),
         }
     }
 
@@ -1115,6 +1128,7 @@ mod tests {
         assert!(md.contains("16 CPUs, 64.0 GiB RAM, Linux 6.8.0-45-generic"));
         assert!(md.contains("```sh\nbench c1m --connections 1000000 --rooms 3\n```"));
         assert!(!md.contains("Incomplete"));
+        assert!(md.contains("| register | 12,000 | 0 | ≤ 1 ms | ≤ 25 ms | ≤ 250 ms |"));
         // The targets table: escaped pipe, the three marks.
         assert!(md.contains("| what | target | measured | met? | note |"));
         assert!(md.contains(
