@@ -511,7 +511,8 @@ async fn run_with_cluster(
 }
 
 /// Raises the scheduling priority of the cluster's central processes
-/// (centers, registers, idgens, saver, Redis) to `nice -5` where allowed.
+/// (centers, registers, idgens, saver, Redis) to `nice -10` where allowed
+/// (every thread of each; see [`renice_threads`]).
 /// On one machine they share two cores with dozens of rooms and load
 /// generators; in production they have cores of their own. Returns what was
 /// done, for the report.
@@ -526,27 +527,48 @@ fn favour_central(processes: &[(String, Option<u32>)]) -> Option<String> {
     }
     let mut raised = 0;
     for (_, pid) in &central {
-        let ok = i32::try_from(*pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .is_some_and(|p| rustix::process::setpriority_process(Some(p), -5).is_ok());
-        raised += usize::from(ok);
+        raised += usize::from(renice_threads(*pid, CENTRAL_NICE));
     }
     Some(if raised == central.len() {
         format!(
-            "scheduling: the {raised} central processes (centers, registers, idgens, saver, \
-             Redis) ran at nice -5 and the load-generator workers at nice 10, so that on one \
-             machine the single saver and registers are not starved by dozens of rooms and \
-             workers (in production they have cores of their own)"
+            "scheduling: every thread of the {raised} central processes (centers, registers, \
+             idgens, saver, Redis) ran at nice {CENTRAL_NICE} and the load-generator workers at \
+             nice 10, so that on one machine the single saver and registers are not starved by \
+             dozens of busy rooms and workers (in production they have cores of their own)"
         )
     } else {
         format!(
             "scheduling: the load-generator workers ran at nice 10; raising the central \
-             processes to nice -5 was not permitted for {} of {} (needs CAP_SYS_NICE)",
+             processes to nice {CENTRAL_NICE} was not permitted for {} of {} (needs CAP_SYS_NICE)",
             central.len() - raised,
             central.len()
         )
     })
+}
+
+/// Priority of the central processes on a shared machine.
+const CENTRAL_NICE: i32 = -10;
+
+/// Sets the nice value of every thread of `pid`: on Linux a nice value
+/// belongs to a thread, and `setpriority(PRIO_PROCESS, pid)` changes only
+/// the thread whose id is `pid` (the main one), not the runtime's workers
+/// that do the work (threads started later inherit their creator's).
+/// Whether every thread was changed.
+fn renice_threads(pid: u32, nice: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut all = true;
+    for t in tasks.flatten() {
+        let ok = t
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|tid| rustix::process::setpriority_process(Some(tid), nice).is_ok());
+        all &= ok;
+    }
+    all
 }
 
 /// Writes report.json, report.md and the plots into `dir`.

@@ -27,7 +27,10 @@ const SYNC_CHUNK: usize = 5000;
 /// Connections younger than this at snapshot time survive a refill even if
 /// the snapshot missed them (see [`sync`]).
 const SYNC_MARGIN_MS: i64 = 5_000;
-/// Every register is refilled this often even when nothing went wrong.
+/// Every register is refilled about this often even when nothing went
+/// wrong (each time at a random point between half and one and a half
+/// times this, so that rooms started together do not all send every
+/// connection to the registers at the same moment).
 const FULL_REFILL: Duration = Duration::from_secs(300);
 /// A resync after a fault replays from this long before the fault was first
 /// seen: a message may be looked up (and its delivery skipped) up to the
@@ -403,6 +406,11 @@ impl Refills {
     }
 }
 
+/// A random time between half and one and a half times `d`.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
+}
+
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -487,15 +495,15 @@ async fn refill(
     refills: Arc<Refills>,
     stop: CancellationToken,
 ) {
-    let mut last_full = Instant::now();
+    let mut next_full = Instant::now() + jittered(FULL_REFILL);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = refills.wake.notified() => {}
             () = tokio::time::sleep(LEASE_RENEW) => {}
         }
-        if last_full.elapsed() >= FULL_REFILL {
-            last_full = Instant::now();
+        if Instant::now() >= next_full {
+            next_full = Instant::now() + jittered(FULL_REFILL);
             (0..dir.partitions()).for_each(|p| refills.mark(p));
         }
         for (p, fault_since_us) in refills.take() {
