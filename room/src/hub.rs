@@ -143,6 +143,9 @@ struct Outbox {
     /// kept by the hub (see [`Hub::resync_users`]), not here: a resync is
     /// rare and every connection would pay for the id.
     resync: bool,
+    /// Queued messages wait: a replay failed on the store and is retried
+    /// later (see [`Conn::hold`]); cleared by the next resync request.
+    held: bool,
 }
 
 impl Outbox {
@@ -308,13 +311,14 @@ impl Conn {
     /// Asks the session to resync before it writes anything queued from now
     /// on (see [`Hub::resync_users`]). Returns false when the connection is
     /// closing.
-    fn request_resync(&self) -> bool {
+    pub(crate) fn request_resync(&self) -> bool {
         let set = {
             let mut o = self.outbox.lock();
             if o.close.is_some() {
                 false
             } else {
                 o.resync = true;
+                o.held = false;
                 true
             }
         };
@@ -345,10 +349,19 @@ impl Conn {
         self.outbox.lock().close
     }
 
-    /// Whether messages (or a resync request) are waiting.
+    /// Holds queued messages back until the next [`Conn::request_resync`]:
+    /// the session's replay failed on the store, and nothing newer may be
+    /// written before the replay is done (a client would resume past the
+    /// gap). The queue still fills, and still closes the connection (4006)
+    /// when it overflows.
+    pub(crate) fn hold(&self) {
+        self.outbox.lock().held = true;
+    }
+
+    /// Whether messages (or a resync request) are waiting to be written.
     pub(crate) fn has_queued(&self) -> bool {
         let o = self.outbox.lock();
-        !o.queue.is_empty() || o.resync
+        (!o.queue.is_empty() && !o.held) || o.resync
     }
 
     /// Takes the close signal (which wins over everything), else a resync
@@ -361,6 +374,9 @@ impl Conn {
         }
         if std::mem::take(&mut o.resync) {
             return Popped::Resync;
+        }
+        if o.held {
+            return Popped::Empty;
         }
         match o.queue.pop_front() {
             Some(p) => {
@@ -818,6 +834,15 @@ impl Hub {
         }
         self.resync_from.remove(&c.id);
         false
+    }
+
+    /// Records that connection `id` must replay from `from` (at most) at
+    /// its next resync, without asking for it yet (a replay put off).
+    pub(crate) fn resync_later(&self, id: ConnId, from: MsgId) {
+        self.resync_from
+            .entry(id)
+            .and_modify(|a| *a = (*a).min(from))
+            .or_insert(from);
     }
 
     /// Where connection `id` resyncs from (at most), taken by its session

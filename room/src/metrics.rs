@@ -87,6 +87,7 @@ pub(crate) struct Metrics {
     pub(crate) replayed: AtomicU64,
     pub(crate) replays_skipped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
+    pub(crate) replay_retries: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
     drops: [AtomicU64; 4],
     closes: [AtomicU64; 10],
@@ -286,6 +287,12 @@ impl Metrics {
             "pushgate_room_resyncs_total",
             "Connections asked to replay their stored messages in place after a fault (a register refilled, a center that could not reach this room).",
             get(&self.resyncs),
+        );
+        counter(
+            out,
+            "pushgate_room_replay_retries_total",
+            "Replays that failed on the store and were retried in place a few seconds later (live messages held meanwhile) instead of closing the connection.",
+            get(&self.replay_retries),
         );
         counter(
             out,

@@ -309,6 +309,9 @@ struct Live<'s> {
     /// Highest stored user message id this connection has been sent (or the
     /// point its first replay started from): where a resync replays from.
     high: MsgId,
+    /// Replays of this connection that failed on the store and were put
+    /// off (see [`Live::put_off_replay`]).
+    replay_retries: u8,
     bucket: Bucket,
     /// Unix second from which the connection is closed with 4008: the
     /// token's `exp` plus the grace period, moved by each `refresh`.
@@ -405,6 +408,7 @@ fn live<'a, T: FrameIo>(
             grants: Grants::of(claims),
             replayed: MsgId(0),
             high: MsgId(0),
+            replay_retries: 0,
             bucket: Bucket::new(shared.cfg.rate_limit, shared.clock_ms()),
             expires,
             acks: SyncWrapper::new(None),
@@ -598,6 +602,12 @@ impl<'s> Live<'s> {
                         n = 0;
                     }
                     let asked = self.shared.hub.take_resync(self.conn.id);
+                    if asked == Some(FROM_ACK) {
+                        // A replay put off before it knew the device's ack.
+                        debug!(conn = self.info.conn.0, "replaying from the ack");
+                        self.replay(io, None).await?;
+                        continue;
+                    }
                     let from = asked.map_or(self.high, |a| a.min(self.high));
                     debug!(
                         conn = self.info.conn.0,
@@ -698,8 +708,8 @@ impl<'s> Live<'s> {
             None => match call(self.shared, backend.acked(user, device)).await {
                 Ok(id) => id.unwrap_or_default(),
                 Err(e) => {
-                    warn!(error = %e, "acked() failed; closing so the client resumes later");
-                    return Err(replay_unavailable());
+                    warn!(error = %e, "acked() failed; replaying later");
+                    return self.put_off_replay(FROM_ACK);
                 }
             },
         };
@@ -717,8 +727,8 @@ impl<'s> Live<'s> {
             let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
                 Ok(p) => p,
                 Err(e) => {
-                    warn!(error = %e, "replay() failed; closing so the client resumes later");
-                    return Err(replay_unavailable());
+                    warn!(error = %e, "replay() failed; replaying later");
+                    return self.put_off_replay(after);
                 }
             };
             let full = page.len() >= PAGE as usize;
@@ -741,6 +751,38 @@ impl<'s> Live<'s> {
         // Still more after MAX_REPLAY_PAGES pages: rather than go live over
         // a gap, let the client come back with `last_id` and continue.
         Err(replay_unavailable())
+    }
+
+    /// After a replay failed on the store: keeps the connection, holds its
+    /// queued messages back (nothing newer may reach the client before
+    /// the replay: it would resume past the gap) and asks for the replay
+    /// again from `from` ([`FROM_ACK`]: from the device's ack) after 0.25
+    /// to 1.25 s, then 0.5 to 2.5 s. Closing at once (4007, as after
+    /// [`MAX_REPLAY_RETRIES`] tries) turns a store that is slow for a
+    /// moment into a reconnect storm: every client comes back,
+    /// authenticates and asks for its replay again, which makes the store
+    /// slower still.
+    fn put_off_replay(&mut self, from: MsgId) -> Result<(), CloseReason> {
+        if self.replay_retries >= MAX_REPLAY_RETRIES {
+            warn!(
+                tries = self.replay_retries,
+                "replay still failing; closing so the client resumes later"
+            );
+            return Err(replay_unavailable());
+        }
+        self.replay_retries += 1;
+        metrics::inc(&self.shared.metrics.replay_retries);
+        self.shared.hub.resync_later(self.conn.id, from);
+        self.conn.hold();
+        let delay = Duration::from_millis(jitter_ms(250, 1000) * u64::from(self.replay_retries));
+        let conn = Arc::clone(&self.conn);
+        // Bounded by the delay; a connection closed meanwhile refuses the
+        // request (and its resync entry goes with its registration).
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            conn.request_resync();
+        });
+        Ok(())
     }
 
     async fn on_frame<T: FrameIo>(
@@ -1087,13 +1129,30 @@ pub(crate) fn now_secs() -> u64 {
 /// every session of every room fails alike, and clients told to come back
 /// together would bring the same load back at once.
 fn replay_unavailable() -> CloseReason {
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()) % 4000);
     CloseReason::ReplayUnavailable {
-        reconnect_after_ms: 1000 + jitter,
+        reconnect_after_ms: jitter_ms(1000, 4000),
     }
 }
+
+/// `base` plus up to `spread` ms, from the clock's nanoseconds (spread
+/// enough across connections, and no random state per session).
+fn jitter_ms(base: u64, spread: u64) -> u64 {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    base + n % spread.max(1)
+}
+
+/// Replays put off after a store failure before the connection is closed
+/// (4007) to come back later: a store that fails for a moment is ridden
+/// out in place; one that keeps failing sends the client away within a
+/// few seconds (maybe to a room whose store answers).
+const MAX_REPLAY_RETRIES: u8 = 2;
+
+/// Marks a replay put off before it knew the device's ack: the retry asks
+/// for the ack again. The lowest id there is, so a resync request merged
+/// with it (the lowest wins) keeps it.
+const FROM_ACK: MsgId = MsgId(i64::MIN);
 
 #[cfg(test)]
 mod tests {

@@ -49,7 +49,57 @@ async fn replay_after_last_id_comes_in_order_before_live_messages_without_duplic
 }
 
 #[tokio::test]
-async fn a_failed_replay_closes_4007_instead_of_going_live_over_a_gap() {
+async fn a_failed_replay_is_retried_in_place_and_live_messages_wait_for_it() {
+    let t = start(config()).await;
+    for (i, tr) in ALL.into_iter().enumerate() {
+        let user = format!("hiccup-{tr:?}");
+        t.backend.store(&user, msg(1, None));
+        t.backend.store(&user, msg(2, None));
+        t.backend.state.lock().failing_replay.push(user.clone());
+        let mut c = auth_with(&t, tr, token(&user), Some(0), None).await;
+        let tries = i as u64 + 1;
+        t.wait_until("the replay put off", |t| {
+            t.metric("pushgate_room_replay_retries_total") == tries
+        })
+        .await;
+        // A live message while the replay waits: held back, not written
+        // ahead of the stored ones (the client would resume past them).
+        t.room
+            .deliver_users(&[UserId::new(&user)], &encoded(3, None));
+        t.backend.state.lock().failing_replay.retain(|u| *u != user);
+        let got: Vec<i64> = [c.msg().await, c.msg().await, c.msg().await]
+            .iter()
+            .map(|m| m.id.0)
+            .collect();
+        assert_eq!(got, [1, 2, 3], "{tr:?}");
+        // Still open and usable.
+        c.roundtrip(1).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replay_put_off_before_the_ack_was_known_starts_from_the_ack() {
+    let t = start(config()).await;
+    let user = "ack-hiccup";
+    for id in 1..=3 {
+        t.backend.store(user, msg(id, None));
+    }
+    // The device acked 1 earlier; without `last_id` the replay starts there.
+    t.backend.set_ack(user, "default", 1);
+    t.backend.state.lock().failing_replay.push(user.to_owned());
+    let mut c = auth_with(&t, Transport::WsJson, token(user), None, None).await;
+    t.wait_until("the replay put off", |t| {
+        t.metric("pushgate_room_replay_retries_total") == 1
+    })
+    .await;
+    t.backend.state.lock().failing_replay.clear();
+    assert_eq!(c.msg().await.id.0, 2);
+    assert_eq!(c.msg().await.id.0, 3);
+    c.roundtrip(1).await;
+}
+
+#[tokio::test]
+async fn a_replay_that_keeps_failing_closes_4007_instead_of_going_live_over_a_gap() {
     let t = start(config()).await;
     for tr in ALL {
         let user = format!("down-{tr:?}");

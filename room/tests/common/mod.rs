@@ -43,7 +43,7 @@ pub struct State {
     pub channel_msgs: HashMap<String, Vec<MsgFrame>>,
     pub connected: Vec<SessionInfo>,
     pub disconnected: Vec<SessionInfo>,
-    /// Users whose replay fails (the store is "down" for them).
+    /// Users whose replay (and ack lookup) fails (the store is "down" for them).
     pub failing_replay: Vec<String>,
 }
 
@@ -88,6 +88,17 @@ impl Backend for MemBackend {
         self.state.lock().disconnected.push(session.clone());
     }
     async fn acked(&self, user: &UserId, device: &str) -> Result<Option<MsgId>, BackendError> {
+        if self
+            .state
+            .lock()
+            .failing_replay
+            .iter()
+            .any(|u| u == user.as_str())
+        {
+            return Err(BackendError::Unavailable {
+                source: "store unreachable".into(),
+            });
+        }
         Ok(self.ack_of(user.as_str(), device))
     }
     async fn replay(
