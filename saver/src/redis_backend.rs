@@ -46,7 +46,8 @@ const CLUSTER_FANOUT: usize = 32;
 /// command for a slot whose master is down would hang for many minutes.
 const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Cluster mode: the longest one attempt may wait for a node's answer.
+/// The longest one attempt may wait for an answer (a single node, or one
+/// node of a cluster).
 const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Cluster mode: the longest a connection to one node may take to open.
@@ -133,7 +134,16 @@ impl RedisStore {
     /// [`StoreError::Redis`] when the url is invalid or Redis is unreachable.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(connecting)?;
-        let manager = client.get_connection_manager().await.map_err(connecting)?;
+        // redis-rs gives up on an answer after 500 ms by default; on a busy
+        // host a Redis that is merely slow for a moment would fail every
+        // call in flight, and each failure costs more work (a retried push,
+        // a replay put off) than the wait. As long as a cluster attempt.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(CLUSTER_ATTEMPT_TIMEOUT));
+        let manager = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(connecting)?;
         Ok(RedisStore::with(Conn::Single(manager)))
     }
 
