@@ -126,30 +126,13 @@ async fn rooms_are_discovered_and_either_center_pushes() {
         assert_eq!(cl.next_msg().await["data"], "bc");
     }
     // Rooms and centers time their calls to the other processes.
-    let room_metrics = c
-        .http
-        .get(format!(
-            "http://{}/metrics",
-            c.rooms[0].addr("http listening on ")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let center_metrics = c
-        .http
-        .get(format!(
-            "http://{}/metrics",
-            c.centers[1].addr("http listening on ")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_of = |node: &Node| {
+        let url = format!("http://{}/metrics", node.addr("http listening on "));
+        let http = c.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let room_metrics = metrics_of(&c.rooms[0]).await;
+    let center_metrics = metrics_of(&c.centers[1]).await;
     for (who, body, services) in [
         ("room", &room_metrics, &["register", "saver"][..]),
         (

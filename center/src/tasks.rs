@@ -486,6 +486,9 @@ async fn run_broadcast(
     // Gives the slot up once every room answered and all but 0.1 % of the
     // connections that queued it wrote it.
     let release = || {
+        if slot.lock().is_none() {
+            return;
+        }
         let (answered, total) = task.totals();
         if answered < list.len() || total.pending > (total.delivered + total.pending) / 1000 {
             return;

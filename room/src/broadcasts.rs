@@ -69,16 +69,17 @@ impl Broadcasts {
     }
 
     /// Remembers broadcast `id`, just fanned out: `queued` connections hold
-    /// `push`, `skipped` did not take it. Call it while `push` is still held
-    /// by the caller, and let go of it afterwards.
+    /// `push`, `skipped` did not take it. Takes the caller's reference, so
+    /// that only queues (and sessions writing it) hold it from then on;
+    /// returns its progress.
     pub(crate) fn start(
         &self,
         id: MsgId,
-        push: &Arc<Push>,
+        push: Arc<Push>,
         gone: Arc<AtomicU64>,
         queued: u64,
         skipped: u64,
-    ) {
+    ) -> BroadcastProgress {
         let now = Instant::now();
         let mut recent = self.recent.lock();
         while recent
@@ -87,14 +88,18 @@ impl Broadcasts {
         {
             recent.pop_front();
         }
-        recent.push_back(Tracked {
+        let t = Tracked {
             id,
             at: now,
-            push: Arc::downgrade(push),
+            push: Arc::downgrade(&push),
             gone,
             queued,
             skipped,
-        });
+        };
+        drop(push);
+        let p = t.progress();
+        recent.push_back(t);
+        p
     }
 }
 
@@ -142,13 +147,12 @@ mod tests {
         let (p, gone) = Push::tracked(&msg(7)).unwrap();
         let (queued, skipped) = hub.broadcast(&p, &m);
         assert_eq!((queued, skipped), (3, 1));
-        b.start(MsgId(7), &p, gone, queued, skipped);
-        drop(p);
         let at = |d, s, p| BroadcastProgress {
             delivered: d,
             skipped: s,
             pending: p,
         };
+        assert_eq!(b.start(MsgId(7), p, gone, queued, skipped), at(0, 1, 3));
         assert_eq!(b.progress(MsgId(7)), Some(at(0, 1, 3)));
         assert_eq!(b.progress(MsgId(8)), None);
 
@@ -181,7 +185,7 @@ mod tests {
         let b = Broadcasts::default();
         for id in 0..(MAX_TRACKED as i64 + 10) {
             let (p, gone) = Push::tracked(&msg(id + 1)).unwrap();
-            b.start(MsgId(id + 1), &p, gone, 0, 0);
+            b.start(MsgId(id + 1), p, gone, 0, 0);
         }
         assert_eq!(b.recent.lock().len(), MAX_TRACKED);
         assert_eq!(b.progress(MsgId(1)), None);

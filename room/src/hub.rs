@@ -825,10 +825,7 @@ impl Hub {
     fn resync_conn(&self, c: &Conn, after: MsgId) -> bool {
         // The id first, then the flag: the session takes the id after it
         // sees the flag.
-        self.resync_from
-            .entry(c.id)
-            .and_modify(|a| *a = (*a).min(after))
-            .or_insert(after);
+        self.resync_later(c.id, after);
         if c.request_resync() {
             return true;
         }

@@ -117,13 +117,7 @@ impl Room {
             return BroadcastProgress::default();
         };
         let (queued, skipped) = self.shared.hub.broadcast(&p, &self.shared.metrics);
-        tracked.start(msg.id, &p, gone, queued, skipped);
-        drop(p);
-        tracked.progress(msg.id).unwrap_or(BroadcastProgress {
-            delivered: 0,
-            skipped,
-            pending: queued,
-        })
+        tracked.start(msg.id, p, gone, queued, skipped)
     }
 
     /// How far broadcast `id` got here: connections that were written,

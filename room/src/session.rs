@@ -725,7 +725,11 @@ impl<'s> Live<'s> {
         }
         for _ in 0..MAX_REPLAY_PAGES {
             let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
-                Ok(p) => p,
+                Ok(p) => {
+                    // The store answers again: a later failure starts over.
+                    self.replay_retries = 0;
+                    p
+                }
                 Err(e) => {
                     warn!(error = %e, "replay() failed; replaying later");
                     return self.put_off_replay(after);
