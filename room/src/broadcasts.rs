@@ -1,12 +1,23 @@
 //! The broadcasts a room has fanned out recently, so that a center can ask
-//! how far each got ([`Room::broadcast_progress`](crate::Room::broadcast_progress)).
+//! how far each got ([`Room::broadcast_progress`](crate::Room::broadcast_progress)),
+//! and the paced fan-out itself ([`fan_out`]).
 //!
-//! Nothing per connection is spent on it: a broadcast's [`Push`] is shared
-//! by every queue that holds it, so the number of queues (and sessions in
-//! the middle of writing it) that still hold it is the strong count of the
-//! `Arc`, read through a [`Weak`]; a queue that drops it unwritten (a slow
-//! consumer's, or a closed connection's) counts it in the push's `gone`
-//! counter. What is neither pending nor gone was written.
+//! Nothing per connection is spent on tracking: a broadcast's [`Push`] is
+//! shared by every queue that holds it, so the number of queues (and
+//! sessions in the middle of writing it) that still hold it is the strong
+//! count of the `Arc`, read through a [`Weak`]; a queue that drops it
+//! unwritten (a slow consumer's, or a closed connection's) counts it in the
+//! push's `gone` counter. What is neither pending nor gone was written.
+//!
+//! The fan-out answers before it queues: the room takes a snapshot of its
+//! connections (one `Arc` clone each), remembers the broadcast, answers
+//! the caller, and a task queues it to the snapshot a batch at a time,
+//! yielding between batches. A batch's sessions write it before the next
+//! batch is woken, so a broadcast to the ~18,000 connections of a room does
+//! not put 18,000 woken tasks ahead of everything else in the runtime: the
+//! link calls, heartbeats and replays of the room get their turn between
+//! batches, and the call that asked for the broadcast is answered at once
+//! (it once waited behind the woken sessions past the link's timeout).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,13 +27,40 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use proto::{BroadcastProgress, MsgId};
 
-use crate::hub::Push;
+use crate::hub::{Conn, Hub, Push};
+use crate::metrics::{self, Metrics};
 
 /// Broadcasts remembered at most.
 const MAX_TRACKED: usize = 256;
 
 /// A broadcast is forgotten this long after it was fanned out.
 const KEEP: Duration = Duration::from_secs(600);
+
+/// Connections a fan-out queues to (and wakes) before it yields.
+pub(crate) const FAN_OUT_BATCH: usize = 64;
+
+/// How far one fan-out got: its own counters, shared by the task that
+/// queues it and the room's list of recent broadcasts.
+#[derive(Debug, Default)]
+pub(crate) struct FanOut {
+    /// Queues that took it.
+    queued: AtomicU64,
+    /// Connections that did not take it (full queue, closing).
+    skipped: AtomicU64,
+    /// Connections of the snapshot not visited yet.
+    unsent: AtomicU64,
+}
+
+impl FanOut {
+    /// Counts one batch: `queued` took it and `skipped` did not, of
+    /// `queued + skipped` connections visited.
+    fn record(&self, queued: u64, skipped: u64) {
+        self.queued.fetch_add(queued, Ordering::Relaxed);
+        self.skipped.fetch_add(skipped, Ordering::Relaxed);
+        // Release: whoever sees fewer unsent sees the counts above.
+        self.unsent.fetch_sub(queued + skipped, Ordering::Release);
+    }
+}
 
 /// One broadcast fanned out here.
 #[derive(Debug)]
@@ -31,22 +69,24 @@ struct Tracked {
     at: Instant,
     push: Weak<Push>,
     gone: Arc<AtomicU64>,
-    /// Queued at fan-out.
-    queued: u64,
-    /// Not queued at fan-out (full queue, closing connection).
-    skipped: u64,
+    fan: Arc<FanOut>,
 }
 
 impl Tracked {
     fn progress(&self) -> BroadcastProgress {
-        let gone = self.gone.load(Ordering::Acquire).min(self.queued);
+        // Unsent first: a batch counted as visited is in the counts below.
+        let unsent = self.fan.unsent.load(Ordering::Acquire);
+        let queued = self.fan.queued.load(Ordering::Relaxed);
+        let skipped = self.fan.skipped.load(Ordering::Relaxed);
+        let gone = self.gone.load(Ordering::Acquire).min(queued);
         // A queue counts the push gone just before it lets go of it, so
-        // for a moment both may count it once.
-        let pending = (self.push.strong_count() as u64).min(self.queued - gone);
+        // for a moment both may count it once; while the fan-out runs, its
+        // own reference counts as one more pending (never one too few).
+        let pending = (self.push.strong_count() as u64).min(queued - gone);
         BroadcastProgress {
-            delivered: self.queued - gone - pending,
-            skipped: self.skipped + gone,
-            pending,
+            delivered: queued - gone - pending,
+            skipped: skipped + gone,
+            pending: pending + unsent,
         }
     }
 }
@@ -68,39 +108,93 @@ impl Broadcasts {
             .map(Tracked::progress)
     }
 
-    /// Remembers broadcast `id`, just fanned out: `queued` connections hold
-    /// `push`, `skipped` did not take it. Takes the caller's reference, so
-    /// that only queues (and sessions writing it) hold it from then on;
-    /// returns its progress.
+    /// Remembers broadcast `id`, about to be queued to `connections`
+    /// connections, and returns the counters its fan-out updates; or, when
+    /// `id` was fanned out here already (a retried call), how far that got
+    /// (checked and remembered under one lock: two calls never both start).
     pub(crate) fn start(
         &self,
         id: MsgId,
-        push: Arc<Push>,
+        push: &Arc<Push>,
         gone: Arc<AtomicU64>,
-        queued: u64,
-        skipped: u64,
-    ) -> BroadcastProgress {
+        connections: u64,
+    ) -> Result<Arc<FanOut>, BroadcastProgress> {
         let now = Instant::now();
         let mut recent = self.recent.lock();
+        if let Some(t) = recent.iter().rev().find(|t| t.id == id) {
+            return Err(t.progress());
+        }
         while recent
             .front()
             .is_some_and(|t| recent.len() >= MAX_TRACKED || now.duration_since(t.at) > KEEP)
         {
             recent.pop_front();
         }
-        let t = Tracked {
+        let fan = Arc::new(FanOut {
+            unsent: AtomicU64::new(connections),
+            ..FanOut::default()
+        });
+        recent.push_back(Tracked {
             id,
             at: now,
-            push: Arc::downgrade(&push),
+            push: Arc::downgrade(push),
             gone,
-            queued,
-            skipped,
-        };
-        drop(push);
-        let p = t.progress();
-        recent.push_back(t);
-        p
+            fan: Arc::clone(&fan),
+        });
+        Ok(fan)
     }
+}
+
+/// Queues `push` to `conns` (a snapshot of the room's connections), a
+/// batch of [`FAN_OUT_BATCH`] at a time, counting in `fan` and yielding to
+/// the runtime between batches (see the module's docs). Each connection's
+/// handle is let go once visited, so a connection that closed meanwhile is
+/// not kept.
+pub(crate) async fn fan_out(
+    hub: &Hub,
+    metrics: &Metrics,
+    conns: Vec<Arc<Conn>>,
+    push: Arc<Push>,
+    fan: &FanOut,
+) {
+    let mut conns = conns.into_iter();
+    while fan_out_batch(hub, metrics, &mut conns, &push, fan) {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// [`fan_out`] without yielding, where no runtime is at hand.
+pub(crate) fn fan_out_now(
+    hub: &Hub,
+    metrics: &Metrics,
+    conns: Vec<Arc<Conn>>,
+    push: Arc<Push>,
+    fan: &FanOut,
+) {
+    let mut conns = conns.into_iter();
+    while fan_out_batch(hub, metrics, &mut conns, &push, fan) {}
+}
+
+/// Queues `push` to the next [`FAN_OUT_BATCH`] connections of `conns`;
+/// false when none was left.
+fn fan_out_batch(
+    hub: &Hub,
+    metrics: &Metrics,
+    conns: &mut std::vec::IntoIter<Arc<Conn>>,
+    push: &Arc<Push>,
+    fan: &FanOut,
+) -> bool {
+    let (mut queued, mut skipped) = (0, 0);
+    for c in conns.by_ref().take(FAN_OUT_BATCH) {
+        if hub.push_to(&c, push, metrics) == 1 {
+            queued += 1;
+        } else {
+            skipped += 1;
+        }
+    }
+    metrics::add(&metrics.deliveries, queued);
+    fan.record(queued, skipped);
+    queued + skipped > 0
 }
 
 #[cfg(test)]
@@ -109,9 +203,11 @@ mod tests {
     use bytes::Bytes;
     use proto::{ConnId, EncodedMsg, RoomId, UserId};
 
+    use std::future::Future;
+    use std::task::Context;
+
     use super::*;
-    use crate::hub::{Conn, Hub, Popped};
-    use crate::metrics::Metrics;
+    use crate::hub::Popped;
 
     fn msg(id: i64) -> EncodedMsg {
         EncodedMsg {
@@ -145,14 +241,19 @@ mod tests {
         hub.deliver_users(&users[3..], &filler, &m);
 
         let (p, gone) = Push::tracked(&msg(7)).unwrap();
-        let (queued, skipped) = hub.broadcast(&p, &m);
-        assert_eq!((queued, skipped), (3, 1));
         let at = |d, s, p| BroadcastProgress {
             delivered: d,
             skipped: s,
             pending: p,
         };
-        assert_eq!(b.start(MsgId(7), p, gone, queued, skipped), at(0, 1, 3));
+        let snapshot = hub.all_conns();
+        let fan = b.start(MsgId(7), &p, gone, snapshot.len() as u64).unwrap();
+        // Before the fan-out: all four pending; a second start is refused.
+        assert_eq!(b.progress(MsgId(7)), Some(at(0, 0, 4)));
+        let (q, _) = Push::tracked(&msg(7)).unwrap();
+        let again = Arc::new(AtomicU64::new(0));
+        assert_eq!(b.start(MsgId(7), &q, again, 4).unwrap_err(), at(0, 0, 4));
+        fan_out_now(&hub, &m, snapshot, p, &fan);
         assert_eq!(b.progress(MsgId(7)), Some(at(0, 1, 3)));
         assert_eq!(b.progress(MsgId(8)), None);
 
@@ -185,10 +286,52 @@ mod tests {
         let b = Broadcasts::default();
         for id in 0..(MAX_TRACKED as i64 + 10) {
             let (p, gone) = Push::tracked(&msg(id + 1)).unwrap();
-            b.start(MsgId(id + 1), p, gone, 0, 0);
+            b.start(MsgId(id + 1), &p, gone, 0).unwrap();
         }
         assert_eq!(b.recent.lock().len(), MAX_TRACKED);
         assert_eq!(b.progress(MsgId(1)), None);
         assert!(b.progress(MsgId(MAX_TRACKED as i64 + 10)).is_some());
+    }
+
+    #[test]
+    fn a_fan_out_goes_a_batch_at_a_time_and_counts_what_is_left() {
+        let hub = Hub::new(4, 1 << 20);
+        let m = Metrics::default();
+        let b = Broadcasts::default();
+        let n = 2 * FAN_OUT_BATCH + 5;
+        let conns: Vec<Arc<Conn>> = (1..=n as u64)
+            .map(|i| Arc::new(Conn::new(ConnId::new(RoomId(1), i))))
+            .collect();
+        let users: Vec<UserId> = (0..n).map(|i| UserId::new(&format!("u{i}"))).collect();
+        let _regs: Vec<_> = conns
+            .iter()
+            .zip(&users)
+            .map(|(c, u)| hub.register(u, Arc::clone(c), 0).unwrap())
+            .collect();
+        let (p, gone) = Push::tracked(&msg(5)).unwrap();
+        let snapshot = hub.all_conns();
+        let fan = b.start(MsgId(5), &p, gone, n as u64).unwrap();
+        let mut task = Box::pin(fan_out(&hub, &m, snapshot, p, &fan));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let pending = |d, p| BroadcastProgress {
+            delivered: d,
+            skipped: 0,
+            pending: p,
+        };
+        // One batch, then it yields: the rest is still to be queued.
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        let queued = conns.iter().filter(|c| c.queued() == 1).count();
+        assert_eq!(queued, FAN_OUT_BATCH);
+        assert_eq!(b.progress(MsgId(5)), Some(pending(0, n as u64)));
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert!(task.as_mut().poll(&mut cx).is_ready());
+        drop(task);
+        assert!(conns.iter().all(|c| c.queued() == 1));
+        assert_eq!(b.progress(MsgId(5)), Some(pending(0, n as u64)));
+        // Written by one: exact once the fan-out let go of its reference.
+        assert!(matches!(conns[0].pop(), Popped::Msg(_)));
+        assert_eq!(b.progress(MsgId(5)), Some(pending(1, n as u64 - 1)));
+        assert_eq!(m.deliveries.load(Ordering::Relaxed), n as u64);
     }
 }

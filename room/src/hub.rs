@@ -364,6 +364,12 @@ impl Conn {
         (!o.queue.is_empty() && !o.held) || o.resync
     }
 
+    /// Messages waiting in the queue (tests).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.outbox.lock().queue.len()
+    }
+
     /// Takes the close signal (which wins over everything), else a resync
     /// request (which goes before queued messages), else the oldest queued
     /// message.
@@ -736,7 +742,9 @@ impl Hub {
         })
     }
 
-    fn push_to(&self, c: &Conn, msg: &Arc<Push>, m: &Metrics) -> u64 {
+    /// Queues `msg` to `c` (never to the connection it names as its
+    /// sender); 1 when queued, 0 when not (counted as a drop).
+    pub(crate) fn push_to(&self, c: &Conn, msg: &Arc<Push>, m: &Metrics) -> u64 {
         if msg.except == Some(c.id) {
             return 0;
         }
@@ -781,19 +789,12 @@ impl Hub {
         n
     }
 
-    /// Queues `msg` to every authenticated connection; returns how many
-    /// queued it and how many did not (full queue, closing).
-    pub(crate) fn broadcast(&self, msg: &Arc<Push>, m: &Metrics) -> (u64, u64) {
-        let (mut n, mut skipped) = (0, 0);
-        for e in self.conns.iter() {
-            if self.push_to(e.value(), msg, m) == 1 {
-                n += 1;
-            } else {
-                skipped += 1;
-            }
-        }
-        metrics::add(&m.deliveries, n);
-        (n, skipped)
+    /// Every authenticated connection now: what a broadcast goes to (see
+    /// [`crate::broadcasts::fan_out`]). One `Arc` clone per connection.
+    pub(crate) fn all_conns(&self) -> Vec<Arc<Conn>> {
+        let mut all = Vec::with_capacity(self.conns.len());
+        all.extend(self.conns.iter().map(|e| Arc::clone(e.value())));
+        all
     }
 
     /// Signals every connection of `user`; returns how many were newly told.

@@ -10,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::broadcasts;
 use crate::hub::{Push, Signal};
 use crate::shared::Shared;
 use crate::{listen, Backend, QuicListener, RoomConfig, TlsCerts};
@@ -103,21 +104,48 @@ impl Room {
 
     /// Queues `msg` to every authenticated connection and follows it until
     /// every one of them wrote it or dropped it (see
-    /// [`Room::broadcast_progress`]); returns the counts right after the
-    /// fan-out (`delivered` is 0 then, `pending` is what was queued). A
-    /// broadcast this room already fanned out (a retried call) is not sent
-    /// again: its progress is returned.
+    /// [`Room::broadcast_progress`]). Returns at once, before anything is
+    /// queued, with every connection live now as `pending`; a task queues
+    /// it to them a batch at a time behind the answer (see
+    /// `room/src/broadcasts.rs`). A broadcast this room already fanned out
+    /// (a retried call) is not sent again: its progress is returned.
     pub fn broadcast(&self, msg: &Arc<EncodedMsg>) -> BroadcastProgress {
         let tracked = &self.shared.broadcasts;
         if let Some(p) = tracked.progress(msg.id) {
             return p;
         }
-        let Some((p, gone)) = Push::tracked(msg) else {
+        let Some((push, gone)) = Push::tracked(msg) else {
             error!(id = msg.id.0, "broadcast json is not utf-8; dropped");
             return BroadcastProgress::default();
         };
-        let (queued, skipped) = self.shared.hub.broadcast(&p, &self.shared.metrics);
-        tracked.start(msg.id, p, gone, queued, skipped)
+        let conns = self.shared.hub.all_conns();
+        let live = conns.len() as u64;
+        let fan = match tracked.start(msg.id, &push, gone, live) {
+            Ok(fan) => fan,
+            // Started by a call that came in meanwhile.
+            Err(p) => return p,
+        };
+        // Answered before anything is queued: the queueing and the writes
+        // go on in a task of their own, a batch at a time.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let shared = Arc::clone(&self.shared);
+                rt.spawn(async move {
+                    let Shared { hub, metrics, .. } = &*shared;
+                    broadcasts::fan_out(hub, metrics, conns, push, &fan).await;
+                });
+            }
+            Err(_) => {
+                let Shared { hub, metrics, .. } = &*self.shared;
+                broadcasts::fan_out_now(hub, metrics, conns, push, &fan);
+                return tracked.progress(msg.id).unwrap_or_default();
+            }
+        }
+        BroadcastProgress {
+            delivered: 0,
+            skipped: 0,
+            pending: live,
+        }
     }
 
     /// How far broadcast `id` got here: connections that were written,
