@@ -13,6 +13,8 @@ pub const DEFAULT_SEND_RATE: u32 = 20;
 
 /// Default largest `data` of a `send` or `pub` (16 KiB).
 pub const DEFAULT_MAX_SEND_BYTES: usize = 16 << 10;
+/// Default [`RoomConfig::replays_at_once`].
+pub const DEFAULT_REPLAYS_AT_ONCE: usize = 64;
 /// Default `send`/`pub` frames per second per user (over all their
 /// connections in a room): twice a connection's.
 pub const DEFAULT_USER_SEND_RATE: u32 = 2 * DEFAULT_SEND_RATE;
@@ -57,6 +59,11 @@ pub struct RoomConfig {
     /// connections in this room (burst = 2×; more get `rate_limited`);
     /// 0 = unlimited.
     pub user_send_rate: u32,
+    /// Store reads for replays (connect-time and resyncs) in flight at once
+    /// in this room; more wait their turn, in order. A fault that resyncs
+    /// every connection of a room then reaches the store as a queue at the
+    /// pace it answers, not as thousands of calls that all time out.
+    pub replays_at_once: usize,
     /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger
     /// gets the non-fatal `too_large`.
     pub max_send_bytes: usize,
@@ -109,6 +116,7 @@ impl RoomConfig {
             rate_limit: 50,
             send_rate: DEFAULT_SEND_RATE,
             user_send_rate: DEFAULT_USER_SEND_RATE,
+            replays_at_once: DEFAULT_REPLAYS_AT_ONCE,
             max_send_bytes: DEFAULT_MAX_SEND_BYTES,
             drain_reconnect_delay: Duration::from_secs(5),
             replay_overlap: 0,

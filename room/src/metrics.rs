@@ -88,6 +88,8 @@ pub(crate) struct Metrics {
     pub(crate) replays_skipped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) replay_retries: AtomicU64,
+    pub(crate) replay_turns_missed: AtomicU64,
+    pub(crate) replays_waiting: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
     drops: [AtomicU64; 4],
     closes: [AtomicU64; 10],
@@ -293,6 +295,18 @@ impl Metrics {
             "pushgate_room_replay_retries_total",
             "Replays that failed on the store and were retried in place a few seconds later (live messages held meanwhile) instead of closing the connection.",
             get(&self.replay_retries),
+        );
+        counter(
+            out,
+            "pushgate_room_replay_turns_missed_total",
+            "Replays that waited longer than a heartbeat for a turn at the store (--replays-at-once in flight) and were put off in place, live messages held meanwhile.",
+            get(&self.replay_turns_missed),
+        );
+        gauge(
+            out,
+            "pushgate_room_replays_waiting",
+            "Replays waiting for a turn at the store (--replays-at-once in flight).",
+            get(&self.replays_waiting),
         );
         counter(
             out,

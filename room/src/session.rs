@@ -705,13 +705,21 @@ impl<'s> Live<'s> {
         }
         let mut after = match last_id {
             Some(id) => id,
-            None => match call(self.shared, backend.acked(user, device)).await {
-                Ok(id) => id.unwrap_or_default(),
-                Err(e) => {
-                    warn!(error = %e, "acked() failed; replaying later");
-                    return self.put_off_replay(FROM_ACK);
+            None => {
+                let Some(turn) = replay_turn(self.shared).await else {
+                    self.miss_turn(FROM_ACK);
+                    return Ok(());
+                };
+                let acked = call(self.shared, backend.acked(user, device)).await;
+                drop(turn);
+                match acked {
+                    Ok(id) => id.unwrap_or_default(),
+                    Err(e) => {
+                        warn!(error = %e, "acked() failed; replaying later");
+                        return self.put_off_replay(FROM_ACK);
+                    }
                 }
-            },
+            }
         };
         self.high = self.high.max(after);
         let cfg = &self.shared.cfg;
@@ -724,7 +732,13 @@ impl<'s> Live<'s> {
             self.replayed = self.replayed.max(after);
         }
         for _ in 0..MAX_REPLAY_PAGES {
-            let page = match call(self.shared, backend.replay(user, after, PAGE)).await {
+            let Some(turn) = replay_turn(self.shared).await else {
+                self.miss_turn(after);
+                return Ok(());
+            };
+            let page = call(self.shared, backend.replay(user, after, PAGE)).await;
+            drop(turn);
+            let page = match page {
                 Ok(p) => {
                     // The store answers again: a later failure starts over.
                     self.replay_retries = 0;
@@ -776,9 +790,26 @@ impl<'s> Live<'s> {
         }
         self.replay_retries += 1;
         metrics::inc(&self.shared.metrics.replay_retries);
+        let delay = Duration::from_millis(jitter_ms(250, 1000) * u64::from(self.replay_retries));
+        self.replay_later(from, delay);
+        Ok(())
+    }
+
+    /// After a replay waited a heartbeat for a turn at the store without
+    /// getting one: the store is busy, not failing, so the replay is put
+    /// off in place like [`Session::put_off_replay`] (0.25 to 1.25 s, live
+    /// messages held) without counting as a failure; it comes back at the
+    /// end of the line.
+    fn miss_turn(&mut self, from: MsgId) {
+        metrics::inc(&self.shared.metrics.replay_turns_missed);
+        self.replay_later(from, Duration::from_millis(jitter_ms(250, 1000)));
+    }
+
+    /// Holds the queued messages and asks for the replay from `from` again
+    /// after `delay`.
+    fn replay_later(&self, from: MsgId, delay: Duration) {
         self.shared.hub.resync_later(self.conn.id, from);
         self.conn.hold();
-        let delay = Duration::from_millis(jitter_ms(250, 1000) * u64::from(self.replay_retries));
         let conn = Arc::clone(&self.conn);
         // Bounded by the delay; a connection closed meanwhile refuses the
         // request (and its resync entry goes with its registration).
@@ -786,7 +817,6 @@ impl<'s> Live<'s> {
             tokio::time::sleep(delay).await;
             conn.request_resync();
         });
-        Ok(())
     }
 
     async fn on_frame<T: FrameIo>(
@@ -1076,6 +1106,22 @@ where
 }
 
 /// Calls the backend with a time limit; failures are counted.
+/// Waits for a turn at the store for one replay read (`replays_at_once`
+/// in flight per room, first come first served); `None` after a
+/// heartbeat's wait (at least 5 s), so that a session waiting in line still
+/// reads its client's pings in time.
+async fn replay_turn(shared: &Shared) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    if let Ok(turn) = shared.replays.try_acquire() {
+        return Some(turn);
+    }
+    let waiting = &shared.metrics.replays_waiting;
+    waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let wait = shared.cfg.heartbeat.max(Duration::from_secs(5));
+    let turn = timeout(wait, shared.replays.acquire()).await;
+    waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    turn.ok()?.ok()
+}
+
 async fn call<R, F>(shared: &Shared, fut: F) -> Result<R, BackendError>
 where
     F: Future<Output = Result<R, BackendError>>,

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) limit: Arc<Semaphore>,
     /// Bounds the tasks that answer refused connections.
     pub(crate) refusals: Arc<Semaphore>,
+    /// Store reads for replays in flight (`replays_at_once`).
+    pub(crate) replays: Semaphore,
     /// Connections per client address over every listener of the room
     /// (`max_conns_per_ip`); `None` when there is no limit.
     pub(crate) per_ip: Option<Arc<PerIp>>,
@@ -75,6 +77,7 @@ impl Shared {
                 cfg.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+            replays: Semaphore::new(cfg.replays_at_once.clamp(1, Semaphore::MAX_PERMITS)),
             per_ip: PerIp::new(cfg.max_conns_per_ip),
             cfg,
             events: backend.wants_events(),

@@ -78,6 +78,54 @@ async fn a_failed_replay_is_retried_in_place_and_live_messages_wait_for_it() {
 }
 
 #[tokio::test]
+async fn replays_wait_their_turn_at_the_store_and_a_long_wait_puts_one_off() {
+    let mut cfg = config();
+    cfg.replays_at_once = 2;
+    let t = start(cfg).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    t.backend.state.lock().replay_gate = Some(gate.clone());
+    let users: Vec<String> = (0..3).map(|i| format!("line-{i}")).collect();
+    for u in &users {
+        t.backend.store(u, msg(1, None));
+        t.backend.store(u, msg(2, None));
+    }
+    let mut clients = Vec::new();
+    for u in &users {
+        clients.push(auth_with(&t, Transport::Tcp, token(u), Some(0), None).await);
+    }
+    // Two reads at the store, the third waits in line.
+    t.wait_until("two in flight, one waiting", |t| {
+        t.backend.state.lock().replays_in_flight == 2
+            && t.metric("pushgate_room_replays_waiting") == 1
+    })
+    .await;
+    // After a heartbeat (5 s here) in line it is put off in place, not failed.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    t.wait_until("a turn missed", |t| {
+        t.metric("pushgate_room_replay_turns_missed_total") >= 1
+    })
+    .await;
+    assert_eq!(t.metric("pushgate_room_replay_retries_total"), 0);
+    // A live message meanwhile waits behind the replay.
+    t.room
+        .deliver_users(&[UserId::new(&users[2])], &encoded(3, None));
+    gate.add_permits(1000);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut want = vec![1, 2];
+        if i == 2 {
+            want.push(3);
+        }
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(c.msg().await.id.0);
+        }
+        assert_eq!(got, want, "client {i}");
+        c.roundtrip(1).await;
+    }
+    assert_eq!(t.backend.state.lock().most_replays_in_flight, 2);
+}
+
+#[tokio::test]
 async fn a_replay_put_off_before_the_ack_was_known_starts_from_the_ack() {
     let t = start(config()).await;
     let user = "ack-hiccup";

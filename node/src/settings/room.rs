@@ -89,6 +89,9 @@ pub(crate) struct RoomSettings {
     /// `send` and `pub` frames per second per user, over all their connections in this room, bursts of twice that; more get the non-fatal `rate_limited` (0 = no limit).
     #[arg(long, env = "PUSHGATE_USER_SEND_RATE", value_name = "N", default_value_t = room::config::DEFAULT_USER_SEND_RATE)]
     pub(crate) user_send_rate: u32,
+    /// Store reads for replays (at connect and after a fault) in flight at once in this room; more wait their turn.
+    #[arg(long, env = "PUSHGATE_REPLAYS_AT_ONCE", value_name = "N", default_value_t = room::config::DEFAULT_REPLAYS_AT_ONCE, value_parser = positive())]
+    pub(crate) replays_at_once: usize,
     /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger gets the non-fatal `too_large`.
     #[arg(long, env = "PUSHGATE_MAX_SEND_BYTES", value_name = "BYTES", default_value_t = room::config::DEFAULT_MAX_SEND_BYTES, value_parser = positive())]
     pub(crate) max_send_bytes: usize,
@@ -264,6 +267,7 @@ impl RoomSettings {
             rate_limit: self.rate_limit,
             send_rate: self.send_rate,
             user_send_rate: self.user_send_rate,
+            replays_at_once: self.replays_at_once,
             max_send_bytes: self.max_send_bytes,
             drain_reconnect_delay: role.reconnect_delay,
             replay_overlap: role.replay_overlap,

@@ -45,6 +45,12 @@ pub struct State {
     pub disconnected: Vec<SessionInfo>,
     /// Users whose replay (and ack lookup) fails (the store is "down" for them).
     pub failing_replay: Vec<String>,
+    /// When set, every replay read waits for a permit of it first (a slow
+    /// store), counted in `replays_in_flight`.
+    pub replay_gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// Replay reads inside the backend now, and the most at once.
+    pub replays_in_flight: usize,
+    pub most_replays_in_flight: usize,
 }
 
 impl MemBackend {
@@ -107,6 +113,16 @@ impl Backend for MemBackend {
         after: MsgId,
         limit: u32,
     ) -> Result<Vec<MsgFrame>, BackendError> {
+        let gate = self.state.lock().replay_gate.clone();
+        if let Some(gate) = gate {
+            {
+                let mut st = self.state.lock();
+                st.replays_in_flight += 1;
+                st.most_replays_in_flight = st.most_replays_in_flight.max(st.replays_in_flight);
+            }
+            let _pass = gate.acquire().await;
+            self.state.lock().replays_in_flight -= 1;
+        }
         let st = self.state.lock();
         if st.failing_replay.iter().any(|u| u == user.as_str()) {
             return Err(BackendError::Unavailable {
