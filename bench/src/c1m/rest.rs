@@ -174,20 +174,29 @@ impl Rest {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                let why = if e.is_timeout() {
+                let kind = if e.is_timeout() {
                     "timeout"
                 } else if e.is_connect() {
                     "connect"
                 } else {
                     "request"
                 };
+                // The innermost cause says what it was (a full file table,
+                // a connection the server closed): few kinds in practice.
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                let mut text = cause.to_string();
+                text.truncate(80);
+                let why = format!("{kind} ({text})");
                 *self
                     .answers
                     .failed
                     .lock()
-                    .entry(why.to_string())
+                    .entry(why.clone())
                     .or_insert(0) += 1;
-                return Err(why.to_string());
+                return Err(why);
             }
         };
         let status = resp.status();
