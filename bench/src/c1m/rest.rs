@@ -190,12 +190,7 @@ impl Rest {
                 let mut text = cause.to_string();
                 text.truncate(80);
                 let why = format!("{kind} ({text})");
-                *self
-                    .answers
-                    .failed
-                    .lock()
-                    .entry(why.clone())
-                    .or_insert(0) += 1;
+                *self.answers.failed.lock().entry(why.clone()).or_insert(0) += 1;
                 return Err(why);
             }
         };
