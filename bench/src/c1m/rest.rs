@@ -187,8 +187,7 @@ impl Rest {
                 while let Some(next) = cause.source() {
                     cause = next;
                 }
-                let mut text = cause.to_string();
-                text.truncate(80);
+                let text: String = cause.to_string().chars().take(80).collect();
                 let why = format!("{kind} ({text})");
                 *self.answers.failed.lock().entry(why.clone()).or_insert(0) += 1;
                 return Err(why);
