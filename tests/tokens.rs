@@ -290,3 +290,85 @@ async fn a_jwks_url_is_fetched_and_refreshed_and_a_failed_fetch_keeps_the_keys()
         "the failure is logged"
     );
 }
+
+/// A token naming a key the room has not fetched yet (the provider rotated
+/// since) makes the room fetch the JWKS again at once, not at the next
+/// refresh (300 s here): its client's retry a moment later is accepted.
+/// Such fetches come at most once every 10 s, however many tokens name
+/// unknown keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_an_unknown_key_makes_the_jwks_fetched_again_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    let doc: Arc<Mutex<String>> = Arc::new(Mutex::new(jwks_with("ec-1")));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (d, h) = (Arc::clone(&doc), Arc::clone(&hits));
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let (d, h) = (Arc::clone(&d), Arc::clone(&h));
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                d.lock().clone()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let s = Server::start(&["--token-jwks-url", &url, "--token-jwks-refresh", "300"]).await;
+    let auth_ok = |private: &'static str, kid: &'static str| {
+        let s = &s;
+        async move {
+            let mut c = s.connect(Transport::Tcp).await;
+            c.send(&ClientFrame::Auth {
+                seq: Some(1),
+                token: sign(private, Some(kid), "kid"),
+                last_id: None,
+                device: None,
+            })
+            .await;
+            c.next().await["op"] == "auth_ok"
+        }
+    };
+    common::eventually("the first fetch", Duration::from_secs(10), || {
+        auth_ok("ec-private.pem", "ec-1")
+    })
+    .await;
+    let first = hits.load(Ordering::SeqCst);
+
+    // The provider rotates to a new key: the first token signed with it
+    // is refused, and makes the room fetch again.
+    *doc.lock() = jwks_with("rsa-2");
+    assert!(!auth_ok("rsa2-private.pem", "rsa-2").await);
+    common::eventually(
+        "the new key, long before the refresh",
+        Duration::from_secs(5),
+        || auth_ok("rsa2-private.pem", "rsa-2"),
+    )
+    .await;
+    let second = hits.load(Ordering::SeqCst);
+    assert!(second > first, "fetched again ({first} -> {second})");
+
+    // Another unknown key right after: fetched again only once 10 s have
+    // passed since the last fetch for an unknown key, however many ask.
+    *doc.lock() = jwks_with("ec-1");
+    for _ in 0..5 {
+        assert!(!auth_ok("ec-private.pem", "ec-1").await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), second, "no fetch within 10 s");
+    common::eventually("the key, after 10 s", Duration::from_secs(15), || {
+        auth_ok("ec-private.pem", "ec-1")
+    })
+    .await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        second + 1,
+        "one fetch for five"
+    );
+    assert!(s.stderr().contains("a token named a key not known here"));
+}

@@ -9,6 +9,13 @@
 //! first fetch succeeds it is tried again every [`FIRST_RETRY`], so a room
 //! that starts while the provider is down serves HS256 and file keys and
 //! picks the URL's keys up as soon as it can.
+//!
+//! A client token that names a key none of them is (the provider added a
+//! key since the last fetch: a rotation) makes it fetch again at once
+//! instead of at the next refresh; such fetches come at most once every
+//! [`MISS_REFETCH`], so tokens with made-up key ids cannot make the room
+//! hammer the provider. The token itself is refused; its client's
+//! reconnect a moment later finds the new key.
 
 use std::time::Duration;
 
@@ -22,6 +29,8 @@ const MAX_JWKS: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait before trying again while no fetch has succeeded yet.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// Least time between two fetches for tokens that named an unknown key.
+const MISS_REFETCH: Duration = Duration::from_secs(10);
 
 /// Starts refreshing `keys` from `url` every `every` on the current
 /// runtime: each time the keys become `fixed` plus the fetched ones.
@@ -35,6 +44,7 @@ pub(crate) fn spawn(url: reqwest::Url, every: Duration, fixed: Vec<PublicKey>, k
             }
         };
         let mut fetched_once = false;
+        let mut last_miss: Option<tokio::time::Instant> = None;
         loop {
             match fetch(&client, &url).await {
                 Ok(set) => {
@@ -56,7 +66,16 @@ pub(crate) fn spawn(url: reqwest::Url, every: Duration, fixed: Vec<PublicKey>, k
             } else {
                 every.min(FIRST_RETRY)
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = keys.missed() => {
+                    if let Some(at) = last_miss {
+                        tokio::time::sleep_until(at + MISS_REFETCH).await;
+                    }
+                    last_miss = Some(tokio::time::Instant::now());
+                    info!(%url, "token JWKS: a token named a key not known here; fetching again");
+                }
+            }
         }
     });
 }

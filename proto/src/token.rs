@@ -221,6 +221,23 @@ pub fn verify_any(
     Ok(claims)
 }
 
+/// Whether `token` is an RS256 or ES256 token that none of `public` can
+/// check: no key of its algorithm, or none with the `kid` it names. That
+/// is how a token signed with a key the identity provider added after the
+/// keys were fetched looks (see `--token-jwks-url`).
+pub fn names_unknown_key(token: &str, public: &[PublicKey]) -> bool {
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+        return false;
+    }
+    let kid = header.kid.as_deref();
+    !public.iter().any(|k| {
+        k.alg == header.alg && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+    })
+}
+
 /// Checks the signature of `token` with `key` and types its claims.
 fn decode(token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, TokenError> {
     let mut validation = Validation::new(alg);

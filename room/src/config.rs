@@ -159,7 +159,11 @@ impl RoomConfig {
         now: u64,
     ) -> Result<proto::token::Claims, proto::token::TokenError> {
         let keys = self.token_keys.get();
-        proto::token::verify_any(token, &self.token_secret, &keys, now)
+        let checked = proto::token::verify_any(token, &self.token_secret, &keys, now);
+        if checked.is_err() && proto::token::names_unknown_key(token, &keys) {
+            self.token_keys.miss();
+        }
+        checked
     }
 
     /// The unix second from which a connection whose token expires at
@@ -188,23 +192,42 @@ pub fn matches_any(patterns: &[String], channel: &str) -> bool {
 /// The public keys client tokens may be signed with, shared by every clone
 /// and replaceable while the room runs (a JWKS fetched from a URL and
 /// refreshed in the background). A check takes a read lock just long
-/// enough to clone an `Arc`.
+/// enough to clone an `Arc`. A token that names a key none of them is
+/// (a key the provider added since) is noted, so that whoever refreshes
+/// them can fetch again at once ([`TokenKeys::missed`]).
 #[derive(Clone, Debug, Default)]
-pub struct TokenKeys(Arc<parking_lot::RwLock<Arc<[proto::keys::PublicKey]>>>);
+pub struct TokenKeys {
+    keys: Arc<parking_lot::RwLock<Arc<[proto::keys::PublicKey]>>>,
+    missed: Arc<tokio::sync::Notify>,
+}
 
 impl TokenKeys {
     /// These keys, until [`TokenKeys::replace`].
     pub fn new(keys: Vec<proto::keys::PublicKey>) -> TokenKeys {
-        TokenKeys(Arc::new(parking_lot::RwLock::new(Arc::from(keys))))
+        TokenKeys {
+            keys: Arc::new(parking_lot::RwLock::new(Arc::from(keys))),
+            missed: Arc::default(),
+        }
     }
 
     /// The keys now.
     pub fn get(&self) -> Arc<[proto::keys::PublicKey]> {
-        Arc::clone(&self.0.read())
+        Arc::clone(&self.keys.read())
     }
 
     /// From now on, `keys` (every clone sees them).
     pub fn replace(&self, keys: Vec<proto::keys::PublicKey>) {
-        *self.0.write() = Arc::from(keys);
+        *self.keys.write() = Arc::from(keys);
+    }
+
+    /// Completes once a token named a key that is not among these since
+    /// the last time it completed (misses in between count once).
+    pub async fn missed(&self) {
+        self.missed.notified().await;
+    }
+
+    /// Notes a token that named a key not among these.
+    fn miss(&self) {
+        self.missed.notify_one();
     }
 }
