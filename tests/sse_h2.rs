@@ -393,6 +393,42 @@ async fn a_stream_that_is_not_read_is_closed_as_a_slow_consumer_and_holds_no_oth
 }
 
 #[tokio::test]
+async fn a_connection_without_streams_is_closed_after_the_auth_timeout() {
+    let (ca, _dir, s) = tls_server(&["--auth-timeout", "1"]).await;
+    // Never a stream: closed after one to two auth timeouts.
+    let (_h2, idle) = h2_connect(&s, &ca).await;
+    wait_metric(&s, H2_CONNS, 1).await;
+    timeout(Duration::from_secs(4), idle)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_metric(&s, H2_CONNS, 0).await;
+    // An open stream keeps its connection, however quiet; once it ends,
+    // the connection goes too.
+    let (h2, driver) = h2_connect(&s, &ca).await;
+    let mut sse = Sse::open_h2(
+        &h2,
+        "GET",
+        &format!("/sse?token={}", s.token("h2-idle")),
+        &[],
+    )
+    .await;
+    sse.opened(0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !driver.is_finished(),
+        "a connection with a stream was closed"
+    );
+    assert_eq!(metric(&s, H2_STREAMS).await, 1);
+    drop(sse);
+    timeout(Duration::from_secs(4), driver)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_metric(&s, H2_CONNS, 0).await;
+}
+
+#[tokio::test]
 async fn a_drain_closes_every_stream_with_4007_and_then_the_connection() {
     let (ca, _dir, mut s) = tls_server(&[]).await;
     let (h2, driver) = h2_connect(&s, &ca).await;
@@ -467,7 +503,7 @@ async fn chromium_eventsource_uses_h2() {
     // The browser's stream came over HTTP/2.
     assert_eq!(metric(&s, H2_STREAMS).await, 1);
     assert_eq!(metric(&s, H1_STREAMS).await, 0);
-    assert_eq!(metric(&s, H2_CONNS).await, 1);
+    assert!(metric(&s, H2_CONNS).await >= 1);
     let id = s
         .push_id(&["h2-chromium"], json!({"hello": "browser"}))
         .await;
