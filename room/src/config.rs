@@ -8,6 +8,10 @@ use proto::RoomId;
 /// Default bound of one connection's outbound queue in bytes (1 MiB).
 pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
 
+/// Default most concurrent server-sent event streams of one HTTP/2
+/// connection (`h2_max_streams`).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+
 /// Default `send`/`pub` frames per second per connection.
 pub const DEFAULT_SEND_RATE: u32 = 20;
 
@@ -87,6 +91,12 @@ pub struct RoomConfig {
     /// room, over all its client listeners (WebSocket, TCP, QUIC together);
     /// more are refused like a full room. 0: no limit.
     pub max_conns_per_ip: usize,
+    /// Server-sent event streams one HTTP/2 connection (https:// with ALPN
+    /// `h2`) may have open at once, advertised as
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; a stream over it is refused
+    /// (`REFUSED_STREAM`). Each stream is also one connection of
+    /// `max_connections` and `max_conns_per_ip`. At least 1.
+    pub h2_max_streams: u32,
     /// Channels with presence (names, or prefixes ending in `*`): the room
     /// keeps their members and sends `join`/`leave` to subscribers that
     /// asked with `presence`. Empty: none.
@@ -98,7 +108,7 @@ impl RoomConfig {
     /// heartbeat 30 s, auth timeout 10 s, frames up to 64 KiB, 256 queued messages
     /// and at most 1 MiB queued, 64 channels, 100 000 connections, 50 frames/s,
     /// reconnect spread over 5 s, no QUIC Retry, no per-address or per-user limit,
-    /// 60 s of grace after a token expires.
+    /// 60 s of grace after a token expires, 100 streams per HTTP/2 connection.
     pub fn new(room: RoomId, token_secret: Arc<[u8]>) -> RoomConfig {
         RoomConfig {
             room,
@@ -122,6 +132,7 @@ impl RoomConfig {
             replay_overlap: 0,
             quic_retry_above: None,
             max_conns_per_ip: 0,
+            h2_max_streams: DEFAULT_H2_MAX_STREAMS,
             presence_channels: Arc::from(Vec::new()),
         }
     }

@@ -71,6 +71,17 @@ impl Transport {
     }
 }
 
+/// HTTP versions of server-sent event streams, for their gauge.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Http {
+    /// HTTP/1.1: the stream is the connection.
+    H1 = 0,
+    /// HTTP/2: one stream of a connection that may carry more.
+    H2 = 1,
+}
+
+const HTTP_LABELS: [&str; 2] = ["1.1", "2"];
+
 /// All counters of one room.
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {
@@ -91,6 +102,10 @@ pub(crate) struct Metrics {
     pub(crate) replay_turns_missed: AtomicU64,
     pub(crate) replays_waiting: AtomicU64,
     pub(crate) backend_errors: AtomicU64,
+    /// Open HTTP/2 connections (https:// with ALPN h2).
+    pub(crate) h2_connections: AtomicU64,
+    /// Open server-sent event streams, by [`Http`] version.
+    sse_open: [AtomicU64; 2],
     drops: [AtomicU64; 4],
     closes: [AtomicU64; 10],
     refreshes: [AtomicU64; 2],
@@ -147,6 +162,16 @@ impl Metrics {
         inc(&self.refused[t as usize]);
     }
 
+    /// Counts a server-sent event stream opened (`true`) or ended (`false`).
+    pub(crate) fn sse_open(&self, http: Http, open: bool) {
+        let c = &self.sse_open[http as usize];
+        if open {
+            inc(c);
+        } else {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts an accepted connection.
     pub(crate) fn accepted(&self, t: Transport) {
         inc(&self.accepted[t as usize]);
@@ -180,10 +205,24 @@ impl Metrics {
             "Channels with at least one subscriber.",
             channels,
         );
+        gauge(
+            out,
+            "pushgate_room_h2_connections",
+            "Open HTTP/2 connections (https:// with ALPN h2, carrying server-sent event streams).",
+            get(&self.h2_connections),
+        );
+        labelled_kind(
+            out,
+            "pushgate_room_sse_connections",
+            "Open server-sent event streams, by HTTP version (each is one connection).",
+            "gauge",
+            ("http", &HTTP_LABELS),
+            &self.sse_open,
+        );
         labelled(
             out,
             "pushgate_room_accepted_total",
-            "Sockets accepted, by transport (an SSE stream's socket counts under ws when accepted and under sse once its stream opens).",
+            "Sockets accepted, by transport (an SSE stream's socket counts under ws when accepted and under sse once its stream opens; each HTTP/2 stream counts under sse).",
             "transport",
             &TRANSPORT_LABELS,
             &self.accepted,
@@ -191,7 +230,7 @@ impl Metrics {
         labelled(
             out,
             "pushgate_room_refused_total",
-            "Sockets refused because the room was full, by transport.",
+            "Sockets refused because the room was full, by transport (sse: HTTP/2 streams refused).",
             "transport",
             &TRANSPORT_LABELS,
             &self.refused,
@@ -346,7 +385,18 @@ fn labelled(
     values: &[&str],
     counters: &[AtomicU64],
 ) {
-    header(out, name, help, "counter");
+    labelled_kind(out, name, help, "counter", (label, values), counters);
+}
+
+fn labelled_kind(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    (label, values): (&str, &[&str]),
+    counters: &[AtomicU64],
+) {
+    header(out, name, help, kind);
     for (v, c) in values.iter().zip(counters) {
         let _ = writeln!(
             out,
@@ -378,5 +428,13 @@ mod tests {
         assert!(s.contains("pushgate_room_connections 3\n"));
         assert!(s.contains("pushgate_room_users 2\n"));
         assert!(s.contains("# TYPE pushgate_room_channels gauge\n"));
+        m.sse_open(Http::H2, true);
+        m.sse_open(Http::H2, true);
+        m.sse_open(Http::H2, false);
+        let mut s = String::new();
+        m.write(&mut s, 0, 0, 0);
+        assert!(s.contains("# TYPE pushgate_room_sse_connections gauge\n"));
+        assert!(s.contains("pushgate_room_sse_connections{http=\"1.1\"} 0\n"));
+        assert!(s.contains("pushgate_room_sse_connections{http=\"2\"} 1\n"));
     }
 }

@@ -63,13 +63,15 @@ impl Room {
     /// [`QuicListener::wait_idle`] lets the last close frames go out.
     pub async fn serve(&self, listener: Listener, shutdown: CancellationToken) {
         let shared = Arc::clone(&self.shared);
-        let tls = |certs: Option<TlsCerts>| certs.map(|c| TlsAcceptor::from(c.stream_config()));
         match listener {
             Listener::Ws(l, certs) => {
-                listen::accept_loop(shared, l, shutdown, listen::Kind::Ws, tls(certs)).await;
+                // ALPN h2 and http/1.1: server-sent events over HTTP/2.
+                let tls = certs.map(|c| TlsAcceptor::from(c.ws_config()));
+                listen::accept_loop(shared, l, shutdown, listen::Kind::Ws, tls).await;
             }
             Listener::Tcp(l, certs) => {
-                listen::accept_loop(shared, l, shutdown, listen::Kind::Tcp, tls(certs)).await;
+                let tls = certs.map(|c| TlsAcceptor::from(c.stream_config()));
+                listen::accept_loop(shared, l, shutdown, listen::Kind::Tcp, tls).await;
             }
             Listener::Quic(l) => listen::quic::accept_loop(shared, l, shutdown).await,
         }

@@ -10,9 +10,13 @@
 //! - The crypto provider is `ring`, named explicitly (never the process-wide
 //!   default), so that another crate enabling `aws-lc-rs` cannot make the
 //!   choice ambiguous.
-//! - wss:// and TLS-over-TCP accept TLS 1.2 and 1.3 and negotiate no ALPN
-//!   (browsers offer `http/1.1`; a server without ALPN ignores it). QUIC is
-//!   TLS 1.3 only and requires ALPN `pushgate/1`.
+//! - wss:// and TLS-over-TCP accept TLS 1.2 and 1.3. The WebSocket
+//!   listener offers ALPN `h2` and `http/1.1` (in that order of preference):
+//!   a browser that negotiates `h2` gets its server-sent event streams as
+//!   HTTP/2 streams of one connection (`listen::ws::h2`); a client that
+//!   offers no ALPN, or only `http/1.1` (every WebSocket client), gets
+//!   HTTP/1.1. TLS-over-TCP negotiates no ALPN. QUIC is TLS 1.3 only and
+//!   requires ALPN `pushgate/1`.
 //! - Session resumption uses stateless tickets (no per-client state on the
 //!   server). 0-RTT data is refused (`max_early_data_size` 0): the first
 //!   frame of a session is `auth`, and an auth frame must never be
@@ -35,6 +39,10 @@ use sha2::{Digest, Sha256};
 
 /// ALPN protocol id of pushgate over QUIC.
 pub const ALPN_QUIC: &[u8] = b"pushgate/1";
+/// ALPN protocol id of HTTP/2 over TLS (offered on the WebSocket listener).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of HTTP/1.1 (offered on the WebSocket listener).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +54,10 @@ pub struct TlsError(String);
 #[derive(Clone, Debug)]
 pub struct TlsCerts {
     resolver: Arc<SwapResolver>,
-    /// For wss:// and TLS-over-TCP.
+    /// For TLS-over-TCP (no ALPN).
     stream: Arc<ServerConfig>,
+    /// For the WebSocket listener: ALPN `h2` and `http/1.1`.
+    ws: Arc<ServerConfig>,
     /// For QUIC (TLS 1.3, ALPN `pushgate/1`).
     quic: Arc<ServerConfig>,
 }
@@ -156,11 +166,14 @@ impl TlsCerts {
                 .map_err(|e| TlsError(format!("tls configuration: {e}")))
         };
         let stream = build(rustls::DEFAULT_VERSIONS)?;
+        let mut ws = build(rustls::DEFAULT_VERSIONS)?;
+        ws.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         let mut quic = build(&[&rustls::version::TLS13])?;
         quic.alpn_protocols = vec![ALPN_QUIC.to_vec()];
         Ok(TlsCerts {
             resolver,
             stream: Arc::new(stream),
+            ws: Arc::new(ws),
             quic: Arc::new(quic),
         })
     }
@@ -190,9 +203,15 @@ impl TlsCerts {
         out
     }
 
-    /// The configuration of the wss:// and TLS-over-TCP listeners.
+    /// The configuration of the TLS-over-TCP listener.
     pub(crate) fn stream_config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.stream)
+    }
+
+    /// The configuration of the wss:// (and https:// server-sent events)
+    /// listener: ALPN `h2`, then `http/1.1`.
+    pub(crate) fn ws_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.ws)
     }
 
     /// The configuration of the QUIC listener.
@@ -244,6 +263,12 @@ mod tests {
         let stream = certs.stream_config();
         assert_eq!(stream.max_early_data_size, 0);
         assert!(stream.alpn_protocols.is_empty());
+        let ws = certs.ws_config();
+        assert_eq!(ws.max_early_data_size, 0);
+        assert_eq!(
+            ws.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         let quic = certs.quic_config();
         assert_eq!(quic.max_early_data_size, 0, "0-RTT must stay refused");
         assert_eq!(quic.alpn_protocols, vec![ALPN_QUIC.to_vec()]);

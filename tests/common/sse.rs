@@ -1,5 +1,7 @@
 //! A raw server-sent events client for the tests: the HTTP response head,
-//! then events parsed as `EventSource` parses them.
+//! then events parsed as `EventSource` parses them. Over HTTP/1.1 (a socket
+//! of its own) or as one stream of an HTTP/2 connection (the `h2` crate's
+//! client, independent of the server's code).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,6 +86,62 @@ impl Sse {
         }
     }
 
+    /// Sends `GET target` (or `method`) with `headers` as a new stream of the
+    /// HTTP/2 connection `h2`, and reads the response head (within 5 s).
+    pub async fn open_h2(
+        h2: &h2::client::SendRequest<bytes::Bytes>,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Sse {
+        let resp = Sse::request_h2(h2, method, target, headers).await;
+        timeout(Duration::from_secs(5), Sse::head_h2(resp))
+            .await
+            .expect("response head within 5 s")
+    }
+
+    /// Sends the request of [`Sse::open_h2`]; the response is still to come.
+    pub async fn request_h2(
+        h2: &h2::client::SendRequest<bytes::Bytes>,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> h2::client::ResponseFuture {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{target}"))
+            .header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(()).unwrap();
+        let mut h2 = timeout(Duration::from_secs(5), h2.clone().ready())
+            .await
+            .expect("h2 connection ready within 5 s")
+            .unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        resp
+    }
+
+    /// The response to [`Sse::request_h2`]: status, head and body.
+    pub async fn head_h2(resp: h2::client::ResponseFuture) -> Sse {
+        let resp = resp.await.unwrap();
+        let status = resp.status().as_u16();
+        let mut head = String::new();
+        for (k, v) in resp.headers() {
+            head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+        }
+        Sse {
+            sock: Box::new(H2Body {
+                recv: resp.into_body(),
+                chunk: bytes::Bytes::new(),
+            }),
+            buf: Vec::new(),
+            status,
+            head,
+        }
+    }
+
     /// The response body until the server closes (for refusals).
     pub async fn body(mut self) -> String {
         let mut rest = Vec::new();
@@ -154,5 +212,61 @@ impl Sse {
             assert_eq!(sub.event.as_deref(), Some("sub_ok"), "{sub:?}");
         }
         ok.json()
+    }
+}
+
+/// An HTTP/2 response body read as a byte stream (its window given back
+/// as it is read; dropping it resets the stream, as `EventSource.close()`
+/// does); writes go nowhere.
+struct H2Body {
+    recv: h2::RecvStream,
+    chunk: bytes::Bytes,
+}
+
+impl tokio::io::AsyncRead for H2Body {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while this.chunk.is_empty() {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(b)) => {
+                    let _ = this.recv.flow_control().release_capacity(b.len());
+                    this.chunk = b;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.chunk.len().min(buf.remaining());
+        buf.put_slice(&this.chunk.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for H2Body {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

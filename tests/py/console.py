@@ -61,7 +61,7 @@ def find(names):
     return None
 
 
-def browser():
+def browser(extra=()):
     chromium = find(["chromium", "chromium-browser"])
     driver = find(["chromedriver"]) or (
         "/usr/lib/chromium/chromedriver" if os.path.exists("/usr/lib/chromium/chromedriver") else None
@@ -83,6 +83,7 @@ def browser():
         "--no-first-run",
         "--window-size=1280,1100",
         "--lang=en-US",
+        *extra,
     ):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})

@@ -140,6 +140,9 @@ pub(crate) struct RoomSettings {
         default_value_t = 0
     )]
     pub(crate) max_conns_per_ip: usize,
+    /// Server-sent event streams one HTTP/2 connection (https:// with ALPN h2) may have open at once; each also counts as a connection.
+    #[arg(long, env = "PUSHGATE_H2_MAX_STREAMS", value_name = "N", default_value_t = room::config::DEFAULT_H2_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) h2_max_streams: u32,
     /// QUIC handshakes in progress from which new clients must first answer a Retry (address validation; 0 = always) [default: never].
     #[arg(long, env = "PUSHGATE_QUIC_RETRY_ABOVE", value_name = "N")]
     pub(crate) quic_retry_above: Option<usize>,
@@ -273,6 +276,7 @@ impl RoomSettings {
             replay_overlap: role.replay_overlap,
             quic_retry_above: self.quic_retry_above,
             max_conns_per_ip: self.max_conns_per_ip,
+            h2_max_streams: self.h2_max_streams,
             presence_channels: std::sync::Arc::from(self.presence_channels.clone()),
         }
     }

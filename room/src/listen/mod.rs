@@ -204,7 +204,7 @@ async fn refuse(
         Err(_) => return,
     };
     match kind {
-        Kind::Ws => ws::refuse(&shared, stream, why).await,
+        Kind::Ws => ws::refuse_tls(&shared, stream, why).await,
         Kind::Tcp => tcp::refuse(stream, why).await,
     }
 }

@@ -119,7 +119,7 @@ impl From<std::io::Error> for HandshakeError {
     }
 }
 
-const NOT_FOUND: Reject = Reject::new(
+pub(crate) const NOT_FOUND: Reject = Reject::new(
     404,
     "not found: the WebSocket endpoint is /ws, the server-sent events endpoint /sse",
 );
@@ -185,13 +185,14 @@ pub(crate) fn decide(head: &[u8]) -> Result<Accepted, Reject> {
     let path = req.path.unwrap_or("");
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     if route == super::sse::PATH {
-        if req.method == Some("OPTIONS") {
-            return Err(SSE_PREFLIGHT);
-        }
-        if req.method != Some("GET") {
-            return Err(SSE_NOT_GET);
-        }
-        return super::sse::decide(query, req.headers).map(|s| Accepted::Sse(Box::new(s)));
+        let headers = &*req.headers;
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+        };
+        return decide_sse(req.method, query, header).map(Accepted::Sse);
     }
     if route != PATH {
         return Err(NOT_FOUND);
@@ -254,6 +255,22 @@ pub(crate) fn decide(head: &[u8]) -> Result<Accepted, Reject> {
         bin: protocol == Some(PROTO_BIN),
         response,
     }))
+}
+
+/// Decides on a request for the SSE path, over HTTP/1.1 or HTTP/2: its
+/// method, query string (without `?`) and headers (see [`super::sse::decide`]).
+pub(crate) fn decide_sse<'h>(
+    method: Option<&str>,
+    query: &str,
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> Result<Box<super::sse::SseStart>, Reject> {
+    if method == Some("OPTIONS") {
+        return Err(SSE_PREFLIGHT);
+    }
+    if method != Some("GET") {
+        return Err(SSE_NOT_GET);
+    }
+    super::sse::decide(query, header).map(Box::new)
 }
 
 /// What a successful [`accept`] leads to.

@@ -26,8 +26,14 @@
 //!   that clients see a clean close (browsers: `wasClean`).
 //! - `GET /sse` on the same listener opens a server-sent event stream
 //!   instead ([`sse`]): one more framing of the same session.
+//! - https:// with ALPN `h2` (browsers negotiate it by themselves) serves
+//!   HTTP/2 ([`h2`]): each `GET /sse` stream is one session, many on one
+//!   connection. WebSocket over HTTP/2 (RFC 8441) is not offered, so
+//!   browsers open WebSockets on HTTP/1.1 connections of their own; a
+//!   `/ws` request on HTTP/2 gets 400.
 
 mod frame;
+mod h2;
 mod handshake;
 mod io;
 mod sse;
@@ -85,20 +91,27 @@ pub(crate) fn serve_tls(
     let handshake = Box::pin(async move {
         let deadline = tokio::time::Instant::now() + shared.cfg.auth_timeout;
         let (shared, tls) = crate::tls::handshake(shared, sock, peer, tls).await?;
+        if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+            return Some((shared, Opened::H2(tls, deadline)));
+        }
         handshake_until(shared, tls, peer, deadline).await
     });
     handshake.then(move |r| session_after(r, peer))
 }
 
-/// A connection after its handshake: a WebSocket or an event stream.
+/// A connection after its handshake: a WebSocket, an event stream, or an
+/// HTTP/2 connection (its own handshake still to come, by the deadline).
 enum Opened<S> {
     Ws(WsIo<S>),
     Sse(SseIo<S>),
+    H2(S, tokio::time::Instant),
 }
 
+/// What a rare connection (an event stream, an HTTP/2 connection) runs:
+/// boxed, so that it does not size every WebSocket task.
+type Boxed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The session after a successful handshake; nothing after a failed one.
-/// An event stream's session is boxed, so the rare SSE framing does not
-/// size every WebSocket task.
 fn session_after<S: ByteStream + 'static>(
     handshake: Option<(Arc<Shared>, Opened<S>)>,
     peer: SocketAddr,
@@ -109,9 +122,13 @@ fn session_after<S: ByteStream + 'static>(
         }
         Some((shared, Opened::Sse(io))) => {
             shared.metrics.accepted(Transport::Sse);
-            let session = session::run(shared, io, peer, Transport::Sse);
-            Either::Right(Either::Left(Box::pin(session)))
+            let open = sse::SseOpen::new(&shared, crate::metrics::Http::H1);
+            let session = session::run(shared, io, peer, Transport::Sse).map(move |()| drop(open));
+            Either::Right(Either::Left(Box::pin(session) as Boxed))
         }
+        Some((shared, Opened::H2(io, deadline))) => Either::Right(Either::Left(
+            Box::pin(h2::serve(shared, io, peer, deadline)) as Boxed,
+        )),
         None => Either::Right(Either::Right(std::future::ready(()))),
     }
 }
@@ -144,7 +161,7 @@ async fn handshake_until<S: ByteStream>(
             Opened::Ws(WsIo::new(sock, shared.cfg.max_frame, bin, rest))
         }
         handshake::Opened::Sse(start) => {
-            Opened::Sse(SseIo::new(sock, *start, shared.cfg.heartbeat))
+            Opened::Sse(SseIo::new(sock, *start, shared.cfg.heartbeat, &[]))
         }
     };
     Some((shared, io))
@@ -163,4 +180,19 @@ pub(crate) async fn refuse<S: ByteStream>(shared: &Shared, mut sock: S, why: sup
     };
     let limit = shared.cfg.auth_timeout.min(Duration::from_secs(2));
     let _ = tokio::time::timeout(limit, handshake::refuse(&mut sock, answer)).await;
+}
+
+/// [`refuse`] after the TLS handshake: an HTTP/2 connection (ALPN `h2`)
+/// gets the answer on its first stream, in HTTP/2.
+pub(crate) async fn refuse_tls(
+    shared: &Shared,
+    sock: tokio_rustls::server::TlsStream<TcpStream>,
+    why: super::Refusal,
+) {
+    if sock.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        let limit = shared.cfg.auth_timeout.min(Duration::from_secs(2));
+        let _ = tokio::time::timeout(limit, h2::refuse(sock, why)).await;
+        return;
+    }
+    refuse(shared, sock, why).await;
 }

@@ -20,14 +20,18 @@
 //! - The client cannot send after its request: the server writes a comment
 //!   every heartbeat interval (which also finds dead peers) and the stream
 //!   counts as alive while it does; no client heartbeat is expected.
-//! - The response is HTTP/1.1 with `Connection: close` and no length: the
-//!   stream ends when the connection does. `Access-Control-Allow-Origin: *`
+//! - Over HTTP/1.1 the response has `Connection: close` and no length: the
+//!   stream ends when the connection does. Over HTTP/2 (https:// with ALPN
+//!   `h2`, see [`super::h2`]) each request is one stream of a shared
+//!   connection, and [`SseIo`] runs on that stream ([`super::h2::H2Stream`])
+//!   exactly as it runs on a socket. `Access-Control-Allow-Origin: *`
 //!   lets pages on other origins use it (the token is in the URL, no
 //!   cookies). `retry: 1000` asks browsers to come back after a second.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -41,11 +45,15 @@ use super::handshake::Reject;
 use crate::error::{RecvError, SendError};
 use crate::io::{poll_write_out, ByteStream, FrameIo, Inbound, OutFrame};
 use crate::io::{MAX_READS, READ_CHUNK, WRITE_HIGH};
+use crate::metrics::{Http, Metrics};
 
 /// The path served.
 pub(crate) const PATH: &str = "/sse";
 
-/// The response head and the first event (the reconnect delay).
+/// The first event of every stream: the reconnect delay.
+pub(crate) const FIRST_EVENT: &[u8] = b"retry: 1000\n\n";
+
+/// The HTTP/1.1 response head and the first event ([`FIRST_EVENT`]).
 pub(crate) const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
 Content-Type: text/event-stream\r\n\
 Cache-Control: no-cache\r\n\
@@ -127,15 +135,14 @@ impl SseStart {
     }
 }
 
-/// Decides on a `GET /sse` request: its query string (without `?`) and headers.
-pub(crate) fn decide(query: &str, headers: &[httparse::Header<'_>]) -> Result<SseStart, Reject> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
-    };
+/// Decides on a `GET /sse` request: its query string (without `?`) and
+/// its headers, through `header` (the first value of a header by its
+/// lower-case name; HTTP/1.1 and HTTP/2 keep them differently).
+pub(crate) fn decide<'h>(
+    query: &str,
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> Result<SseStart, Reject> {
+    let header = |name: &str| header(name).map(str::trim);
     let mut token = None;
     let mut last_id = None;
     let mut device = None;
@@ -187,7 +194,30 @@ pub(crate) fn decide(query: &str, headers: &[httparse::Header<'_>]) -> Result<Ss
     })
 }
 
-/// An SSE client connection, over TCP or TLS.
+/// Counts an open server-sent event stream (by HTTP version) until dropped.
+pub(crate) struct SseOpen {
+    metrics: Arc<Metrics>,
+    http: Http,
+}
+
+impl SseOpen {
+    /// Counts one more open stream of `http`.
+    pub(crate) fn new(shared: &crate::shared::Shared, http: Http) -> SseOpen {
+        shared.metrics.sse_open(http, true);
+        SseOpen {
+            metrics: Arc::clone(&shared.metrics),
+            http,
+        }
+    }
+}
+
+impl Drop for SseOpen {
+    fn drop(&mut self) {
+        self.metrics.sse_open(self.http, false);
+    }
+}
+
+/// An SSE client connection, over TCP or TLS, or an HTTP/2 stream.
 pub(crate) struct SseIo<S = TcpStream> {
     sock: S,
     /// Encoded output not yet written (no allocation while empty).
@@ -205,11 +235,12 @@ pub(crate) struct SseIo<S = TcpStream> {
 
 impl<S: ByteStream> SseIo<S> {
     /// Streams events on `sock` (the response head already sent), with a
-    /// comment every `every`.
-    pub(crate) fn new(sock: S, start: SseStart, every: Duration) -> SseIo<S> {
+    /// comment every `every`; `first` is written before any event (the
+    /// HTTP/1.1 head carries [`FIRST_EVENT`] already; HTTP/2 passes it here).
+    pub(crate) fn new(sock: S, start: SseStart, every: Duration, first: &[u8]) -> SseIo<S> {
         SseIo {
             sock,
-            wbuf: Vec::new(),
+            wbuf: first.to_vec(),
             start: start.frames(),
             beat: Box::pin(tokio::time::sleep(every)),
             every,
@@ -360,14 +391,18 @@ mod tests {
     use super::*;
 
     fn parse(query: &str, headers: &[(&str, &str)]) -> Result<SseStart, Reject> {
-        let hs: Vec<httparse::Header<'_>> = headers
-            .iter()
-            .map(|(n, v)| httparse::Header {
-                name: n,
-                value: v.as_bytes(),
-            })
-            .collect();
-        decide(query, &hs)
+        decide(query, |name| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        })
+    }
+
+    #[test]
+    fn the_http1_head_ends_with_the_first_event() {
+        assert!(RESPONSE.ends_with(FIRST_EVENT));
+        assert!(RESPONSE.ends_with(b"\r\n\r\nretry: 1000\n\n"));
     }
 
     #[test]
@@ -458,7 +493,7 @@ mod tests {
     async fn frames_become_events() {
         let (a, _b) = tokio::io::duplex(64);
         let start = parse("token=t", &[]).unwrap();
-        let mut io = SseIo::new(a, start, Duration::from_secs(30));
+        let mut io = SseIo::new(a, start, Duration::from_secs(30), &[]);
         let msg = proto::MsgFrame {
             id: MsgId(5),
             ts: 1,
