@@ -1016,6 +1016,30 @@ mod tests {
         assert!(pending.is_empty(), "the replayed log was checkpointed");
     }
 
+    /// Expired seen records are swept away; live ones stay.
+    #[tokio::test]
+    async fn the_sweep_removes_expired_seen_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("pushgate.redb")).unwrap();
+        let t = now_ms();
+        let (old, live) = (UserId::new("old"), UserId::new("live"));
+        store.seen_put(&old, t + 10).await.unwrap();
+        store.seen_put(&live, t + 3_600_000).await.unwrap();
+        assert_eq!(store.sweep(t + 100).await.unwrap(), 1);
+        let left = store
+            .read(|db| {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(SEEN)?;
+                Ok(table.iter()?.count())
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, 1);
+        assert!(store.seen_get(&live, t + 100).await.unwrap());
+        assert!(!store.seen_get(&old, t + 100).await.unwrap());
+        store.close().await.unwrap();
+    }
+
     /// Many batches, then a checkpoint every time the log passes its bound:
     /// the log never holds more than one bound's worth, and nothing is lost.
     #[tokio::test]
