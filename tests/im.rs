@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::routing::post;
 use bytes::Bytes;
-use common::{now_secs, Client, Server, Transport};
+use common::{datas, now_secs, Client, Server, Transport};
 use parking_lot::Mutex;
 use proto::{ClientFrame, UserId};
 use serde_json::{json, Value};
@@ -429,4 +429,215 @@ async fn a_user_over_its_send_rate_on_several_connections_is_rate_limited() {
     let mut other = login(&s, Transport::Tcp, "wes", "x").await;
     let v = ask(&mut other, &send(1, "vic", json!(1), "w-1")).await;
     assert_eq!(v["op"], "send_ok", "{v}");
+}
+
+/// The value of the metric line starting with `name` (labels included) in
+/// `/metrics` text, 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `at` (a server's or room's HTTP address) reports `want` seen
+/// records written (they are written beside the connection, not before
+/// `auth_ok`).
+async fn wait_recorded(http: &reqwest::Client, at: SocketAddr, want: f64) {
+    let url = format!("http://{at}/metrics");
+    common::eventually("seen records written", Duration::from_secs(10), || {
+        let req = http.get(&url);
+        async move {
+            let Ok(r) = req.send().await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            metric(
+                &text,
+                "pushgate_known_users_recorded_total{outcome=\"written\"}",
+            ) >= want
+        }
+    })
+    .await;
+}
+
+/// Asserts that `v` is the non-fatal `unknown_user`.
+fn assert_unknown_user(v: &Value) {
+    assert_eq!(
+        (v["op"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("unknown_user")),
+        "{v}"
+    );
+    assert!(v.get("close").is_none(), "{v}");
+}
+
+/// `--send-known-users-only` on the embedded store: a recipient no one has
+/// heard of is refused (nothing stored: connecting later brings nothing),
+/// one who is online or authenticated before is not, nor is the sender
+/// itself; the connection stays usable; the seen record outlives a kill.
+#[tokio::test]
+async fn send_known_users_only_refuses_strangers_and_remembers_the_known() {
+    let http = reqwest::Client::new();
+    let mut s = Server::start(&["--send-known-users-only"]).await;
+    let mut a = login(&s, Transport::WsJson, "ku-ann", "phone").await;
+    let v = ask(&mut a, &send(1, "ku-nobody", json!("x"), "n-1")).await;
+    assert_unknown_user(&v);
+    // The connection stays usable; a send to oneself is never refused.
+    let me = ask(&mut a, &send(2, "ku-ann", json!("me"), "n-2")).await;
+    assert_eq!(me["op"], "send_ok", "{me}");
+    // Online: known at once.
+    let mut b = login(&s, Transport::Tcp, "ku-ben", "phone").await;
+    let ok = ask(&mut a, &send(3, "ku-ben", json!("hi"), "n-3")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+    assert_eq!(b.next_msg().await["id"], ok["id"]);
+    // Gone, but authenticated lately: still known.
+    wait_recorded(&http, s.http, 2.0).await;
+    drop(b);
+    s.wait_online("ku-ben", false).await;
+    let later = ask(&mut a, &send(4, "ku-ben", json!("later"), "n-4")).await;
+    assert_eq!(later["op"], "send_ok", "{later}");
+    // The refused message was stored nowhere.
+    let (_, v) = s.api("GET", "/users/ku-nobody/messages", None).await;
+    assert_eq!(v["messages"], json!([]), "{v}");
+    let mut n = login(&s, Transport::WsJson, "ku-nobody", "phone").await;
+    n.assert_quiet(QUIET).await;
+    let (_, text) = s.raw("GET", "/metrics", None, None, None).await;
+    assert_eq!(metric(&text, "pushgate_send_unknown_user_total"), 1.0);
+    // REST pushes are not affected.
+    s.push_id(&["ku-stranger"], json!("rest")).await;
+    drop((a, n));
+    // The seen records outlive a kill (the write-ahead log).
+    s.kill9().await;
+    s.restart().await;
+    let mut c = login(&s, Transport::WsJson, "ku-cy", "phone").await;
+    let ok = ask(&mut c, &send(1, "ku-ben", json!("after"), "r-1")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+    let v = ask(&mut c, &send(2, "ku-other", json!("x"), "r-2")).await;
+    assert_unknown_user(&v);
+    let mut b = login(&s, Transport::WsJson, "ku-ben", "phone").await;
+    let got = b.msgs(3).await;
+    assert_eq!(
+        datas(&got),
+        [json!("hi"), json!("later"), json!("after")],
+        "{got:?}"
+    );
+}
+
+/// Without the flag a stranger's queue takes the message as before; with
+/// it, a retry of that accepted message still gets its id.
+#[tokio::test]
+async fn without_the_flag_strangers_get_their_message_and_retries_keep_working_with_it() {
+    let mut s = Server::start(&[]).await;
+    let mut a = login(&s, Transport::WsJson, "kf-ann", "phone").await;
+    let ok = ask(&mut a, &send(1, "kf-nobody", json!("x"), "f-1")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+    let (_, v) = s.api("GET", "/users/kf-nobody/messages", None).await;
+    assert_eq!(v["messages"][0]["data"], json!("x"), "{v}");
+    drop(a);
+    s.stop().await;
+    s.restart_with(&["--send-known-users-only"]).await;
+    let mut a = login(&s, Transport::WsJson, "kf-ann", "phone").await;
+    // Its own queue has the message (device sync): replayed first.
+    assert_eq!(a.next_msg().await["id"], ok["id"]);
+    let again = ask(&mut a, &send(2, "kf-nobody", json!("x"), "f-1")).await;
+    assert_eq!(again["op"], "send_ok", "{again}");
+    assert_eq!(again["id"], ok["id"], "{again}");
+    let v = ask(&mut a, &send(3, "kf-nobody", json!("y"), "f-2")).await;
+    assert_unknown_user(&v);
+}
+
+/// The same on Redis: the seen record is `pg:{u:<user>}:seen`, with the
+/// time to live of `--known-user-ttl`.
+#[tokio::test]
+async fn send_known_users_only_on_redis() {
+    let http = reqwest::Client::new();
+    let redis = testkit::RedisServer::start();
+    let mut s = Server::start(&[
+        "--redis",
+        &redis.url(),
+        "--send-known-users-only",
+        "--known-user-ttl",
+        "7200",
+    ])
+    .await;
+    let mut a = login(&s, Transport::WsJson, "kr-ann", "phone").await;
+    let v = ask(&mut a, &send(1, "kr-nobody", json!("x"), "n-1")).await;
+    assert_unknown_user(&v);
+    let b = login(&s, Transport::WsJson, "kr-ben", "phone").await;
+    wait_recorded(&http, s.http, 2.0).await;
+    drop(b);
+    s.wait_online("kr-ben", false).await;
+    let ok = ask(&mut a, &send(2, "kr-ben", json!("hi"), "n-2")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (comes with redis-server: apt-get install redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let pttl: i64 = cli(&["PTTL", "pg:{u:kr-ben}:seen"]).parse().unwrap();
+    assert!(pttl > 7_000_000 && pttl <= 7_200_000, "seen ttl {pttl}");
+    assert_eq!(cli(&["EXISTS", "pg:{u:kr-nobody}:seen"]), "0");
+    let (_, v) = s.api("GET", "/users/kr-nobody/messages", None).await;
+    assert_eq!(v["messages"], json!([]), "{v}");
+    drop(a);
+    s.restart().await;
+    let mut c = login(&s, Transport::WsJson, "kr-cy", "phone").await;
+    let ok = ask(&mut c, &send(1, "kr-ben", json!("after"), "r-1")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+}
+
+/// A 2-room cluster: the recipient authenticated on room A, the sender is
+/// on room B; the rooms record through the saver and check through the
+/// saver and the registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_known_users_only_across_rooms_in_a_cluster() {
+    let http = reqwest::Client::new();
+    let mut c = common::cluster::Cluster::start(0, 1).await;
+    for id in 1..=2 {
+        let mut args = c.room_args(id);
+        args.push("--send-known-users-only".into());
+        let n = common::cluster::Node::start(&format!("room-{id}"), args).await;
+        c.rooms.push(n);
+    }
+    c.wait_rooms(2).await;
+    let token = |user: &str| {
+        let claims = json!({"sub": user, "exp": now_secs() + 3600});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(c.secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut sender = Client::connect_addr(c.ws(1), Transport::WsJson).await;
+    sender.auth(&token("kc-ann"), None, None).await;
+    let v = ask(&mut sender, &send(1, "kc-ben", json!("x"), "c-1")).await;
+    assert_unknown_user(&v);
+    // Online on room A (index 0): known through the registers.
+    let mut b = Client::connect_addr(c.ws(0), Transport::WsJson).await;
+    b.auth(&token("kc-ben"), None, None).await;
+    common::eventually("kc-ben online", Duration::from_secs(10), || async {
+        let (_, v) = c.api(0, "GET", "/users/kc-ben", None).await;
+        v["online"] == true
+    })
+    .await;
+    let ok = ask(&mut sender, &send(2, "kc-ben", json!("hi"), "c-2")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+    assert_eq!(b.next_msg().await["id"], ok["id"]);
+    // Offline: known through the record room A wrote through the saver.
+    wait_recorded(&http, c.rooms[0].addr("http listening on "), 1.0).await;
+    drop(b);
+    common::eventually("kc-ben offline", Duration::from_secs(10), || async {
+        let (_, v) = c.api(0, "GET", "/users/kc-ben", None).await;
+        v["online"] == false
+    })
+    .await;
+    let ok = ask(&mut sender, &send(3, "kc-ben", json!("later"), "c-3")).await;
+    assert_eq!(ok["op"], "send_ok", "{ok}");
+    let v = ask(&mut sender, &send(4, "kc-nobody", json!("x"), "c-4")).await;
+    assert_unknown_user(&v);
+    let (_, v) = c.api(0, "GET", "/users/kc-nobody/messages", None).await;
+    assert_eq!(v["messages"], json!([]), "{v}");
 }

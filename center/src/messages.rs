@@ -110,6 +110,35 @@ impl Center {
             })
     }
 
+    /// Whether `user` is known for `--send-known-users-only`: the store
+    /// holds a seen record of them not expired at `now_ms`
+    /// ([`saver::Store::seen_put`]), or they are connected now (the
+    /// directory lists a connection). The store is asked first.
+    ///
+    /// # Errors
+    /// [`ApiError::StoreUnavailable`] when the store cannot answer;
+    /// [`ApiError::Unavailable`] when the record is absent and the
+    /// directory cannot answer.
+    pub async fn user_known(&self, user: &UserId, now_ms: i64) -> Result<bool, ApiError> {
+        let deps = &self.inner.deps;
+        let seen = deps.store.seen_get(user, now_ms).await.map_err(|e| {
+            tracing::warn!(error = %e, "seen lookup failed");
+            ApiError::StoreUnavailable
+        })?;
+        if seen {
+            return Ok(true);
+        }
+        let conns = deps
+            .dir
+            .lookup(std::slice::from_ref(user))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "directory lookup failed");
+                ApiError::Unavailable("directory")
+            })?;
+        Ok(conns.iter().any(|c| !c.is_empty()))
+    }
+
     /// Stores and delivers a message sent by a client; returns its id (the
     /// first id, when the same cid was accepted before and has not
     /// expired).

@@ -30,6 +30,8 @@ pub(crate) struct LocalBackend {
     messages: Option<Arc<crate::messages::Messages>>,
     /// The other rooms of a cluster, for presence (none: one room).
     cluster_presence: Option<Arc<crate::presence::ClusterPresence>>,
+    /// Notes users who authenticate (`--send-known-users-only`; none: off).
+    known: Option<Arc<crate::known::KnownUsers>>,
 }
 
 /// Where a room reports its connections.
@@ -73,7 +75,17 @@ impl LocalBackend {
             events: None,
             messages: None,
             cluster_presence: None,
+            known: None,
         }
+    }
+
+    /// Notes every user who authenticates in `known` (none: nothing noted).
+    pub(crate) fn with_known_users(
+        mut self,
+        known: Option<Arc<crate::known::KnownUsers>>,
+    ) -> LocalBackend {
+        self.known = known;
+        self
     }
 
     /// Passes presence changes to the other rooms of a cluster, and counts
@@ -170,6 +182,9 @@ impl Backend for LocalBackend {
     }
 
     async fn connected(&self, s: &SessionInfo) {
+        if let Some(k) = &self.known {
+            k.note(&s.user);
+        }
         let Presence::Directory {
             dir,
             errors,

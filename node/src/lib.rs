@@ -18,6 +18,7 @@ mod dev;
 mod events;
 mod health;
 mod jwks;
+mod known;
 mod local_rooms;
 mod messages;
 mod net;

@@ -3,6 +3,12 @@
 //! (`--hook-url`), then [`center::Center::client_message`] (store, ids,
 //! delivery, idempotency by cid).
 //!
+//! With `--send-known-users-only`, a `send` to a user the deployment does
+//! not know ([`crate::known`]) is refused with `unknown_user` before the
+//! hook is asked (an unknown recipient costs the application server
+//! nothing); a `send` to oneself, and a retry of a message accepted before,
+//! are never refused for it.
+//!
 //! The hook is asked before anything is stored: `POST URL` with
 //! `{"event":"send"|"pub","from","device","to"|"channel","data","cid"}`
 //! and `Authorization: Bearer <--hook-secret>`; it answers
@@ -15,7 +21,7 @@
 //! for a slow hook beyond their own calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +30,8 @@ use room::{ClientMessage, MessageError, SessionInfo, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
+
+use crate::known::KnownUsers;
 
 /// Hook answers larger than this (plus the largest payload) are refused.
 const HOOK_ANSWER_SLACK: usize = 64 << 10;
@@ -36,15 +44,23 @@ pub(crate) struct Messages {
     /// The dispatcher; unset until the center exists (standalone builds it
     /// after the room), or for good in a cluster room without `--idgens`.
     center: OnceLock<center::Center>,
+    /// `--send-known-users-only`: the room's notes of known users.
+    known: Option<Arc<KnownUsers>>,
 }
 
 impl Messages {
-    /// Messages asking `hook` (if any); `pub` to `history` channels is kept.
-    pub(crate) fn new(hook: Option<Hook>, history: Vec<String>) -> Messages {
+    /// Messages asking `hook` (if any); `pub` to `history` channels is
+    /// kept; a `send` goes only to users `known` knows, when given.
+    pub(crate) fn new(
+        hook: Option<Hook>,
+        history: Vec<String>,
+        known: Option<Arc<KnownUsers>>,
+    ) -> Messages {
         Messages {
             hook,
             history,
             center: OnceLock::new(),
+            known,
         }
     }
 
@@ -58,6 +74,48 @@ impl Messages {
         if let Some(h) = &self.hook {
             h.write_metrics(out);
         }
+        if let Some(k) = &self.known {
+            k.write_metrics(out);
+        }
+    }
+
+    /// `Err(unknown_user)` when `--send-known-users-only` is on and `msg`
+    /// is a `send` to a user who is neither known nor `from` itself;
+    /// `Ok(Some(id))` when it is, but repeats a message accepted before
+    /// (answered with its id, as always).
+    async fn check_known(
+        &self,
+        center: &center::Center,
+        from: &SessionInfo,
+        msg: &ClientMessage,
+    ) -> Result<Option<MsgId>, MessageError> {
+        let (Some(known), Target::User(to)) = (&self.known, &msg.to) else {
+            return Ok(None);
+        };
+        if *to == from.user {
+            return Ok(None);
+        }
+        let unavailable =
+            |e: center::ApiError| MessageError::Unavailable(format!("not accepted: {e}"));
+        if center
+            .user_known(to, crate::backend::now_ms())
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(None);
+        }
+        // Accepted before (the recipient known then): answered as always.
+        if let Some(id) = center
+            .accepted_cid(&from.user, &msg.cid)
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(Some(id));
+        }
+        known.refused();
+        Err(MessageError::UnknownUser(
+            "the recipient is not a known user".into(),
+        ))
     }
 
     fn keeps_history(&self, channel: &str) -> bool {
@@ -75,6 +133,9 @@ impl Messages {
                 "this room cannot dispatch messages (a cluster room needs --idgens)".into(),
             ));
         };
+        if let Some(id) = self.check_known(center, from, &msg).await? {
+            return Ok(id);
+        }
         let data = match &self.hook {
             Some(h) => {
                 // A retry of an accepted message is answered without

@@ -147,7 +147,11 @@ impl Parts {
             replay_overlap: 0,
         };
         let events = args.room.events().context("start posting session events")?;
-        let messages = args.room.messages().context("set up the hook")?;
+        let known = args.room.known_users(&store);
+        let messages = args
+            .room
+            .messages(known.clone())
+            .context("set up the hook")?;
         let room = Room::new(
             args.room.room_config(
                 role,
@@ -157,7 +161,8 @@ impl Parts {
             Arc::new(
                 LocalBackend::new(role.id, Presence::Local(times.clone()), store.clone())
                     .with_events(events.clone())
-                    .with_messages(messages.clone()),
+                    .with_messages(messages.clone())
+                    .with_known_users(known),
             ),
         );
         args.room

@@ -385,11 +385,14 @@ pub enum ErrorCode {
     /// A `send` or `pub` could not be accepted now (store, ids or
     /// dispatcher unavailable); nothing was delivered; not fatal.
     Unavailable,
+    /// A `send` to a user the server does not know (with
+    /// `--send-known-users-only`); nothing was stored or delivered; not fatal.
+    UnknownUser,
 }
 
 impl ErrorCode {
     /// All codes, for tests and docs.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::AuthFailed,
         ErrorCode::AuthTimeout,
         ErrorCode::NotAuthenticated,
@@ -413,6 +416,7 @@ impl ErrorCode {
         ErrorCode::HookUnavailable,
         ErrorCode::TooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::UnknownUser,
     ];
 
     /// The wire name, e.g. `"auth_failed"`.
@@ -440,6 +444,7 @@ impl ErrorCode {
             ErrorCode::HookUnavailable => "hook_unavailable",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnknownUser => "unknown_user",
         }
     }
 
@@ -519,7 +524,8 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(23), None);
+        assert_eq!(ErrorCode::from_u8(23), Some(ErrorCode::UnknownUser));
+        assert_eq!(ErrorCode::from_u8(24), None);
         for n in 4001..=4008 {
             assert_eq!(CloseCode::from_u16(n).map(CloseCode::as_u16), Some(n));
         }

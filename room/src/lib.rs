@@ -177,10 +177,13 @@ pub enum MessageError {
     /// The hook did not answer in time, answered a non-2xx or garbage.
     #[error("hook unavailable: {0}")]
     HookUnavailable(String),
-    /// Not allowed here (e.g. an unknown recipient with
-    /// `--send-known-users-only`).
+    /// Not allowed here (e.g. a token that says `"send": false`).
     #[error("{0}")]
     Forbidden(String),
+    /// The recipient of a `send` is not known to the server (with
+    /// `--send-known-users-only`).
+    #[error("{0}")]
+    UnknownUser(String),
     /// The store, ids or dispatcher cannot take it now.
     #[error("{0}")]
     Unavailable(String),
@@ -193,6 +196,7 @@ impl MessageError {
             MessageError::Denied { .. } => proto::ErrorCode::HookDenied,
             MessageError::HookUnavailable(_) => proto::ErrorCode::HookUnavailable,
             MessageError::Forbidden(_) => proto::ErrorCode::Forbidden,
+            MessageError::UnknownUser(_) => proto::ErrorCode::UnknownUser,
             MessageError::Unavailable(_) => proto::ErrorCode::Unavailable,
         }
     }

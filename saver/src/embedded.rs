@@ -8,6 +8,8 @@
 //! - `channel_history` and `channel_history_meta`: the same shape per channel
 //! - `cids`: `(user, cid) -> (id, expires_at)`: the id a client's `send` or
 //!   `pub` got, so that a retry with the same cid is answered with it
+//! - `seen`: `user -> expires_at`: the user authenticated lately
+//!   (`--send-known-users-only`), logged and recovered like every write
 //!
 //! Writes go through one writer thread (redb has one writer at a time and is
 //! synchronous) fed by a bounded queue. The thread takes everything pending,
@@ -50,6 +52,7 @@ const QUEUE: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("user_qu
 const QUEUE_META: TableDefinition<&str, (u64, i64)> = TableDefinition::new("user_queue_meta");
 const ACKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("acks");
 const CIDS: TableDefinition<(&str, &str), (i64, i64)> = TableDefinition::new("cids");
+const SEEN: TableDefinition<&str, i64> = TableDefinition::new("seen");
 const HISTORY: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("channel_history");
 const HISTORY_META: TableDefinition<&str, (u64, i64)> =
     TableDefinition::new("channel_history_meta");
@@ -97,6 +100,10 @@ enum WriteOp {
         user: UserId,
         cid: String,
         id: i64,
+        expires_at: i64,
+    },
+    Seen {
+        user: UserId,
         expires_at: i64,
     },
 }
@@ -363,6 +370,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn seen_put(&self, user: &UserId, expires_at: i64) -> Result<(), StoreError> {
+        self.write(WriteOp::Seen {
+            user: user.clone(),
+            expires_at,
+        })
+        .await
+    }
+
+    async fn seen_get(&self, user: &UserId, now_ms: i64) -> Result<bool, StoreError> {
+        let user = user.clone();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(SEEN)?;
+            let got = table.get(user.as_str())?;
+            Ok(got.is_some_and(|g| g.value() > now_ms))
+        })
+        .await
+    }
+
     async fn append_channel(
         &self,
         channel: &str,
@@ -424,6 +450,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(HISTORY)?;
         txn.open_table(HISTORY_META)?;
         txn.open_table(CIDS)?;
+        txn.open_table(SEEN)?;
     }
     txn.commit()?;
     Ok(())
@@ -560,6 +587,7 @@ struct Tables<'t> {
     history_meta: MetaTable<'t>,
     acks: Table<'t, (&'static str, &'static str), i64>,
     cids: Table<'t, (&'static str, &'static str), (i64, i64)>,
+    seen: Table<'t, &'static str, i64>,
 }
 
 fn apply(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), redb::Error> {
@@ -612,6 +640,12 @@ fn apply(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), redb::Error> {
             t.cids
                 .insert((user.as_str(), cid.as_str()), (*id, *expires_at))?;
         }
+        WriteOp::Seen { user, expires_at } => {
+            let current = t.seen.get(user.as_str())?.map(|g| g.value());
+            if current.is_none_or(|c| c < *expires_at) {
+                t.seen.insert(user.as_str(), *expires_at)?;
+            }
+        }
     }
     Ok(())
 }
@@ -633,6 +667,7 @@ fn commit_batch(
             history_meta: txn.open_table(HISTORY_META)?,
             acks: txn.open_table(ACKS)?,
             cids: txn.open_table(CIDS)?,
+            seen: txn.open_table(SEEN)?,
         };
         for op in ops {
             apply(&mut tables, op)?;
@@ -671,6 +706,40 @@ struct SweepCursor(Option<(String, i64)>);
 /// Where the sweep of the `cids` table continues.
 #[derive(Default)]
 struct CidCursor(Option<(String, String)>);
+
+/// Where the sweep of the `seen` table continues.
+#[derive(Default)]
+struct SeenCursor(Option<String>);
+
+/// Removes expired seen records, at most [`SWEEP_LIMIT`] looked at.
+fn sweep_seen(
+    seen: &mut Table<'_, &'static str, i64>,
+    cursor: &mut SeenCursor,
+    now_ms: i64,
+) -> Result<u64, redb::Error> {
+    let mut expired = Vec::new();
+    let mut looked = 0;
+    let mut last = None;
+    {
+        let range = match &cursor.0 {
+            Some(u) => seen.range::<&str>((Bound::Excluded(u.as_str()), Bound::Unbounded))?,
+            None => seen.range::<&str>(..)?,
+        };
+        for entry in range.take(SWEEP_LIMIT) {
+            let (k, v) = entry?;
+            looked += 1;
+            if v.value() <= now_ms {
+                expired.push(k.value().to_owned());
+            }
+            last = Some(k.value().to_owned());
+        }
+    }
+    cursor.0 = if looked < SWEEP_LIMIT { None } else { last };
+    for user in &expired {
+        seen.remove(user.as_str())?;
+    }
+    Ok(expired.len() as u64)
+}
 
 /// Removes expired cids, at most [`SWEEP_LIMIT`] looked at.
 fn sweep_cids(
@@ -754,7 +823,7 @@ fn sweep_table(
 
 fn sweep(
     db: &Database,
-    cursors: &mut (SweepCursor, SweepCursor, CidCursor),
+    cursors: &mut (SweepCursor, SweepCursor, CidCursor, SeenCursor),
     now_ms: i64,
 ) -> Result<u64, redb::Error> {
     let mut txn = db.begin_write()?;
@@ -767,6 +836,7 @@ fn sweep(
         let mut meta = txn.open_table(HISTORY_META)?;
         removed += sweep_table(&mut data, &mut meta, &mut cursors.1, now_ms)?;
         removed += sweep_cids(&mut txn.open_table(CIDS)?, &mut cursors.2, now_ms)?;
+        removed += sweep_seen(&mut txn.open_table(SEEN)?, &mut cursors.3, now_ms)?;
     }
     if removed == 0 {
         txn.abort()?;
@@ -787,6 +857,7 @@ fn run_writer(db: &Database, mut wal: Wal, mut rx: mpsc::Receiver<Job>) {
         SweepCursor::default(),
         SweepCursor::default(),
         CidCursor::default(),
+        SeenCursor::default(),
     );
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
@@ -943,6 +1014,30 @@ mod tests {
         drop(store);
         let (_, pending) = Wal::open(&path.with_extension("wal")).unwrap();
         assert!(pending.is_empty(), "the replayed log was checkpointed");
+    }
+
+    /// Expired seen records are swept away; live ones stay.
+    #[tokio::test]
+    async fn the_sweep_removes_expired_seen_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("pushgate.redb")).unwrap();
+        let t = now_ms();
+        let (old, live) = (UserId::new("old"), UserId::new("live"));
+        store.seen_put(&old, t + 10).await.unwrap();
+        store.seen_put(&live, t + 3_600_000).await.unwrap();
+        assert_eq!(store.sweep(t + 100).await.unwrap(), 1);
+        let left = store
+            .read(|db| {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(SEEN)?;
+                Ok(table.iter()?.count())
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, 1);
+        assert!(store.seen_get(&live, t + 100).await.unwrap());
+        assert!(!store.seen_get(&old, t + 100).await.unwrap());
+        store.close().await.unwrap();
     }
 
     /// Many batches, then a checkpoint every time the log passes its bound:

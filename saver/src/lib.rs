@@ -13,7 +13,7 @@ pub mod remote;
 mod wal;
 
 pub use embedded::{EmbeddedStore, CHECKPOINT_BYTES, MAX_BATCH, SWEEP_LIMIT};
-pub use redis_backend::{acks_key, cid_key, history_key, queue_key, RedisStore};
+pub use redis_backend::{acks_key, cid_key, history_key, queue_key, seen_key, RedisStore};
 pub use remote::{RemoteStore, SaverService};
 
 use std::sync::Arc;
@@ -331,6 +331,30 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<StoredMsg>, StoreError>;
+
+    /// Records that `user` authenticated on this deployment, until
+    /// `expires_at` (ms since the epoch; a later call replaces it: callers
+    /// write now plus a fixed time to live, so it moves later).
+    /// Written only with `--send-known-users-only` (see
+    /// [`Store::seen_get`]). Durable when it returns.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write did not happen. The default (a store
+    /// that keeps no such records) is [`StoreError::Setup`].
+    async fn seen_put(&self, user: &UserId, expires_at: i64) -> Result<(), StoreError> {
+        let _ = (user, expires_at);
+        Err(StoreError::Setup("this store keeps no seen users"))
+    }
+
+    /// Whether [`Store::seen_put`] recorded `user` until after `now_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend fails. The default (a store that
+    /// keeps no such records) is [`StoreError::Setup`].
+    async fn seen_get(&self, user: &UserId, now_ms: i64) -> Result<bool, StoreError> {
+        let _ = (user, now_ms);
+        Err(StoreError::Setup("this store keeps no seen users"))
+    }
 
     /// Flushes anything pending and stops accepting writes.
     ///

@@ -6,6 +6,9 @@
 //! - `pg:{u:<user>}:q`: ZSET, the user's queue
 //! - `pg:{u:<user>}:acks`: HASH device -> last acked id (decimal)
 //! - `pg:{c:<channel>}:h`: ZSET, the channel's history
+//! - `pg:{u:<user>}:cid:<cid>`: STRING, the id a client's `send`/`pub` got
+//! - `pg:{u:<user>}:seen`: STRING `1`, the user authenticated lately
+//!   (`--send-known-users-only`); expires with the record
 //!
 //! `<user>` and `<channel>` are written with `%`, `{` and `}` percent-escaped
 //! (`%25`, `%7B`, `%7D`) so that a name cannot end the hash tag early.
@@ -383,6 +386,13 @@ pub fn cid_key(user: &str, cid: &str) -> String {
     format!("pg:{{u:{}}}:cid:{}", escape(user), escape(cid))
 }
 
+/// The key that says `user` authenticated lately (`--send-known-users-only`;
+/// its value is `1`, and it expires when the record does).
+#[must_use]
+pub fn seen_key(user: &str) -> String {
+    format!("pg:{{u:{}}}:seen", escape(user))
+}
+
 /// The acks key of `user`.
 #[must_use]
 pub fn acks_key(user: &str) -> String {
@@ -495,6 +505,32 @@ impl Store for RedisStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn seen_put(&self, user: &UserId, expires_at: i64) -> Result<(), StoreError> {
+        self.check_open()?;
+        let key = seen_key(user.as_str());
+        let () = self
+            .run_cmd(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg("1")
+                    .arg("PXAT")
+                    .arg(expires_at.max(1)),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn seen_get(&self, user: &UserId, _now_ms: i64) -> Result<bool, StoreError> {
+        self.check_open()?;
+        // Redis expires the key itself (PXAT at `seen_put`).
+        let n: i64 = self
+            .run_cmd(redis::cmd("EXISTS").arg(seen_key(user.as_str())))
+            .await
+            .map_err(backend)?;
+        Ok(n > 0)
     }
 
     async fn append_channel(

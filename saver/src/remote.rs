@@ -106,6 +106,21 @@ pub enum SaverReq {
         /// At most this many.
         limit: u32,
     },
+    // New variants go last: older peers decode the others by index.
+    /// [`Store::seen_put`].
+    SeenPut {
+        /// The user.
+        user: UserId,
+        /// Until when the record is kept (ms since the epoch).
+        expires_at: i64,
+    },
+    /// [`Store::seen_get`].
+    SeenGet {
+        /// The user.
+        user: UserId,
+        /// Records expired at this time count as absent.
+        now_ms: i64,
+    },
 }
 
 /// A saver's answer.
@@ -123,6 +138,9 @@ pub enum SaverResp {
     Backend(String),
     /// The saver's store is closed (the saver is shutting down).
     Closed,
+    // New variants go last: older peers decode the others by index.
+    /// The answer to [`SaverReq::SeenGet`].
+    Seen(bool),
 }
 
 /// Serves a [`Store`] over links (concurrent: every call is its own task).
@@ -210,6 +228,13 @@ impl SaverService {
                 .read_channel(&channel, after, now_ms, limit)
                 .await
                 .map(SaverResp::Msgs),
+            SaverReq::SeenPut { user, expires_at } => s
+                .seen_put(&user, expires_at)
+                .await
+                .map(|()| SaverResp::Done),
+            SaverReq::SeenGet { user, now_ms } => {
+                s.seen_get(&user, now_ms).await.map(SaverResp::Seen)
+            }
         };
         match r {
             Ok(resp) => resp,
@@ -469,6 +494,28 @@ impl Store for RemoteStore {
         match self.call(req).await? {
             SaverResp::Msgs(msgs) => Ok(msgs),
             other => Err(unexpected(&other, "read_channel")),
+        }
+    }
+
+    async fn seen_put(&self, user: &UserId, expires_at: i64) -> Result<(), StoreError> {
+        let req = SaverReq::SeenPut {
+            user: user.clone(),
+            expires_at,
+        };
+        match self.call(req).await? {
+            SaverResp::Done => Ok(()),
+            other => Err(unexpected(&other, "seen_put")),
+        }
+    }
+
+    async fn seen_get(&self, user: &UserId, now_ms: i64) -> Result<bool, StoreError> {
+        let req = SaverReq::SeenGet {
+            user: user.clone(),
+            now_ms,
+        };
+        match self.call(req).await? {
+            SaverResp::Seen(known) => Ok(known),
+            other => Err(unexpected(&other, "seen_get")),
         }
     }
 

@@ -82,12 +82,14 @@ async fn embedded_reopen_keeps_data() {
         }
         store.append_channel("ch", &msg(1, t), BIG).await.unwrap();
         store.ack(&u("r"), "d", MsgId(77)).await.unwrap();
+        store.seen_put(&u("seen"), t).await.unwrap();
         // Dropped without close: like a crash after the calls returned.
         drop(store);
     }
     let store = EmbeddedStore::open(&path).unwrap();
     assert_eq!(read_all(&store, "r").await, (51..=100).collect::<Vec<_>>());
     assert_eq!(store.acked(&u("r"), "d").await.unwrap(), Some(MsgId(77)));
+    assert!(store.seen_get(&u("seen"), now()).await.unwrap());
     let h = store.read_channel("ch", MsgId(0), now(), 10).await.unwrap();
     assert_eq!(ids(&h), [1]);
     // The trim count survived too: 50 more keep exactly the newest 50.
@@ -234,6 +236,18 @@ async fn redis_key_layout_and_expiry() {
     assert_eq!(hash_tag(&keys[1]), "u:k%7B1%7D");
     assert_eq!(hash_tag(&keys[1]), hash_tag(&keys[2]));
     assert_eq!(hash_tag(&saver::queue_key("a}b")), "u:a%7Db");
+    // The seen record of `--send-known-users-only` sits in the user's slot
+    // and expires with the record.
+    store.seen_put(&u("k{1}"), t).await.unwrap();
+    let seen = saver::seen_key("k{1}");
+    assert_eq!(seen, "pg:{u:k%7B1%7D}:seen");
+    assert_eq!(hash_tag(&seen), hash_tag(&keys[2]));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&seen)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= HOUR, "seen ttl {pttl}");
     store.close().await.unwrap();
 }
 

@@ -440,6 +440,12 @@ impl Server {
         self.absorb_startup(sp.startup);
     }
 
+    /// [`Server::restart`] with `extra` flags added to the command line.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.restart().await;
+    }
+
     // --- tokens -------------------------------------------------------------
 
     /// A one-hour token for `user`.

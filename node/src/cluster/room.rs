@@ -48,7 +48,11 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let refills = Refills::new(regs.partitions());
     let hook = dir_error_hook(regs.clone(), refills.clone());
     let events = args.room.events().context("start posting session events")?;
-    let messages = args.room.messages().context("set up the hook")?;
+    let known = args.room.known_users(&store);
+    let messages = args
+        .room
+        .messages(known.clone())
+        .context("set up the hook")?;
     // Clients' messages go through this room's own dispatcher (ids from
     // the idgens, the shared store, delivery through the registers), as a
     // center's pushes do; without --idgens they are refused.
@@ -80,6 +84,7 @@ pub(crate) async fn run(args: RoomArgs) -> anyhow::Result<()> {
     let backend = LocalBackend::new(role.id, Presence::directory(dir.clone(), Some(hook)), store)
         .with_events(events.clone())
         .with_messages(messages.clone())
+        .with_known_users(known)
         .with_cluster_presence(cluster_presence.clone());
     let room = Room::new(
         args.room.room_config(

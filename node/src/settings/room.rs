@@ -95,6 +95,12 @@ pub(crate) struct RoomSettings {
     /// Largest `data` of a `send` or `pub`, in bytes of JSON text; larger gets the non-fatal `too_large`.
     #[arg(long, env = "PUSHGATE_MAX_SEND_BYTES", value_name = "BYTES", default_value_t = room::config::DEFAULT_MAX_SEND_BYTES, value_parser = positive())]
     pub(crate) max_send_bytes: usize,
+    /// Refuse a client's `send` to a user who has not authenticated on this deployment within --known-user-ttl and is not connected now (the non-fatal `unknown_user`; nothing is stored). REST pushes are not affected.
+    #[arg(long, env = "PUSHGATE_SEND_KNOWN_USERS_ONLY")]
+    pub(crate) send_known_users_only: bool,
+    /// Seconds a user stays known after authenticating, for --send-known-users-only.
+    #[arg(long, env = "PUSHGATE_KNOWN_USER_TTL", value_name = "SECONDS", default_value_t = crate::known::DEFAULT_TTL_SECS, value_parser = seconds(31_536_000))]
+    pub(crate) known_user_ttl: u64,
     /// Seconds a connection stays open after its token's `exp` without a `refresh` (then 4008 token expired).
     #[arg(long, env = "PUSHGATE_TOKEN_GRACE", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
     pub(crate) token_grace: u64,
@@ -184,13 +190,32 @@ impl RoomSettings {
         crate::events::Events::start(cfg).map(Some)
     }
 
+    /// The record of known users, kept in `store`, when
+    /// `--send-known-users-only` is on (`None` otherwise: nothing is built
+    /// or written).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime (it starts the writer task).
+    pub(crate) fn known_users(
+        &self,
+        store: &std::sync::Arc<dyn saver::Store>,
+    ) -> Option<std::sync::Arc<crate::known::KnownUsers>> {
+        self.send_known_users_only.then(|| {
+            crate::known::KnownUsers::start(store.clone(), Duration::from_secs(self.known_user_ttl))
+        })
+    }
+
     /// What a room needs to take messages from clients: the hook (when
-    /// `--hook-url` is set) and the channels with history. The center that
+    /// `--hook-url` is set), the channels with history, and the known
+    /// users (`known`, with `--send-known-users-only`). The center that
     /// dispatches them is set later ([`crate::messages::Messages::set_center`]).
     ///
     /// # Errors
     /// When the hook's HTTP client cannot be built.
-    pub(crate) fn messages(&self) -> anyhow::Result<std::sync::Arc<crate::messages::Messages>> {
+    pub(crate) fn messages(
+        &self,
+        known: Option<std::sync::Arc<crate::known::KnownUsers>>,
+    ) -> anyhow::Result<std::sync::Arc<crate::messages::Messages>> {
         let hook = match &self.hook_url {
             Some(url) => Some(crate::messages::Hook::new(
                 url.clone(),
@@ -204,6 +229,7 @@ impl RoomSettings {
         Ok(std::sync::Arc::new(crate::messages::Messages::new(
             hook,
             self.history_channels.clone(),
+            known,
         )))
     }
 

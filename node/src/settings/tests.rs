@@ -295,3 +295,19 @@ fn presence_channels_and_jwks_url_from_file_and_flags() {
     assert!(parse(&["--token-jwks-refresh", "0"]).is_err());
     assert!(parse(&["--token-jwks-url", "not a url"]).is_err());
 }
+
+#[test]
+fn send_known_users_only_and_its_ttl_from_file_and_flags() {
+    let c = standalone(&[]);
+    assert!(!c.room.send_known_users_only);
+    assert_eq!(c.room.known_user_ttl, 30 * 86_400);
+    let (_d, p) = file("send_known_users_only = true\nknown_user_ttl = 3600\n");
+    let c = standalone(&["--config", &p]);
+    assert!(c.room.send_known_users_only);
+    assert_eq!(c.room.known_user_ttl, 3600);
+    let c = standalone(&["--send-known-users-only", "--known-user-ttl", "60"]);
+    assert!(c.room.send_known_users_only);
+    assert_eq!(c.room.known_user_ttl, 60);
+    assert!(parse(&["--known-user-ttl", "0"]).is_err());
+    assert!(parse(&["--known-user-ttl", "31536001"]).is_err());
+}

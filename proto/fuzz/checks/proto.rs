@@ -428,6 +428,12 @@ pub(crate) fn server_frames() -> Vec<ServerFrame> {
             message: String::new(),
             close: None,
         },
+        ServerFrame::Error {
+            seq: Some(7),
+            code: ErrorCode::UnknownUser,
+            message: "the recipient is not a known user".into(),
+            close: None,
+        },
     ]
 }
 

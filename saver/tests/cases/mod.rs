@@ -25,6 +25,7 @@ macro_rules! every_case {
             closed_store_refuses,
             cids_are_remembered_until_they_expire,
             senders_are_kept,
+            seen_users_are_known_until_they_expire,
         );
     };
 }
@@ -401,6 +402,27 @@ pub async fn cids_are_remembered_until_they_expire(store: &dyn Store) {
         store.cid_get(&u("carol"), "c-1", now()).await.unwrap(),
         None
     );
+}
+
+/// A user is known after `seen_put` until the record expires; a later put
+/// extends it; odd names do not collide.
+pub async fn seen_users_are_known_until_they_expire(store: &dyn Store) {
+    let t = now();
+    assert!(!store.seen_get(&u("alice"), t).await.unwrap());
+    store.seen_put(&u("alice"), t + HOUR).await.unwrap();
+    store.seen_put(&u("a{b}%"), t + HOUR).await.unwrap();
+    assert!(store.seen_get(&u("alice"), t).await.unwrap());
+    assert!(store.seen_get(&u("a{b}%"), t).await.unwrap());
+    assert!(!store.seen_get(&u("bob"), t).await.unwrap());
+    assert!(!store.seen_get(&u("a{b}"), t).await.unwrap());
+    // Expiry: 300 ms ahead, read after it passed; a second put extends it.
+    store.seen_put(&u("carol"), now() + 300).await.unwrap();
+    store.seen_put(&u("dave"), now() + 300).await.unwrap();
+    store.seen_put(&u("dave"), now() + HOUR).await.unwrap();
+    assert!(store.seen_get(&u("carol"), now()).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!store.seen_get(&u("carol"), now()).await.unwrap());
+    assert!(store.seen_get(&u("dave"), now()).await.unwrap());
 }
 
 /// A message's sender (user and cid) comes back from queues and history.
