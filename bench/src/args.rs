@@ -22,18 +22,31 @@ pub(crate) enum Transport {
     /// Server-sent events: `GET /sse?token=…` on the WebSocket listener
     /// (`--ws`), then JSON frames as events, server to client only.
     Sse,
+    /// Server-sent events over HTTP/2 over TLS (ALPN `h2`): each stream of
+    /// a connection (`--h2-streams` per connection) is one `GET /sse`
+    /// session, and counts as one connection.
+    #[value(name = "sse-h2")]
+    #[serde(rename = "sse-h2")]
+    SseH2,
 }
 
 impl Transport {
     /// The name on the command line and in reports (`ws`, `tcp`, `quic`,
-    /// `sse`).
+    /// `sse`, `sse-h2`).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Tcp => "tcp",
             Transport::Quic => "quic",
             Transport::Sse => "sse",
+            Transport::SseH2 => "sse-h2",
         }
+    }
+
+    /// Server-sent events (HTTP/1.1 or HTTP/2): a request carries the
+    /// token, and nothing is sent after it.
+    pub(crate) fn is_sse(self) -> bool {
+        matches!(self, Transport::Sse | Transport::SseH2)
     }
 }
 

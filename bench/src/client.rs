@@ -29,6 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::args::Transport;
 use crate::quic::{DialError, Dialer, QuicArgs};
 use crate::sse::{SseIo, SseTarget};
+use crate::sse_h2::{H2Dialer, SseH2Io};
 
 /// Largest frame accepted from the server.
 const MAX_FRAME: usize = proto::DEFAULT_MAX_FRAME;
@@ -57,6 +58,8 @@ pub(crate) struct Endpoint {
     quic: Option<Arc<Dialer>>,
     /// Where the event stream is requested, with `--transport sse` only.
     sse: Option<Arc<SseTarget>>,
+    /// The HTTP/2 dialer, with `--transport sse-h2` only.
+    h2: Option<Arc<H2Dialer>>,
 }
 
 impl Endpoint {
@@ -100,6 +103,7 @@ impl Endpoint {
                     url: Arc::from(ws_url),
                     quic: None,
                     sse,
+                    h2: None,
                 })
             }
             Transport::Tcp => {
@@ -114,6 +118,7 @@ impl Endpoint {
                     url: Arc::from(""),
                     quic: None,
                     sse: None,
+                    h2: None,
                 })
             }
             Transport::Quic => {
@@ -135,6 +140,36 @@ impl Endpoint {
                     url: Arc::from(""),
                     quic: Some(Arc::new(Dialer::new(quic, host)?)),
                     sse: None,
+                    h2: None,
+                })
+            }
+            Transport::SseH2 => {
+                let uri: Uri = ws_url
+                    .parse()
+                    .with_context(|| format!("invalid url {ws_url:?}"))?;
+                if !matches!(uri.scheme_str(), Some("wss" | "https")) {
+                    anyhow::bail!(
+                        "with --transport sse-h2 the --ws url must start with wss:// or https:// \
+                         (HTTP/2 is offered over TLS only): got {ws_url:?}"
+                    );
+                }
+                let host = uri
+                    .host()
+                    .with_context(|| format!("url {ws_url:?} has no host"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port = uri.port_u16().unwrap_or(443);
+                let addr = tokio::net::lookup_host((host, port))
+                    .await
+                    .with_context(|| format!("resolving {host}"))?
+                    .next()
+                    .with_context(|| format!("{host} resolves to no address"))?;
+                Ok(Endpoint {
+                    transport,
+                    addr,
+                    url: Arc::from(ws_url),
+                    quic: None,
+                    sse: None,
+                    h2: Some(Arc::new(H2Dialer::new(&uri, addr, quic)?)),
                 })
             }
         }
@@ -290,6 +325,7 @@ enum Io {
     Tcp(TcpIo),
     Quic(Box<QuicIo>),
     Sse(SseIo),
+    SseH2(Box<SseH2Io>),
 }
 
 /// A byte stream carrying length-prefixed binary frames (TCP, or the QUIC
@@ -363,6 +399,12 @@ impl Conn {
             }));
             return Ok(Conn { io });
         }
+        if let Some(dialer) = &ep.h2 {
+            let io = SseH2Io::connect(dialer.clone(), source).await?;
+            return Ok(Conn {
+                io: Io::SseH2(Box::new(io)),
+            });
+        }
         let sock = if ep.addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -393,6 +435,11 @@ impl Conn {
                 })?;
                 Io::Sse(SseIo::new(stream, target))
             }
+            Transport::SseH2 => {
+                return Err(ClientError::Handshake(
+                    "sse-h2 endpoint without a dialer".to_string(),
+                ))
+            }
             Transport::Tcp | Transport::Quic => Io::Tcp(TcpIo {
                 stream,
                 buf: BytesMut::with_capacity(TCP_READ_BUF),
@@ -418,6 +465,8 @@ impl Conn {
     ) -> Result<AuthOk, ClientError> {
         if let Io::Sse(s) = &mut self.io {
             // Boxed: it runs once, and must not size every connection's task.
+            Box::pin(s.open(token, last_id)).await?;
+        } else if let Io::SseH2(s) = &mut self.io {
             Box::pin(s.open(token, last_id)).await?;
         } else {
             self.send(&ClientFrame::Auth {
@@ -454,7 +503,7 @@ impl Conn {
     /// cannot send after its request: the server's comments keep the stream
     /// alive, and a `ping` sent there is a no-op.
     pub(crate) fn sends_pings(&self) -> bool {
-        !matches!(self.io, Io::Sse(_))
+        !matches!(self.io, Io::Sse(_) | Io::SseH2(_))
     }
 
     /// Sends one frame (JSON text on WebSocket, length-prefixed binary on
@@ -462,7 +511,7 @@ impl Conn {
     /// (the server keeps the stream alive), any other frame is an error.
     pub(crate) async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
         match &mut self.io {
-            Io::Sse(_) => match frame {
+            Io::Sse(_) | Io::SseH2(_) => match frame {
                 ClientFrame::Ping { .. } => Ok(()),
                 other => Err(ClientError::Send(format!(
                     "server-sent events carry nothing from the client after its request: \
@@ -495,6 +544,7 @@ impl Conn {
                 ev => ev,
             },
             Io::Sse(s) => s.recv().await,
+            Io::SseH2(s) => s.recv().await,
         }
     }
 
@@ -518,6 +568,7 @@ impl Conn {
             }
             Io::Tcp(mut t) => t.close(wait).await,
             Io::Sse(mut s) => s.close(wait).await,
+            Io::SseH2(s) => s.close(),
             Io::Quic(mut q) => {
                 q.framed.close(wait).await;
                 q.conn.close(0u32.into(), b"bench done");

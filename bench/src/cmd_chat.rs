@@ -152,7 +152,7 @@ struct ChatReport {
 /// Runs `bench chat`.
 pub(crate) async fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
-        args.transport != Transport::Sse,
+        !args.transport.is_sse(),
         "bench chat needs clients that send: --transport ws, tcp or quic"
     );
     let sched = Schedule::new(args.rate);

@@ -310,8 +310,8 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
 pub(crate) async fn run_report(args: IdleArgs) -> anyhow::Result<(Outcome, IdleReport)> {
     let n = args.connections;
     anyhow::ensure!(
-        !(args.no_auth && args.transport == Transport::Sse),
-        "--no-auth does not apply to --transport sse: its request carries the token"
+        !(args.no_auth && args.transport.is_sse()),
+        "--no-auth does not apply to --transport sse or sse-h2: its request carries the token"
     );
     proc::check_nofile(n + FD_RESERVE)?;
     let sources: Arc<[IpAddr]> = args.sources.clone().map(|s| s.0).unwrap_or_default().into();

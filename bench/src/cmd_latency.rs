@@ -167,7 +167,7 @@ pub(crate) async fn run(args: LatencyArgs) -> anyhow::Result<Outcome> {
     // Its clients ack on the way out so that a later run gets no replay; an
     // SSE client cannot send an ack.
     anyhow::ensure!(
-        args.transport != Transport::Sse,
+        !args.transport.is_sse(),
         "bench latency speaks ws, tcp or quic (--transport sse: bench idle only)"
     );
     let sched = Schedule::new(args.rate);

@@ -38,6 +38,7 @@ mod proc;
 mod quic;
 mod runctl;
 mod sse;
+mod sse_h2;
 mod stats;
 #[cfg(test)]
 mod testsrv;

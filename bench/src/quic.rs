@@ -38,6 +38,10 @@ pub(crate) struct QuicArgs {
     /// Trust the certificates of this PEM file (e.g. DATA/tls_cert.pem).
     #[arg(long)]
     pub(crate) tls_ca: Option<PathBuf>,
+    /// SSE streams per HTTP/2 connection (with `--transport sse-h2`; the
+    /// room's `--h2-max-streams` is 100 by default). 0 means 100.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) h2_streams: usize,
 }
 
 /// Opens QUIC connections to one server.
@@ -60,43 +64,7 @@ impl Dialer {
     /// A dialer for the server named `server_name` (the host part of
     /// `--quic`; checked against the certificate with `--tls-ca` only).
     pub(crate) fn new(args: &QuicArgs, server_name: &str) -> anyhow::Result<Dialer> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .context("tls 1.3 with the ring provider")?;
-        let mut tls = match (&args.tls_fingerprint, &args.tls_ca) {
-            (Some(fp), None) => {
-                let pin = Fingerprint::parse(fp)
-                    .map_err(|e| anyhow::anyhow!("--tls-fingerprint: {e}"))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(pushgate_client::pin_verifier(pin, provider))
-                    .with_no_client_auth()
-            }
-            (None, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading --tls-ca {}", path.display()))?;
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert =
-                        cert.with_context(|| format!("parsing --tls-ca {}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .with_context(|| format!("using --tls-ca {}", path.display()))?;
-                }
-                if roots.is_empty() {
-                    anyhow::bail!("--tls-ca {} holds no certificate", path.display());
-                }
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            (Some(_), Some(_)) => {
-                anyhow::bail!("--tls-fingerprint and --tls-ca exclude each other")
-            }
-            (None, None) => anyhow::bail!(
-                "--transport quic needs --tls-fingerprint sha256:<hex> or --tls-ca FILE \
-                 (standalone prints `tls fingerprint: ...`; its certificate is DATA/tls_cert.pem)"
-            ),
-        };
+        let mut tls = tls_client_config(args, "quic")?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
             .context("quic tls configuration")?;
@@ -186,6 +154,52 @@ pub(crate) struct QuicStream {
     pub(crate) conn: quinn::Connection,
     /// The stream, read and write halves joined.
     pub(crate) io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+}
+
+/// The TLS client configuration (TLS 1.3, ring) that trusts what
+/// `--tls-fingerprint` or `--tls-ca` says, without ALPN (the caller sets
+/// it); `transport` names the transport in the error when neither is given.
+pub(crate) fn tls_client_config(
+    args: &QuicArgs,
+    transport: &str,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("tls 1.3 with the ring provider")?;
+    let tls = match (&args.tls_fingerprint, &args.tls_ca) {
+        (Some(fp), None) => {
+            let pin =
+                Fingerprint::parse(fp).map_err(|e| anyhow::anyhow!("--tls-fingerprint: {e}"))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(pushgate_client::pin_verifier(pin, provider))
+                .with_no_client_auth()
+        }
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --tls-ca {}", path.display()))?;
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.with_context(|| format!("parsing --tls-ca {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("using --tls-ca {}", path.display()))?;
+            }
+            if roots.is_empty() {
+                anyhow::bail!("--tls-ca {} holds no certificate", path.display());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        (Some(_), Some(_)) => {
+            anyhow::bail!("--tls-fingerprint and --tls-ca exclude each other")
+        }
+        (None, None) => anyhow::bail!(
+            "--transport {transport} needs --tls-fingerprint sha256:<hex> or --tls-ca FILE \
+             (standalone prints `tls fingerprint: ...`; its certificate is DATA/tls_cert.pem)"
+        ),
+    };
+    Ok(tls)
 }
 
 #[cfg(test)]

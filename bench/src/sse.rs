@@ -57,7 +57,7 @@ const READ_CHUNK: usize = 2048;
 /// Largest response head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 /// Most bytes of a refusal's body kept for the error message.
-const MAX_BODY: usize = 1024;
+pub(crate) const MAX_BODY: usize = 1024;
 /// Largest event accepted: a maximal frame, with room for the `data: `
 /// prefixes of the lines its JSON may have been split into.
 const MAX_EVENT: usize = 2 * proto::DEFAULT_MAX_FRAME + 1024;
@@ -65,8 +65,8 @@ const MAX_EVENT: usize = 2 * proto::DEFAULT_MAX_FRAME + 1024;
 /// Where the event stream is requested: the `Host` header and the path.
 #[derive(Debug)]
 pub(crate) struct SseTarget {
-    host: String,
-    path: String,
+    pub(crate) host: String,
+    pub(crate) path: String,
 }
 
 impl SseTarget {
@@ -116,7 +116,7 @@ impl SseTarget {
 
 /// Appends `v` percent-encoded for a query string (everything but RFC 3986
 /// unreserved characters; a JWT needs none).
-fn push_query_value(out: &mut String, v: &str) {
+pub(crate) fn push_query_value(out: &mut String, v: &str) {
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
@@ -327,7 +327,7 @@ pub(crate) struct SseReader {
 
 impl SseReader {
     /// Appends bytes read.
-    fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
