@@ -311,7 +311,13 @@ async fn a_token_with_an_unknown_key_makes_the_jwks_fetched_again_at_once() {
         axum::routing::get(move || {
             let (d, h) = (Arc::clone(&d), Arc::clone(&h));
             async move {
-                h.fetch_add(1, Ordering::SeqCst);
+                // The first answer comes late, so that tokens the room
+                // refuses before it has any key come in while it fetches:
+                // that fetch answers them, and they must not use up the
+                // 10 s of the fetches for unknown keys.
+                if h.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
                 d.lock().clone()
             }
         }),
@@ -338,7 +344,10 @@ async fn a_token_with_an_unknown_key_makes_the_jwks_fetched_again_at_once() {
         auth_ok("ec-private.pem", "ec-1")
     })
     .await;
+    // Give a fetch for the refusals meanwhile the time to show, were it made.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let first = hits.load(Ordering::SeqCst);
+    assert_eq!(first, 1, "the refusals before the first fetch made another");
 
     // The provider rotates to a new key: the first token signed with it
     // is refused, and makes the room fetch again.

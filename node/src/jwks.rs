@@ -46,6 +46,9 @@ pub(crate) fn spawn(url: reqwest::Url, every: Duration, fixed: Vec<PublicKey>, k
         let mut fetched_once = false;
         let mut last_miss: Option<tokio::time::Instant> = None;
         loop {
+            // Tokens that named an unknown key until now are answered by
+            // this fetch, whatever it brings.
+            keys.clear_misses();
             match fetch(&client, &url).await {
                 Ok(set) => {
                     let n = set.len();

@@ -221,21 +221,32 @@ pub fn verify_any(
     Ok(claims)
 }
 
-/// Whether `token` is an RS256 or ES256 token that none of `public` can
-/// check: no key of its algorithm, or none with the `kid` it names. That
-/// is how a token signed with a key the identity provider added after the
-/// keys were fetched looks (see `--token-jwks-url`).
-pub fn names_unknown_key(token: &str, public: &[PublicKey]) -> bool {
-    let Ok(header) = jsonwebtoken::decode_header(token) else {
-        return false;
-    };
+/// When `token` is an RS256 or ES256 token that none of `public` can
+/// check (no key of its algorithm, or none with the `kid` it names), what
+/// it names: its `kid`, or its algorithm's name when it names no `kid`.
+/// That is how a token signed with a key the identity provider added after
+/// the keys were fetched looks (see `--token-jwks-url`).
+pub fn unknown_key(token: &str, public: &[PublicKey]) -> Option<String> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
     if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-        return false;
+        return None;
     }
     let kid = header.kid.as_deref();
-    !public.iter().any(|k| {
+    let known = public.iter().any(|k| {
         k.alg == header.alg && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
-    })
+    });
+    if known {
+        return None;
+    }
+    Some(kid.map_or_else(|| alg_name(header.alg).to_owned(), str::to_owned))
+}
+
+/// Whether any of `public` could check a token naming `named` (a `kid`,
+/// or an algorithm's name, as [`unknown_key`] gives it).
+pub fn names_known_key(named: &str, public: &[PublicKey]) -> bool {
+    public
+        .iter()
+        .any(|k| k.kid.as_deref() == Some(named) || alg_name(k.alg) == named)
 }
 
 /// Checks the signature of `token` with `key` and types its claims.

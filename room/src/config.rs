@@ -171,8 +171,10 @@ impl RoomConfig {
     ) -> Result<proto::token::Claims, proto::token::TokenError> {
         let keys = self.token_keys.get();
         let checked = proto::token::verify_any(token, &self.token_secret, &keys, now);
-        if checked.is_err() && proto::token::names_unknown_key(token, &keys) {
-            self.token_keys.miss();
+        if checked.is_err() {
+            if let Some(key) = proto::token::unknown_key(token, &keys) {
+                self.token_keys.miss(key);
+            }
         }
         checked
     }
@@ -209,8 +211,20 @@ pub fn matches_any(patterns: &[String], channel: &str) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct TokenKeys {
     keys: Arc<parking_lot::RwLock<Arc<[proto::keys::PublicKey]>>>,
-    missed: Arc<tokio::sync::Notify>,
+    missed: Arc<Missed>,
 }
+
+/// Keys that tokens named and the keys did not have, since the last fetch
+/// started.
+#[derive(Debug, Default)]
+struct Missed {
+    /// What they named (a `kid`, or an algorithm), at most [`MAX_MISSES`].
+    named: parking_lot::Mutex<Vec<String>>,
+    notify: tokio::sync::Notify,
+}
+
+/// Distinct unknown keys remembered between two fetches.
+const MAX_MISSES: usize = 16;
 
 impl TokenKeys {
     /// These keys, until [`TokenKeys::replace`].
@@ -231,14 +245,36 @@ impl TokenKeys {
         *self.keys.write() = Arc::from(keys);
     }
 
-    /// Completes once a token named a key that is not among these since
-    /// the last time it completed (misses in between count once).
-    pub async fn missed(&self) {
-        self.missed.notified().await;
+    /// Forgets the misses noted so far: called right before a fetch,
+    /// which answers them.
+    pub fn clear_misses(&self) {
+        self.missed.named.lock().clear();
     }
 
-    /// Notes a token that named a key not among these.
-    fn miss(&self) {
-        self.missed.notify_one();
+    /// Completes once a token named a key that is not among these since
+    /// [`TokenKeys::clear_misses`] and that they still lack (a miss that a
+    /// fetch since brought the key for does not count).
+    pub async fn missed(&self) {
+        loop {
+            self.missed.notify.notified().await;
+            let keys = self.get();
+            let mut named = self.missed.named.lock();
+            named.retain(|n| !proto::token::names_known_key(n, &keys));
+            if !named.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Notes a token that named `key` (a `kid`, or an algorithm), which
+    /// these do not have.
+    fn miss(&self, key: String) {
+        let mut named = self.missed.named.lock();
+        if named.len() >= MAX_MISSES || named.contains(&key) {
+            return;
+        }
+        named.push(key);
+        drop(named);
+        self.missed.notify.notify_one();
     }
 }
