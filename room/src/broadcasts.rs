@@ -78,11 +78,17 @@ impl Tracked {
         let unsent = self.fan.unsent.load(Ordering::Acquire);
         let queued = self.fan.queued.load(Ordering::Relaxed);
         let skipped = self.fan.skipped.load(Ordering::Relaxed);
+        // The references before `gone`: a queue counts the push gone just
+        // before it lets go of it, so a push dropped unwritten between the
+        // two reads is seen in both (and the `min` below takes it once),
+        // never in neither (which would count it written). The fence
+        // pairs with the release of an `Arc`'s drop.
+        let held = self.push.strong_count() as u64;
+        std::sync::atomic::fence(Ordering::Acquire);
         let gone = self.gone.load(Ordering::Acquire).min(queued);
-        // A queue counts the push gone just before it lets go of it, so
-        // for a moment both may count it once; while the fan-out runs, its
-        // own reference counts as one more pending (never one too few).
-        let pending = (self.push.strong_count() as u64).min(queued - gone);
+        // While the fan-out runs, its own reference counts as one more
+        // pending.
+        let pending = held.min(queued - gone);
         BroadcastProgress {
             delivered: queued - gone - pending,
             skipped: skipped + gone,
@@ -157,9 +163,30 @@ pub(crate) async fn fan_out(
     push: Arc<Push>,
     fan: &FanOut,
 ) {
-    let mut conns = conns.into_iter();
-    while fan_out_batch(hub, metrics, &mut conns, &push, fan) {
+    let mut rest = Rest {
+        conns: conns.into_iter(),
+        fan,
+    };
+    while fan_out_batch(hub, metrics, &mut rest.conns, &push, fan) {
         tokio::task::yield_now().await;
+    }
+}
+
+/// The connections a fan-out has not visited yet; dropped before the end
+/// (the runtime shutting down), they count as skipped, so that the
+/// broadcast's progress does not show them pending for as long as it is
+/// remembered.
+struct Rest<'a> {
+    conns: std::vec::IntoIter<Arc<Conn>>,
+    fan: &'a FanOut,
+}
+
+impl Drop for Rest<'_> {
+    fn drop(&mut self) {
+        let left = self.conns.len() as u64;
+        if left > 0 {
+            self.fan.record(0, left);
+        }
     }
 }
 
@@ -333,5 +360,21 @@ mod tests {
         assert!(matches!(conns[0].pop(), Popped::Msg(_)));
         assert_eq!(b.progress(MsgId(5)), Some(pending(1, n as u64 - 1)));
         assert_eq!(m.deliveries.load(Ordering::Relaxed), n as u64);
+
+        // A fan-out dropped after one batch (the runtime shutting down):
+        // the connections it never visited count as skipped, not pending.
+        let (p, gone) = Push::tracked(&msg(6)).unwrap();
+        let fan = b.start(MsgId(6), &p, gone, n as u64).unwrap();
+        let mut task = Box::pin(fan_out(&hub, &m, hub.all_conns(), p, &fan));
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        drop(task);
+        assert_eq!(
+            b.progress(MsgId(6)),
+            Some(BroadcastProgress {
+                delivered: 0,
+                skipped: (n - FAN_OUT_BATCH) as u64,
+                pending: FAN_OUT_BATCH as u64,
+            })
+        );
     }
 }

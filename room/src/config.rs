@@ -226,6 +226,9 @@ struct Missed {
 /// Distinct unknown keys remembered between two fetches.
 const MAX_MISSES: usize = 16;
 
+/// Longest key id remembered as missed; a longer one fetches nothing.
+const MAX_MISSED_NAME: usize = 256;
+
 impl TokenKeys {
     /// These keys, until [`TokenKeys::replace`].
     pub fn new(keys: Vec<proto::keys::PublicKey>) -> TokenKeys {
@@ -269,6 +272,10 @@ impl TokenKeys {
     /// Notes a token that named `key` (a `kid`, or an algorithm), which
     /// these do not have.
     fn miss(&self, key: String) {
+        // A made-up key id can be as long as the token: not kept.
+        if key.len() > MAX_MISSED_NAME {
+            return;
+        }
         let mut named = self.missed.named.lock();
         if named.len() >= MAX_MISSES || named.contains(&key) {
             return;

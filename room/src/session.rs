@@ -703,10 +703,12 @@ impl<'s> Live<'s> {
             metrics::inc(&self.shared.metrics.replays_skipped);
             return Ok(());
         }
+        // The whole replay waits in line for at most half a heartbeat.
+        let deadline = tokio::time::Instant::now() + self.shared.cfg.heartbeat / 2;
         let mut after = match last_id {
             Some(id) => id,
             None => {
-                let Some(turn) = replay_turn(self.shared).await else {
+                let Some(turn) = replay_turn(self.shared, deadline).await else {
                     self.miss_turn(FROM_ACK);
                     return Ok(());
                 };
@@ -722,6 +724,10 @@ impl<'s> Live<'s> {
             }
         };
         self.high = self.high.max(after);
+        // Where a replay put off goes on from: not moved back by the
+        // overlap (the next try moves it back once more), then the last id
+        // sent.
+        let mut resume = after;
         let cfg = &self.shared.cfg;
         after = cfg.look_back(after);
         // With an overlap, ids are not stored in strict order across
@@ -732,8 +738,8 @@ impl<'s> Live<'s> {
             self.replayed = self.replayed.max(after);
         }
         for _ in 0..MAX_REPLAY_PAGES {
-            let Some(turn) = replay_turn(self.shared).await else {
-                self.miss_turn(after);
+            let Some(turn) = replay_turn(self.shared, deadline).await else {
+                self.miss_turn(resume);
                 return Ok(());
             };
             let page = call(self.shared, backend.replay(user, after, PAGE)).await;
@@ -746,7 +752,7 @@ impl<'s> Live<'s> {
                 }
                 Err(e) => {
                     warn!(error = %e, "replay() failed; replaying later");
-                    return self.put_off_replay(after);
+                    return self.put_off_replay(resume);
                 }
             };
             let full = page.len() >= PAGE as usize;
@@ -758,6 +764,7 @@ impl<'s> Live<'s> {
             metrics::add(&self.shared.metrics.replayed, page.len() as u64);
             self.send_msgs(io, page).await?;
             after = last;
+            resume = last;
             self.high = self.high.max(last);
             if dedupe {
                 self.replayed = self.replayed.max(after);
@@ -1105,23 +1112,36 @@ where
     }
 }
 
-/// Calls the backend with a time limit; failures are counted.
 /// Waits for a turn at the store for one replay read (`replays_at_once`
-/// in flight per room, first come first served); `None` after a
-/// heartbeat's wait (at least 5 s), so that a session waiting in line still
-/// reads its client's pings in time.
-async fn replay_turn(shared: &Shared) -> Option<tokio::sync::SemaphorePermit<'_>> {
+/// in flight per room, first come first served); `None` once `deadline`
+/// passed (half a heartbeat after the replay began: a session waiting in
+/// line reads no frame, and its client's pings must be read within the
+/// idle limit of two heartbeats).
+async fn replay_turn(
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+) -> Option<tokio::sync::SemaphorePermit<'_>> {
     if let Ok(turn) = shared.replays.try_acquire() {
         return Some(turn);
     }
+    /// Counts one waiting replay for as long as it lives, so that a
+    /// session that ends while it waits (its future dropped) uncounts it.
+    struct Waiting<'a>(&'a std::sync::atomic::AtomicU64);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let waiting = &shared.metrics.replays_waiting;
     waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let wait = shared.cfg.heartbeat.max(Duration::from_secs(5));
-    let turn = timeout(wait, shared.replays.acquire()).await;
-    waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    turn.ok()?.ok()
+    let _counted = Waiting(waiting);
+    tokio::time::timeout_at(deadline, shared.replays.acquire())
+        .await
+        .ok()?
+        .ok()
 }
 
+/// Calls the backend with a time limit; failures are counted.
 async fn call<R, F>(shared: &Shared, fut: F) -> Result<R, BackendError>
 where
     F: Future<Output = Result<R, BackendError>>,
