@@ -338,7 +338,7 @@ impl Metrics {
         counter(
             out,
             "pushgate_room_replay_turns_missed_total",
-            "Replays that waited longer than a heartbeat for a turn at the store (--replays-at-once in flight) and were put off in place, live messages held meanwhile.",
+            "Replays that waited half a heartbeat in all for turns at the store (--replays-at-once in flight) and were put off in place, live messages held meanwhile.",
             get(&self.replay_turns_missed),
         );
         gauge(
