@@ -229,3 +229,83 @@ async fn heartbeat_comments_keep_a_silent_client_alive_and_a_kick_ends_with_clos
         "the stream ends after close"
     );
 }
+
+/// An independent client: Python's standard library reading the stream as
+/// the EventSource specification parses it (tests/py/sse_client.py). It
+/// resumes with Last-Event-ID, gets exactly the stored messages after it,
+/// then a live push, each as an unnamed event whose id is the message id.
+#[tokio::test]
+async fn an_independent_python_client_resumes_and_receives_live_events() {
+    use tokio::io::AsyncBufReadExt;
+
+    let py = common::python_with("http.client", "Python 3 (the standard library)");
+    let s = Server::start(&[]).await;
+    let user = "sse-py";
+    let id1 = s.push_id(&[user], json!({"n": 1})).await;
+    let id2 = s.push_id(&[user], json!({"n": 2})).await;
+    let id3 = s.push_id(&[user], json!({"n": 3, "text": "a\nb"})).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/sse_client.py");
+    let token = url_token(&s, user, &[]);
+    let mut child = tokio::process::Command::new(py)
+        .arg(script)
+        .args([
+            "127.0.0.1",
+            &s.ws.port().to_string(),
+            &token,
+            &id1.to_string(),
+            "3",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> serde_json::Value {
+        let line = timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line from the Python client in time")
+            .unwrap()
+            .expect("the Python client ended early");
+        serde_json::from_str(&line).unwrap()
+    };
+    let head = next().await;
+    assert_eq!(head["status"], 200, "{head}");
+    assert!(head["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    // Named events first (auth_ok), then the messages after Last-Event-ID.
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let ev = next().await;
+        if ev["event"].is_null() {
+            events.push(ev);
+        } else {
+            assert_eq!(ev["event"], "auth_ok", "{ev}");
+        }
+    }
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        [id2.to_string(), id3.to_string()],
+        "exactly what followed id {id1}"
+    );
+    let msg: serde_json::Value = serde_json::from_str(events[1]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (msg["op"].as_str(), msg["data"]["text"].as_str()),
+        (Some("msg"), Some("a\nb"))
+    );
+    // Live.
+    let id4 = s.push_id(&[user], json!({"n": 4})).await;
+    let ev = next().await;
+    assert_eq!(ev["id"], id4.to_string(), "{ev}");
+    let status = timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
