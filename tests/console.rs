@@ -27,32 +27,10 @@ fn script() -> PathBuf {
         .join("console.py")
 }
 
-/// Where a program is on PATH, if anywhere.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// Fails (never skips) when the browser or its driver is missing.
-fn require_chromium() {
-    let chromium = which("chromium").or_else(|| which("chromium-browser"));
-    let driver = which("chromedriver");
-    assert!(
-        chromium.is_some() && driver.is_some(),
-        "the console test needs Chromium and its WebDriver (chromium={chromium:?}, \
-         chromedriver={driver:?}): run scripts/test, or\n  \
-         apt-get install -y chromium chromium-driver"
-    );
-}
-
 #[tokio::test]
 async fn console_in_headless_chromium_shows_kicks_and_pushes() {
     let started = Instant::now();
-    require_chromium();
-    let py = common::python_with("selenium", "selenium");
+    let py = common::chromium_python();
     let s = Server::start(&[]).await;
 
     // alice (binary WebSocket) will be kicked; bob (JSON WebSocket, on

@@ -39,18 +39,7 @@ fn token(s: &Server, user: &str) -> String {
 
 #[tokio::test]
 async fn two_browser_tabs_talk_through_the_chat_page() {
-    let chromium = ["chromium", "chromium-browser"].iter().any(|n| {
-        std::process::Command::new("which")
-            .arg(n)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(
-        chromium,
-        "this test needs Chromium and its WebDriver: run scripts/test, or\n  \
-         apt-get install -y chromium chromium-driver"
-    );
-    let py = common::python_with("selenium", "selenium");
+    let py = common::chromium_python();
     let s = Server::start(&["--presence-channels", "room:*"]).await;
     let artifacts = std::env::temp_dir().join(format!("pushgate-chat-{}", std::process::id()));
     let out = tokio::process::Command::new(py)

@@ -17,28 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::sse::Sse;
-use common::{mint, now_secs, tls_client_config, Server, TestCa};
+use common::{mint, now_secs, tls_client_config, tls_server, Server, TestCa};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-/// A server with a certificate from a fresh CA; returns the CA, the
-/// directory of the files (kept alive) and the server.
-async fn tls_server(extra: &[&str]) -> (TestCa, tempfile::TempDir, Server) {
-    let ca = TestCa::new("pushgate h2 test ca");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.leaf().write(dir.path());
-    let mut args = vec![
-        "--tls-cert".to_string(),
-        cert.display().to_string(),
-        "--tls-key".to_string(),
-        key.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    (ca, dir, Server::start(&refs).await)
-}
 
 /// One HTTP/2 connection over TLS to the WebSocket listener, offering ALPN
 /// `h2` only (the handshake asserts the server chose it); its driver task.
@@ -460,18 +443,7 @@ async fn a_drain_closes_every_stream_with_4007_and_then_the_connection() {
 #[tokio::test]
 async fn chromium_eventsource_uses_h2() {
     use tokio::io::AsyncBufReadExt;
-    let chromium = ["chromium", "chromium-browser"].iter().any(|n| {
-        std::process::Command::new("which")
-            .arg(n)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(
-        chromium,
-        "this test needs Chromium and its WebDriver: run scripts/test, or\n  \
-         apt-get install -y chromium chromium-driver"
-    );
-    let py = common::python_with("selenium", "selenium");
+    let py = common::chromium_python();
     let (_ca, _dir, s) = tls_server(&[]).await;
     let url = format!(
         "https://localhost:{}/sse?token={}",

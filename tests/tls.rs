@@ -9,30 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    peer_leaf, quic_client, quic_endpoint, run_cli, tls_connect, wss_handshake, FrameClient,
-    Server, TestCa, QUIC_ALPN,
+    peer_leaf, quic_client, quic_endpoint, run_cli, tls_connect, tls_server, wss_handshake,
+    FrameClient, Server, TestCa, QUIC_ALPN,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A server with `--tls-cert`/`--tls-key` from a fresh CA; returns the CA,
-/// the directory of the files (kept alive) and the server.
-async fn tls_server(extra: &[&str]) -> (TestCa, tempfile::TempDir, Server) {
-    let ca = TestCa::new("pushgate test ca");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.leaf().write(dir.path());
-    let mut args = vec![
-        "--tls-cert".to_string(),
-        cert.display().to_string(),
-        "--tls-key".to_string(),
-        key.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let s = Server::start(&refs).await;
-    (ca, dir, s)
-}
 
 /// The next JSON text frame of a wss:// client.
 async fn ws_next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value

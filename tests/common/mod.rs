@@ -57,6 +57,27 @@ pub fn python_with(module: &str, package: &str) -> PathBuf {
     py
 }
 
+/// Checks that headless Chromium and its WebDriver are installed (a test
+/// that drives a real browser fails, and says how to install them, when
+/// they are not) and returns the Python that runs the selenium scripts.
+pub fn chromium_python() -> PathBuf {
+    let which = |name: &str| {
+        std::process::Command::new("which")
+            .arg(name)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let chromium = which("chromium") || which("chromium-browser");
+    let driver = which("chromedriver");
+    assert!(
+        chromium && driver,
+        "this test needs Chromium and its WebDriver (chromium: {chromium}, \
+         chromedriver: {driver}): run scripts/test, or\n  \
+         apt-get install -y chromium chromium-driver"
+    );
+    python_with("selenium", "selenium")
+}
+
 /// How long a server may take to print `ready`.
 pub const STARTUP: Duration = Duration::from_secs(20);
 
@@ -1369,6 +1390,24 @@ pub fn pem_cert_der(pem: &str) -> Vec<u8> {
         .expect("a certificate in the PEM")
         .expect("valid PEM")
         .to_vec()
+}
+
+/// A standalone server with `--tls-cert`/`--tls-key` from a fresh CA, and
+/// `extra` flags; returns the CA, the directory of the files (kept alive)
+/// and the server.
+pub async fn tls_server(extra: &[&str]) -> (TestCa, tempfile::TempDir, Server) {
+    let ca = TestCa::new("pushgate test ca");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf().write(dir.path());
+    let mut args = vec![
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        key.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    (ca, dir, Server::start(&refs).await)
 }
 
 /// A test certificate authority (rcgen), issuing leaf certificates.
