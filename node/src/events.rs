@@ -158,6 +158,22 @@ pub(crate) fn write_rows(out: &mut String, rows: &[(&str, &str, &str, u64)]) {
     }
 }
 
+/// Writes one counter family with a label, a series per value: (label
+/// value, count) each.
+pub(crate) fn write_labelled(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, v) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {v}");
+    }
+}
+
 /// The posting task's state.
 struct Poster {
     client: reqwest::Client,

@@ -144,32 +144,37 @@ impl KnownUsers {
 
     /// Writes the counters (Prometheus text).
     pub(crate) fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let s = &self.shared;
-        let _ = writeln!(
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::events::write_labelled(
             out,
-            "# HELP pushgate_known_users_recorded_total Seen records of --send-known-users-only written at authentication, by outcome (failed: the store did not take it; dropped: too many were waiting).\n# TYPE pushgate_known_users_recorded_total counter"
+            "pushgate_known_users_recorded_total",
+            "Seen records of --send-known-users-only written at authentication, by outcome (failed: the store did not take it; dropped: too many were waiting).",
+            "outcome",
+            &[
+                ("written", get(&s.written)),
+                ("failed", get(&s.failed)),
+                ("dropped", get(&s.dropped)),
+            ],
         );
-        for (label, v) in [
-            ("written", &s.written),
-            ("failed", &s.failed),
-            ("dropped", &s.dropped),
-        ] {
-            let _ = writeln!(
-                out,
-                "pushgate_known_users_recorded_total{{outcome=\"{label}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
+        let noted_help =
+            format!("Users this room wrote a seen record for lately (at most {MAX_NOTED}).");
+        crate::events::write_rows(
             out,
-            "# HELP pushgate_known_users_noted Users this room wrote a seen record for lately (at most {MAX_NOTED}).\n# TYPE pushgate_known_users_noted gauge\npushgate_known_users_noted {}",
-            s.noted.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pushgate_send_unknown_user_total Client sends refused with unknown_user (--send-known-users-only).\n# TYPE pushgate_send_unknown_user_total counter\npushgate_send_unknown_user_total {}",
-            s.refused.load(Ordering::Relaxed)
+            &[
+                (
+                    "pushgate_known_users_noted",
+                    "gauge",
+                    &noted_help,
+                    s.noted.len() as u64,
+                ),
+                (
+                    "pushgate_send_unknown_user_total",
+                    "counter",
+                    "Client sends refused with unknown_user (--send-known-users-only).",
+                    get(&s.refused),
+                ),
+            ],
         );
     }
 }

@@ -345,21 +345,18 @@ impl Hook {
     fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let c = &self.counters;
-        let _ = writeln!(
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::events::write_labelled(
             out,
-            "# HELP pushgate_hook_calls_total Hook calls for client messages, by outcome (failed: timeout, refused connection, non-2xx or bad answer).\n# TYPE pushgate_hook_calls_total counter"
+            "pushgate_hook_calls_total",
+            "Hook calls for client messages, by outcome (failed: timeout, refused connection, non-2xx or bad answer).",
+            "outcome",
+            &[
+                ("allowed", get(&c.allowed)),
+                ("denied", get(&c.denied)),
+                ("failed", get(&c.failed)),
+            ],
         );
-        for (label, v) in [
-            ("allowed", &c.allowed),
-            ("denied", &c.denied),
-            ("failed", &c.failed),
-        ] {
-            let _ = writeln!(
-                out,
-                "pushgate_hook_calls_total{{outcome=\"{label}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP pushgate_hook_call_seconds_total Time spent in hook calls.\n# TYPE pushgate_hook_call_seconds_total counter\npushgate_hook_call_seconds_total {}",
