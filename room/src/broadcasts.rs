@@ -47,8 +47,9 @@ pub(crate) struct FanOut {
     queued: AtomicU64,
     /// Connections that did not take it (full queue, closing).
     skipped: AtomicU64,
-    /// Connections of the snapshot not visited yet.
-    unsent: AtomicU64,
+    /// Connections in the snapshot; those not visited yet are what the
+    /// two counts above leave of it.
+    total: u64,
 }
 
 impl FanOut {
@@ -56,9 +57,8 @@ impl FanOut {
     /// `queued + skipped` connections visited.
     fn record(&self, queued: u64, skipped: u64) {
         self.queued.fetch_add(queued, Ordering::Relaxed);
-        self.skipped.fetch_add(skipped, Ordering::Relaxed);
-        // Release: whoever sees fewer unsent sees the counts above.
-        self.unsent.fetch_sub(queued + skipped, Ordering::Release);
+        // Release: whoever sees this batch's skipped sees its queued.
+        self.skipped.fetch_add(skipped, Ordering::Release);
     }
 }
 
@@ -74,10 +74,12 @@ struct Tracked {
 
 impl Tracked {
     fn progress(&self) -> BroadcastProgress {
-        // Unsent first: a batch counted as visited is in the counts below.
-        let unsent = self.fan.unsent.load(Ordering::Acquire);
+        // Skipped first: a batch seen there is seen in queued too. A batch
+        // seen in queued only counts once more as not visited (pending a
+        // moment longer, never written too early).
+        let skipped = self.fan.skipped.load(Ordering::Acquire);
         let queued = self.fan.queued.load(Ordering::Relaxed);
-        let skipped = self.fan.skipped.load(Ordering::Relaxed);
+        let unsent = self.fan.total.saturating_sub(queued + skipped);
         // The references before `gone`: a queue counts the push gone just
         // before it lets go of it, so a push dropped unwritten between the
         // two reads is seen in both (and the `min` below takes it once),
@@ -137,7 +139,7 @@ impl Broadcasts {
             recent.pop_front();
         }
         let fan = Arc::new(FanOut {
-            unsent: AtomicU64::new(connections),
+            total: connections,
             ..FanOut::default()
         });
         recent.push_back(Tracked {
@@ -198,8 +200,11 @@ pub(crate) fn fan_out_now(
     push: Arc<Push>,
     fan: &FanOut,
 ) {
-    let mut conns = conns.into_iter();
-    while fan_out_batch(hub, metrics, &mut conns, &push, fan) {}
+    let mut rest = Rest {
+        conns: conns.into_iter(),
+        fan,
+    };
+    while fan_out_batch(hub, metrics, &mut rest.conns, &push, fan) {}
 }
 
 /// Queues `push` to the next [`FAN_OUT_BATCH`] connections of `conns`;
