@@ -8,7 +8,9 @@
 //! written under `bench/results/` as JSON, Markdown and SVG plots.
 
 pub(crate) mod cluster;
+mod dial;
 mod fleet;
+mod holder;
 pub(crate) mod markdown;
 mod phases;
 pub(crate) mod plot;

@@ -16,20 +16,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use parking_lot::Mutex;
-use proto::{ClientFrame, MsgId, ServerFrame};
+use proto::MsgId;
 use pushgate_client::backoff::{server_delay, Backoff};
 use serde::Deserialize;
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, Lines,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::dial::{self, Framing, Login, Target};
+use super::holder::{self, Arrival, Dropped, Holder, Hooks};
 use super::wire::{Answer, Command, Setup, WorkerStats};
 use crate::args::{parse_duration, sources_arg, Sources, Transport};
-use crate::client::{Closed, Conn, Endpoint, Event};
-use crate::pace::{Heartbeat, Schedule};
+use crate::client::{Closed, Endpoint};
+use crate::pace::Schedule;
 use crate::quic::QuicArgs;
 use crate::stats::{LatencyHist, Tally};
 
@@ -177,7 +179,12 @@ struct Counters {
 /// Everything the connection tasks share.
 struct Shared {
     args: Plan,
-    endpoints: Vec<Endpoint>,
+    framing: Framing,
+    targets: Vec<Target>,
+    /// Takes authenticated connections and holds them.
+    holder: Holder,
+    /// Connections that ended, to reconnect (at most one per user).
+    dropped: mpsc::UnboundedSender<Dropped>,
     live_per_room: Vec<AtomicU64>,
     c: Counters,
     /// Latency histograms by key (see [`super::wire::Answer::Hists`]).
@@ -216,15 +223,65 @@ impl Shared {
             );
             plan.sources = None;
         }
-        Ok(Arc::new(Shared {
-            live_per_room: (0..endpoints.len()).map(|_| AtomicU64::new(0)).collect(),
-            endpoints,
+        let framing = match plan.transport {
+            Transport::Tcp => Framing::Tcp,
+            _ => Framing::Ws,
+        };
+        let targets = endpoints
+            .iter()
+            .zip(&plan.rooms)
+            .map(|(e, url)| match framing {
+                Framing::Tcp => Ok(Target::tcp(e.addr())),
+                Framing::Ws => Target::ws(e.addr(), url),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (holder, runner) = holder::new(framing).context("starting the holder's poll")?;
+        let (dropped, dropped_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            live_per_room: (0..targets.len()).map(|_| AtomicU64::new(0)).collect(),
+            framing,
+            targets,
+            holder,
+            dropped,
             c: Counters::default(),
             hists: Mutex::new(BTreeMap::new()),
             connecting: Semaphore::new(plan.concurrency.max(1)),
             cancel: CancellationToken::new(),
             args: plan,
-        }))
+        });
+        runner
+            .spawn(shared.clone())
+            .context("starting the holder thread")?;
+        tokio::spawn(reconnects(shared.clone(), dropped_rx));
+        Ok(shared)
+    }
+}
+
+impl Hooks for Shared {
+    fn message(&self, id: MsgId, data: &[u8], last_unicast: &mut Option<MsgId>) {
+        on_message(self, id, data, last_unicast);
+    }
+
+    fn ping_sent(&self) {
+        self.c.pings.fetch_add(1, Relaxed);
+    }
+
+    fn pong(&self) {
+        self.c.pongs.fetch_add(1, Relaxed);
+    }
+
+    fn dropped(&self, d: Dropped) {
+        self.c.live.fetch_sub(1, Relaxed);
+        if let Some(n) = self.live_per_room.get(d.room) {
+            n.fetch_sub(1, Relaxed);
+        }
+        self.c.drops.add(&d.closed.key());
+        // Fails only once the run is over.
+        let _ = self.dropped.send(d);
+    }
+
+    fn stopped(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 }
 
@@ -443,14 +500,69 @@ async fn ramp(s: Arc<Shared>) {
             _ = s.cancel.cancelled() => return,
             _ = tokio::time::sleep_until(start + schedule.offset(k)) => {}
         }
-        tokio::spawn(connection(s.clone(), s.args.first + k, k));
+        let user = s.args.first + k;
+        let room = usize::try_from(user % s.targets.len() as u64).unwrap_or(0);
+        tokio::spawn(connection(s.clone(), user, Resume::first(room)));
     }
 }
 
-/// One user's connection, for the whole run.
-async fn connection(s: Arc<Shared>, user: u64, k: u64) {
-    let rooms = s.endpoints.len() as u64;
-    let mut room = usize::try_from(user % rooms).unwrap_or(0);
+/// Where a user's connection (re)starts.
+struct Resume {
+    room: usize,
+    last_unicast: Option<MsgId>,
+    /// When it dropped (none: the first connect).
+    dropped_at: Option<Instant>,
+    /// The delay the server asked for when it closed (4007).
+    server_delay: Option<Duration>,
+}
+
+impl Resume {
+    fn first(room: usize) -> Resume {
+        Resume {
+            room,
+            last_unicast: None,
+            dropped_at: None,
+            server_delay: None,
+        }
+    }
+}
+
+/// Starts a reconnect for each connection that ends.
+async fn reconnects(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Dropped>) {
+    loop {
+        let d = tokio::select! {
+            _ = s.cancel.cancelled() => return,
+            d = rx.recv() => match d {
+                Some(d) => d,
+                None => return,
+            },
+        };
+        let server_delay = match &d.closed {
+            Closed::Code(4007, reason) => server_delay(reason),
+            _ => None,
+        };
+        let resume = Resume {
+            // Somewhere else: the room may be gone.
+            room: another_room(d.room, s.targets.len()),
+            last_unicast: d.last_unicast,
+            dropped_at: Some(d.at),
+            server_delay,
+        };
+        tokio::spawn(connection(s.clone(), d.user, resume));
+    }
+}
+
+/// Opens one user's connection, retrying with the client library's rules
+/// (jittered exponential backoff, or the delay a 4007 close asks for), and
+/// hands it to the holder; a task lives only while its user is connecting.
+async fn connection(s: Arc<Shared>, user: u64, r: Resume) {
+    let Resume {
+        mut room,
+        last_unicast,
+        dropped_at,
+        server_delay,
+    } = r;
+    let k = user.saturating_sub(s.args.first);
     let source = s
         .args
         .sources
@@ -459,31 +571,29 @@ async fn connection(s: Arc<Shared>, user: u64, k: u64) {
         .copied();
     let name = format!("c1m-{user}");
     let channel = (s.args.channels > 0).then(|| format!("c1m:{}", user % s.args.channels));
-    let mut last_unicast: Option<MsgId> = None;
-    let mut dropped_at: Option<Instant> = None;
-    // The client library's reconnect rules: jittered exponential backoff,
-    // or the delay a 4007 close asks for.
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    if dropped_at.is_some() {
+        let delay = server_delay.unwrap_or_else(|| backoff.next_delay(&mut rand::rng()));
+        pause(&s, delay).await;
+    }
     loop {
         let opened = tokio::select! {
             _ = s.cancel.cancelled() => return,
-            // Boxed: the handshake's state is large and needed only while
-            // connecting; inline it would stay in every task all run long.
+            // Boxed: the handshake's state is needed only while connecting.
             r = Box::pin(open(&s, room, source, &name, channel.as_deref(), last_unicast)) => r,
         };
-        let (conn, heartbeat) = match opened {
-            Ok(x) => x,
+        let opened = match opened {
+            Ok(o) => o,
             Err(reason) => {
                 s.c.failures.add(&reason);
-                room = another_room(room, s.endpoints.len());
+                room = another_room(room, s.targets.len());
                 let delay = backoff.next_delay(&mut rand::rng());
                 pause(&s, delay).await;
                 continue;
             }
         };
-        backoff.reset();
         let now = crate::now_unix_ns();
-        match dropped_at.take() {
+        match dropped_at {
             None => {
                 s.c.authenticated.fetch_add(1, Relaxed);
                 s.c.last_auth_ns.fetch_max(now, Relaxed);
@@ -496,20 +606,18 @@ async fn connection(s: Arc<Shared>, user: u64, k: u64) {
         }
         s.c.live.fetch_add(1, Relaxed);
         s.live_per_room[room].fetch_add(1, Relaxed);
-        let closed = serve(&s, conn, heartbeat, &mut last_unicast).await;
-        s.c.live.fetch_sub(1, Relaxed);
-        s.live_per_room[room].fetch_sub(1, Relaxed);
-        let Some(closed) = closed else { return };
-        s.c.drops.add(&closed.key());
-        dropped_at = Some(Instant::now());
-        let delay = match &closed {
-            Closed::Code(4007, reason) => server_delay(reason),
-            _ => None,
+        let arrival = Arrival {
+            opened,
+            user,
+            room,
+            last_unicast,
+        };
+        if s.holder.hold(arrival).is_err() {
+            // The holder has ended: the run is over.
+            s.c.live.fetch_sub(1, Relaxed);
+            s.live_per_room[room].fetch_sub(1, Relaxed);
         }
-        .unwrap_or_else(|| backoff.next_delay(&mut rand::rng()));
-        // Somewhere else: the room may be gone.
-        room = another_room(room, s.endpoints.len());
-        pause(&s, delay).await;
+        return;
     }
 }
 
@@ -538,18 +646,12 @@ async fn open(
     user: &str,
     channel: Option<&str>,
     last_id: Option<MsgId>,
-) -> Result<(Conn, Heartbeat), String> {
+) -> Result<dial::Opened, String> {
     let _permit = s
         .connecting
         .acquire()
         .await
         .map_err(|_| "closed".to_string())?;
-    let ep = &s.endpoints[room];
-    let step = s.args.step_timeout;
-    let mut conn = tokio::time::timeout(step, Conn::connect(ep, source))
-        .await
-        .map_err(|_| "timeout: connect".to_string())?
-        .map_err(|e| e.key())?;
     let claims = proto::token::Claims {
         sub: user.to_string(),
         exp: crate::now_unix_ns() / 1_000_000_000 + 86_400,
@@ -560,54 +662,20 @@ async fn open(
     };
     let token = proto::token::mint(&claims, s.args.token_secret.as_bytes())
         .map_err(|e| format!("token: {e}"))?;
-    let ok = tokio::time::timeout(step, conn.auth_from(&token, last_id))
-        .await
-        .map_err(|_| "timeout: auth".to_string())?
-        .map_err(|e| e.key())?;
-    if let Some(channel) = channel {
-        conn.send(&ClientFrame::Sub {
-            seq: None,
-            channel: channel.to_string(),
-            last_id: None,
-            presence: false,
-        })
-        .await
-        .map_err(|e| e.key())?;
-    }
-    Ok((conn, Heartbeat::start(ok.heartbeat)))
-}
-
-/// Serves an open connection until it ends: `None` when the run stopped,
-/// else how it ended.
-async fn serve(
-    s: &Shared,
-    mut conn: Conn,
-    mut heartbeat: Heartbeat,
-    last_unicast: &mut Option<MsgId>,
-) -> Option<Closed> {
-    loop {
-        tokio::select! {
-            biased;
-            _ = s.cancel.cancelled() => return None,
-            _ = tokio::time::sleep_until(heartbeat.due()) => {
-                if let Err(e) = conn.send(&ClientFrame::Ping { seq: None }).await {
-                    return Some(Closed::Io(e.to_string()));
-                }
-                s.c.pings.fetch_add(1, Relaxed);
-                heartbeat.sent();
-            }
-            ev = conn.recv() => match ev {
-                Event::Frame(ServerFrame::Msg(m)) => {
-                    on_message(s, m.id, &m.data, last_unicast);
-                }
-                Event::Frame(ServerFrame::Pong { .. }) => {
-                    s.c.pongs.fetch_add(1, Relaxed);
-                }
-                Event::Frame(_) | Event::Undecodable(_) => {}
-                Event::Closed(c) => return Some(c),
-            },
-        }
-    }
+    let login = Login {
+        token: &token,
+        last_id,
+        channel,
+    };
+    dial::open(
+        &s.targets[room],
+        s.framing,
+        source,
+        &login,
+        s.args.step_timeout,
+    )
+    .await
+    .map_err(|e| e.key())
 }
 
 /// The payload every c1m push carries.
@@ -677,37 +745,6 @@ fn duration_ns(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Each connection's task lives all run long; with a million of them
-    /// its size is the load generator's memory (the handshake is boxed).
-    #[test]
-    fn connection_task_stays_small() {
-        let args = Plan::from_args(&parse(&[
-            "--id",
-            "0",
-            "--first",
-            "0",
-            "--count",
-            "1",
-            "--rooms",
-            "ws://127.0.0.1:1/ws",
-            "--token-secret",
-            "s",
-        ]))
-        .unwrap();
-        let s = Arc::new(Shared {
-            endpoints: vec![],
-            live_per_room: vec![],
-            c: Counters::default(),
-            hists: Mutex::new(BTreeMap::new()),
-            connecting: Semaphore::new(1),
-            cancel: CancellationToken::new(),
-            args,
-        });
-        let f = connection(s, 0, 0);
-        let size = std::mem::size_of_val(&f);
-        assert!(size <= 1024, "connection future is {size} B");
-    }
 
     fn parse(args: &[&str]) -> WorkerArgs {
         let cmd = <WorkerArgs as clap::Args>::augment_args(clap::Command::new("w"));

@@ -21,7 +21,7 @@
 //! limits, stored messages, metrics, draining. The difference in CPU per
 //! operation between the two is what those (and the runtime) cost.
 
-mod ws;
+pub(crate) mod ws;
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
