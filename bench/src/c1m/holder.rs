@@ -153,11 +153,18 @@ pub(crate) fn new(framing: Framing) -> io::Result<(Holder, Runner)> {
 }
 
 impl Runner {
-    /// Runs the holder on its own thread until `hooks` says stop.
-    pub(crate) fn spawn<H: Hooks>(self, hooks: Arc<H>) -> io::Result<()> {
+    /// Runs the holder on its own thread until `hooks` says stop, at the
+    /// scheduling priority `nice` where allowed (raising it needs
+    /// CAP_SYS_NICE; without, the thread keeps the process's).
+    pub(crate) fn spawn<H: Hooks>(self, hooks: Arc<H>, nice: i32) -> io::Result<()> {
         std::thread::Builder::new()
             .name("c1m-holder".into())
-            .spawn(move || self.run(&*hooks))
+            .spawn(move || {
+                // On Linux a nice value is per thread: this sets the
+                // holder's only.
+                let _ = rustix::process::setpriority_process(None, nice);
+                self.run(&*hooks);
+            })
             .map(drop)
     }
 

@@ -535,12 +535,13 @@ fn favour_central(processes: &[(String, Option<u32>)]) -> Option<String> {
         format!(
             "scheduling: every thread of the {raised} central processes (centers, registers, \
              idgens, saver, Redis) ran at nice {CENTRAL_NICE} and the load-generator workers at \
-             nice 10, so that on one machine the single saver and registers are not starved by \
+             nice 10 (their holder threads, which read what the rooms send, at 0), so that on one machine the single saver and registers are not starved by \
              dozens of busy rooms and workers (in production they have cores of their own)"
         )
     } else {
         format!(
-            "scheduling: the load-generator workers ran at nice 10; raising the central \
+            "scheduling: the load-generator workers ran at nice 10 (their holder threads at 0 \
+             where allowed); raising the central \
              processes to nice {CENTRAL_NICE} was not permitted for {} of {} (needs CAP_SYS_NICE)",
             central.len() - raised,
             central.len()

@@ -206,7 +206,15 @@ impl Rest {
         if status.is_success() {
             Ok(bytes.to_vec())
         } else {
-            Err(format!("status {}", status.as_u16()))
+            // The error's code says which limit or fault it was (a few
+            // kinds, so it can key a tally).
+            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+            Err(match code {
+                Some(c) => format!("status {} ({c})", status.as_u16()),
+                None => format!("status {}", status.as_u16()),
+            })
         }
     }
 

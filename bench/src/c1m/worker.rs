@@ -37,6 +37,12 @@ use crate::stats::{LatencyHist, Tally};
 
 /// Scheduling priority of a worker (`nice`): below the servers.
 const WORKER_NICE: i32 = 10;
+/// Scheduling priority of the worker's holder thread, where allowed: the
+/// servers'. It reads what the rooms send; starved, it would leave a
+/// broadcast queued in a million sockets' buffers on a shared machine
+/// (the kernel's TCP memory then runs out and every send slows down), and
+/// what it measures would be its own delay.
+const HOLDER_NICE: i32 = 0;
 
 /// Arguments of `bench c1m-worker`: set by the runner when it spawns the
 /// worker, or, with `--listen`, only the listen address (and `--bind`,
@@ -250,7 +256,7 @@ impl Shared {
             args: plan,
         });
         runner
-            .spawn(shared.clone())
+            .spawn(shared.clone(), HOLDER_NICE)
             .context("starting the holder thread")?;
         tokio::spawn(reconnects(shared.clone(), dropped_rx));
         Ok(shared)
