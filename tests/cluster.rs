@@ -176,6 +176,67 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     assert_eq!(u["online"], false, "{u}");
 }
 
+/// The calls of one dispatcher batch reach each room in one link call:
+/// many pushes at once cost far fewer round trips than pushes × rooms (on a
+/// busy host each round trip waits for threads to be scheduled), and every
+/// client still gets them all, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reaches_each_room_in_one_call_in_id_order() {
+    const PUSHES: usize = 120;
+    let c = Cluster::start(2, 1).await;
+    let mut clients = Vec::new();
+    for r in 0..2 {
+        let mut cl = c.login(r, &format!("u{r}"), None).await;
+        cl.sub("news").await;
+        clients.push(cl);
+    }
+    let room_calls = || async {
+        let url = format!("http://{}/metrics", c.centers[0].addr("http listening on "));
+        let body = c.http.get(url).send().await.unwrap().text().await.unwrap();
+        let count = "pushgate_link_call_seconds_count{service=\"room\"} ";
+        body.lines()
+            .find_map(|l| l.strip_prefix(count))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = room_calls().await;
+    // Users and channel pushes mixed, all at once: the dispatcher takes
+    // whatever queued while its previous batch ran.
+    let pushes = (0..PUSHES).map(|i| {
+        let c = &c;
+        async move {
+            if i % 3 == 0 {
+                let body = json!({"channel": "news", "data": i});
+                c.api_ok(0, "POST", "/push/channel", Some(body)).await
+            } else {
+                c.push(0, &["u0", "u1"], json!(i)).await
+            }
+        }
+    });
+    let answers = futures_util::future::join_all(pushes).await;
+    let calls = room_calls().await - before;
+    for v in &answers {
+        assert_eq!(v["delivered"], 2, "{v}");
+    }
+    for cl in &mut clients {
+        let mut ids = Vec::new();
+        let mut seen = BTreeSet::new();
+        while seen.len() < PUSHES {
+            let m = cl.next_msg().await;
+            ids.push(m["id"].as_i64().unwrap());
+            seen.insert(m["data"].as_u64().unwrap());
+        }
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids out of order: {ids:?}"
+        );
+    }
+    assert!(
+        calls < (PUSHES as u64),
+        "{calls} room calls for {PUSHES} pushes to 2 rooms: batches were not sent as one call"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_room_clients_resume_elsewhere_without_loss() {
     let mut c = Cluster::start(2, 1).await;

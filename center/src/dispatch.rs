@@ -22,9 +22,10 @@
 //!    its message is not delivered;
 //! 3. deliver the whole batch: one batched directory lookup, users grouped by
 //!    room, and per room the batch's calls (`deliver_users`,
-//!    `publish_channel`) in id order. Rooms run concurrently; within a room
-//!    the calls are sequential, and rooms keep per-connection FIFO queues,
-//!    so every connection sees ids in increasing order;
+//!    `publish_channel`) in id order, sent as one call
+//!    ([`Rooms::deliver_many`], one round trip). Rooms run concurrently; a
+//!    room makes the calls in order, and rooms keep per-connection FIFO
+//!    queues, so every connection sees ids in increasing order;
 //! 4. answer each request.
 //!
 //! Only then does the next batch start, so a later batch never overtakes an
@@ -70,7 +71,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::metrics::{KindLabel, Metrics};
-use crate::{CenterConfig, CenterDeps, Rooms};
+use crate::{CenterConfig, CenterDeps, RoomCall, Rooms};
 
 /// Most jobs handled in one batch.
 pub const MAX_BATCH: usize = 1024;
@@ -534,7 +535,8 @@ impl Dispatcher {
         delivered
     }
 
-    /// Runs one room's calls in order; returns (job index, connections written).
+    /// Makes one room's calls, in order and in one [`Rooms::deliver_many`];
+    /// returns (job index, connections written) for each.
     async fn run_room(
         &self,
         room: RoomId,
@@ -542,45 +544,62 @@ impl Dispatcher {
         batch: &[Job],
         msgs: &[Option<Arc<EncodedMsg>>],
     ) -> Vec<(usize, u64)> {
-        let mut out = Vec::with_capacity(ops.len());
         // A resync owed to this room goes first: nothing newer may reach its
         // connections before the messages they missed.
-        let mut reachable = self.resync_room(room).await;
-        for op in ops {
-            let (i, res, users) = match op {
-                RoomOp::Users(i, users) => match &msgs[i] {
-                    Some(m) if reachable => {
-                        let r = self.rooms.deliver_users(room, &users, m).await;
-                        (i, r, Some((users, m.stored)))
+        let reachable = self.resync_room(room).await;
+        let mut jobs = Vec::with_capacity(ops.len());
+        let mut calls = Vec::with_capacity(ops.len());
+        for op in &ops {
+            match op {
+                RoomOp::Users(i, users) => {
+                    if let Some(msg) = &msgs[*i] {
+                        jobs.push(*i);
+                        calls.push(RoomCall::Users { users, msg });
                     }
-                    Some(m) => (i, Err(unreachable(room)), Some((users, m.stored))),
-                    None => continue,
-                },
-                RoomOp::Channel(i) => match (&batch[i], &msgs[i]) {
-                    (Job::Channel { channel, .. }, Some(m)) if reachable => {
-                        (i, self.rooms.publish_channel(room, channel, m).await, None)
-                    }
-                    (Job::Channel { .. }, Some(_)) => (i, Err(unreachable(room)), None),
-                    _ => continue,
-                },
-            };
-            match res {
-                Ok(n) => out.push((i, n)),
-                Err(e) => {
-                    self.metrics.room_errors.inc();
-                    if reachable {
-                        tracing::warn!(%e, "delivery to room failed");
-                    }
-                    // Once a call failed, later ones in this batch are not
-                    // tried: they could overtake what the room missed.
-                    reachable = false;
-                    if let (Some((users, true)), Some(m)) = (users, &msgs[i]) {
-                        self.owe_resync(room, &users, m.id);
+                }
+                RoomOp::Channel(i) => {
+                    if let (Job::Channel { channel, .. }, Some(msg)) = (&batch[*i], &msgs[*i]) {
+                        jobs.push(*i);
+                        calls.push(RoomCall::Channel { channel, msg });
                     }
                 }
             }
         }
-        out
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let res = if reachable {
+            match self.rooms.deliver_many(room, &calls).await {
+                Ok(counts) if counts.len() == calls.len() => Ok(counts),
+                Ok(counts) => Err(crate::RoomsError::BadAnswer {
+                    room,
+                    answer: format!("{} counts for {} calls", counts.len(), calls.len()),
+                }),
+                Err(e) => Err(e),
+            }
+        } else {
+            Err(unreachable(room))
+        };
+        match res {
+            Ok(counts) => jobs.into_iter().zip(counts).collect(),
+            Err(e) => {
+                self.metrics.room_errors.inc();
+                if reachable {
+                    tracing::warn!(%e, calls = calls.len(), "delivery to room failed");
+                }
+                // Any call of the batch may have been missed: every stored
+                // message in it is owed a resync (a message that did arrive
+                // comes again on the resync, with the same id).
+                for op in &ops {
+                    if let RoomOp::Users(i, users) = op {
+                        if let Some(m) = msgs[*i].as_ref().filter(|m| m.stored) {
+                            self.owe_resync(room, users, m.id);
+                        }
+                    }
+                }
+                Vec::new()
+            }
+        }
     }
 
     /// Remembers that `room` missed stored message `id` for `users`.

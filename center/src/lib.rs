@@ -153,9 +153,53 @@ impl Center {
     }
 }
 
+/// One delivery of a batch to a room (see [`Rooms::deliver_many`]).
+#[derive(Clone, Copy, Debug)]
+pub enum RoomCall<'a> {
+    /// Like [`Rooms::deliver_users`].
+    Users {
+        /// The users.
+        users: &'a [UserId],
+        /// The message.
+        msg: &'a Arc<EncodedMsg>,
+    },
+    /// Like [`Rooms::publish_channel`].
+    Channel {
+        /// The channel.
+        channel: &'a str,
+        /// The message.
+        msg: &'a Arc<EncodedMsg>,
+    },
+}
+
 /// How a center reaches rooms (in process in standalone mode, over links in cluster mode).
 #[async_trait]
 pub trait Rooms: Send + Sync + 'static {
+    /// Makes `calls` in `room`, in this order; returns the connections
+    /// written by each. An error leaves the caller knowing nothing of the
+    /// batch: each call may or may not have been made (so every stored
+    /// message in it is owed a resync). The default makes them one at a
+    /// time, stopping at the first error; a room over a link takes them in
+    /// one round trip.
+    ///
+    /// # Errors
+    /// [`RoomsError`] when the room cannot be reached.
+    async fn deliver_many(
+        &self,
+        room: RoomId,
+        calls: &[RoomCall<'_>],
+    ) -> Result<Vec<u64>, RoomsError> {
+        let mut counts = Vec::with_capacity(calls.len());
+        for call in calls {
+            counts.push(match *call {
+                RoomCall::Users { users, msg } => self.deliver_users(room, users, msg).await?,
+                RoomCall::Channel { channel, msg } => {
+                    self.publish_channel(room, channel, msg).await?
+                }
+            });
+        }
+        Ok(counts)
+    }
     /// Queues `msg` to every connection of `users` held by `room`; returns connections written.
     ///
     /// # Errors
@@ -274,8 +318,9 @@ pub enum RoomsError {
         /// The answer, debug-formatted.
         answer: String,
     },
-    /// The call was not made: an earlier call of the same batch failed.
-    #[error("room {room} unreachable: an earlier call in this batch failed")]
+    /// The call was not made: the resync the room is owed for an earlier
+    /// failed delivery could not be sent first.
+    #[error("room {room} unreachable: its owed resync failed")]
     Skipped {
         /// The room.
         room: RoomId,

@@ -5,14 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use center::{Rooms, RoomsError};
+use center::{RoomCall, Rooms, RoomsError};
 use dashmap::DashMap;
 use link::{Client, LinkError};
 use proto::{BroadcastProgress, EncodedMsg, MsgId, RoomId, UserId};
 use register::ClusterDirectory;
-use room::remote::{RoomReq, RoomResp, SERVICE};
+use room::remote::{Delivery, RoomReq, RoomResp, SERVICE};
 
 type RoomClient = Client<RoomReq, RoomResp>;
+
+/// Bytes of deliveries sent in one [`RoomReq::Deliveries`] at most (well
+/// under the link's frame limit); a larger batch takes several calls, in
+/// order.
+const DELIVERIES_BYTES: usize = 1024 * 1024;
 
 /// Links to the live rooms.
 pub(crate) struct ClusterRooms {
@@ -93,6 +98,42 @@ impl ClusterRooms {
         }
     }
 
+    /// `calls` (a run of a batch) in one [`RoomReq::Deliveries`]. A room
+    /// that does not know that request (an older version, during a rolling
+    /// upgrade) is asked one call at a time instead.
+    async fn deliveries(
+        &self,
+        room: RoomId,
+        calls: &[RoomCall<'_>],
+    ) -> Result<Vec<u64>, RoomsError> {
+        let req = RoomReq::Deliveries {
+            calls: calls.iter().map(|c| delivery(*c)).collect(),
+        };
+        match self.call_again(room, req).await {
+            Ok(RoomResp::Counts(counts)) => Ok(counts),
+            Ok(other) => Err(bad_answer(room, &other)),
+            Err(RoomsError::Link {
+                source: LinkError::Protocol { reason, .. },
+                ..
+            }) if reason.starts_with("undecodable request") => {
+                tracing::debug!(%room, "room takes no batched deliveries; calling it once per push");
+                let mut counts = Vec::with_capacity(calls.len());
+                for call in calls {
+                    counts.push(match *call {
+                        RoomCall::Users { users, msg } => {
+                            self.deliver_users(room, users, msg).await?
+                        }
+                        RoomCall::Channel { channel, msg } => {
+                            self.publish_channel(room, channel, msg).await?
+                        }
+                    });
+                }
+                Ok(counts)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// One call to `room`, once.
     async fn try_call(&self, room: RoomId, req: RoomReq) -> Result<RoomResp, RoomsError> {
         let link = self.link(room)?;
@@ -100,6 +141,29 @@ impl ClusterRooms {
             .await
             .map_err(|source| RoomsError::Link { room, source })
     }
+}
+
+/// The wire form of one delivery.
+fn delivery(call: RoomCall<'_>) -> Delivery {
+    match call {
+        RoomCall::Users { users, msg } => Delivery::Users {
+            users: users.to_vec(),
+            msg: EncodedMsg::clone(msg),
+        },
+        RoomCall::Channel { channel, msg } => Delivery::Channel {
+            channel: channel.to_owned(),
+            msg: EncodedMsg::clone(msg),
+        },
+    }
+}
+
+/// Roughly how many bytes `call` takes on the wire.
+fn wire_size(call: &RoomCall<'_>) -> usize {
+    let (head, msg) = match call {
+        RoomCall::Users { users, msg } => (users.iter().map(|u| u.as_str().len() + 2).sum(), msg),
+        RoomCall::Channel { channel, msg } => (channel.len() + 2, msg),
+    };
+    head + msg.json.len() + msg.bin.len() + 32
 }
 
 fn bad_answer(room: RoomId, answer: &RoomResp) -> RoomsError {
@@ -140,6 +204,35 @@ async fn prune(rooms: std::sync::Weak<ClusterRooms>) {
 
 #[async_trait]
 impl Rooms for ClusterRooms {
+    /// One round trip for the whole batch (several when it is over
+    /// [`DELIVERIES_BYTES`]); a single call goes as itself.
+    async fn deliver_many(
+        &self,
+        room: RoomId,
+        calls: &[RoomCall<'_>],
+    ) -> Result<Vec<u64>, RoomsError> {
+        match calls {
+            [] => return Ok(Vec::new()),
+            [RoomCall::Users { users, msg }] => {
+                return Ok(vec![self.deliver_users(room, users, msg).await?])
+            }
+            [RoomCall::Channel { channel, msg }] => {
+                return Ok(vec![self.publish_channel(room, channel, msg).await?])
+            }
+            _ => {}
+        }
+        let mut counts = Vec::with_capacity(calls.len());
+        let (mut start, mut bytes) = (0, 0);
+        for (i, call) in calls.iter().enumerate() {
+            bytes += wire_size(call);
+            if bytes >= DELIVERIES_BYTES || i + 1 == calls.len() {
+                counts.extend(self.deliveries(room, &calls[start..=i]).await?);
+                (start, bytes) = (i + 1, 0);
+            }
+        }
+        Ok(counts)
+    }
+
     async fn deliver_users(
         &self,
         room: RoomId,
