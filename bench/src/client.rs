@@ -405,19 +405,7 @@ impl Conn {
                 io: Io::SseH2(Box::new(io)),
             });
         }
-        let sock = if ep.addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(ClientError::Connect)?;
-        if let Some(ip) = source {
-            sock.bind(SocketAddr::new(ip, 0))
-                .map_err(ClientError::Bind)?;
-        }
-        let stream = sock.connect(ep.addr).await.map_err(ClientError::Connect)?;
-        // Frames are small and latency is what we measure.
-        stream.set_nodelay(true).map_err(ClientError::Connect)?;
+        let stream = connect_tcp(ep.addr, source).await?;
         let io = match ep.transport {
             Transport::Ws => {
                 let (ws, _response) = tokio_tungstenite::client_async_with_config(
@@ -633,6 +621,44 @@ fn client_op(frame: &ClientFrame) -> &'static str {
     }
 }
 
+/// A TCP connection to `addr` from `source` (any local address when
+/// `None`), with Nagle off: frames are small and latency is what we measure.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<TcpStream, ClientError> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(ClientError::Connect)?;
+    if let Some(ip) = source {
+        sock.bind(SocketAddr::new(ip, 0))
+            .map_err(ClientError::Bind)?;
+    }
+    let stream = sock.connect(addr).await.map_err(ClientError::Connect)?;
+    stream.set_nodelay(true).map_err(ClientError::Connect)?;
+    Ok(stream)
+}
+
+/// The event of one binary frame's body from a TCP connection; the close
+/// code rides on the final error frame.
+pub(crate) fn tcp_event(body: &[u8]) -> Event {
+    match proto::binary::decode_server(body) {
+        Ok(ServerFrame::Error {
+            close: Some(code),
+            code: err,
+            message,
+            ..
+        }) => Event::Closed(Closed::Code(
+            code.as_u16(),
+            format!("{}: {message}", err.as_str()),
+        )),
+        other => decoded(other),
+    }
+}
+
 /// A decoded frame, or why it did not decode.
 pub(crate) fn decoded(r: Result<ServerFrame, proto::DecodeError>) -> Event {
     match r {
@@ -691,19 +717,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpIo<S> {
             }
             Ok(Some(body)) => body,
         };
-        Some(match proto::binary::decode_server(&body) {
-            // On TCP the close code rides on the final error frame.
-            Ok(ServerFrame::Error {
-                close: Some(code),
-                code: err,
-                message,
-                ..
-            }) => Event::Closed(Closed::Code(
-                code.as_u16(),
-                format!("{}: {message}", err.as_str()),
-            )),
-            other => decoded(other),
-        })
+        Some(tcp_event(&body))
     }
 }
 

@@ -37,7 +37,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use proto::MsgId;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::client::{ClientError, Closed, Event};
@@ -137,21 +136,7 @@ impl H2Dialer {
         &self,
         source: Option<IpAddr>,
     ) -> Result<h2::client::SendRequest<Bytes>, ClientError> {
-        let sock = if self.addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(ClientError::Connect)?;
-        if let Some(ip) = source {
-            sock.bind(SocketAddr::new(ip, 0))
-                .map_err(ClientError::Bind)?;
-        }
-        let tcp = sock
-            .connect(self.addr)
-            .await
-            .map_err(ClientError::Connect)?;
-        tcp.set_nodelay(true).map_err(ClientError::Connect)?;
+        let tcp = crate::client::connect_tcp(self.addr, source).await?;
         let tls = self
             .tls
             .connect(self.server_name.clone(), tcp)

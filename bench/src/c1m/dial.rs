@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use proto::{ClientFrame, MsgId, ServerFrame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
-use crate::client::{decoded, ClientError, Closed, Event};
+use crate::client::{connect_tcp, decoded, tcp_event, ClientError, Closed, Event};
 
 /// Largest frame accepted from the server.
 pub(crate) const MAX_FRAME: usize = proto::DEFAULT_MAX_FRAME;
@@ -109,7 +109,7 @@ pub(crate) async fn open(
 ) -> Result<Opened, ClientError> {
     let mut buf = Vec::with_capacity(512);
     let mut stream = tokio::time::timeout(step, async {
-        let stream = connect(target.addr, source).await?;
+        let stream = connect_tcp(target.addr, source).await?;
         upgrade(stream, target, framing, &mut buf).await
     })
     .await
@@ -126,22 +126,6 @@ pub(crate) async fn open(
         leftover: buf,
         heartbeat,
     })
-}
-
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ClientError> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(ClientError::Connect)?;
-    if let Some(ip) = source {
-        sock.bind(SocketAddr::new(ip, 0))
-            .map_err(ClientError::Bind)?;
-    }
-    let stream = sock.connect(addr).await.map_err(ClientError::Connect)?;
-    stream.set_nodelay(true).map_err(ClientError::Connect)?;
-    Ok(stream)
 }
 
 /// The WebSocket upgrade; bytes after the response head stay in `buf`.
@@ -339,20 +323,7 @@ fn next_tcp(buf: &[u8]) -> Result<Option<(Item, usize)>, String> {
     let Some(body) = buf.get(head..head + len) else {
         return Ok(None);
     };
-    let ev = match proto::binary::decode_server(body) {
-        // On TCP the close code rides on the final error frame.
-        Ok(ServerFrame::Error {
-            close: Some(code),
-            code: err,
-            message,
-            ..
-        }) => Event::Closed(Closed::Code(
-            code.as_u16(),
-            format!("{}: {message}", err.as_str()),
-        )),
-        other => decoded(other),
-    };
-    Ok(Some((Item::Event(ev), head + len)))
+    Ok(Some((Item::Event(tcp_event(body)), head + len)))
 }
 
 fn next_ws(buf: &[u8]) -> Result<Option<(Item, usize)>, String> {
