@@ -191,14 +191,20 @@ pub trait Rooms: Send + Sync + 'static {
     ) -> Result<Vec<u64>, RoomsError> {
         let mut counts = Vec::with_capacity(calls.len());
         for call in calls {
-            counts.push(match *call {
-                RoomCall::Users { users, msg } => self.deliver_users(room, users, msg).await?,
-                RoomCall::Channel { channel, msg } => {
-                    self.publish_channel(room, channel, msg).await?
-                }
-            });
+            counts.push(self.deliver(room, *call).await?);
         }
         Ok(counts)
+    }
+    /// Makes one call of a batch on its own ([`Rooms::deliver_users`] or
+    /// [`Rooms::publish_channel`]).
+    ///
+    /// # Errors
+    /// [`RoomsError`] when the room cannot be reached.
+    async fn deliver(&self, room: RoomId, call: RoomCall<'_>) -> Result<u64, RoomsError> {
+        match call {
+            RoomCall::Users { users, msg } => self.deliver_users(room, users, msg).await,
+            RoomCall::Channel { channel, msg } => self.publish_channel(room, channel, msg).await,
+        }
     }
     /// Queues `msg` to every connection of `users` held by `room`; returns connections written.
     ///

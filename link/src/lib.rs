@@ -112,7 +112,18 @@ impl LinkError {
             LinkError::Protocol { .. } => false,
         }
     }
+
+    /// Whether the peer answered that it could not decode the request (an
+    /// older version that does not know it): nothing was done.
+    pub fn is_unknown_request(&self) -> bool {
+        matches!(self, LinkError::Protocol { reason, .. } if reason.starts_with(UNDECODABLE_REQUEST))
+    }
 }
+
+/// How a server's answer to a request it could not decode begins (an older
+/// peer that does not know a newer request), so a client can tell it from
+/// other bad frames and fall back ([`LinkError::is_unknown_request`]).
+pub const UNDECODABLE_REQUEST: &str = "undecodable request";
 
 /// Parses a comma-separated list of addresses (`host:port,host:port`),
 /// trimming blanks and dropping empty items.

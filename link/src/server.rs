@@ -105,7 +105,8 @@ async fn connection<S: Service>(
             let req = match wire::decode::<S::Req>(body) {
                 Ok(r) => r,
                 Err(e) => {
-                    let reply: Reply<S::Resp> = Reply::Err(format!("undecodable request: {e}"));
+                    let reply: Reply<S::Resp> =
+                        Reply::Err(format!("{}: {e}", crate::UNDECODABLE_REQUEST));
                     send_reply(&tx, id, reply).await?;
                     continue;
                 }

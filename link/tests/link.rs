@@ -195,3 +195,44 @@ async fn reconnects_after_server_restart_and_reports_new_instance() {
     assert_eq!(c.call(Req::Count).await.unwrap(), Resp::Count(1));
     stop2.cancel();
 }
+
+/// An older peer: it knows only the first request of [`Req`].
+struct Older;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum OlderReq {
+    Echo(String),
+}
+
+#[async_trait]
+impl Service for Older {
+    type Req = OlderReq;
+    type Resp = Resp;
+    const NAME: &'static str = "test";
+    const ORDERED: bool = true;
+    async fn call(&self, req: OlderReq) -> Resp {
+        let OlderReq::Echo(s) = req;
+        Resp::Echo(s)
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_peer_does_not_know_is_told_apart_and_the_link_goes_on() {
+    let (addr, _stop) = start(Arc::new(Older), "k").await;
+    let c: Client<Req, Resp> = Client::new(addr.to_string(), "test", cfg("k"));
+    let err = c.call(Req::Count).await.unwrap_err();
+    assert!(err.is_unknown_request(), "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+    // Other errors are not taken for it.
+    let late = LinkError::Timeout {
+        service: "test",
+        addr: addr.to_string(),
+        timeout: Duration::from_millis(1),
+    };
+    assert!(!late.is_unknown_request());
+    // The same connection serves what the peer knows.
+    assert_eq!(
+        c.call(Req::Echo("still here".into())).await.unwrap(),
+        Resp::Echo("still here".into())
+    );
+}

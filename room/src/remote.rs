@@ -155,6 +155,16 @@ impl RoomService {
     pub fn new(room: Room) -> Arc<RoomService> {
         Arc::new(RoomService { room })
     }
+
+    /// Queues one delivery; returns connections written.
+    fn deliver(&self, d: Delivery) -> u64 {
+        match d {
+            Delivery::Users { users, msg } => self.room.deliver_users(&users, &Arc::new(msg)),
+            Delivery::Channel { channel, msg } => {
+                self.room.publish_channel(&channel, &Arc::new(msg))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -167,10 +177,10 @@ impl link::Service for RoomService {
     async fn call(&self, req: RoomReq) -> RoomResp {
         match req {
             RoomReq::DeliverUsers { users, msg } => {
-                RoomResp::Count(self.room.deliver_users(&users, &Arc::new(msg)))
+                RoomResp::Count(self.deliver(Delivery::Users { users, msg }))
             }
             RoomReq::PublishChannel { channel, msg } => {
-                RoomResp::Count(self.room.publish_channel(&channel, &Arc::new(msg)))
+                RoomResp::Count(self.deliver(Delivery::Channel { channel, msg }))
             }
             // Older centers: the connections that queued it.
             RoomReq::Broadcast { msg } => {
@@ -182,19 +192,9 @@ impl link::Service for RoomService {
             RoomReq::BroadcastProgress { id } => {
                 RoomResp::Progress(self.room.broadcast_progress(id))
             }
-            RoomReq::Deliveries { calls } => RoomResp::Counts(
-                calls
-                    .into_iter()
-                    .map(|call| match call {
-                        Delivery::Users { users, msg } => {
-                            self.room.deliver_users(&users, &Arc::new(msg))
-                        }
-                        Delivery::Channel { channel, msg } => {
-                            self.room.publish_channel(&channel, &Arc::new(msg))
-                        }
-                    })
-                    .collect(),
-            ),
+            RoomReq::Deliveries { calls } => {
+                RoomResp::Counts(calls.into_iter().map(|d| self.deliver(d)).collect())
+            }
             RoomReq::KickUser { user } => RoomResp::Count(self.room.kick_user(&user)),
             RoomReq::Resync { users, after } => {
                 RoomResp::Count(self.room.resync(users.as_deref(), after))

@@ -112,21 +112,11 @@ impl ClusterRooms {
         match self.call_again(room, req).await {
             Ok(RoomResp::Counts(counts)) => Ok(counts),
             Ok(other) => Err(bad_answer(room, &other)),
-            Err(RoomsError::Link {
-                source: LinkError::Protocol { reason, .. },
-                ..
-            }) if reason.starts_with("undecodable request") => {
+            Err(RoomsError::Link { source, .. }) if source.is_unknown_request() => {
                 tracing::debug!(%room, "room takes no batched deliveries; calling it once per push");
                 let mut counts = Vec::with_capacity(calls.len());
                 for call in calls {
-                    counts.push(match *call {
-                        RoomCall::Users { users, msg } => {
-                            self.deliver_users(room, users, msg).await?
-                        }
-                        RoomCall::Channel { channel, msg } => {
-                            self.publish_channel(room, channel, msg).await?
-                        }
-                    });
+                    counts.push(self.deliver(room, *call).await?);
                 }
                 Ok(counts)
             }
@@ -213,12 +203,7 @@ impl Rooms for ClusterRooms {
     ) -> Result<Vec<u64>, RoomsError> {
         match calls {
             [] => return Ok(Vec::new()),
-            [RoomCall::Users { users, msg }] => {
-                return Ok(vec![self.deliver_users(room, users, msg).await?])
-            }
-            [RoomCall::Channel { channel, msg }] => {
-                return Ok(vec![self.publish_channel(room, channel, msg).await?])
-            }
+            [one] => return Ok(vec![self.deliver(room, *one).await?]),
             _ => {}
         }
         let mut counts = Vec::with_capacity(calls.len());
