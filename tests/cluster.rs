@@ -176,10 +176,11 @@ async fn rooms_are_discovered_and_either_center_pushes() {
     assert_eq!(u["online"], false, "{u}");
 }
 
-/// The calls of one dispatcher batch reach each room in one link call:
-/// many pushes at once cost far fewer round trips than pushes × rooms (on a
-/// busy host each round trip waits for threads to be scheduled), and every
-/// client still gets them all, in id order.
+/// The calls of one dispatcher batch reach each room in one link call, and
+/// its stored pushes the saver in one call: many pushes at once cost far
+/// fewer round trips than pushes × rooms (on a busy host each round trip
+/// waits for threads to be scheduled), and every client still gets them
+/// all, in id order, and every one is in the user's stored queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_reaches_each_room_in_one_call_in_id_order() {
     const PUSHES: usize = 120;
@@ -190,16 +191,18 @@ async fn a_batch_reaches_each_room_in_one_call_in_id_order() {
         cl.sub("news").await;
         clients.push(cl);
     }
-    let room_calls = || async {
+    let c = &c;
+    let link_calls = |service: &'static str| async move {
         let url = format!("http://{}/metrics", c.centers[0].addr("http listening on "));
         let body = c.http.get(url).send().await.unwrap().text().await.unwrap();
-        let count = "pushgate_link_call_seconds_count{service=\"room\"} ";
+        let count = format!("pushgate_link_call_seconds_count{{service=\"{service}\"}} ");
         body.lines()
-            .find_map(|l| l.strip_prefix(count))
+            .find_map(|l| l.strip_prefix(count.as_str()))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let before = room_calls().await;
+    let before = link_calls("room").await;
+    let saver_before = link_calls("saver").await;
     // Users and channel pushes mixed, all at once: the dispatcher takes
     // whatever queued while its previous batch ran.
     let pushes = (0..PUSHES).map(|i| {
@@ -214,7 +217,8 @@ async fn a_batch_reaches_each_room_in_one_call_in_id_order() {
         }
     });
     let answers = futures_util::future::join_all(pushes).await;
-    let calls = room_calls().await - before;
+    let calls = link_calls("room").await - before;
+    let saver_calls = link_calls("saver").await - saver_before;
     for v in &answers {
         assert_eq!(v["delivered"], 2, "{v}");
     }
@@ -235,6 +239,24 @@ async fn a_batch_reaches_each_room_in_one_call_in_id_order() {
         calls < (PUSHES as u64),
         "{calls} room calls for {PUSHES} pushes to 2 rooms: batches were not sent as one call"
     );
+    // 80 stored user pushes: one saver call per batch, not per push.
+    let stored = PUSHES - PUSHES.div_ceil(3);
+    assert!(
+        saver_calls < (stored as u64) / 2,
+        "{saver_calls} saver calls for {stored} stored pushes: batches were not stored in one call"
+    );
+    for user in ["u0", "u1"] {
+        let mut late = c.login(0, user, Some(0)).await;
+        let mut got = BTreeSet::new();
+        while got.len() < stored {
+            let m = late.next_msg().await;
+            if m.get("channel").is_none() {
+                got.insert(m["data"].as_u64().unwrap());
+            }
+        }
+        let want: BTreeSet<u64> = (0..PUSHES as u64).filter(|i| i % 3 != 0).collect();
+        assert_eq!(got, want, "{user}'s stored queue");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

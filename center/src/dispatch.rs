@@ -16,10 +16,11 @@
 //! 1. allocate ids for the whole batch with one `next_ids(n)` call, in queue
 //!    order;
 //! 2. store every message that must be stored (user queues with
-//!    `store: true`, channel history) with concurrent store calls, and await
-//!    them all; the store group-commits them, so a batch costs about one
-//!    fsync. A failed store answers that request 503 `store_unavailable`, and
-//!    its message is not delivered;
+//!    `store: true`, channel history) with one [`Store::append_many`] call
+//!    for the whole batch: one saver call and one Redis round trip in a
+//!    cluster, one group commit (about one fsync) on the embedded store. A
+//!    failed write answers that request 503 `store_unavailable`, and its
+//!    message is not delivered;
 //! 3. deliver the whole batch: one batched directory lookup, users grouped by
 //!    room, and per room the batch's calls (`deliver_users`,
 //!    `publish_channel`) in id order, sent as one call
@@ -64,7 +65,7 @@ use futures_util::future::join_all;
 use parking_lot::Mutex;
 use proto::{EncodedMsg, MsgFrame, MsgId, RoomId, UserId};
 use register::Directory;
-use saver::{Bounds, Store, StoredMsg};
+use saver::{Append, Bounds, Store, StoredMsg};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -264,12 +265,8 @@ impl Dispatcher {
         // Ids of one region are not adjacent integers: the k-th is nth_id.
         let ids: Vec<MsgId> = (0..n).map(|k| idgen::nth_id(first, k)).collect();
 
-        // 2. Store, concurrently; the store group-commits.
-        let writes = batch
-            .iter()
-            .zip(&ids)
-            .map(|(job, id)| self.store_one(job, *id));
-        let stored: Vec<bool> = join_all(writes).await;
+        // 2. Store, all in one call; the store group-commits.
+        let stored = self.store(&batch, &ids).await;
 
         // 3. Deliver, in order per room.
         let mut msgs: Vec<Option<Arc<EncodedMsg>>> = Vec::with_capacity(batch.len());
@@ -371,10 +368,53 @@ impl Dispatcher {
         let _ = reply.send(Err(err));
     }
 
-    /// Writes what `job` must store; false when the store failed.
-    async fn store_one(&self, job: &Job, id: MsgId) -> bool {
+    /// Writes what the batch must store, in one [`Store::append_many`];
+    /// per job, false when its write failed.
+    async fn store(&self, batch: &[Job], ids: &[MsgId]) -> Vec<bool> {
+        let mut writes = Vec::new();
+        // Per job, its write's index in `writes`, if it has one.
+        let mut which = Vec::with_capacity(batch.len());
+        for (job, id) in batch.iter().zip(ids) {
+            which.push(self.write_for(job, *id).map(|w| {
+                writes.push(w);
+                writes.len() - 1
+            }));
+        }
+        if writes.is_empty() {
+            return vec![true; batch.len()];
+        }
         let started = Instant::now();
-        let res = match job {
+        let results = tokio::time::timeout(STORE_TIMEOUT, self.store.append_many(&writes))
+            .await
+            .unwrap_or_else(|_| {
+                writes
+                    .iter()
+                    .map(|_| Err(saver::StoreError::Timeout(STORE_TIMEOUT)))
+                    .collect()
+            });
+        self.metrics
+            .store_latency
+            .observe(started.elapsed().as_secs_f64());
+        which
+            .iter()
+            .zip(ids)
+            .map(|(w, id)| match w.and_then(|k| results.get(k)) {
+                None if w.is_some() => {
+                    tracing::warn!(%id, "store gave no result for a write, push refused");
+                    false
+                }
+                None | Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    tracing::warn!(%e, %id, "store failed, push refused");
+                    false
+                }
+            })
+            .collect()
+    }
+
+    /// What `job` must store with `id`, if anything.
+    fn write_for(&self, job: &Job, id: MsgId) -> Option<Append> {
+        match job {
             Job::Users {
                 users,
                 data,
@@ -383,19 +423,19 @@ impl Dispatcher {
                 ts,
                 from,
                 ..
-            } => {
-                let msg = StoredMsg {
+            } => Some(Append::Users {
+                users: users.clone(),
+                msg: StoredMsg {
                     id,
                     ts: *ts,
                     expires_at: ts.saturating_add(millis(*ttl)),
                     data: data.clone(),
                     sender: from.as_ref().map(|f| f.sender.clone()),
-                };
-                let bounds = Bounds {
+                },
+                bounds: Bounds {
                     max: self.cfg.queue_max,
-                };
-                bounded(self.store.append_users(users, &msg, bounds)).await
-            }
+                },
+            }),
             Job::Channel {
                 channel,
                 data,
@@ -403,30 +443,20 @@ impl Dispatcher {
                 ts,
                 from,
                 ..
-            } => {
-                let msg = StoredMsg {
+            } => Some(Append::Channel {
+                channel: channel.clone(),
+                msg: StoredMsg {
                     id,
                     ts: *ts,
                     expires_at: ts.saturating_add(millis(self.cfg.channel_history_ttl)),
                     data: data.clone(),
                     sender: from.as_ref().map(|f| f.sender.clone()),
-                };
-                let bounds = Bounds {
+                },
+                bounds: Bounds {
                     max: self.cfg.channel_history_max,
-                };
-                bounded(self.store.append_channel(channel, &msg, bounds)).await
-            }
-            _ => return true,
-        };
-        self.metrics
-            .store_latency
-            .observe(started.elapsed().as_secs_f64());
-        match res {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(%e, %id, "store failed, push refused");
-                false
-            }
+                },
+            }),
+            _ => None,
         }
     }
 
@@ -662,14 +692,6 @@ fn unreachable(room: RoomId) -> crate::RoomsError {
 /// still land; the caller was told it failed, so at worst the message is
 /// delivered on replay although the push was refused (never the reverse).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn bounded(
-    write: impl std::future::Future<Output = Result<(), saver::StoreError>>,
-) -> Result<(), saver::StoreError> {
-    tokio::time::timeout(STORE_TIMEOUT, write)
-        .await
-        .unwrap_or_else(|_| Err(saver::StoreError::Timeout(STORE_TIMEOUT)))
-}
 
 /// Builds the encoded message once per push. `stored`: it is in the users'
 /// queues, so a session's replay may already have sent it.

@@ -135,7 +135,7 @@ impl Metrics {
         );
         registry.register(
             "store_latency_seconds",
-            "One store write",
+            "One batch's store write (every stored push of a dispatcher batch)",
             store_latency.clone(),
         );
         registry.register(

@@ -25,6 +25,7 @@
 //! docs/STORAGE.md, "Redis Cluster").
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,7 +36,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisResult};
 
 use crate::live::LiveMsgs;
-use crate::{Bounds, Store, StoreError, StoredMsg};
+use crate::{append_each, Append, Bounds, Store, StoreError, StoredMsg};
 
 /// Rounds of reading one range when expired messages thin out a page.
 const MAX_READ_ROUNDS: u32 = 64;
@@ -63,6 +64,13 @@ const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// would take many minutes to fail. A whole push takes at most this plus
 /// [`CLUSTER_REQUEST_TIMEOUT`].
 const CLUSTER_PUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A single node: the most keys one transaction of [`Store::append_many`]
+/// writes; a larger batch goes as several transactions at once (each
+/// atomic, in one round trip on the multiplexed connection), so that a
+/// push to many users does not build one huge transaction that Redis
+/// serves at once while every other client waits.
+const APPEND_MANY_KEYS: usize = 4096;
 
 /// Cluster mode: retries of one command (redirections, reconnects), each
 /// after a jittered wait between these bounds in ms; all of them within
@@ -405,8 +413,95 @@ pub fn history_key(channel: &str) -> String {
     format!("pg:{{c:{}}}:h", escape(channel))
 }
 
+impl RedisStore {
+    /// A single node: the writes in transactions of about
+    /// [`APPEND_MANY_KEYS`] keys, sent together; each write gets the result
+    /// of its transaction.
+    async fn append_many_single(&self, writes: &[Append]) -> Vec<Result<(), StoreError>> {
+        if self.check_open().is_err() {
+            return writes.iter().map(|_| Err(StoreError::Closed)).collect();
+        }
+        // Encode first: a write that cannot be encoded fails alone.
+        let mut members = Vec::with_capacity(writes.len());
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
+        for w in writes {
+            let msg = match w {
+                Append::Users { msg, .. } | Append::Channel { msg, .. } => msg,
+            };
+            match encode_member(msg) {
+                Ok(m) => {
+                    members.push(Some(m));
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    members.push(None);
+                    results.push(Err(e));
+                }
+            }
+        }
+        // Transactions: (first write, past the last write, pipeline).
+        let mut txs: Vec<(usize, usize, redis::Pipeline)> = Vec::new();
+        let (mut start, mut keys) = (0, 0);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (i, (w, member)) in writes.iter().zip(&members).enumerate() {
+            if let Some(member) = member {
+                match w {
+                    Append::Users { users, msg, bounds } => {
+                        for u in users {
+                            let key = queue_key(u.as_str());
+                            add_append(&mut pipe, &key, member, msg.expires_at, bounds.max);
+                        }
+                    }
+                    Append::Channel {
+                        channel,
+                        msg,
+                        bounds,
+                    } => {
+                        let key = history_key(channel);
+                        add_append(&mut pipe, &key, member, msg.expires_at, bounds.max);
+                    }
+                }
+                keys += w.keys();
+            }
+            if keys >= APPEND_MANY_KEYS || i + 1 == writes.len() {
+                let full = std::mem::replace(&mut pipe, redis::pipe());
+                pipe.atomic();
+                if keys > 0 {
+                    txs.push((start, i + 1, full));
+                }
+                (start, keys) = (i + 1, 0);
+            }
+        }
+        let done =
+            futures_util::future::join_all(txs.iter().map(|(_, _, p)| self.run_pipe(p))).await;
+        for ((from, to, _), r) in txs.iter().zip(done) {
+            if let Err(e) = r {
+                let e = Arc::new(backend(e));
+                for slot in &mut results[*from..*to] {
+                    if slot.is_ok() {
+                        *slot = Err(StoreError::Batch(Arc::clone(&e)));
+                    }
+                }
+            }
+        }
+        results
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
+    /// A single node: one transaction per [`APPEND_MANY_KEYS`] keys, all in
+    /// one round trip. A cluster: each write as
+    /// [`Store::append_users`] / [`Store::append_channel`] would, at once
+    /// (a transaction cannot span slots).
+    async fn append_many(&self, writes: &[Append]) -> Vec<Result<(), StoreError>> {
+        match self.conn {
+            Conn::Single(_) if writes.len() > 1 => self.append_many_single(writes).await,
+            _ => append_each(self, writes).await,
+        }
+    }
+
     async fn append_users(
         &self,
         users: &[UserId],

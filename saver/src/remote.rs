@@ -22,7 +22,12 @@ use link::LinkError;
 use proto::{MsgId, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::{Bounds, Store, StoreError, StoredMsg};
+use crate::{append_each, Append, Bounds, Store, StoreError, StoredMsg};
+
+/// A batch of appends over this many bytes goes as several calls (in
+/// order), so that one call stays far below the link's frame limit and
+/// does not hold the connection for long.
+pub const APPEND_MANY_BYTES: usize = 1024 * 1024;
 
 /// Service name in the link hello.
 pub const SERVICE: &str = "saver";
@@ -121,6 +126,11 @@ pub enum SaverReq {
         /// Records expired at this time count as absent.
         now_ms: i64,
     },
+    /// [`Store::append_many`]: answered with [`SaverResp::Each`].
+    AppendMany {
+        /// The writes, in id order.
+        writes: Vec<Append>,
+    },
 }
 
 /// A saver's answer.
@@ -141,6 +151,9 @@ pub enum SaverResp {
     // New variants go last: older peers decode the others by index.
     /// The answer to [`SaverReq::SeenGet`].
     Seen(bool),
+    /// The answer to [`SaverReq::AppendMany`]: per write, in order, `None`
+    /// when it is durable, else why it failed.
+    Each(Vec<Option<String>>),
 }
 
 /// Serves a [`Store`] over links (concurrent: every call is its own task).
@@ -235,6 +248,24 @@ impl SaverService {
             SaverReq::SeenGet { user, now_ms } => {
                 s.seen_get(&user, now_ms).await.map(SaverResp::Seen)
             }
+            SaverReq::AppendMany { writes } => {
+                let results = s.append_many(&writes).await;
+                if results.iter().any(|r| matches!(r, Err(StoreError::Closed))) {
+                    Err(StoreError::Closed)
+                } else {
+                    Ok(SaverResp::Each(
+                        results
+                            .into_iter()
+                            .map(|r| {
+                                r.err().map(|e| {
+                                    tracing::warn!(error = %e, "saver store write failed");
+                                    e.to_string()
+                                })
+                            })
+                            .collect(),
+                    ))
+                }
+            }
         };
         match r {
             Ok(resp) => resp,
@@ -303,6 +334,11 @@ impl RemoteStore {
 
     /// Sends `req` to the savers in turn until one answers.
     async fn call(&self, req: SaverReq) -> Result<SaverResp, StoreError> {
+        self.call_at(req).await.map(|(resp, _)| resp)
+    }
+
+    /// [`RemoteStore::call`], and the address of the saver that answered.
+    async fn call_at(&self, req: SaverReq) -> Result<(SaverResp, &str), StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
@@ -323,7 +359,7 @@ impl RemoteStore {
             };
             let Some(this) = this else { break };
             match Self::outcome(saver, saver.call(this).await) {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, saver.addr())),
                 Err(Miss::Stop(e)) => return Err(e),
                 Err(Miss::Next(why)) => {
                     // The link logs its own ups and downs.
@@ -333,6 +369,32 @@ impl RemoteStore {
             }
         }
         Err(StoreError::NoSaver { last })
+    }
+
+    /// One [`SaverReq::AppendMany`] call for `writes`; a saver of an older
+    /// version, which does not know it, gets the single calls instead.
+    async fn append_chunk(&self, writes: &[Append]) -> Vec<Result<(), StoreError>> {
+        let req = SaverReq::AppendMany {
+            writes: writes.to_vec(),
+        };
+        match self.call_at(req).await {
+            Ok((SaverResp::Each(results), addr)) if results.len() == writes.len() => results
+                .into_iter()
+                .map(|r| match r {
+                    None => Ok(()),
+                    Some(message) => Err(StoreError::Remote {
+                        addr: addr.to_owned(),
+                        message,
+                    }),
+                })
+                .collect(),
+            Ok((other, _)) => all_failed(writes.len(), unexpected(&other, "append_many")),
+            Err(StoreError::Link { source }) if source.is_unknown_request() => {
+                tracing::debug!("a saver does not know AppendMany; one call per write");
+                append_each(self, writes).await
+            }
+            Err(e) => all_failed(writes.len(), e),
+        }
     }
 
     fn outcome(
@@ -354,6 +416,14 @@ impl RemoteStore {
             Err(source) => Err(Miss::Stop(StoreError::Link { source })),
         }
     }
+}
+
+/// `n` results, each failed with `e` (shared).
+fn all_failed(n: usize, e: StoreError) -> Vec<Result<(), StoreError>> {
+    let e = Arc::new(e);
+    (0..n)
+        .map(|_| Err(StoreError::Batch(Arc::clone(&e))))
+        .collect()
 }
 
 /// The answer did not fit the call: a saver of another version.
@@ -381,6 +451,28 @@ impl Store for RemoteStore {
             SaverResp::Done => Ok(()),
             other => Err(unexpected(&other, "append_users")),
         }
+    }
+
+    /// One call for the whole batch (several, at once, past
+    /// [`APPEND_MANY_BYTES`]); a single write goes as itself.
+    async fn append_many(&self, writes: &[Append]) -> Vec<Result<(), StoreError>> {
+        if writes.len() <= 1 {
+            return append_each(self, writes).await;
+        }
+        let mut chunks = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, w) in writes.iter().enumerate() {
+            bytes += w.wire_size();
+            if bytes >= APPEND_MANY_BYTES || i + 1 == writes.len() {
+                chunks.push(&writes[start..=i]);
+                (start, bytes) = (i + 1, 0);
+            }
+        }
+        futures_util::future::join_all(chunks.into_iter().map(|c| self.append_chunk(c)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn read_user(

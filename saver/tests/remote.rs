@@ -7,12 +7,17 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use link::{ClientConfig, ServerConfig};
 use proto::MsgId;
-use saver::{Bounds, EmbeddedStore, RedisStore, RemoteStore, SaverService, Store, StoreError};
+use saver::remote::{SaverReq, SaverResp};
+use saver::{
+    Append, Bounds, EmbeddedStore, RedisStore, RemoteStore, SaverService, Store, StoreError,
+    StoredMsg,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -269,4 +274,157 @@ async fn no_saver_addresses_is_an_error() {
         remote.acked(&u("x"), "d").await,
         Err(StoreError::Setup(_))
     ));
+}
+
+// ---- batches -------------------------------------------------------------
+
+/// A saver that counts the calls it gets: batches and single calls.
+struct Counting {
+    inner: Arc<SaverService>,
+    batches: AtomicUsize,
+    singles: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl link::Service for Counting {
+    type Req = SaverReq;
+    type Resp = SaverResp;
+    const NAME: &'static str = saver::remote::SERVICE;
+    const ORDERED: bool = false;
+
+    async fn call(&self, req: SaverReq) -> SaverResp {
+        let n = match req {
+            SaverReq::AppendMany { .. } => &self.batches,
+            _ => &self.singles,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(req).await
+    }
+}
+
+/// Serves `service` on a loopback port; the address and the stopper.
+async fn serve<S: link::Service>(service: Arc<S>) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(link::serve(
+        listener,
+        service,
+        ServerConfig::new(KEY),
+        stop.clone(),
+    ));
+    (addr, stop)
+}
+
+fn sized_msg(id: i64, bytes: usize) -> StoredMsg {
+    StoredMsg {
+        data: bytes::Bytes::from(format!("\"{}\"", "x".repeat(bytes))),
+        ..msg(id, now() + HOUR)
+    }
+}
+
+/// A dispatcher's batch of writes is one saver call, and one over
+/// `APPEND_MANY_BYTES` is a few, with every write durable either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_saver_call_and_a_big_one_a_few() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("pushgate.redb")).unwrap());
+    let counting = Arc::new(Counting {
+        inner: SaverService::new(store.clone()),
+        batches: AtomicUsize::new(0),
+        singles: AtomicUsize::new(0),
+    });
+    let (addr, stop) = serve(counting.clone()).await;
+    let remote = RemoteStore::new(vec![addr], client_cfg());
+
+    let small: Vec<Append> = (1..=50)
+        .map(|id| users_write(&["s", &format!("s{id}")], id, 1000))
+        .collect();
+    let results = remote.append_many(&small).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(counting.batches.load(Ordering::Relaxed), 1);
+    assert_eq!(counting.singles.load(Ordering::Relaxed), 0);
+    assert_eq!(read_all(&*remote, "s").await, (1..=50).collect::<Vec<_>>());
+
+    // 40 writes of 40 KiB: 1.6 MB, two calls.
+    let big: Vec<Append> = (101..=140)
+        .map(|id| Append::Users {
+            users: vec![u("b")],
+            msg: sized_msg(id, 40 * 1024),
+            bounds: BIG,
+        })
+        .collect();
+    let total: usize = big.iter().map(Append::wire_size).sum();
+    assert!(total > saver::remote::APPEND_MANY_BYTES, "{total}");
+    let results = remote.append_many(&big).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(counting.batches.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        read_all(&*remote, "b").await,
+        (101..=140).collect::<Vec<_>>()
+    );
+    remote.close().await.unwrap();
+    stop.cancel();
+    store.close().await.unwrap();
+}
+
+/// What a saver of the version before `AppendMany` decodes: its requests
+/// up to `AppendUsers` (the first) and its answers up to `Done`.
+#[derive(serde::Deserialize)]
+enum OlderReq {
+    AppendUsers {
+        users: Vec<proto::UserId>,
+        msg: StoredMsg,
+        bounds: Bounds,
+    },
+}
+
+#[derive(serde::Serialize)]
+enum OlderResp {
+    Done,
+}
+
+struct OlderSaver {
+    store: Arc<dyn Store>,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl link::Service for OlderSaver {
+    type Req = OlderReq;
+    type Resp = OlderResp;
+    const NAME: &'static str = saver::remote::SERVICE;
+    const ORDERED: bool = false;
+
+    async fn call(&self, req: OlderReq) -> OlderResp {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let OlderReq::AppendUsers { users, msg, bounds } = req;
+        self.store.append_users(&users, &msg, bounds).await.unwrap();
+        OlderResp::Done
+    }
+}
+
+/// During an upgrade a center may be newer than its savers: a batch to a
+/// saver that does not know `AppendMany` goes as one call per write, and
+/// every write lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_saver_gets_a_call_per_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("pushgate.redb")).unwrap());
+    let older = Arc::new(OlderSaver {
+        store: store.clone(),
+        calls: AtomicUsize::new(0),
+    });
+    let (addr, stop) = serve(older.clone()).await;
+    let remote = RemoteStore::new(vec![addr], client_cfg());
+    let writes: Vec<Append> = (1..=3).map(|id| users_write(&["o"], id, 100)).collect();
+    let results = remote.append_many(&writes).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The batch is refused undecoded (it never reaches the service); then
+    // the three writes.
+    assert_eq!(older.calls.load(Ordering::Relaxed), 3);
+    assert_eq!(read_all(&*store, "o").await, [1, 2, 3]);
+    remote.close().await.unwrap();
+    stop.cancel();
+    store.close().await.unwrap();
 }

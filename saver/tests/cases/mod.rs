@@ -26,6 +26,7 @@ macro_rules! every_case {
             cids_are_remembered_until_they_expire,
             senders_are_kept,
             seen_users_are_known_until_they_expire,
+            a_batch_of_appends_is_each_written,
         );
     };
 }
@@ -33,7 +34,7 @@ macro_rules! every_case {
 use bytes::Bytes;
 use futures_util::future::join_all;
 use proto::{MsgId, UserId};
-use saver::{Bounds, Store, StoreError, StoredMsg};
+use saver::{Append, Bounds, Store, StoreError, StoredMsg};
 
 pub const HOUR: i64 = 3_600_000;
 
@@ -343,8 +344,63 @@ pub async fn closed_store_refuses(store: &dyn Store) {
         store.read_user(&u("cl"), MsgId(0), now(), 10).await,
         Err(StoreError::Closed)
     ));
+    let batch = [users_write(&["cl"], 3, 10), users_write(&["cl2"], 4, 10)];
+    let results = store.append_many(&batch).await;
+    assert_eq!(results.len(), 2);
+    assert!(
+        results.iter().all(Result::is_err),
+        "a closed store wrote a batch: {results:?}"
+    );
     // Closing twice is fine.
     store.close().await.unwrap();
+}
+
+pub fn users_write(users: &[&str], id: i64, max: u32) -> Append {
+    Append::Users {
+        users: users.iter().map(|n| u(n)).collect(),
+        msg: msg(id, now() + HOUR),
+        bounds: Bounds { max },
+    }
+}
+
+/// `append_many` does each write as its single call would: every user and
+/// channel gets its messages in id order, trimmed per write's bounds, with
+/// a result per write; a write to more users than one Redis transaction
+/// holds is still whole; an empty batch is nothing.
+pub async fn a_batch_of_appends_is_each_written(store: &dyn Store) {
+    assert!(store.append_many(&[]).await.is_empty());
+    let many: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    let mut big: Vec<&str> = many.iter().map(String::as_str).collect();
+    big.push("a");
+    let writes = vec![
+        users_write(&["a", "b"], 1, 1000),
+        users_write(&["b"], 2, 1000),
+        Append::Channel {
+            channel: "c1".to_owned(),
+            msg: msg(3, now() + HOUR),
+            bounds: Bounds { max: 10 },
+        },
+        users_write(&big, 4, 1000),
+        users_write(&["a"], 5, 1000),
+        users_write(&["t"], 6, 1),
+        users_write(&["t"], 7, 1),
+        users_write(&[], 8, 1000),
+    ];
+    let results = store.append_many(&writes).await;
+    assert_eq!(results.len(), writes.len());
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "write {i}: {r:?}");
+    }
+    assert_eq!(read_all(store, "a").await, [1, 4, 5]);
+    assert_eq!(read_all(store, "b").await, [1, 2]);
+    assert_eq!(read_all(store, "m0").await, [4]);
+    assert_eq!(read_all(store, "m4999").await, [4]);
+    assert_eq!(read_all(store, "t").await, [7], "trimmed to the newest");
+    let h = store.read_channel("c1", MsgId(0), now(), 10).await.unwrap();
+    assert_eq!(ids(&h), [3]);
+    // Again, the same ids: nothing is added twice.
+    assert!(store.append_many(&writes).await.iter().all(Result::is_ok));
+    assert_eq!(read_all(store, "a").await, [1, 4, 5]);
 }
 
 pub trait CloneWithTs {
