@@ -234,7 +234,13 @@ impl Dispatcher {
                     rx.close();
                     closing = true;
                 }
-                _ = retry.tick() => self.retry_resyncs().await,
+                _ = retry.tick() => {
+                    // Pushes wait behind it too.
+                    let began = Instant::now();
+                    self.admission.started(began);
+                    self.retry_resyncs().await;
+                    self.admission.observe(0, began.elapsed());
+                }
                 n = rx.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
                         break;
@@ -242,6 +248,7 @@ impl Dispatcher {
                     self.metrics.queue_depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                     self.metrics.batch_size.observe(n as f64);
                     let began = Instant::now();
+                    self.admission.started(began);
                     self.process(std::mem::take(&mut batch)).await;
                     self.admission.observe(n, began.elapsed());
                 }

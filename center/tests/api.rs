@@ -1067,6 +1067,57 @@ async fn hung_request_times_out() {
     h.store.gate.add_permits(10);
 }
 
+/// A push that arrives behind a batch that has been stuck for over half
+/// the request timeout is refused at once with 429 and `Retry-After`,
+/// although nothing was measured before (the first batch after start is the
+/// stuck one), instead of being queued into a 503 `timeout`.
+#[tokio::test]
+async fn a_push_behind_a_stuck_batch_is_shed_at_once() {
+    use tower::ServiceExt;
+    let cfg = CenterConfig {
+        request_timeout: Duration::from_millis(600),
+        ..CenterConfig::default()
+    };
+    let h = harness_with(cfg).await;
+    h.store.gated.store(true, Ordering::SeqCst);
+    let app = h.app.clone();
+    let first = tokio::spawn(async move {
+        let body = r#"{"users":["a"],"data":1}"#;
+        let r = req(
+            "POST",
+            "/api/v1/push/users",
+            Some(body),
+            Some(KEY),
+            Some("application/json"),
+        );
+        send(&app, r).await
+    });
+    // The first push's batch is in flight, held by the store.
+    for _ in 0..2000 {
+        if h.center_queue_len().await >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let r = req(
+        "POST",
+        "/api/v1/push/users",
+        Some(r#"{"users":["b"],"data":2}"#),
+        Some(KEY),
+        Some("application/json"),
+    );
+    let resp = h.app.clone().oneshot(r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry = resp.headers().get("retry-after").cloned();
+    assert!(retry.is_some(), "no Retry-After");
+    let (s, v) = first.await.unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(code(&v), "timeout");
+    h.store.gate.add_permits(10);
+    assert!(h.stored("b").await.is_empty(), "the shed push was stored");
+}
+
 #[tokio::test]
 async fn shutdown_answers_queued_pushes_then_refuses() {
     let h = harness().await;
