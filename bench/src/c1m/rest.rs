@@ -14,6 +14,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::LatencyHist;
 
+/// Times a shed push (429) is sent again after its `Retry-After`.
+const SHED_RETRIES: u32 = 20;
+
+/// Longest wait taken from one `Retry-After`.
+const MAX_SHED_WAIT: Duration = Duration::from_secs(10);
+
+/// A call that got no 2xx: why, and when the server asked to come back.
+struct Refused {
+    why: String,
+    retry_after: Option<Duration>,
+}
+
 /// A REST client for one center.
 #[derive(Clone)]
 pub(crate) struct Rest {
@@ -159,17 +171,47 @@ impl Rest {
     }
 
     async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, String> {
-        let req = self
-            .http
+        self.call(self.post_req(path, body)).await
+    }
+
+    fn post_req(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&*self.api_key)
-            .json(body);
-        self.call(req).await
+            .json(body)
+    }
+
+    /// As an application server should: a push the center sheds (429
+    /// `overloaded`) is sent again after its `Retry-After`, at most
+    /// [`SHED_RETRIES`] times; every 429 is still counted in the answers.
+    async fn post_honouring_shed(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<u8>, String> {
+        let mut tries = 0;
+        loop {
+            match self.call_full(self.post_req(path, body)).await {
+                Err(Refused {
+                    retry_after: Some(wait),
+                    ..
+                }) if tries < SHED_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(wait.min(MAX_SHED_WAIT)).await;
+                }
+                other => return other.map_err(|r| r.why),
+            }
+        }
     }
 
     /// Sends a request; the body of a 2xx answer, else why not (and counts
     /// the outcome).
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, String> {
+        self.call_full(req).await.map_err(|r| r.why)
+    }
+
+    /// [`Rest::call`], with the `Retry-After` of a 429.
+    async fn call_full(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, Refused> {
         self.answers.calls.fetch_add(1, Relaxed);
         let resp = match req.send().await {
             Ok(r) => r,
@@ -190,10 +232,18 @@ impl Rest {
                 let text: String = cause.to_string().chars().take(80).collect();
                 let why = format!("{kind} ({text})");
                 *self.answers.failed.lock().entry(why.clone()).or_insert(0) += 1;
-                return Err(why);
+                return Err(Refused {
+                    why,
+                    retry_after: None,
+                });
             }
         };
         let status = resp.status();
+        let retry_after = (status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+            .then(|| resp.headers().get(reqwest::header::RETRY_AFTER))
+            .flatten()
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         if !status.is_success() {
             *self
                 .answers
@@ -202,7 +252,10 @@ impl Rest {
                 .entry(status.as_u16())
                 .or_insert(0) += 1;
         }
-        let bytes = resp.bytes().await.map_err(|_| "body".to_string())?;
+        let bytes = resp.bytes().await.map_err(|_| Refused {
+            why: "body".to_string(),
+            retry_after: None,
+        })?;
         if status.is_success() {
             Ok(bytes.to_vec())
         } else {
@@ -211,10 +264,11 @@ impl Rest {
             let code = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
-            Err(match code {
+            let why = match code {
                 Some(c) => format!("status {} ({c})", status.as_u16()),
                 None => format!("status {}", status.as_u16()),
-            })
+            };
+            Err(Refused { why, retry_after })
         }
     }
 
@@ -238,7 +292,7 @@ impl Rest {
         let started = Instant::now();
         let body = serde_json::json!({ "data": payload("b", n) });
         let answer = self
-            .post("/push/broadcast", &body)
+            .post_honouring_shed("/push/broadcast", &body)
             .await
             .map_err(|e| anyhow::anyhow!("broadcast {n}: {e}"))?;
         let http = started.elapsed();
@@ -262,7 +316,7 @@ impl Rest {
     /// A push to `channel`.
     pub(crate) async fn channel(&self, channel: &str, n: u32) -> anyhow::Result<()> {
         let body = serde_json::json!({ "channel": channel, "data": payload("c", n) });
-        self.post("/push/channel", &body)
+        self.post_honouring_shed("/push/channel", &body)
             .await
             .map_err(|e| anyhow::anyhow!("channel push to {channel}: {e}"))?;
         Ok(())
@@ -311,6 +365,52 @@ mod tests {
         assert_eq!(parsed.k, "u");
         assert_eq!(parsed.n, 2);
         assert!(parsed.t > 0);
+    }
+
+    /// A center that sheds the first call with 429 and `Retry-After: 1`
+    /// and accepts the next: the channel push goes through, and the 429 is
+    /// still counted.
+    #[tokio::test]
+    async fn a_shed_push_is_sent_again_after_retry_after() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 31\r\n\r\n{\"error\":{\"code\":\"overloaded\"}}",
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            ] {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body by its length.
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len || n == 0 {
+                            break;
+                        }
+                    }
+                }
+                sock.write_all(answer.as_bytes()).await.unwrap();
+                sock.shutdown().await.unwrap();
+            }
+        });
+        let rest = Rest::new(&format!("http://{addr}/api/v1"), "k").unwrap();
+        let started = Instant::now();
+        rest.channel("c1m:1", 1).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1), "did not wait");
+        server.await.unwrap();
+        let answers = rest.answers();
+        assert_eq!(answers.calls, 2);
+        assert_eq!(answers.status(429), 1);
     }
 
     #[test]
