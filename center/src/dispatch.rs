@@ -405,15 +405,18 @@ impl Dispatcher {
         which
             .iter()
             .zip(ids)
-            .map(|(w, id)| match w.and_then(|k| results.get(k)) {
-                None if w.is_some() => {
-                    tracing::warn!(%id, "store gave no result for a write, push refused");
-                    false
-                }
-                None | Some(Ok(())) => true,
-                Some(Err(e)) => {
-                    tracing::warn!(%e, %id, "store failed, push refused");
-                    false
+            .map(|(w, id)| {
+                let Some(k) = *w else { return true };
+                match results.get(k) {
+                    Some(Ok(())) => true,
+                    Some(Err(e)) => {
+                        tracing::warn!(%e, %id, "store failed, push refused");
+                        false
+                    }
+                    None => {
+                        tracing::warn!(%id, "store gave no result for a write, push refused");
+                        false
+                    }
                 }
             })
             .collect()
@@ -421,6 +424,13 @@ impl Dispatcher {
 
     /// What `job` must store with `id`, if anything.
     fn write_for(&self, job: &Job, id: MsgId) -> Option<Append> {
+        let msg = |ts: i64, ttl: Duration, data: &Bytes, from: &Option<From>| StoredMsg {
+            id,
+            ts,
+            expires_at: ts.saturating_add(millis(ttl)),
+            data: data.clone(),
+            sender: from.as_ref().map(|f| f.sender.clone()),
+        };
         match job {
             Job::Users {
                 users,
@@ -432,13 +442,7 @@ impl Dispatcher {
                 ..
             } => Some(Append::Users {
                 users: users.clone(),
-                msg: StoredMsg {
-                    id,
-                    ts: *ts,
-                    expires_at: ts.saturating_add(millis(*ttl)),
-                    data: data.clone(),
-                    sender: from.as_ref().map(|f| f.sender.clone()),
-                },
+                msg: msg(*ts, *ttl, data, from),
                 bounds: Bounds {
                     max: self.cfg.queue_max,
                 },
@@ -452,13 +456,7 @@ impl Dispatcher {
                 ..
             } => Some(Append::Channel {
                 channel: channel.clone(),
-                msg: StoredMsg {
-                    id,
-                    ts: *ts,
-                    expires_at: ts.saturating_add(millis(self.cfg.channel_history_ttl)),
-                    data: data.clone(),
-                    sender: from.as_ref().map(|f| f.sender.clone()),
-                },
+                msg: msg(*ts, self.cfg.channel_history_ttl, data, from),
                 bounds: Bounds {
                     max: self.cfg.channel_history_max,
                 },

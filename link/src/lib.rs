@@ -125,6 +125,23 @@ impl LinkError {
 /// other bad frames and fall back ([`LinkError::is_unknown_request`]).
 pub const UNDECODABLE_REQUEST: &str = "undecodable request";
 
+/// Splits `items` into consecutive runs, in order, each cut just after the
+/// item that brings its total `weight` to `limit` or more: how a batch is
+/// sent as calls of bounded size (bytes per link call, keys per
+/// transaction). Every item is in exactly one run; an empty slice gives none.
+pub fn split_by<T>(items: &[T], weight: impl Fn(&T) -> usize, limit: usize) -> Vec<&[T]> {
+    let mut runs = Vec::new();
+    let (mut start, mut total) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        total += weight(item);
+        if total >= limit || i + 1 == items.len() {
+            runs.push(&items[start..=i]);
+            (start, total) = (i + 1, 0);
+        }
+    }
+    runs
+}
+
 /// Parses a comma-separated list of addresses (`host:port,host:port`),
 /// trimming blanks and dropping empty items.
 pub fn split_addrs(list: &str) -> Vec<String> {
@@ -168,6 +185,15 @@ pub(crate) fn tune(stream: &tokio::net::TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn batches_split_after_the_item_that_reaches_the_limit() {
+        let w = [3, 4, 1, 10, 2];
+        let runs = super::split_by(&w, |x| *x, 7);
+        assert_eq!(runs, [&[3, 4][..], &[1, 10], &[2]]);
+        assert!(super::split_by(&[] as &[usize], |x| *x, 7).is_empty());
+        assert_eq!(super::split_by(&w, |_| 0, 7), [&w[..]]);
+    }
+
     use super::*;
 
     #[test]

@@ -110,13 +110,19 @@ impl Append {
     /// batch into calls of bounded size).
     #[must_use]
     pub fn wire_size(&self) -> usize {
-        let (names, msg) = match self {
-            Append::Users { users, msg, .. } => {
-                (users.iter().map(|u| u.as_str().len() + 2).sum(), msg)
-            }
-            Append::Channel { channel, msg, .. } => (channel.len() + 2, msg),
+        let names: usize = match self {
+            Append::Users { users, .. } => users.iter().map(|u| u.as_str().len() + 2).sum(),
+            Append::Channel { channel, .. } => channel.len() + 2,
         };
-        names + msg.data.len() + 48
+        names + self.msg().data.len() + 48
+    }
+
+    /// The message it appends.
+    #[must_use]
+    pub fn msg(&self) -> &StoredMsg {
+        match self {
+            Append::Users { msg, .. } | Append::Channel { msg, .. } => msg,
+        }
     }
 
     /// The keys it writes: users, or one for the channel.

@@ -422,13 +422,10 @@ impl RedisStore {
             return writes.iter().map(|_| Err(StoreError::Closed)).collect();
         }
         // Encode first: a write that cannot be encoded fails alone.
-        let mut members = Vec::with_capacity(writes.len());
         let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
+        let mut members = Vec::with_capacity(writes.len());
         for w in writes {
-            let msg = match w {
-                Append::Users { msg, .. } | Append::Channel { msg, .. } => msg,
-            };
-            match encode_member(msg) {
+            match encode_member(w.msg()) {
                 Ok(m) => {
                     members.push(Some(m));
                     results.push(Ok(()));
@@ -439,53 +436,62 @@ impl RedisStore {
                 }
             }
         }
-        // Transactions: (first write, past the last write, pipeline).
-        let mut txs: Vec<(usize, usize, redis::Pipeline)> = Vec::new();
-        let (mut start, mut keys) = (0, 0);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (i, (w, member)) in writes.iter().zip(&members).enumerate() {
-            if let Some(member) = member {
-                match w {
-                    Append::Users { users, msg, bounds } => {
-                        for u in users {
-                            let key = queue_key(u.as_str());
-                            add_append(&mut pipe, &key, member, msg.expires_at, bounds.max);
-                        }
-                    }
-                    Append::Channel {
-                        channel,
-                        msg,
-                        bounds,
-                    } => {
-                        let key = history_key(channel);
-                        add_append(&mut pipe, &key, member, msg.expires_at, bounds.max);
-                    }
-                }
-                keys += w.keys();
-            }
-            if keys >= APPEND_MANY_KEYS || i + 1 == writes.len() {
-                let full = std::mem::replace(&mut pipe, redis::pipe());
+        let order: Vec<usize> = (0..writes.len()).collect();
+        let keys = |&i: &usize| members[i].as_ref().map_or(0, |_| writes[i].keys());
+        let txs: Vec<(&[usize], redis::Pipeline)> = link::split_by(&order, keys, APPEND_MANY_KEYS)
+            .into_iter()
+            .map(|tx| {
+                let mut pipe = redis::pipe();
                 pipe.atomic();
-                if keys > 0 {
-                    txs.push((start, i + 1, full));
+                for &i in tx {
+                    if let Some(member) = &members[i] {
+                        add_write(&mut pipe, &writes[i], member);
+                    }
                 }
-                (start, keys) = (i + 1, 0);
-            }
-        }
-        let done =
-            futures_util::future::join_all(txs.iter().map(|(_, _, p)| self.run_pipe(p))).await;
-        for ((from, to, _), r) in txs.iter().zip(done) {
+                (tx, pipe)
+            })
+            .collect();
+        let done = futures_util::future::join_all(txs.iter().map(|(_, p)| self.run_pipe(p))).await;
+        for ((tx, _), r) in txs.iter().zip(done) {
             if let Err(e) = r {
                 let e = Arc::new(backend(e));
-                for slot in &mut results[*from..*to] {
-                    if slot.is_ok() {
-                        *slot = Err(StoreError::Batch(Arc::clone(&e)));
+                for &i in *tx {
+                    if results[i].is_ok() {
+                        results[i] = Err(StoreError::Batch(Arc::clone(&e)));
                     }
                 }
             }
         }
         results
+    }
+}
+
+/// Every key of `w` (its users' queues, or its channel's history), into
+/// `pipe`, with the encoded `member`.
+fn add_write(pipe: &mut redis::Pipeline, w: &Append, member: &[u8]) {
+    match w {
+        Append::Users { users, msg, bounds } => {
+            for u in users {
+                add_append(
+                    pipe,
+                    &queue_key(u.as_str()),
+                    member,
+                    msg.expires_at,
+                    bounds.max,
+                );
+            }
+        }
+        Append::Channel {
+            channel,
+            msg,
+            bounds,
+        } => add_append(
+            pipe,
+            &history_key(channel),
+            member,
+            msg.expires_at,
+            bounds.max,
+        ),
     }
 }
 

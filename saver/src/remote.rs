@@ -459,15 +459,7 @@ impl Store for RemoteStore {
         if writes.len() <= 1 {
             return append_each(self, writes).await;
         }
-        let mut chunks = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, w) in writes.iter().enumerate() {
-            bytes += w.wire_size();
-            if bytes >= APPEND_MANY_BYTES || i + 1 == writes.len() {
-                chunks.push(&writes[start..=i]);
-                (start, bytes) = (i + 1, 0);
-            }
-        }
+        let chunks = link::split_by(writes, Append::wire_size, APPEND_MANY_BYTES);
         futures_util::future::join_all(chunks.into_iter().map(|c| self.append_chunk(c)))
             .await
             .into_iter()

@@ -207,13 +207,8 @@ impl Rooms for ClusterRooms {
             _ => {}
         }
         let mut counts = Vec::with_capacity(calls.len());
-        let (mut start, mut bytes) = (0, 0);
-        for (i, call) in calls.iter().enumerate() {
-            bytes += wire_size(call);
-            if bytes >= DELIVERIES_BYTES || i + 1 == calls.len() {
-                counts.extend(self.deliveries(room, &calls[start..=i]).await?);
-                (start, bytes) = (i + 1, 0);
-            }
+        for run in link::split_by(calls, wire_size, DELIVERIES_BYTES) {
+            counts.extend(self.deliveries(room, run).await?);
         }
         Ok(counts)
     }
