@@ -85,12 +85,16 @@ impl Which {
 }
 
 /// A started server process.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    pid: u32,
-    ws: String,
-    tcp: String,
-    http: String,
+    /// Its PID.
+    pub(crate) pid: u32,
+    /// The WebSocket listener it printed.
+    pub(crate) ws: String,
+    /// The TCP listener it printed.
+    pub(crate) tcp: String,
+    /// The HTTP listener it printed.
+    pub(crate) http: String,
     log: PathBuf,
 }
 
@@ -105,7 +109,7 @@ struct Run {
 }
 
 /// A random lowercase hex string of `bytes` random bytes.
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes).fold(String::new(), |mut s, _| {
         let _ = write!(s, "{:02x}", rand::random::<u8>());
         s
@@ -114,7 +118,7 @@ fn random_hex(bytes: usize) -> String {
 
 /// Starts `cmd` (its stdout piped, stderr to `log`) and reads its stdout
 /// until `ready`, picking up the `... listening on ADDR` lines.
-async fn start(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
+pub(crate) async fn start(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
     let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -166,7 +170,7 @@ async fn start(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
 
 impl Server {
     /// SIGTERM, then SIGKILL after [`STOP_WITHIN`].
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         signal(self.pid, rustix::process::Signal::TERM);
         if tokio::time::timeout(STOP_WITHIN, self.child.wait())
             .await

@@ -1,6 +1,7 @@
 //! The `c1m` benchmark as a smoke test: 20,000 connections through a real
 //! `pushgate dev-cluster` (three rooms, Redis, two load-generator worker
-//! processes), every phase shortened, and no loss allowed: every connection
+//! processes), every phase shortened (the floor measured first, on 2,000
+//! connections), and no loss allowed: every connection
 //! authenticated and held, every broadcast and channel push delivered to
 //! everyone, every acknowledged unicast received, and every client of the
 //! killed room back with nothing lost. Timings are not asserted (they are
@@ -44,6 +45,12 @@ fn twenty_thousand_connections_lose_nothing() {
             "4s",
             "--unicast-concurrency",
             "32",
+            "--floor",
+            "2000",
+            "--floor-hold",
+            "3s",
+            "--floor-broadcasts",
+            "2",
             "--out",
         ])
         .arg(out.path())
@@ -61,6 +68,20 @@ fn twenty_thousand_connections_lose_nothing() {
     let r: serde_json::Value =
         serde_json::from_slice(&report.expect("report.json")).expect("report is JSON");
     assert_eq!(r["incomplete"], serde_json::Value::Null);
+    // The floor, measured first by the same kind of worker: its figures are
+    // the run's.
+    let floor = &r["floor"];
+    assert_eq!(floor["authenticated"], 2000, "{floor}");
+    assert_eq!(floor["deliveries"], 4000, "{floor}");
+    assert_eq!(floor["drops"], 0, "{floor}");
+    assert!(floor["pongs"].as_u64().unwrap_or(0) > 0, "{floor}");
+    assert!(floor["ping_us"].as_f64().unwrap_or(0.0) > 0.0, "{floor}");
+    assert!(
+        floor["delivery_us"].as_f64().unwrap_or(0.0) > 0.0,
+        "{floor}"
+    );
+    assert_eq!(r["config"]["floor_ping_us"], floor["ping_us"]);
+    assert_eq!(r["config"]["floor_delivery_us"], floor["delivery_us"]);
     assert_eq!(r["ramp"]["authenticated"], 20000);
     assert_eq!(r["hold"]["drops"], 0);
     assert_eq!(r["hold"]["live_end"], 20000);

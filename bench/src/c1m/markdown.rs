@@ -56,6 +56,9 @@ pub(crate) fn render(r: &Report) -> String {
     ln(&mut s, "## Summary");
     ln(&mut s, "");
     s.push_str(&summary_table(r));
+    if let Some(x) = &r.floor {
+        floor_run(&mut s, x);
+    }
     if let Some(x) = &r.ramp {
         ramp(&mut s, x);
     }
@@ -164,11 +167,18 @@ fn config(r: &Report) -> String {
         None => " Each broadcast waits for the previous one.".to_string(),
     });
     let floor = |v: Option<f64>| v.map_or_else(|| "not given".to_string(), |f| format!("{f} µs"));
-    line.push_str(&format!(
-        " Floor: {} per delivery, {} per heartbeat.",
-        floor(c.floor_delivery_us),
-        floor(c.floor_ping_us)
-    ));
+    match &r.floor {
+        Some(f) => line.push_str(&format!(
+            " Floor, measured in this run (below): {} per delivery, {} per heartbeat.",
+            floor(f.delivery_us.map(|u| (u * 100.0).round() / 100.0)),
+            floor(f.ping_us.map(|u| (u * 10.0).round() / 10.0))
+        )),
+        None => line.push_str(&format!(
+            " Floor: {} per delivery, {} per heartbeat.",
+            floor(c.floor_delivery_us),
+            floor(c.floor_ping_us)
+        )),
+    }
     line
 }
 
@@ -344,6 +354,50 @@ fn spread(rooms: &[RoomMemory], f: impl Fn(&RoomMemory) -> f64) -> [f64; 3] {
 }
 
 /// The hold section (`floor_us`: the floor's CPU per heartbeat).
+/// The floor measured in this run (`--floor`).
+fn floor_run(s: &mut String, x: &super::floor_run::FloorRun) {
+    section(s, "Floor, measured in this run");
+    ln(
+        s,
+        format!(
+            "`bench floor` (one thread, epoll, no runtime) held by one load-generator \
+             worker of this run, before the cluster started: {} of {} connections \
+             authenticated, heartbeat {} s.",
+            int(x.authenticated),
+            int(x.connections),
+            x.heartbeat_s
+        ),
+    );
+    ln(s, "");
+    let us = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "n/a".to_string(), |u| format!("{u:.digits$} µs"))
+    };
+    ln(
+        s,
+        format!(
+            "- Hold: {} heartbeats in {}, {:.2} s of CPU: **{}** per heartbeat",
+            int(x.pongs),
+            secs(x.hold_s),
+            x.hold_cpu_s,
+            us(x.ping_us, 1)
+        ),
+    );
+    ln(
+        s,
+        format!(
+            "- Broadcasts: {} sent, {} of {} delivered, {:.2} s of CPU with {} heartbeats \
+             taken out: **{}** per delivery",
+            x.broadcasts,
+            int(x.deliveries),
+            int(x.expected),
+            x.broadcast_cpu_s,
+            int(x.broadcast_pongs),
+            us(x.delivery_us, 2)
+        ),
+    );
+    ln(s, format!("- Connections dropped: {}", int(x.drops)));
+}
+
 fn hold(s: &mut String, x: &Hold, floor_us: Option<f64>) {
     section(s, "Hold");
     ln(s, format!("- Duration: {}", secs(x.seconds)));
@@ -428,6 +482,19 @@ fn broadcasts(s: &mut String, x: &Broadcasts, floor_us: Option<f64>) {
             share(x.min_share_pct)
         ),
     );
+    if let Some(got) = x.received_by_end {
+        let expected: u64 = x.each.iter().map(|b| b.expected).sum();
+        ln(
+            s,
+            format!(
+                "- By the end of the run (counted again after the unicast phases): {} of {} \
+                 received, {} never",
+                int(got),
+                int(expected),
+                int(x.lost())
+            ),
+        );
+    }
     ln(
         s,
         format!(
@@ -587,6 +654,18 @@ fn channels(s: &mut String, x: &Channels) {
             int(x.expected.saturating_sub(x.received))
         ),
     );
+    if let Some(got) = x.received_by_end {
+        ln(
+            s,
+            format!(
+                "- By the end of the run (counted again after the unicast phases): {} of {}, \
+                 {} never",
+                int(got),
+                int(x.expected),
+                int(x.lost())
+            ),
+        );
+    }
     ln(s, "");
     latency_table(s, &[("delivery", &x.latency)]);
 }
@@ -969,6 +1048,7 @@ mod tests {
                         }),
                         floor_bound_ms: Some(2249.97),
                         last_to_floor: Some(0.361),
+                        received_by_end: None,
                     },
                     Broadcast {
                         index: 2,
@@ -983,6 +1063,7 @@ mod tests {
                         task_view: None,
                         floor_bound_ms: Some(2249.97),
                         last_to_floor: Some(0.351),
+                        received_by_end: None,
                     },
                 ],
                 last_p50_ms: 801.17,
@@ -999,6 +1080,7 @@ mod tests {
                 cpu_per_delivery_to_floor: Some(0.444),
                 worst_last_to_floor: Some(0.361),
                 min_share_pct: 99.999,
+                received_by_end: None,
             }),
             channels: Some(Channels {
                 channels: 100,
@@ -1006,6 +1088,7 @@ mod tests {
                 expected: 9_999_880,
                 received: 9_999_880,
                 latency: latency(2.0),
+                received_by_end: None,
             }),
             unicast_fixed: Some(Unicast {
                 asked_rate: Some(10_000),
@@ -1091,6 +1174,7 @@ mod tests {
                 scraped: "4 of 4".into(),
                 ..Default::default()
             }),
+            floor: None,
         }
     }
 
@@ -1184,6 +1268,44 @@ mod tests {
         ));
         // The README's table is the same one.
         assert!(md.contains(&summary_table(&r)));
+    }
+
+    #[test]
+    fn a_floor_measured_in_the_run_and_late_deliveries_are_shown() {
+        let mut r = full_report();
+        r.floor = Some(super::super::floor_run::FloorRun {
+            connections: 17_858,
+            authenticated: 17_858,
+            heartbeat_s: 120,
+            hold_s: 120.0,
+            pongs: 17_900,
+            hold_cpu_s: 0.7,
+            ping_us: Some(39.106),
+            broadcasts: 5,
+            deliveries: 89_290,
+            expected: 89_290,
+            broadcast_pongs: 700,
+            broadcast_cpu_s: 1.6,
+            delivery_us: Some(17.611),
+            drops: 0,
+        });
+        if let Some(b) = r.broadcasts.as_mut() {
+            b.received_by_end = Some(1_999_970);
+        }
+        if let Some(c) = r.channels.as_mut() {
+            c.received_by_end = Some(c.expected);
+        }
+        let md = render(&r);
+        assert!(md.contains(
+            "Floor, measured in this run (below): 17.61 µs per delivery, 39.1 µs per heartbeat."
+        ));
+        assert!(md.contains("## Floor, measured in this run"));
+        assert!(md.contains("17,858 of 17,858 connections authenticated, heartbeat 120 s"));
+        assert!(md.contains("- Hold: 17,900 heartbeats in 120.0 s, 0.70 s of CPU: **39.1 µs**"));
+        assert!(md.contains("89,290 of 89,290 delivered"));
+        // 999,988 + 999,988 expected, 1,999,970 by the end: 6 never.
+        assert!(md.contains("1,999,970 of 1,999,976 received, 6 never"));
+        assert!(md.contains("counted again after the unicast phases"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub(crate) mod cluster;
 mod dial;
 mod fleet;
+mod floor_run;
 mod holder;
 pub(crate) mod markdown;
 mod phases;
@@ -127,6 +128,20 @@ pub(crate) struct C1mArgs {
     /// the rooms' CPU to hold the connections.
     #[arg(long, value_name = "US")]
     pub(crate) floor_ping_us: Option<f64>,
+    /// Measure the floor in this run first: `bench floor` held by one
+    /// load-generator worker with N connections at the run's heartbeat
+    /// (N = the connections a room holds gives the same heartbeats per
+    /// second per process), then broadcast to; its CPU per heartbeat and
+    /// per delivery are the run's floor figures (in place of
+    /// `--floor-ping-us` and `--floor-delivery-us`).
+    #[arg(long, value_name = "N", conflicts_with_all = ["floor_ping_us", "floor_delivery_us"])]
+    pub(crate) floor: Option<u64>,
+    /// How long the floor run holds its connections (with `--floor`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) floor_hold: Duration,
+    /// Broadcasts of the floor run (with `--floor`).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) floor_broadcasts: u32,
     /// Use the workers listening at these addresses (`bench c1m-worker
     /// --listen ADDR`, on this machine or others) instead of spawning them:
     /// one `host:port` (or `host:P1-P2`) per line, `#` comments. The
@@ -210,6 +225,20 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
     let cancel = CancellationToken::new();
     let interrupted = crate::runctl::spawn_ctrl_c(cancel.clone(), "stopping the c1m run");
 
+    // The floor, measured first on a quiet machine (see floor_run).
+    let mut args = args;
+    let floor = match args.floor {
+        Some(k) => match floor_run::measure(&args, k, &cancel).await? {
+            Some(f) => {
+                args.floor_ping_us = f.ping_us;
+                args.floor_delivery_us = f.delivery_us;
+                Some(f)
+            }
+            None => return Ok(Outcome::Interrupted),
+        },
+        None => None,
+    };
+
     // The cluster.
     let scratch = tempdir_for_cluster()?;
     let (started, manifest) = match &args.attach {
@@ -240,6 +269,7 @@ pub(crate) async fn run(args: C1mArgs) -> anyhow::Result<Outcome> {
     };
     let result = run_with_cluster(
         &args,
+        floor,
         manifest,
         &remote,
         cancel.clone(),
@@ -309,6 +339,10 @@ fn preflight(args: &C1mArgs, remote: bool) -> anyhow::Result<()> {
     if !remote {
         proc::check_nofile(args.per_worker + FD_HEADROOM)?;
     }
+    if let Some(n) = args.floor {
+        anyhow::ensure!(n > 0, "--floor takes a number of connections above 0");
+        proc::check_nofile(n + FD_HEADROOM)?;
+    }
     if args.attach.is_none() {
         let limit = room_limit();
         // With the spare room, each room holds at most `per_room` even
@@ -345,6 +379,7 @@ fn preflight(args: &C1mArgs, remote: bool) -> anyhow::Result<()> {
 
 async fn run_with_cluster(
     args: &C1mArgs,
+    floor: Option<floor_run::FloorRun>,
     manifest: Manifest,
     remote: &[String],
     cancel: CancellationToken,
@@ -480,6 +515,7 @@ async fn run_with_cluster(
             floor_ping_us: args.floor_ping_us,
             remote_workers: remote.to_vec(),
         },
+        floor,
         ..Report::default()
     };
     if let Some(note) = favour_central(&ctx.manifest_processes) {

@@ -109,6 +109,9 @@ pub(crate) async fn run_all(ctx: &Ctx, report: &mut Report) -> anyhow::Result<Ou
     if !ctx.cancel.is_cancelled() {
         report.unicast_max = Some(unicast(ctx, PHASE_MAX, None).await?);
     }
+    if !ctx.cancel.is_cancelled() {
+        count_again(ctx, report).await?;
+    }
     // Before the killed room, which fails leases and refills on purpose.
     let internal_after = super::scrape::snapshot(&http, &ctx.metrics_bases).await;
     report.internal = Some(internal_after.since(&internal_before));
@@ -130,8 +133,8 @@ fn lost_anything(r: &Report) -> bool {
     r.hold.as_ref().is_some_and(|h| h.drops > 0)
         || r.ramp.as_ref().is_some_and(|x| !x.drops.is_empty())
         || r.ramp.as_ref().is_some_and(|x| x.authenticated < x.target)
-        || r.broadcasts.as_ref().is_some_and(|b| b.missed > 0)
-        || r.channels.as_ref().is_some_and(|c| c.received < c.expected)
+        || r.broadcasts.as_ref().is_some_and(|b| b.lost() > 0)
+        || r.channels.as_ref().is_some_and(|c| c.lost() > 0)
         || r.unicast_fixed.as_ref().is_some_and(|u| u.lost > 0)
         || r.unicast_max.as_ref().is_some_and(|u| u.lost > 0)
         || r.kill
@@ -450,6 +453,7 @@ async fn broadcasts(ctx: &Ctx, per_pong_s: Option<f64>) -> anyhow::Result<Broadc
             .min_by(f64::total_cmp)
             .unwrap_or(0.0),
         each,
+        received_by_end: None,
     })
 }
 
@@ -527,6 +531,24 @@ fn pick(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// Counts each broadcast and channel round again once the unicast phases
+/// are over (minutes later at a million): what arrived after the bench
+/// stopped waiting was late, what is still missing was lost.
+async fn count_again(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let t = ctx.fleet.totals().await?;
+    if let Some(b) = report.broadcasts.as_mut() {
+        for x in &mut b.each {
+            x.received_by_end = Some(t.count(&format!("b{}", x.index)));
+        }
+        b.received_by_end = Some(b.each.iter().filter_map(|x| x.received_by_end).sum());
+    }
+    if let Some(c) = report.channels.as_mut() {
+        let rounds = ctx.args.channel_rounds;
+        c.received_by_end = Some((1..=rounds).map(|r| t.count(&format!("c{r}"))).sum());
+    }
+    Ok(())
+}
+
 async fn channels(ctx: &Ctx) -> anyhow::Result<Channels> {
     ctx.set_phase("channels");
     let g = ctx.args.channels;
@@ -565,6 +587,7 @@ async fn channels(ctx: &Ctx) -> anyhow::Result<Channels> {
         expected,
         received,
         latency: latency(Some(&all)),
+        received_by_end: None,
     })
 }
 
@@ -880,7 +903,11 @@ pub(crate) fn judge(r: &mut Report) {
             ),
             met: Some(full == b.each.len() && b.each.len() >= asked.max(20)),
             note: if b.missed > 0 {
-                format!("{} deliveries missing", thousands(b.missed))
+                format!(
+                    "{} deliveries missing when the next was sent, {} at the end of the run",
+                    thousands(b.missed),
+                    thousands(b.lost())
+                )
             } else if b.each.len() < 20 {
                 format!(
                     "{} broadcasts made, fewer than the target's 20",

@@ -56,6 +56,10 @@ pub(crate) struct Report {
     /// after the unicast phases.
     #[serde(default)]
     pub(crate) internal: Option<super::scrape::Internal>,
+    /// The floor measured in this run (`--floor`), whose figures are the
+    /// config's `floor_ping_us` and `floor_delivery_us`.
+    #[serde(default)]
+    pub(crate) floor: Option<super::floor_run::FloorRun>,
 }
 
 /// The machine the run was made on.
@@ -258,6 +262,11 @@ pub(crate) struct Broadcast {
     /// `last_ms / floor_bound_ms`.
     #[serde(default)]
     pub(crate) last_to_floor: Option<f64>,
+    /// Connections that had it by the end of the run (counted again after
+    /// the unicast phases): `received` counts what arrived before the bench
+    /// moved on, so a difference is late, not lost.
+    #[serde(default)]
+    pub(crate) received_by_end: Option<u64>,
 }
 
 /// The broadcast phase.
@@ -303,6 +312,21 @@ pub(crate) struct Broadcasts {
     /// The smallest share of live connections a broadcast reached, percent.
     #[serde(default)]
     pub(crate) min_share_pct: f64,
+    /// Deliveries received by the end of the run, every broadcast together.
+    #[serde(default)]
+    pub(crate) received_by_end: Option<u64>,
+}
+
+impl Broadcasts {
+    /// Deliveries never received: counted at the end of the run where it
+    /// was, else when the bench moved on.
+    pub(crate) fn lost(&self) -> u64 {
+        let expected: u64 = self.each.iter().map(|b| b.expected).sum();
+        match self.received_by_end {
+            Some(got) => expected.saturating_sub(got),
+            None => self.missed,
+        }
+    }
 }
 
 /// The channel phase.
@@ -318,6 +342,18 @@ pub(crate) struct Channels {
     pub(crate) received: u64,
     /// Delivery latency.
     pub(crate) latency: Latency,
+    /// Deliveries received by the end of the run (counted again after the
+    /// unicast phases; see [`Broadcast::received_by_end`]).
+    #[serde(default)]
+    pub(crate) received_by_end: Option<u64>,
+}
+
+impl Channels {
+    /// Deliveries never received (as [`Broadcasts::lost`]).
+    pub(crate) fn lost(&self) -> u64 {
+        self.expected
+            .saturating_sub(self.received_by_end.unwrap_or(self.received))
+    }
 }
 
 /// A unicast phase.

@@ -1,0 +1,260 @@
+//! The floor, measured in the run (`--floor N`): before the cluster starts,
+//! a `bench floor` server (one thread, one epoll set, no runtime) is held by
+//! one load-generator worker of this run's kind, with N connections at the
+//! run's heartbeat, then broadcast to. Its CPU per heartbeat and per
+//! broadcast delivery become the run's floor figures.
+//!
+//! Why: a floor figure passed in (`--floor-ping-us`) was measured another
+//! day, by another load generator (`bench idle`'s clients), at another rate
+//! per process; on a shared machine the floor's own cost moves by tens of
+//! percent from one day to the next (32 µs per heartbeat one day, 55 µs
+//! another on the same VM). Here the floor and the rooms see the same
+//! clients, the same heartbeat and, with N = the connections a room holds,
+//! the same heartbeats per second per process, minutes apart.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::rest::Rest;
+use super::workers::{Spawn, Worker};
+use super::C1mArgs;
+use crate::cmd_compare::{random_hex, start};
+use crate::proc;
+
+/// Longest wait for the floor's connections to authenticate, beyond what
+/// the connect rate needs.
+const RAMP_SLACK: Duration = Duration::from_secs(60);
+/// Longest wait for one broadcast to reach every client.
+const BROADCAST_WAIT: Duration = Duration::from_secs(30);
+
+/// What the floor run measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FloorRun {
+    /// Connections asked for.
+    pub(crate) connections: u64,
+    /// Connections authenticated.
+    pub(crate) authenticated: u64,
+    /// Heartbeat interval, seconds.
+    pub(crate) heartbeat_s: u64,
+    /// Length of the measured hold, seconds.
+    pub(crate) hold_s: f64,
+    /// Heartbeats answered during the hold.
+    pub(crate) pongs: u64,
+    /// The floor server's CPU during the hold, seconds.
+    pub(crate) hold_cpu_s: f64,
+    /// CPU per heartbeat, µs (`None` without a heartbeat answered).
+    pub(crate) ping_us: Option<f64>,
+    /// Broadcasts sent.
+    pub(crate) broadcasts: u32,
+    /// Broadcast messages the clients received.
+    pub(crate) deliveries: u64,
+    /// Broadcast messages expected (broadcasts × authenticated).
+    pub(crate) expected: u64,
+    /// Heartbeats answered while broadcasting (taken out).
+    pub(crate) broadcast_pongs: u64,
+    /// The floor server's CPU while broadcasting, seconds.
+    pub(crate) broadcast_cpu_s: f64,
+    /// CPU per delivery, µs, the heartbeats meanwhile taken out (`None`
+    /// without a delivery).
+    pub(crate) delivery_us: Option<f64>,
+    /// Connections dropped during the floor run.
+    pub(crate) drops: u64,
+}
+
+/// A reading of the floor server's CPU, per thread (schedstat: ns, where
+/// `/proc/PID/stat`'s 10 ms ticks would be too coarse for a short run).
+fn cpu_now(pid: u32) -> Vec<(u32, u64)> {
+    proc::cpu_threads(pid).unwrap_or_default()
+}
+
+/// CPU seconds from `earlier` to now.
+fn cpu_since(pid: u32, earlier: &[(u32, u64)]) -> f64 {
+    proc::threads_cpu_delta(earlier, &cpu_now(pid)) as f64 / 1e9
+}
+
+/// CPU per heartbeat, µs.
+fn per_ping_us(cpu_s: f64, pongs: u64) -> Option<f64> {
+    (pongs > 0 && cpu_s > 0.0).then(|| cpu_s / pongs as f64 * 1e6)
+}
+
+/// CPU per delivery, µs, with `pongs` heartbeats at `ping_us` taken out of
+/// `cpu_s` (never below zero).
+fn per_delivery_us(cpu_s: f64, pongs: u64, ping_us: Option<f64>, deliveries: u64) -> Option<f64> {
+    if deliveries == 0 {
+        return None;
+    }
+    let heartbeats_s = ping_us.unwrap_or(0.0) * pongs as f64 / 1e6;
+    let us = (cpu_s - heartbeats_s).max(0.0) / deliveries as f64 * 1e6;
+    (us > 0.0).then_some(us)
+}
+
+/// Runs the floor: starts `bench floor` and one worker with `n`
+/// connections, holds them for `--floor-hold`, sends `--floor-broadcasts`
+/// broadcasts one after the other, and stops both. `Ok(None)`: cancelled.
+pub(crate) async fn measure(
+    args: &C1mArgs,
+    n: u64,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<FloorRun>> {
+    let log = std::env::temp_dir().join(format!("pushgate-c1m-floor-{}.log", std::process::id()));
+    let secret = random_hex(32);
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["floor", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--duration", "2h"])
+        .args(["--heartbeat", &args.heartbeat.to_string()])
+        .args(["--max-connections", &(n + 16).to_string()])
+        .args(["--token-secret", &secret]);
+    eprintln!("== floor: bench floor held by one worker with {n} connections");
+    let srv = start(cmd, &log).await?;
+    let rooms = vec![match args.transport {
+        crate::args::Transport::Tcp => srv.tcp.clone(),
+        _ => format!("ws://{}/ws", srv.ws),
+    }];
+    let spawn = Spawn {
+        id: 0,
+        first: 0,
+        count: n,
+        transport: match args.transport {
+            crate::args::Transport::Tcp => "tcp",
+            _ => "ws",
+        },
+        rooms: &rooms,
+        sources: "127.0.1.1,127.0.1.2",
+        token_secret: &secret,
+        rate: args.ramp_rate.max(1),
+        channels: u64::from(args.channels),
+    };
+    let result = match Worker::spawn(&spawn).await {
+        Ok(worker) => {
+            let r = run(args, n, &worker, srv.pid, &srv.http, cancel).await;
+            worker.stop(Duration::from_secs(20)).await;
+            r
+        }
+        Err(e) => Err(e),
+    };
+    srv.stop().await;
+    let _ = std::fs::remove_file(&log);
+    result
+}
+
+/// The floor run's phases, with the server and the worker up.
+async fn run(
+    args: &C1mArgs,
+    n: u64,
+    worker: &Worker,
+    pid: u32,
+    http: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<FloorRun>> {
+    let sleep = |d: Duration| async move {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    };
+    worker.start().await?;
+    let ramp_for = Duration::from_secs_f64(n as f64 / args.ramp_rate.max(1) as f64) + RAMP_SLACK;
+    let deadline = Instant::now() + ramp_for;
+    let authenticated = loop {
+        let s = worker.stats().await?;
+        if s.authenticated >= n || Instant::now() >= deadline {
+            break s.authenticated;
+        }
+        if !sleep(Duration::from_millis(200)).await {
+            return Ok(None);
+        }
+    };
+    anyhow::ensure!(
+        authenticated == n,
+        "the floor run authenticated {authenticated} of {n} connections in {ramp_for:?}"
+    );
+    if !sleep(args.settle).await {
+        return Ok(None);
+    }
+    // The hold.
+    let before = worker.stats().await?;
+    let cpu0 = cpu_now(pid);
+    let started = Instant::now();
+    if !sleep(args.floor_hold).await {
+        return Ok(None);
+    }
+    let hold_cpu_s = cpu_since(pid, &cpu0);
+    let hold_s = started.elapsed().as_secs_f64();
+    let after = worker.stats().await?;
+    let pongs = after.pongs - before.pongs;
+    let ping_us = per_ping_us(hold_cpu_s, pongs);
+    eprintln!(
+        "  floor hold {hold_s:.1} s: {pongs} heartbeats, {hold_cpu_s:.2} s of CPU, {} µs each",
+        ping_us.map_or_else(|| "?".to_string(), |u| format!("{u:.1}"))
+    );
+    // The broadcasts, one at a time, each waited for.
+    let rest = Rest::new(&format!("http://{http}/api/v1"), "floor")?;
+    let cpu0 = cpu_now(pid);
+    let pongs0 = after.pongs;
+    let mut deliveries = 0;
+    for i in 1..=args.floor_broadcasts {
+        rest.broadcast(i).await?;
+        let key = format!("b{i}");
+        let deadline = Instant::now() + BROADCAST_WAIT;
+        loop {
+            let got = worker.stats().await?.count(&key);
+            if got >= authenticated || Instant::now() >= deadline {
+                deliveries += got;
+                break;
+            }
+            if !sleep(Duration::from_millis(50)).await {
+                return Ok(None);
+            }
+        }
+    }
+    let broadcast_cpu_s = cpu_since(pid, &cpu0);
+    let end = worker.stats().await?;
+    let broadcast_pongs = end.pongs - pongs0;
+    let delivery_us = per_delivery_us(broadcast_cpu_s, broadcast_pongs, ping_us, deliveries);
+    let expected = u64::from(args.floor_broadcasts) * authenticated;
+    eprintln!(
+        "  floor broadcasts: {deliveries} of {expected} delivered, {} µs each",
+        delivery_us.map_or_else(|| "?".to_string(), |u| format!("{u:.2}"))
+    );
+    Ok(Some(FloorRun {
+        connections: n,
+        authenticated,
+        heartbeat_s: args.heartbeat,
+        hold_s,
+        pongs,
+        hold_cpu_s,
+        ping_us,
+        broadcasts: args.floor_broadcasts,
+        deliveries,
+        expected,
+        broadcast_pongs,
+        broadcast_cpu_s,
+        delivery_us,
+        drops: end.dropped(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_heartbeat_and_per_delivery() {
+        assert_eq!(per_ping_us(1.5, 30_000), Some(50.0));
+        assert_eq!(per_ping_us(1.5, 0), None);
+        assert_eq!(per_ping_us(0.0, 10), None);
+        // 2 s of CPU, 10,000 heartbeats at 50 µs (0.5 s) taken out, 100,000
+        // deliveries: 15 µs each.
+        let d = per_delivery_us(2.0, 10_000, Some(50.0), 100_000).unwrap();
+        assert!((d - 15.0).abs() < 1e-9, "{d}");
+        assert_eq!(per_delivery_us(2.0, 10, Some(50.0), 0), None);
+        // More heartbeat CPU than was used (coarse ticks): no figure rather
+        // than a negative one.
+        assert_eq!(per_delivery_us(0.1, 10_000, Some(50.0), 1_000), None);
+    }
+}
