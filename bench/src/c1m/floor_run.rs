@@ -63,6 +63,46 @@ pub(crate) struct FloorRun {
     pub(crate) delivery_us: Option<f64>,
     /// Connections dropped during the floor run.
     pub(crate) drops: u64,
+    /// Length of the ramp (start to the last authenticated), seconds.
+    #[serde(default)]
+    pub(crate) ramp_s: f64,
+    /// The floor server's CPU per connect (upgrade, auth, sub), µs.
+    #[serde(default)]
+    pub(crate) connect_us: Option<f64>,
+    /// The load generator's CPU per connect, µs: the clients' side, which
+    /// shares the machine when they run on it.
+    #[serde(default)]
+    pub(crate) client_connect_us: Option<f64>,
+    /// The load generator's CPU per heartbeat (ping sent, pong read), µs.
+    #[serde(default)]
+    pub(crate) client_ping_us: Option<f64>,
+    /// The load generator's CPU per broadcast delivery (read, counted), µs,
+    /// its heartbeats meanwhile taken out.
+    #[serde(default)]
+    pub(crate) client_delivery_us: Option<f64>,
+}
+
+impl FloorRun {
+    /// Both ends of a connect, µs: what one costs the machine when the
+    /// clients run on it.
+    pub(crate) fn both_ends_connect_us(&self) -> Option<f64> {
+        Some(self.connect_us? + self.client_connect_us?)
+    }
+
+    /// Both ends of a broadcast delivery, µs.
+    pub(crate) fn both_ends_delivery_us(&self) -> Option<f64> {
+        Some(self.delivery_us? + self.client_delivery_us?)
+    }
+}
+
+/// `x` µs with `digits` decimals, or `?`.
+fn fmt_us(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "?".to_string(), |u| format!("{u:.digits$}"))
+}
+
+/// CPU per operation, µs (`None` without an operation or any CPU).
+fn per_op_us(cpu_s: f64, ops: u64) -> Option<f64> {
+    (ops > 0 && cpu_s > 0.0).then(|| cpu_s / ops as f64 * 1e6)
 }
 
 /// A reading of the floor server's CPU, per thread (schedstat: ns, where
@@ -74,11 +114,6 @@ fn cpu_now(pid: u32) -> Vec<(u32, u64)> {
 /// CPU seconds from `earlier` to now.
 fn cpu_since(pid: u32, earlier: &[(u32, u64)]) -> f64 {
     proc::threads_cpu_delta(earlier, &cpu_now(pid)) as f64 / 1e9
-}
-
-/// CPU per heartbeat, µs.
-fn per_ping_us(cpu_s: f64, pongs: u64) -> Option<f64> {
-    (pongs > 0 && cpu_s > 0.0).then(|| cpu_s / pongs as f64 * 1e6)
 }
 
 /// CPU per delivery, µs, with `pongs` heartbeats at `ping_us` taken out of
@@ -157,6 +192,11 @@ async fn run(
             _ = tokio::time::sleep(d) => true,
         }
     };
+    let client = worker.pid;
+    let client_cpu_now = || client.map(cpu_now).unwrap_or_default();
+    let client_cpu_since = |earlier: &[(u32, u64)]| client.map_or(0.0, |p| cpu_since(p, earlier));
+    let (cpu0, client0) = (cpu_now(pid), client_cpu_now());
+    let ramp_started = Instant::now();
     worker.start().await?;
     let ramp_for = Duration::from_secs_f64(n as f64 / args.ramp_rate.max(1) as f64) + RAMP_SLACK;
     let deadline = Instant::now() + ramp_for;
@@ -173,28 +213,43 @@ async fn run(
         authenticated == n,
         "the floor run authenticated {authenticated} of {n} connections in {ramp_for:?}"
     );
+    // Polled every 200 ms: the ramp's CPU includes up to that much idle
+    // time and the heartbeats of the first connections (a few per thousand
+    // at 30 s heartbeats), both small against the connects.
+    let ramp_s = ramp_started.elapsed().as_secs_f64();
+    let connect_us = per_op_us(cpu_since(pid, &cpu0), n);
+    let client_connect_us = per_op_us(client_cpu_since(&client0), n);
+    eprintln!(
+        "  floor ramp: {n} in {ramp_s:.1} s, {} µs per connect (the clients {} µs)",
+        fmt_us(connect_us, 1),
+        fmt_us(client_connect_us, 1)
+    );
     if !sleep(args.settle).await {
         return Ok(None);
     }
     // The hold.
     let before = worker.stats().await?;
-    let cpu0 = cpu_now(pid);
+    let (cpu0, client0) = (cpu_now(pid), client_cpu_now());
     let started = Instant::now();
     if !sleep(args.floor_hold).await {
         return Ok(None);
     }
     let hold_cpu_s = cpu_since(pid, &cpu0);
+    let client_hold_cpu_s = client_cpu_since(&client0);
     let hold_s = started.elapsed().as_secs_f64();
     let after = worker.stats().await?;
     let pongs = after.pongs - before.pongs;
-    let ping_us = per_ping_us(hold_cpu_s, pongs);
+    let ping_us = per_op_us(hold_cpu_s, pongs);
+    let client_ping_us = per_op_us(client_hold_cpu_s, pongs);
     eprintln!(
-        "  floor hold {hold_s:.1} s: {pongs} heartbeats, {hold_cpu_s:.2} s of CPU, {} µs each",
-        ping_us.map_or_else(|| "?".to_string(), |u| format!("{u:.1}"))
+        "  floor hold {hold_s:.1} s: {pongs} heartbeats, {hold_cpu_s:.2} s of CPU, {} µs each \
+         (the clients {} µs)",
+        fmt_us(ping_us, 1),
+        fmt_us(client_ping_us, 1)
     );
     // The broadcasts, one at a time, each waited for.
     let rest = Rest::new(&format!("http://{http}/api/v1"), "floor")?;
-    let cpu0 = cpu_now(pid);
+    let (cpu0, client0) = (cpu_now(pid), client_cpu_now());
     let pongs0 = after.pongs;
     let mut deliveries = 0;
     for i in 1..=args.floor_broadcasts {
@@ -213,13 +268,21 @@ async fn run(
         }
     }
     let broadcast_cpu_s = cpu_since(pid, &cpu0);
+    let client_broadcast_cpu_s = client_cpu_since(&client0);
     let end = worker.stats().await?;
     let broadcast_pongs = end.pongs - pongs0;
     let delivery_us = per_delivery_us(broadcast_cpu_s, broadcast_pongs, ping_us, deliveries);
+    let client_delivery_us = per_delivery_us(
+        client_broadcast_cpu_s,
+        broadcast_pongs,
+        client_ping_us,
+        deliveries,
+    );
     let expected = u64::from(args.floor_broadcasts) * authenticated;
     eprintln!(
-        "  floor broadcasts: {deliveries} of {expected} delivered, {} µs each",
-        delivery_us.map_or_else(|| "?".to_string(), |u| format!("{u:.2}"))
+        "  floor broadcasts: {deliveries} of {expected} delivered, {} µs each (the clients {} µs)",
+        fmt_us(delivery_us, 2),
+        fmt_us(client_delivery_us, 2)
     );
     Ok(Some(FloorRun {
         connections: n,
@@ -236,6 +299,11 @@ async fn run(
         broadcast_cpu_s,
         delivery_us,
         drops: end.dropped(),
+        ramp_s,
+        connect_us,
+        client_connect_us,
+        client_ping_us,
+        client_delivery_us,
     }))
 }
 
@@ -244,10 +312,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn both_ends_add_up_where_both_were_measured() {
+        let f = FloorRun {
+            connect_us: Some(60.0),
+            client_connect_us: Some(90.0),
+            delivery_us: Some(10.0),
+            client_delivery_us: None,
+            ..FloorRun::default()
+        };
+        assert_eq!(f.both_ends_connect_us(), Some(150.0));
+        assert_eq!(f.both_ends_delivery_us(), None);
+    }
+
+    #[test]
     fn cpu_per_heartbeat_and_per_delivery() {
-        assert_eq!(per_ping_us(1.5, 30_000), Some(50.0));
-        assert_eq!(per_ping_us(1.5, 0), None);
-        assert_eq!(per_ping_us(0.0, 10), None);
+        assert_eq!(per_op_us(1.5, 30_000), Some(50.0));
+        assert_eq!(per_op_us(1.5, 0), None);
+        assert_eq!(per_op_us(0.0, 10), None);
         // 2 s of CPU, 10,000 heartbeats at 50 µs (0.5 s) taken out, 100,000
         // deliveries: 15 µs each.
         let d = per_delivery_us(2.0, 10_000, Some(50.0), 100_000).unwrap();

@@ -396,6 +396,25 @@ fn floor_run(s: &mut String, x: &super::floor_run::FloorRun) {
         ),
     );
     ln(s, format!("- Connections dropped: {}", int(x.drops)));
+    ln(
+        s,
+        format!(
+            "- Ramp: {} in {}: **{}** per connect",
+            int(x.authenticated),
+            secs(x.ramp_s),
+            us(x.connect_us, 1)
+        ),
+    );
+    ln(
+        s,
+        format!(
+            "- The clients' side (the load-generator worker's CPU): {} per connect, {} per \
+             heartbeat, {} per delivery",
+            us(x.client_connect_us, 1),
+            us(x.client_ping_us, 1),
+            us(x.client_delivery_us, 2)
+        ),
+    );
 }
 
 fn hold(s: &mut String, x: &Hold, floor_us: Option<f64>) {
@@ -1288,6 +1307,11 @@ mod tests {
             broadcast_cpu_s: 1.6,
             delivery_us: Some(17.611),
             drops: 0,
+            ramp_s: 2.5,
+            connect_us: Some(61.04),
+            client_connect_us: Some(120.0),
+            client_ping_us: Some(30.0),
+            client_delivery_us: Some(9.5),
         });
         if let Some(b) = r.broadcasts.as_mut() {
             b.received_by_end = Some(1_999_970);
@@ -1303,6 +1327,8 @@ mod tests {
         assert!(md.contains("17,858 of 17,858 connections authenticated, heartbeat 120 s"));
         assert!(md.contains("- Hold: 17,900 heartbeats in 120.0 s, 0.70 s of CPU: **39.1 µs**"));
         assert!(md.contains("89,290 of 89,290 delivered"));
+        assert!(md.contains("- Ramp: 17,858 in 2.5 s: **61.0 µs** per connect"));
+        assert!(md.contains("120.0 µs per connect, 30.0 µs per heartbeat, 9.50 µs per delivery"));
         // 999,988 + 999,988 expected, 1,999,970 by the end: 6 never.
         assert!(md.contains("1,999,970 of 1,999,976 received, 6 never"));
         assert!(md.contains("counted again after the unicast phases"));

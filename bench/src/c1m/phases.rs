@@ -876,6 +876,16 @@ pub(crate) fn judge(r: &mut Report) {
         if failed > 0 {
             why.push(format!("{} failed attempts (retried)", thousands(failed)));
         }
+        if let Some(us) = r.floor.as_ref().and_then(|f| f.both_ends_connect_us()) {
+            // What the floor and its clients need per connect, with both
+            // on this machine: the fastest ramp its cores allow.
+            let cores = r.machine.cpus.max(1) as f64;
+            why.push(format!(
+                "the floor and its clients take {us:.0} µs of CPU per connect here: at most \
+                 {}/s on {cores} cores",
+                thousands((cores * 1e6 / us).round() as u64)
+            ));
+        }
         targets.push(Target {
             name: "connect rate (authenticated), averaged over the ramp".into(),
             target: "≥ 20,000/s, 0 failures".into(),
@@ -945,10 +955,32 @@ pub(crate) fn judge(r: &mut Report) {
                 ),
             },
             met: b.worst_last_to_floor.map(|x| x <= 1.3),
-            note: match b.worst_last_to_floor {
-                None => format!("{FLOOR_HOWTO}: --floor-delivery-us"),
-                Some(x) if x > 1.3 => format!("missed by {:.2}×", x - 1.3),
-                Some(_) => String::new(),
+            note: {
+                let mut note = match b.worst_last_to_floor {
+                    None => format!("{FLOOR_HOWTO}: --floor-delivery-us"),
+                    Some(x) if x > 1.3 => format!("missed by {:.2}×", x - 1.3),
+                    Some(_) => String::new(),
+                };
+                if let (Some(w), Some(us)) = (
+                    worst,
+                    r.floor.as_ref().and_then(|f| f.both_ends_delivery_us()),
+                ) {
+                    // The clients' half of each delivery shares the cores
+                    // when they run here: the bound with both ends.
+                    let bound = w.expected as f64 * us / 1000.0 / b.cores.max(1) as f64;
+                    if bound > 0.0 {
+                        if !note.is_empty() {
+                            note.push_str("; ");
+                        }
+                        note.push_str(&format!(
+                            "with the clients' side too (the floor run: {us:.1} µs per delivery \
+                             both ends), bound {} ms: {}",
+                            thousands(bound.round() as u64),
+                            times(w.last_ms / bound)
+                        ));
+                    }
+                }
+                note
             },
         });
         targets.push(Target {

@@ -32,6 +32,8 @@ type Rx = Lines<BufReader<Box<dyn AsyncRead + Send + Unpin>>>;
 pub(crate) struct Worker {
     /// Worker number.
     pub(crate) id: u32,
+    /// The child's PID (`None`: a worker on TCP).
+    pub(crate) pid: Option<u32>,
     /// The child process (`None`: a worker on TCP).
     child: Option<Mutex<Child>>,
     io: Mutex<(Tx, Rx)>,
@@ -100,6 +102,7 @@ impl Worker {
         }
         Ok(Worker {
             id: s.id,
+            pid: child.id(),
             child: Some(Mutex::new(child)),
             io: Mutex::new((stdin, lines)),
         })
@@ -118,6 +121,7 @@ impl Worker {
         let read: Box<dyn AsyncRead + Send + Unpin> = Box::new(read);
         let w = Worker {
             id: s.id,
+            pid: None,
             child: None,
             io: Mutex::new((Box::new(write), BufReader::new(read).lines())),
         };
