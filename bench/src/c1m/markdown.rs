@@ -456,7 +456,7 @@ fn hold(s: &mut String, x: &Hold, floor_us: Option<f64>) {
             "- Heartbeats answered: {}, rooms' CPU ÷ (heartbeats × floor CPU per heartbeat): {}",
             rate(x.pings_per_s),
             match (x.cpu_to_floor, floor_us) {
-                (Some(r), Some(f)) => format!("**{r:.2}×** (floor {f} µs)"),
+                (Some(r), Some(f)) => format!("**{r:.2}×** (floor {f:.1} µs)"),
                 _ => format!("n/a ({NO_FLOOR}: `--floor-ping-us`)"),
             }
         ),
@@ -529,7 +529,7 @@ fn broadcasts(s: &mut String, x: &Broadcasts, floor_us: Option<f64>) {
         (Some(f), Some(r)) => ln(
             s,
             format!(
-                "- Floor: {f} µs per delivery; CPU per delivery **{r:.2}×** the floor; \
+                "- Floor: {f:.2} µs per delivery; CPU per delivery **{r:.2}×** the floor; \
                  floor bound = live connections × {f} µs ÷ {} cores",
                 x.cores
             ),
