@@ -133,8 +133,14 @@ pub(crate) struct C1mArgs {
     /// (N = the connections a room holds gives the same heartbeats per
     /// second per process), then broadcast to; its CPU per heartbeat and
     /// per delivery are the run's floor figures (in place of
-    /// `--floor-ping-us` and `--floor-delivery-us`).
-    #[arg(long, value_name = "N", conflicts_with_all = ["floor_ping_us", "floor_delivery_us"])]
+    /// `--floor-ping-us` and `--floor-delivery-us`). Its worker runs on this
+    /// machine, so not with `--workers-file` (measure the floor on the rooms'
+    /// machine with `bench compare --floor-only` and pass the figures).
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["floor_ping_us", "floor_delivery_us", "workers_file"]
+    )]
     pub(crate) floor: Option<u64>,
     /// How long the floor run holds its connections (with `--floor`).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -647,6 +653,27 @@ mod tests {
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(1_795_305_600), "2026-11-22");
         assert_eq!(utc_date(951_782_400), "2000-02-29");
+    }
+
+    #[test]
+    fn the_floor_run_takes_its_figures_from_nowhere_else() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bench", "c1m", "--floor", "17858"];
+            argv.extend_from_slice(extra);
+            crate::Cli::try_parse_from(argv)
+        };
+        let cli = parse(&[]).unwrap();
+        let crate::Cmd::C1m(a) = cli.cmd else {
+            panic!("not c1m")
+        };
+        assert_eq!(a.floor, Some(17_858));
+        assert_eq!(a.floor_hold, Duration::from_secs(60));
+        assert_eq!(a.floor_broadcasts, 5);
+        // Figures from elsewhere, or clients elsewhere: refused.
+        assert!(parse(&["--floor-ping-us", "32.1"]).is_err());
+        assert!(parse(&["--floor-delivery-us", "10.5"]).is_err());
+        assert!(parse(&["--workers-file", "w.txt"]).is_err());
     }
 
     #[test]
