@@ -155,11 +155,20 @@ impl PushTally {
     }
 }
 
+/// Idle connections the REST client keeps to the center: with the requests
+/// in flight (at most 600 plus a few, see `phases`), under the center's
+/// `--http-max-conns` of 1,024.
+pub(crate) const MAX_IDLE: usize = 384;
+
 impl Rest {
     /// A client for the REST API at `base` (`http://host:port/api/v1`).
     pub(crate) fn new(base: &str, api_key: &str) -> anyhow::Result<Rest> {
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(4096)
+            .pool_max_idle_per_host(MAX_IDLE)
+            // Under the center's `--http-idle-timeout` (60 s): a pooled
+            // connection is dropped here before the center closes it, so a
+            // request never goes out on one the center is closing.
+            .pool_idle_timeout(Duration::from_secs(45))
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Rest {
