@@ -185,16 +185,16 @@ pub(crate) fn tune(stream: &tokio::net::TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn batches_split_after_the_item_that_reaches_the_limit() {
         let w = [3, 4, 1, 10, 2];
-        let runs = super::split_by(&w, |x| *x, 7);
+        let runs = split_by(&w, |x| *x, 7);
         assert_eq!(runs, [&[3, 4][..], &[1, 10], &[2]]);
-        assert!(super::split_by(&[] as &[usize], |x| *x, 7).is_empty());
-        assert_eq!(super::split_by(&w, |_| 0, 7), [&w[..]]);
+        assert!(split_by(&[] as &[usize], |x| *x, 7).is_empty());
+        assert_eq!(split_by(&w, |_| 0, 7), [&w[..]]);
     }
-
-    use super::*;
 
     #[test]
     fn keys_compare() {

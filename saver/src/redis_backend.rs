@@ -440,6 +440,8 @@ impl RedisStore {
         let keys = |&i: &usize| members[i].as_ref().map_or(0, |_| writes[i].keys());
         let txs: Vec<(&[usize], redis::Pipeline)> = link::split_by(&order, keys, APPEND_MANY_KEYS)
             .into_iter()
+            // A run of writes that all failed to encode has nothing to send.
+            .filter(|tx| tx.iter().any(|&i| members[i].is_some()))
             .map(|tx| {
                 let mut pipe = redis::pipe();
                 pipe.atomic();

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use super::wire::WorkerStats;
 use super::workers::Worker;
@@ -79,6 +81,26 @@ pub(crate) fn delta(
 }
 
 impl Fleet {
+    /// Reads the totals every `every` until `done` holds for them,
+    /// `deadline` passes or `cancel` fires; the last totals read.
+    pub(crate) async fn wait_for(
+        &self,
+        done: impl Fn(&Totals) -> bool,
+        deadline: Instant,
+        every: Duration,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Totals> {
+        loop {
+            let t = self.totals().await?;
+            if done(&t)
+                || Instant::now() >= deadline
+                || !super::sleep_unless_cancelled(cancel, every).await
+            {
+                return Ok(t);
+            }
+        }
+    }
+
     /// Every worker's counters, added up.
     pub(crate) async fn totals(&self) -> anyhow::Result<Totals> {
         let all = join_all(self.workers.iter().map(Worker::stats)).await;
@@ -138,6 +160,49 @@ impl Servers {
     }
 }
 
+/// CPU per operation, µs (`None` without an operation or any CPU).
+pub(crate) fn per_op_us(cpu_s: f64, ops: u64) -> Option<f64> {
+    (ops > 0 && cpu_s > 0.0).then(|| cpu_s / ops as f64 * 1e6)
+}
+
+/// CPU per delivery, µs, with `pongs` heartbeats at `ping_us` taken out of
+/// `cpu_s` (never below zero; `None` without a delivery or what is left).
+pub(crate) fn per_delivery_us(
+    cpu_s: f64,
+    pongs: u64,
+    ping_us: Option<f64>,
+    deliveries: u64,
+) -> Option<f64> {
+    let heartbeats_s = ping_us.unwrap_or(0.0) * pongs as f64 / 1e6;
+    per_op_us((cpu_s - heartbeats_s).max(0.0), deliveries)
+}
+
+/// Per-thread CPU readings of some processes (schedstat, ns: fine enough
+/// for short windows, where `/proc/PID/stat`'s 10 ms ticks are not).
+pub(crate) struct ThreadsCpu(Vec<Vec<(u32, u64)>>);
+
+impl ThreadsCpu {
+    /// Reads every process of `pids` now (a process that cannot be read
+    /// counts as none).
+    pub(crate) fn now(pids: &[u32]) -> ThreadsCpu {
+        ThreadsCpu(
+            pids.iter()
+                .map(|&p| proc::cpu_threads(p).unwrap_or_default())
+                .collect(),
+        )
+    }
+
+    /// CPU seconds of each process of `pids` (as given to [`now`](Self::now)) since this reading.
+    pub(crate) fn since(&self, pids: &[u32]) -> Vec<f64> {
+        let later = ThreadsCpu::now(pids);
+        self.0
+            .iter()
+            .zip(&later.0)
+            .map(|(a, b)| proc::threads_cpu_delta(a, b) as f64 / 1e9)
+            .collect()
+    }
+}
+
 /// CPU seconds (user + system) of the processes.
 pub(crate) fn cpu_s(pids: impl Iterator<Item = u32>) -> f64 {
     pids.filter_map(proc::cpu)
@@ -181,6 +246,21 @@ mod tests {
         assert_eq!(t.last_auth_ns, 9);
         let d = delta(&t.failures, &a.failures);
         assert_eq!(d["connect: refused"], 2);
+    }
+
+    #[test]
+    fn cpu_per_heartbeat_and_per_delivery() {
+        assert_eq!(per_op_us(1.5, 30_000), Some(50.0));
+        assert_eq!(per_op_us(1.5, 0), None);
+        assert_eq!(per_op_us(0.0, 10), None);
+        // 2 s of CPU, 10,000 heartbeats at 50 µs (0.5 s) taken out, 100,000
+        // deliveries: 15 µs each.
+        let d = per_delivery_us(2.0, 10_000, Some(50.0), 100_000).unwrap();
+        assert!((d - 15.0).abs() < 1e-9, "{d}");
+        assert_eq!(per_delivery_us(2.0, 10, Some(50.0), 0), None);
+        // More heartbeat CPU than was used (coarse ticks): no figure rather
+        // than a negative one.
+        assert_eq!(per_delivery_us(0.1, 10_000, Some(50.0), 1_000), None);
     }
 
     #[test]

@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fleet::{per_delivery_us, per_op_us, Fleet, ThreadsCpu};
 use super::rest::Rest;
 use super::workers::{Spawn, Worker};
-use super::C1mArgs;
+use super::{sleep_unless_cancelled, C1mArgs};
 use crate::cmd_compare::{random_hex, start};
-use crate::proc;
 
 /// Longest wait for the floor's connections to authenticate, beyond what
 /// the connect rate needs.
@@ -100,33 +100,6 @@ fn fmt_us(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "?".to_string(), |u| format!("{u:.digits$}"))
 }
 
-/// CPU per operation, µs (`None` without an operation or any CPU).
-fn per_op_us(cpu_s: f64, ops: u64) -> Option<f64> {
-    (ops > 0 && cpu_s > 0.0).then(|| cpu_s / ops as f64 * 1e6)
-}
-
-/// A reading of the floor server's CPU, per thread (schedstat: ns, where
-/// `/proc/PID/stat`'s 10 ms ticks would be too coarse for a short run).
-fn cpu_now(pid: u32) -> Vec<(u32, u64)> {
-    proc::cpu_threads(pid).unwrap_or_default()
-}
-
-/// CPU seconds from `earlier` to now.
-fn cpu_since(pid: u32, earlier: &[(u32, u64)]) -> f64 {
-    proc::threads_cpu_delta(earlier, &cpu_now(pid)) as f64 / 1e9
-}
-
-/// CPU per delivery, µs, with `pongs` heartbeats at `ping_us` taken out of
-/// `cpu_s` (never below zero).
-fn per_delivery_us(cpu_s: f64, pongs: u64, ping_us: Option<f64>, deliveries: u64) -> Option<f64> {
-    if deliveries == 0 {
-        return None;
-    }
-    let heartbeats_s = ping_us.unwrap_or(0.0) * pongs as f64 / 1e6;
-    let us = (cpu_s - heartbeats_s).max(0.0) / deliveries as f64 * 1e6;
-    (us > 0.0).then_some(us)
-}
-
 /// Runs the floor: starts `bench floor` and one worker with `n`
 /// connections, holds them for `--floor-hold`, sends `--floor-broadcasts`
 /// broadcasts one after the other, and stops both. `Ok(None)`: cancelled.
@@ -166,8 +139,13 @@ pub(crate) async fn measure(
     };
     let result = match Worker::spawn(&spawn).await {
         Ok(worker) => {
-            let r = run(args, n, &worker, srv.pid, &srv.http, cancel).await;
-            worker.stop(Duration::from_secs(20)).await;
+            let fleet = Fleet {
+                workers: vec![worker],
+            };
+            let r = run(args, n, &fleet, srv.pid, &srv.http, cancel).await;
+            for w in &fleet.workers {
+                w.stop(Duration::from_secs(20)).await;
+            }
             r
         }
         Err(e) => Err(e),
@@ -177,38 +155,42 @@ pub(crate) async fn measure(
     result
 }
 
-/// The floor run's phases, with the server and the worker up.
+/// The floor run's phases, with the server (`pid`, REST API at `http`) and
+/// its one worker up.
 async fn run(
     args: &C1mArgs,
     n: u64,
-    worker: &Worker,
+    fleet: &Fleet,
     pid: u32,
     http: &str,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<FloorRun>> {
-    let sleep = |d: Duration| async move {
-        tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
+    // The floor server's CPU and its clients' (the worker's), together.
+    let pids: Vec<u32> = std::iter::once(pid).chain(fleet.workers[0].pid).collect();
+    let cpu_since = |r: &ThreadsCpu| {
+        let s = r.since(&pids);
+        (s[0], s.get(1).copied().unwrap_or(0.0))
     };
-    let client = worker.pid;
-    let client_cpu_now = || client.map(cpu_now).unwrap_or_default();
-    let client_cpu_since = |earlier: &[(u32, u64)]| client.map_or(0.0, |p| cpu_since(p, earlier));
-    let (cpu0, client0) = (cpu_now(pid), client_cpu_now());
+    let sleep = |d: Duration| sleep_unless_cancelled(cancel, d);
+
+    // The ramp.
+    let cpu = ThreadsCpu::now(&pids);
     let ramp_started = Instant::now();
-    worker.start().await?;
+    fleet.workers[0].start().await?;
     let ramp_for = Duration::from_secs_f64(n as f64 / args.ramp_rate.max(1) as f64) + RAMP_SLACK;
-    let deadline = Instant::now() + ramp_for;
-    let authenticated = loop {
-        let s = worker.stats().await?;
-        if s.authenticated >= n || Instant::now() >= deadline {
-            break s.authenticated;
-        }
-        if !sleep(Duration::from_millis(200)).await {
-            return Ok(None);
-        }
-    };
+    let every = Duration::from_millis(200);
+    let t = fleet
+        .wait_for(
+            |t| t.authenticated >= n,
+            ramp_started + ramp_for,
+            every,
+            cancel,
+        )
+        .await?;
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
+    let authenticated = t.authenticated;
     anyhow::ensure!(
         authenticated == n,
         "the floor run authenticated {authenticated} of {n} connections in {ramp_for:?}"
@@ -217,8 +199,9 @@ async fn run(
     // time and the heartbeats of the first connections (a few per thousand
     // at 30 s heartbeats), both small against the connects.
     let ramp_s = ramp_started.elapsed().as_secs_f64();
-    let connect_us = per_op_us(cpu_since(pid, &cpu0), n);
-    let client_connect_us = per_op_us(client_cpu_since(&client0), n);
+    let (server_s, client_s) = cpu_since(&cpu);
+    let connect_us = per_op_us(server_s, n);
+    let client_connect_us = per_op_us(client_s, n);
     eprintln!(
         "  floor ramp: {n} in {ramp_s:.1} s, {} µs per connect (the clients {} µs)",
         fmt_us(connect_us, 1),
@@ -227,17 +210,17 @@ async fn run(
     if !sleep(args.settle).await {
         return Ok(None);
     }
+
     // The hold.
-    let before = worker.stats().await?;
-    let (cpu0, client0) = (cpu_now(pid), client_cpu_now());
+    let before = fleet.totals().await?;
+    let cpu = ThreadsCpu::now(&pids);
     let started = Instant::now();
     if !sleep(args.floor_hold).await {
         return Ok(None);
     }
-    let hold_cpu_s = cpu_since(pid, &cpu0);
-    let client_hold_cpu_s = client_cpu_since(&client0);
+    let (hold_cpu_s, client_hold_cpu_s) = cpu_since(&cpu);
     let hold_s = started.elapsed().as_secs_f64();
-    let after = worker.stats().await?;
+    let after = fleet.totals().await?;
     let pongs = after.pongs - before.pongs;
     let ping_us = per_op_us(hold_cpu_s, pongs);
     let client_ping_us = per_op_us(client_hold_cpu_s, pongs);
@@ -247,30 +230,27 @@ async fn run(
         fmt_us(ping_us, 1),
         fmt_us(client_ping_us, 1)
     );
+
     // The broadcasts, one at a time, each waited for.
     let rest = Rest::new(&format!("http://{http}/api/v1"), "floor")?;
-    let (cpu0, client0) = (cpu_now(pid), client_cpu_now());
-    let pongs0 = after.pongs;
+    let cpu = ThreadsCpu::now(&pids);
     let mut deliveries = 0;
     for i in 1..=args.floor_broadcasts {
         rest.broadcast(i).await?;
         let key = format!("b{i}");
+        let every = Duration::from_millis(50);
         let deadline = Instant::now() + BROADCAST_WAIT;
-        loop {
-            let got = worker.stats().await?.count(&key);
-            if got >= authenticated || Instant::now() >= deadline {
-                deliveries += got;
-                break;
-            }
-            if !sleep(Duration::from_millis(50)).await {
-                return Ok(None);
-            }
+        let t = fleet
+            .wait_for(|t| t.count(&key) >= authenticated, deadline, every, cancel)
+            .await?;
+        if cancel.is_cancelled() {
+            return Ok(None);
         }
+        deliveries += t.count(&key);
     }
-    let broadcast_cpu_s = cpu_since(pid, &cpu0);
-    let client_broadcast_cpu_s = client_cpu_since(&client0);
-    let end = worker.stats().await?;
-    let broadcast_pongs = end.pongs - pongs0;
+    let (broadcast_cpu_s, client_broadcast_cpu_s) = cpu_since(&cpu);
+    let end = fleet.totals().await?;
+    let broadcast_pongs = end.pongs - after.pongs;
     let delivery_us = per_delivery_us(broadcast_cpu_s, broadcast_pongs, ping_us, deliveries);
     let client_delivery_us = per_delivery_us(
         client_broadcast_cpu_s,
@@ -322,20 +302,5 @@ mod tests {
         };
         assert_eq!(f.both_ends_connect_us(), Some(150.0));
         assert_eq!(f.both_ends_delivery_us(), None);
-    }
-
-    #[test]
-    fn cpu_per_heartbeat_and_per_delivery() {
-        assert_eq!(per_op_us(1.5, 30_000), Some(50.0));
-        assert_eq!(per_op_us(1.5, 0), None);
-        assert_eq!(per_op_us(0.0, 10), None);
-        // 2 s of CPU, 10,000 heartbeats at 50 µs (0.5 s) taken out, 100,000
-        // deliveries: 15 µs each.
-        let d = per_delivery_us(2.0, 10_000, Some(50.0), 100_000).unwrap();
-        assert!((d - 15.0).abs() < 1e-9, "{d}");
-        assert_eq!(per_delivery_us(2.0, 10, Some(50.0), 0), None);
-        // More heartbeat CPU than was used (coarse ticks): no figure rather
-        // than a negative one.
-        assert_eq!(per_delivery_us(0.1, 10_000, Some(50.0), 1_000), None);
     }
 }

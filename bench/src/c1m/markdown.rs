@@ -501,7 +501,7 @@ fn broadcasts(s: &mut String, x: &Broadcasts, floor_us: Option<f64>) {
             share(x.min_share_pct)
         ),
     );
-    if let Some(got) = x.received_by_end {
+    if let Some(got) = x.received_by_end() {
         let expected: u64 = x.each.iter().map(|b| b.expected).sum();
         ln(
             s,
@@ -1099,7 +1099,6 @@ mod tests {
                 cpu_per_delivery_to_floor: Some(0.444),
                 worst_last_to_floor: Some(0.361),
                 min_share_pct: 99.999,
-                received_by_end: None,
             }),
             channels: Some(Channels {
                 channels: 100,
@@ -1314,7 +1313,9 @@ mod tests {
             client_delivery_us: Some(9.5),
         });
         if let Some(b) = r.broadcasts.as_mut() {
-            b.received_by_end = Some(1_999_970);
+            // 999,988 + 999,988 expected, 999,988 + 999,982 by the end.
+            b.each[0].received_by_end = Some(999_988);
+            b.each[1].received_by_end = Some(999_982);
         }
         if let Some(c) = r.channels.as_mut() {
             c.received_by_end = Some(c.expected);

@@ -184,10 +184,15 @@ impl Ctx {
 
     /// Sleeps unless the run is cancelled first; false when cancelled.
     pub(crate) async fn sleep(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.cancel.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
+        sleep_unless_cancelled(&self.cancel, d).await
+    }
+}
+
+/// Sleeps for `d` unless `cancel` fires first; false when it did.
+pub(crate) async fn sleep_unless_cancelled(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fleet::{delta, Totals};
+use super::floor_run::FloorRun;
 use super::report::{
     Broadcast, Broadcasts, Channels, Hold, Kill, Latency, Memory, Ramp, Report, RoomMemory, Sample,
     Target, Unicast,
@@ -313,13 +314,13 @@ async fn wait_count_until(
     expected: u64,
     deadline: Instant,
 ) -> anyhow::Result<u64> {
-    loop {
-        let got = ctx.fleet.totals().await?.count(key);
-        if got >= expected || Instant::now() >= deadline || ctx.cancel.is_cancelled() {
-            return Ok(got);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    let done = |t: &super::fleet::Totals| t.count(key) >= expected;
+    let t = ctx
+        .fleet
+        .wait_for(done, deadline, every, &ctx.cancel)
+        .await?;
+    Ok(t.count(key))
 }
 
 fn latency(h: Option<&LatencyHist>) -> Latency {
@@ -430,9 +431,9 @@ async fn broadcasts(ctx: &Ctx, per_pong_s: Option<f64>) -> anyhow::Result<Broadc
     lasts.sort_by(f64::total_cmp);
     let deliveries: u64 = each.iter().map(|b| b.received).sum();
     let expected_total: u64 = each.iter().map(|b| b.expected).sum();
-    let heartbeats_s = per_pong_s.map_or(0.0, |p| p * pongs as f64);
+    let per_pong_us = per_pong_s.map(|p| p * 1e6);
     let cpu_us_per_delivery =
-        crate::stats::per((cpu - heartbeats_s).max(0.0) * 1e6, deliveries as f64);
+        super::fleet::per_delivery_us(cpu, pongs, per_pong_us, deliveries).unwrap_or(0.0);
     Ok(Broadcasts {
         last_p50_ms: pick(&lasts, 0.5),
         last_p99_ms: pick(&lasts, 0.99),
@@ -458,7 +459,6 @@ async fn broadcasts(ctx: &Ctx, per_pong_s: Option<f64>) -> anyhow::Result<Broadc
             .min_by(f64::total_cmp)
             .unwrap_or(0.0),
         each,
-        received_by_end: None,
     })
 }
 
@@ -536,6 +536,22 @@ fn pick(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// The time-to-last bound of broadcast `w` with both ends of each delivery
+/// (the floor run's server and clients: on one machine the clients' half
+/// shares the cores), and `w`'s time against it.
+fn both_ends_bound(w: &Broadcast, floor: Option<&FloorRun>, cores: usize) -> Option<String> {
+    let us = floor?.both_ends_delivery_us()?;
+    let bound = w.expected as f64 * us / 1000.0 / cores.max(1) as f64;
+    (bound > 0.0).then(|| {
+        format!(
+            "with the clients' side too (the floor run: {us:.1} µs per delivery both ends), \
+             bound {} ms: {}",
+            thousands(bound.round() as u64),
+            times(w.last_ms / bound)
+        )
+    })
+}
+
 /// Counts each broadcast and channel round again once the unicast phases
 /// are over (minutes later at a million): what arrived after the bench
 /// stopped waiting was late, what is still missing was lost.
@@ -545,7 +561,6 @@ async fn count_again(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         for x in &mut b.each {
             x.received_by_end = Some(t.count(&format!("b{}", x.index)));
         }
-        b.received_by_end = Some(b.each.iter().filter_map(|x| x.received_by_end).sum());
     }
     if let Some(c) = report.channels.as_mut() {
         let rounds = ctx.args.channel_rounds;
@@ -961,31 +976,17 @@ pub(crate) fn judge(r: &mut Report) {
             },
             met: b.worst_last_to_floor.map(|x| x <= 1.3),
             note: {
-                let mut note = match b.worst_last_to_floor {
-                    None => format!("{FLOOR_HOWTO}: --floor-delivery-us"),
-                    Some(x) if x > 1.3 => format!("missed by {:.2}×", x - 1.3),
-                    Some(_) => String::new(),
+                let missed = match b.worst_last_to_floor {
+                    None => Some(format!("{FLOOR_HOWTO}: --floor-delivery-us")),
+                    Some(x) if x > 1.3 => Some(format!("missed by {:.2}×", x - 1.3)),
+                    Some(_) => None,
                 };
-                if let (Some(w), Some(us)) = (
-                    worst,
-                    r.floor.as_ref().and_then(|f| f.both_ends_delivery_us()),
-                ) {
-                    // The clients' half of each delivery shares the cores
-                    // when they run here: the bound with both ends.
-                    let bound = w.expected as f64 * us / 1000.0 / b.cores.max(1) as f64;
-                    if bound > 0.0 {
-                        if !note.is_empty() {
-                            note.push_str("; ");
-                        }
-                        note.push_str(&format!(
-                            "with the clients' side too (the floor run: {us:.1} µs per delivery \
-                             both ends), bound {} ms: {}",
-                            thousands(bound.round() as u64),
-                            times(w.last_ms / bound)
-                        ));
-                    }
-                }
-                note
+                let both = worst.and_then(|w| both_ends_bound(w, r.floor.as_ref(), b.cores));
+                missed
+                    .into_iter()
+                    .chain(both)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             },
         });
         targets.push(Target {

@@ -312,20 +312,27 @@ pub(crate) struct Broadcasts {
     /// The smallest share of live connections a broadcast reached, percent.
     #[serde(default)]
     pub(crate) min_share_pct: f64,
-    /// Deliveries received by the end of the run, every broadcast together.
-    #[serde(default)]
-    pub(crate) received_by_end: Option<u64>,
+}
+
+impl Broadcast {
+    /// Connections that never had it: counted at the end of the run where it
+    /// was, else when the bench moved on.
+    pub(crate) fn lost(&self) -> u64 {
+        self.expected
+            .saturating_sub(self.received_by_end.unwrap_or(self.received))
+    }
 }
 
 impl Broadcasts {
-    /// Deliveries never received: counted at the end of the run where it
-    /// was, else when the bench moved on.
+    /// Deliveries never received, every broadcast together.
     pub(crate) fn lost(&self) -> u64 {
-        let expected: u64 = self.each.iter().map(|b| b.expected).sum();
-        match self.received_by_end {
-            Some(got) => expected.saturating_sub(got),
-            None => self.missed,
-        }
+        self.each.iter().map(Broadcast::lost).sum()
+    }
+
+    /// Deliveries received by the end of the run, every broadcast together
+    /// (`None` where they were not counted again).
+    pub(crate) fn received_by_end(&self) -> Option<u64> {
+        self.each.iter().map(|b| b.received_by_end).sum()
     }
 }
 
