@@ -234,6 +234,51 @@ async fn dev_cluster_restarts_killed_children_and_keeps_the_manifest_current() {
         }
     })
     .await;
+    // The registers, idgens and the saver serve health and metrics on
+    // their `--http`: how long they took to answer (the saver has just
+    // stored a push; the room renews its lease at every register).
+    // (register-1 and idgen-1 were restarted above: their figures start
+    // again from nothing, so only their listeners are checked.)
+    for (name, port, service) in [
+        ("register-1", 50, ""),
+        ("register-2", 51, "register"),
+        ("idgen-1", 60, ""),
+        ("idgen-2", 61, "idgen"),
+        ("saver", 70, "saver"),
+    ] {
+        let p = process(&after, name);
+        let addr = format!("127.0.0.1:{}", base + port);
+        assert_eq!(p["endpoints"]["http"], addr, "{p}");
+        let ready = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "{name}");
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "pushgate_link_served_seconds_count{{service=\"{service}\"}} "
+                ))
+            })
+            .and_then(|n| n.parse::<u64>().ok());
+        match service {
+            "" => {}
+            // Rooms and centers are connected to it (they may not have
+            // needed ids from it yet).
+            "idgen" => assert!(count.is_some(), "{name}: {text}"),
+            _ => assert!(count.is_some_and(|n| n > 0), "{name}: {text}"),
+        }
+    }
     // Clients send too: the room dispatches with ids from the idgens (the
     // first try may find the restarted idgen still reconnecting: the same
     // cid is sent again, as a client would).

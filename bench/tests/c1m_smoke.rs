@@ -94,6 +94,40 @@ fn twenty_thousand_connections_lose_nothing() {
         assert!(r[phase]["acked"].as_u64().unwrap_or(0) > 0, "{phase}");
         assert_eq!(r[phase]["received"], r[phase]["acked"], "{phase}");
     }
+    // The registers and the saver were scraped too: how long they took to
+    // answer, as they timed it, beside their callers' view; phase by phase.
+    let internal = &r["internal"];
+    let calls = |list: &str, service: &str| {
+        internal[list]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["service"] == service))
+            .and_then(|c| c["calls"].as_u64())
+            .unwrap_or(0)
+    };
+    for service in ["register", "saver"] {
+        assert!(
+            calls("services", service) > 0,
+            "{service} called: {internal}"
+        );
+        assert!(calls("served", service) > 0, "{service} served: {internal}");
+    }
+    // Rooms call registers for each of their connections.
+    assert!(calls("served", "register") >= 20000, "{internal}");
+    let phases: Vec<&str> = internal["phases"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["phase"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        phases,
+        [
+            "ramp",
+            "settle and hold",
+            "broadcasts",
+            "channels",
+            "unicast"
+        ],
+        "{internal}"
+    );
     let kill = &r["kill"];
     assert!(kill["clients"].as_u64().unwrap_or(0) > 5000, "{kill}");
     assert_eq!(kill["reconnected"], kill["clients"]);

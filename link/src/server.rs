@@ -1,6 +1,7 @@
 //! The serving side of a link.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -98,9 +99,11 @@ async fn connection<S: Service>(
         Ok::<(), String>(())
     };
     let limit = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let stats = crate::stats::served(S::NAME);
     let reader = async move {
         while let Some(frame) = frames.next().await {
             let frame = frame.map_err(|e| e.to_string())?;
+            let read_at = Instant::now();
             let (id, body) = wire::split_id(&frame).map_err(|e| format!("bad request id: {e}"))?;
             let req = match wire::decode::<S::Req>(body) {
                 Ok(r) => r,
@@ -114,16 +117,18 @@ async fn connection<S: Service>(
             if S::ORDERED {
                 let resp = svc.call(req).await;
                 send_reply(&tx, id, Reply::Ok(resp)).await?;
+                stats.observe(read_at.elapsed(), true);
             } else {
                 let permit = limit
                     .clone()
                     .acquire_owned()
                     .await
                     .map_err(|e| e.to_string())?;
-                let (svc, tx) = (svc.clone(), tx.clone());
+                let (svc, tx, stats) = (svc.clone(), tx.clone(), stats.clone());
                 tokio::spawn(async move {
                     let resp = svc.call(req).await;
-                    let _ = send_reply(&tx, id, Reply::Ok(resp)).await;
+                    let sent = send_reply(&tx, id, Reply::Ok(resp)).await;
+                    stats.observe(read_at.elapsed(), sent.is_ok());
                     drop(permit);
                 });
             }

@@ -1,11 +1,14 @@
-//! How long calls over links take, per service, as callers see them (from
+//! How long calls over links take, per service: as callers see them (from
 //! the call until its answer or its failure, queueing on both sides and the
-//! peer's work included): the process-wide figures behind
-//! `pushgate_link_call_seconds{service}` and
-//! `pushgate_link_call_errors_total{service}` ([`render`]).
+//! peer's work included), `pushgate_link_call_seconds{service}` and
+//! `pushgate_link_call_errors_total{service}`; and as the serving process
+//! sees them (from a request read off its connection until its answer is
+//! queued for writing: the service's own work, without the time on the wire
+//! or in the caller), `pushgate_link_served_seconds{service}`. Both are
+//! rendered by [`render`].
 //!
-//! A call costs a few relaxed atomic additions on counters the client
-//! found once, when it was made; no lock on the call path.
+//! A call costs a few relaxed atomic additions on counters the client or
+//! the connection found once; no lock on the call path.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,11 +46,14 @@ impl ServiceStats {
     }
 }
 
-static ALL: LazyLock<Mutex<Vec<Arc<ServiceStats>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+/// Calls made, per service called.
+static CALLS: LazyLock<Mutex<Vec<Arc<ServiceStats>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+/// Requests answered, per service served.
+static SERVED: LazyLock<Mutex<Vec<Arc<ServiceStats>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 
-/// The figures of `service` (made on first use).
-pub(crate) fn of(service: &'static str) -> Arc<ServiceStats> {
-    let mut all = ALL.lock();
+/// The figures of `service` in `list` (made on first use).
+fn find_or_make(list: &Mutex<Vec<Arc<ServiceStats>>>, service: &'static str) -> Arc<ServiceStats> {
+    let mut all = list.lock();
     if let Some(s) = all.iter().find(|s| s.service == service) {
         return Arc::clone(s);
     }
@@ -61,18 +67,56 @@ pub(crate) fn of(service: &'static str) -> Arc<ServiceStats> {
     s
 }
 
-/// Appends the link call figures of this process in the Prometheus text
-/// format (nothing when it made no link client).
+/// This process's figures for calls to `service` (made on first use).
+pub(crate) fn of(service: &'static str) -> Arc<ServiceStats> {
+    find_or_make(&CALLS, service)
+}
+
+/// This process's figures for the requests it answered as `service`.
+pub(crate) fn served(service: &'static str) -> Arc<ServiceStats> {
+    find_or_make(&SERVED, service)
+}
+
+/// Appends the link figures of this process in the Prometheus text format:
+/// the calls it made (nothing when it made no link client) and the
+/// requests it served (nothing when it served none).
 pub fn render(out: &mut String) {
-    let all: Vec<Arc<ServiceStats>> = ALL.lock().clone();
-    if all.is_empty() {
-        return;
+    let calls: Vec<Arc<ServiceStats>> = CALLS.lock().clone();
+    if !calls.is_empty() {
+        histogram(
+            out,
+            "pushgate_link_call_seconds",
+            "Calls to other pushgate processes over internal links, from the call until its answer or failure, by service.",
+            &calls,
+        );
+        out.push_str(
+            "# HELP pushgate_link_call_errors_total Link calls that failed (peer down, timed out, bad answer), by service.\n\
+             # TYPE pushgate_link_call_errors_total counter\n",
+        );
+        for s in &calls {
+            let _ = writeln!(
+                out,
+                "pushgate_link_call_errors_total{{service=\"{}\"}} {}",
+                s.service,
+                s.errors.load(Ordering::Relaxed)
+            );
+        }
     }
-    out.push_str(
-        "# HELP pushgate_link_call_seconds Calls to other pushgate processes over internal links, from the call until its answer or failure, by service.\n\
-         # TYPE pushgate_link_call_seconds histogram\n",
-    );
-    for s in &all {
+    let served: Vec<Arc<ServiceStats>> = SERVED.lock().clone();
+    if !served.is_empty() {
+        histogram(
+            out,
+            "pushgate_link_served_seconds",
+            "Requests this process answered over internal links, from reading one until its answer is queued for writing, by service.",
+            &served,
+        );
+    }
+}
+
+/// One histogram family, a series per service.
+fn histogram(out: &mut String, name: &str, help: &str, all: &[Arc<ServiceStats>]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for s in all {
         let mut cumulative = 0u64;
         for (i, b) in s.buckets.iter().enumerate() {
             cumulative += b.load(Ordering::Relaxed);
@@ -81,27 +125,15 @@ pub fn render(out: &mut String) {
                 .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
             let _ = writeln!(
                 out,
-                "pushgate_link_call_seconds_bucket{{service=\"{}\",le=\"{le}\"}} {cumulative}",
+                "{name}_bucket{{service=\"{}\",le=\"{le}\"}} {cumulative}",
                 s.service
             );
         }
         let sum = s.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(
             out,
-            "pushgate_link_call_seconds_sum{{service=\"{}\"}} {sum}\npushgate_link_call_seconds_count{{service=\"{}\"}} {cumulative}",
+            "{name}_sum{{service=\"{}\"}} {sum}\n{name}_count{{service=\"{}\"}} {cumulative}",
             s.service, s.service
-        );
-    }
-    out.push_str(
-        "# HELP pushgate_link_call_errors_total Link calls that failed (peer down, timed out, bad answer), by service.\n\
-         # TYPE pushgate_link_call_errors_total counter\n",
-    );
-    for s in &all {
-        let _ = writeln!(
-            out,
-            "pushgate_link_call_errors_total{{service=\"{}\"}} {}",
-            s.service,
-            s.errors.load(Ordering::Relaxed)
         );
     }
 }
@@ -130,5 +162,28 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "{line} missing from\n{out}");
         }
         assert!(Arc::ptr_eq(&s, &of("stats-test")));
+    }
+
+    #[test]
+    fn served_requests_are_their_own_family() {
+        let s = served("served-test");
+        s.observe(Duration::from_micros(700), true);
+        s.observe(Duration::from_millis(200), true);
+        let mut out = String::new();
+        render(&mut out);
+        for line in [
+            "# TYPE pushgate_link_served_seconds histogram",
+            r#"pushgate_link_served_seconds_bucket{service="served-test",le="0.0005"} 0"#,
+            r#"pushgate_link_served_seconds_bucket{service="served-test",le="0.001"} 1"#,
+            r#"pushgate_link_served_seconds_bucket{service="served-test",le="0.1"} 1"#,
+            r#"pushgate_link_served_seconds_bucket{service="served-test",le="0.25"} 2"#,
+            r#"pushgate_link_served_seconds_count{service="served-test"} 2"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing from\n{out}");
+        }
+        // Not a call this process made.
+        assert!(!out.contains(r#"pushgate_link_call_seconds_count{service="served-test"}"#));
+        assert!(Arc::ptr_eq(&s, &served("served-test")));
+        assert!(!Arc::ptr_eq(&s, &of("served-test")));
     }
 }

@@ -10,6 +10,7 @@
 //! socket pays nothing for TLS being possible.)
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -96,8 +97,9 @@ impl<S: ByteStream> Stream for FramedIo<S> {
                 let e = RecvError::Gone("connection closed in the middle of a frame");
                 return Poll::Ready(Some(Err(e)));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut chunk);
+            // Not zeroed: the socket writes it, and only that part is read.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
             if let Err(e) = ready!(Pin::new(&mut this.sock).poll_read(cx, &mut rb)) {
                 return Poll::Ready(Some(Err(e.into())));
             }

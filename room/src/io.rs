@@ -81,7 +81,8 @@ impl ByteStream for tokio_rustls::server::TlsStream<TcpStream> {}
 #[cfg(test)]
 impl ByteStream for tokio::io::DuplexStream {}
 
-/// Bytes a transport asks of its socket per read, into a stack chunk.
+/// Bytes a transport asks of its socket per read, into a stack chunk (left
+/// uninitialised: the socket writes it, and only what it wrote is read).
 pub(crate) const READ_CHUNK: usize = 1024;
 /// Buffered output above which a transport's `poll_ready` flushes first.
 pub(crate) const WRITE_HIGH: usize = 4096;

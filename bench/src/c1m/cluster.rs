@@ -50,6 +50,10 @@ pub(crate) struct ManifestProcess {
     pub(crate) name: String,
     /// Its PID.
     pub(crate) pid: Option<u32>,
+    /// What it listens on, by flag name (`listen`, `http`, ...); absent
+    /// from the manifests of older dev-clusters.
+    #[serde(default)]
+    pub(crate) endpoints: std::collections::BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -62,6 +66,18 @@ impl Manifest {
         anyhow::ensure!(!m.rooms.is_empty(), "the manifest lists no rooms");
         anyhow::ensure!(!m.centers.is_empty(), "the manifest lists no centers");
         Ok(m)
+    }
+
+    /// Health and metrics base URLs (`http://addr`) of the processes that
+    /// are neither rooms nor centers (registers, the saver, idgens) and
+    /// serve one (`--http`).
+    pub(crate) fn service_metrics(&self) -> Vec<String> {
+        self.processes
+            .iter()
+            .filter(|p| !p.name.starts_with("room-") && !p.name.starts_with("center-"))
+            .filter_map(|p| p.endpoints.get("http"))
+            .map(|a| format!("http://{a}"))
+            .collect()
     }
 
     /// PIDs of the centers.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use super::report::{
     Broadcasts, Channels, Hold, Kill, Latency, Memory, Ramp, Report, RoomMemory, Unicast,
 };
+use super::scrape::ServiceCalls;
 
 /// Rooms listed one by one in the memory section; above this, min/median/max rows.
 const MAX_ROOM_ROWS: usize = 12;
@@ -604,37 +605,69 @@ fn rest(s: &mut String, r: &Report) {
     );
 }
 
-/// What rooms and centers said about their calls and leases.
+/// A bucket's upper bound, in words.
+fn bucket(ms: f64) -> String {
+    if ms.is_finite() {
+        format!("≤ {ms} ms")
+    } else {
+        "> 10 s".to_string()
+    }
+}
+
+/// What the cluster's processes said about their calls and leases.
 fn internal(s: &mut String, i: &super::scrape::Internal) {
     section(s, "Calls between the cluster's processes");
     ln(
         s,
-        "From before the ramp to the end of the unicast phases, as rooms and centers timed them \
-         (`pushgate_link_call_seconds{service}`; figures are bucket upper bounds).",
+        "From before the ramp to the end of the unicast phases; figures are bucket upper bounds. \
+         *Called*: as rooms and centers timed their calls (`pushgate_link_call_seconds{service}`: \
+         the wait on both sides included, the caller's own wait for a core too). *Served*: as the \
+         registers, the saver and the idgens timed their answers (`pushgate_link_served_seconds`: \
+         from reading a request to queueing its answer).",
     );
     ln(s, "");
-    ln(s, "| service | calls | failed | p50 | p99 | slowest |");
-    ln(s, "|---|---:|---:|---:|---:|---:|");
-    let b = |ms: f64| {
-        if ms.is_finite() {
-            format!("≤ {ms} ms")
-        } else {
-            "> 10 s".to_string()
-        }
-    };
-    for c in &i.services {
+    ln(
+        s,
+        "| service | seen by | calls | failed | p50 | p99 | slowest |",
+    );
+    ln(s, "|---|---|---:|---:|---:|---:|---:|");
+    let rows =
+        |s: &mut String, phase: Option<&str>, called: &[ServiceCalls], served: &[ServiceCalls]| {
+            let tagged = called
+                .iter()
+                .map(|c| (c, "called"))
+                .chain(served.iter().map(|c| (c, "served")));
+            let mut all: Vec<(&ServiceCalls, &str)> = tagged.collect();
+            all.sort_by(|a, b| a.0.service.cmp(&b.0.service).then(a.1.cmp(b.1)));
+            for (c, by) in all {
+                let lead = phase.map_or(String::new(), |p| format!("{p} | "));
+                ln(
+                    s,
+                    format!(
+                        "| {lead}{} | {by} | {} | {} | {} | {} | {} |",
+                        c.service,
+                        int(c.calls),
+                        int(c.errors),
+                        bucket(c.p50_ms),
+                        bucket(c.p99_ms),
+                        bucket(c.max_ms)
+                    ),
+                );
+            }
+        };
+    rows(s, None, &i.services, &i.served);
+    if !i.phases.is_empty() {
+        ln(s, "");
+        ln(s, "By phase (each from the end of the one before):");
+        ln(s, "");
         ln(
             s,
-            format!(
-                "| {} | {} | {} | {} | {} | {} |",
-                c.service,
-                int(c.calls),
-                int(c.errors),
-                b(c.p50_ms),
-                b(c.p99_ms),
-                b(c.max_ms)
-            ),
+            "| phase | service | seen by | calls | failed | p50 | p99 | slowest |",
         );
+        ln(s, "|---|---|---|---:|---:|---:|---:|---:|");
+        for p in &i.phases {
+            rows(s, Some(&p.phase), &p.services, &p.served);
+        }
     }
     ln(s, "");
     ln(
@@ -1188,6 +1221,26 @@ mod tests {
                     p99_ms: 25.0,
                     max_ms: 250.0,
                 }],
+                served: vec![super::super::scrape::ServiceCalls {
+                    service: "register".into(),
+                    calls: 12_000,
+                    errors: 0,
+                    p50_ms: 0.5,
+                    p99_ms: 5.0,
+                    max_ms: 100.0,
+                }],
+                phases: vec![super::super::scrape::PhaseCalls {
+                    phase: "ramp".into(),
+                    services: vec![super::super::scrape::ServiceCalls {
+                        service: "register".into(),
+                        calls: 11_000,
+                        errors: 0,
+                        p50_ms: 1.0,
+                        p99_ms: 50.0,
+                        max_ms: 250.0,
+                    }],
+                    served: Vec::new(),
+                }],
                 refills: 6,
                 scraped: "4 of 4".into(),
                 ..Default::default()
@@ -1230,7 +1283,11 @@ mod tests {
         assert!(md.contains("16 CPUs, 64.0 GiB RAM, Linux 6.8.0-45-generic"));
         assert!(md.contains("```sh\nbench c1m --connections 1000000 --rooms 3\n```"));
         assert!(!md.contains("Incomplete"));
-        assert!(md.contains("| register | 12,000 | 0 | ≤ 1 ms | ≤ 25 ms | ≤ 250 ms |"));
+        assert!(md.contains("| register | called | 12,000 | 0 | ≤ 1 ms | ≤ 25 ms | ≤ 250 ms |"));
+        assert!(md.contains("| register | served | 12,000 | 0 | ≤ 0.5 ms | ≤ 5 ms | ≤ 100 ms |"));
+        assert!(
+            md.contains("| ramp | register | called | 11,000 | 0 | ≤ 1 ms | ≤ 50 ms | ≤ 250 ms |")
+        );
         // The targets table: escaped pipe, the three marks.
         assert!(md.contains("| what | target | measured | met? | note |"));
         assert!(md.contains(

@@ -487,6 +487,7 @@ async fn run_with_cluster(
                     .iter()
                     .map(|c| c.trim_end_matches("/api/v1").to_owned()),
             )
+            .chain(manifest.service_metrics())
             .collect(),
         cancel: cancel.clone(),
         phase: Mutex::new("start".to_string()),

@@ -1,10 +1,12 @@
 //! What the cluster says about itself on `/metrics`: how long rooms and
 //! centers waited for registers, savers and idgens
-//! (`pushgate_link_call_seconds{service}`), and whether any room's lease
-//! failed or a register had to be refilled after a fault. Scraped from
-//! every room and center before the ramp and after the unicast phases (the
-//! killed-room phase causes refills on purpose), and the difference is
-//! reported.
+//! (`pushgate_link_call_seconds{service}`), how long those took to answer
+//! as they timed it themselves (`pushgate_link_served_seconds{service}`,
+//! from the registers', saver's and idgens' own health listeners), and
+//! whether any room's lease failed or a register had to be refilled after a
+//! fault. Scraped from every process before the ramp and after each phase up
+//! to the end of the unicast phases (the killed-room phase causes refills on
+//! purpose): the report gives the whole span and each phase.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,12 +21,17 @@ const MEMBERSHIP: [&str; 4] = [
     "pushgate_room_refills_total",
 ];
 
+/// Per service: bucket upper bound (seconds, `inf` last) → calls at or
+/// below it (cumulative), summed over processes.
+type Histograms = BTreeMap<String, BTreeMap<Bound, u64>>;
+
 /// The figures of every process at one moment, summed.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Snapshot {
-    /// Per service: bucket upper bound (seconds, `inf` last) → calls at or
-    /// below it (cumulative), summed over processes.
-    buckets: BTreeMap<String, BTreeMap<Bound, u64>>,
+    /// Calls as the callers timed them.
+    buckets: Histograms,
+    /// Requests as the serving processes timed them.
+    served: Histograms,
     /// Per service: failed calls.
     errors: BTreeMap<String, u64>,
     /// [`MEMBERSHIP`] counters.
@@ -72,11 +79,30 @@ pub(crate) struct ServiceCalls {
     pub(crate) max_ms: f64,
 }
 
+/// The calls of one phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PhaseCalls {
+    /// `ramp`, `hold`, `broadcasts`, ...
+    pub(crate) phase: String,
+    /// Per service, as the callers timed them.
+    pub(crate) services: Vec<ServiceCalls>,
+    /// Per service, as the serving processes timed them.
+    pub(crate) served: Vec<ServiceCalls>,
+}
+
 /// What the cluster said about itself over the run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Internal {
-    /// Per service called over links.
+    /// Per service called over links, as the callers timed the calls.
     pub(crate) services: Vec<ServiceCalls>,
+    /// Per service, the requests as the serving processes timed them (from
+    /// reading one to queueing its answer; `errors` counts answers that
+    /// could not be queued). Empty where no serving process was scraped.
+    #[serde(default)]
+    pub(crate) served: Vec<ServiceCalls>,
+    /// The same, phase by phase.
+    #[serde(default)]
+    pub(crate) phases: Vec<PhaseCalls>,
     /// Lease renewals that failed or timed out, all rooms.
     pub(crate) lease_failures: u64,
     /// Renewals a register granted as new (it had lost the room).
@@ -93,6 +119,11 @@ impl Internal {
     /// The calls to `service`, if any were made.
     pub(crate) fn service(&self, service: &str) -> Option<&ServiceCalls> {
         self.services.iter().find(|s| s.service == service)
+    }
+
+    /// The requests `service` answered, as it timed them, if it was scraped.
+    pub(crate) fn served(&self, service: &str) -> Option<&ServiceCalls> {
+        self.served.iter().find(|s| s.service == service)
     }
 }
 
@@ -127,24 +158,11 @@ impl Snapshot {
     fn add(&mut self, text: &str) {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("pushgate_link_call_seconds_bucket{service=\"") {
-                let Some((service, rest)) = rest.split_once("\",le=\"") else {
-                    continue;
-                };
-                let Some((le, n)) = rest.split_once("\"} ") else {
-                    continue;
-                };
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                };
-                let n: u64 = n.trim().parse().unwrap_or(0);
-                *self
-                    .buckets
-                    .entry(service.to_owned())
-                    .or_default()
-                    .entry(Bound(le))
-                    .or_default() += n;
+                add_bucket(&mut self.buckets, rest);
+            } else if let Some(rest) =
+                line.strip_prefix("pushgate_link_served_seconds_bucket{service=\"")
+            {
+                add_bucket(&mut self.served, rest);
             } else if let Some(rest) =
                 line.strip_prefix("pushgate_link_call_errors_total{service=\"")
             {
@@ -167,41 +185,14 @@ impl Snapshot {
             let a = self.counters.get(name).copied().unwrap_or(0);
             a.saturating_sub(before.counters.get(name).copied().unwrap_or(0))
         };
-        let mut services = Vec::new();
-        for (service, after) in &self.buckets {
-            let empty = BTreeMap::new();
-            let prev = before.buckets.get(service).unwrap_or(&empty);
-            let cum: Vec<(f64, u64)> = after
-                .iter()
-                .map(|(b, n)| (b.0, n.saturating_sub(prev.get(b).copied().unwrap_or(0))))
-                .collect();
-            let calls = cum.last().map_or(0, |c| c.1);
-            if calls == 0 {
-                continue;
-            }
-            let at = |q: f64| {
-                let want = (q * calls as f64).ceil().max(1.0) as u64;
-                cum.iter()
-                    .find(|(_, n)| *n >= want)
-                    .map_or(f64::INFINITY, |(b, _)| b * 1000.0)
-            };
-            let errors = self
-                .errors
-                .get(service)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(before.errors.get(service).copied().unwrap_or(0));
-            services.push(ServiceCalls {
-                service: service.clone(),
-                calls,
-                errors,
-                p50_ms: at(0.5),
-                p99_ms: at(0.99),
-                max_ms: at(1.0),
-            });
-        }
+        let errors = |service: &str| {
+            let a = self.errors.get(service).copied().unwrap_or(0);
+            a.saturating_sub(before.errors.get(service).copied().unwrap_or(0))
+        };
         Internal {
-            services,
+            services: quantiles(&self.buckets, &before.buckets, errors),
+            served: quantiles(&self.served, &before.served, |_| 0),
+            phases: Vec::new(),
             lease_failures: counter(MEMBERSHIP[0]),
             lease_fresh: counter(MEMBERSHIP[1]),
             fault_refills: counter(MEMBERSHIP[2]),
@@ -209,6 +200,82 @@ impl Snapshot {
             scraped: format!("{} of {}", self.answered, self.asked),
         }
     }
+}
+
+/// Adds one `service="…",le="…"} n` bucket line (the part after the
+/// metric's name) to `to`.
+fn add_bucket(to: &mut Histograms, rest: &str) {
+    let Some((service, rest)) = rest.split_once("\",le=\"") else {
+        return;
+    };
+    let Some((le, n)) = rest.split_once("\"} ") else {
+        return;
+    };
+    let le = if le == "+Inf" {
+        f64::INFINITY
+    } else {
+        le.parse().unwrap_or(f64::INFINITY)
+    };
+    let n: u64 = n.trim().parse().unwrap_or(0);
+    *to.entry(service.to_owned())
+        .or_default()
+        .entry(Bound(le))
+        .or_default() += n;
+}
+
+/// Per service with calls between `before` and `after`: how many, and the
+/// buckets of the median, the 99th percentile and the slowest.
+fn quantiles(
+    after: &Histograms,
+    before: &Histograms,
+    errors: impl Fn(&str) -> u64,
+) -> Vec<ServiceCalls> {
+    let mut services = Vec::new();
+    for (service, now) in after {
+        let empty = BTreeMap::new();
+        let prev = before.get(service).unwrap_or(&empty);
+        let cum: Vec<(f64, u64)> = now
+            .iter()
+            .map(|(b, n)| (b.0, n.saturating_sub(prev.get(b).copied().unwrap_or(0))))
+            .collect();
+        let calls = cum.last().map_or(0, |c| c.1);
+        if calls == 0 {
+            continue;
+        }
+        let at = |q: f64| {
+            let want = (q * calls as f64).ceil().max(1.0) as u64;
+            cum.iter()
+                .find(|(_, n)| *n >= want)
+                .map_or(f64::INFINITY, |(b, _)| b * 1000.0)
+        };
+        services.push(ServiceCalls {
+            service: service.clone(),
+            calls,
+            errors: errors(service),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        });
+    }
+    services
+}
+
+/// The calls of each phase, from the snapshots taken at its start and end:
+/// `marks` holds the snapshot before the first phase, then `(phase, snapshot
+/// at its end)` in order.
+pub(crate) fn by_phase(first: &Snapshot, marks: &[(String, Snapshot)]) -> Vec<PhaseCalls> {
+    let mut before = first;
+    let mut out = Vec::new();
+    for (phase, after) in marks {
+        let i = after.since(before);
+        out.push(PhaseCalls {
+            phase: phase.clone(),
+            services: i.services,
+            served: i.served,
+        });
+        before = after;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -244,5 +311,54 @@ mod tests {
         assert_eq!(r.max_ms, 250.0);
         assert_eq!(i.lease_failures, 2);
         assert_eq!(i.refills, 3);
+        assert!(i.served.is_empty());
+    }
+
+    fn served(fast: u64, slow: u64) -> String {
+        let all = fast + slow;
+        format!(
+            "pushgate_link_served_seconds_bucket{{service=\"register\",le=\"0.001\"}} {fast}\n\
+             pushgate_link_served_seconds_bucket{{service=\"register\",le=\"0.1\"}} {all}\n\
+             pushgate_link_served_seconds_bucket{{service=\"register\",le=\"+Inf\"}} {all}\n"
+        )
+    }
+
+    #[test]
+    fn served_figures_and_phases_are_apart_from_calls() {
+        let snap = |texts: &[String]| {
+            let mut s = Snapshot::default();
+            for t in texts {
+                s.add(t);
+            }
+            s
+        };
+        let start = snap(&[text(0, 0, 0), served(0, 0)]);
+        // Phase one: 100 fast calls, served fast.
+        let one = snap(&[text(100, 0, 0), served(100, 0)]);
+        // Phase two: 100 more calls, half of them slow for the callers,
+        // but served within 100 ms (the callers waited elsewhere).
+        let two = snap(&[text(150, 50, 0), served(150, 50)]);
+        let phases = by_phase(
+            &start,
+            &[
+                ("ramp".to_owned(), one.clone()),
+                ("hold".to_owned(), two.clone()),
+            ],
+        );
+        assert_eq!(phases.len(), 2);
+        assert_eq!(phases[0].phase, "ramp");
+        assert_eq!(phases[0].services[0].calls, 100);
+        assert_eq!(phases[0].services[0].p99_ms, 1.0);
+        assert_eq!(phases[0].served[0].p99_ms, 1.0);
+        assert_eq!(phases[1].phase, "hold");
+        assert_eq!(phases[1].services[0].calls, 100);
+        assert_eq!(phases[1].services[0].p99_ms, 250.0);
+        assert_eq!(phases[1].served[0].calls, 100);
+        assert_eq!(phases[1].served[0].p99_ms, 100.0);
+        // And the whole span.
+        let all = two.since(&start);
+        assert_eq!(all.served("register").unwrap().calls, 200);
+        assert_eq!(all.served("register").unwrap().p50_ms, 1.0);
+        assert_eq!(all.service("register").unwrap().p99_ms, 250.0);
     }
 }

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{announce, bind, connect_redis, STEP_TIMEOUT};
+use crate::health::Health;
+use crate::net::HttpServer;
 use crate::settings::process::CommonArgs;
 use crate::settings::{IdgenArgs, RegisterArgs, SaverArgs};
 
@@ -27,9 +29,16 @@ pub(crate) async fn run_register(args: RegisterArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let sweeper = svc.spawn_sweeper(stop.clone());
     let lease_ms = args.lease_ms;
-    serve_until_signal(args.listen, svc, &args.common, shutdown, |addr| {
-        info!(internal = %addr, lease_ms, "register up");
-    })
+    serve_until_signal(
+        args.listen,
+        args.http,
+        svc,
+        &args.common,
+        shutdown,
+        |addr| {
+            info!(internal = %addr, lease_ms, "register up");
+        },
+    )
     .await?;
     stop.cancel();
     let _ = tokio::time::timeout(STEP_TIMEOUT, sweeper).await;
@@ -64,6 +73,7 @@ pub(crate) async fn run_saver(args: SaverArgs) -> anyhow::Result<()> {
     };
     serve_until_signal(
         args.listen,
+        args.http,
         SaverService::new(store.clone()),
         &args.common,
         shutdown,
@@ -92,6 +102,7 @@ pub(crate) async fn run_idgen(args: IdgenArgs) -> anyhow::Result<()> {
     let region = args.region;
     serve_until_signal(
         args.listen,
+        args.http,
         IdgenService::new(ids.clone()),
         &args.common,
         shutdown,
@@ -113,6 +124,7 @@ pub(crate) async fn run_idgen(args: IdgenArgs) -> anyhow::Result<()> {
 /// server stopped (bounded by [`STEP_TIMEOUT`]). `up` logs what started.
 async fn serve_until_signal<S: link::Service>(
     listen: SocketAddr,
+    http: Option<SocketAddr>,
     svc: Arc<S>,
     common: &CommonArgs,
     shutdown: crate::signal::Shutdown,
@@ -121,6 +133,7 @@ async fn serve_until_signal<S: link::Service>(
     let listener = bind(listen, "internal")?;
     let addr = listener.local_addr()?;
     common.warn_if_open(addr);
+    let health = http.map(health_server).transpose()?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(link::serve(
         listener,
@@ -128,10 +141,30 @@ async fn serve_until_signal<S: link::Service>(
         link::ServerConfig::new(common.cluster_key.clone()),
         stop.clone(),
     ));
-    announce(&[format!("internal listening on {addr}")])?;
+    let mut lines = vec![format!("internal listening on {addr}")];
+    if let Some((h, server)) = &health {
+        h.set_ready(true);
+        lines.push(format!("http listening on {}", server.addr()));
+    }
+    announce(&lines)?;
     up(addr);
     shutdown.wait().await;
+    if let Some((h, _)) = &health {
+        h.set_ready(false);
+    }
     stop.cancel();
     let _ = tokio::time::timeout(STEP_TIMEOUT, server).await;
+    if let Some((_, server)) = health {
+        server.stop(STEP_TIMEOUT).await;
+    }
     Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics` (the link figures: the requests
+/// this process answered, and any calls it made) on `--http`.
+fn health_server(addr: SocketAddr) -> anyhow::Result<(Health, HttpServer)> {
+    let listener = bind(addr, "http")?;
+    let health = Health::new(Arc::new(link::stats::render));
+    let server = HttpServer::start(listener, health.router())?;
+    Ok((health, server))
 }

@@ -181,6 +181,7 @@ impl Launcher<'_> {
     /// redis-server and a saver on it, or a saver on the embedded store.
     async fn start_store(&mut self) -> anyhow::Result<SocketAddr> {
         let saver_addr = self.port(30)?;
+        let saver_http = self.port(70)?;
         let exe = self.exe;
         match self.args.store {
             DevStore::Redis => {
@@ -202,10 +203,15 @@ impl Launcher<'_> {
                     "saver".into(),
                     "--listen".into(),
                     saver_addr.to_string(),
+                    "--http".into(),
+                    saver_http.to_string(),
                     "--redis".into(),
                     url,
                 ]);
-                self.start(Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr))?;
+                let spec = Spec::pushgate(exe, "saver", args)
+                    .endpoint("listen", saver_addr)
+                    .endpoint("http", saver_http);
+                self.start(spec)?;
             }
             DevStore::Embedded => {
                 let dir = self.data.join("saver");
@@ -213,10 +219,14 @@ impl Launcher<'_> {
                     "saver".into(),
                     "--listen".into(),
                     saver_addr.to_string(),
+                    "--http".into(),
+                    saver_http.to_string(),
                     "--data".into(),
                     dir.display().to_string(),
                 ]);
-                let mut spec = Spec::pushgate(exe, "saver", args).endpoint("listen", saver_addr);
+                let mut spec = Spec::pushgate(exe, "saver", args)
+                    .endpoint("listen", saver_addr)
+                    .endpoint("http", saver_http);
                 spec.data_dir = Some(dir);
                 self.start(spec)?;
             }
@@ -229,10 +239,20 @@ impl Launcher<'_> {
         let mut registers = Vec::new();
         for k in 0..self.args.registers {
             let addr = self.port(10 + k)?;
+            let http = self.port(50 + k)?;
             registers.push(addr.to_string());
-            let args = self.common(vec!["register".into(), "--listen".into(), addr.to_string()]);
+            let args = self.common(vec![
+                "register".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--http".into(),
+                http.to_string(),
+            ]);
             let name = format!("register-{}", k + 1);
-            self.start(Spec::pushgate(self.exe, &name, args).endpoint("listen", addr))?;
+            let spec = Spec::pushgate(self.exe, &name, args)
+                .endpoint("listen", addr)
+                .endpoint("http", http);
+            self.start(spec)?;
         }
         Ok(registers.join(","))
     }
@@ -242,6 +262,7 @@ impl Launcher<'_> {
         let mut idgens = Vec::new();
         for k in 0..self.args.idgens {
             let addr = self.port(20 + k)?;
+            let http = self.port(60 + k)?;
             idgens.push(addr.to_string());
             let region = u16::try_from(k + 1).context("too many idgens")?;
             let dir = self.data.join(format!("idgen-{}", k + 1));
@@ -249,13 +270,17 @@ impl Launcher<'_> {
                 "idgen".into(),
                 "--listen".into(),
                 addr.to_string(),
+                "--http".into(),
+                http.to_string(),
                 "--region".into(),
                 region.to_string(),
                 "--data".into(),
                 dir.display().to_string(),
             ]);
             let name = format!("idgen-{}", k + 1);
-            let mut spec = Spec::pushgate(self.exe, &name, args).endpoint("listen", addr);
+            let mut spec = Spec::pushgate(self.exe, &name, args)
+                .endpoint("listen", addr)
+                .endpoint("http", http);
             spec.data_dir = Some(dir);
             spec.region = Some(region);
             self.start(spec)?;

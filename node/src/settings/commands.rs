@@ -182,6 +182,9 @@ pub(crate) struct RegisterArgs {
     /// A room that has not renewed its lease for this long is dropped with its connections, milliseconds (rooms renew every second; at least 3000).
     #[arg(long, env = "PUSHGATE_LEASE_MS", value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(3000..=60_000))]
     pub(crate) lease_ms: u64,
+    /// Health and metrics listener (`/healthz`, `/readyz`, `/metrics`: the requests this process answered, `pushgate_link_served_seconds`); none when not given.
+    #[arg(long, env = "PUSHGATE_HTTP", value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
     /// Cluster key, config file, logging, network limits.
     #[command(flatten)]
     pub(crate) common: CommonArgs,
@@ -209,6 +212,9 @@ pub(crate) struct SaverArgs {
     /// Redis instead of the embedded store.
     #[command(flatten)]
     pub(crate) store: RedisArgs,
+    /// Health and metrics listener (`/healthz`, `/readyz`, `/metrics`: the requests this process answered, `pushgate_link_served_seconds`); none when not given.
+    #[arg(long, env = "PUSHGATE_HTTP", value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
     /// Cluster key, config file, logging, network limits.
     #[command(flatten)]
     pub(crate) common: CommonArgs,
@@ -236,6 +242,9 @@ pub(crate) struct IdgenArgs {
         default_value = "data-idgen"
     )]
     pub(crate) data: PathBuf,
+    /// Health and metrics listener (`/healthz`, `/readyz`, `/metrics`: the requests this process answered, `pushgate_link_served_seconds`); none when not given.
+    #[arg(long, env = "PUSHGATE_HTTP", value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
     /// Cluster key, config file, logging, network limits.
     #[command(flatten)]
     pub(crate) common: CommonArgs,

@@ -13,6 +13,7 @@
 //! pings and never reads gets its pongs dropped once [`PONG_LIMIT`] bytes of
 //! output wait. The close handshake is described in the parent module.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -323,12 +324,14 @@ impl<S: ByteStream> Stream for WsIo<S> {
                     "connection closed without a close frame",
                 ))));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut chunk);
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
             if let Err(e) = ready!(Pin::new(&mut this.sock).poll_read(cx, &mut rb)) {
                 return Poll::Ready(Some(Err(e.into())));
             }
-            let n = rb.filled().len();
+            // What the socket wrote (the rest of the chunk is never read).
+            let chunk = rb.filled_mut();
+            let n = chunk.len();
             if n == 0 {
                 this.eof = true;
                 continue;

@@ -30,6 +30,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -336,8 +337,8 @@ impl<S: ByteStream> Stream for SseIo<S> {
         // The client has nothing to say after its request: what it sends is
         // read and dropped; its end of the connection ends the stream.
         for _ in 0..MAX_READS {
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut chunk);
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
             if let Err(e) = ready!(Pin::new(&mut this.sock).poll_read(cx, &mut rb)) {
                 return Poll::Ready(Some(Err(e.into())));
             }
