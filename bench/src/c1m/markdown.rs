@@ -785,8 +785,14 @@ fn kill(s: &mut String, x: &Kill) {
     ln(
         s,
         format!(
-            "- Stored pushes around the kill: {} acknowledged, {} received, {} lost, \
+            "- Stored pushes around the kill: {} sent{}, {} acknowledged, {} received, {} lost, \
              {} duplicates dropped",
+            int(x.pushes_sent),
+            if x.push_errors.is_empty() {
+                String::new()
+            } else {
+                format!(" (not acknowledged: {})", by_reason(&x.push_errors))
+            },
             int(x.pushes_acked),
             int(x.received),
             int(x.lost),
@@ -1174,6 +1180,8 @@ mod tests {
                 all_back_ms: Some(15_432.1),
                 half_back_ms: None,
                 pushes_acked: 10_000,
+                pushes_sent: 10_012,
+                push_errors: [("429".to_string(), 12)].into(),
                 received: 10_000,
                 lost: 0,
                 duplicates: 17,
@@ -1283,6 +1291,10 @@ mod tests {
         assert!(md.contains("16 CPUs, 64.0 GiB RAM, Linux 6.8.0-45-generic"));
         assert!(md.contains("```sh\nbench c1m --connections 1000000 --rooms 3\n```"));
         assert!(!md.contains("Incomplete"));
+        assert!(md.contains(
+            "- Stored pushes around the kill: 10,012 sent (not acknowledged: 429: 12), \
+             10,000 acknowledged, 10,000 received, 0 lost"
+        ));
         assert!(md.contains("| register | called | 12,000 | 0 | ≤ 1 ms | ≤ 25 ms | ≤ 250 ms |"));
         assert!(md.contains("| register | served | 12,000 | 0 | ≤ 0.5 ms | ≤ 5 ms | ≤ 100 ms |"));
         assert!(

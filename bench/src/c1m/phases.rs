@@ -740,6 +740,11 @@ async fn kill(ctx: &Ctx) -> anyhow::Result<Kill> {
         let (rest, tally, stop) = (ctx.rest.clone(), tally.clone(), stop_push.clone());
         tokio::spawn(async move {
             let schedule = Schedule::new(KILL_PUSH_RATE);
+            // Bounded like the fixed-rate phase, under the center's HTTP
+            // connection cap: while the killed room's clients reconnect the
+            // pushes slow down, and unbounded they would pile up past the
+            // cap and be closed unanswered (7,198 in run i at a million).
+            let sem = Arc::new(tokio::sync::Semaphore::new(FIXED_MAX_IN_FLIGHT));
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             let mut i = 0u64;
@@ -748,12 +753,22 @@ async fn kill(ctx: &Ctx) -> anyhow::Result<Kill> {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep_until(start + schedule.offset(i)) => {}
                 }
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    p = sem.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
                 // Every other push goes to a user of the killed room (user
                 // numbers ≡ 0 mod rooms).
                 let r = rand::random::<u64>() % n;
                 let user = if i % 2 == 0 { r - r % rooms } else { r };
                 let (rest, tally) = (rest.clone(), tally.clone());
-                tasks.spawn(async move { rest.unicast(user, PHASE_KILL, true, &tally).await });
+                tasks.spawn(async move {
+                    rest.unicast(user, PHASE_KILL, true, &tally).await;
+                    drop(permit);
+                });
                 while tasks.try_join_next().is_some() {}
                 i += 1;
             }
@@ -800,6 +815,8 @@ async fn kill(ctx: &Ctx) -> anyhow::Result<Kill> {
     stop_push.cancel();
     let _ = pusher.await;
     let acked = tally.acked.load(Relaxed);
+    let sent = tally.sent.load(Relaxed);
+    let errors = tally.errors.lock().clone();
     let received = wait_count(ctx, "u3", acked, Duration::from_secs(30)).await?;
     let after = ctx.fleet.totals().await?;
     let k = Kill {
@@ -809,6 +826,8 @@ async fn kill(ctx: &Ctx) -> anyhow::Result<Kill> {
         all_back_ms,
         half_back_ms,
         pushes_acked: acked,
+        pushes_sent: sent,
+        push_errors: errors,
         received,
         lost: acked.saturating_sub(received),
         duplicates: after.duplicates - before.duplicates,

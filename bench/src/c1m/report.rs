@@ -406,6 +406,12 @@ pub(crate) struct Kill {
     pub(crate) half_back_ms: Option<f64>,
     /// Stored unicast pushes to all users acknowledged around the kill.
     pub(crate) pushes_acked: u64,
+    /// Of them sent (at most 600 in flight).
+    #[serde(default)]
+    pub(crate) pushes_sent: u64,
+    /// Pushes sent and not acknowledged, by reason (429, no answer, ...).
+    #[serde(default)]
+    pub(crate) push_errors: BTreeMap<String, u64>,
     /// Of those, received.
     pub(crate) received: u64,
     /// Acknowledged but never received.
