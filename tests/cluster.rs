@@ -152,6 +152,14 @@ async fn rooms_are_discovered_and_either_center_pushes() {
         }
         common::promtool_accepts(body);
     }
+    // And a room times the center's calls it answered (the broadcast).
+    let served = "pushgate_link_served_seconds_count{service=\"room\"} ";
+    let n: u64 = room_metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(served))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("room: no {served} in\n{room_metrics}"));
+    assert!(n > 0, "the room answered no center call: {room_metrics}");
 
     // A room added while running is discovered without any list.
     let r4 = c.add_room(4).await;
