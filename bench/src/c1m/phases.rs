@@ -46,6 +46,47 @@ const KILL_PUSH_RATE: u64 = 1000;
 /// lower achieved rate and a longer latency, not as refused connections.
 const FIXED_MAX_IN_FLIGHT: usize = 600;
 
+/// Spawns `push(i)` for i = 0, 1, ... at `rate` per second, at most
+/// [`FIXED_MAX_IN_FLIGHT`] at once (a push waits for a slot, so a slow
+/// cluster slows the pace instead of piling requests up), until `stop` is
+/// cancelled or `end` passes; then waits for those in flight.
+async fn paced<F>(
+    rate: u64,
+    stop: &CancellationToken,
+    end: Option<Instant>,
+    mut push: impl FnMut(u64) -> F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let schedule = Schedule::new(rate);
+    let slots = Arc::new(tokio::sync::Semaphore::new(FIXED_MAX_IN_FLIGHT));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(start + schedule.offset(i)) => {}
+        }
+        if end.is_some_and(|end| Instant::now() >= end) {
+            break;
+        }
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let pushed = push(i);
+        tasks.spawn(async move {
+            pushed.await;
+            drop(slot);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 /// Samples the timeline about once a second until aborted.
 pub(crate) async fn sample_timeline(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -647,33 +688,16 @@ async fn unicast(ctx: &Ctx, phase: u32, rate: Option<u64>) -> anyhow::Result<Uni
     match rate {
         Some(rate) => {
             concurrency = FIXED_MAX_IN_FLIGHT as u64;
-            let schedule = Schedule::new(rate);
-            let sem = Arc::new(tokio::sync::Semaphore::new(FIXED_MAX_IN_FLIGHT));
-            let mut tasks = tokio::task::JoinSet::new();
-            let end = started + dur;
-            for i in 0..schedule.count_in(dur) {
-                tokio::select! {
-                    _ = ctx.cancel.cancelled() => break,
-                    _ = tokio::time::sleep_until(started + schedule.offset(i)) => {}
-                }
-                // A cluster slower than the rate asked for leaves pushes
-                // unsent at the end: the phase lasts its length, not its count.
-                if Instant::now() >= end {
-                    break;
-                }
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    break;
-                };
-                let (rest, tally) = (ctx.rest.clone(), tally.clone());
+            let (rest, store) = (ctx.rest.clone(), ctx.args.store);
+            let pushes = tally.clone();
+            // A cluster slower than the rate asked for leaves pushes unsent
+            // at the end: the phase lasts its length, not its count.
+            paced(rate, &ctx.cancel, Some(started + dur), move |_| {
+                let (rest, tally) = (rest.clone(), pushes.clone());
                 let user = rand::random::<u64>() % n;
-                let store = ctx.args.store;
-                tasks.spawn(async move {
-                    rest.unicast(user, phase, store, &tally).await;
-                    drop(permit);
-                });
-                while tasks.try_join_next().is_some() {}
-            }
-            while tasks.join_next().await.is_some() {}
+                async move { rest.unicast(user, phase, store, &tally).await }
+            })
+            .await;
         }
         None => {
             concurrency = ctx.args.unicast_concurrency;
@@ -739,40 +763,19 @@ async fn kill(ctx: &Ctx) -> anyhow::Result<Kill> {
     let pusher = {
         let (rest, tally, stop) = (ctx.rest.clone(), tally.clone(), stop_push.clone());
         tokio::spawn(async move {
-            let schedule = Schedule::new(KILL_PUSH_RATE);
-            // Bounded like the fixed-rate phase, under the center's HTTP
-            // connection cap: while the killed room's clients reconnect the
-            // pushes slow down, and unbounded they would pile up past the
-            // cap and be closed unanswered (7,198 in run i at a million).
-            let sem = Arc::new(tokio::sync::Semaphore::new(FIXED_MAX_IN_FLIGHT));
-            let start = Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut i = 0u64;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep_until(start + schedule.offset(i)) => {}
-                }
-                let permit = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    p = sem.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                // Every other push goes to a user of the killed room (user
-                // numbers ≡ 0 mod rooms).
+            // Every other push goes to a user of the killed room (user
+            // numbers ≡ 0 mod rooms). Bounded in flight like the fixed-rate
+            // phase: while the killed room's clients reconnect the pushes
+            // slow down, and unbounded they would pile up past the center's
+            // connection cap and be closed unanswered (7,198 in run i at a
+            // million).
+            paced(KILL_PUSH_RATE, &stop, None, move |i| {
                 let r = rand::random::<u64>() % n;
                 let user = if i % 2 == 0 { r - r % rooms } else { r };
                 let (rest, tally) = (rest.clone(), tally.clone());
-                tasks.spawn(async move {
-                    rest.unicast(user, PHASE_KILL, true, &tally).await;
-                    drop(permit);
-                });
-                while tasks.try_join_next().is_some() {}
-                i += 1;
-            }
-            while tasks.join_next().await.is_some() {}
+                async move { rest.unicast(user, PHASE_KILL, true, &tally).await }
+            })
+            .await;
         })
     };
     ctx.sleep(Duration::from_secs(2)).await;

@@ -182,7 +182,6 @@ impl Launcher<'_> {
     async fn start_store(&mut self) -> anyhow::Result<SocketAddr> {
         let saver_addr = self.port(30)?;
         let saver_http = self.port(70)?;
-        let exe = self.exe;
         match self.args.store {
             DevStore::Redis => {
                 let redis_addr = self.port(40)?;
@@ -199,39 +198,43 @@ impl Launcher<'_> {
                     .await
                     .context("redis-server did not start")?;
                 let url = format!("redis://{redis_addr}/");
-                let args = self.common(vec![
-                    "saver".into(),
-                    "--listen".into(),
-                    saver_addr.to_string(),
-                    "--http".into(),
-                    saver_http.to_string(),
-                    "--redis".into(),
-                    url,
-                ]);
-                let spec = Spec::pushgate(exe, "saver", args)
-                    .endpoint("listen", saver_addr)
-                    .endpoint("http", saver_http);
+                let rest = vec!["--redis".into(), url];
+                let spec = self.service("saver", "saver", saver_addr, saver_http, rest);
                 self.start(spec)?;
             }
             DevStore::Embedded => {
                 let dir = self.data.join("saver");
-                let args = self.common(vec![
-                    "saver".into(),
-                    "--listen".into(),
-                    saver_addr.to_string(),
-                    "--http".into(),
-                    saver_http.to_string(),
-                    "--data".into(),
-                    dir.display().to_string(),
-                ]);
-                let mut spec = Spec::pushgate(exe, "saver", args)
-                    .endpoint("listen", saver_addr)
-                    .endpoint("http", saver_http);
+                let rest = vec!["--data".into(), dir.display().to_string()];
+                let mut spec = self.service("saver", "saver", saver_addr, saver_http, rest);
                 spec.data_dir = Some(dir);
                 self.start(spec)?;
             }
         }
         Ok(saver_addr)
+    }
+
+    /// A link service child (`pushgate COMMAND`, a saver, register or
+    /// idgen) named `name`, with its internal listener on `listen`, its
+    /// health and metrics on `http`, and `rest` of its flags.
+    fn service(
+        &self,
+        command: &str,
+        name: &str,
+        listen: SocketAddr,
+        http: SocketAddr,
+        rest: Vec<String>,
+    ) -> Spec {
+        let mut args = vec![
+            command.to_owned(),
+            "--listen".into(),
+            listen.to_string(),
+            "--http".into(),
+            http.to_string(),
+        ];
+        args.extend(rest);
+        Spec::pushgate(self.exe, name, self.common(args))
+            .endpoint("listen", listen)
+            .endpoint("http", http)
     }
 
     /// The registers; their addresses, comma-separated.
@@ -241,17 +244,8 @@ impl Launcher<'_> {
             let addr = self.port(10 + k)?;
             let http = self.port(50 + k)?;
             registers.push(addr.to_string());
-            let args = self.common(vec![
-                "register".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--http".into(),
-                http.to_string(),
-            ]);
             let name = format!("register-{}", k + 1);
-            let spec = Spec::pushgate(self.exe, &name, args)
-                .endpoint("listen", addr)
-                .endpoint("http", http);
+            let spec = self.service("register", &name, addr, http, Vec::new());
             self.start(spec)?;
         }
         Ok(registers.join(","))
@@ -266,21 +260,14 @@ impl Launcher<'_> {
             idgens.push(addr.to_string());
             let region = u16::try_from(k + 1).context("too many idgens")?;
             let dir = self.data.join(format!("idgen-{}", k + 1));
-            let args = self.common(vec![
-                "idgen".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--http".into(),
-                http.to_string(),
+            let rest = vec![
                 "--region".into(),
                 region.to_string(),
                 "--data".into(),
                 dir.display().to_string(),
-            ]);
+            ];
             let name = format!("idgen-{}", k + 1);
-            let mut spec = Spec::pushgate(self.exe, &name, args)
-                .endpoint("listen", addr)
-                .endpoint("http", http);
+            let mut spec = self.service("idgen", &name, addr, http, rest);
             spec.data_dir = Some(dir);
             spec.region = Some(region);
             self.start(spec)?;
